@@ -1,0 +1,38 @@
+-- The gate: admit one user into a campaign, atomically.
+--
+-- KEYS[1]  coupon:{c}:meta    HASH stock, starts_ms, ends_ms (0 = no end), state (open|closed)
+-- KEYS[2]  coupon:{c}:users   SET of user ids holding a slot (issued, pending or queued)
+-- KEYS[3]  coupon:{c}:issued  counter of slots handed out
+-- ARGV[1]  user id
+--
+-- Returns one of: "admitted", "duplicate", "sold_out", "not_open", "closed",
+-- "missing" (no meta: the campaign's gate state is not loaded).
+--
+-- Every check runs before the first write, so a refused user changes nothing;
+-- a sold-out user is not added to the set. Time comes from the Redis server,
+-- so api instances with skewed clocks agree on the sale window.
+local meta = redis.call('HMGET', KEYS[1], 'stock', 'starts_ms', 'ends_ms', 'state')
+if not meta[1] then
+  return 'missing'
+end
+if meta[4] == 'closed' then
+  return 'closed'
+end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now_ms < tonumber(meta[2]) then
+  return 'not_open'
+end
+local ends_ms = tonumber(meta[3])
+if ends_ms > 0 and now_ms >= ends_ms then
+  return 'closed'
+end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  return 'duplicate'
+end
+if tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(meta[1]) then
+  return 'sold_out'
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('INCR', KEYS[3])
+return 'admitted'

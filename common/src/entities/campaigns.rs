@@ -1,0 +1,33 @@
+//! `campaigns`: one row per sale; `persisted` counts its coupon rows and is
+//! advanced by the worker in the same transaction as the inserts.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "campaigns")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub name: String,
+    pub stock: i64,
+    pub persisted: i64,
+    pub starts_at: DateTimeUtc,
+    pub ends_at: Option<DateTimeUtc>,
+    /// `open` or `closed` (by an admin). Scheduled and sold-out are derived.
+    pub state: String,
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(has_many = "super::coupons::Entity")]
+    Coupons,
+}
+
+impl Related<super::coupons::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Coupons.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,333 @@
+//! Typed calls on a campaign's Redis state: the gate, its compensation, meta,
+//! and the per-user status records read by `/coupons/me`.
+//!
+//! Every call is bounded twice: by the wait for a pooled connection and by
+//! the time Redis takes to answer. A call that timed out after it was sent
+//! may still have run; callers of [`RedisGate::admit`] must treat
+//! [`GateError::Timeout`] as "maybe admitted".
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use deadpool_redis::{Pool, PoolError};
+use prometheus::Histogram;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{CampaignId, CouponId, UserId};
+use crate::keys::CampaignKeys;
+use crate::scripts;
+use crate::settings::RedisSettings;
+
+/// What the gate script decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    Duplicate,
+    SoldOut,
+    NotOpen,
+    Closed,
+    /// No meta: the campaign is unknown to Redis (unknown, or its state lost).
+    Missing,
+}
+
+impl Admission {
+    fn from_script(reply: &str) -> Result<Self, GateError> {
+        Ok(match reply {
+            "admitted" => Self::Admitted,
+            "duplicate" => Self::Duplicate,
+            "sold_out" => Self::SoldOut,
+            "not_open" => Self::NotOpen,
+            "closed" => Self::Closed,
+            "missing" => Self::Missing,
+            other => return Err(GateError::Protocol(other.to_owned())),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("no Redis connection free within {0:?}")]
+    PoolTimeout(Duration),
+    #[error("Redis pool: {0}")]
+    Pool(String),
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected reply from a gate script: {0:?}")]
+    Protocol(String),
+}
+
+impl From<PoolError> for GateError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Timeout(_) => Self::PoolTimeout(Duration::ZERO),
+            PoolError::Backend(e) => Self::Redis(e),
+            other => Self::Pool(other.to_string()),
+        }
+    }
+}
+
+/// A campaign's gate parameters, as stored in its meta hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateMeta {
+    pub stock: i64,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub closed: bool,
+}
+
+/// The state of one user's request that is not yet (or never will be) a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordedState {
+    Queued,
+    Pending,
+    /// A final refusal of a request that was answered `queued` or `pending`;
+    /// `outcome` says why.
+    Rejected,
+    /// A `pending` request that the system of record turned away: the user
+    /// holds no coupon.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub state: RecordedState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coupon_id: Option<CouponId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// Typed access to campaigns' Redis state through a connection pool.
+#[derive(Clone)]
+pub struct RedisGate {
+    pool: Pool,
+    pool_wait_timeout: Duration,
+    command_timeout: Duration,
+    status_ttl_secs: u64,
+    pool_wait: Option<Histogram>,
+}
+
+impl std::fmt::Debug for RedisGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisGate")
+            .field("pool", &self.pool.status())
+            .field("command_timeout", &self.command_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisGate {
+    /// Builds the pool; no connection is opened until the first call.
+    pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
+        let mut config = deadpool_redis::Config::from_url(settings.url.clone());
+        let mut pool_config = deadpool_redis::PoolConfig::new(settings.pool_size.max(1));
+        pool_config.timeouts.wait = Some(settings.pool_wait_timeout());
+        pool_config.timeouts.create = Some(settings.command_timeout().max(Duration::from_secs(1)));
+        pool_config.timeouts.recycle = Some(settings.command_timeout());
+        config.pool = Some(pool_config);
+        let pool = config.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+        Ok(Self {
+            pool,
+            pool_wait_timeout: settings.pool_wait_timeout(),
+            command_timeout: settings.command_timeout(),
+            status_ttl_secs: settings.status_ttl_secs,
+            pool_wait: None,
+        })
+    }
+
+    /// Observe the wait for a pooled connection into `histogram` (seconds).
+    pub fn with_pool_wait_histogram(mut self, histogram: Histogram) -> Self {
+        self.pool_wait = Some(histogram);
+        self
+    }
+
+    async fn connection(&self) -> Result<deadpool_redis::Connection, GateError> {
+        let started = Instant::now();
+        let conn = self.pool.get().await.map_err(|e| match GateError::from(e) {
+            GateError::PoolTimeout(_) => GateError::PoolTimeout(self.pool_wait_timeout),
+            other => other,
+        });
+        if let Some(h) = &self.pool_wait {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        conn
+    }
+
+    /// Runs one call on a pooled connection within the command timeout.
+    async fn run<T, F, Fut>(&self, call: F) -> Result<T, GateError>
+    where
+        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.connection().await?;
+        match tokio::time::timeout(self.command_timeout, call(conn)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(GateError::Timeout(self.command_timeout)),
+        }
+    }
+
+    /// The gate. On `Err(GateError::Timeout)` the user may have been admitted.
+    pub async fn admit(&self, campaign: &CampaignId, user: &UserId) -> Result<Admission, GateError> {
+        let keys = CampaignKeys::new(campaign);
+        let reply: String = self
+            .run(|mut conn| async move {
+                scripts::GATE
+                    .key(keys.meta())
+                    .key(keys.users())
+                    .key(keys.issued())
+                    .arg(user.as_str())
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Admission::from_script(&reply)
+    }
+
+    /// Compensation: gives the user's slot back. `Ok(false)` if it held none.
+    pub async fn release(&self, campaign: &CampaignId, user: &UserId) -> Result<bool, GateError> {
+        let keys = CampaignKeys::new(campaign);
+        let released: i64 = self
+            .run(|mut conn| async move {
+                scripts::RELEASE
+                    .key(keys.users())
+                    .key(keys.issued())
+                    .arg(user.as_str())
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(released == 1)
+    }
+
+    /// Writes a new campaign's meta (and a zero counter if none exists).
+    pub async fn load_meta(&self, campaign: &CampaignId, meta: &GateMeta) -> Result<(), GateError> {
+        let keys = CampaignKeys::new(campaign);
+        let ends_ms = meta.ends_at.map_or(0, |t| t.timestamp_millis());
+        let state = if meta.closed { "closed" } else { "open" };
+        let _: i64 = self
+            .run(|mut conn| async move {
+                scripts::LOAD_META
+                    .key(keys.meta())
+                    .key(keys.issued())
+                    .arg(meta.stock)
+                    .arg(meta.starts_at.timestamp_millis())
+                    .arg(ends_ms)
+                    .arg(state)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Closes the gate. `Ok(false)` when the meta is missing.
+    pub async fn close(&self, campaign: &CampaignId) -> Result<bool, GateError> {
+        let keys = CampaignKeys::new(campaign);
+        let closed: i64 = self
+            .run(|mut conn| async move {
+                scripts::CLOSE.key(keys.meta()).invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(closed == 1)
+    }
+
+    /// Deletes the campaign's meta, undoing [`RedisGate::load_meta`] when the
+    /// database write that should follow it failed.
+    pub async fn unload_meta(&self, campaign: &CampaignId) -> Result<(), GateError> {
+        let keys = CampaignKeys::new(campaign);
+        self.run(|mut conn| async move { conn.del::<_, ()>(keys.meta()).await })
+            .await
+    }
+
+    /// The gate's count, or `None` when the campaign's meta is missing.
+    pub async fn issued(&self, campaign: &CampaignId) -> Result<Option<i64>, GateError> {
+        let keys = CampaignKeys::new(campaign);
+        let (exists, issued): (bool, Option<i64>) = self
+            .run(|mut conn| async move {
+                redis::pipe()
+                    .exists(keys.meta())
+                    .get(keys.issued())
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(exists.then(|| issued.unwrap_or(0)))
+    }
+
+    /// Whether the user holds a slot in the gate's set.
+    pub async fn holds_slot(&self, campaign: &CampaignId, user: &UserId) -> Result<bool, GateError> {
+        let keys = CampaignKeys::new(campaign);
+        self.run(|mut conn| async move { conn.sismember(keys.users(), user.as_str()).await })
+            .await
+    }
+
+    /// Records the asynchronous state of a user's request, with the TTL.
+    pub async fn record_status(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+        record: &StatusRecord,
+    ) -> Result<(), GateError> {
+        let key = CampaignKeys::new(campaign).status(user);
+        let value = serde_json::to_string(record).unwrap_or_default();
+        let ttl = self.status_ttl_secs;
+        self.run(|mut conn| async move { conn.set_ex::<_, _, ()>(key, value, ttl).await })
+            .await
+    }
+
+    pub async fn status(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+    ) -> Result<Option<StatusRecord>, GateError> {
+        let key = CampaignKeys::new(campaign).status(user);
+        let raw: Option<String> = self
+            .run(|mut conn| async move { conn.get(key).await })
+            .await?;
+        // A record that does not parse is treated as absent: the row in
+        // PostgreSQL and the gate's set still answer the question.
+        Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    /// `PING`, for readiness bodies.
+    pub async fn ping(&self) -> Result<(), GateError> {
+        self.run(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await })
+            .await
+            .map(|_| ())
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_replies_map_to_admissions() {
+        assert_eq!(Admission::from_script("admitted").unwrap(), Admission::Admitted);
+        assert_eq!(Admission::from_script("missing").unwrap(), Admission::Missing);
+        assert!(Admission::from_script("maybe").is_err());
+    }
+
+    #[test]
+    fn status_records_round_trip_as_json() {
+        let r = StatusRecord {
+            state: RecordedState::Pending,
+            coupon_id: Some(CouponId::new()),
+            outcome: None,
+            at: Utc::now(),
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"state\":\"pending\""), "{json}");
+        assert_eq!(serde_json::from_str::<StatusRecord>(&json).unwrap(), r);
+    }
+}

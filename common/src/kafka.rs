@@ -1,0 +1,78 @@
+//! Kafka client configuration shared by the api's producer, the worker's
+//! consumer and DLQ producer, and topic creation.
+//!
+//! librdkafka is linked from the `rdkafka` crate's bundled build: older system
+//! copies fail the ApiVersions handshake of the local broker.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::settings::KafkaSettings;
+
+/// An idempotent producer that waits for all in-sync replicas:
+/// `acks=all`, `enable.idempotence=true`, and `message.timeout.ms` bounding
+/// how long a message may wait for its delivery report.
+pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", settings.delivery_timeout_ms.to_string())
+        .set("linger.ms", settings.linger_ms.to_string())
+        .set("compression.codec", &settings.compression)
+        // The Java client's partitioner, so keys land where Kafka tools expect.
+        .set("partitioner", "murmur2_random")
+        .set("socket.keepalive.enable", "true");
+    config
+}
+
+/// A consumer in the worker's group that stores offsets only when told to
+/// (after the database commit) and commits stored offsets in the background.
+pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", settings.session_timeout_ms.to_string())
+        .set("enable.partition.eof", "false");
+    if let Some(id) = &settings.group_instance_id {
+        config.set("group.instance.id", id);
+    }
+    config
+}
+
+/// Creates the issue topic and its dead-letter topic when missing.
+pub async fn ensure_topics(settings: &KafkaSettings) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .create()
+        .context("creating the Kafka admin client")?;
+    let replication = || TopicReplication::Fixed(settings.replication_factor);
+    let topics = [
+        NewTopic::new(&settings.topic, settings.partitions, replication()),
+        NewTopic::new(&settings.dlq_topic, 1, replication()),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&topics, &options)
+        .await
+        .with_context(|| format!("creating topics on {}", settings.brokers))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}

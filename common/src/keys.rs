@@ -1,0 +1,65 @@
+//! Redis key layout.
+//!
+//! Every key of a campaign carries the campaign id as a hash tag (`{…}`), so
+//! on Redis Cluster they all live in one slot and the Lua scripts, which touch
+//! several of them, stay legal.
+
+use crate::ids::{CampaignId, UserId};
+
+/// The keys of one campaign.
+#[derive(Debug, Clone)]
+pub struct CampaignKeys {
+    prefix: String,
+}
+
+impl CampaignKeys {
+    pub fn new(campaign: &CampaignId) -> Self {
+        Self {
+            prefix: format!("coupon:{{{campaign}}}"),
+        }
+    }
+
+    /// HASH `stock`, `starts_ms`, `ends_ms`, `state`; its presence means the
+    /// gate state is loaded.
+    pub fn meta(&self) -> String {
+        format!("{}:meta", self.prefix)
+    }
+
+    /// SET of user ids that hold a slot (issued, pending or queued).
+    pub fn users(&self) -> String {
+        format!("{}:users", self.prefix)
+    }
+
+    /// Counter of slots handed out.
+    pub fn issued(&self) -> String {
+        format!("{}:issued", self.prefix)
+    }
+
+    /// STRING (JSON, with a TTL): the last asynchronous state of one user's
+    /// request (`pending`, `queued`, `rejected`), read by `/coupons/me`.
+    pub fn status(&self, user: &UserId) -> String {
+        format!("{}:status:{user}", self.prefix)
+    }
+
+    /// Pattern matching every key of the campaign (cleanup of test data).
+    pub fn all_pattern(&self) -> String {
+        format!("{}:*", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_shares_the_campaign_hash_tag() {
+        let c = CampaignId::parse("0192f0c4-7a51-7cc3-9a35-6b1c0d2e8f10").unwrap();
+        let k = CampaignKeys::new(&c);
+        let tag = "{0192f0c4-7a51-7cc3-9a35-6b1c0d2e8f10}";
+        let user = UserId::parse("u1").unwrap();
+        for key in [k.meta(), k.users(), k.issued(), k.status(&user)] {
+            assert!(key.starts_with(&format!("coupon:{tag}:")), "{key}");
+        }
+        assert_eq!(k.meta(), format!("coupon:{tag}:meta"));
+    }
+}

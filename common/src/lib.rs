@@ -1,0 +1,21 @@
+//! Shared by the api and the issuer-worker; no HTTP here.
+//!
+//! - [`ids`]: `CampaignId`, `UserId`, `CouponId`, parsed at the edge.
+//! - [`message`]: the `coupon.issue.v1` Kafka message and DLQ reasons.
+//! - [`settings`]: typed settings (defaults, file, `APP_*` environment).
+//! - [`keys`], [`scripts`], [`gate`]: the Redis key layout, the Lua scripts
+//!   (`lua/*.lua`) and typed calls on a campaign's gate state.
+//! - [`kafka`]: client configuration and topic creation.
+//! - [`entities`], [`db`]: the PostgreSQL schema as sea-orm entities, and the pool.
+//! - [`telemetry`]: logging.
+
+pub mod db;
+pub mod entities;
+pub mod gate;
+pub mod ids;
+pub mod kafka;
+pub mod keys;
+pub mod message;
+pub mod scripts;
+pub mod settings;
+pub mod telemetry;

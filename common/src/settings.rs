@@ -1,0 +1,480 @@
+//! Typed settings, loaded in one place.
+//!
+//! Sources, later ones winning: the defaults below, an optional TOML file
+//! named by `APP_CONFIG_FILE`, then `APP_`-prefixed environment variables
+//! with `__` between levels (`APP_AUTH__ADMIN_TOKEN`, `APP_KAFKA__BROKERS`).
+//! No other module reads the environment.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Where the process runs. Production refuses to start without real secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    #[default]
+    Local,
+    Production,
+}
+
+/// The request-path strategy of the api (DESIGN.md, Strategies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrategyKind {
+    /// Lua gate, produce, await the delivery report.
+    #[default]
+    Sync,
+}
+
+impl StrategyKind {
+    pub const ALL: [StrategyKind; 1] = [Self::Sync];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+        }
+    }
+}
+
+impl std::str::FromStr for StrategyKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<_> = Self::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown strategy {s:?}; expected one of {}", known.join(", "))
+            })
+    }
+}
+
+impl std::fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Settings {
+    pub environment: Environment,
+    pub strategy: StrategyKind,
+    pub http: HttpSettings,
+    pub redis: RedisSettings,
+    pub database: DatabaseSettings,
+    pub kafka: KafkaSettings,
+    pub auth: AuthSettings,
+    pub rate_limit: RateLimitSettings,
+    pub worker: WorkerSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HttpSettings {
+    pub host: String,
+    /// 0 picks a free port (tests).
+    pub port: u16,
+    /// actix worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Open connections per worker thread before the server stops accepting.
+    pub max_connections: usize,
+    pub keep_alive_secs: u64,
+    /// How long a stopping server waits for in-flight requests.
+    pub shutdown_timeout_secs: u64,
+    /// After SIGTERM, how long `/readyz` answers 503 before the listener
+    /// closes, so that a load balancer stops routing here first.
+    pub drain_delay_ms: u64,
+    /// Largest accepted request body (admin JSON).
+    pub body_limit_bytes: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8081,
+            workers: 0,
+            max_connections: 25_000,
+            keep_alive_secs: 75,
+            shutdown_timeout_secs: 30,
+            drain_delay_ms: 0,
+            body_limit_bytes: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Multiplexed connections in the pool; each carries many requests.
+    pub pool_size: usize,
+    /// Longest wait for a pooled connection before answering 503.
+    pub pool_wait_timeout_ms: u64,
+    /// Longest wait for one Redis call before answering 503.
+    pub command_timeout_ms: u64,
+    /// How long async states (`pending`, `queued`, `rejected`) stay readable
+    /// through `/coupons/me`.
+    pub status_ttl_secs: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            pool_size: 8,
+            pool_wait_timeout_ms: 200,
+            command_timeout_ms: 500,
+            status_ttl_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl RedisSettings {
+    pub fn pool_wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_wait_timeout_ms)
+    }
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DatabaseSettings {
+    /// May carry a password, so it is kept secret and never logged.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub connect_timeout_ms: u64,
+    /// Longest wait for one statement of the request path (admin reads,
+    /// `/coupons/me`, the unknown-campaign check).
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("postgres://postgres@127.0.0.1:5432/coupons?sslmode=disable"),
+            max_connections: 10,
+            connect_timeout_ms: 2_000,
+            statement_timeout_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    /// Partitions of the issue topic when `migrate` creates it.
+    pub partitions: i32,
+    /// Replication factor when `migrate` creates topics (3 on a real cluster).
+    pub replication_factor: i32,
+    /// `message.timeout.ms`: how long a request may wait for its delivery
+    /// report once the gate admitted it.
+    pub delivery_timeout_ms: u64,
+    pub linger_ms: u64,
+    /// `compression.codec`: none, gzip, snappy, lz4, zstd.
+    pub compression: String,
+    /// Longest wait for room in the producer's queue before answering 503.
+    pub enqueue_timeout_ms: u64,
+    pub group_id: String,
+    /// Static membership (`group.instance.id`); unset means dynamic.
+    pub group_instance_id: Option<String>,
+    pub session_timeout_ms: u64,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "coupon.issue.v1".into(),
+            dlq_topic: "coupon.issue.v1.dlq".into(),
+            partitions: 12,
+            replication_factor: 1,
+            delivery_timeout_ms: 5_000,
+            linger_ms: 2,
+            compression: "none".into(),
+            enqueue_timeout_ms: 50,
+            group_id: "coupon-issuer".into(),
+            group_instance_id: None,
+            session_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl KafkaSettings {
+    pub fn delivery_timeout(&self) -> Duration {
+        Duration::from_millis(self.delivery_timeout_ms)
+    }
+}
+
+/// How the api learns who the user is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// `Authorization: Bearer <JWT>`, `sub` is the user id.
+    #[default]
+    Jwt,
+    /// `X-User-Id` set by a gateway that verified the caller.
+    TrustedHeader,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    pub admin_token: Option<SecretString>,
+    /// HS256 key for user JWTs.
+    pub jwt_secret: Option<SecretString>,
+    /// Clock skew tolerated on `exp`/`nbf`.
+    pub jwt_leeway_secs: u64,
+    /// Header read in `trusted-header` mode.
+    pub user_header: String,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Jwt,
+            admin_token: None,
+            jwt_secret: None,
+            jwt_leeway_secs: 5,
+            user_header: "X-User-Id".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct RateLimitSettings {
+    pub per_user: TokenBucket,
+}
+
+/// A token bucket: `per_second` refill, `burst` capacity.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub struct TokenBucket {
+    pub enabled: bool,
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for TokenBucket {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_second: 10,
+            burst: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WorkerSettings {
+    /// Messages per database transaction, at most.
+    pub batch_size: usize,
+    /// How long a batch waits to fill before it is written anyway.
+    pub batch_linger_ms: u64,
+    /// On SIGTERM, how long the current batch may take before it is abandoned
+    /// (its offsets are not stored, so it is redelivered).
+    pub shutdown_timeout_ms: u64,
+    /// First and largest pause between retries while PostgreSQL is down.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// `/metrics` and `/healthz` of the worker; 0 picks a free port.
+    pub http_port: u16,
+    pub http_host: String,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            batch_linger_ms: 10,
+            shutdown_timeout_ms: 10_000,
+            retry_initial_ms: 100,
+            retry_max_ms: 5_000,
+            http_port: 9100,
+            http_host: "127.0.0.1".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LogSettings {
+    /// A `tracing` filter, e.g. `info` or `info,api=debug`.
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("could not load settings: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("refusing to start: {0}")]
+    Missing(String),
+}
+
+impl Settings {
+    /// Defaults, then `APP_CONFIG_FILE` (if set), then `APP_*` variables.
+    pub fn load() -> Result<Self, SettingsError> {
+        let file = std::env::var("APP_CONFIG_FILE").ok();
+        Self::load_from(file.as_deref(), std::env::vars())
+    }
+
+    /// The same as [`Settings::load`] with the environment given explicitly,
+    /// so tests need not touch the process environment.
+    pub fn load_from(
+        file: Option<&str>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
+        let vars: config::Map<String, String> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("APP_") && k != "APP_CONFIG_FILE")
+            .collect();
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::with_name(path).required(true));
+        }
+        let settings = builder
+            .add_source(
+                config::Environment::with_prefix("APP")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .source(Some(vars)),
+            )
+            .build()?
+            .try_deserialize()?;
+        Ok(settings)
+    }
+
+    /// The api needs an admin token, and a JWT secret unless a gateway
+    /// vouches for users (`trusted-header`).
+    pub fn require_api_secrets(&self) -> Result<(), SettingsError> {
+        let mut missing = Vec::new();
+        if self.auth.admin_token.is_none() {
+            missing.push("APP_AUTH__ADMIN_TOKEN");
+        }
+        if self.auth.mode == AuthMode::Jwt && self.auth.jwt_secret.is_none() {
+            missing.push("APP_AUTH__JWT_SECRET");
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let hint = match self.environment {
+            Environment::Production => "production needs real secrets from its secret store",
+            Environment::Local => "scripts/stack up generates local ones",
+        };
+        Err(SettingsError::Missing(format!(
+            "{} not set ({hint})",
+            missing.join(" and ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_without_any_source() {
+        let s = Settings::load_from(None, vars(&[])).unwrap();
+        assert_eq!(s.environment, Environment::Local);
+        assert_eq!(s.strategy, StrategyKind::Sync);
+        assert_eq!(s.kafka.topic, "coupon.issue.v1");
+        assert_eq!(s.kafka.partitions, 12);
+        assert_eq!(s.http.body_limit_bytes, 16 * 1024);
+        assert!(s.auth.admin_token.is_none());
+    }
+
+    #[test]
+    fn nested_environment_variables_override_defaults() {
+        let s = Settings::load_from(
+            None,
+            vars(&[
+                ("APP_ENVIRONMENT", "production"),
+                ("APP_STRATEGY", "sync"),
+                ("APP_HTTP__PORT", "9000"),
+                ("APP_AUTH__ADMIN_TOKEN", "12345"),
+                ("APP_AUTH__MODE", "trusted-header"),
+                ("APP_RATE_LIMIT__PER_USER__ENABLED", "false"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.environment, Environment::Production);
+        assert_eq!(s.http.port, 9000);
+        assert_eq!(s.auth.mode, AuthMode::TrustedHeader);
+        assert_eq!(s.auth.admin_token.unwrap().expose_secret(), "12345");
+        assert!(!s.rate_limit.per_user.enabled);
+    }
+
+    #[test]
+    fn an_unknown_strategy_is_refused() {
+        assert!(Settings::load_from(None, vars(&[("APP_STRATEGY", "yolo")])).is_err());
+        assert!("yolo".parse::<StrategyKind>().is_err());
+    }
+
+    #[test]
+    fn the_api_refuses_to_start_without_its_secrets() {
+        let s = Settings::load_from(None, vars(&[("APP_ENVIRONMENT", "production")])).unwrap();
+        let err = s.require_api_secrets().unwrap_err().to_string();
+        assert!(err.contains("APP_AUTH__ADMIN_TOKEN"), "{err}");
+        assert!(err.contains("APP_AUTH__JWT_SECRET"), "{err}");
+
+        let s = Settings::load_from(
+            None,
+            vars(&[
+                ("APP_AUTH__ADMIN_TOKEN", "a"),
+                ("APP_AUTH__MODE", "trusted-header"),
+            ]),
+        )
+        .unwrap();
+        assert!(s.require_api_secrets().is_ok());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let s = Settings::load_from(
+            None,
+            vars(&[("APP_AUTH__JWT_SECRET", "hunter2-very-secret")]),
+        )
+        .unwrap();
+        assert!(!format!("{s:?}").contains("hunter2-very-secret"));
+    }
+}
