@@ -7,6 +7,8 @@
 //!   (`lua/*.lua`) and typed calls on a campaign's gate state.
 //! - [`kafka`]: client configuration and topic creation.
 //! - [`entities`], [`db`]: the PostgreSQL schema as sea-orm entities, and the pool.
+//! - [`metrics`]: declaring and rendering Prometheus metrics.
+//! - [`shutdown`]: the SIGINT/SIGTERM future both binaries stop on.
 //! - [`telemetry`]: logging.
 
 pub mod db;
@@ -16,6 +18,8 @@ pub mod ids;
 pub mod kafka;
 pub mod keys;
 pub mod message;
+pub mod metrics;
 pub mod scripts;
 pub mod settings;
+pub mod shutdown;
 pub mod telemetry;

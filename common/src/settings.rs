@@ -328,7 +328,7 @@ pub struct LogSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         Self {
-            filter: "info".into(),
+            filter: "info,sqlx=warn,sea_orm_migration=warn".into(),
             format: LogFormat::Text,
         }
     }

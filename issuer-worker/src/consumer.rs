@@ -1,0 +1,419 @@
+//! The consumer loop: collect a batch, persist it, dead-letter what cannot be
+//! persisted, and only then store the batch's offsets (at-least-once).
+//!
+//! While PostgreSQL (or the DLQ) is unavailable the loop pauses its
+//! partitions and keeps polling, so the group keeps this member and nothing
+//! new piles up in memory; it stores no offsets and dead-letters nothing
+//! until the batch is settled. On shutdown the batch in hand gets
+//! `worker.shutdown_timeout_ms` to settle; if it cannot, its offsets are not
+//! stored and the messages are redelivered to whoever owns the partitions next.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use common::message::{CouponIssued, DlqReason};
+use common::settings::{Settings, WorkerSettings};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientContext, Statistics, TopicPartitionList};
+use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+
+use crate::dlq::{DeadLetter, DeadLetters};
+use crate::metrics::WorkerMetrics;
+use crate::persist::{Decision, persist};
+
+/// Rebalance logging and consumer-lag metrics from librdkafka's statistics.
+#[derive(Debug)]
+pub struct WorkerContext {
+    metrics: WorkerMetrics,
+    topic: String,
+}
+
+impl ClientContext for WorkerContext {
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .get(&self.topic)
+            .map(|t| {
+                t.partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                    .map(|p| p.consumer_lag)
+                    .sum()
+            })
+            .unwrap_or(0);
+        self.metrics.consumer_lag.set(lag);
+    }
+}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        tracing::info!(rebalance = ?describe(rebalance), "partitions being rebalanced");
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            // A commit for a partition this member no longer owns fails; the
+            // new owner resumes from the last commit, so this only means
+            // some messages are delivered again (and deduplicated).
+            tracing::debug!(error = %e, "offset commit failed");
+        }
+    }
+}
+
+fn describe(rebalance: &Rebalance<'_>) -> String {
+    let list = |tpl: &TopicPartitionList| {
+        tpl.elements()
+            .iter()
+            .map(|e| e.partition().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match rebalance {
+        Rebalance::Assign(tpl) => format!("assign [{}]", list(tpl)),
+        Rebalance::Revoke(tpl) => format!("revoke [{}]", list(tpl)),
+        Rebalance::Error(e) => format!("error {e}"),
+    }
+}
+
+/// One message as it came off the topic, decoded if it could be.
+#[derive(Debug)]
+struct Received {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    decoded: Result<CouponIssued, String>,
+}
+
+impl Received {
+    fn from_message(m: &BorrowedMessage<'_>) -> Self {
+        let payload = m.payload().map(<[u8]>::to_vec);
+        let decoded = match &payload {
+            Some(bytes) => CouponIssued::decode(bytes).map_err(|e| e.to_string()),
+            None => Err("empty payload".to_owned()),
+        };
+        Self {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload,
+            decoded,
+        }
+    }
+}
+
+enum Settled {
+    Done,
+    Abandoned,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("database: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("dead-letter topic: {0}")]
+    DeadLetter(anyhow::Error),
+}
+
+pub struct Worker {
+    consumer: StreamConsumer<WorkerContext>,
+    db: DatabaseConnection,
+    dead_letters: DeadLetters,
+    metrics: WorkerMetrics,
+    settings: WorkerSettings,
+    topic: String,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    pub fn new(
+        settings: &Settings,
+        db: DatabaseConnection,
+        metrics: WorkerMetrics,
+    ) -> anyhow::Result<Self> {
+        let context = WorkerContext {
+            metrics: metrics.clone(),
+            topic: settings.kafka.topic.clone(),
+        };
+        let consumer: StreamConsumer<WorkerContext> = common::kafka::consumer_config(&settings.kafka)
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(context)
+            .context("creating the Kafka consumer")?;
+        consumer
+            .subscribe(&[&settings.kafka.topic])
+            .with_context(|| format!("subscribing to {}", settings.kafka.topic))?;
+        Ok(Self {
+            consumer,
+            db,
+            dead_letters: DeadLetters::new(&settings.kafka)?,
+            metrics,
+            settings: settings.worker.clone(),
+            topic: settings.kafka.topic.clone(),
+        })
+    }
+
+    /// Consumes until `shutdown` is cancelled, then settles or abandons the
+    /// batch in hand, commits the stored offsets and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(topic = %self.topic, "worker consuming");
+        let mut carry = VecDeque::new();
+        loop {
+            let batch = self.collect(&mut carry, &shutdown).await;
+            if !batch.is_empty() {
+                match self.settle(&batch, &mut carry, &shutdown).await {
+                    Settled::Done => self.store_offsets(&batch),
+                    Settled::Abandoned => {
+                        tracing::warn!(
+                            messages = batch.len(),
+                            "shutdown deadline passed; batch abandoned, it will be redelivered"
+                        );
+                        break;
+                    }
+                }
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            // NoOffset: nothing was stored since the last commit.
+            tracing::debug!(error = %e, "final commit");
+        }
+        self.dead_letters.flush(Duration::from_secs(5));
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+
+    /// Fills a batch: up to `batch_size` messages, waiting at most
+    /// `batch_linger_ms` after the first one; returns early on shutdown.
+    async fn collect(
+        &self,
+        carry: &mut VecDeque<Received>,
+        shutdown: &CancellationToken,
+    ) -> Vec<Received> {
+        let size = self.settings.batch_size.max(1);
+        let linger = Duration::from_millis(self.settings.batch_linger_ms);
+        let take = carry.len().min(size);
+        let mut batch: Vec<Received> = carry.drain(..take).collect();
+        let mut deadline = (!batch.is_empty()).then(|| tokio::time::Instant::now() + linger);
+        while batch.len() < size {
+            let received = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = sleep_until_or_forever(deadline) => break,
+                m = self.consumer.recv() => m,
+            };
+            match received {
+                Ok(m) => {
+                    batch.push(Received::from_message(&m));
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + linger);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        self.metrics.consumed.inc_by(batch.len() as u64);
+        batch
+    }
+
+    /// Retries the batch until it is persisted and dead-lettered, pausing
+    /// consumption while a dependency is down.
+    async fn settle(
+        &self,
+        batch: &[Received],
+        carry: &mut VecDeque<Received>,
+        shutdown: &CancellationToken,
+    ) -> Settled {
+        let mut backoff = Duration::from_millis(self.settings.retry_initial_ms.max(1));
+        let max_backoff = Duration::from_millis(self.settings.retry_max_ms.max(1));
+        let grace = Duration::from_millis(self.settings.shutdown_timeout_ms);
+        let mut stop_by: Option<Instant> = None;
+        let mut paused = false;
+        let settled = loop {
+            let result = {
+                let mut attempt = pin!(self.attempt(batch));
+                tokio::select! {
+                    r = &mut attempt => Some(r),
+                    _ = shutdown.cancelled() => {
+                        let deadline = *stop_by.get_or_insert_with(|| Instant::now() + grace);
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        tokio::time::timeout(left, &mut attempt).await.ok()
+                    }
+                }
+            };
+            match result {
+                Some(Ok(())) => break Settled::Done,
+                None => break Settled::Abandoned,
+                Some(Err(e)) => {
+                    if matches!(e, AttemptError::Database(_)) {
+                        self.metrics.db_errors.inc();
+                    }
+                    tracing::warn!(error = %e, retry_in = ?backoff, "batch not settled; pausing consumption");
+                    if !paused {
+                        self.pause();
+                        paused = true;
+                    }
+                }
+            }
+            if shutdown.is_cancelled()
+                && stop_by.get_or_insert_with(|| Instant::now() + grace).saturating_duration_since(Instant::now())
+                    < backoff
+            {
+                break Settled::Abandoned;
+            }
+            self.poll_while_paused(backoff, carry).await;
+            backoff = (backoff * 2).min(max_backoff);
+        };
+        if paused {
+            self.resume();
+        }
+        settled
+    }
+
+    /// One try: persist the decodable messages, then dead-letter the rest.
+    async fn attempt(&self, batch: &[Received]) -> Result<(), AttemptError> {
+        let decoded: Vec<&CouponIssued> = batch.iter().filter_map(|r| r.decoded.as_ref().ok()).collect();
+        let started = Instant::now();
+        let decisions = persist(&self.db, &decoded).await?;
+        self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_size.observe(batch.len() as f64);
+
+        let now = Utc::now();
+        let mut decisions = decisions.into_iter();
+        let mut letters = Vec::new();
+        for r in batch {
+            match &r.decoded {
+                Err(e) => letters.push(self.letter(r, DlqReason::Unparseable, e.clone())),
+                Ok(m) => match decisions.next() {
+                    Some(Decision::Insert) => {
+                        self.metrics.persisted.inc();
+                        let lag = (now - m.requested_at).num_microseconds().unwrap_or(0).max(0);
+                        self.metrics.end_to_end_lag_seconds.observe(lag as f64 / 1e6);
+                    }
+                    Some(Decision::Duplicate) => self.metrics.duplicates.inc(),
+                    Some(Decision::Dead(reason)) => {
+                        if reason == DlqReason::OverStock {
+                            tracing::error!(
+                                campaign.id = %m.campaign_id,
+                                user.id = %m.user_id,
+                                "message over the campaign's stock: the gate admitted too many"
+                            );
+                        }
+                        letters.push(self.letter(r, reason, format!("campaign {}", m.campaign_id)));
+                    }
+                    None => {}
+                },
+            }
+        }
+        for letter in &letters {
+            self.dead_letters.send(letter).await.map_err(AttemptError::DeadLetter)?;
+            self.metrics
+                .dead_lettered
+                .with_label_values(&[letter.reason.as_str()])
+                .inc();
+            tracing::warn!(
+                reason = letter.reason.as_str(),
+                partition = letter.partition,
+                offset = letter.offset,
+                "message dead-lettered"
+            );
+        }
+        Ok(())
+    }
+
+    fn letter<'a>(&self, r: &'a Received, reason: DlqReason, detail: String) -> DeadLetter<'a> {
+        DeadLetter {
+            reason,
+            detail,
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key.as_deref(),
+            payload: r.payload.as_deref(),
+        }
+    }
+
+    fn pause(&self) {
+        self.metrics.paused.set(1);
+        match self.consumer.assignment() {
+            Ok(tpl) => {
+                if let Err(e) = self.consumer.pause(&tpl) {
+                    tracing::warn!(error = %e, "pausing partitions");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the assignment"),
+        }
+    }
+
+    fn resume(&self) {
+        self.metrics.paused.set(0);
+        match self.consumer.assignment() {
+            Ok(tpl) => {
+                if let Err(e) = self.consumer.resume(&tpl) {
+                    tracing::warn!(error = %e, "resuming partitions");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the assignment"),
+        }
+        tracing::info!("consumption resumed");
+    }
+
+    /// Sleeps for `pause` while polling the consumer, so that the group keeps
+    /// this member. A message that still arrives (a partition assigned since
+    /// the pause) is kept for the next batch and its partition paused too.
+    async fn poll_while_paused(
+        &self,
+        pause: Duration,
+        carry: &mut VecDeque<Received>,
+    ) {
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return,
+                m = self.consumer.recv() => {
+                    if let Ok(m) = m {
+                        carry.push_back(Received::from_message(&m));
+                        self.pause();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores, per partition, the offset after the batch's last message.
+    fn store_offsets(&self, batch: &[Received]) {
+        let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+        for r in batch {
+            let o = last.entry(r.partition).or_insert(r.offset);
+            *o = (*o).max(r.offset);
+        }
+        for (partition, offset) in last {
+            if let Err(e) = self.consumer.store_offset(&self.topic, partition, offset) {
+                // The partition was revoked meanwhile: its new owner will
+                // read these messages again and find their rows.
+                tracing::debug!(partition, error = %e, "offset not stored; will be redelivered");
+            }
+        }
+    }
+}
+
+async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,19 @@
+//! The issuer-worker: a Kafka consumer group that persists admitted
+//! issuances to PostgreSQL.
+//!
+//! - [`startup`]: `Application::build(settings)` wires the pieces; `main.rs`
+//!   and the tests start exactly this.
+//! - [`consumer`]: the batch loop, offsets stored after the commit, pausing
+//!   while PostgreSQL is down, draining on shutdown.
+//! - [`persist`]: one transaction per batch, with the stock guard.
+//! - [`dlq`]: the dead-letter topic.
+//! - [`migration`]: the schema (`issuer-worker migrate`).
+//! - [`metrics`], [`http`]: `/metrics` and `/healthz`.
+
+pub mod consumer;
+pub mod dlq;
+pub mod http;
+pub mod metrics;
+pub mod migration;
+pub mod persist;
+pub mod startup;

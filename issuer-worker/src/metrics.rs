@@ -1,0 +1,86 @@
+//! The worker's metrics, declared together with bounded labels (a DLQ reason,
+//! never a campaign or user id).
+
+use common::message::DlqReason;
+use common::metrics::{counter, counter_vec, gauge, histogram, latency_buckets};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+
+#[derive(Debug, Clone)]
+pub struct WorkerMetrics {
+    pub registry: Registry,
+    pub consumed: IntCounter,
+    pub persisted: IntCounter,
+    pub duplicates: IntCounter,
+    pub dead_lettered: IntCounterVec,
+    pub db_errors: IntCounter,
+    pub paused: IntGauge,
+    pub batch_size: Histogram,
+    pub batch_seconds: Histogram,
+    pub end_to_end_lag_seconds: Histogram,
+    pub consumer_lag: IntGauge,
+}
+
+impl WorkerMetrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let dead_lettered = counter_vec(
+            &r,
+            "worker_dead_lettered_total",
+            "Messages sent to the DLQ, by reason.",
+            &["reason"],
+        );
+        for reason in DlqReason::ALL {
+            dead_lettered.with_label_values(&[reason.as_str()]);
+        }
+        Self {
+            consumed: counter(&r, "worker_messages_consumed_total", "Messages taken off the issue topic."),
+            persisted: counter(&r, "worker_coupons_persisted_total", "Coupon rows written."),
+            duplicates: counter(
+                &r,
+                "worker_duplicates_total",
+                "Messages whose (campaign, user) already had a row: redeliveries.",
+            ),
+            dead_lettered,
+            db_errors: counter(
+                &r,
+                "worker_db_errors_total",
+                "Database transactions that failed and were retried.",
+            ),
+            paused: gauge(
+                &r,
+                "worker_paused",
+                "1 while consumption is paused because PostgreSQL is unavailable.",
+            ),
+            batch_size: histogram(
+                &r,
+                "worker_batch_size",
+                "Messages per database transaction.",
+                vec![1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0],
+            ),
+            batch_seconds: histogram(
+                &r,
+                "worker_batch_duration_seconds",
+                "Time to persist one batch, transaction included.",
+                latency_buckets(),
+            ),
+            end_to_end_lag_seconds: histogram(
+                &r,
+                "worker_end_to_end_lag_seconds",
+                "From the api's requested_at to the committed row.",
+                prometheus::exponential_buckets(0.001, 2.0, 18).unwrap_or_default(),
+            ),
+            consumer_lag: gauge(
+                &r,
+                "worker_consumer_lag_offsets",
+                "Offsets behind the end of the topic, summed over assigned partitions.",
+            ),
+            registry: r,
+        }
+    }
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

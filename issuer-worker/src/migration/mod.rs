@@ -1,0 +1,28 @@
+//! Schema migrations of the system of record, applied by `issuer-worker migrate`.
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_create_schema;
+
+#[derive(Debug)]
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_create_schema::Migration)]
+    }
+}
+
+/// Arbitrary key of the advisory lock that serialises concurrent `migrate`
+/// runs (several test processes, or replicas starting together).
+const MIGRATION_LOCK_KEY: i64 = 0x636f_7570_6f6e;
+
+/// Applies every pending migration, one runner at a time.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let txn = db.begin().await?;
+    txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
+        .await?;
+    Migrator::up(&txn, None).await?;
+    txn.commit().await
+}

@@ -1,0 +1,57 @@
+//! Builds the worker and its operations server from settings.
+
+use std::net::TcpListener;
+
+use anyhow::Context;
+use common::settings::Settings;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::Worker;
+use crate::metrics::WorkerMetrics;
+
+pub struct Application {
+    worker: Worker,
+    http: actix_web::dev::Server,
+    http_port: u16,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("worker", &self.worker)
+            .field("http_port", &self.http_port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = common::db::connect(&settings.database).await?;
+        let metrics = WorkerMetrics::new();
+        let worker = Worker::new(&settings, db, metrics.clone())?;
+        let address = format!("{}:{}", settings.worker.http_host, settings.worker.http_port);
+        let listener =
+            TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
+        let http_port = listener.local_addr()?.port();
+        let http = crate::http::serve(listener, metrics.registry.clone())?;
+        Ok(Self {
+            worker,
+            http,
+            http_port,
+        })
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    /// Runs until `shutdown` is cancelled; then drains (see [`Worker::run`]).
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let handle = self.http.handle();
+        let http = tokio::spawn(self.http);
+        let result = self.worker.run(shutdown).await;
+        handle.stop(true).await;
+        let _ = http.await;
+        result
+    }
+}
