@@ -1,0 +1,398 @@
+//! Campaigns: PostgreSQL is the system of record, the gate's meta in Redis
+//! follows it. Creating writes the row and loads the meta in one step that
+//! either does both or neither; closing closes the gate first, then the row.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::entities::{campaigns, coupons};
+use common::gate::{GateError, GateMeta, RedisGate};
+use common::ids::{CampaignId, UserId};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, TransactionTrait,
+};
+use serde::{Deserialize, Serialize};
+
+/// Body of `POST /api/v1/campaigns`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignRequest {
+    pub name: String,
+    pub stock: i64,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+pub const MAX_STOCK: i64 = 1_000_000_000;
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// A campaign request that passed validation.
+#[derive(Debug, Clone)]
+pub struct NewCampaign {
+    pub name: String,
+    pub stock: i64,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+impl CampaignRequest {
+    /// Checks the request; `starts_at` defaults to `now`.
+    pub fn validate(self, now: DateTime<Utc>) -> Result<NewCampaign, String> {
+        let name = self.name.trim();
+        if name.is_empty() {
+            return Err("name must not be empty".into());
+        }
+        if name.chars().count() > MAX_NAME_CHARS {
+            return Err(format!("name must be at most {MAX_NAME_CHARS} characters"));
+        }
+        if !(0..=MAX_STOCK).contains(&self.stock) {
+            return Err(format!("stock must be between 0 and {MAX_STOCK}"));
+        }
+        let starts_at = self.starts_at.unwrap_or(now);
+        if let Some(ends_at) = self.ends_at {
+            if ends_at <= starts_at {
+                return Err("ends_at must be after starts_at".into());
+            }
+        }
+        Ok(NewCampaign {
+            name: name.to_owned(),
+            stock: self.stock,
+            starts_at,
+            ends_at: self.ends_at,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CampaignState {
+    Scheduled,
+    Open,
+    Closed,
+    SoldOut,
+}
+
+/// What the admin endpoints answer about a campaign.
+#[derive(Debug, Clone, Serialize)]
+pub struct CampaignView {
+    pub id: CampaignId,
+    pub name: String,
+    pub stock: i64,
+    /// The gate's count; `null` when the gate state is not loaded.
+    pub issued: Option<i64>,
+    /// Rows in PostgreSQL.
+    pub persisted: i64,
+    pub state: CampaignState,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    /// `loaded`, or `missing` when the campaign's Redis state was lost
+    /// (issue requests answer 503 until it is rebuilt).
+    pub gate: &'static str,
+}
+
+impl CampaignView {
+    fn new(row: campaigns::Model, issued: Option<i64>, now: DateTime<Utc>) -> Self {
+        let state = if row.state == "closed" || row.ends_at.is_some_and(|e| now >= e) {
+            CampaignState::Closed
+        } else if now < row.starts_at {
+            CampaignState::Scheduled
+        } else if issued.unwrap_or(row.persisted).max(row.persisted) >= row.stock {
+            CampaignState::SoldOut
+        } else {
+            CampaignState::Open
+        };
+        Self {
+            id: row.id.into(),
+            name: row.name,
+            stock: row.stock,
+            issued,
+            persisted: row.persisted,
+            state,
+            starts_at: row.starts_at,
+            ends_at: row.ends_at,
+            created_at: row.created_at,
+            gate: if issued.is_some() { "loaded" } else { "missing" },
+        }
+    }
+}
+
+/// One persisted coupon, in listings.
+#[derive(Debug, Clone, Serialize)]
+pub struct CouponView {
+    pub id: uuid::Uuid,
+    pub user_id: String,
+    pub issued_at: DateTime<Utc>,
+}
+
+impl From<coupons::Model> for CouponView {
+    fn from(row: coupons::Model) -> Self {
+        Self {
+            id: row.id,
+            user_id: row.user_id,
+            issued_at: row.issued_at,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unknown campaign")]
+    UnknownCampaign,
+    #[error("database: {0}")]
+    Database(#[from] DbErr),
+    #[error("redis: {0}")]
+    Redis(#[from] GateError),
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+}
+
+#[derive(Debug)]
+pub struct CampaignStore {
+    db: DatabaseConnection,
+    gate: RedisGate,
+    statement_timeout: Duration,
+    /// Ids known to exist in PostgreSQL. Campaigns are never deleted, so a
+    /// hit never goes stale; it keeps the database off the issue path.
+    known: RwLock<HashSet<CampaignId>>,
+}
+
+impl CampaignStore {
+    pub fn new(db: DatabaseConnection, gate: RedisGate, statement_timeout: Duration) -> Self {
+        Self {
+            db,
+            gate,
+            statement_timeout,
+            known: RwLock::new(HashSet::new()),
+        }
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    async fn bounded<T, E>(
+        &self,
+        what: &'static str,
+        f: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, StoreError>
+    where
+        StoreError: From<E>,
+    {
+        match tokio::time::timeout(self.statement_timeout, f).await {
+            Ok(r) => r.map_err(StoreError::from),
+            Err(_) => Err(StoreError::Timeout(what)),
+        }
+    }
+
+    fn remember(&self, id: CampaignId) {
+        self.known
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id);
+    }
+
+    /// Writes the row and loads the gate meta; on any failure neither stays.
+    pub async fn create(&self, new: NewCampaign) -> Result<CampaignView, StoreError> {
+        let id = CampaignId::new();
+        let now = Utc::now();
+        let row = campaigns::ActiveModel {
+            id: Set(id.as_uuid()),
+            name: Set(new.name),
+            stock: Set(new.stock),
+            persisted: Set(0),
+            starts_at: Set(new.starts_at),
+            ends_at: Set(new.ends_at),
+            state: Set("open".into()),
+            created_at: Set(now),
+        };
+        let txn = self.bounded("begin", self.db.begin()).await?;
+        let row = self.bounded("insert campaign", row.insert(&txn)).await?;
+        let meta = GateMeta {
+            stock: row.stock,
+            starts_at: row.starts_at,
+            ends_at: row.ends_at,
+            closed: false,
+        };
+        // The transaction rolls back when dropped on an error below.
+        self.gate.load_meta(&id, &meta).await?;
+        if let Err(e) = self.bounded("commit", txn.commit()).await {
+            if let Err(undo) = self.gate.unload_meta(&id).await {
+                tracing::error!(campaign.id = %id, error = %undo, "gate meta left without a row");
+            }
+            return Err(e);
+        }
+        self.remember(id);
+        tracing::info!(campaign.id = %id, stock = row.stock, "campaign created");
+        Ok(CampaignView::new(row, Some(0), now))
+    }
+
+    async fn row(&self, id: &CampaignId) -> Result<campaigns::Model, StoreError> {
+        let row = self
+            .bounded("read campaign", campaigns::Entity::find_by_id(id.as_uuid()).one(&self.db))
+            .await?
+            .ok_or(StoreError::UnknownCampaign)?;
+        self.remember(*id);
+        Ok(row)
+    }
+
+    pub async fn get(&self, id: &CampaignId) -> Result<CampaignView, StoreError> {
+        let row = self.row(id).await?;
+        let issued = self.gate.issued(id).await?;
+        Ok(CampaignView::new(row, issued, Utc::now()))
+    }
+
+    /// Newest first.
+    pub async fn list(&self, limit: u64) -> Result<Vec<CampaignView>, StoreError> {
+        let rows = self
+            .bounded(
+                "list campaigns",
+                campaigns::Entity::find()
+                    .order_by_desc(campaigns::Column::CreatedAt)
+                    .limit(limit)
+                    .all(&self.db),
+            )
+            .await?;
+        let now = Utc::now();
+        let mut views = Vec::with_capacity(rows.len());
+        for row in rows {
+            let issued = self.gate.issued(&row.id.into()).await?;
+            views.push(CampaignView::new(row, issued, now));
+        }
+        Ok(views)
+    }
+
+    /// Closes the gate (if loaded), then the row. Idempotent.
+    pub async fn close(&self, id: &CampaignId) -> Result<CampaignView, StoreError> {
+        self.row(id).await?;
+        self.gate.close(id).await?;
+        self.bounded(
+            "close campaign",
+            campaigns::Entity::update_many()
+                .col_expr(campaigns::Column::State, "closed".into())
+                .filter(campaigns::Column::Id.eq(id.as_uuid()))
+                .exec(&self.db),
+        )
+        .await?;
+        tracing::info!(campaign.id = %id, "campaign closed");
+        self.get(id).await
+    }
+
+    /// Persisted coupons ordered by user id, after `after`.
+    pub async fn coupons(
+        &self,
+        id: &CampaignId,
+        after: Option<&UserId>,
+        limit: u64,
+    ) -> Result<Vec<CouponView>, StoreError> {
+        self.exists(id).await?.then_some(()).ok_or(StoreError::UnknownCampaign)?;
+        let mut query = coupons::Entity::find()
+            .filter(coupons::Column::CampaignId.eq(id.as_uuid()))
+            .order_by_asc(coupons::Column::UserId)
+            .limit(limit);
+        if let Some(after) = after {
+            query = query.filter(coupons::Column::UserId.gt(after.as_str()));
+        }
+        let rows = self.bounded("list coupons", query.all(&self.db)).await?;
+        Ok(rows.into_iter().map(CouponView::from).collect())
+    }
+
+    /// Whether the campaign exists in PostgreSQL (cached once seen).
+    pub async fn exists(&self, id: &CampaignId) -> Result<bool, StoreError> {
+        if self
+            .known
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(id)
+        {
+            return Ok(true);
+        }
+        match self.row(id).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::UnknownCampaign) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The user's coupon row, if the worker has written it.
+    pub async fn coupon_of(
+        &self,
+        id: &CampaignId,
+        user: &UserId,
+    ) -> Result<Option<coupons::Model>, StoreError> {
+        self.bounded(
+            "read coupon",
+            coupons::Entity::find()
+                .filter(coupons::Column::CampaignId.eq(id.as_uuid()))
+                .filter(coupons::Column::UserId.eq(user.as_str()))
+                .one(&self.db),
+        )
+        .await
+    }
+
+    /// `SELECT 1`, for readiness bodies.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded("ping", self.db.ping()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration as ChronoDuration;
+
+    fn request(name: &str, stock: i64) -> CampaignRequest {
+        CampaignRequest {
+            name: name.into(),
+            stock,
+            starts_at: None,
+            ends_at: None,
+        }
+    }
+
+    #[test]
+    fn validation_refuses_empty_names_negative_stock_and_inverted_windows() {
+        let now = Utc::now();
+        assert!(request("  ", 1).validate(now).is_err());
+        assert!(request(&"x".repeat(201), 1).validate(now).is_err());
+        assert!(request("sale", -1).validate(now).is_err());
+        assert!(request("sale", MAX_STOCK + 1).validate(now).is_err());
+        let mut inverted = request("sale", 1);
+        inverted.starts_at = Some(now);
+        inverted.ends_at = Some(now - ChronoDuration::seconds(1));
+        assert!(inverted.validate(now).is_err());
+        let ok = request(" sale ", 0).validate(now).unwrap();
+        assert_eq!(ok.name, "sale");
+        assert_eq!(ok.starts_at, now);
+    }
+
+    fn row(stock: i64, persisted: i64, state: &str, starts: i64, ends: Option<i64>) -> campaigns::Model {
+        let now = Utc::now();
+        campaigns::Model {
+            id: uuid::Uuid::now_v7(),
+            name: "n".into(),
+            stock,
+            persisted,
+            starts_at: now + ChronoDuration::seconds(starts),
+            ends_at: ends.map(|e| now + ChronoDuration::seconds(e)),
+            state: state.into(),
+            created_at: now,
+        }
+    }
+
+    #[test]
+    fn state_is_derived_from_window_closure_and_counts() {
+        let now = Utc::now();
+        let state = |r, issued| CampaignView::new(r, issued, now).state;
+        assert_eq!(state(row(10, 0, "open", -5, None), Some(3)), CampaignState::Open);
+        assert_eq!(state(row(10, 0, "open", 60, None), Some(0)), CampaignState::Scheduled);
+        assert_eq!(state(row(10, 0, "closed", -5, None), Some(0)), CampaignState::Closed);
+        assert_eq!(state(row(10, 0, "open", -5, Some(-1)), Some(0)), CampaignState::Closed);
+        assert_eq!(state(row(10, 2, "open", -5, None), Some(10)), CampaignState::SoldOut);
+        assert_eq!(state(row(10, 10, "open", -5, None), None), CampaignState::SoldOut);
+    }
+}

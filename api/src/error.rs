@@ -1,0 +1,187 @@
+//! Every error reply of the api: JSON `{"outcome", "message"}` with the status
+//! the contract gives it. The mapping from domain errors to statuses lives
+//! here, in exhaustive matches, so a new variant forces a decision.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::campaigns::StoreError;
+use crate::strategy::{IssueError, Refusal};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("no campaign with this id")]
+    UnknownCampaign,
+    #[error("{}", refusal_message(.0))]
+    Refused(Refusal),
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("{message}")]
+    Unavailable { message: String, retry_after_secs: u64 },
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+fn refusal_message(refusal: &Refusal) -> &'static str {
+    match refusal {
+        Refusal::Duplicate => {
+            "this user already holds a slot in this campaign; GET .../coupons/me tells its state"
+        }
+        Refusal::SoldOut => "the campaign's stock is exhausted",
+        Refusal::NotOpen => "the campaign has not started yet",
+        Refusal::Closed => "the campaign is closed",
+    }
+}
+
+/// The body of every error reply.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub outcome: &'a str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            retry_after_secs: 1,
+        }
+    }
+
+    /// The snake_case code in the reply's `outcome`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::BadRequest(_) => "bad_request",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::Invalid(_) => "invalid_input",
+            Self::RouteNotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::UnknownCampaign => "unknown_campaign",
+            Self::Refused(r) => r.as_str(),
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_secs } | Self::Unavailable { retry_after_secs, .. } => {
+                Some(*retry_after_secs)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RouteNotFound | Self::UnknownCampaign => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Refused(Refusal::Duplicate) => StatusCode::CONFLICT,
+            Self::Refused(Refusal::SoldOut | Refusal::Closed) => StatusCode::GONE,
+            Self::Refused(Refusal::NotOpen) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Internal(e) = self {
+            // Logged once, here, where it turns into a reply.
+            tracing::error!(error = format!("{e:#}"), "internal error");
+        }
+        let mut reply = HttpResponse::build(self.status_code());
+        if let Some(secs) = self.retry_after() {
+            reply.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
+        }
+        reply.json(ErrorBody {
+            outcome: self.outcome(),
+            message: self.to_string(),
+        })
+    }
+}
+
+impl From<IssueError> for ApiError {
+    fn from(e: IssueError) -> Self {
+        match e {
+            IssueError::Refused(r) => Self::Refused(r),
+            IssueError::UnknownCampaign => Self::UnknownCampaign,
+            IssueError::StateMissing => Self::Unavailable {
+                message: "the campaign's gate state is not loaded; an operator must rebuild it"
+                    .into(),
+                retry_after_secs: 5,
+            },
+            IssueError::Unavailable(message) => Self::unavailable(message),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownCampaign => Self::UnknownCampaign,
+            StoreError::Database(e) => Self::unavailable(format!("database unavailable: {e}")),
+            StoreError::Redis(e) => Self::unavailable(format!("redis unavailable: {e}")),
+            StoreError::Timeout(what) => Self::unavailable(format!("{what} timed out")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::to_bytes;
+
+    #[actix_web::test]
+    async fn error_replies_are_json_with_outcome_and_retry_after_when_due() {
+        let reply = ApiError::RateLimited {
+            retry_after_secs: 3,
+        }
+        .error_response();
+        assert_eq!(reply.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(reply.headers().get(header::RETRY_AFTER).unwrap(), "3");
+        let body = to_bytes(reply.into_body()).await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["outcome"], "rate_limited");
+        assert!(json["message"].as_str().unwrap().contains("retry"));
+    }
+
+    #[test]
+    fn refusals_get_the_contract_statuses() {
+        let status = |r| ApiError::Refused(r).status_code().as_u16();
+        assert_eq!(status(Refusal::Duplicate), 409);
+        assert_eq!(status(Refusal::SoldOut), 410);
+        assert_eq!(status(Refusal::Closed), 410);
+        assert_eq!(status(Refusal::NotOpen), 403);
+    }
+}

@@ -1,0 +1,98 @@
+//! The api's metrics, declared together. Labels are bounded: a route
+//! pattern, a method, a status code, a strategy, an outcome. Never a user id
+//! or a campaign id.
+
+use common::metrics::{counter_vec, gauge, gauge_vec, histogram, histogram_vec, latency_buckets};
+use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+
+#[derive(Debug, Clone)]
+pub struct ApiMetrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_seconds: HistogramVec,
+    pub in_flight: IntGauge,
+    pub issue_outcomes: IntCounterVec,
+    pub jwt_verify_seconds: Histogram,
+    pub gate_seconds: Histogram,
+    pub produce_seconds: Histogram,
+    pub redis_pool_wait_seconds: Histogram,
+    pub compensations: IntCounterVec,
+    pub producer_queue: IntGauge,
+    pub info: IntGaugeVec,
+}
+
+impl ApiMetrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Self {
+            requests: counter_vec(
+                &r,
+                "http_requests_total",
+                "HTTP requests by route pattern, method and status.",
+                &["route", "method", "status"],
+            ),
+            request_seconds: histogram_vec(
+                &r,
+                "http_request_duration_seconds",
+                "HTTP request latency by route pattern, method and status.",
+                &["route", "method", "status"],
+                latency_buckets(),
+            ),
+            in_flight: gauge(&r, "http_requests_in_flight", "Requests being served."),
+            issue_outcomes: counter_vec(
+                &r,
+                "issue_outcomes_total",
+                "Replies of the issue endpoint by strategy and outcome.",
+                &["strategy", "outcome"],
+            ),
+            jwt_verify_seconds: histogram(
+                &r,
+                "jwt_verify_duration_seconds",
+                "Time to verify a user JWT.",
+                latency_buckets(),
+            ),
+            gate_seconds: histogram(
+                &r,
+                "gate_duration_seconds",
+                "Time of the gate call (pool wait included).",
+                latency_buckets(),
+            ),
+            produce_seconds: histogram(
+                &r,
+                "produce_duration_seconds",
+                "From enqueueing a message to its delivery report.",
+                latency_buckets(),
+            ),
+            redis_pool_wait_seconds: histogram(
+                &r,
+                "redis_pool_wait_seconds",
+                "Wait for a pooled Redis connection.",
+                latency_buckets(),
+            ),
+            compensations: counter_vec(
+                &r,
+                "gate_compensations_total",
+                "Slots given back after a failed produce, by result (released, failed).",
+                &["result"],
+            ),
+            producer_queue: gauge(
+                &r,
+                "producer_queue_messages",
+                "Messages in the producer's queue or in flight (sampled at scrape).",
+            ),
+            info: gauge_vec(
+                &r,
+                "api_info",
+                "Always 1; labels say which strategy and version run.",
+                &["strategy", "version"],
+            ),
+            registry: r,
+        }
+    }
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

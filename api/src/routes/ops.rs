@@ -1,0 +1,56 @@
+//! Operations endpoints: liveness, readiness and metrics.
+//!
+//! `/readyz` answers 200 while this instance serves, even when a shared
+//! dependency is down: every instance shares Redis, PostgreSQL and Kafka, so
+//! taking them all out of the balancer would only replace the api's JSON 503
+//! with the balancer's error page. It answers 503 once the instance drains.
+
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::startup::AppState;
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+fn up(ok: bool) -> &'static str {
+    if ok { "up" } else { "down" }
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let pipeline = state.pipeline.clone();
+    let (redis, postgres, kafka) = tokio::join!(
+        tokio::time::timeout(PROBE_TIMEOUT, state.pipeline.gate.ping()),
+        tokio::time::timeout(PROBE_TIMEOUT, state.campaigns.ping()),
+        tokio::task::spawn_blocking(move || pipeline.producer.broker_reachable(PROBE_TIMEOUT)),
+    );
+    let body = json!({
+        "status": if state.is_draining() { "draining" } else { "ready" },
+        "strategy": state.strategy.kind().as_str(),
+        "dependencies": {
+            "redis": up(matches!(redis, Ok(Ok(())))),
+            "postgres": up(matches!(postgres, Ok(Ok(())))),
+            "kafka": up(matches!(kafka, Ok(true))),
+        },
+    });
+    if state.is_draining() {
+        HttpResponse::ServiceUnavailable().json(body)
+    } else {
+        HttpResponse::Ok().json(body)
+    }
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state
+        .metrics
+        .producer_queue
+        .set(i64::from(state.pipeline.producer.in_flight()));
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(common::metrics::render(&state.metrics.registry))
+}

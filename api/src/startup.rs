@@ -1,0 +1,213 @@
+//! Builds the api from settings: `Application::build(settings)`, then
+//! `run_until_stopped(shutdown)`. `main.rs` and the tests start exactly this.
+//!
+//! Shutdown, in order: `/readyz` turns 503 (`draining`) so the balancer stops
+//! routing here; after `http.drain_delay_ms` the listener closes and
+//! in-flight requests get `http.shutdown_timeout_secs` to finish (each waits
+//! at most one delivery timeout for its report); then the producer is
+//! flushed, so every message it still holds gets its report before exit.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Server, Service};
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use common::gate::RedisGate;
+use common::settings::Settings;
+
+use crate::auth::Authenticator;
+use crate::campaigns::CampaignStore;
+use crate::metrics::ApiMetrics;
+use crate::producer::IssueProducer;
+use crate::rate_limit::UserRateLimiter;
+use crate::strategy::{Pipeline, Strategy};
+
+/// Shared by every worker thread of one api instance.
+#[derive(Debug)]
+pub struct AppState {
+    pub strategy: Strategy,
+    pub pipeline: Arc<Pipeline>,
+    pub campaigns: Arc<CampaignStore>,
+    pub limiter: UserRateLimiter,
+    pub metrics: ApiMetrics,
+    draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+    drain_delay: Duration,
+    flush_timeout: Duration,
+    housekeeping: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Connects nothing eagerly: Redis, PostgreSQL and Kafka connections are
+    /// made on first use, so the api starts (and answers 503) while a
+    /// dependency is still coming up.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.require_api_secrets()?;
+        let metrics = ApiMetrics::new();
+        metrics
+            .info
+            .with_label_values(&[settings.strategy.as_str(), env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        let gate = RedisGate::new(&settings.redis)?
+            .with_pool_wait_histogram(metrics.redis_pool_wait_seconds.clone());
+        let db = common::db::connect(&settings.database).await?;
+        let campaigns = Arc::new(CampaignStore::new(
+            db,
+            gate.clone(),
+            Duration::from_millis(settings.database.statement_timeout_ms),
+        ));
+        let pipeline = Arc::new(Pipeline {
+            gate,
+            producer: IssueProducer::new(&settings.kafka)?,
+            campaigns: campaigns.clone(),
+            metrics: metrics.clone(),
+            strategy: settings.strategy,
+        });
+        let state = web::Data::new(AppState {
+            strategy: Strategy::build(settings.strategy, pipeline.clone()),
+            pipeline,
+            campaigns,
+            limiter: UserRateLimiter::new(&settings.rate_limit.per_user),
+            metrics: metrics.clone(),
+            draining: AtomicBool::new(false),
+        });
+        let auth = web::Data::new(Authenticator::new(
+            &settings.auth,
+            metrics.jwt_verify_seconds.clone(),
+        )?);
+
+        let housekeeping = tokio::spawn({
+            let state = state.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(10));
+                loop {
+                    tick.tick().await;
+                    state.limiter.forget_idle();
+                }
+            }
+        });
+
+        let address = format!("{}:{}", settings.http.host, settings.http.port);
+        let listener =
+            TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
+        let port = listener.local_addr()?.port();
+        let body_limit = settings.http.body_limit_bytes;
+        let server_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap_fn(|req, srv| {
+                    let metrics = req
+                        .app_data::<web::Data<AppState>>()
+                        .map(|s| s.metrics.clone());
+                    let method = req.method().clone();
+                    let started = Instant::now();
+                    if let Some(m) = &metrics {
+                        m.in_flight.inc();
+                    }
+                    let response = srv.call(req);
+                    async move {
+                        let response = response.await;
+                        if let Some(m) = metrics {
+                            m.in_flight.dec();
+                            if let Ok(res) = &response {
+                                let route = res.request().match_pattern();
+                                let route = route.as_deref().unwrap_or("unmatched");
+                                let status = res.status();
+                                let labels = [route, method.as_str(), status.as_str()];
+                                m.requests.with_label_values(&labels).inc();
+                                m.request_seconds
+                                    .with_label_values(&labels)
+                                    .observe(started.elapsed().as_secs_f64());
+                            }
+                        }
+                        response
+                    }
+                })
+                .app_data(server_state.clone())
+                .app_data(auth.clone())
+                .configure(crate::routes::configure(body_limit))
+        })
+        .max_connections(settings.http.max_connections)
+        .keep_alive(Duration::from_secs(settings.http.keep_alive_secs))
+        .shutdown_timeout(settings.http.shutdown_timeout_secs)
+        .disable_signals();
+        if settings.http.workers > 0 {
+            server = server.workers(settings.http.workers);
+        }
+        let server = server.listen(listener)?.run();
+        tracing::info!(
+            port,
+            strategy = settings.strategy.as_str(),
+            "api listening"
+        );
+
+        Ok(Self {
+            port,
+            server,
+            state,
+            drain_delay: Duration::from_millis(settings.http.drain_delay_ms),
+            flush_timeout: settings.kafka.delivery_timeout() + Duration::from_secs(1),
+            housekeeping,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves, then drains (see the module docs).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        tokio::select! {
+            result = &mut server => {
+                self.housekeeping.abort();
+                return result.context("server task")?.context("http server");
+            }
+            () = shutdown => {}
+        }
+        tracing::info!("draining: readiness now reports 503");
+        self.state.draining.store(true, Ordering::Release);
+        tokio::time::sleep(self.drain_delay).await;
+        handle.stop(true).await;
+        let served = server.await;
+        self.housekeeping.abort();
+        let pipeline = self.state.pipeline.clone();
+        let timeout = self.flush_timeout;
+        let flushed =
+            tokio::task::spawn_blocking(move || pipeline.producer.flush(timeout)).await;
+        match flushed {
+            Ok(Ok(())) => tracing::info!("producer flushed; stopped"),
+            Ok(Err(e)) => tracing::error!(error = %e, "producer flush incomplete"),
+            Err(e) => tracing::error!(error = %e, "producer flush task failed"),
+        }
+        served.context("server task")?.context("http server")
+    }
+}

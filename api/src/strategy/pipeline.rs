@@ -1,0 +1,155 @@
+//! The steps every strategy is made of: admit through the gate, produce the
+//! message and settle its delivery report by the producing rules of
+//! DESIGN.md (The gate):
+//! - delivered: `accepted`;
+//! - failed and not persisted (the broker never had it): give the slot back,
+//!   503;
+//! - failed and possibly persisted: `pending`, never compensated, since the
+//!   message may still land and its slot must stay taken;
+//! - not even enqueued (queue full, refused): give the slot back, 503.
+//!
+//! If Redis is down when a slot should be given back, the reply is 503 and
+//! the slot is left to reconciliation; `/coupons/me` shows it as pending.
+
+use std::time::Instant;
+
+use chrono::Utc;
+use common::gate::{Admission, GateError, RecordedState, RedisGate, StatusRecord};
+use common::ids::{CampaignId, CouponId, UserId};
+use common::message::CouponIssued;
+use common::settings::StrategyKind;
+
+use super::{IssueError, Issued, Refusal};
+use crate::campaigns::CampaignStore;
+use crate::metrics::ApiMetrics;
+use crate::producer::{Delivery, IssueProducer};
+
+#[derive(Debug)]
+pub struct Pipeline {
+    pub gate: RedisGate,
+    pub producer: IssueProducer,
+    pub campaigns: std::sync::Arc<CampaignStore>,
+    pub metrics: ApiMetrics,
+    pub strategy: StrategyKind,
+}
+
+impl Pipeline {
+    /// Runs the gate script. Only `Ok(())` means the user holds a new slot.
+    pub async fn admit(&self, campaign: &CampaignId, user: &UserId) -> Result<(), IssueError> {
+        let started = Instant::now();
+        let admission = self.gate.admit(campaign, user).await;
+        self.metrics.gate_seconds.observe(started.elapsed().as_secs_f64());
+        match admission {
+            Ok(Admission::Admitted) => Ok(()),
+            Ok(Admission::Duplicate) => Err(IssueError::Refused(Refusal::Duplicate)),
+            Ok(Admission::SoldOut) => Err(IssueError::Refused(Refusal::SoldOut)),
+            Ok(Admission::NotOpen) => Err(IssueError::Refused(Refusal::NotOpen)),
+            Ok(Admission::Closed) => Err(IssueError::Refused(Refusal::Closed)),
+            Ok(Admission::Missing) => Err(self.classify_missing(campaign).await),
+            Err(e @ GateError::Timeout(_)) => {
+                // The script may have run: if it admitted the user, the slot
+                // has no message behind it and reconciliation releases it.
+                tracing::warn!(campaign.id = %campaign, error = %e, "gate call timed out");
+                Err(IssueError::Unavailable(
+                    "redis did not answer in time; retry later".into(),
+                ))
+            }
+            Err(e) => Err(IssueError::Unavailable(format!("redis unavailable: {e}"))),
+        }
+    }
+
+    /// No meta in Redis: an unknown campaign (404), or one whose gate state
+    /// was lost (503 until `issuer-worker rebuild`; never recreated here).
+    pub async fn classify_missing(&self, campaign: &CampaignId) -> IssueError {
+        match self.campaigns.exists(campaign).await {
+            Ok(false) => IssueError::UnknownCampaign,
+            Ok(true) => {
+                tracing::warn!(campaign.id = %campaign, "campaign has no gate state in Redis");
+                IssueError::StateMissing
+            }
+            Err(e) => IssueError::Unavailable(format!("could not look the campaign up: {e}")),
+        }
+    }
+
+    /// Produces the message for an admitted user and settles its delivery.
+    pub async fn produce_and_settle(
+        &self,
+        campaign: CampaignId,
+        user: UserId,
+    ) -> Result<Issued, IssueError> {
+        let coupon_id = CouponId::new();
+        let message =
+            CouponIssued::new(coupon_id, campaign, user, Utc::now(), self.strategy.as_str());
+        let started = Instant::now();
+        let receipt = match self.producer.send(&message).await {
+            Ok(receipt) => receipt,
+            Err(e) => {
+                tracing::warn!(campaign.id = %campaign, error = %e, "message not enqueued");
+                return Err(self.give_back(&message, "the broker queue is full").await);
+            }
+        };
+        let delivery = receipt.wait().await;
+        self.metrics.produce_seconds.observe(started.elapsed().as_secs_f64());
+        self.settle(message, delivery).await
+    }
+
+    /// Applies the producing rules to a delivery report.
+    pub async fn settle(&self, message: CouponIssued, delivery: Delivery) -> Result<Issued, IssueError> {
+        match delivery {
+            Delivery::Persisted => Ok(Issued::Accepted(message.coupon_id)),
+            Delivery::NotPersisted(e) => {
+                tracing::warn!(campaign.id = %message.campaign_id, error = %e, "message not delivered");
+                Err(self.give_back(&message, "the broker did not take the message").await)
+            }
+            Delivery::PossiblyPersisted(e) => {
+                tracing::warn!(
+                    campaign.id = %message.campaign_id,
+                    error = %e,
+                    "delivery unconfirmed; answering pending"
+                );
+                self.record(&message, RecordedState::Pending, None).await;
+                Ok(Issued::Pending(message.coupon_id))
+            }
+        }
+    }
+
+    /// Compensation for a message that never reached the broker.
+    async fn give_back(&self, message: &CouponIssued, why: &str) -> IssueError {
+        match self.gate.release(&message.campaign_id, &message.user_id).await {
+            Ok(_) => {
+                self.metrics.compensations.with_label_values(&["released"]).inc();
+                IssueError::Unavailable(format!("{why}; nothing was issued, retry later"))
+            }
+            Err(e) => {
+                self.metrics.compensations.with_label_values(&["failed"]).inc();
+                tracing::error!(
+                    campaign.id = %message.campaign_id,
+                    user.id = %message.user_id,
+                    error = %e,
+                    "slot could not be given back; left to reconciliation"
+                );
+                IssueError::Unavailable(format!(
+                    "{why}; your slot is pending until reconciliation settles it"
+                ))
+            }
+        }
+    }
+
+    /// Records an asynchronous state for `/coupons/me`. Best effort: if Redis
+    /// refuses, `/coupons/me` still reports a held slot as pending.
+    pub async fn record(&self, message: &CouponIssued, state: RecordedState, outcome: Option<&str>) {
+        let record = StatusRecord {
+            state,
+            coupon_id: Some(message.coupon_id),
+            outcome: outcome.map(str::to_owned),
+            at: Utc::now(),
+        };
+        if let Err(e) = self
+            .gate
+            .record_status(&message.campaign_id, &message.user_id, &record)
+            .await
+        {
+            tracing::warn!(campaign.id = %message.campaign_id, error = %e, "status not recorded");
+        }
+    }
+}
