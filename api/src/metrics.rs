@@ -66,7 +66,7 @@ impl ApiMetrics {
             redis_pool_wait_seconds: histogram(
                 &r,
                 "redis_pool_wait_seconds",
-                "Wait for a pooled Redis connection.",
+                "Wait for a Redis connection (long only while one is opened).",
                 latency_buckets(),
             ),
             compensations: counter_vec(

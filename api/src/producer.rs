@@ -6,10 +6,15 @@
 //! `pending`, so the delivery callback here reads it (librdkafka's
 //! `rd_kafka_message_status`) and hands it to the waiting request.
 //!
-//! A producer whose idempotence state hit a fatal error can never send again;
-//! it is replaced by a new one on the next send. The old one is dropped once
-//! no request holds it, which purges its queue: the messages it still held
-//! get failed reports with their persistence status, as any other failure.
+//! A producer whose idempotence state is broken can never send again: after
+//! a fatal error, or when the broker refuses its producer id, epoch or
+//! sequence. It is replaced by a new one (a fresh producer id) on the next
+//! send, and the old one is dropped on a thread of its own, which purges its
+//! queue: the messages it still held get failed reports with their
+//! persistence status, as any other failure. (Apache Kafka lets librdkafka
+//! bump the epoch after a timed-out message instead; the local broker does
+//! not implement that bump and answers it with an unknown error, so there the
+//! replacement is what brings issuance back after a broker outage.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -61,14 +66,38 @@ impl DeliveryReceipt {
 
 #[derive(Debug, Default)]
 pub struct DeliveryContext {
-    fatal: AtomicBool,
+    /// Set when this producer can no longer deliver and must be replaced.
+    broken: AtomicBool,
+}
+
+/// Errors after which the producer's idempotence state cannot recover.
+fn breaks_the_producer(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::Unknown
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+        )
+    )
+}
+
+impl DeliveryContext {
+    fn mark_broken(&self, error: &KafkaError) {
+        if !self.broken.swap(true, Ordering::AcqRel) {
+            tracing::error!(%error, "producer cannot recover; it will be replaced");
+        }
+    }
 }
 
 impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            self.fatal.store(true, Ordering::Release);
-            tracing::error!(%error, reason, "fatal producer error; the producer will be replaced");
+        if breaks_the_producer(&error) {
+            self.mark_broken(&error);
         } else {
             tracing::warn!(%error, reason, "kafka client error");
         }
@@ -81,15 +110,20 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, reply: Self::DeliveryOpaque) {
         let delivery = match result {
             Ok(_) => Delivery::Persisted,
-            Err((error, message)) => match persistence_status(message) {
+            Err((error, message)) => {
+                if breaks_the_producer(error) {
+                    self.mark_broken(error);
+                }
+                match persistence_status(message) {
                 rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_PERSISTED => {
                     Delivery::Persisted
                 }
                 rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED => {
                     Delivery::NotPersisted(error.clone())
                 }
-                _ => Delivery::PossiblyPersisted(error.clone()),
-            },
+                    _ => Delivery::PossiblyPersisted(error.clone()),
+                }
+            }
         };
         // The request may have gone (client disconnected); nothing to tell.
         let _ = reply.send(delivery);
@@ -143,18 +177,22 @@ impl IssueProducer {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        if !current.context().fatal.load(Ordering::Acquire) {
+        if !current.context().broken.load(Ordering::Acquire) {
             return current;
         }
+        drop(current);
         let mut slot = self
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if slot.context().fatal.load(Ordering::Acquire) {
+        if slot.context().broken.load(Ordering::Acquire) {
             match Self::create(&self.config) {
                 Ok(fresh) => {
-                    tracing::warn!("producer replaced after a fatal error");
-                    *slot = Arc::new(fresh);
+                    let old = std::mem::replace(&mut *slot, Arc::new(fresh));
+                    tracing::warn!("producer replaced");
+                    // Dropping purges and flushes for up to half a second:
+                    // not on a request's thread.
+                    std::thread::spawn(move || drop(old));
                 }
                 Err(e) => tracing::error!(error = %e, "could not replace the producer"),
             }

@@ -72,8 +72,10 @@ impl Application {
             .with_label_values(&[settings.strategy.as_str(), env!("CARGO_PKG_VERSION")])
             .set(1);
 
-        let gate = RedisGate::new(&settings.redis)?
-            .with_pool_wait_histogram(metrics.redis_pool_wait_seconds.clone());
+        let gate = RedisGate::new(
+            &settings.redis,
+            Some(metrics.redis_pool_wait_seconds.clone()),
+        )?;
         let db = common::db::connect(&settings.database).await?;
         let campaigns = Arc::new(CampaignStore::new(
             db,

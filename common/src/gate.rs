@@ -1,22 +1,23 @@
 //! Typed calls on a campaign's Redis state: the gate, its compensation, meta,
 //! and the per-user status records read by `/coupons/me`.
 //!
-//! Every call is bounded twice: by the wait for a pooled connection and by
-//! the time Redis takes to answer. A call that timed out after it was sent
+//! Every call is bounded twice: by the wait for a connection (only long when
+//! one has to be opened) and by the time Redis takes to answer. A call that timed out after it was sent
 //! may still have run; callers of [`RedisGate::admit`] must treat
 //! [`GateError::Timeout`] as "maybe admitted".
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_redis::{Pool, PoolError};
 use prometheus::Histogram;
 use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{CampaignId, CouponId, UserId};
 use crate::keys::CampaignKeys;
+use crate::redis_pool::{ConnectError, RedisPool};
 use crate::scripts;
 use crate::settings::RedisSettings;
 
@@ -48,10 +49,8 @@ impl Admission {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
-    #[error("no Redis connection free within {0:?}")]
-    PoolTimeout(Duration),
-    #[error("Redis pool: {0}")]
-    Pool(String),
+    #[error("no Redis connection within {0:?}")]
+    ConnectTimeout(Duration),
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
     #[error("Redis: {0}")]
@@ -60,12 +59,11 @@ pub enum GateError {
     Protocol(String),
 }
 
-impl From<PoolError> for GateError {
-    fn from(e: PoolError) -> Self {
+impl From<ConnectError> for GateError {
+    fn from(e: ConnectError) -> Self {
         match e {
-            PoolError::Timeout(_) => Self::PoolTimeout(Duration::ZERO),
-            PoolError::Backend(e) => Self::Redis(e),
-            other => Self::Pool(other.to_string()),
+            ConnectError::Timeout(d) => Self::ConnectTimeout(d),
+            ConnectError::Redis(e) => Self::Redis(e),
         }
     }
 }
@@ -103,71 +101,41 @@ pub struct StatusRecord {
     pub at: DateTime<Utc>,
 }
 
-/// Typed access to campaigns' Redis state through a connection pool.
-#[derive(Clone)]
+/// Typed access to campaigns' Redis state.
+#[derive(Debug, Clone)]
 pub struct RedisGate {
-    pool: Pool,
-    pool_wait_timeout: Duration,
+    pool: std::sync::Arc<RedisPool>,
     command_timeout: Duration,
     status_ttl_secs: u64,
-    pool_wait: Option<Histogram>,
-}
-
-impl std::fmt::Debug for RedisGate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisGate")
-            .field("pool", &self.pool.status())
-            .field("command_timeout", &self.command_timeout)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisGate {
-    /// Builds the pool; no connection is opened until the first call.
-    pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
-        let mut config = deadpool_redis::Config::from_url(settings.url.clone());
-        let mut pool_config = deadpool_redis::PoolConfig::new(settings.pool_size.max(1));
-        pool_config.timeouts.wait = Some(settings.pool_wait_timeout());
-        pool_config.timeouts.create = Some(settings.command_timeout().max(Duration::from_secs(1)));
-        pool_config.timeouts.recycle = Some(settings.command_timeout());
-        config.pool = Some(pool_config);
-        let pool = config.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+    /// Opens no connection until the first call.
+    pub fn new(settings: &RedisSettings, connect_wait: Option<Histogram>) -> anyhow::Result<Self> {
+        let mut pool = RedisPool::new(&settings.url, settings.pool_size, settings.connect_timeout())?;
+        if let Some(h) = connect_wait {
+            pool = pool.with_wait_histogram(h);
+        }
         Ok(Self {
-            pool,
-            pool_wait_timeout: settings.pool_wait_timeout(),
+            pool: std::sync::Arc::new(pool),
             command_timeout: settings.command_timeout(),
             status_ttl_secs: settings.status_ttl_secs,
-            pool_wait: None,
         })
-    }
-
-    /// Observe the wait for a pooled connection into `histogram` (seconds).
-    pub fn with_pool_wait_histogram(mut self, histogram: Histogram) -> Self {
-        self.pool_wait = Some(histogram);
-        self
-    }
-
-    async fn connection(&self) -> Result<deadpool_redis::Connection, GateError> {
-        let started = Instant::now();
-        let conn = self.pool.get().await.map_err(|e| match GateError::from(e) {
-            GateError::PoolTimeout(_) => GateError::PoolTimeout(self.pool_wait_timeout),
-            other => other,
-        });
-        if let Some(h) = &self.pool_wait {
-            h.observe(started.elapsed().as_secs_f64());
-        }
-        conn
     }
 
     /// Runs one call on a pooled connection within the command timeout.
     async fn run<T, F, Fut>(&self, call: F) -> Result<T, GateError>
     where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let conn = self.connection().await?;
-        match tokio::time::timeout(self.command_timeout, call(conn)).await {
-            Ok(result) => Ok(result?),
+        let lease = self.pool.get().await?;
+        match tokio::time::timeout(self.command_timeout, call(lease.conn.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                self.pool.report(&lease, &e);
+                Err(GateError::Redis(e))
+            }
             Err(_) => Err(GateError::Timeout(self.command_timeout)),
         }
     }
@@ -300,10 +268,6 @@ impl RedisGate {
         self.run(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await })
             .await
             .map(|_| ())
-    }
-
-    pub fn pool(&self) -> &Pool {
-        &self.pool
     }
 }
 

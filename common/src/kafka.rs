@@ -14,21 +14,25 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::settings::KafkaSettings;
 
-/// An idempotent producer that waits for all in-sync replicas:
-/// `acks=all`, `enable.idempotence=true`, and `message.timeout.ms` bounding
-/// how long a message may wait for its delivery report.
+/// A producer that waits for all in-sync replicas (`acks=all`), idempotent
+/// unless `kafka.idempotence` is off, with `message.timeout.ms` bounding how
+/// long a message may wait for its delivery report.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.brokers)
-        .set("enable.idempotence", "true")
+        .set("enable.idempotence", settings.idempotence.to_string())
         .set("acks", "all")
         .set("message.timeout.ms", settings.delivery_timeout_ms.to_string())
         .set("linger.ms", settings.linger_ms.to_string())
         .set("compression.codec", &settings.compression)
         // The Java client's partitioner, so keys land where Kafka tools expect.
         .set("partitioner", "murmur2_random")
-        .set("socket.keepalive.enable", "true");
+        .set("socket.keepalive.enable", "true")
+        // librdkafka checks message timeouts from the broker's thread, which
+        // sleeps up to this backoff while the broker is unreachable: the
+        // 10 s default stretched a 3 s delivery timeout to about 9 s.
+        .set("reconnect.backoff.max.ms", "500");
     config
 }
 

@@ -4,7 +4,8 @@
 //! - [`message`]: the `coupon.issue.v1` Kafka message and DLQ reasons.
 //! - [`settings`]: typed settings (defaults, file, `APP_*` environment).
 //! - [`keys`], [`scripts`], [`gate`]: the Redis key layout, the Lua scripts
-//!   (`lua/*.lua`) and typed calls on a campaign's gate state.
+//!   (`lua/*.lua`) and typed calls on a campaign's gate state, over the
+//!   shared multiplexed connections of [`redis_pool`].
 //! - [`kafka`]: client configuration and topic creation.
 //! - [`entities`], [`db`]: the PostgreSQL schema as sea-orm entities, and the pool.
 //! - [`metrics`]: declaring and rendering Prometheus metrics.
@@ -19,7 +20,10 @@ pub mod kafka;
 pub mod keys;
 pub mod message;
 pub mod metrics;
+pub mod redis_pool;
 pub mod scripts;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;

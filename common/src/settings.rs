@@ -111,10 +111,10 @@ impl Default for HttpSettings {
 #[serde(default)]
 pub struct RedisSettings {
     pub url: String,
-    /// Multiplexed connections in the pool; each carries many requests.
+    /// Shared multiplexed connections; each carries many requests at once.
     pub pool_size: usize,
-    /// Longest wait for a pooled connection before answering 503.
-    pub pool_wait_timeout_ms: u64,
+    /// Longest wait for a connection (opening one included) before 503.
+    pub connect_timeout_ms: u64,
     /// Longest wait for one Redis call before answering 503.
     pub command_timeout_ms: u64,
     /// How long async states (`pending`, `queued`, `rejected`) stay readable
@@ -126,8 +126,8 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
-            pool_size: 8,
-            pool_wait_timeout_ms: 200,
+            pool_size: 4,
+            connect_timeout_ms: 500,
             command_timeout_ms: 500,
             status_ttl_secs: 7 * 24 * 3600,
         }
@@ -135,8 +135,8 @@ impl Default for RedisSettings {
 }
 
 impl RedisSettings {
-    pub fn pool_wait_timeout(&self) -> Duration {
-        Duration::from_millis(self.pool_wait_timeout_ms)
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
     }
     pub fn command_timeout(&self) -> Duration {
         Duration::from_millis(self.command_timeout_ms)
@@ -177,6 +177,12 @@ pub struct KafkaSettings {
     pub partitions: i32,
     /// Replication factor when `migrate` creates topics (3 on a real cluster).
     pub replication_factor: i32,
+    /// `enable.idempotence`. On for Apache Kafka. The local broker (Tansu
+    /// 0.6) must run with it off: after a message times out, librdkafka bumps
+    /// the producer epoch, and a produce with an epoch Tansu has not issued
+    /// crashes its storage engine (docs/ARCHITECTURE.md, The broker). The
+    /// system does not rely on it: the worker dedupes on (campaign, user).
+    pub idempotence: bool,
     /// `message.timeout.ms`: how long a request may wait for its delivery
     /// report once the gate admitted it.
     pub delivery_timeout_ms: u64,
@@ -199,6 +205,7 @@ impl Default for KafkaSettings {
             dlq_topic: "coupon.issue.v1.dlq".into(),
             partitions: 12,
             replication_factor: 1,
+            idempotence: true,
             delivery_timeout_ms: 5_000,
             linger_ms: 2,
             compression: "none".into(),

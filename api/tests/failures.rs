@@ -1,0 +1,162 @@
+//! Failures of the broker, Redis and PostgreSQL: a clear 503, nothing
+//! admitted that is not promised, never `accepted` without the broker's
+//! word. Each test that breaks a service breaks one of its own.
+
+mod helpers;
+
+use std::time::{Duration, Instant};
+
+use common::entities::campaigns;
+use common::ids::CampaignId;
+use common::keys::CampaignKeys;
+use helpers::*;
+use reqwest::StatusCode;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use secrecy::SecretString;
+use serde_json::json;
+
+/// Retries an issue request until it is accepted (a client that got 503).
+async fn issue_until_accepted(api: &TestApi, campaign: &CampaignId, user: &str, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let (status, body) = api.issue(campaign, user).await;
+        if body["outcome"] == "accepted" {
+            return;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(started.elapsed() < within, "not accepted within {within:?}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_down_means_503_with_nothing_admitted_and_unconfirmed_means_pending() {
+    let mut broker = OwnBroker::start();
+    let mut settings = test_settings().await;
+    settings.kafka.brokers = broker.address();
+    common::kafka::ensure_topics(&settings.kafka).await.unwrap();
+    let api = spawn_api(&settings).await;
+    let worker = spawn_worker(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    issue_until_accepted(&api, &campaign, "before", Duration::from_secs(20)).await;
+
+    // Stopped: the message never reaches a broker, so the slot is given back.
+    broker.kill();
+    let started = Instant::now();
+    let (status, body) = api.issue(&campaign, "during").await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["outcome"], "unavailable");
+    assert!(took < Duration::from_millis(settings.kafka.delivery_timeout_ms + 2_000), "took {took:?}");
+    assert_eq!(gate_state(&campaign).await, (vec!["before".to_owned()], Some(1)));
+    let (_, me) = api.my_coupon(&campaign, "during").await;
+    assert_eq!(me["state"], "none");
+
+    // Back: issuance works again, and the refused user can retry.
+    broker.restart();
+    issue_until_accepted(&api, &campaign, "during", Duration::from_secs(30)).await;
+
+    // Frozen: the message leaves for the broker and no report comes back in
+    // time. It may be in the log, so the answer is pending, never accepted.
+    broker.freeze(true);
+    let (status, body) = api.issue(&campaign, "unconfirmed").await;
+    broker.freeze(false);
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["outcome"], "pending");
+    assert!(body["coupon_id"].is_string());
+    let (members, _) = gate_state(&campaign).await;
+    assert!(members.contains(&"unconfirmed".to_owned()), "a pending slot must stay taken");
+    let (_, me) = api.my_coupon(&campaign, "unconfirmed").await;
+    assert!(me["state"] == "pending" || me["state"] == "issued", "{me}");
+
+    let db = db().await;
+    let started = Instant::now();
+    while rows(&db, &campaign).await < 2 {
+        assert!(started.elapsed() < Duration::from_secs(30), "accepted users lack rows");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let users = row_users(&db, &campaign).await;
+    assert!(users.contains(&"before".to_owned()) && users.contains(&"during".to_owned()));
+    worker.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_redis_state_answers_503_and_is_never_recreated() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    let (status, _) = api.issue(&campaign, "alice").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let keys = CampaignKeys::new(&campaign);
+
+    redis_del(&[keys.meta()]).await;
+    let (status, body) = api.issue(&campaign, "bob").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["outcome"], "unavailable");
+    assert!(!redis_exists(&keys.meta()).await, "meta recreated");
+    assert_eq!(gate_state(&campaign).await, (vec!["alice".to_owned()], Some(1)));
+
+    redis_del(&[keys.users(), keys.issued()]).await;
+    let (status, _) = api.issue(&campaign, "carol").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(gate_state(&campaign).await, (vec![], None), "state rebuilt from zero");
+    let (_, view) = api.campaign(&campaign).await;
+    assert_eq!(view["gate"], "missing");
+    assert!(view["issued"].is_null());
+    // Closing still closes the row, and does not create a partial meta.
+    let (status, view) = api.close_campaign(&campaign).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(view["state"], "closed");
+    assert!(!redis_exists(&keys.meta()).await);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_unreachable_means_503_and_no_campaign_half_created() {
+    let mut settings = test_settings().await;
+    let healthy = spawn_api(&settings).await;
+    let campaign = healthy.open_campaign(10).await;
+    settings.redis.url = format!("redis://127.0.0.1:{}", spare_port());
+    let api = spawn_api(&settings).await;
+
+    let started = Instant::now();
+    let (status, body) = api.issue(&campaign, "alice").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["outcome"], "unavailable");
+    assert!(started.elapsed() < Duration::from_secs(3), "not a fast 503");
+
+    let name = format!("half-{}", uuid::Uuid::now_v7());
+    let (status, body) = api.create_campaign(json!({ "name": name, "stock": 1 })).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let same_name = campaigns::Entity::find()
+        .filter(campaigns::Column::Name.eq(name.as_str()))
+        .count(&db().await)
+        .await
+        .unwrap();
+    assert_eq!(same_name, 0, "the row stayed without its gate meta");
+    let ready = reply(api.client.get(format!("{}/readyz", api.address)).send().await.unwrap()).await;
+    assert_eq!(ready.0, StatusCode::OK, "readiness must not fail on a shared dependency");
+    assert_eq!(ready.1["dependencies"]["redis"], "down");
+    api.stop().await;
+    healthy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_unreachable_means_503_on_admin_routes_and_unknown_ids() {
+    let mut settings = test_settings().await;
+    settings.database.url =
+        SecretString::from(format!("postgres://postgres@127.0.0.1:{}/coupons?sslmode=disable", spare_port()));
+    settings.database.connect_timeout_ms = 500;
+    let api = spawn_api(&settings).await;
+
+    let (status, body) = api.create_campaign(json!({ "name": "x", "stock": 1 })).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["outcome"], "unavailable");
+    // An id with no gate meta cannot be told unknown from lost: 503, not 404.
+    let unknown = CampaignId::new();
+    let (status, body) = api.issue(&unknown, "alice").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(gate_state(&unknown).await, (vec![], None));
+    api.stop().await;
+}

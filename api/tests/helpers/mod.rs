@@ -1,0 +1,197 @@
+//! Test helpers: start the real api and worker (the same `Application`s that
+//! `main` starts) on port 0 against real Redis, PostgreSQL and the broker,
+//! isolated per test by their own topic, consumer group and campaigns; one
+//! helper per endpoint. Service locations and reads of the services come
+//! from `common::testkit`.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use api::startup::Application;
+use chrono::Utc;
+use common::ids::CampaignId;
+use common::settings::Settings;
+pub use common::testkit::*;
+use jsonwebtoken::{EncodingKey, Header, encode};
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const JWT_SECRET: &str = "test-jwt-secret";
+
+static MIGRATED: OnceCell<()> = OnceCell::const_new();
+
+/// Settings for one test (see `common::testkit::isolated_settings`) with
+/// test secrets; migrates the test database once per process and creates
+/// the test's topics.
+pub async fn test_settings() -> Settings {
+    let mut s = isolated_settings();
+    s.auth.admin_token = Some(SecretString::from(ADMIN_TOKEN));
+    s.auth.jwt_secret = Some(SecretString::from(JWT_SECRET));
+    common::telemetry::init(&s.log);
+    MIGRATED
+        .get_or_init(|| async {
+            issuer_worker::migration::migrate(&db().await)
+                .await
+                .expect("migrations");
+        })
+        .await;
+    common::kafka::ensure_topics(&s.kafka).await.expect("topics");
+    s
+}
+
+/// A running api instance.
+pub struct TestApi {
+    pub address: String,
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_api(settings: &Settings) -> TestApi {
+    let app = Application::build(settings.clone()).await.expect("api builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    TestApi {
+        address,
+        client,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+impl TestApi {
+    /// Graceful stop, as on SIGTERM.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("api task").expect("api stopped cleanly");
+        }
+    }
+
+    pub async fn create_campaign(&self, body: Value) -> (StatusCode, Value) {
+        let res = self
+            .client
+            .post(format!("{}/api/v1/campaigns", self.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        reply(res).await
+    }
+
+    /// An open campaign with `stock`; returns its id.
+    pub async fn open_campaign(&self, stock: i64) -> CampaignId {
+        let (status, body) = self
+            .create_campaign(json!({ "name": "test sale", "stock": stock }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        CampaignId::parse(body["id"].as_str().expect("id")).expect("uuid")
+    }
+
+    pub async fn campaign(&self, id: &CampaignId) -> (StatusCode, Value) {
+        let res = self
+            .client
+            .get(format!("{}/api/v1/campaigns/{id}", self.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("request");
+        reply(res).await
+    }
+
+    pub async fn close_campaign(&self, id: &CampaignId) -> (StatusCode, Value) {
+        let res = self
+            .client
+            .post(format!("{}/api/v1/campaigns/{id}/close", self.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("request");
+        reply(res).await
+    }
+
+    pub async fn issue(&self, campaign: &CampaignId, user: &str) -> (StatusCode, Value) {
+        self.issue_with_token(campaign, &mint_jwt(user, 3600)).await
+    }
+
+    pub async fn issue_with_token(&self, campaign: &CampaignId, token: &str) -> (StatusCode, Value) {
+        let res = self
+            .client
+            .post(format!("{}/api/v1/campaigns/{campaign}/issue", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        reply(res).await
+    }
+
+    pub async fn my_coupon(&self, campaign: &CampaignId, user: &str) -> (StatusCode, Value) {
+        let res = self
+            .client
+            .get(format!("{}/api/v1/campaigns/{campaign}/coupons/me", self.address))
+            .bearer_auth(mint_jwt(user, 3600))
+            .send()
+            .await
+            .expect("request");
+        reply(res).await
+    }
+}
+
+pub async fn reply(res: reqwest::Response) -> (StatusCode, Value) {
+    let status = res.status();
+    let text = res.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// An HS256 user token; `ttl_secs` may be negative (expired).
+pub fn mint_jwt(user: &str, ttl_secs: i64) -> String {
+    mint_jwt_with(user, ttl_secs, JWT_SECRET)
+}
+
+pub fn mint_jwt_with(user: &str, ttl_secs: i64, secret: &str) -> String {
+    let claims = json!({ "sub": user, "exp": Utc::now().timestamp() + ttl_secs });
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token")
+}
+
+/// A running in-process worker.
+pub struct TestWorker {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn spawn_worker(settings: &Settings) -> TestWorker {
+    let app = issuer_worker::startup::Application::build(settings.clone())
+        .await
+        .expect("worker builds");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    TestWorker { stop, task }
+}
+
+impl TestWorker {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("worker task").expect("worker stopped cleanly");
+    }
+}
+

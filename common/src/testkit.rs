@@ -1,0 +1,485 @@
+//! Test support shared by the api's and the worker's integration tests
+//! (feature `testkit`, dev-dependencies only): where the real services are,
+//! settings isolated per test, services of a test's own to break, and reads
+//! of the broker, Redis and PostgreSQL to check outcomes against.
+//!
+//! The shared services: `COUPON_TEST_DATABASE_URL`, `COUPON_TEST_REDIS_URL`,
+//! `COUPON_TEST_BROKERS` (scripts/test sets them and starts the services);
+//! `TANSU_BIN` names the broker binary for tests that run a broker of their own.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
+use secrecy::SecretString;
+
+use crate::entities::{campaigns, coupons};
+use crate::ids::CampaignId;
+use crate::keys::CampaignKeys;
+use crate::settings::{DatabaseSettings, Settings};
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+pub fn database_url() -> String {
+    env_or(
+        "COUPON_TEST_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/coupons_test?sslmode=disable",
+    )
+}
+
+pub fn redis_url() -> String {
+    env_or("COUPON_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+pub fn brokers() -> String {
+    env_or("COUPON_TEST_BROKERS", "127.0.0.1:9092")
+}
+
+/// Settings for one test: the shared services, its own topic, DLQ and
+/// consumer group, a short delivery timeout, port 0 everywhere.
+pub fn isolated_settings() -> Settings {
+    let mut s = Settings::default();
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    s.database.url = SecretString::from(database_url());
+    s.redis.url = redis_url();
+    s.kafka.brokers = brokers();
+    s.kafka.topic = format!("coupon.issue.test.{tag}");
+    s.kafka.dlq_topic = format!("coupon.issue.test.{tag}.dlq");
+    s.kafka.partitions = 3;
+    // See `KafkaSettings::idempotence`: the local broker crashes on the epoch
+    // bump that follows a timed-out message.
+    s.kafka.idempotence = false;
+    s.kafka.group_id = format!("coupon-issuer-test-{tag}");
+    s.kafka.delivery_timeout_ms = 3_000;
+    s.kafka.session_timeout_ms = 6_000;
+    s.http.port = 0;
+    s.http.workers = 2;
+    s.http.shutdown_timeout_secs = 10;
+    s.worker.http_port = 0;
+    s.worker.batch_linger_ms = 5;
+    s.log.filter = "warn".into();
+    s
+}
+
+/// A port nothing listens on right now.
+pub fn spare_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, within: Duration, what: &str) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < within, "{what} did not open port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("coupon-{what}-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A broker of the test's own (SQLite storage in a temporary directory), so
+/// that stopping or freezing it affects no other test.
+#[derive(Debug)]
+pub struct OwnBroker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnBroker {
+    pub fn start() -> Self {
+        let mut broker = Self {
+            port: spare_port(),
+            dir: temp_dir("broker"),
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the broker process on the same port and data.
+    pub fn restart(&mut self) {
+        let bin = std::env::var("TANSU_BIN")
+            .expect("TANSU_BIN must name the broker binary (scripts/test sets it)");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.log"))
+            .unwrap();
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the broker");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(20), "broker");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP / SIGCONT: the broker keeps its connections but answers nothing.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            signal(child.id(), if frozen { "-STOP" } else { "-CONT" });
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.freeze(false);
+        self.kill();
+        if std::thread::panicking() {
+            // Keep the broker's side of a failed test.
+            let log = std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default();
+            let tail: Vec<_> = log.lines().rev().take(100000).collect();
+            eprintln!("--- own broker log (last lines) ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// A PostgreSQL cluster of the test's own on a spare port (Debian's
+/// binaries), so that stopping it affects no other test.
+#[derive(Debug)]
+pub struct OwnPostgres {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl OwnPostgres {
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("Debian's PostgreSQL under /usr/lib/postgresql")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("an initdb");
+        let dir = temp_dir("postgres");
+        let pg = Self {
+            port: spare_port(),
+            dir,
+            bin,
+        };
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres", &pg.dir.display().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown");
+        }
+        pg.run(
+            "initdb",
+            &["-D", &pg.data(), "-A", "trust", "-U", "postgres", "--no-sync"],
+        );
+        pg.set_running(true);
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    /// A PostgreSQL tool, run as the `postgres` user when this process is
+    /// root (initdb and postgres refuse to run as root).
+    fn tool(&self, tool: &str) -> Command {
+        let program = self.bin.join(tool);
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let output = self.tool(tool).args(args).output().expect(tool);
+        assert!(
+            output.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// Starts (`true`) or fast-stops (`false`) the server.
+    pub fn set_running(&self, running: bool) {
+        if running {
+            let options = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.dir.display()
+            );
+            let log = self.dir.join("log").display().to_string();
+            self.run("pg_ctl", &["-D", &self.data(), "-o", &options, "-l", &log, "-w", "start"]);
+            wait_for_port(self.port, Duration::from_secs(20), "postgres");
+        } else {
+            self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+        }
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .tool("pg_ctl")
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}
+
+/// Messages in a topic: the sum over partitions of high − low watermarks.
+pub async fn topic_messages(brokers: &str, topic: &str) -> i64 {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer = plain_consumer(&brokers);
+        let partitions = partitions(&consumer, &topic);
+        (0..partitions)
+            .map(|p| {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                    .unwrap();
+                high - low
+            })
+            .sum()
+    })
+    .await
+    .unwrap()
+}
+
+fn plain_consumer(brokers: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "coupon-testkit-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap()
+}
+
+fn partitions(consumer: &BaseConsumer, topic: &str) -> i32 {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    metadata.topics()[0].partitions().len() as i32
+}
+
+/// One message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct ReadMessage {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl ReadMessage {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every message of a topic from the beginning, read without a group commit.
+pub async fn read_topic(brokers: &str, topic: &str) -> Vec<ReadMessage> {
+    let expected = topic_messages(brokers, topic).await;
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer = plain_consumer(&brokers);
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions(&consumer, &topic) {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let started = Instant::now();
+        while (out.len() as i64) < expected && started.elapsed() < Duration::from_secs(20) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                                (h.key.to_owned(), value.into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(ReadMessage {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+        }
+        out
+    })
+    .await
+    .unwrap()
+}
+
+pub async fn db() -> DatabaseConnection {
+    db_at(&database_url()).await
+}
+
+pub async fn db_at(url: &str) -> DatabaseConnection {
+    let settings = DatabaseSettings {
+        url: SecretString::from(url.to_owned()),
+        ..DatabaseSettings::default()
+    };
+    crate::db::connect(&settings).await.unwrap()
+}
+
+pub async fn rows(db: &DatabaseConnection, campaign: &CampaignId) -> u64 {
+    coupons::Entity::find()
+        .filter(coupons::Column::CampaignId.eq(campaign.as_uuid()))
+        .count(db)
+        .await
+        .unwrap()
+}
+
+pub async fn row_users(db: &DatabaseConnection, campaign: &CampaignId) -> Vec<String> {
+    coupons::Entity::find()
+        .filter(coupons::Column::CampaignId.eq(campaign.as_uuid()))
+        .all(db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.user_id)
+        .collect()
+}
+
+/// The `persisted` column of the campaign's row.
+pub async fn persisted_column(db: &DatabaseConnection, campaign: &CampaignId) -> i64 {
+    campaigns::Entity::find_by_id(campaign.as_uuid())
+        .one(db)
+        .await
+        .unwrap()
+        .expect("campaign row")
+        .persisted
+}
+
+/// Polls until the campaign has `expected` rows; panics after `within`.
+pub async fn wait_for_rows(
+    db: &DatabaseConnection,
+    campaign: &CampaignId,
+    expected: u64,
+    within: Duration,
+) {
+    let started = Instant::now();
+    loop {
+        let n = rows(db, campaign).await;
+        if n == expected {
+            return;
+        }
+        assert!(
+            n < expected && started.elapsed() < within,
+            "campaign {campaign}: {n} rows after {:?}, expected {expected}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// The campaign's gate state: sorted members of the set, and the counter.
+pub async fn gate_state(campaign: &CampaignId) -> (Vec<String>, Option<i64>) {
+    let keys = CampaignKeys::new(campaign);
+    let mut conn = redis().await;
+    let mut members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.users())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    members.sort();
+    let issued: Option<i64> = redis::cmd("GET")
+        .arg(keys.issued())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    (members, issued)
+}
+
+pub async fn redis_del(keys: &[String]) {
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut redis().await)
+        .await
+        .unwrap();
+}
+
+pub async fn redis_exists(key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(&mut redis().await)
+        .await
+        .unwrap()
+        == 1
+}

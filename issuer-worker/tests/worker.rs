@@ -1,0 +1,296 @@
+//! The worker against the real broker and PostgreSQL: dead letters with
+//! reasons, redeliveries, the stock guard, a kill -9 mid-drain, and
+//! PostgreSQL going away.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::entities::campaigns;
+use common::ids::{CampaignId, CouponId, UserId};
+use common::message::{CouponIssued, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER};
+use common::settings::Settings;
+use common::testkit::*;
+use issuer_worker::startup::Application;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sea_orm::{ActiveModelTrait, DatabaseConnection, Set};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+static MIGRATED: OnceCell<()> = OnceCell::const_new();
+
+async fn settings() -> Settings {
+    let s = isolated_settings();
+    common::telemetry::init(&s.log);
+    MIGRATED
+        .get_or_init(|| async {
+            issuer_worker::migration::migrate(&db().await).await.unwrap();
+        })
+        .await;
+    common::kafka::ensure_topics(&s.kafka).await.unwrap();
+    s
+}
+
+/// A campaign row, written directly (the api is not under test here).
+async fn campaign(db: &DatabaseConnection, stock: i64) -> CampaignId {
+    let id = CampaignId::new();
+    campaigns::ActiveModel {
+        id: Set(id.as_uuid()),
+        name: Set("worker test".into()),
+        stock: Set(stock),
+        persisted: Set(0),
+        starts_at: Set(Utc::now()),
+        ends_at: Set(None),
+        state: Set("open".into()),
+        created_at: Set(Utc::now()),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+    id
+}
+
+fn message(campaign: CampaignId, user: &str) -> CouponIssued {
+    CouponIssued::new(
+        CouponId::new(),
+        campaign,
+        UserId::parse(user).unwrap(),
+        Utc::now(),
+        "sync",
+    )
+}
+
+struct Topic {
+    producer: FutureProducer,
+    name: String,
+}
+
+impl Topic {
+    fn new(settings: &Settings) -> Self {
+        Self {
+            producer: common::kafka::producer_config(&settings.kafka).create().unwrap(),
+            name: settings.kafka.topic.clone(),
+        }
+    }
+
+    async fn send_raw(&self, key: &str, payload: &[u8]) {
+        self.producer
+            .send(
+                FutureRecord::to(&self.name).key(key).payload(payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    async fn send(&self, m: &CouponIssued) {
+        self.send_raw(&m.key(), &m.encode()).await;
+    }
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    http_port: u16,
+}
+
+async fn start(settings: &Settings) -> Running {
+    let app = Application::build(settings.clone()).await.unwrap();
+    let http_port = app.http_port();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    Running { stop, task, http_port }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest_get(self.http_port, "/metrics").await;
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+}
+
+/// A bare HTTP/1.0 GET (the worker's ops endpoints are tiny).
+async fn reqwest_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_messages_go_to_the_dlq_with_a_reason_and_the_partition_keeps_flowing() {
+    let settings = settings().await;
+    let db = db().await;
+    let c = campaign(&db, 10).await;
+    let topic = Topic::new(&settings);
+    // Same key, so the same partition: the poison sits between two good ones.
+    let key = format!("{c}:same");
+    topic.send(&message(c, "first")).await;
+    topic.send_raw(&key, b"{not json").await;
+    topic.send_raw(&key, br#"{"v": 9, "hello": "world"}"#).await;
+    topic.send(&message(CampaignId::new(), "nobody-knows")).await;
+    topic.send(&message(c, "second")).await;
+
+    let worker = start(&settings).await;
+    wait_for_rows(&db, &c, 2, Duration::from_secs(30)).await;
+    let started = Instant::now();
+    let letters = loop {
+        let letters = read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic).await;
+        if letters.len() >= 3 || started.elapsed() > Duration::from_secs(20) {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut reasons: Vec<_> = letters
+        .iter()
+        .map(|l| l.header(DLQ_REASON_HEADER).unwrap_or("?").to_owned())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["unknown_campaign", "unparseable", "unparseable"]);
+    let raw = letters
+        .iter()
+        .find(|l| l.payload.as_deref() == Some(b"{not json".as_slice()))
+        .expect("the original bytes are kept");
+    assert!(raw.header(DLQ_SOURCE_OFFSET_HEADER).is_some());
+    assert_eq!(worker.metric("worker_dead_lettered_total{reason=\"unparseable\"}").await, 2.0);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_delivered_twice_leaves_one_row_and_the_guard_keeps_the_stock() {
+    let settings = settings().await;
+    let db = db().await;
+    let c = campaign(&db, 2).await;
+    let topic = Topic::new(&settings);
+    // One key, so one partition and this order.
+    let key = format!("{c}:ordered");
+    let once = message(c, "alice");
+    topic.send_raw(&key, &once.encode()).await;
+    topic.send_raw(&key, &once.encode()).await; // a redelivery
+    topic.send_raw(&key, &message(c, "alice").encode()).await; // another coupon id
+    topic.send_raw(&key, &message(c, "bob").encode()).await;
+    topic.send_raw(&key, &message(c, "carol").encode()).await; // over the stock of 2
+
+    let worker = start(&settings).await;
+    wait_for_rows(&db, &c, 2, Duration::from_secs(30)).await;
+    let started = Instant::now();
+    while read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic).await.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "over_stock not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let letters = read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].header(DLQ_REASON_HEADER), Some("over_stock"));
+    let mut users = row_users(&db, &c).await;
+    users.sort();
+    assert_eq!(users, ["alice", "bob"]);
+    assert_eq!(persisted_column(&db, &c).await, 2);
+    assert_eq!(worker.metric("worker_duplicates_total").await, 2.0);
+    worker.stop().await;
+}
+
+fn spawn_worker_process(settings: &Settings) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_issuer-worker"))
+        .arg("run")
+        .env("APP_DATABASE__URL", settings.database.url.expose_secret())
+        .env("APP_KAFKA__BROKERS", &settings.kafka.brokers)
+        .env("APP_KAFKA__IDEMPOTENCE", settings.kafka.idempotence.to_string())
+        .env("APP_KAFKA__TOPIC", &settings.kafka.topic)
+        .env("APP_KAFKA__DLQ_TOPIC", &settings.kafka.dlq_topic)
+        .env("APP_KAFKA__GROUP_ID", &settings.kafka.group_id)
+        .env("APP_KAFKA__SESSION_TIMEOUT_MS", "6000")
+        .env("APP_WORKER__BATCH_SIZE", "100")
+        .env("APP_WORKER__HTTP_PORT", "0")
+        .env("APP_LOG__FILTER", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_drain_and_restarted_loses_nothing_and_duplicates_nothing() {
+    let settings = settings().await;
+    let db = db().await;
+    const N: u64 = 3_000;
+    let c = campaign(&db, N as i64).await;
+    let topic = Topic::new(&settings);
+    let sends: Vec<_> = (0..N).map(|i| message(c, &format!("user-{i}"))).collect();
+    futures::future::join_all(sends.iter().map(|m| topic.send(m))).await;
+
+    let mut child = spawn_worker_process(&settings);
+    let started = Instant::now();
+    while rows(&db, &c).await < N / 5 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress before the kill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(child.id(), "-KILL");
+    child.wait().unwrap();
+    let at_kill = rows(&db, &c).await;
+    assert!(at_kill < N, "drained before the kill; nothing tested");
+
+    let mut child = spawn_worker_process(&settings);
+    wait_for_rows(&db, &c, N, Duration::from_secs(90)).await;
+    assert_eq!(persisted_column(&db, &c).await, N as i64);
+    let mut users = row_users(&db, &c).await;
+    users.sort();
+    users.dedup();
+    assert_eq!(users.len() as u64, N);
+    signal(child.id(), "-TERM");
+    assert!(child.wait().unwrap().success(), "worker did not exit cleanly on SIGTERM");
+    assert!(read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_postgres_is_down_the_worker_pauses_dead_letters_nothing_and_resumes() {
+    let pg = OwnPostgres::start();
+    let mut settings = settings().await;
+    settings.database.url = SecretString::from(pg.url());
+    settings.database.connect_timeout_ms = 500;
+    settings.worker.retry_max_ms = 500;
+    let db = db_at(&pg.url()).await;
+    issuer_worker::migration::migrate(&db).await.unwrap();
+    let c = campaign(&db, 100).await;
+    let topic = Topic::new(&settings);
+    let worker = start(&settings).await;
+
+    topic.send(&message(c, "before")).await;
+    wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
+
+    pg.set_running(false);
+    for i in 0..20 {
+        topic.send(&message(c, &format!("during-{i}"))).await;
+    }
+    let started = Instant::now();
+    while worker.metric("worker_paused").await != 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "worker did not pause");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(worker.metric("worker_db_errors_total").await >= 1.0);
+
+    pg.set_running(true);
+    let db = db_at(&pg.url()).await;
+    wait_for_rows(&db, &c, 21, Duration::from_secs(30)).await;
+    assert_eq!(worker.metric("worker_paused").await, 0.0);
+    assert!(
+        read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic).await.is_empty(),
+        "an outage must not dead-letter anything"
+    );
+    worker.stop().await;
+}
