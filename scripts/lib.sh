@@ -32,12 +32,18 @@ wait_port() { # port seconds what
   die "$3 did not open port $1 within $2 s"
 }
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Alive and not a zombie (a container's init may never reap our children).
+process_alive() {
+  local state
+  state="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
+  [ -n "$state" ] && [ "${state:0:1}" != Z ]
+}
+pid_alive() { [ -f "$1" ] && process_alive "$(cat "$1")"; }
 
 # Debian packages: the C toolchain for librdkafka's bundled build, HAProxy,
 # Redis and PostgreSQL.
 ensure_packages() {
-  local wanted=(cmake g++ make pkg-config curl jq libssl-dev libsasl2-dev
+  local wanted=(cmake g++ make pkg-config curl jq openssl libssl-dev libsasl2-dev
     libcurl4-openssl-dev zlib1g-dev haproxy redis-server redis-tools
     postgresql postgresql-client)
   local missing=() p
@@ -149,7 +155,7 @@ stop_pid() {
   pid="$(cat "$file")"
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < grace * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$file"; return 0; }
+    process_alive "$pid" || { rm -f "$file"; return 0; }
     sleep 0.1
   done
   log "$what did not stop within $grace s; killing it"

@@ -70,16 +70,14 @@ impl Authenticator {
     pub fn user(&self, req: &HttpRequest) -> Result<UserId, ApiError> {
         match self.mode {
             AuthMode::Jwt => {
-                let token = bearer(req).ok_or_else(|| {
-                    ApiError::Unauthorized("missing bearer token".into())
-                })?;
+                let token = bearer(req)
+                    .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
                 self.verify_jwt(token)
             }
             AuthMode::TrustedHeader => {
-                let value = req
-                    .headers()
-                    .get(&self.user_header)
-                    .ok_or_else(|| ApiError::Unauthorized(format!("missing {}", self.user_header)))?;
+                let value = req.headers().get(&self.user_header).ok_or_else(|| {
+                    ApiError::Unauthorized(format!("missing {}", self.user_header))
+                })?;
                 let value = value.to_str().map_err(|_| {
                     ApiError::Unauthorized(format!("{} is not a valid user id", self.user_header))
                 })?;
@@ -90,7 +88,9 @@ impl Authenticator {
 
     fn verify_jwt(&self, token: &str) -> Result<UserId, ApiError> {
         let Some((key, validation)) = &self.jwt else {
-            return Err(ApiError::Unauthorized("user tokens are not accepted here".into()));
+            return Err(ApiError::Unauthorized(
+                "user tokens are not accepted here".into(),
+            ));
         };
         let started = Instant::now();
         let verified = decode::<Claims>(token, key, validation);
@@ -104,17 +104,19 @@ impl Authenticator {
 
     /// Ok for the admin token; 403 for a valid user credential; else 401.
     pub fn admin(&self, req: &HttpRequest) -> Result<(), ApiError> {
-        if let Some(token) = bearer(req) {
-            if bool::from(
+        if let Some(token) = bearer(req)
+            && bool::from(
                 token
                     .as_bytes()
                     .ct_eq(self.admin_token.expose_secret().as_bytes()),
-            ) {
-                return Ok(());
-            }
+            )
+        {
+            return Ok(());
         }
         if self.user(req).is_ok() {
-            return Err(ApiError::Forbidden("admin routes need the admin token".into()));
+            return Err(ApiError::Forbidden(
+                "admin routes need the admin token".into(),
+            ));
         }
         Err(ApiError::Unauthorized(
             "missing or wrong admin token".into(),

@@ -53,10 +53,8 @@ impl CampaignRequest {
             return Err(format!("stock must be between 0 and {MAX_STOCK}"));
         }
         let starts_at = self.starts_at.unwrap_or(now);
-        if let Some(ends_at) = self.ends_at {
-            if ends_at <= starts_at {
-                return Err("ends_at must be after starts_at".into());
-            }
+        if self.ends_at.is_some_and(|ends_at| ends_at <= starts_at) {
+            return Err("ends_at must be after starts_at".into());
         }
         Ok(NewCampaign {
             name: name.to_owned(),
@@ -116,7 +114,11 @@ impl CampaignView {
             starts_at: row.starts_at,
             ends_at: row.ends_at,
             created_at: row.created_at,
-            gate: if issued.is_some() { "loaded" } else { "missing" },
+            gate: if issued.is_some() {
+                "loaded"
+            } else {
+                "missing"
+            },
         }
     }
 }
@@ -233,7 +235,10 @@ impl CampaignStore {
 
     async fn row(&self, id: &CampaignId) -> Result<campaigns::Model, StoreError> {
         let row = self
-            .bounded("read campaign", campaigns::Entity::find_by_id(id.as_uuid()).one(&self.db))
+            .bounded(
+                "read campaign",
+                campaigns::Entity::find_by_id(id.as_uuid()).one(&self.db),
+            )
             .await?
             .ok_or(StoreError::UnknownCampaign)?;
         self.remember(*id);
@@ -289,7 +294,10 @@ impl CampaignStore {
         after: Option<&UserId>,
         limit: u64,
     ) -> Result<Vec<CouponView>, StoreError> {
-        self.exists(id).await?.then_some(()).ok_or(StoreError::UnknownCampaign)?;
+        self.exists(id)
+            .await?
+            .then_some(())
+            .ok_or(StoreError::UnknownCampaign)?;
         let mut query = coupons::Entity::find()
             .filter(coupons::Column::CampaignId.eq(id.as_uuid()))
             .order_by_asc(coupons::Column::UserId)
@@ -370,7 +378,13 @@ mod tests {
         assert_eq!(ok.starts_at, now);
     }
 
-    fn row(stock: i64, persisted: i64, state: &str, starts: i64, ends: Option<i64>) -> campaigns::Model {
+    fn row(
+        stock: i64,
+        persisted: i64,
+        state: &str,
+        starts: i64,
+        ends: Option<i64>,
+    ) -> campaigns::Model {
         let now = Utc::now();
         campaigns::Model {
             id: uuid::Uuid::now_v7(),
@@ -388,11 +402,29 @@ mod tests {
     fn state_is_derived_from_window_closure_and_counts() {
         let now = Utc::now();
         let state = |r, issued| CampaignView::new(r, issued, now).state;
-        assert_eq!(state(row(10, 0, "open", -5, None), Some(3)), CampaignState::Open);
-        assert_eq!(state(row(10, 0, "open", 60, None), Some(0)), CampaignState::Scheduled);
-        assert_eq!(state(row(10, 0, "closed", -5, None), Some(0)), CampaignState::Closed);
-        assert_eq!(state(row(10, 0, "open", -5, Some(-1)), Some(0)), CampaignState::Closed);
-        assert_eq!(state(row(10, 2, "open", -5, None), Some(10)), CampaignState::SoldOut);
-        assert_eq!(state(row(10, 10, "open", -5, None), None), CampaignState::SoldOut);
+        assert_eq!(
+            state(row(10, 0, "open", -5, None), Some(3)),
+            CampaignState::Open
+        );
+        assert_eq!(
+            state(row(10, 0, "open", 60, None), Some(0)),
+            CampaignState::Scheduled
+        );
+        assert_eq!(
+            state(row(10, 0, "closed", -5, None), Some(0)),
+            CampaignState::Closed
+        );
+        assert_eq!(
+            state(row(10, 0, "open", -5, Some(-1)), Some(0)),
+            CampaignState::Closed
+        );
+        assert_eq!(
+            state(row(10, 2, "open", -5, None), Some(10)),
+            CampaignState::SoldOut
+        );
+        assert_eq!(
+            state(row(10, 10, "open", -5, None), None),
+            CampaignState::SoldOut
+        );
     }
 }

@@ -1,16 +1,16 @@
 //! The coupon issuance api (actix-web).
 //!
-//! - [`startup`]: `Application::build(settings)` and `run_until_stopped`;
+//! - [`startup`] — `Application::build(settings)` and `run_until_stopped`;
 //!   shared state; shutdown order.
-//! - [`routes`]: the HTTP contract: admin ([`routes::campaigns`]), user
+//! - [`routes`] — the HTTP contract: admin ([`routes::campaigns`]), user
 //!   ([`routes::issue`]) and operations ([`routes::ops`]) endpoints.
-//! - [`strategy`]: the issue request path behind `APP_STRATEGY`, built from
+//! - [`strategy`] — the issue request path behind `APP_STRATEGY`, built from
 //!   the steps of [`strategy::pipeline`] (gate, produce, settle).
-//! - [`producer`]: the Kafka producer with per-message persistence status.
-//! - [`campaigns`]: campaigns in PostgreSQL with their gate meta in Redis.
-//! - [`auth`], [`rate_limit`]: who is calling, and how often.
-//! - [`error`]: every error reply and its status.
-//! - [`metrics`]: the api's Prometheus metrics.
+//! - [`producer`] — the Kafka producer with per-message persistence status.
+//! - [`campaigns`] — campaigns in PostgreSQL with their gate meta in Redis.
+//! - [`auth`], [`rate_limit`] — who is calling, and how often.
+//! - [`error`] — every error reply and its status.
+//! - [`metrics`] — the api's Prometheus metrics.
 
 pub mod auth;
 pub mod campaigns;

@@ -58,9 +58,9 @@ impl DeliveryReceipt {
         // librdkafka calls exactly once per message, also when a producer is
         // purged. If it were ever dropped without a report, the message's
         // fate would be unknown: that is `PossiblyPersisted`.
-        self.0.await.unwrap_or_else(|_| {
-            Delivery::PossiblyPersisted(KafkaError::Canceled)
-        })
+        self.0
+            .await
+            .unwrap_or_else(|_| Delivery::PossiblyPersisted(KafkaError::Canceled))
     }
 }
 
@@ -115,12 +115,12 @@ impl ProducerContext for DeliveryContext {
                     self.mark_broken(error);
                 }
                 match persistence_status(message) {
-                rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_PERSISTED => {
-                    Delivery::Persisted
-                }
-                rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED => {
-                    Delivery::NotPersisted(error.clone())
-                }
+                    rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_PERSISTED => {
+                        Delivery::Persisted
+                    }
+                    rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED => {
+                        Delivery::NotPersisted(error.clone())
+                    }
                     _ => Delivery::PossiblyPersisted(error.clone()),
                 }
             }

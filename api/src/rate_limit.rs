@@ -68,7 +68,10 @@ mod tests {
             assert!(limiter.check(&user("a")).is_ok());
         }
         let wait = limiter.check(&user("a")).unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         assert!(limiter.check(&user("b")).is_ok());
     }
 

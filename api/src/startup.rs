@@ -114,8 +114,7 @@ impl Application {
         });
 
         let address = format!("{}:{}", settings.http.host, settings.http.port);
-        let listener =
-            TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
+        let listener = TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
         let port = listener.local_addr()?.port();
         let body_limit = settings.http.body_limit_bytes;
         let server_state = state.clone();
@@ -161,11 +160,7 @@ impl Application {
             server = server.workers(settings.http.workers);
         }
         let server = server.listen(listener)?.run();
-        tracing::info!(
-            port,
-            strategy = settings.strategy.as_str(),
-            "api listening"
-        );
+        tracing::info!(port, strategy = settings.strategy.as_str(), "api listening");
 
         Ok(Self {
             port,
@@ -182,10 +177,7 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then drains (see the module docs).
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()>,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         tokio::select! {
@@ -203,8 +195,7 @@ impl Application {
         self.housekeeping.abort();
         let pipeline = self.state.pipeline.clone();
         let timeout = self.flush_timeout;
-        let flushed =
-            tokio::task::spawn_blocking(move || pipeline.producer.flush(timeout)).await;
+        let flushed = tokio::task::spawn_blocking(move || pipeline.producer.flush(timeout)).await;
         match flushed {
             Ok(Ok(())) => tracing::info!("producer flushed; stopped"),
             Ok(Err(e)) => tracing::error!(error = %e, "producer flush incomplete"),

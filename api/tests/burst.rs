@@ -2,6 +2,8 @@
 //! broker, the worker and PostgreSQL: exactly the stock is issued, never
 //! twice to one user, and every accepted user gets a row.
 
+#![allow(clippy::unwrap_used)]
+
 mod helpers;
 
 use std::collections::{BTreeSet, HashMap};

@@ -1,6 +1,8 @@
 //! Every error row of the contract, each with its status and `outcome`, and
 //! with Redis, the topic and the table left as they were.
 
+#![allow(clippy::unwrap_used)]
+
 mod helpers;
 
 use std::time::Duration;
@@ -49,7 +51,13 @@ async fn bad_user_credentials_get_401_and_change_nothing() {
     let alg_none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.\
                     eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
     let bad_subject = mint_jwt("has space", 3600);
-    for token in [forged.as_str(), expired.as_str(), alg_none, "garbage", bad_subject.as_str()] {
+    for token in [
+        forged.as_str(),
+        expired.as_str(),
+        alg_none,
+        "garbage",
+        bad_subject.as_str(),
+    ] {
         let reply = api.issue_with_token(&campaign, token).await;
         assert_reply(&reply, StatusCode::UNAUTHORIZED, "unauthorized");
     }
@@ -64,7 +72,10 @@ async fn bad_user_credentials_get_401_and_change_nothing() {
     assert_reply(&missing, StatusCode::UNAUTHORIZED, "unauthorized");
     let me = reply(
         api.client
-            .get(format!("{}/api/v1/campaigns/{campaign}/coupons/me", api.address))
+            .get(format!(
+                "{}/api/v1/campaigns/{campaign}/coupons/me",
+                api.address
+            ))
             .bearer_auth(&forged)
             .send()
             .await
@@ -102,16 +113,27 @@ async fn admin_routes_answer_401_without_the_token_and_403_to_users() {
             }
             req.send()
         };
-        assert_reply(&reply(send(None).await.unwrap()).await, StatusCode::UNAUTHORIZED, "unauthorized");
+        assert_reply(
+            &reply(send(None).await.unwrap()).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
         assert_reply(
             &reply(send(Some("wrong-token")).await.unwrap()).await,
             StatusCode::UNAUTHORIZED,
             "unauthorized",
         );
-        assert_reply(&reply(send(Some(&user)).await.unwrap()).await, StatusCode::FORBIDDEN, "forbidden");
+        assert_reply(
+            &reply(send(Some(&user)).await.unwrap()).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
     }
     let (_, view) = api.campaign(&campaign).await;
-    assert_eq!(view["state"], "open", "a refused close changed the campaign");
+    assert_eq!(
+        view["state"], "open",
+        "a refused close changed the campaign"
+    );
     api.stop().await;
 }
 
@@ -140,22 +162,78 @@ async fn bad_campaign_bodies_get_their_status_and_create_nothing() {
     let json_body = |v: Value| serde_json::to_vec(&v).unwrap();
 
     let cases: Vec<(Vec<u8>, &str, StatusCode, &str)> = vec![
-        (b"{\"name\": \"x\", \"stock\":".to_vec(), "application/json", StatusCode::BAD_REQUEST, "bad_request"),
-        (b"not json".to_vec(), "application/json", StatusCode::BAD_REQUEST, "bad_request"),
-        (json_body(json!({"name": name, "stock": 1})), "text/plain", StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        (json_body(json!({"name": name, "stock": 1, "pad": "x".repeat(20_000)})), "application/json", StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-        (json_body(json!({"name": name, "stock": -1})), "application/json", StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
-        (json_body(json!({"name": "", "stock": 1})), "application/json", StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
-        (json_body(json!({"name": name, "stock": "ten"})), "application/json", StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
-        (json_body(json!({"name": name})), "application/json", StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
-        (json_body(json!({"name": name, "stock": 1, "starts_at": "2030-01-02T00:00:00Z", "ends_at": "2030-01-01T00:00:00Z"})), "application/json", StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
-        (json_body(json!({"name": name, "stock": 1, "starts_at": "yesterday"})), "application/json", StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+        (
+            b"{\"name\": \"x\", \"stock\":".to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            b"not json".to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            json_body(json!({"name": name, "stock": 1})),
+            "text/plain",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            json_body(json!({"name": name, "stock": 1, "pad": "x".repeat(20_000)})),
+            "application/json",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            json_body(json!({"name": name, "stock": -1})),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        ),
+        (
+            json_body(json!({"name": "", "stock": 1})),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        ),
+        (
+            json_body(json!({"name": name, "stock": "ten"})),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        ),
+        (
+            json_body(json!({"name": name})),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        ),
+        (
+            json_body(
+                json!({"name": name, "stock": 1, "starts_at": "2030-01-02T00:00:00Z", "ends_at": "2030-01-01T00:00:00Z"}),
+            ),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        ),
+        (
+            json_body(json!({"name": name, "stock": 1, "starts_at": "yesterday"})),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        ),
     ];
     for (body, content_type, status, outcome) in cases {
         let got = reply(raw(body, content_type).await.unwrap()).await;
         assert_reply(&got, status, outcome);
     }
-    assert_eq!(campaigns_named(&name).await, 0, "a refused body created a campaign");
+    assert_eq!(
+        campaigns_named(&name).await,
+        0,
+        "a refused body created a campaign"
+    );
 
     // 1 MB body: refused before it is read.
     let big = reply(raw(vec![b'a'; 1 << 20], "application/json").await.unwrap()).await;
@@ -169,10 +247,26 @@ async fn unknown_malformed_not_open_and_closed_campaigns() {
     let api = spawn_api(&settings).await;
 
     let unknown = CampaignId::new();
-    assert_reply(&api.issue(&unknown, "alice").await, StatusCode::NOT_FOUND, "unknown_campaign");
-    assert_reply(&api.my_coupon(&unknown, "alice").await, StatusCode::NOT_FOUND, "unknown_campaign");
-    assert_reply(&api.campaign(&unknown).await, StatusCode::NOT_FOUND, "unknown_campaign");
-    assert_eq!(gate_state(&unknown).await, (vec![], None), "state created for an unknown id");
+    assert_reply(
+        &api.issue(&unknown, "alice").await,
+        StatusCode::NOT_FOUND,
+        "unknown_campaign",
+    );
+    assert_reply(
+        &api.my_coupon(&unknown, "alice").await,
+        StatusCode::NOT_FOUND,
+        "unknown_campaign",
+    );
+    assert_reply(
+        &api.campaign(&unknown).await,
+        StatusCode::NOT_FOUND,
+        "unknown_campaign",
+    );
+    assert_eq!(
+        gate_state(&unknown).await,
+        (vec![], None),
+        "state created for an unknown id"
+    );
     let malformed = reply(
         api.client
             .post(format!("{}/api/v1/campaigns/not-a-uuid/issue", api.address))
@@ -192,7 +286,11 @@ async fn unknown_malformed_not_open_and_closed_campaigns() {
     assert_eq!(body["state"], "scheduled");
     let later = CampaignId::parse(body["id"].as_str().unwrap()).unwrap();
     let before = footprint(&settings, &later).await;
-    assert_reply(&api.issue(&later, "alice").await, StatusCode::FORBIDDEN, "not_open");
+    assert_reply(
+        &api.issue(&later, "alice").await,
+        StatusCode::FORBIDDEN,
+        "not_open",
+    );
     assert_eq!(footprint(&settings, &later).await, before);
 
     let campaign = api.open_campaign(5).await;
@@ -200,7 +298,11 @@ async fn unknown_malformed_not_open_and_closed_campaigns() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(closed["state"], "closed");
     let before = footprint(&settings, &campaign).await;
-    assert_reply(&api.issue(&campaign, "alice").await, StatusCode::GONE, "closed");
+    assert_reply(
+        &api.issue(&campaign, "alice").await,
+        StatusCode::GONE,
+        "closed",
+    );
     assert_eq!(footprint(&settings, &campaign).await, before);
 
     let ends = Utc::now() + chrono::Duration::milliseconds(300);
@@ -209,7 +311,11 @@ async fn unknown_malformed_not_open_and_closed_campaigns() {
         .await;
     let short = CampaignId::parse(body["id"].as_str().unwrap()).unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_reply(&api.issue(&short, "alice").await, StatusCode::GONE, "closed");
+    assert_reply(
+        &api.issue(&short, "alice").await,
+        StatusCode::GONE,
+        "closed",
+    );
     api.stop().await;
 }
 
@@ -234,15 +340,25 @@ async fn a_user_over_the_rate_limit_gets_429_with_retry_after_and_spends_no_stoc
     for res in responses {
         let res = res.unwrap();
         if res.status() == StatusCode::TOO_MANY_REQUESTS {
-            let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            let retry: u64 = res.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
             assert!((1..=2).contains(&retry), "retry-after {retry}");
             assert_eq!(reply(res).await.1["outcome"], "rate_limited");
             limited += 1;
         }
     }
     // A burst of 2, then one token a second while the requests were served.
-    assert!(limited >= 20 - 2 - (elapsed + 1), "only {limited} of 20 limited in {elapsed} s");
-    assert_eq!(gate_state(&campaign).await, (vec!["hammer".to_owned()], Some(1)));
+    assert!(
+        limited >= 20 - 2 - (elapsed + 1),
+        "only {limited} of 20 limited in {elapsed} s"
+    );
+    assert_eq!(
+        gate_state(&campaign).await,
+        (vec!["hammer".to_owned()], Some(1))
+    );
     api.stop().await;
 }
 
@@ -250,7 +366,14 @@ async fn a_user_over_the_rate_limit_gets_429_with_retry_after_and_spends_no_stoc
 async fn unknown_routes_and_methods_answer_json() {
     let settings = test_settings().await;
     let api = spawn_api(&settings).await;
-    let r = reply(api.client.get(format!("{}/nope", api.address)).send().await.unwrap()).await;
+    let r = reply(
+        api.client
+            .get(format!("{}/nope", api.address))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_reply(&r, StatusCode::NOT_FOUND, "not_found");
     let r = reply(
         api.client
@@ -283,9 +406,20 @@ async fn trusted_header_mode_takes_the_user_from_x_user_id() {
     let ok = reply(send(Some("gateway-user")).await.unwrap()).await;
     assert_eq!(ok.0, StatusCode::ACCEPTED, "{}", ok.1);
     assert_eq!(ok.1["outcome"], "accepted");
-    assert_reply(&reply(send(None).await.unwrap()).await, StatusCode::UNAUTHORIZED, "unauthorized");
-    assert_reply(&reply(send(Some("bad user")).await.unwrap()).await, StatusCode::UNAUTHORIZED, "unauthorized");
-    assert_eq!(gate_state(&campaign).await, (vec!["gateway-user".to_owned()], Some(1)));
+    assert_reply(
+        &reply(send(None).await.unwrap()).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    assert_reply(
+        &reply(send(Some("bad user")).await.unwrap()).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    assert_eq!(
+        gate_state(&campaign).await,
+        (vec!["gateway-user".to_owned()], Some(1))
+    );
     api.stop().await;
 }
 
@@ -296,9 +430,23 @@ async fn health_readiness_and_metrics() {
     let campaign = api.open_campaign(5).await;
     api.issue(&campaign, "alice").await;
 
-    let health = reply(api.client.get(format!("{}/healthz", api.address)).send().await.unwrap()).await;
+    let health = reply(
+        api.client
+            .get(format!("{}/healthz", api.address))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(health.0, StatusCode::OK);
-    let ready = reply(api.client.get(format!("{}/readyz", api.address)).send().await.unwrap()).await;
+    let ready = reply(
+        api.client
+            .get(format!("{}/readyz", api.address))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(ready.0, StatusCode::OK);
     assert_eq!(ready.1["status"], "ready");
     assert_eq!(ready.1["strategy"], "sync");
@@ -315,9 +463,18 @@ async fn health_readiness_and_metrics() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("issue_outcomes_total{outcome=\"accepted\",strategy=\"sync\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("issue_outcomes_total{outcome=\"accepted\",strategy=\"sync\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("api_info{strategy=\"sync\""), "{metrics}");
-    assert!(metrics.contains("route=\"/api/v1/campaigns/{id}/issue\""), "{metrics}");
-    assert!(!metrics.contains(&campaign.to_string()), "a campaign id leaked into a label");
+    assert!(
+        metrics.contains("route=\"/api/v1/campaigns/{id}/issue\""),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(&campaign.to_string()),
+        "a campaign id leaked into a label"
+    );
     api.stop().await;
 }

@@ -2,6 +2,8 @@
 //! admitted that is not promised, never `accepted` without the broker's
 //! word. Each test that breaks a service breaks one of its own.
 
+#![allow(clippy::unwrap_used)]
+
 mod helpers;
 
 use std::time::{Duration, Instant};
@@ -24,7 +26,10 @@ async fn issue_until_accepted(api: &TestApi, campaign: &CampaignId, user: &str, 
             return;
         }
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        assert!(started.elapsed() < within, "not accepted within {within:?}: {body}");
+        assert!(
+            started.elapsed() < within,
+            "not accepted within {within:?}: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -47,8 +52,14 @@ async fn broker_down_means_503_with_nothing_admitted_and_unconfirmed_means_pendi
     let took = started.elapsed();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["outcome"], "unavailable");
-    assert!(took < Duration::from_millis(settings.kafka.delivery_timeout_ms + 2_000), "took {took:?}");
-    assert_eq!(gate_state(&campaign).await, (vec!["before".to_owned()], Some(1)));
+    assert!(
+        took < Duration::from_millis(settings.kafka.delivery_timeout_ms + 2_000),
+        "took {took:?}"
+    );
+    assert_eq!(
+        gate_state(&campaign).await,
+        (vec!["before".to_owned()], Some(1))
+    );
     let (_, me) = api.my_coupon(&campaign, "during").await;
     assert_eq!(me["state"], "none");
 
@@ -65,14 +76,20 @@ async fn broker_down_means_503_with_nothing_admitted_and_unconfirmed_means_pendi
     assert_eq!(body["outcome"], "pending");
     assert!(body["coupon_id"].is_string());
     let (members, _) = gate_state(&campaign).await;
-    assert!(members.contains(&"unconfirmed".to_owned()), "a pending slot must stay taken");
+    assert!(
+        members.contains(&"unconfirmed".to_owned()),
+        "a pending slot must stay taken"
+    );
     let (_, me) = api.my_coupon(&campaign, "unconfirmed").await;
     assert!(me["state"] == "pending" || me["state"] == "issued", "{me}");
 
     let db = db().await;
     let started = Instant::now();
     while rows(&db, &campaign).await < 2 {
-        assert!(started.elapsed() < Duration::from_secs(30), "accepted users lack rows");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "accepted users lack rows"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let users = row_users(&db, &campaign).await;
@@ -95,12 +112,19 @@ async fn lost_redis_state_answers_503_and_is_never_recreated() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["outcome"], "unavailable");
     assert!(!redis_exists(&keys.meta()).await, "meta recreated");
-    assert_eq!(gate_state(&campaign).await, (vec!["alice".to_owned()], Some(1)));
+    assert_eq!(
+        gate_state(&campaign).await,
+        (vec!["alice".to_owned()], Some(1))
+    );
 
     redis_del(&[keys.users(), keys.issued()]).await;
     let (status, _) = api.issue(&campaign, "carol").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(gate_state(&campaign).await, (vec![], None), "state rebuilt from zero");
+    assert_eq!(
+        gate_state(&campaign).await,
+        (vec![], None),
+        "state rebuilt from zero"
+    );
     let (_, view) = api.campaign(&campaign).await;
     assert_eq!(view["gate"], "missing");
     assert!(view["issued"].is_null());
@@ -127,7 +151,9 @@ async fn redis_unreachable_means_503_and_no_campaign_half_created() {
     assert!(started.elapsed() < Duration::from_secs(3), "not a fast 503");
 
     let name = format!("half-{}", uuid::Uuid::now_v7());
-    let (status, body) = api.create_campaign(json!({ "name": name, "stock": 1 })).await;
+    let (status, body) = api
+        .create_campaign(json!({ "name": name, "stock": 1 }))
+        .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     let same_name = campaigns::Entity::find()
         .filter(campaigns::Column::Name.eq(name.as_str()))
@@ -135,8 +161,19 @@ async fn redis_unreachable_means_503_and_no_campaign_half_created() {
         .await
         .unwrap();
     assert_eq!(same_name, 0, "the row stayed without its gate meta");
-    let ready = reply(api.client.get(format!("{}/readyz", api.address)).send().await.unwrap()).await;
-    assert_eq!(ready.0, StatusCode::OK, "readiness must not fail on a shared dependency");
+    let ready = reply(
+        api.client
+            .get(format!("{}/readyz", api.address))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        ready.0,
+        StatusCode::OK,
+        "readiness must not fail on a shared dependency"
+    );
     assert_eq!(ready.1["dependencies"]["redis"], "down");
     api.stop().await;
     healthy.stop().await;
@@ -145,12 +182,16 @@ async fn redis_unreachable_means_503_and_no_campaign_half_created() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_unreachable_means_503_on_admin_routes_and_unknown_ids() {
     let mut settings = test_settings().await;
-    settings.database.url =
-        SecretString::from(format!("postgres://postgres@127.0.0.1:{}/coupons?sslmode=disable", spare_port()));
+    settings.database.url = SecretString::from(format!(
+        "postgres://postgres@127.0.0.1:{}/coupons?sslmode=disable",
+        spare_port()
+    ));
     settings.database.connect_timeout_ms = 500;
     let api = spawn_api(&settings).await;
 
-    let (status, body) = api.create_campaign(json!({ "name": "x", "stock": 1 })).await;
+    let (status, body) = api
+        .create_campaign(json!({ "name": "x", "stock": 1 }))
+        .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["outcome"], "unavailable");
     // An id with no gate meta cannot be told unknown from lost: 503, not 404.

@@ -2,6 +2,8 @@
 //! 503, the listener closes, the in-flight requests complete, and every one
 //! of them that was accepted has its row.
 
+#![allow(clippy::unwrap_used)]
+
 mod helpers;
 
 use std::process::{Command, Stdio};
@@ -29,7 +31,10 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_accepted_issuance() {
         .env("APP_DATABASE__URL", settings.database.url.expose_secret())
         .env("APP_REDIS__URL", &settings.redis.url)
         .env("APP_KAFKA__BROKERS", &settings.kafka.brokers)
-        .env("APP_KAFKA__IDEMPOTENCE", settings.kafka.idempotence.to_string())
+        .env(
+            "APP_KAFKA__IDEMPOTENCE",
+            settings.kafka.idempotence.to_string(),
+        )
         .env("APP_KAFKA__TOPIC", &settings.kafka.topic)
         .env("APP_KAFKA__DELIVERY_TIMEOUT_MS", "10000")
         .env("APP_AUTH__ADMIN_TOKEN", ADMIN_TOKEN)
@@ -41,8 +46,18 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_accepted_issuance() {
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let started = Instant::now();
-    while client.get(format!("{base}/readyz")).send().await.map(|r| r.status()).ok() != Some(StatusCode::OK) {
-        assert!(started.elapsed() < Duration::from_secs(20), "api did not become ready");
+    while client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status())
+        .ok()
+        != Some(StatusCode::OK)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "api did not become ready"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Warm the producer's connection so the frozen broker holds requests in flight.
@@ -86,10 +101,18 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_accepted_issuance() {
 
     tokio::time::sleep(Duration::from_millis(100)).await;
     let draining = client.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(draining.status(), StatusCode::SERVICE_UNAVAILABLE, "readiness during drain");
+    assert_eq!(
+        draining.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "readiness during drain"
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(
-        reqwest::Client::new().get(format!("{base}/healthz")).send().await.is_err(),
+        reqwest::Client::new()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err(),
         "the listener still accepts after the drain delay"
     );
 
@@ -99,7 +122,10 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_accepted_issuance() {
         assert_eq!(*status, StatusCode::ACCEPTED, "{body}");
         assert_eq!(body["outcome"], "accepted", "{body}");
     }
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success(), "api exited with {exit}");
 
     let db = db().await;

@@ -112,7 +112,11 @@ pub struct RedisGate {
 impl RedisGate {
     /// Opens no connection until the first call.
     pub fn new(settings: &RedisSettings, connect_wait: Option<Histogram>) -> anyhow::Result<Self> {
-        let mut pool = RedisPool::new(&settings.url, settings.pool_size, settings.connect_timeout())?;
+        let mut pool = RedisPool::new(
+            &settings.url,
+            settings.pool_size,
+            settings.connect_timeout(),
+        )?;
         if let Some(h) = connect_wait {
             pool = pool.with_wait_histogram(h);
         }
@@ -141,7 +145,11 @@ impl RedisGate {
     }
 
     /// The gate. On `Err(GateError::Timeout)` the user may have been admitted.
-    pub async fn admit(&self, campaign: &CampaignId, user: &UserId) -> Result<Admission, GateError> {
+    pub async fn admit(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+    ) -> Result<Admission, GateError> {
         let keys = CampaignKeys::new(campaign);
         let reply: String = self
             .run(|mut conn| async move {
@@ -199,7 +207,10 @@ impl RedisGate {
         let keys = CampaignKeys::new(campaign);
         let closed: i64 = self
             .run(|mut conn| async move {
-                scripts::CLOSE.key(keys.meta()).invoke_async(&mut conn).await
+                scripts::CLOSE
+                    .key(keys.meta())
+                    .invoke_async(&mut conn)
+                    .await
             })
             .await?;
         Ok(closed == 1)
@@ -229,7 +240,11 @@ impl RedisGate {
     }
 
     /// Whether the user holds a slot in the gate's set.
-    pub async fn holds_slot(&self, campaign: &CampaignId, user: &UserId) -> Result<bool, GateError> {
+    pub async fn holds_slot(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+    ) -> Result<bool, GateError> {
         let keys = CampaignKeys::new(campaign);
         self.run(|mut conn| async move { conn.sismember(keys.users(), user.as_str()).await })
             .await
@@ -265,9 +280,11 @@ impl RedisGate {
 
     /// `PING`, for readiness bodies.
     pub async fn ping(&self) -> Result<(), GateError> {
-        self.run(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await })
-            .await
-            .map(|_| ())
+        self.run(
+            |mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await },
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -277,8 +294,14 @@ mod tests {
 
     #[test]
     fn script_replies_map_to_admissions() {
-        assert_eq!(Admission::from_script("admitted").unwrap(), Admission::Admitted);
-        assert_eq!(Admission::from_script("missing").unwrap(), Admission::Missing);
+        assert_eq!(
+            Admission::from_script("admitted").unwrap(),
+            Admission::Admitted
+        );
+        assert_eq!(
+            Admission::from_script("missing").unwrap(),
+            Admission::Missing
+        );
         assert!(Admission::from_script("maybe").is_err());
     }
 

@@ -30,7 +30,9 @@ impl CampaignId {
     }
 
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        Uuid::parse_str(s).map(Self).map_err(|_| IdError::CampaignNotUuid)
+        Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| IdError::CampaignNotUuid)
     }
 
     pub fn as_uuid(&self) -> Uuid {
@@ -75,7 +77,9 @@ impl CouponId {
     }
 
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        Uuid::parse_str(s).map(Self).map_err(|_| IdError::CouponNotUuid)
+        Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| IdError::CouponNotUuid)
     }
 
     pub fn as_uuid(&self) -> Uuid {
@@ -165,7 +169,15 @@ mod tests {
     fn user_ids_refuse_empty_long_and_foreign_characters() {
         assert_eq!(UserId::parse(""), Err(IdError::UserLength));
         assert_eq!(UserId::parse(&"x".repeat(65)), Err(IdError::UserLength));
-        for bad in ["a b", "a/b", "a{b}", "ü", "a\0", "'; drop table coupons; --", "a*"] {
+        for bad in [
+            "a b",
+            "a/b",
+            "a{b}",
+            "ü",
+            "a\0",
+            "'; drop table coupons; --",
+            "a*",
+        ] {
             assert_eq!(UserId::parse(bad), Err(IdError::UserCharacters), "{bad:?}");
         }
     }

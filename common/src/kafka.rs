@@ -23,7 +23,10 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
         .set("bootstrap.servers", &settings.brokers)
         .set("enable.idempotence", settings.idempotence.to_string())
         .set("acks", "all")
-        .set("message.timeout.ms", settings.delivery_timeout_ms.to_string())
+        .set(
+            "message.timeout.ms",
+            settings.delivery_timeout_ms.to_string(),
+        )
         .set("linger.ms", settings.linger_ms.to_string())
         .set("compression.codec", &settings.compression)
         // The Java client's partitioner, so keys land where Kafka tools expect.
@@ -48,7 +51,10 @@ pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", settings.session_timeout_ms.to_string())
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout_ms.to_string(),
+        )
         .set("enable.partition.eof", "false");
     if let Some(id) = &settings.group_instance_id {
         config.set("group.instance.id", id);

@@ -1,16 +1,16 @@
 //! Shared by the api and the issuer-worker; no HTTP here.
 //!
-//! - [`ids`]: `CampaignId`, `UserId`, `CouponId`, parsed at the edge.
-//! - [`message`]: the `coupon.issue.v1` Kafka message and DLQ reasons.
-//! - [`settings`]: typed settings (defaults, file, `APP_*` environment).
-//! - [`keys`], [`scripts`], [`gate`]: the Redis key layout, the Lua scripts
+//! - [`ids`] — `CampaignId`, `UserId`, `CouponId`, parsed at the edge.
+//! - [`message`] — the `coupon.issue.v1` Kafka message and DLQ reasons.
+//! - [`settings`] — typed settings (defaults, file, `APP_*` environment).
+//! - [`keys`], [`scripts`], [`gate`] — the Redis key layout, the Lua scripts
 //!   (`lua/*.lua`) and typed calls on a campaign's gate state, over the
 //!   shared multiplexed connections of [`redis_pool`].
-//! - [`kafka`]: client configuration and topic creation.
-//! - [`entities`], [`db`]: the PostgreSQL schema as sea-orm entities, and the pool.
-//! - [`metrics`]: declaring and rendering Prometheus metrics.
-//! - [`shutdown`]: the SIGINT/SIGTERM future both binaries stop on.
-//! - [`telemetry`]: logging.
+//! - [`kafka`] — client configuration and topic creation.
+//! - [`entities`], [`db`] — the PostgreSQL schema as sea-orm entities, and the pool.
+//! - [`metrics`] — declaring and rendering Prometheus metrics.
+//! - [`shutdown`] — the SIGINT/SIGTERM future both binaries stop on.
+//! - [`telemetry`] — logging.
 
 pub mod db;
 pub mod entities;

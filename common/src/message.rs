@@ -124,7 +124,14 @@ mod tests {
         fields.sort();
         assert_eq!(
             fields,
-            ["campaign_id", "coupon_id", "requested_at", "strategy", "user_id", "v"]
+            [
+                "campaign_id",
+                "coupon_id",
+                "requested_at",
+                "strategy",
+                "user_id",
+                "v"
+            ]
         );
         assert_eq!(CouponIssued::decode(&m.encode()).unwrap(), m);
     }

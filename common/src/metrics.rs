@@ -16,7 +16,10 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 }
 
 pub fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    register(registry, IntCounter::new(name, help).expect("valid counter"))
+    register(
+        registry,
+        IntCounter::new(name, help).expect("valid counter"),
+    )
 }
 
 pub fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {

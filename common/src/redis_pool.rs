@@ -65,7 +65,9 @@ pub struct Lease {
 
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease").field("slot", &self.slot).finish_non_exhaustive()
+        f.debug_struct("Lease")
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
     }
 }
 
@@ -113,11 +115,17 @@ impl RedisPool {
             let client = self.client.clone();
             let conn = self
                 .runtime
-                .spawn(async move { client.get_multiplexed_async_connection_with_config(&config).await })
+                .spawn(async move {
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                })
                 .await
                 .map_err(|e| RedisError::from(std::io::Error::other(e)))??;
-            *slot.conn.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some(conn.clone());
+            *slot
+                .conn
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn.clone());
             Ok::<_, RedisError>(conn)
         })
         .await;

@@ -18,4 +18,5 @@ pub static LOAD_META: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/load_meta.lua")));
 
 /// Close a campaign's gate if its meta exists.
-pub static CLOSE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/close.lua")));
+pub static CLOSE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/close.lua")));

@@ -46,7 +46,10 @@ impl std::str::FromStr for StrategyKind {
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
                 let known: Vec<_> = Self::ALL.iter().map(|k| k.as_str()).collect();
-                format!("unknown strategy {s:?}; expected one of {}", known.join(", "))
+                format!(
+                    "unknown strategy {s:?}; expected one of {}",
+                    known.join(", ")
+                )
             })
     }
 }

@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -79,7 +79,10 @@ pub fn spare_port() -> u16 {
 fn wait_for_port(port: u16, within: Duration, what: &str) {
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < within, "{what} did not open port {port}");
+        assert!(
+            started.elapsed() < within,
+            "{what} did not open port {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -125,7 +128,13 @@ impl OwnBroker {
             .open(self.dir.join("broker.log"))
             .unwrap();
         let child = Command::new(bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(&self.dir)
             .env("RUST_LOG", "warn")
@@ -209,7 +218,15 @@ impl OwnPostgres {
         }
         pg.run(
             "initdb",
-            &["-D", &pg.data(), "-A", "trust", "-U", "postgres", "--no-sync"],
+            &[
+                "-D",
+                &pg.data(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
         );
         pg.set_running(true);
         pg
@@ -257,7 +274,19 @@ impl OwnPostgres {
                 self.dir.display()
             );
             let log = self.dir.join("log").display().to_string();
-            self.run("pg_ctl", &["-D", &self.data(), "-o", &options, "-l", &log, "-w", "start"]);
+            self.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &self.data(),
+                    "-o",
+                    &options,
+                    "-l",
+                    &log,
+                    "-w",
+                    "start",
+                ],
+            );
             wait_for_port(self.port, Duration::from_secs(20), "postgres");
         } else {
             self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
@@ -345,7 +374,8 @@ pub async fn read_topic(brokers: &str, topic: &str) -> Vec<ReadMessage> {
         let consumer = plain_consumer(&brokers);
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions(&consumer, &topic) {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .unwrap();
         }
         consumer.assign(&tpl).unwrap();
         let mut out = Vec::new();
@@ -357,7 +387,8 @@ pub async fn read_topic(brokers: &str, topic: &str) -> Vec<ReadMessage> {
                     .map(|h| {
                         h.iter()
                             .map(|h| {
-                                let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                                let value =
+                                    h.value.map(String::from_utf8_lossy).unwrap_or_default();
                                 (h.key.to_owned(), value.into_owned())
                             })
                             .collect()

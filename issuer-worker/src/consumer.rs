@@ -134,7 +134,9 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -148,10 +150,11 @@ impl Worker {
             metrics: metrics.clone(),
             topic: settings.kafka.topic.clone(),
         };
-        let consumer: StreamConsumer<WorkerContext> = common::kafka::consumer_config(&settings.kafka)
-            .set("statistics.interval.ms", "5000")
-            .create_with_context(context)
-            .context("creating the Kafka consumer")?;
+        let consumer: StreamConsumer<WorkerContext> =
+            common::kafka::consumer_config(&settings.kafka)
+                .set("statistics.interval.ms", "5000")
+                .create_with_context(context)
+                .context("creating the Kafka consumer")?;
         consumer
             .subscribe(&[&settings.kafka.topic])
             .with_context(|| format!("subscribing to {}", settings.kafka.topic))?;
@@ -271,7 +274,9 @@ impl Worker {
                 }
             }
             if shutdown.is_cancelled()
-                && stop_by.get_or_insert_with(|| Instant::now() + grace).saturating_duration_since(Instant::now())
+                && stop_by
+                    .get_or_insert_with(|| Instant::now() + grace)
+                    .saturating_duration_since(Instant::now())
                     < backoff
             {
                 break Settled::Abandoned;
@@ -287,10 +292,15 @@ impl Worker {
 
     /// One try: persist the decodable messages, then dead-letter the rest.
     async fn attempt(&self, batch: &[Received]) -> Result<(), AttemptError> {
-        let decoded: Vec<&CouponIssued> = batch.iter().filter_map(|r| r.decoded.as_ref().ok()).collect();
+        let decoded: Vec<&CouponIssued> = batch
+            .iter()
+            .filter_map(|r| r.decoded.as_ref().ok())
+            .collect();
         let started = Instant::now();
         let decisions = persist(&self.db, &decoded).await?;
-        self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.metrics.batch_size.observe(batch.len() as f64);
 
         let now = Utc::now();
@@ -302,8 +312,13 @@ impl Worker {
                 Ok(m) => match decisions.next() {
                     Some(Decision::Insert) => {
                         self.metrics.persisted.inc();
-                        let lag = (now - m.requested_at).num_microseconds().unwrap_or(0).max(0);
-                        self.metrics.end_to_end_lag_seconds.observe(lag as f64 / 1e6);
+                        let lag = (now - m.requested_at)
+                            .num_microseconds()
+                            .unwrap_or(0)
+                            .max(0);
+                        self.metrics
+                            .end_to_end_lag_seconds
+                            .observe(lag as f64 / 1e6);
                     }
                     Some(Decision::Duplicate) => self.metrics.duplicates.inc(),
                     Some(Decision::Dead(reason)) => {
@@ -321,7 +336,10 @@ impl Worker {
             }
         }
         for letter in &letters {
-            self.dead_letters.send(letter).await.map_err(AttemptError::DeadLetter)?;
+            self.dead_letters
+                .send(letter)
+                .await
+                .map_err(AttemptError::DeadLetter)?;
             self.metrics
                 .dead_lettered
                 .with_label_values(&[letter.reason.as_str()])
@@ -375,11 +393,7 @@ impl Worker {
     /// Sleeps for `pause` while polling the consumer, so that the group keeps
     /// this member. A message that still arrives (a partition assigned since
     /// the pause) is kept for the next batch and its partition paused too.
-    async fn poll_while_paused(
-        &self,
-        pause: Duration,
-        carry: &mut VecDeque<Received>,
-    ) {
+    async fn poll_while_paused(&self, pause: Duration, carry: &mut VecDeque<Received>) {
         let until = tokio::time::Instant::now() + pause;
         loop {
             tokio::select! {

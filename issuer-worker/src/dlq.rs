@@ -32,7 +32,9 @@ pub struct DeadLetters {
 
 impl std::fmt::Debug for DeadLetters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeadLetters").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("DeadLetters")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,11 +56,26 @@ impl DeadLetters {
         let partition = letter.partition.to_string();
         let offset = letter.offset.to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: DLQ_REASON_HEADER, value: Some(letter.reason.as_str()) })
-            .insert(Header { key: DLQ_DETAIL_HEADER, value: Some(letter.detail.as_str()) })
-            .insert(Header { key: DLQ_SOURCE_TOPIC_HEADER, value: Some(self.source_topic.as_str()) })
-            .insert(Header { key: DLQ_SOURCE_PARTITION_HEADER, value: Some(partition.as_str()) })
-            .insert(Header { key: DLQ_SOURCE_OFFSET_HEADER, value: Some(offset.as_str()) });
+            .insert(Header {
+                key: DLQ_REASON_HEADER,
+                value: Some(letter.reason.as_str()),
+            })
+            .insert(Header {
+                key: DLQ_DETAIL_HEADER,
+                value: Some(letter.detail.as_str()),
+            })
+            .insert(Header {
+                key: DLQ_SOURCE_TOPIC_HEADER,
+                value: Some(self.source_topic.as_str()),
+            })
+            .insert(Header {
+                key: DLQ_SOURCE_PARTITION_HEADER,
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: DLQ_SOURCE_OFFSET_HEADER,
+                value: Some(offset.as_str()),
+            });
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&self.topic).headers(headers);
         if let Some(key) = letter.key {

@@ -1,14 +1,14 @@
 //! The issuer-worker: a Kafka consumer group that persists admitted
 //! issuances to PostgreSQL.
 //!
-//! - [`startup`]: `Application::build(settings)` wires the pieces; `main.rs`
+//! - [`startup`] — `Application::build(settings)` wires the pieces; `main.rs`
 //!   and the tests start exactly this.
-//! - [`consumer`]: the batch loop, offsets stored after the commit, pausing
+//! - [`consumer`] — the batch loop, offsets stored after the commit, pausing
 //!   while PostgreSQL is down, draining on shutdown.
-//! - [`persist`]: one transaction per batch, with the stock guard.
-//! - [`dlq`]: the dead-letter topic.
-//! - [`migration`]: the schema (`issuer-worker migrate`).
-//! - [`metrics`], [`http`]: `/metrics` and `/healthz`.
+//! - [`persist`] — one transaction per batch, with the stock guard.
+//! - [`dlq`] — the dead-letter topic.
+//! - [`migration`] — the schema (`issuer-worker migrate`).
+//! - [`metrics`], [`http`] — `/metrics` and `/healthz`.
 
 pub mod consumer;
 pub mod dlq;

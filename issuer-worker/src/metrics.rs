@@ -33,7 +33,11 @@ impl WorkerMetrics {
             dead_lettered.with_label_values(&[reason.as_str()]);
         }
         Self {
-            consumed: counter(&r, "worker_messages_consumed_total", "Messages taken off the issue topic."),
+            consumed: counter(
+                &r,
+                "worker_messages_consumed_total",
+                "Messages taken off the issue topic.",
+            ),
             persisted: counter(&r, "worker_coupons_persisted_total", "Coupon rows written."),
             duplicates: counter(
                 &r,
@@ -55,7 +59,9 @@ impl WorkerMetrics {
                 &r,
                 "worker_batch_size",
                 "Messages per database transaction.",
-                vec![1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0],
+                vec![
+                    1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0,
+                ],
             ),
             batch_seconds: histogram(
                 &r,

@@ -29,9 +29,11 @@ impl Application {
         let db = common::db::connect(&settings.database).await?;
         let metrics = WorkerMetrics::new();
         let worker = Worker::new(&settings, db, metrics.clone())?;
-        let address = format!("{}:{}", settings.worker.http_host, settings.worker.http_port);
-        let listener =
-            TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
+        let address = format!(
+            "{}:{}",
+            settings.worker.http_host, settings.worker.http_port
+        );
+        let listener = TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
         let http_port = listener.local_addr()?.port();
         let http = crate::http::serve(listener, metrics.registry.clone())?;
         Ok(Self {

@@ -2,6 +2,8 @@
 //! reasons, redeliveries, the stock guard, a kill -9 mid-drain, and
 //! PostgreSQL going away.
 
+#![allow(clippy::unwrap_used)]
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,9 @@ async fn settings() -> Settings {
     common::telemetry::init(&s.log);
     MIGRATED
         .get_or_init(|| async {
-            issuer_worker::migration::migrate(&db().await).await.unwrap();
+            issuer_worker::migration::migrate(&db().await)
+                .await
+                .unwrap();
         })
         .await;
     common::kafka::ensure_topics(&s.kafka).await.unwrap();
@@ -69,7 +73,9 @@ struct Topic {
 impl Topic {
     fn new(settings: &Settings) -> Self {
         Self {
-            producer: common::kafka::producer_config(&settings.kafka).create().unwrap(),
+            producer: common::kafka::producer_config(&settings.kafka)
+                .create()
+                .unwrap(),
             name: settings.kafka.topic.clone(),
         }
     }
@@ -101,7 +107,11 @@ async fn start(settings: &Settings) -> Running {
     let http_port = app.http_port();
     let stop = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(stop.clone()));
-    Running { stop, task, http_port }
+    Running {
+        stop,
+        task,
+        http_port,
+    }
 }
 
 impl Running {
@@ -123,7 +133,9 @@ impl Running {
 /// A bare HTTP/1.0 GET (the worker's ops endpoints are tiny).
 async fn reqwest_get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .await
@@ -144,7 +156,9 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_the_partition_keeps_flo
     topic.send(&message(c, "first")).await;
     topic.send_raw(&key, b"{not json").await;
     topic.send_raw(&key, br#"{"v": 9, "hello": "world"}"#).await;
-    topic.send(&message(CampaignId::new(), "nobody-knows")).await;
+    topic
+        .send(&message(CampaignId::new(), "nobody-knows"))
+        .await;
     topic.send(&message(c, "second")).await;
 
     let worker = start(&settings).await;
@@ -168,7 +182,12 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_the_partition_keeps_flo
         .find(|l| l.payload.as_deref() == Some(b"{not json".as_slice()))
         .expect("the original bytes are kept");
     assert!(raw.header(DLQ_SOURCE_OFFSET_HEADER).is_some());
-    assert_eq!(worker.metric("worker_dead_lettered_total{reason=\"unparseable\"}").await, 2.0);
+    assert_eq!(
+        worker
+            .metric("worker_dead_lettered_total{reason=\"unparseable\"}")
+            .await,
+        2.0
+    );
     worker.stop().await;
 }
 
@@ -190,8 +209,14 @@ async fn a_message_delivered_twice_leaves_one_row_and_the_guard_keeps_the_stock(
     let worker = start(&settings).await;
     wait_for_rows(&db, &c, 2, Duration::from_secs(30)).await;
     let started = Instant::now();
-    while read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic).await.is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(20), "over_stock not dead-lettered");
+    while read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic)
+        .await
+        .is_empty()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "over_stock not dead-lettered"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let letters = read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic).await;
@@ -210,7 +235,10 @@ fn spawn_worker_process(settings: &Settings) -> Child {
         .arg("run")
         .env("APP_DATABASE__URL", settings.database.url.expose_secret())
         .env("APP_KAFKA__BROKERS", &settings.kafka.brokers)
-        .env("APP_KAFKA__IDEMPOTENCE", settings.kafka.idempotence.to_string())
+        .env(
+            "APP_KAFKA__IDEMPOTENCE",
+            settings.kafka.idempotence.to_string(),
+        )
         .env("APP_KAFKA__TOPIC", &settings.kafka.topic)
         .env("APP_KAFKA__DLQ_TOPIC", &settings.kafka.dlq_topic)
         .env("APP_KAFKA__GROUP_ID", &settings.kafka.group_id)
@@ -236,7 +264,10 @@ async fn a_worker_killed_mid_drain_and_restarted_loses_nothing_and_duplicates_no
     let mut child = spawn_worker_process(&settings);
     let started = Instant::now();
     while rows(&db, &c).await < N / 5 {
-        assert!(started.elapsed() < Duration::from_secs(60), "no progress before the kill");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no progress before the kill"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     signal(child.id(), "-KILL");
@@ -252,8 +283,15 @@ async fn a_worker_killed_mid_drain_and_restarted_loses_nothing_and_duplicates_no
     users.dedup();
     assert_eq!(users.len() as u64, N);
     signal(child.id(), "-TERM");
-    assert!(child.wait().unwrap().success(), "worker did not exit cleanly on SIGTERM");
-    assert!(read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic).await.is_empty());
+    assert!(
+        child.wait().unwrap().success(),
+        "worker did not exit cleanly on SIGTERM"
+    );
+    assert!(
+        read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic)
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -278,7 +316,10 @@ async fn while_postgres_is_down_the_worker_pauses_dead_letters_nothing_and_resum
     }
     let started = Instant::now();
     while worker.metric("worker_paused").await != 1.0 {
-        assert!(started.elapsed() < Duration::from_secs(20), "worker did not pause");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "worker did not pause"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -289,7 +330,9 @@ async fn while_postgres_is_down_the_worker_pauses_dead_letters_nothing_and_resum
     wait_for_rows(&db, &c, 21, Duration::from_secs(30)).await;
     assert_eq!(worker.metric("worker_paused").await, 0.0);
     assert!(
-        read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic).await.is_empty(),
+        read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic)
+            .await
+            .is_empty(),
         "an outage must not dead-letter anything"
     );
     worker.stop().await;

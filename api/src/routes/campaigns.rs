@@ -18,7 +18,10 @@ pub async fn create(
     state: web::Data<AppState>,
     body: web::Json<CampaignRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let new = body.into_inner().validate(Utc::now()).map_err(ApiError::Invalid)?;
+    let new = body
+        .into_inner()
+        .validate(Utc::now())
+        .map_err(ApiError::Invalid)?;
     let view = state.campaigns.create(new).await?;
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/campaigns/{}", view.id)))

@@ -116,6 +116,9 @@ pub async fn my_coupon(
             ..MyCoupon::state(name)
         }));
     }
-    let holds = gate.holds_slot(&campaign, &user).await.map_err(redis_down)?;
+    let holds = gate
+        .holds_slot(&campaign, &user)
+        .await
+        .map_err(redis_down)?;
     Ok(HttpResponse::Ok().json(MyCoupon::state(if holds { "pending" } else { "none" })))
 }

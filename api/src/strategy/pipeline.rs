@@ -38,7 +38,9 @@ impl Pipeline {
     pub async fn admit(&self, campaign: &CampaignId, user: &UserId) -> Result<(), IssueError> {
         let started = Instant::now();
         let admission = self.gate.admit(campaign, user).await;
-        self.metrics.gate_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .gate_seconds
+            .observe(started.elapsed().as_secs_f64());
         match admission {
             Ok(Admission::Admitted) => Ok(()),
             Ok(Admission::Duplicate) => Err(IssueError::Refused(Refusal::Duplicate)),
@@ -78,8 +80,13 @@ impl Pipeline {
         user: UserId,
     ) -> Result<Issued, IssueError> {
         let coupon_id = CouponId::new();
-        let message =
-            CouponIssued::new(coupon_id, campaign, user, Utc::now(), self.strategy.as_str());
+        let message = CouponIssued::new(
+            coupon_id,
+            campaign,
+            user,
+            Utc::now(),
+            self.strategy.as_str(),
+        );
         let started = Instant::now();
         let receipt = match self.producer.send(&message).await {
             Ok(receipt) => receipt,
@@ -89,17 +96,25 @@ impl Pipeline {
             }
         };
         let delivery = receipt.wait().await;
-        self.metrics.produce_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .produce_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.settle(message, delivery).await
     }
 
     /// Applies the producing rules to a delivery report.
-    pub async fn settle(&self, message: CouponIssued, delivery: Delivery) -> Result<Issued, IssueError> {
+    pub async fn settle(
+        &self,
+        message: CouponIssued,
+        delivery: Delivery,
+    ) -> Result<Issued, IssueError> {
         match delivery {
             Delivery::Persisted => Ok(Issued::Accepted(message.coupon_id)),
             Delivery::NotPersisted(e) => {
                 tracing::warn!(campaign.id = %message.campaign_id, error = %e, "message not delivered");
-                Err(self.give_back(&message, "the broker did not take the message").await)
+                Err(self
+                    .give_back(&message, "the broker did not take the message")
+                    .await)
             }
             Delivery::PossiblyPersisted(e) => {
                 tracing::warn!(
@@ -115,13 +130,23 @@ impl Pipeline {
 
     /// Compensation for a message that never reached the broker.
     async fn give_back(&self, message: &CouponIssued, why: &str) -> IssueError {
-        match self.gate.release(&message.campaign_id, &message.user_id).await {
+        match self
+            .gate
+            .release(&message.campaign_id, &message.user_id)
+            .await
+        {
             Ok(_) => {
-                self.metrics.compensations.with_label_values(&["released"]).inc();
+                self.metrics
+                    .compensations
+                    .with_label_values(&["released"])
+                    .inc();
                 IssueError::Unavailable(format!("{why}; nothing was issued, retry later"))
             }
             Err(e) => {
-                self.metrics.compensations.with_label_values(&["failed"]).inc();
+                self.metrics
+                    .compensations
+                    .with_label_values(&["failed"])
+                    .inc();
                 tracing::error!(
                     campaign.id = %message.campaign_id,
                     user.id = %message.user_id,
@@ -137,7 +162,12 @@ impl Pipeline {
 
     /// Records an asynchronous state for `/coupons/me`. Best effort: if Redis
     /// refuses, `/coupons/me` still reports a held slot as pending.
-    pub async fn record(&self, message: &CouponIssued, state: RecordedState, outcome: Option<&str>) {
+    pub async fn record(
+        &self,
+        message: &CouponIssued,
+        state: RecordedState,
+        outcome: Option<&str>,
+    ) {
         let record = StatusRecord {
             state,
             coupon_id: Some(message.coupon_id),

@@ -39,7 +39,9 @@ pub async fn test_settings() -> Settings {
                 .expect("migrations");
         })
         .await;
-    common::kafka::ensure_topics(&s.kafka).await.expect("topics");
+    common::kafka::ensure_topics(&s.kafka)
+        .await
+        .expect("topics");
     s
 }
 
@@ -52,7 +54,9 @@ pub struct TestApi {
 }
 
 pub async fn spawn_api(settings: &Settings) -> TestApi {
-    let app = Application::build(settings.clone()).await.expect("api builds");
+    let app = Application::build(settings.clone())
+        .await
+        .expect("api builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
@@ -129,10 +133,17 @@ impl TestApi {
         self.issue_with_token(campaign, &mint_jwt(user, 3600)).await
     }
 
-    pub async fn issue_with_token(&self, campaign: &CampaignId, token: &str) -> (StatusCode, Value) {
+    pub async fn issue_with_token(
+        &self,
+        campaign: &CampaignId,
+        token: &str,
+    ) -> (StatusCode, Value) {
         let res = self
             .client
-            .post(format!("{}/api/v1/campaigns/{campaign}/issue", self.address))
+            .post(format!(
+                "{}/api/v1/campaigns/{campaign}/issue",
+                self.address
+            ))
             .bearer_auth(token)
             .send()
             .await
@@ -143,7 +154,10 @@ impl TestApi {
     pub async fn my_coupon(&self, campaign: &CampaignId, user: &str) -> (StatusCode, Value) {
         let res = self
             .client
-            .get(format!("{}/api/v1/campaigns/{campaign}/coupons/me", self.address))
+            .get(format!(
+                "{}/api/v1/campaigns/{campaign}/coupons/me",
+                self.address
+            ))
             .bearer_auth(mint_jwt(user, 3600))
             .send()
             .await
@@ -155,7 +169,10 @@ impl TestApi {
 pub async fn reply(res: reqwest::Response) -> (StatusCode, Value) {
     let status = res.status();
     let text = res.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// An HS256 user token; `ttl_secs` may be negative (expired).
@@ -191,7 +208,9 @@ pub async fn spawn_worker(settings: &Settings) -> TestWorker {
 impl TestWorker {
     pub async fn stop(self) {
         self.stop.cancel();
-        self.task.await.expect("worker task").expect("worker stopped cleanly");
+        self.task
+            .await
+            .expect("worker task")
+            .expect("worker stopped cleanly");
     }
 }
-

@@ -21,8 +21,10 @@ const MIGRATION_LOCK_KEY: i64 = 0x636f_7570_6f6e;
 /// Applies every pending migration, one runner at a time.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     let txn = db.begin().await?;
-    txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
-        .await?;
+    txn.execute_unprepared(&format!(
+        "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+    ))
+    .await?;
     Migrator::up(&txn, None).await?;
     txn.commit().await
 }
