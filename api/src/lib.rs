@@ -10,11 +10,13 @@
 //! - [`campaigns`] — campaigns in PostgreSQL with their gate meta in Redis.
 //! - [`auth`], [`rate_limit`] — who is calling, and how often.
 //! - [`error`] — every error reply and its status.
+//! - [`faults`] — test-only fault hooks (debug builds).
 //! - [`metrics`] — the api's Prometheus metrics.
 
 pub mod auth;
 pub mod campaigns;
 pub mod error;
+pub mod faults;
 pub mod metrics;
 pub mod producer;
 pub mod rate_limit;

@@ -18,6 +18,8 @@ pub struct ApiMetrics {
     pub redis_pool_wait_seconds: Histogram,
     pub compensations: IntCounterVec,
     pub producer_queue: IntGauge,
+    pub queue_depth: IntGauge,
+    pub lock_wait_seconds: Histogram,
     pub info: IntGaugeVec,
 }
 
@@ -79,6 +81,17 @@ impl ApiMetrics {
                 &r,
                 "producer_queue_messages",
                 "Messages in the producer's queue or in flight (sampled at scrape).",
+            ),
+            queue_depth: gauge(
+                &r,
+                "issue_queue_depth",
+                "Requests waiting in the async-queue strategy's queue.",
+            ),
+            lock_wait_seconds: histogram(
+                &r,
+                "lock_wait_seconds",
+                "Wait for the campaign lock (lock strategies).",
+                latency_buckets(),
             ),
             info: gauge_vec(
                 &r,

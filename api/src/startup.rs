@@ -4,8 +4,10 @@
 //! Shutdown, in order: `/readyz` turns 503 (`draining`) so the balancer stops
 //! routing here; after `http.drain_delay_ms` the listener closes and
 //! in-flight requests get `http.shutdown_timeout_secs` to finish (each waits
-//! at most one delivery timeout for its report); then the producer is
-//! flushed, so every message it still holds gets its report before exit.
+//! at most one delivery timeout for its report); the strategy drains what it
+//! holds (the async queue, within `queue.drain_timeout_ms`); the producer is
+//! flushed, so every message it still holds gets its report; and background
+//! work settling those reports finishes before exit.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -48,6 +50,7 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     drain_delay: Duration,
+    queue_drain: Duration,
     flush_timeout: Duration,
     housekeeping: tokio::task::JoinHandle<()>,
 }
@@ -61,9 +64,10 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    /// Connects nothing eagerly: Redis, PostgreSQL and Kafka connections are
-    /// made on first use, so the api starts (and answers 503) while a
-    /// dependency is still coming up.
+    /// Needs no dependency to start: Redis connections are opened here if
+    /// Redis answers (else on demand), PostgreSQL and Kafka connections on
+    /// first use, so the api starts (and answers 503) while a dependency is
+    /// still coming up.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.require_api_secrets()?;
         let metrics = ApiMetrics::new();
@@ -76,21 +80,26 @@ impl Application {
             &settings.redis,
             Some(metrics.redis_pool_wait_seconds.clone()),
         )?;
+        if let Err(e) = gate.warm_up().await {
+            tracing::warn!(error = %e, "redis not reachable at start; connecting on demand");
+        }
         let db = common::db::connect(&settings.database).await?;
         let campaigns = Arc::new(CampaignStore::new(
             db,
             gate.clone(),
             Duration::from_millis(settings.database.statement_timeout_ms),
         ));
-        let pipeline = Arc::new(Pipeline {
+        crate::faults::warn_if_ignored(&settings.faults);
+        let pipeline = Arc::new(Pipeline::new(
             gate,
-            producer: IssueProducer::new(&settings.kafka)?,
-            campaigns: campaigns.clone(),
-            metrics: metrics.clone(),
-            strategy: settings.strategy,
-        });
+            IssueProducer::new(&settings.kafka)?,
+            campaigns.clone(),
+            metrics.clone(),
+            settings.strategy,
+            settings.faults.clone(),
+        ));
         let state = web::Data::new(AppState {
-            strategy: Strategy::build(settings.strategy, pipeline.clone()),
+            strategy: Strategy::build(&settings, pipeline.clone()),
             pipeline,
             campaigns,
             limiter: UserRateLimiter::new(&settings.rate_limit.per_user),
@@ -167,6 +176,7 @@ impl Application {
             server,
             state,
             drain_delay: Duration::from_millis(settings.http.drain_delay_ms),
+            queue_drain: Duration::from_millis(settings.queue.drain_timeout_ms),
             flush_timeout: settings.kafka.delivery_timeout() + Duration::from_secs(1),
             housekeeping,
         })
@@ -193,14 +203,27 @@ impl Application {
         handle.stop(true).await;
         let served = server.await;
         self.housekeeping.abort();
+        self.state
+            .strategy
+            .drain(Instant::now() + self.queue_drain)
+            .await;
         let pipeline = self.state.pipeline.clone();
         let timeout = self.flush_timeout;
         let flushed = tokio::task::spawn_blocking(move || pipeline.producer.flush(timeout)).await;
         match flushed {
-            Ok(Ok(())) => tracing::info!("producer flushed; stopped"),
+            Ok(Ok(())) => tracing::info!("producer flushed"),
             Ok(Err(e)) => tracing::error!(error = %e, "producer flush incomplete"),
             Err(e) => tracing::error!(error = %e, "producer flush task failed"),
         }
+        if !self
+            .state
+            .pipeline
+            .wait_for_background(Instant::now() + self.flush_timeout)
+            .await
+        {
+            tracing::error!("background settling did not finish; reconciliation settles the rest");
+        }
+        tracing::info!("stopped");
         served.context("server task")?.context("http server")
     }
 }

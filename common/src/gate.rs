@@ -68,6 +68,16 @@ impl From<ConnectError> for GateError {
     }
 }
 
+/// What marking a user queued found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueMark {
+    Queued,
+    /// The user holds a slot, or has a request queued or pending.
+    Duplicate,
+    /// No meta: unknown campaign or lost state.
+    Missing,
+}
+
 /// A campaign's gate parameters, as stored in its meta hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GateMeta {
@@ -83,6 +93,8 @@ pub struct GateMeta {
 pub enum RecordedState {
     Queued,
     Pending,
+    /// In the broker, the row not yet written (async strategies).
+    Issued,
     /// A final refusal of a request that was answered `queued` or `pending`;
     /// `outcome` says why.
     Rejected,
@@ -125,6 +137,16 @@ impl RedisGate {
             command_timeout: settings.command_timeout(),
             status_ttl_secs: settings.status_ttl_secs,
         })
+    }
+
+    /// Opens the pool's connections ahead of the first request.
+    pub async fn warm_up(&self) -> Result<(), GateError> {
+        Ok(self.pool.warm_up().await?)
+    }
+
+    /// The Redis client, for connections of their own (pub/sub).
+    pub fn client(&self) -> &redis::Client {
+        self.pool.client()
     }
 
     /// Runs one call on a pooled connection within the command timeout.
@@ -276,6 +298,189 @@ impl RedisGate {
         // A record that does not parse is treated as absent: the row in
         // PostgreSQL and the gate's set still answer the question.
         Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    /// Runs any script with the command timeout (locks, tests).
+    pub async fn run_script<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<T, GateError> {
+        let mut invocation = script.prepare_invoke();
+        for k in keys {
+            invocation.key(*k);
+        }
+        for a in args {
+            invocation.arg(*a);
+        }
+        self.run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
+    }
+
+    /// `SET key value NX PX ms`: `true` when set.
+    pub async fn set_nx_px(&self, key: &str, value: &str, ms: u64) -> Result<bool, GateError> {
+        let reply: Option<String> = self
+            .run(|mut conn| async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    /// async-queue: marks the user queued unless it holds or awaits a slot.
+    pub async fn mark_queued(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+        ttl_secs: u64,
+    ) -> Result<QueueMark, GateError> {
+        let keys = CampaignKeys::new(campaign);
+        let record = serde_json::to_string(&StatusRecord {
+            state: RecordedState::Queued,
+            coupon_id: None,
+            outcome: None,
+            at: Utc::now(),
+        })
+        .unwrap_or_default();
+        let reply: String = self
+            .run(|mut conn| async move {
+                scripts::MARK_QUEUED
+                    .key(keys.meta())
+                    .key(keys.users())
+                    .key(keys.status(user))
+                    .arg(user.as_str())
+                    .arg(record)
+                    .arg(ttl_secs)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        match reply.as_str() {
+            "queued" => Ok(QueueMark::Queued),
+            "duplicate" => Ok(QueueMark::Duplicate),
+            "missing" => Ok(QueueMark::Missing),
+            other => Err(GateError::Protocol(other.to_owned())),
+        }
+    }
+
+    /// Deletes the user's status record (a queued mark whose request was
+    /// refused before it entered the queue).
+    pub async fn clear_status(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+    ) -> Result<(), GateError> {
+        let key = CampaignKeys::new(campaign).status(user);
+        self.run(|mut conn| async move { conn.del::<_, ()>(key).await })
+            .await
+    }
+
+    // The separate, non-atomic commands of the lock strategies' critical
+    // section. Each is one round trip; only a lock makes them a unit.
+
+    /// `HMGET meta` and `TIME` (one round trip, two commands): the meta, or
+    /// `None` when it is missing, and the server's time in ms.
+    pub async fn read_meta(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<(Option<GateMeta>, i64), GateError> {
+        let keys = CampaignKeys::new(campaign);
+        let (fields, time): (Vec<Option<String>>, (i64, i64)) = self
+            .run(|mut conn| async move {
+                redis::pipe()
+                    .cmd("HMGET")
+                    .arg(keys.meta())
+                    .arg(&["stock", "starts_ms", "ends_ms", "state"])
+                    .cmd("TIME")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let now_ms = time.0 * 1000 + time.1 / 1000;
+        let [Some(stock), Some(starts), Some(ends), Some(state)] =
+            <[Option<String>; 4]>::try_from(fields)
+                .map_err(|_| GateError::Protocol("HMGET arity".into()))?
+        else {
+            return Ok((None, now_ms));
+        };
+        let parse = |v: &str| {
+            v.parse::<i64>()
+                .map_err(|_| GateError::Protocol(format!("meta field {v:?}")))
+        };
+        let ends_ms = parse(&ends)?;
+        let meta = GateMeta {
+            stock: parse(&stock)?,
+            starts_at: DateTime::from_timestamp_millis(parse(&starts)?).unwrap_or_default(),
+            ends_at: (ends_ms > 0)
+                .then(|| DateTime::from_timestamp_millis(ends_ms).unwrap_or_default()),
+            closed: state == "closed",
+        };
+        Ok((Some(meta), now_ms))
+    }
+
+    /// Read-only look before a lock (one pipeline): `Some(Duplicate)` if the
+    /// user holds a slot, `Some(SoldOut)` if the count reached the stock,
+    /// `None` otherwise (meta missing included: the locked section decides).
+    pub async fn precheck(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+    ) -> Result<Option<Admission>, GateError> {
+        let keys = CampaignKeys::new(campaign);
+        let (member, stock, issued): (bool, Option<i64>, Option<i64>) = self
+            .run(|mut conn| async move {
+                redis::pipe()
+                    .sismember(keys.users(), user.as_str())
+                    .hget(keys.meta(), "stock")
+                    .get(keys.issued())
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(if member {
+            Some(Admission::Duplicate)
+        } else if stock.is_some_and(|s| issued.unwrap_or(0) >= s) {
+            Some(Admission::SoldOut)
+        } else {
+            None
+        })
+    }
+
+    /// The gate's count (`GET issued`, 0 when absent).
+    pub async fn count(&self, campaign: &CampaignId) -> Result<i64, GateError> {
+        let key = CampaignKeys::new(campaign).issued();
+        let n: Option<i64> = self
+            .run(|mut conn| async move { conn.get(key).await })
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// `SADD users user`: `true` when added.
+    pub async fn add_holder(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+    ) -> Result<bool, GateError> {
+        let key = CampaignKeys::new(campaign).users();
+        let added: i64 = self
+            .run(|mut conn| async move { conn.sadd(key, user.as_str()).await })
+            .await?;
+        Ok(added == 1)
+    }
+
+    /// `INCR issued`: the new count.
+    pub async fn increment(&self, campaign: &CampaignId) -> Result<i64, GateError> {
+        let key = CampaignKeys::new(campaign).issued();
+        self.run(|mut conn| async move { conn.incr(key, 1).await })
+            .await
     }
 
     /// `PING`, for readiness bodies.

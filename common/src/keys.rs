@@ -41,6 +41,21 @@ impl CampaignKeys {
         format!("{}:status:{user}", self.prefix)
     }
 
+    /// The campaign's lease lock (`distributed-lock`; STRING holding a token).
+    pub fn lock(&self) -> String {
+        format!("{}:lock", self.prefix)
+    }
+
+    /// The campaign's fair lock (`fair-lock`): the lock HASH, the wait LIST
+    /// and the waiters' deadline ZSET.
+    pub fn fair_lock(&self) -> crate::lock::FairLockKeys {
+        crate::lock::FairLockKeys {
+            lock: format!("{}:fairlock", self.prefix),
+            queue: format!("{}:fairlock:queue", self.prefix),
+            timeouts: format!("{}:fairlock:timeouts", self.prefix),
+        }
+    }
+
     /// Pattern matching every key of the campaign (cleanup of test data).
     pub fn all_pattern(&self) -> String {
         format!("{}:*", self.prefix)
@@ -57,7 +72,17 @@ mod tests {
         let k = CampaignKeys::new(&c);
         let tag = "{0192f0c4-7a51-7cc3-9a35-6b1c0d2e8f10}";
         let user = UserId::parse("u1").unwrap();
-        for key in [k.meta(), k.users(), k.issued(), k.status(&user)] {
+        let fair = k.fair_lock();
+        for key in [
+            k.meta(),
+            k.users(),
+            k.issued(),
+            k.status(&user),
+            k.lock(),
+            fair.lock,
+            fair.queue,
+            fair.timeouts,
+        ] {
             assert!(key.starts_with(&format!("coupon:{tag}:")), "{key}");
         }
         assert_eq!(k.meta(), format!("coupon:{tag}:meta"));

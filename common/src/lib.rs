@@ -6,6 +6,8 @@
 //! - [`keys`], [`scripts`], [`gate`] — the Redis key layout, the Lua scripts
 //!   (`lua/*.lua`) and typed calls on a campaign's gate state, over the
 //!   shared multiplexed connections of [`redis_pool`].
+//! - [`lock`], [`lock_waker`] — Redis locks (a lease lock and Redisson's fair
+//!   lock) and the pub/sub wake-ups of their waiters.
 //! - [`kafka`] — client configuration and topic creation.
 //! - [`entities`], [`db`] — the PostgreSQL schema as sea-orm entities, and the pool.
 //! - [`metrics`] — declaring and rendering Prometheus metrics.
@@ -18,6 +20,8 @@ pub mod gate;
 pub mod ids;
 pub mod kafka;
 pub mod keys;
+pub mod lock;
+pub mod lock_waker;
 pub mod message;
 pub mod metrics;
 pub mod redis_pool;

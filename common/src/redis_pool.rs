@@ -89,6 +89,10 @@ impl RedisPool {
         })
     }
 
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Observe, in seconds, how long callers wait for a connection (near
     /// zero unless one is being opened).
     pub fn with_wait_histogram(mut self, histogram: Histogram) -> Self {
@@ -135,6 +139,16 @@ impl RedisPool {
             Ok(Err(e)) => Err(ConnectError::Redis(e)),
             Err(_) => Err(ConnectError::Timeout(self.connect_timeout)),
         }
+    }
+
+    /// Opens every connection now, so that the first burst of requests does
+    /// not queue behind connection set-up. Failures are returned (and the
+    /// connections opened later, on demand).
+    pub async fn warm_up(&self) -> Result<(), ConnectError> {
+        for _ in 0..self.slots.len() {
+            self.get().await?;
+        }
+        Ok(())
     }
 
     /// Reports a failed call: a connection-level failure drops the

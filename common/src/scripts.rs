@@ -20,3 +20,31 @@ pub static LOAD_META: LazyLock<Script> =
 /// Close a campaign's gate if its meta exists.
 pub static CLOSE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/close.lua")));
+
+/// Lease lock: compare-and-delete release.
+pub static LOCK_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/lock_release.lua")));
+
+/// Lease lock: compare-and-extend (the watchdog).
+pub static LOCK_RENEW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/lock_renew.lua")));
+
+/// Fair lock (Redisson's algorithm): try to acquire, queueing on the first try.
+pub static FAIR_LOCK_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/fair_lock_acquire.lua")));
+
+/// Fair lock: release by the owner.
+pub static FAIR_LOCK_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/fair_lock_release.lua")));
+
+/// Fair lock: a waiter gives up and leaves the queue.
+pub static FAIR_LOCK_CANCEL: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/fair_lock_cancel.lua")));
+
+/// Fair lock: extend the owner's lease.
+pub static FAIR_LOCK_RENEW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/fair_lock_renew.lua")));
+
+/// async-queue: mark a user queued unless it already holds or awaits a slot.
+pub static MARK_QUEUED: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/mark_queued.lua")));

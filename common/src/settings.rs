@@ -26,14 +26,28 @@ pub enum StrategyKind {
     /// Lua gate, produce, await the delivery report.
     #[default]
     Sync,
+    /// A bounded in-process queue; background tasks run the `sync` path.
+    AsyncQueue,
+    /// A per-campaign lease lock around separate Redis commands.
+    DistributedLock,
+    /// Redisson's fair lock around the same section.
+    FairLock,
 }
 
 impl StrategyKind {
-    pub const ALL: [StrategyKind; 1] = [Self::Sync];
+    pub const ALL: [StrategyKind; 4] = [
+        Self::Sync,
+        Self::AsyncQueue,
+        Self::DistributedLock,
+        Self::FairLock,
+    ];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Sync => "sync",
+            Self::AsyncQueue => "async-queue",
+            Self::DistributedLock => "distributed-lock",
+            Self::FairLock => "fair-lock",
         }
     }
 }
@@ -71,8 +85,23 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub auth: AuthSettings,
     pub rate_limit: RateLimitSettings,
+    pub queue: QueueSettings,
+    pub lock: LockSettings,
     pub worker: WorkerSettings,
     pub log: LogSettings,
+    pub faults: FaultSettings,
+}
+
+/// Test-only fault hooks. Honoured by debug builds only; release builds
+/// compile the hooks out and ignore these settings.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct FaultSettings {
+    /// Lock strategies: a request of this user, once it holds the lock and
+    /// has read the count, stops as a paused process would (its lease is no
+    /// longer renewed) for `pause_lock_holder_ms`.
+    pub pause_lock_holder_user: Option<String>,
+    pub pause_lock_holder_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +316,52 @@ impl Default for TokenBucket {
     }
 }
 
+/// The `async-queue` strategy's queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct QueueSettings {
+    /// Requests waiting at most; a full queue answers 503.
+    pub capacity: usize,
+    /// Background tasks taking requests off the queue.
+    pub consumers: usize,
+    /// On shutdown, how long the queue may take to drain; what is left is
+    /// recorded as rejected (`unavailable`).
+    pub drain_timeout_ms: u64,
+    /// TTL of the `queued` mark: a request lost with its process stops
+    /// blocking its user after this.
+    pub mark_ttl_secs: u64,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            capacity: 10_000,
+            consumers: 64,
+            drain_timeout_ms: 10_000,
+            mark_ttl_secs: 60,
+        }
+    }
+}
+
+/// The lock strategies' per-campaign lock.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LockSettings {
+    /// Lease; a watchdog renews it every third while the lock is held.
+    pub lease_ms: u64,
+    /// How long a request waits for the lock before answering 503.
+    pub wait_ms: u64,
+}
+
+impl Default for LockSettings {
+    fn default() -> Self {
+        Self {
+            lease_ms: 3_000,
+            wait_ms: 2_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct WorkerSettings {
@@ -438,7 +513,7 @@ mod tests {
             None,
             vars(&[
                 ("APP_ENVIRONMENT", "production"),
-                ("APP_STRATEGY", "sync"),
+                ("APP_STRATEGY", "fair-lock"),
                 ("APP_HTTP__PORT", "9000"),
                 ("APP_AUTH__ADMIN_TOKEN", "12345"),
                 ("APP_AUTH__MODE", "trusted-header"),
@@ -448,10 +523,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.environment, Environment::Production);
+        assert_eq!(s.strategy, StrategyKind::FairLock);
         assert_eq!(s.http.port, 9000);
         assert_eq!(s.auth.mode, AuthMode::TrustedHeader);
         assert_eq!(s.auth.admin_token.unwrap().expose_secret(), "12345");
         assert!(!s.rate_limit.per_user.enabled);
+    }
+
+    #[test]
+    fn every_strategy_parses_from_its_own_name() {
+        for kind in StrategyKind::ALL {
+            assert_eq!(kind.as_str().parse::<StrategyKind>(), Ok(kind));
+            let s = Settings::load_from(None, vars(&[("APP_STRATEGY", kind.as_str())])).unwrap();
+            assert_eq!(s.strategy, kind);
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
+use common::gate::{RecordedState, RedisGate, StatusRecord};
 use common::message::{CouponIssued, DlqReason};
 use common::settings::{Settings, WorkerSettings};
 use rdkafka::consumer::{
@@ -126,6 +127,8 @@ enum AttemptError {
 pub struct Worker {
     consumer: StreamConsumer<WorkerContext>,
     db: DatabaseConnection,
+    /// Where a user turned away by the stock guard is recorded as `none`.
+    gate: RedisGate,
     dead_letters: DeadLetters,
     metrics: WorkerMetrics,
     settings: WorkerSettings,
@@ -161,6 +164,7 @@ impl Worker {
         Ok(Self {
             consumer,
             db,
+            gate: RedisGate::new(&settings.redis, None)?,
             dead_letters: DeadLetters::new(&settings.kafka)?,
             metrics,
             settings: settings.worker.clone(),
@@ -308,7 +312,7 @@ impl Worker {
         let mut letters = Vec::new();
         for r in batch {
             match &r.decoded {
-                Err(e) => letters.push(self.letter(r, DlqReason::Unparseable, e.clone())),
+                Err(e) => letters.push((self.letter(r, DlqReason::Unparseable, e.clone()), None)),
                 Ok(m) => match decisions.next() {
                     Some(Decision::Insert) => {
                         self.metrics.persisted.inc();
@@ -329,17 +333,24 @@ impl Worker {
                                 "message over the campaign's stock: the gate admitted too many"
                             );
                         }
-                        letters.push(self.letter(r, reason, format!("campaign {}", m.campaign_id)));
+                        let turned_away = (reason == DlqReason::OverStock).then_some(m);
+                        letters.push((
+                            self.letter(r, reason, format!("campaign {}", m.campaign_id)),
+                            turned_away,
+                        ));
                     }
                     None => {}
                 },
             }
         }
-        for letter in &letters {
+        for (letter, turned_away) in &letters {
             self.dead_letters
                 .send(letter)
                 .await
                 .map_err(AttemptError::DeadLetter)?;
+            if let Some(m) = turned_away {
+                self.record_turned_away(m).await;
+            }
             self.metrics
                 .dead_lettered
                 .with_label_values(&[letter.reason.as_str()])
@@ -352,6 +363,26 @@ impl Worker {
             );
         }
         Ok(())
+    }
+
+    /// The stock guard turned this user away: its request was answered
+    /// `pending` or `queued`, and it ends with no coupon. Recorded for
+    /// `/coupons/me` (best effort: a Redis failure must not stall the
+    /// partition; the user then shows pending until reconciliation).
+    async fn record_turned_away(&self, m: &CouponIssued) {
+        let record = StatusRecord {
+            state: RecordedState::None,
+            coupon_id: Some(m.coupon_id),
+            outcome: Some(DlqReason::OverStock.as_str().to_owned()),
+            at: Utc::now(),
+        };
+        if let Err(e) = self
+            .gate
+            .record_status(&m.campaign_id, &m.user_id, &record)
+            .await
+        {
+            tracing::warn!(campaign.id = %m.campaign_id, error = %e, "turned-away user not recorded");
+        }
     }
 
     fn letter<'a>(&self, r: &'a Received, reason: DlqReason, detail: String) -> DeadLetter<'a> {

@@ -17,7 +17,8 @@ use crate::strategy::Issued;
 #[derive(Debug, Serialize)]
 struct IssueReply {
     outcome: &'static str,
-    coupon_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coupon_id: Option<Uuid>,
 }
 
 /// `POST /api/v1/campaigns/{id}/issue`. A body, if any, is ignored.
@@ -39,7 +40,7 @@ pub async fn issue(
     let issued = result?;
     Ok(HttpResponse::Accepted().json(IssueReply {
         outcome: issued.outcome(),
-        coupon_id: issued.coupon_id().as_uuid(),
+        coupon_id: issued.coupon_id().map(|c| c.as_uuid()),
     }))
 }
 
@@ -107,11 +108,13 @@ pub async fn my_coupon(
         let name = match record.state {
             RecordedState::Queued => "queued",
             RecordedState::Pending => "pending",
+            RecordedState::Issued => "issued",
             RecordedState::Rejected => "rejected",
             RecordedState::None => "none",
         };
         return Ok(HttpResponse::Ok().json(MyCoupon {
             coupon_id: record.coupon_id.map(|c| c.as_uuid()),
+            issued_at: (record.state == RecordedState::Issued).then_some(record.at),
             outcome: record.outcome,
             ..MyCoupon::state(name)
         }));

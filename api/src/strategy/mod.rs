@@ -1,15 +1,27 @@
 //! The request path of the issue endpoint, switchable at start-up
 //! (`APP_STRATEGY`). Handlers call [`Strategy::issue`] and never know which
 //! one runs; each strategy lives in its own file and builds on the shared
-//! steps of [`pipeline`].
+//! steps of [`pipeline`]:
+//!
+//! | strategy | file | reply |
+//! |---|---|---|
+//! | `sync` | [`sync`] | `accepted` / `pending` after the delivery report |
+//! | `async-queue` | [`async_queue`] | `queued` at once; the final state in `/coupons/me` |
+//! | `distributed-lock` | [`distributed_lock`] + [`locked`] | `pending`; delivery settled in the background |
+//! | `fair-lock` | [`fair_lock`] + [`locked`] | `pending`, as above |
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use common::ids::{CampaignId, CouponId, UserId};
-use common::settings::StrategyKind;
+use common::settings::{Settings, StrategyKind};
 
+pub mod async_queue;
+pub mod distributed_lock;
+pub mod fair_lock;
+mod locked;
 pub mod pipeline;
-mod sync;
+pub mod sync;
 
 pub use pipeline::Pipeline;
 
@@ -47,10 +59,23 @@ pub enum IssueError {
     /// The campaign exists but its gate state is not in Redis.
     #[error("campaign state missing in Redis")]
     StateMissing,
-    /// A dependency failed. Nothing was admitted, or a slot that could not
-    /// be given back is left to reconciliation (and shows as pending).
+    /// A dependency failed or a bound was hit (queue full, lock wait).
+    /// Nothing was admitted, or a slot that could not be given back is left
+    /// to reconciliation (and shows as pending).
     #[error("{0}")]
     Unavailable(String),
+}
+
+impl IssueError {
+    /// The outcome recorded for a request that was answered before it was
+    /// decided (`queued`, `pending`) and then failed.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Refused(r) => r.as_str(),
+            Self::UnknownCampaign => "unknown_campaign",
+            Self::StateMissing | Self::Unavailable(_) => "unavailable",
+        }
+    }
 }
 
 /// A successful issue reply (202).
@@ -58,8 +83,10 @@ pub enum IssueError {
 pub enum Issued {
     /// Durably in Kafka: the row will exist.
     Accepted(CouponId),
-    /// Admitted, delivery not confirmed; reconciliation settles it.
+    /// Admitted, delivery not confirmed; settled later.
     Pending(CouponId),
+    /// In this instance's queue, nothing decided yet.
+    Queued,
 }
 
 impl Issued {
@@ -67,12 +94,14 @@ impl Issued {
         match self {
             Self::Accepted(_) => "accepted",
             Self::Pending(_) => "pending",
+            Self::Queued => "queued",
         }
     }
 
-    pub fn coupon_id(&self) -> CouponId {
+    pub fn coupon_id(&self) -> Option<CouponId> {
         match self {
-            Self::Accepted(id) | Self::Pending(id) => *id,
+            Self::Accepted(id) | Self::Pending(id) => Some(*id),
+            Self::Queued => None,
         }
     }
 }
@@ -81,24 +110,54 @@ impl Issued {
 #[derive(Debug)]
 pub enum Strategy {
     Sync(sync::SyncStrategy),
+    AsyncQueue(async_queue::AsyncQueueStrategy),
+    DistributedLock(distributed_lock::DistributedLockStrategy),
+    FairLock(fair_lock::FairLockStrategy),
 }
 
 impl Strategy {
-    pub fn build(kind: StrategyKind, pipeline: Arc<Pipeline>) -> Self {
-        match kind {
+    /// Builds the strategy of `settings.strategy`; background tasks (queue
+    /// consumers) start on the current runtime.
+    pub fn build(settings: &Settings, pipeline: Arc<Pipeline>) -> Self {
+        match settings.strategy {
             StrategyKind::Sync => Self::Sync(sync::SyncStrategy::new(pipeline)),
+            StrategyKind::AsyncQueue => Self::AsyncQueue(async_queue::AsyncQueueStrategy::start(
+                pipeline,
+                &settings.queue,
+            )),
+            StrategyKind::DistributedLock => Self::DistributedLock(
+                distributed_lock::DistributedLockStrategy::new(pipeline, &settings.lock),
+            ),
+            StrategyKind::FairLock => {
+                Self::FairLock(fair_lock::FairLockStrategy::new(pipeline, &settings.lock))
+            }
         }
     }
 
     pub fn kind(&self) -> StrategyKind {
         match self {
             Self::Sync(_) => StrategyKind::Sync,
+            Self::AsyncQueue(_) => StrategyKind::AsyncQueue,
+            Self::DistributedLock(_) => StrategyKind::DistributedLock,
+            Self::FairLock(_) => StrategyKind::FairLock,
         }
     }
 
     pub async fn issue(&self, campaign: CampaignId, user: UserId) -> Result<Issued, IssueError> {
         match self {
             Self::Sync(s) => s.issue(campaign, user).await,
+            Self::AsyncQueue(s) => s.issue(campaign, user).await,
+            Self::DistributedLock(s) => s.issue(campaign, user).await,
+            Self::FairLock(s) => s.issue(campaign, user).await,
+        }
+    }
+
+    /// Shutdown, once no request comes in any more: finishes or settles
+    /// what the strategy still holds by `deadline`.
+    pub async fn drain(&self, deadline: Instant) {
+        match self {
+            Self::AsyncQueue(s) => s.drain(deadline).await,
+            Self::Sync(_) | Self::DistributedLock(_) | Self::FairLock(_) => {}
         }
     }
 }

@@ -10,14 +10,20 @@
 //!
 //! If Redis is down when a slot should be given back, the reply is 503 and
 //! the slot is left to reconciliation; `/coupons/me` shows it as pending.
+//!
+//! Work that outlives a request (delivery reports the reply did not wait
+//! for, queued requests) runs on the process's main runtime and is tracked,
+//! so shutdown can wait for it.
 
+use std::future::Future;
 use std::time::Instant;
 
 use chrono::Utc;
 use common::gate::{Admission, GateError, RecordedState, RedisGate, StatusRecord};
 use common::ids::{CampaignId, CouponId, UserId};
 use common::message::CouponIssued;
-use common::settings::StrategyKind;
+use common::settings::{FaultSettings, StrategyKind};
+use tokio_util::task::TaskTracker;
 
 use super::{IssueError, Issued, Refusal};
 use crate::campaigns::CampaignStore;
@@ -31,9 +37,45 @@ pub struct Pipeline {
     pub campaigns: std::sync::Arc<CampaignStore>,
     pub metrics: ApiMetrics,
     pub strategy: StrategyKind,
+    pub faults: FaultSettings,
+    runtime: tokio::runtime::Handle,
+    tasks: TaskTracker,
 }
 
 impl Pipeline {
+    /// Must be called on the runtime that background work should run on.
+    pub fn new(
+        gate: RedisGate,
+        producer: IssueProducer,
+        campaigns: std::sync::Arc<CampaignStore>,
+        metrics: ApiMetrics,
+        strategy: StrategyKind,
+        faults: FaultSettings,
+    ) -> Self {
+        Self {
+            gate,
+            producer,
+            campaigns,
+            metrics,
+            strategy,
+            faults,
+            runtime: tokio::runtime::Handle::current(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Runs `work` in the background, tracked for shutdown.
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn_on(work, &self.runtime);
+    }
+
+    /// Shutdown: waits (until `deadline`) for background work to finish.
+    pub async fn wait_for_background(&self, deadline: Instant) -> bool {
+        self.tasks.close();
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::timeout(left, self.tasks.wait()).await.is_ok()
+    }
+
     /// Runs the gate script. Only `Ok(())` means the user holds a new slot.
     pub async fn admit(&self, campaign: &CampaignId, user: &UserId) -> Result<(), IssueError> {
         let started = Instant::now();
@@ -56,7 +98,7 @@ impl Pipeline {
                     "redis did not answer in time; retry later".into(),
                 ))
             }
-            Err(e) => Err(IssueError::Unavailable(format!("redis unavailable: {e}"))),
+            Err(e) => Err(redis_unavailable(e)),
         }
     }
 
@@ -73,20 +115,23 @@ impl Pipeline {
         }
     }
 
-    /// Produces the message for an admitted user and settles its delivery.
+    fn message(&self, campaign: CampaignId, user: UserId) -> CouponIssued {
+        CouponIssued::new(
+            CouponId::new(),
+            campaign,
+            user,
+            Utc::now(),
+            self.strategy.as_str(),
+        )
+    }
+
+    /// Produces the message for an admitted user and waits for its report.
     pub async fn produce_and_settle(
         &self,
         campaign: CampaignId,
         user: UserId,
     ) -> Result<Issued, IssueError> {
-        let coupon_id = CouponId::new();
-        let message = CouponIssued::new(
-            coupon_id,
-            campaign,
-            user,
-            Utc::now(),
-            self.strategy.as_str(),
-        );
+        let message = self.message(campaign, user);
         let started = Instant::now();
         let receipt = match self.producer.send(&message).await {
             Ok(receipt) => receipt,
@@ -100,6 +145,50 @@ impl Pipeline {
             .produce_seconds
             .observe(started.elapsed().as_secs_f64());
         self.settle(message, delivery).await
+    }
+
+    /// Produces the message for an admitted user without waiting for its
+    /// report: the report is settled in the background. A failure is
+    /// recorded for `/coupons/me` (rejected, or pending); success is not:
+    /// until the worker writes the row (or turns the user away as `none`),
+    /// the held slot shows as pending. Fails only if the message could not
+    /// even be enqueued (the slot is then given back).
+    pub async fn produce_in_background(
+        self: &std::sync::Arc<Self>,
+        campaign: CampaignId,
+        user: UserId,
+    ) -> Result<CouponId, IssueError> {
+        let message = self.message(campaign, user);
+        let coupon_id = message.coupon_id;
+        let started = Instant::now();
+        let receipt = match self.producer.send(&message).await {
+            Ok(receipt) => receipt,
+            Err(e) => {
+                tracing::warn!(campaign.id = %campaign, error = %e, "message not enqueued");
+                return Err(self.give_back(&message, "the broker queue is full").await);
+            }
+        };
+        let pipeline = self.clone();
+        self.spawn(async move {
+            let delivery = receipt.wait().await;
+            pipeline
+                .metrics
+                .produce_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let (campaign, user) = (message.campaign_id, message.user_id.clone());
+            if let Err(e) = pipeline.settle(message, delivery).await {
+                pipeline
+                    .record(
+                        &campaign,
+                        &user,
+                        RecordedState::Rejected,
+                        None,
+                        Some(e.outcome()),
+                    )
+                    .await;
+            }
+        });
+        Ok(coupon_id)
     }
 
     /// Applies the producing rules to a delivery report.
@@ -122,14 +211,49 @@ impl Pipeline {
                     error = %e,
                     "delivery unconfirmed; answering pending"
                 );
-                self.record(&message, RecordedState::Pending, None).await;
+                self.record(
+                    &message.campaign_id,
+                    &message.user_id,
+                    RecordedState::Pending,
+                    Some(message.coupon_id),
+                    None,
+                )
+                .await;
                 Ok(Issued::Pending(message.coupon_id))
             }
         }
     }
 
+    /// Records, for `/coupons/me`, how a request answered before it was
+    /// decided ended: issued (the row follows), pending (already recorded
+    /// by [`Pipeline::settle`]) or rejected with its outcome.
+    pub async fn record_final(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+        outcome: &Result<Issued, IssueError>,
+    ) {
+        match outcome {
+            Ok(Issued::Accepted(id)) => {
+                self.record(campaign, user, RecordedState::Issued, Some(*id), None)
+                    .await;
+            }
+            Ok(Issued::Pending(_) | Issued::Queued) => {}
+            Err(e) => {
+                self.record(
+                    campaign,
+                    user,
+                    RecordedState::Rejected,
+                    None,
+                    Some(e.outcome()),
+                )
+                .await;
+            }
+        }
+    }
+
     /// Compensation for a message that never reached the broker.
-    async fn give_back(&self, message: &CouponIssued, why: &str) -> IssueError {
+    pub async fn give_back(&self, message: &CouponIssued, why: &str) -> IssueError {
         match self
             .gate
             .release(&message.campaign_id, &message.user_id)
@@ -160,26 +284,28 @@ impl Pipeline {
         }
     }
 
-    /// Records an asynchronous state for `/coupons/me`. Best effort: if Redis
-    /// refuses, `/coupons/me` still reports a held slot as pending.
+    /// Records a state for `/coupons/me`. Best effort: if Redis refuses,
+    /// `/coupons/me` still reports a held slot as pending.
     pub async fn record(
         &self,
-        message: &CouponIssued,
+        campaign: &CampaignId,
+        user: &UserId,
         state: RecordedState,
+        coupon_id: Option<CouponId>,
         outcome: Option<&str>,
     ) {
         let record = StatusRecord {
             state,
-            coupon_id: Some(message.coupon_id),
+            coupon_id,
             outcome: outcome.map(str::to_owned),
             at: Utc::now(),
         };
-        if let Err(e) = self
-            .gate
-            .record_status(&message.campaign_id, &message.user_id, &record)
-            .await
-        {
-            tracing::warn!(campaign.id = %message.campaign_id, error = %e, "status not recorded");
+        if let Err(e) = self.gate.record_status(campaign, user, &record).await {
+            tracing::warn!(campaign.id = %campaign, error = %e, "status not recorded");
         }
     }
+}
+
+pub fn redis_unavailable(e: GateError) -> IssueError {
+    IssueError::Unavailable(format!("redis unavailable: {e}"))
 }

@@ -214,3 +214,126 @@ impl TestWorker {
             .expect("worker stopped cleanly");
     }
 }
+
+/// What the audit of DESIGN.md found for one campaign.
+#[derive(Debug, Default)]
+pub struct Audit {
+    pub requests: usize,
+    pub accepted: usize,
+    /// Answered `queued` or `pending`.
+    pub deferred: usize,
+    pub rows: u64,
+    pub distinct_rows: usize,
+    pub gate_count: Option<i64>,
+    /// Users answered `accepted` without a row.
+    pub lost: Vec<String>,
+    /// Rows of users never answered accepted, pending or queued.
+    pub phantoms: Vec<String>,
+    /// Deferred users whose final state is still `queued` or `pending`.
+    pub unsettled: Vec<String>,
+    /// Final states of deferred users (from `/coupons/me`).
+    pub finals: std::collections::BTreeMap<String, usize>,
+}
+
+impl Audit {
+    /// Panics with the figures unless every rule of the audit holds; with
+    /// `exhausted`, demand exceeded stock and nothing failed: rows == stock.
+    pub fn assert_passes(&self, stock: i64, exhausted: bool) {
+        assert!(self.rows as i64 <= stock, "over-issued: {self:?}");
+        assert_eq!(
+            self.distinct_rows as u64, self.rows,
+            "duplicate rows: {self:?}"
+        );
+        assert!(
+            self.lost.is_empty(),
+            "accepted users without rows: {self:?}"
+        );
+        assert!(
+            self.phantoms.is_empty(),
+            "rows nobody was promised: {self:?}"
+        );
+        assert!(
+            self.unsettled.is_empty(),
+            "deferred users never settled: {self:?}"
+        );
+        assert_eq!(
+            self.gate_count,
+            Some(self.rows as i64),
+            "gate count != rows: {self:?}"
+        );
+        if exhausted {
+            assert_eq!(self.rows as i64, stock, "leaked slots: {self:?}");
+        }
+    }
+}
+
+/// Audits a campaign after a run: waits (bounded) for the deferred users to
+/// settle and for the worker to drain, then checks the rows against the
+/// replies. `replies` are (user, reply body) pairs.
+pub async fn audit(api: &TestApi, campaign: &CampaignId, replies: &[(String, Value)]) -> Audit {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut a = Audit {
+        requests: replies.len(),
+        ..Audit::default()
+    };
+    let mut promised = BTreeSet::new();
+    let mut accepted = BTreeSet::new();
+    let mut deferred = BTreeSet::new();
+    for (user, body) in replies {
+        match body["outcome"].as_str() {
+            Some("accepted") => {
+                accepted.insert(user.clone());
+                promised.insert(user.clone());
+            }
+            Some("queued" | "pending") => {
+                deferred.insert(user.clone());
+                promised.insert(user.clone());
+            }
+            _ => {}
+        }
+    }
+    a.accepted = accepted.len();
+    a.deferred = deferred.len();
+
+    let started = std::time::Instant::now();
+    let mut finals: BTreeMap<String, String> = BTreeMap::new();
+    let mut waiting: Vec<String> = deferred.iter().cloned().collect();
+    while !waiting.is_empty() && started.elapsed() < Duration::from_secs(60) {
+        let mut still = Vec::new();
+        for user in waiting {
+            let (_, me) = api.my_coupon(campaign, &user).await;
+            let state = me["state"].as_str().unwrap_or("?").to_owned();
+            if state == "queued" || state == "pending" {
+                still.push(user);
+            } else {
+                finals.insert(user, state);
+            }
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    a.unsettled = waiting;
+    for state in finals.values() {
+        *a.finals.entry(state.clone()).or_default() += 1;
+    }
+
+    // Rows expected: accepted users and deferred users that ended issued.
+    let expected = accepted.len() + finals.values().filter(|s| *s == "issued").count();
+    let db = db().await;
+    let started = std::time::Instant::now();
+    while (rows(&db, campaign).await as usize) < expected
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let users = row_users(&db, campaign).await;
+    a.rows = users.len() as u64;
+    let distinct: BTreeSet<String> = users.into_iter().collect();
+    a.distinct_rows = distinct.len();
+    a.lost = accepted.difference(&distinct).cloned().collect();
+    a.phantoms = distinct.difference(&promised).cloned().collect();
+    a.gate_count = gate_state(campaign).await.1;
+    a
+}

@@ -1,0 +1,29 @@
+//! Test-only fault hooks (`APP_FAULTS__*`). Debug builds run them; release
+//! builds compile them to nothing.
+
+use common::ids::UserId;
+use common::lock::LockGuard;
+use common::settings::FaultSettings;
+
+/// A lock holder that stops as a paused process would: it holds the lock
+/// but no longer renews its lease, so the lease can run out under it.
+#[allow(unused_variables)]
+pub async fn pause_lock_holder(faults: &FaultSettings, guard: &LockGuard, user: &UserId) {
+    #[cfg(debug_assertions)]
+    if faults.pause_lock_holder_user.as_deref() == Some(user.as_str()) {
+        tracing::warn!(user.id = %user, "fault: lock holder paused");
+        guard.pause_renewals(true);
+        tokio::time::sleep(std::time::Duration::from_millis(
+            faults.pause_lock_holder_ms,
+        ))
+        .await;
+        guard.pause_renewals(false);
+    }
+}
+
+/// Says at start-up that fault settings are ignored by this build.
+pub fn warn_if_ignored(faults: &FaultSettings) {
+    if cfg!(not(debug_assertions)) && faults.pause_lock_holder_user.is_some() {
+        tracing::warn!("APP_FAULTS__* is set but this release build has no fault hooks");
+    }
+}

@@ -1,0 +1,186 @@
+//! `async-queue`: the request is marked `queued` in Redis (unless the user
+//! already holds or awaits a slot: `duplicate`), put in a bounded in-process
+//! queue and answered 202 `queued` at once. Background consumers run the
+//! `sync` path and record the final state for `/coupons/me`: issued,
+//! pending, or rejected with its outcome. A full queue answers 503 and admits
+//! nobody.
+//!
+//! On shutdown the queue stops taking requests and drains until
+//! `queue.drain_timeout_ms`; whatever is still queued then is recorded as
+//! rejected (`unavailable`), so nothing is dropped silently. A process that
+//! dies with requests queued leaves their `queued` marks, which expire after
+//! `queue.mark_ttl_secs`.
+
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::gate::{QueueMark, RecordedState};
+use common::ids::{CampaignId, UserId};
+use common::settings::QueueSettings;
+use tokio::sync::{Mutex, mpsc};
+
+use super::pipeline::redis_unavailable;
+use super::{IssueError, Issued, Pipeline, Refusal};
+
+#[derive(Debug)]
+struct Job {
+    campaign: CampaignId,
+    user: UserId,
+}
+
+#[derive(Debug)]
+pub struct AsyncQueueStrategy {
+    pipeline: Arc<Pipeline>,
+    /// Dropped (set to `None`) on shutdown, which closes the queue.
+    sender: RwLock<Option<mpsc::Sender<Job>>>,
+    receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
+    /// Set when draining: consumers stop taking jobs once it is set and the
+    /// drain deadline passed.
+    stopping: Arc<AtomicBool>,
+    mark_ttl_secs: u64,
+}
+
+impl AsyncQueueStrategy {
+    /// Creates the queue and starts its consumers on the current runtime.
+    pub fn start(pipeline: Arc<Pipeline>, settings: &QueueSettings) -> Self {
+        let (sender, receiver) = mpsc::channel(settings.capacity.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
+        let stopping = Arc::new(AtomicBool::new(false));
+        for _ in 0..settings.consumers.max(1) {
+            let (pipeline2, receiver, stopping) =
+                (pipeline.clone(), receiver.clone(), stopping.clone());
+            pipeline.spawn(async move {
+                loop {
+                    if stopping.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let job = receiver.lock().await.recv().await;
+                    let Some(job) = job else { return };
+                    pipeline2.metrics.queue_depth.dec();
+                    process(&pipeline2, job).await;
+                }
+            });
+        }
+        Self {
+            pipeline,
+            sender: RwLock::new(Some(sender)),
+            receiver,
+            stopping,
+            mark_ttl_secs: settings.mark_ttl_secs,
+        }
+    }
+
+    pub async fn issue(&self, campaign: CampaignId, user: UserId) -> Result<Issued, IssueError> {
+        let gate = &self.pipeline.gate;
+        match gate
+            .mark_queued(&campaign, &user, self.mark_ttl_secs)
+            .await
+            .map_err(redis_unavailable)?
+        {
+            QueueMark::Queued => {}
+            QueueMark::Duplicate => return Err(IssueError::Refused(Refusal::Duplicate)),
+            QueueMark::Missing => return Err(self.pipeline.classify_missing(&campaign).await),
+        }
+        let sent = match &*self
+            .sender
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Some(sender) => sender.try_send(Job {
+                campaign,
+                user: user.clone(),
+            }),
+            None => Err(mpsc::error::TrySendError::Closed(Job {
+                campaign,
+                user: user.clone(),
+            })),
+        };
+        match sent {
+            Ok(()) => {
+                self.pipeline.metrics.queue_depth.inc();
+                Ok(Issued::Queued)
+            }
+            Err(e) => {
+                // Not queued: take the mark back so the user may retry.
+                if let Err(e) = gate.clear_status(&campaign, &user).await {
+                    tracing::warn!(campaign.id = %campaign, error = %e, "queued mark left behind");
+                }
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => "the issue queue is full",
+                    mpsc::error::TrySendError::Closed(_) => "the instance is shutting down",
+                };
+                Err(IssueError::Unavailable(format!(
+                    "{why}; nothing was queued, retry later"
+                )))
+            }
+        }
+    }
+
+    /// Shutdown: lets the consumers work until `deadline`, then records every
+    /// job still queued as rejected (`unavailable`).
+    pub async fn drain(&self, deadline: Instant) {
+        // No request arrives any more; closing the queue lets consumers end
+        // once it is empty.
+        self.sender
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        while self.pipeline.metrics.queue_depth.get() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.stopping.store(true, Ordering::Release);
+        let mut receiver = self.receiver.lock().await;
+        let mut rejected = 0;
+        while let Ok(job) = receiver.try_recv() {
+            self.pipeline.metrics.queue_depth.dec();
+            self.pipeline
+                .record(
+                    &job.campaign,
+                    &job.user,
+                    RecordedState::Rejected,
+                    None,
+                    Some("unavailable"),
+                )
+                .await;
+            rejected += 1;
+        }
+        if rejected > 0 {
+            tracing::warn!(
+                rejected,
+                "queue not drained in time; the rest recorded as rejected"
+            );
+        }
+    }
+}
+
+/// The `sync` path for one queued request, and its final state recorded.
+async fn process(pipeline: &Pipeline, job: Job) {
+    let Job { campaign, user } = job;
+    let outcome = match pipeline.admit(&campaign, &user).await {
+        Ok(()) => pipeline.produce_and_settle(campaign, user.clone()).await,
+        Err(e) => Err(e),
+    };
+    pipeline
+        .metrics
+        .issue_outcomes
+        .with_label_values(&[pipeline.strategy.as_str(), final_label(&outcome)])
+        .inc();
+    pipeline.record_final(&campaign, &user, &outcome).await;
+}
+
+/// The `issue_outcomes_total` label of a queued request's final outcome.
+fn final_label(outcome: &Result<Issued, IssueError>) -> &'static str {
+    match outcome {
+        Ok(Issued::Accepted(_)) => "queued_accepted",
+        Ok(Issued::Pending(_)) => "queued_pending",
+        Ok(Issued::Queued) => "queued",
+        Err(IssueError::Refused(Refusal::Duplicate)) => "queued_duplicate",
+        Err(IssueError::Refused(Refusal::SoldOut)) => "queued_sold_out",
+        Err(IssueError::Refused(Refusal::NotOpen)) => "queued_not_open",
+        Err(IssueError::Refused(Refusal::Closed)) => "queued_closed",
+        Err(IssueError::UnknownCampaign) => "queued_unknown_campaign",
+        Err(IssueError::StateMissing | IssueError::Unavailable(_)) => "queued_unavailable",
+    }
+}

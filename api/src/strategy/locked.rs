@@ -1,0 +1,123 @@
+//! The critical section shared by `distributed-lock` and `fair-lock`: the
+//! seed's check-then-act as separate Redis commands (meta and time,
+//! SISMEMBER, GET, SADD, INCR), made a unit only by the campaign's lock.
+//! That is the point of these variants: they show what a lock costs next to
+//! the single atomic script of `sync`.
+//!
+//! The reply is `pending` without waiting for the delivery report; the report
+//! is settled in the background (see [`Pipeline::produce_in_background`]).
+//! A holder paused past its lease can admit a user after another holder
+//! filled the stock: the database's stock guard then turns that user away
+//! (its row is never written, `/coupons/me` ends in `none`).
+
+use std::sync::Arc;
+
+use common::gate::Admission;
+use common::ids::{CampaignId, UserId};
+use common::lock::{LockError, LockGuard};
+
+use super::pipeline::redis_unavailable;
+use super::{IssueError, Issued, Pipeline, Refusal};
+
+/// Maps a failed acquisition to a 503: nothing was admitted.
+pub(super) fn lock_unavailable(e: LockError) -> IssueError {
+    match e {
+        LockError::WaitTimeout(wait) => IssueError::Unavailable(format!(
+            "the campaign is busy (no lock within {} ms); retry later",
+            wait.as_millis()
+        )),
+        LockError::Redis(e) => redis_unavailable(e),
+    }
+}
+
+/// The validation the seed ran before taking its lock: a user who already
+/// holds a slot, or a campaign already sold out, is answered without
+/// queueing for the lock. The section re-checks both under the lock.
+pub(super) async fn precheck(
+    pipeline: &Pipeline,
+    campaign: &CampaignId,
+    user: &UserId,
+) -> Result<(), IssueError> {
+    match pipeline
+        .gate
+        .precheck(campaign, user)
+        .await
+        .map_err(redis_unavailable)?
+    {
+        Some(Admission::Duplicate) => Err(IssueError::Refused(Refusal::Duplicate)),
+        Some(Admission::SoldOut) => Err(IssueError::Refused(Refusal::SoldOut)),
+        _ => Ok(()),
+    }
+}
+
+/// Runs the section under `guard`, releases it, then produces.
+pub(super) async fn issue_under(
+    pipeline: &Arc<Pipeline>,
+    guard: LockGuard,
+    campaign: CampaignId,
+    user: UserId,
+) -> Result<Issued, IssueError> {
+    pipeline
+        .metrics
+        .lock_wait_seconds
+        .observe(guard.waited.as_secs_f64());
+    let admitted = section(pipeline, &guard, &campaign, &user).await;
+    if let Err(e) = guard.release().await {
+        // The lease runs out by itself; the next holder waits for it.
+        tracing::warn!(campaign.id = %campaign, error = %e, "lock not released");
+    }
+    admitted?;
+    // A state recorded by an earlier, failed request of this user would
+    // otherwise hide the new slot from `/coupons/me`. Only admitted
+    // requests (at most the stock) pay for this.
+    if let Err(e) = pipeline.gate.clear_status(&campaign, &user).await {
+        tracing::warn!(campaign.id = %campaign, error = %e, "stale status not cleared");
+    }
+    let coupon_id = pipeline.produce_in_background(campaign, user).await?;
+    Ok(Issued::Pending(coupon_id))
+}
+
+async fn section(
+    pipeline: &Pipeline,
+    guard: &LockGuard,
+    campaign: &CampaignId,
+    user: &UserId,
+) -> Result<(), IssueError> {
+    let gate = &pipeline.gate;
+    let (meta, now_ms) = gate.read_meta(campaign).await.map_err(redis_unavailable)?;
+    let Some(meta) = meta else {
+        return Err(pipeline.classify_missing(campaign).await);
+    };
+    if meta.closed || meta.ends_at.is_some_and(|e| now_ms >= e.timestamp_millis()) {
+        return Err(IssueError::Refused(Refusal::Closed));
+    }
+    if now_ms < meta.starts_at.timestamp_millis() {
+        return Err(IssueError::Refused(Refusal::NotOpen));
+    }
+    if gate
+        .holds_slot(campaign, user)
+        .await
+        .map_err(redis_unavailable)?
+    {
+        return Err(IssueError::Refused(Refusal::Duplicate));
+    }
+    if gate.count(campaign).await.map_err(redis_unavailable)? >= meta.stock {
+        return Err(IssueError::Refused(Refusal::SoldOut));
+    }
+    crate::faults::pause_lock_holder(&pipeline.faults, guard, user).await;
+    if guard.is_lost() {
+        // Known lost before writing: admit nobody.
+        return Err(IssueError::Unavailable(
+            "the campaign lock was lost; retry later".into(),
+        ));
+    }
+    gate.add_holder(campaign, user)
+        .await
+        .map_err(redis_unavailable)?;
+    if let Err(e) = gate.increment(campaign).await {
+        // The user is in the set but not counted: reconciliation recounts.
+        tracing::error!(campaign.id = %campaign, user.id = %user, error = %e, "slot added but not counted");
+        return Err(redis_unavailable(e));
+    }
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! The Redis locks on real Redis: mutual exclusion, ownership, expiry, and
+//! the fair lock's order, cleanup and give-up.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::gate::RedisGate;
+use common::lock::{FairLock, FairLockKeys, LeaseLock, LockTiming};
+use common::lock_waker::LockWaker;
+use common::scripts;
+use futures::future::join_all;
+use helpers::*;
+
+fn gate() -> RedisGate {
+    let settings = common::settings::RedisSettings {
+        url: redis_url(),
+        ..Default::default()
+    };
+    RedisGate::new(&settings, None).unwrap()
+}
+
+/// Release wake-ups, as the api runs the locks.
+fn waker(gate: &RedisGate) -> Option<Arc<LockWaker>> {
+    Some(LockWaker::new(gate.client().clone()))
+}
+
+fn fresh(tag: &str) -> String {
+    format!("test:{{{}}}:{tag}", uuid::Uuid::now_v7())
+}
+
+fn fair_keys() -> FairLockKeys {
+    let base = fresh("fairlock");
+    FairLockKeys {
+        lock: base.clone(),
+        queue: format!("{base}:queue"),
+        timeouts: format!("{base}:timeouts"),
+    }
+}
+
+fn timing(lease_ms: u64, wait_ms: u64) -> LockTiming {
+    LockTiming {
+        lease: Duration::from_millis(lease_ms),
+        wait: Duration::from_millis(wait_ms),
+    }
+}
+
+/// A counter in Redis incremented by read, pause, write: only mutual
+/// exclusion keeps it exact.
+async fn unsafe_increment(gate: &RedisGate, key: &str) {
+    let current: Option<i64> = gate
+        .run_script(
+            &redis::Script::new("return redis.call('GET', KEYS[1])"),
+            &[key],
+            &[],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_micros(200)).await;
+    let next = (current.unwrap_or(0) + 1).to_string();
+    let _: () = gate
+        .run_script(
+            &redis::Script::new("redis.call('SET', KEYS[1], ARGV[1])"),
+            &[key],
+            &[next.as_str()],
+        )
+        .await
+        .unwrap();
+}
+
+async fn read_counter(gate: &RedisGate, key: &str) -> i64 {
+    let v: Option<i64> = gate
+        .run_script(
+            &redis::Script::new("return redis.call('GET', KEYS[1])"),
+            &[key],
+            &[],
+        )
+        .await
+        .unwrap();
+    v.unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lease_lock_excludes_200_contending_tasks() {
+    let gate = gate();
+    for waker in [waker(&gate), None] {
+        excludes_with_lease_lock(
+            &gate,
+            LeaseLock::new(gate.clone(), timing(2_000, 60_000), waker),
+        )
+        .await;
+    }
+}
+
+async fn excludes_with_lease_lock(gate: &RedisGate, lock: LeaseLock) {
+    let (key, counter) = (fresh("lock"), fresh("counter"));
+    join_all((0..200).map(|_| async {
+        let guard = lock.acquire(&key).await.unwrap();
+        unsafe_increment(gate, &counter).await;
+        assert!(guard.release().await.unwrap());
+    }))
+    .await;
+    assert_eq!(read_counter(gate, &counter).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fair_lock_excludes_200_contending_tasks_and_cleans_up() {
+    let gate = gate();
+    for waker in [waker(&gate), None] {
+        excludes_with_fair_lock(
+            &gate,
+            FairLock::new(gate.clone(), timing(2_000, 60_000), waker),
+        )
+        .await;
+    }
+}
+
+async fn excludes_with_fair_lock(gate: &RedisGate, lock: FairLock) {
+    let (keys, counter) = (fair_keys(), fresh("counter"));
+    join_all((0..200).map(|_| async {
+        let guard = lock.acquire(&keys).await.unwrap();
+        unsafe_increment(gate, &counter).await;
+        assert!(guard.release().await.unwrap());
+    }))
+    .await;
+    assert_eq!(read_counter(gate, &counter).await, 200);
+    for key in [&keys.lock, &keys.queue, &keys.timeouts] {
+        assert!(!redis_exists(key).await, "{key} left behind");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_non_owner_cannot_release_either_lock() {
+    let gate = gate();
+    let key = fresh("lock");
+    let guard = LeaseLock::new(gate.clone(), timing(5_000, 100), waker(&gate))
+        .acquire(&key)
+        .await
+        .unwrap();
+    let released: i64 = gate
+        .run_script(&scripts::LOCK_RELEASE, &[key.as_str()], &["someone-else"])
+        .await
+        .unwrap();
+    assert_eq!(released, 0);
+    assert!(redis_exists(&key).await);
+    assert!(guard.release().await.unwrap());
+    assert!(!redis_exists(&key).await);
+
+    let keys = fair_keys();
+    let guard = FairLock::new(gate.clone(), timing(5_000, 100), waker(&gate))
+        .acquire(&keys)
+        .await
+        .unwrap();
+    let released: i64 = gate
+        .run_script(
+            &scripts::FAIR_LOCK_RELEASE,
+            &[
+                keys.lock.as_str(),
+                keys.queue.as_str(),
+                keys.timeouts.as_str(),
+            ],
+            &["someone-else"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(released, 0);
+    assert!(redis_exists(&keys.lock).await);
+    assert!(guard.release().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_lease_lets_the_next_waiter_in() {
+    let gate = gate();
+    let key = fresh("lock");
+    let lock = LeaseLock::new(gate.clone(), timing(300, 5_000), waker(&gate));
+    let first = lock.acquire(&key).await.unwrap();
+    first.pause_renewals(true); // the holder stops, as a paused process would
+    let started = Instant::now();
+    let second = lock.acquire(&key).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(150),
+        "got in while the lease held: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    assert!(
+        !first.release().await.unwrap(),
+        "the expired holder released the new one's lock"
+    );
+    assert!(redis_exists(&key).await);
+    assert!(second.release().await.unwrap());
+
+    let keys = fair_keys();
+    let lock = FairLock::new(gate.clone(), timing(300, 5_000), waker(&gate));
+    let first = lock.acquire(&keys).await.unwrap();
+    first.pause_renewals(true);
+    let second = lock.acquire(&keys).await.unwrap();
+    assert!(!first.release().await.unwrap());
+    assert!(second.release().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_lock_outlives_its_lease_while_renewed() {
+    let gate = gate();
+    let key = fresh("lock");
+    let lock = LeaseLock::new(gate.clone(), timing(300, 200), waker(&gate));
+    let guard = lock.acquire(&key).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(lock.acquire(&key).await.is_err(), "renewed lock was taken");
+    assert!(!guard.is_lost());
+    assert!(guard.release().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fair_lock_grants_in_the_order_its_script_queued_the_waiters() {
+    let gate = gate();
+    let keys = fair_keys();
+    let lock = FairLock::new(gate.clone(), timing(5_000, 30_000), waker(&gate));
+    let holder = lock.acquire(&keys).await.unwrap();
+
+    let granted = Arc::new(Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..20 {
+        let (lock, waiter_keys, granted) = (lock.clone(), keys.clone(), granted.clone());
+        let token = format!("waiter-{i:02}");
+        waiters.push(tokio::spawn(async move {
+            let guard = lock
+                .acquire_with_token(&waiter_keys, token.clone())
+                .await
+                .unwrap();
+            granted.lock().unwrap().push(token);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            guard.release().await.unwrap();
+        }));
+        // Let each waiter queue before the next one starts.
+        let started = Instant::now();
+        while queue(&gate, &keys).await.len() < i + 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "waiter {i} never queued"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let queued = queue(&gate, &keys).await;
+    assert_eq!(queued.len(), 20);
+    holder.release().await.unwrap();
+    for w in waiters {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        *granted.lock().unwrap(),
+        queued,
+        "grant order differs from queue order"
+    );
+    for key in [&keys.lock, &keys.queue, &keys.timeouts] {
+        assert!(!redis_exists(key).await, "{key} left behind");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fair_lock_waiter_that_gives_up_leaves_and_stalls_nobody() {
+    let gate = gate();
+    let keys = fair_keys();
+    let holder = FairLock::new(gate.clone(), timing(5_000, 30_000), waker(&gate))
+        .acquire(&keys)
+        .await
+        .unwrap();
+    let impatient = FairLock::new(gate.clone(), timing(5_000, 300), waker(&gate));
+    let patient = FairLock::new(gate.clone(), timing(5_000, 30_000), waker(&gate));
+
+    let gave_up = tokio::spawn({
+        let keys = keys.clone();
+        async move {
+            impatient
+                .acquire_with_token(&keys, "impatient".into())
+                .await
+                .is_err()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waiting = tokio::spawn({
+        let keys = keys.clone();
+        async move {
+            let guard = patient
+                .acquire_with_token(&keys, "patient".into())
+                .await
+                .unwrap();
+            (Instant::now(), guard)
+        }
+    });
+    assert!(gave_up.await.unwrap(), "the impatient waiter got the lock");
+    let queued = queue(&gate, &keys).await;
+    assert_eq!(
+        queued,
+        ["patient"],
+        "the waiter that gave up is still queued"
+    );
+
+    let released_at = Instant::now();
+    holder.release().await.unwrap();
+    let (granted_at, guard) = waiting.await.unwrap();
+    assert!(
+        granted_at.duration_since(released_at) < Duration::from_millis(500),
+        "the next waiter was stalled"
+    );
+    guard.release().await.unwrap();
+    for key in [&keys.lock, &keys.queue, &keys.timeouts] {
+        assert!(!redis_exists(key).await, "{key} left behind");
+    }
+}
+
+async fn queue(gate: &RedisGate, keys: &FairLockKeys) -> Vec<String> {
+    gate.run_script(
+        &redis::Script::new("return redis.call('LRANGE', KEYS[1], 0, -1)"),
+        &[keys.queue.as_str()],
+        &[],
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_wakes_a_waiting_lease_lock_waiter_at_once() {
+    let gate = gate();
+    let key = fresh("lock");
+    let lock = LeaseLock::new(gate.clone(), timing(5_000, 10_000), waker(&gate));
+    let holder = lock.acquire(&key).await.unwrap();
+    let waiter = tokio::spawn({
+        let (lock, key) = (lock.clone(), key.clone());
+        async move {
+            let guard = lock.acquire(&key).await.unwrap();
+            (Instant::now(), guard)
+        }
+    });
+    // Long enough for the waiter's retries to back off to their 100 ms cap.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let released_at = Instant::now();
+    holder.release().await.unwrap();
+    let (granted_at, guard) = waiter.await.unwrap();
+    let latency = granted_at.duration_since(released_at);
+    assert!(
+        latency < Duration::from_millis(40),
+        "woken after {latency:?}: polled, not woken"
+    );
+    guard.release().await.unwrap();
+}

@@ -1,0 +1,253 @@
+//! The four request-path strategies, each through two real api instances:
+//! the same burst, the same audit. And what only some of them have: the
+//! paused lock holder, the full queue, the queue at shutdown.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::time::Duration;
+
+use common::settings::{Settings, StrategyKind};
+use futures::future::join_all;
+use helpers::*;
+use rand::seq::SliceRandom;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+async fn settings_for(strategy: StrategyKind) -> Settings {
+    let mut s = test_settings().await;
+    s.strategy = strategy;
+    // Correctness runs: waits long enough that nobody is turned away for
+    // being slow on a loaded test machine (the harness measures speed).
+    s.lock.wait_ms = 30_000;
+    s
+}
+
+/// Stock 100, 2,000 requests from 500 users (repeats included), spread over
+/// two instances; then the audit.
+async fn burst(strategy: StrategyKind) {
+    let settings = settings_for(strategy).await;
+    let apis = [spawn_api(&settings).await, spawn_api(&settings).await];
+    let worker = spawn_worker(&settings).await;
+    let campaign = apis[0].open_campaign(100).await;
+
+    let mut users: Vec<String> = (0..500)
+        .flat_map(|u| std::iter::repeat_n(format!("user-{u}"), 4))
+        .collect();
+    users.shuffle(&mut rand::rng());
+    let replies: Vec<(String, Value)> = join_all(users.iter().enumerate().map(|(i, user)| {
+        let api = &apis[i % apis.len()];
+        let campaign = &campaign;
+        async move { (user.clone(), api.issue(campaign, user).await.1) }
+    }))
+    .await;
+
+    let expected: &[&str] = match strategy {
+        StrategyKind::Sync => &["accepted", "duplicate", "sold_out", "rate_limited"],
+        StrategyKind::AsyncQueue => &["queued", "duplicate", "sold_out", "rate_limited"],
+        StrategyKind::DistributedLock | StrategyKind::FairLock => {
+            &["pending", "duplicate", "sold_out", "rate_limited"]
+        }
+    };
+    for (_, body) in &replies {
+        let outcome = body["outcome"].as_str().unwrap_or("?");
+        assert!(
+            expected.contains(&outcome),
+            "{strategy}: unexpected reply {body}"
+        );
+    }
+
+    let audit = audit(&apis[1], &campaign, &replies).await;
+    eprintln!("{strategy}: {audit:?}");
+    audit.assert_passes(100, true);
+    worker.stop().await;
+    for api in apis {
+        api.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_passes_the_audit() {
+    burst(StrategyKind::Sync).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn async_queue_passes_the_audit() {
+    burst(StrategyKind::AsyncQueue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distributed_lock_passes_the_audit() {
+    burst(StrategyKind::DistributedLock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fair_lock_passes_the_audit() {
+    burst(StrategyKind::FairLock).await;
+}
+
+/// A lock holder stops past its lease (as a paused process would) after
+/// reading the count; another instance takes the lock and the last unit of
+/// stock; the first then wakes and admits its user too. The gate is fooled,
+/// the database is not: one row, and the user it turned away ends in `none`.
+async fn paused_holder(strategy: StrategyKind) {
+    let mut slow_settings = settings_for(strategy).await;
+    slow_settings.lock.lease_ms = 300;
+    slow_settings.faults.pause_lock_holder_user = Some("slow".into());
+    slow_settings.faults.pause_lock_holder_ms = 1_500;
+    let mut fast_settings = slow_settings.clone();
+    fast_settings.faults.pause_lock_holder_user = None;
+    let slow_api = spawn_api(&slow_settings).await;
+    let fast_api = spawn_api(&fast_settings).await;
+    let worker = spawn_worker(&slow_settings).await;
+    let campaign = slow_api.open_campaign(1).await;
+
+    let slow = tokio::spawn({
+        let (url, campaign) = (slow_api.address.clone(), campaign);
+        async move {
+            reply(
+                reqwest::Client::new()
+                    .post(format!("{url}/api/v1/campaigns/{campaign}/issue"))
+                    .bearer_auth(mint_jwt("slow", 60))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, fast) = fast_api.issue(&campaign, "fast").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{fast}");
+    assert_eq!(fast["outcome"], "pending");
+    let (status, slow) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{slow}");
+    assert_eq!(
+        slow["outcome"], "pending",
+        "the paused holder admitted its user"
+    );
+    assert_eq!(
+        gate_state(&campaign).await.1,
+        Some(2),
+        "the gate was not fooled; nothing tested"
+    );
+
+    let db = db().await;
+    let mut finals = Vec::new();
+    for user in ["slow", "fast"] {
+        let started = std::time::Instant::now();
+        let state = loop {
+            let (_, me) = fast_api.my_coupon(&campaign, user).await;
+            let state = me["state"].as_str().unwrap().to_owned();
+            if state != "pending" || started.elapsed() > Duration::from_secs(30) {
+                break state;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        finals.push(state);
+    }
+    finals.sort();
+    assert_eq!(finals, ["issued", "none"], "{strategy}");
+    assert_eq!(rows(&db, &campaign).await, 1);
+    assert_eq!(persisted_column(&db, &campaign).await, 1);
+    let letters = read_topic(&slow_settings.kafka.brokers, &slow_settings.kafka.dlq_topic).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].header("dlq.reason"), Some("over_stock"));
+
+    worker.stop().await;
+    slow_api.stop().await;
+    fast_api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_distributed_lock_holder_cannot_over_issue() {
+    paused_holder(StrategyKind::DistributedLock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_fair_lock_holder_cannot_over_issue() {
+    paused_holder(StrategyKind::FairLock).await;
+}
+
+/// A queue whose consumer is stuck (the broker is frozen) fills up; the next
+/// request gets 503 and nobody is admitted for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_queue_answers_503_and_admits_nobody() {
+    let broker = OwnBroker::start();
+    let mut settings = settings_for(StrategyKind::AsyncQueue).await;
+    settings.kafka.brokers = broker.address();
+    settings.kafka.delivery_timeout_ms = 2_000;
+    settings.queue.capacity = 3;
+    settings.queue.consumers = 1;
+    common::kafka::ensure_topics(&settings.kafka).await.unwrap();
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(100).await;
+
+    broker.freeze(true);
+    // One request occupies the consumer, three fill the queue.
+    for i in 0..4 {
+        let (status, body) = api.issue(&campaign, &format!("q{i}")).await;
+        assert_eq!(body["outcome"], "queued", "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = api.issue(&campaign, "one-too-many").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["outcome"], "unavailable");
+    let (members, _) = gate_state(&campaign).await;
+    assert!(!members.contains(&"one-too-many".to_owned()));
+    let (_, me) = api.my_coupon(&campaign, "one-too-many").await;
+    assert_eq!(me["state"], "none", "the refused request left a mark");
+    broker.freeze(false);
+    api.stop().await;
+}
+
+/// SIGTERM-equivalent stop with a full queue and a stuck consumer: every
+/// queued request ends issued, pending or rejected; none stays queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopping_with_a_full_queue_settles_every_queued_request() {
+    let broker = OwnBroker::start();
+    let mut settings = settings_for(StrategyKind::AsyncQueue).await;
+    settings.kafka.brokers = broker.address();
+    settings.kafka.delivery_timeout_ms = 2_000;
+    settings.queue.capacity = 50;
+    settings.queue.consumers = 1;
+    settings.queue.drain_timeout_ms = 300;
+    common::kafka::ensure_topics(&settings.kafka).await.unwrap();
+    let api = spawn_api(&settings).await;
+    let observer = spawn_api(&settings).await;
+    let campaign = api.open_campaign(100).await;
+
+    broker.freeze(true);
+    let users: Vec<String> = (0..20).map(|i| format!("queued-{i}")).collect();
+    for user in &users {
+        let (_, body) = api.issue(&campaign, user).await;
+        assert_eq!(body["outcome"], "queued", "{body}");
+    }
+    let unfreeze = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        broker.freeze(false);
+        broker
+    });
+    api.stop().await;
+    let _broker = unfreeze.await.unwrap();
+
+    let mut finals = std::collections::BTreeMap::<String, usize>::new();
+    for user in &users {
+        let (_, me) = observer.my_coupon(&campaign, user).await;
+        let state = me["state"].as_str().unwrap().to_owned();
+        assert!(
+            ["issued", "pending", "rejected"].contains(&state.as_str()),
+            "{user}: {me}"
+        );
+        if state == "rejected" {
+            assert_eq!(me["outcome"], "unavailable", "{me}");
+        }
+        *finals.entry(state).or_default() += 1;
+    }
+    assert!(
+        finals.get("rejected").copied().unwrap_or(0) >= 18,
+        "{finals:?}"
+    );
+    observer.stop().await;
+}

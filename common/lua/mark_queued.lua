@@ -1,0 +1,26 @@
+-- async-queue: record that a user's request is queued, unless the user
+-- already holds a slot or has a request queued or pending.
+--
+-- KEYS[1]  coupon:{c}:meta            HASH (must exist: the campaign is loaded)
+-- KEYS[2]  coupon:{c}:users           SET of slot holders
+-- KEYS[3]  coupon:{c}:status:<user>   STRING (JSON status record)
+-- ARGV[1]  user id
+-- ARGV[2]  the queued record (JSON)
+-- ARGV[3]  its TTL in seconds
+--
+-- Returns "queued", "duplicate" or "missing" (no meta).
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 'missing'
+end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  return 'duplicate'
+end
+local current = redis.call('GET', KEYS[3])
+if current then
+  local state = cjson.decode(current)['state']
+  if state == 'queued' or state == 'pending' or state == 'issued' then
+    return 'duplicate'
+  end
+end
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
+return 'queued'
