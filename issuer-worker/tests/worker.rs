@@ -255,7 +255,7 @@ fn spawn_worker_process(settings: &Settings) -> Child {
 async fn a_worker_killed_mid_drain_and_restarted_loses_nothing_and_duplicates_nothing() {
     let settings = settings().await;
     let db = db().await;
-    const N: u64 = 3_000;
+    const N: u64 = 10_000;
     let c = campaign(&db, N as i64).await;
     let topic = Topic::new(&settings);
     let sends: Vec<_> = (0..N).map(|i| message(c, &format!("user-{i}"))).collect();

@@ -107,7 +107,7 @@ pub async fn coupons(
 }
 
 pub const DEFAULT_PAGE: u64 = 100;
-pub const MAX_PAGE: u64 = 1000;
+pub const MAX_PAGE: u64 = 10_000;
 
 fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
     match limit {

@@ -32,6 +32,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let body = json!({
         "status": if state.is_draining() { "draining" } else { "ready" },
         "strategy": state.strategy.kind().as_str(),
+        "per_user_rate_limit": state.limiter.enabled(),
         "dependencies": {
             "redis": up(matches!(redis, Ok(Ok(())))),
             "postgres": up(matches!(postgres, Ok(Ok(())))),

@@ -1,0 +1,143 @@
+//! The service's own API, used around a run: create the campaign, read its
+//! state, page through its coupons, read users' final states, and learn
+//! how the server is set up (`/readyz`).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::token::Minter;
+
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+/// A campaign as the admin API reports it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CampaignState {
+    pub id: String,
+    pub stock: i64,
+    pub issued: Option<i64>,
+    pub persisted: i64,
+    pub state: String,
+}
+
+impl CampaignState {
+    /// No campaign (trivial-endpoint runs).
+    pub fn none() -> Self {
+        Self {
+            id: String::new(),
+            stock: 0,
+            issued: None,
+            persisted: 0,
+            state: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CouponPage {
+    coupons: Vec<CouponRow>,
+    next_after: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CouponRow {
+    user_id: String,
+}
+
+/// What `/readyz` says about the server.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
+pub struct ServerInfo {
+    pub strategy: Option<String>,
+    pub per_user_rate_limit: Option<bool>,
+}
+
+impl AdminClient {
+    pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        })
+    }
+
+    async fn json(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let res = request.bearer_auth(&self.token).send().await?;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        anyhow::ensure!(status.is_success(), "{status}: {body}");
+        Ok(body)
+    }
+
+    pub async fn create_campaign(&self, name: &str, stock: i64) -> anyhow::Result<CampaignState> {
+        let body = self
+            .json(
+                self.http
+                    .post(format!("{}/api/v1/campaigns", self.base))
+                    .json(&json!({ "name": name, "stock": stock })),
+            )
+            .await?;
+        Ok(serde_json::from_value(body)?)
+    }
+
+    pub async fn campaign(&self, id: &str) -> anyhow::Result<CampaignState> {
+        let body = self
+            .json(
+                self.http
+                    .get(format!("{}/api/v1/campaigns/{id}", self.base)),
+            )
+            .await?;
+        Ok(serde_json::from_value(body)?)
+    }
+
+    /// Every persisted coupon's user, in the API's order (by user id).
+    pub async fn coupon_users(&self, id: &str) -> anyhow::Result<Vec<String>> {
+        let mut users = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut request = self
+                .http
+                .get(format!("{}/api/v1/campaigns/{id}/coupons", self.base))
+                .query(&[("limit", "10000")]);
+            if let Some(a) = &after {
+                request = request.query(&[("after", a.as_str())]);
+            }
+            let page: CouponPage = serde_json::from_value(self.json(request).await?)?;
+            users.extend(page.coupons.into_iter().map(|c| c.user_id));
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(users),
+            }
+        }
+    }
+
+    /// A user's state from `/coupons/me` (`none`, `queued`, `pending`,
+    /// `issued`, `rejected`), with a token minted for that user.
+    pub async fn my_state(&self, minter: &Minter, id: &str, user: &str) -> anyhow::Result<String> {
+        let mut auth = String::new();
+        minter.bearer(user, &mut auth);
+        let body: Value = self
+            .http
+            .get(format!("{}/api/v1/campaigns/{id}/coupons/me", self.base))
+            .header("authorization", auth)
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(body["state"].as_str().unwrap_or("?").to_owned())
+    }
+
+    pub async fn server_info(&self) -> ServerInfo {
+        match self.http.get(format!("{}/readyz", self.base)).send().await {
+            Ok(res) => res.json().await.unwrap_or_default(),
+            Err(_) => ServerInfo::default(),
+        }
+    }
+}

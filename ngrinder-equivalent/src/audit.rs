@@ -1,0 +1,352 @@
+//! The audit after every run (DESIGN.md, The audit): once the worker has
+//! drained,
+//! - rows ≤ stock;
+//! - no duplicate (campaign, user);
+//! - every user answered `accepted` has a row;
+//! - every row belongs to a user answered accepted, pending or queued;
+//! - the gate's count equals the rows;
+//! - when demand exceeded stock and nothing failed, rows == stock.
+//!
+//! Users answered `queued` or `pending` are followed to their final state
+//! through `/coupons/me`; one that ends `issued` must have a row. Above
+//! [`MAX_FOLLOWED`] such users a random sample is followed (the report says
+//! so); the row and count rules above still cover every request.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rand::seq::IteratorRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::admin::AdminClient;
+use crate::stats::Outcome;
+use crate::token::Minter;
+
+pub const MAX_FOLLOWED: usize = 5_000;
+const EXAMPLES: usize = 5;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AuditReport {
+    pub passed: bool,
+    pub failures: Vec<String>,
+    pub stock: i64,
+    pub rows: u64,
+    pub distinct_users: u64,
+    pub gate_count: Option<i64>,
+    pub persisted_column: i64,
+    pub accepted: u64,
+    /// Answered `queued` or `pending`.
+    pub deferred: u64,
+    /// Deferred users whose final state was read (all, or a sample).
+    pub deferred_followed: u64,
+    pub deferred_finals: BTreeMap<String, u64>,
+    pub lost: u64,
+    pub lost_examples: Vec<String>,
+    pub phantoms: u64,
+    pub phantom_examples: Vec<String>,
+    /// The worker had not caught up when the audit gave up waiting.
+    pub drained: bool,
+    pub waited_secs: f64,
+}
+
+/// Inputs of the pure part of the audit.
+#[derive(Debug)]
+pub struct Evidence<'a> {
+    pub stock: i64,
+    pub gate_count: Option<i64>,
+    pub persisted_column: i64,
+    /// Users of the persisted rows (duplicates included, if any).
+    pub rows: &'a [String],
+    /// Every promised user with its answer.
+    pub promised: &'a BTreeMap<String, Outcome>,
+    /// Final states of followed deferred users.
+    pub finals: &'a BTreeMap<String, String>,
+    /// Some request was refused for lack of stock.
+    pub sold_out_seen: bool,
+    /// Some request failed (5xx, timeout, connection).
+    pub failures_seen: bool,
+    pub drained: bool,
+}
+
+/// Applies the rules; pure, so that it can be tested on planted faults.
+pub fn judge(e: &Evidence<'_>) -> AuditReport {
+    let distinct: BTreeSet<&str> = e.rows.iter().map(String::as_str).collect();
+    let accepted: Vec<&str> = e
+        .promised
+        .iter()
+        .filter(|(_, o)| **o == Outcome::Accepted)
+        .map(|(u, _)| u.as_str())
+        .collect();
+    let mut lost: Vec<&str> = accepted
+        .iter()
+        .filter(|u| !distinct.contains(*u))
+        .copied()
+        .collect();
+    // A followed deferred user that ended issued must have its row too.
+    lost.extend(
+        e.finals
+            .iter()
+            .filter(|(u, s)| *s == "issued" && !distinct.contains(u.as_str()))
+            .map(|(u, _)| u.as_str()),
+    );
+    let phantoms: Vec<&str> = distinct
+        .iter()
+        .filter(|u| !e.promised.contains_key(**u))
+        .copied()
+        .collect();
+    let rows = e.rows.len() as u64;
+    let mut failures = Vec::new();
+    if rows as i64 > e.stock {
+        failures.push(format!(
+            "over-issued: {rows} rows for a stock of {}",
+            e.stock
+        ));
+    }
+    if distinct.len() as u64 != rows {
+        failures.push(format!("{} duplicate rows", rows - distinct.len() as u64));
+    }
+    if !lost.is_empty() {
+        failures.push(format!("{} promised users without a row", lost.len()));
+    }
+    if !phantoms.is_empty() {
+        failures.push(format!(
+            "{} rows of users never promised one",
+            phantoms.len()
+        ));
+    }
+    if e.gate_count != Some(rows as i64) {
+        failures.push(format!("gate count {:?} != {rows} rows", e.gate_count));
+    }
+    if e.persisted_column != rows as i64 {
+        failures.push(format!(
+            "persisted column {} != {rows} rows",
+            e.persisted_column
+        ));
+    }
+    if e.sold_out_seen && !e.failures_seen && (rows as i64) < e.stock {
+        failures.push(format!(
+            "demand exceeded stock without failures, yet {} of {} slots are unused (leaked)",
+            e.stock - rows as i64,
+            e.stock
+        ));
+    }
+    let unsettled = e
+        .finals
+        .values()
+        .filter(|s| *s == "queued" || *s == "pending")
+        .count();
+    if unsettled > 0 && !e.failures_seen {
+        failures.push(format!("{unsettled} deferred users never settled"));
+    }
+    if !e.drained {
+        failures.push("the worker did not drain in time".into());
+    }
+    let mut deferred_finals = BTreeMap::new();
+    for s in e.finals.values() {
+        *deferred_finals.entry(s.clone()).or_insert(0) += 1;
+    }
+    AuditReport {
+        passed: failures.is_empty(),
+        failures,
+        stock: e.stock,
+        rows,
+        distinct_users: distinct.len() as u64,
+        gate_count: e.gate_count,
+        persisted_column: e.persisted_column,
+        accepted: accepted.len() as u64,
+        deferred: e
+            .promised
+            .values()
+            .filter(|o| **o != Outcome::Accepted)
+            .count() as u64,
+        deferred_followed: e.finals.len() as u64,
+        deferred_finals,
+        lost: lost.len() as u64,
+        lost_examples: lost
+            .iter()
+            .take(EXAMPLES)
+            .map(|s| (*s).to_owned())
+            .collect(),
+        phantoms: phantoms.len() as u64,
+        phantom_examples: phantoms
+            .iter()
+            .take(EXAMPLES)
+            .map(|s| (*s).to_owned())
+            .collect(),
+        drained: e.drained,
+        waited_secs: 0.0,
+    }
+}
+
+/// Waits (at most `patience`) for the worker to drain and deferred users to
+/// settle, then gathers the evidence through the API and judges it.
+pub async fn run(
+    admin: &AdminClient,
+    minter: &Minter,
+    campaign: &str,
+    promised: &BTreeMap<String, Outcome>,
+    sold_out_seen: bool,
+    failures_seen: bool,
+    patience: Duration,
+) -> anyhow::Result<AuditReport> {
+    let started = Instant::now();
+    // Drained: persisted stops moving and matches the gate's count.
+    let mut drained = false;
+    let mut last = None;
+    while started.elapsed() < patience {
+        let c = admin.campaign(campaign).await?;
+        let now = (c.issued, c.persisted);
+        if c.issued == Some(c.persisted) && last == Some(now) {
+            drained = true;
+            break;
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let deferred: Vec<&String> = promised
+        .iter()
+        .filter(|(_, o)| **o != Outcome::Accepted)
+        .map(|(u, _)| u)
+        .collect();
+    let followed: Vec<&String> = if deferred.len() > MAX_FOLLOWED {
+        deferred
+            .iter()
+            .copied()
+            .choose_multiple(&mut rand::rng(), MAX_FOLLOWED)
+    } else {
+        deferred
+    };
+    let mut finals = BTreeMap::new();
+    let mut waiting: Vec<&String> = followed;
+    loop {
+        let states =
+            futures::future::join_all(waiting.iter().map(|u| admin.my_state(minter, campaign, u)))
+                .await;
+        let mut still = Vec::new();
+        for (user, state) in waiting.into_iter().zip(states) {
+            let state = state?;
+            if (state == "queued" || state == "pending") && started.elapsed() < patience {
+                still.push(user);
+            }
+            finals.insert(user.clone(), state);
+        }
+        if still.is_empty() {
+            break;
+        }
+        waiting = still;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let c = admin.campaign(campaign).await?;
+    let rows = admin.coupon_users(campaign).await?;
+    let mut report = judge(&Evidence {
+        stock: c.stock,
+        gate_count: c.issued,
+        persisted_column: c.persisted,
+        rows: &rows,
+        promised,
+        finals: &finals,
+        sold_out_seen,
+        failures_seen,
+        drained,
+    });
+    report.waited_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn promised(pairs: &[(&str, Outcome)]) -> BTreeMap<String, Outcome> {
+        pairs.iter().map(|(u, o)| ((*u).to_owned(), *o)).collect()
+    }
+
+    fn rows(users: &[&str]) -> Vec<String> {
+        users.iter().map(|u| (*u).to_owned()).collect()
+    }
+
+    fn evidence<'a>(
+        stock: i64,
+        rows: &'a [String],
+        promised: &'a BTreeMap<String, Outcome>,
+        finals: &'a BTreeMap<String, String>,
+    ) -> Evidence<'a> {
+        Evidence {
+            stock,
+            gate_count: Some(rows.len() as i64),
+            persisted_column: rows.len() as i64,
+            rows,
+            promised,
+            finals,
+            sold_out_seen: false,
+            failures_seen: false,
+            drained: true,
+        }
+    }
+
+    #[test]
+    fn a_clean_run_passes() {
+        let p = promised(&[("a", Outcome::Accepted), ("b", Outcome::Queued)]);
+        let finals = BTreeMap::from([("b".to_owned(), "issued".to_owned())]);
+        let r = rows(&["a", "b"]);
+        let report = judge(&evidence(2, &r, &p, &finals));
+        assert!(report.passed, "{report:?}");
+        assert_eq!(report.deferred_finals["issued"], 1);
+    }
+
+    #[test]
+    fn a_planted_over_issue_fails() {
+        let p = promised(&[
+            ("a", Outcome::Accepted),
+            ("b", Outcome::Accepted),
+            ("c", Outcome::Accepted),
+        ]);
+        let r = rows(&["a", "b", "c"]);
+        let report = judge(&evidence(2, &r, &p, &BTreeMap::new()));
+        assert!(!report.passed);
+        assert!(
+            report.failures.iter().any(|f| f.contains("over-issued")),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn a_planted_lost_row_fails() {
+        let p = promised(&[("a", Outcome::Accepted), ("b", Outcome::Accepted)]);
+        let r = rows(&["a"]);
+        let finals = BTreeMap::new();
+        let mut e = evidence(5, &r, &p, &finals);
+        e.gate_count = Some(2);
+        let report = judge(&e);
+        assert!(!report.passed);
+        assert_eq!(report.lost, 1);
+        assert_eq!(report.lost_examples, ["b"]);
+    }
+
+    #[test]
+    fn a_deferred_user_that_ended_issued_without_a_row_is_lost() {
+        let p = promised(&[("q", Outcome::Queued)]);
+        let finals = BTreeMap::from([("q".to_owned(), "issued".to_owned())]);
+        let r = rows(&[]);
+        let report = judge(&evidence(5, &r, &p, &finals));
+        assert_eq!(report.lost, 1, "{report:?}");
+    }
+
+    #[test]
+    fn phantoms_duplicates_gate_mismatch_and_leaks_fail() {
+        let p = promised(&[("a", Outcome::Accepted)]);
+        let r = rows(&["a", "a", "z"]);
+        let finals = BTreeMap::new();
+        let mut e = evidence(10, &r, &p, &finals);
+        e.gate_count = Some(1);
+        e.sold_out_seen = true;
+        let report = judge(&e);
+        let all = report.failures.join("; ");
+        assert!(all.contains("duplicate"), "{all}");
+        assert!(all.contains("never promised"), "{all}");
+        assert!(all.contains("gate count"), "{all}");
+        assert!(all.contains("leaked"), "{all}");
+    }
+}

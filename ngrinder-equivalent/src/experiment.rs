@@ -1,0 +1,470 @@
+//! Strategies × vusers × instances × repeats on the local stack: for each
+//! cell, `scripts/stack up --instances N --strategy S`, a warm-up, a run, an
+//! audit; then one report directory with every result (JSON, CSV), a
+//! Markdown report in the seed's table layout beside its published figures,
+//! and PNG charts. A run's campaign keys are deleted from Redis afterwards.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::charts::{self, Series};
+use crate::report::RunResult;
+use crate::run::{RunRequest, perform};
+use crate::seed;
+use crate::spec::{Endpoint, LoadModel, RunSpec};
+use crate::users::UserMode;
+
+/// A plan file (TOML).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub strategies: Vec<String>,
+    pub vusers: Vec<u32>,
+    pub instances: Vec<u32>,
+    #[serde(default = "one")]
+    pub repeats: u32,
+    pub duration_secs: u64,
+    #[serde(default)]
+    pub warmup_secs: u64,
+    #[serde(default = "unique")]
+    pub users: UserMode,
+    /// `client-side` (vusers spread over the instances, as the seed's
+    /// discovery client did) or `balancer` (through HAProxy).
+    #[serde(default = "client_side")]
+    pub spread: String,
+    /// The broker's memory storage (faster; the durable one is the default
+    /// of the stack).
+    #[serde(default)]
+    pub fast_broker: bool,
+    /// Campaign stock; absent: never sells out.
+    pub stock: Option<i64>,
+    #[serde(default = "timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Ramp: every vuser at once unless set.
+    pub ramp_step: Option<u32>,
+    #[serde(default = "ramp_interval")]
+    pub ramp_interval_secs: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn unique() -> UserMode {
+    UserMode::Unique
+}
+fn client_side() -> String {
+    "client-side".into()
+}
+fn timeout_ms() -> u64 {
+    10_000
+}
+fn ramp_interval() -> u64 {
+    1
+}
+
+impl Plan {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        let plan: Self = toml::from_str(&text)?;
+        anyhow::ensure!(
+            plan.spread == "client-side" || plan.spread == "balancer",
+            "spread must be client-side or balancer"
+        );
+        Ok(plan)
+    }
+
+    pub fn cells(&self) -> usize {
+        self.strategies.len() * self.vusers.len() * self.instances.len() * self.repeats as usize
+    }
+}
+
+/// Where the experiment finds the stack and its secrets.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub stack: PathBuf,
+    pub state_dir: PathBuf,
+    pub redis_url: String,
+    pub threads: usize,
+}
+
+fn secrets(state_dir: &Path) -> anyhow::Result<(String, String)> {
+    let from_env = (
+        std::env::var("APP_AUTH__ADMIN_TOKEN").ok(),
+        std::env::var("APP_AUTH__JWT_SECRET").ok(),
+    );
+    if let (Some(a), Some(j)) = from_env {
+        return Ok((a, j));
+    }
+    let text = std::fs::read_to_string(state_dir.join("secrets.env"))?;
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("{name} missing from secrets.env"))
+    };
+    Ok((get("LOCAL_ADMIN_TOKEN")?, get("LOCAL_JWT_SECRET")?))
+}
+
+fn stack_up(
+    env: &Environment,
+    instances: u32,
+    strategy: &str,
+    fast_broker: bool,
+) -> anyhow::Result<()> {
+    let mut cmd = std::process::Command::new(&env.stack);
+    cmd.args([
+        "up",
+        "--instances",
+        &instances.to_string(),
+        "--strategy",
+        strategy,
+    ]);
+    if fast_broker {
+        cmd.arg("--fast-broker");
+    }
+    let status = cmd.stdout(std::process::Stdio::null()).status()?;
+    anyhow::ensure!(
+        status.success(),
+        "{} up failed ({status})",
+        env.stack.display()
+    );
+    Ok(())
+}
+
+/// Deletes every Redis key of a campaign (`coupon:{<id>}:*`).
+pub async fn delete_campaign_keys(redis_url: &str, campaign: &str) -> anyhow::Result<u64> {
+    let mut conn = redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let pattern = format!("coupon:{{{campaign}}}:*");
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            deleted += redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<u64>(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
+}
+
+/// Runs the plan; writes the report into `out`. Returns whether every
+/// audit passed.
+pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<bool> {
+    std::fs::create_dir_all(out.join("runs"))?;
+    std::fs::write(out.join("plan.toml"), toml::to_string_pretty(plan)?)?;
+    let mut results: Vec<RunResult> = Vec::new();
+    let mut cell = 0;
+    for &instances in &plan.instances {
+        for strategy in &plan.strategies {
+            eprintln!("== stack: {instances} instances, {strategy}");
+            stack_up(env, instances, strategy, plan.fast_broker)?;
+            let (admin_token, jwt_secret) = secrets(&env.state_dir)?;
+            let instance_urls: Vec<String> = (0..instances)
+                .map(|i| format!("http://127.0.0.1:{}", 8081 + i))
+                .collect();
+            let targets = if plan.spread == "balancer" {
+                vec!["http://127.0.0.1:8080".to_owned()]
+            } else {
+                instance_urls.clone()
+            };
+            for &vusers in &plan.vusers {
+                for repeat in 1..=plan.repeats {
+                    cell += 1;
+                    let label = format!("{strategy}-i{instances}-v{vusers}-r{repeat}");
+                    eprintln!("== cell {cell}/{}: {label}", plan.cells());
+                    let spec = RunSpec {
+                        label: label.clone(),
+                        targets: targets.clone(),
+                        endpoint: Endpoint::Issue,
+                        model: LoadModel::Closed {
+                            vusers,
+                            ramp_initial: plan.ramp_step.unwrap_or(vusers),
+                            ramp_step: plan.ramp_step.unwrap_or(vusers),
+                            ramp_interval_secs: plan.ramp_interval_secs,
+                            think_ms: 0,
+                        },
+                        duration_secs: Some(plan.duration_secs),
+                        requests: None,
+                        warmup_secs: plan.warmup_secs,
+                        users: plan.users,
+                        request_timeout_ms: plan.request_timeout_ms,
+                        stop_error_ratio: 0.3,
+                        stop_zero_tps_secs: 15,
+                        threads: env.threads,
+                    };
+                    let result = perform(&RunRequest {
+                        spec,
+                        admin_url: instance_urls[0].clone(),
+                        admin_token: admin_token.clone(),
+                        jwt_secret: jwt_secret.clone(),
+                        stock: plan.stock,
+                        campaign: None,
+                        audit: true,
+                        audit_patience: Duration::from_secs(120),
+                    })
+                    .await?;
+                    #[allow(clippy::print_stdout)] // a CLI: each run's summary is its output
+                    {
+                        println!("{}", result.render());
+                    }
+                    result.write(&out.join("runs"), &label)?;
+                    match delete_campaign_keys(&env.redis_url, &result.campaign_id).await {
+                        Ok(n) => eprintln!("   cleaned up {n} Redis keys"),
+                        Err(e) => eprintln!("   Redis keys not cleaned up: {e}"),
+                    }
+                    results.push(result);
+                }
+            }
+        }
+    }
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_vec_pretty(&results)?,
+    )?;
+    std::fs::write(out.join("results.csv"), results_csv(&results))?;
+    std::fs::write(out.join("report.md"), report(plan, &results))?;
+    draw_charts(out, &results)?;
+    Ok(results.iter().all(RunResult::passed))
+}
+
+fn strategy_of(r: &RunResult) -> String {
+    r.server.strategy.clone().unwrap_or_else(|| "?".into())
+}
+
+fn results_csv(results: &[RunResult]) -> String {
+    let mut out = String::from(
+        "label,strategy,instances,vusers,tps,peak_tps,mean_ms,executed,errors,p50_us,p90_us,p99_us,p999_us,client_cpu_percent,audit\n",
+    );
+    for r in results {
+        let s = &r.summary;
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{:.1},{:.1},{:.3},{},{},{},{},{},{},{:.0},{}",
+            r.label,
+            strategy_of(r),
+            r.spec.targets.len(),
+            r.spec.model.concurrency(),
+            s.tps,
+            s.peak_tps,
+            s.mean_ms,
+            s.executed,
+            s.errors,
+            s.p50_us,
+            s.p90_us,
+            s.p99_us,
+            s.p999_us,
+            r.client.cpu_percent,
+            if r.passed() { "pass" } else { "FAIL" }
+        );
+    }
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// (instances, strategy) → (vusers, repeats) rows of one report table.
+type Groups<'a> = BTreeMap<(usize, String), Vec<(u32, Vec<&'a RunResult>)>>;
+
+/// (strategy, instances, vusers) → the repeats of that cell.
+type Cells<'a> = BTreeMap<(String, usize, u32), Vec<&'a RunResult>>;
+
+fn cells(results: &[RunResult]) -> Cells<'_> {
+    let mut cells: Cells<'_> = BTreeMap::new();
+    for r in results {
+        let instances = r
+            .label
+            .split("-i")
+            .nth(1)
+            .and_then(|s| s.split('-').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(r.spec.targets.len());
+        cells
+            .entry((strategy_of(r), instances, r.spec.model.concurrency()))
+            .or_default()
+            .push(r);
+    }
+    cells
+}
+
+fn report(plan: &Plan, results: &[RunResult]) -> String {
+    let mut out = String::new();
+    let machine = results.first().map(|r| r.machine.clone());
+    let _ = writeln!(out, "# Experiment report\n");
+    let _ = writeln!(
+        out,
+        "Date {}. Machine: {} cores, kernel {}. Plan: strategies {:?}, vusers {:?}, instances {:?}, {} repeat(s), {} s after a {} s warm-up, users {}, spread {}, broker {}.\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        machine.as_ref().map_or(0, |m| m.cores),
+        machine.as_ref().map_or("?", |m| m.kernel.as_str()),
+        plan.strategies,
+        plan.vusers,
+        plan.instances,
+        plan.repeats,
+        plan.duration_secs,
+        plan.warmup_secs,
+        plan.users.describe(),
+        plan.spread,
+        if plan.fast_broker {
+            "memory storage"
+        } else {
+            "durable (SQLite) storage"
+        },
+    );
+    let _ = writeln!(
+        out,
+        "Figures are medians over the repeats (min–max in brackets when there are several). TPS and mean time are over tests (expected business outcomes); peak TPS is the best 2 s window; p99 in ms. Seed rows are the published nGrinder figures (5-minute cells, peak = best single sample).\n"
+    );
+    let cells = cells(results);
+    let mut groups: Groups<'_> = BTreeMap::new();
+    for ((strategy, instances, vusers), runs) in cells {
+        groups
+            .entry((instances, strategy))
+            .or_default()
+            .push((vusers, runs));
+    }
+    for ((instances, strategy), rows) in &groups {
+        let _ = writeln!(out, "## {strategy}, {instances} instances\n");
+        let _ = writeln!(
+            out,
+            "| vuser | TPS | peak TPS | mean time | executed tests | errors | p99 | audit |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+        for (vusers, runs) in rows {
+            let tps: Vec<f64> = runs.iter().map(|r| r.summary.tps).collect();
+            let spread = if runs.len() > 1 {
+                format!(
+                    " ({:.0}–{:.0})",
+                    tps.iter().copied().fold(f64::MAX, f64::min),
+                    tps.iter().copied().fold(0.0, f64::max)
+                )
+            } else {
+                String::new()
+            };
+            let passed = runs.iter().filter(|r| r.passed()).count();
+            let _ = writeln!(
+                out,
+                "| {vusers} | {:.1}{spread} | {:.0} | {:.2}ms | {:.0} | {:.0} | {:.1} | {passed}/{} pass |",
+                median(tps.clone()),
+                median(runs.iter().map(|r| r.summary.peak_tps).collect()),
+                median(runs.iter().map(|r| r.summary.mean_ms).collect()),
+                median(runs.iter().map(|r| r.summary.executed as f64).collect()),
+                median(runs.iter().map(|r| r.summary.errors as f64).collect()),
+                median(
+                    runs.iter()
+                        .map(|r| r.summary.p99_us as f64 / 1000.0)
+                        .collect()
+                ),
+                runs.len(),
+            );
+        }
+        for (vusers, _) in rows {
+            if let Some(s) = seed::find(strategy, *instances as u32, *vusers) {
+                let _ = writeln!(
+                    out,
+                    "| seed {} | {:.1} | {:.0} | {:.2}ms | {} | {} | – | – |",
+                    s.vusers, s.tps, s.peak_tps, s.mean_ms, s.executed, s.errors
+                );
+            }
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(
+        out,
+        "Charts: `tps-<strategy>-i<N>.png` (TPS over time), `tps-by-vusers-i<N>.png`, `p99-by-vusers-i<N>.png`. Every run's JSON and per-second CSV are under `runs/`."
+    );
+    out
+}
+
+fn draw_charts(out: &Path, results: &[RunResult]) -> anyhow::Result<()> {
+    let cells = cells(results);
+    let instances: std::collections::BTreeSet<usize> = cells.keys().map(|k| k.1).collect();
+    for &n in &instances {
+        let mut tps: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut p99: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for ((strategy, i, vusers), runs) in &cells {
+            if *i != n {
+                continue;
+            }
+            let x = f64::from(*vusers);
+            tps.entry(strategy.clone())
+                .or_default()
+                .push((x, median(runs.iter().map(|r| r.summary.tps).collect())));
+            p99.entry(strategy.clone()).or_default().push((
+                x,
+                median(
+                    runs.iter()
+                        .map(|r| r.summary.p99_us as f64 / 1000.0)
+                        .collect(),
+                ),
+            ));
+        }
+        let to_series = |m: BTreeMap<String, Vec<(f64, f64)>>| -> Vec<Series> {
+            m.into_iter()
+                .map(|(name, points)| Series { name, points })
+                .collect()
+        };
+        charts::lines(
+            &out.join(format!("tps-by-vusers-i{n}.png")),
+            &format!("TPS by vusers, {n} instances"),
+            "vusers",
+            "TPS",
+            &to_series(tps),
+        )?;
+        charts::lines(
+            &out.join(format!("p99-by-vusers-i{n}.png")),
+            &format!("p99 by vusers, {n} instances"),
+            "vusers",
+            "p99 (ms)",
+            &to_series(p99),
+        )?;
+        let strategies: std::collections::BTreeSet<&String> =
+            cells.keys().filter(|k| k.1 == n).map(|k| &k.0).collect();
+        for strategy in strategies {
+            let series: Vec<Series> = cells
+                .iter()
+                .filter(|((s, i, _), _)| s == strategy && *i == n)
+                .map(|((_, _, vusers), runs)| Series {
+                    name: format!("{vusers} vusers"),
+                    points: runs[0]
+                        .samples
+                        .iter()
+                        .map(|s| (s.t as f64, s.tps))
+                        .collect(),
+                })
+                .collect();
+            charts::lines(
+                &out.join(format!("tps-{strategy}-i{n}.png")),
+                &format!("TPS over time, {strategy}, {n} instances"),
+                "seconds (negative: warm-up)",
+                "TPS",
+                &series,
+            )?;
+        }
+    }
+    Ok(())
+}

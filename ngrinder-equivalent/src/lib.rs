@@ -1,0 +1,29 @@
+//! The load harness and experiment runner of the coupon engine.
+//!
+//! - [`spec`] — what a run does (targets, closed or open model, users).
+//! - [`load`] — offering the load and measuring it; [`client`] is the
+//!   keep-alive HTTP/1.1 connection of each virtual user, [`token`] mints
+//!   the users' JWTs, [`users`] names users and keeps the ledger the audit
+//!   reads.
+//! - [`stats`] — nGrinder's definitions (tests, errors, TPS, peak TPS, mean
+//!   test time) and the latency histogram.
+//! - [`admin`], [`audit`] — the service's API around a run, and the audit.
+//! - [`run`] — one run from campaign to audit; [`report`] its outputs.
+//! - [`experiment`] — plans of strategies × vusers × instances × repeats on
+//!   the local stack, with [`charts`] and the [`seed`]'s published figures.
+//! - [`compare`] — results side by side with verdicts.
+
+pub mod admin;
+pub mod audit;
+pub mod charts;
+pub mod client;
+pub mod compare;
+pub mod experiment;
+pub mod load;
+pub mod report;
+pub mod run;
+pub mod seed;
+pub mod spec;
+pub mod stats;
+pub mod token;
+pub mod users;

@@ -1,0 +1,93 @@
+//! What one run does: targets, load model, length, users.
+
+use serde::{Deserialize, Serialize};
+
+use crate::users::UserMode;
+
+/// How load is offered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "model")]
+pub enum LoadModel {
+    /// nGrinder's model: `vusers` each send, wait for the reply, think, send
+    /// again. Vusers start `ramp_initial` at once, then `ramp_step` every
+    /// `ramp_interval_secs`.
+    Closed {
+        vusers: u32,
+        ramp_initial: u32,
+        ramp_step: u32,
+        ramp_interval_secs: u64,
+        think_ms: u64,
+    },
+    /// A target rate, whatever the replies do. Latency is measured from the
+    /// intended send time (coordinated omission corrected); a send that finds
+    /// no free connection is *late*, and one that would wait more than a
+    /// second's worth of sends is *dropped*.
+    Open { rate: u64, max_connections: u32 },
+}
+
+impl LoadModel {
+    /// Vusers (closed) or connections (open) at full load.
+    pub fn concurrency(&self) -> u32 {
+        match self {
+            Self::Closed { vusers, .. } => *vusers,
+            Self::Open {
+                max_connections, ..
+            } => *max_connections,
+        }
+    }
+}
+
+/// How the targets are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Spread {
+    /// One URL: a load balancer spreads the load.
+    Balancer,
+    /// Several instance URLs, vusers spread round-robin over them, as a
+    /// discovery client (the seed's Eureka + client-side balancing) would.
+    ClientSide,
+}
+
+/// What each request calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Endpoint {
+    /// `POST /api/v1/campaigns/{id}/issue` as a user.
+    #[default]
+    Issue,
+    /// `GET /healthz`: the same server doing no work, the baseline that
+    /// shows what the HTTP path alone costs.
+    Trivial,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub label: String,
+    pub targets: Vec<String>,
+    #[serde(default)]
+    pub endpoint: Endpoint,
+    pub model: LoadModel,
+    /// Measured seconds after the warm-up; `None` with `requests`.
+    pub duration_secs: Option<u64>,
+    /// Stop after this many requests (warm-up included).
+    pub requests: Option<u64>,
+    pub warmup_secs: u64,
+    pub users: UserMode,
+    pub request_timeout_ms: u64,
+    /// Stop when more than this share of requests fail (after 1,000).
+    pub stop_error_ratio: f64,
+    /// Stop when no test succeeds for this many seconds.
+    pub stop_zero_tps_secs: u64,
+    /// Runtime threads of the load client.
+    pub threads: usize,
+}
+
+impl RunSpec {
+    pub fn spread(&self) -> Spread {
+        if self.targets.len() > 1 {
+            Spread::ClientSide
+        } else {
+            Spread::Balancer
+        }
+    }
+}
