@@ -46,6 +46,11 @@ pub struct Plan {
     pub request_timeout_ms: u64,
     /// Ramp: every vuser at once unless set.
     pub ramp_step: Option<u32>,
+    /// nGrinder's stop rule: end a run when more than this share of its
+    /// requests fail. Off (1.0) by default in experiments, so that a
+    /// strategy that sheds load (503) is measured for the whole cell.
+    #[serde(default = "never")]
+    pub stop_error_ratio: f64,
     #[serde(default = "ramp_interval")]
     pub ramp_interval_secs: u64,
 }
@@ -64,6 +69,9 @@ fn timeout_ms() -> u64 {
 }
 fn ramp_interval() -> u64 {
     1
+}
+fn never() -> f64 {
+    1.0
 }
 
 impl Plan {
@@ -206,7 +214,7 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                         warmup_secs: plan.warmup_secs,
                         users: plan.users,
                         request_timeout_ms: plan.request_timeout_ms,
-                        stop_error_ratio: 0.3,
+                        stop_error_ratio: plan.stop_error_ratio,
                         stop_zero_tps_secs: 15,
                         threads: env.threads,
                     };
