@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Conn, Target};
+use crate::client::{Conn, Method, Target};
 use crate::spec::{Endpoint, LoadModel, RunSpec};
 use crate::stats::{Collector, Recorder, Summary};
 use crate::token::Minter;
@@ -49,7 +49,7 @@ pub struct RunOutput {
 }
 
 struct Shared {
-    method: hyper::Method,
+    method: Method,
     path: String,
     /// Requests carry a user token (the issue endpoint).
     as_user: bool,
@@ -89,11 +89,11 @@ pub async fn execute(spec: &RunSpec, campaign: &str, minter: Minter) -> anyhow::
     };
     let (method, path, as_user) = match spec.endpoint {
         Endpoint::Issue => (
-            hyper::Method::POST,
+            Method::Post,
             format!("/api/v1/campaigns/{campaign}/issue"),
             true,
         ),
-        Endpoint::Trivial => (hyper::Method::GET, "/healthz".to_owned(), false),
+        Endpoint::Trivial => (Method::Get, "/healthz".to_owned(), false),
     };
     let shared = Arc::new(Shared {
         method,
@@ -323,7 +323,7 @@ async fn vuser(shared: Arc<Shared>, id: u32, target: Target, think: Duration) {
         }
         let sent = Instant::now();
         let outcome = conn
-            .send(&shared.method, &shared.path, &auth, shared.timeout)
+            .send(shared.method, &shared.path, &auth, shared.timeout)
             .await;
         shared.recorder.record(id as usize, outcome, sent.elapsed());
         shared.ledger.record(id, key, outcome);
@@ -406,7 +406,7 @@ async fn open(
                 shared.minter.bearer(&user, &mut auth);
             }
             let outcome = conn
-                .send(&shared.method, &shared.path, &auth, shared.timeout)
+                .send(shared.method, &shared.path, &auth, shared.timeout)
                 .await;
             shared
                 .recorder
