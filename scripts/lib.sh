@@ -130,7 +130,10 @@ ensure_broker() {
   *) die "unknown broker storage $storage" ;;
   esac
   if port_open $BROKER_PORT; then
-    if pid_alive "$STATE_DIR/broker.pid" && [ "$(cat "$STATE_DIR/broker.storage" 2>/dev/null)" != "$storage" ]; then
+    if ! pid_alive "$STATE_DIR/broker.pid"; then
+      log "warning: a broker this script did not start answers on $BROKER_PORT; using it as it is (its storage may not be $storage)"
+      return 0
+    elif [ "$(cat "$STATE_DIR/broker.storage" 2>/dev/null)" != "$storage" ]; then
       log "restarting the broker with $storage storage"
       stop_pid "$STATE_DIR/broker.pid" broker
     else
@@ -139,11 +142,16 @@ ensure_broker() {
   fi
   ensure_broker_binary
   log "starting the broker on $BROKER_PORT ($storage storage)"
-  (cd "$STATE_DIR/broker" && nohup "$TANSU_BIN" broker \
-    --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --storage-engine "$url" >>"$STATE_DIR/logs/broker.log" 2>&1 &
-    echo $! >"$STATE_DIR/broker.pid")
+  # `$!` must be the broker itself (a backgrounded `cd && …` list would be a
+  # subshell, and stopping it would leave the broker running).
+  (
+    cd "$STATE_DIR/broker" || exit 1
+    nohup "$TANSU_BIN" broker \
+      --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+      --storage-engine "$url" >>"$STATE_DIR/logs/broker.log" 2>&1 &
+    echo $! >"$STATE_DIR/broker.pid"
+  )
   echo "$storage" >"$STATE_DIR/broker.storage"
   wait_port $BROKER_PORT 20 broker
 }
@@ -164,7 +172,14 @@ stop_pid() {
 }
 
 # Builds the api and the worker; COUPON_PROFILE=dev reuses test builds.
+# COUPON_BIN_DIR=<dir> runs prebuilt binaries from <dir> instead (A/B
+# measurements of two builds).
 build_binaries() {
+  if [ -n "${COUPON_BIN_DIR:-}" ]; then
+    BIN_DIR="$COUPON_BIN_DIR"
+    export BIN_DIR
+    return 0
+  fi
   local profile="${COUPON_PROFILE:-release}"
   log "building api and issuer-worker ($profile)"
   (cd "$ROOT" && cargo build --quiet --profile "$profile" -p api -p issuer-worker)

@@ -55,6 +55,8 @@ pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
             "session.timeout.ms",
             settings.session_timeout_ms.to_string(),
         )
+        .set("fetch.min.bytes", settings.fetch_min_bytes.to_string())
+        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
         .set("enable.partition.eof", "false");
     if let Some(id) = &settings.group_instance_id {
         config.set("group.instance.id", id);

@@ -227,6 +227,10 @@ pub struct KafkaSettings {
     /// Static membership (`group.instance.id`); unset means dynamic.
     pub group_instance_id: Option<String>,
     pub session_timeout_ms: u64,
+    /// Consumer `fetch.min.bytes` / `fetch.wait.max.ms`: the broker answers a
+    /// fetch when this much data is there, or after this long.
+    pub fetch_min_bytes: u32,
+    pub fetch_wait_max_ms: u32,
 }
 
 impl Default for KafkaSettings {
@@ -245,6 +249,8 @@ impl Default for KafkaSettings {
             group_id: "coupon-issuer".into(),
             group_instance_id: None,
             session_timeout_ms: 10_000,
+            fetch_min_bytes: 1,
+            fetch_wait_max_ms: 500,
         }
     }
 }

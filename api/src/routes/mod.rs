@@ -24,7 +24,19 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
         .app_data(web::PayloadConfig::default().limit(body_limit))
         .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e).into()))
         .service(
+            // Resources are tried in order: the issue endpoint, which carries
+            // the load, first.
             web::scope("/api/v1/campaigns")
+                .service(
+                    web::resource("/{id}/issue")
+                        .route(web::post().to(issue::issue))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/{id}/coupons/me")
+                        .route(web::get().to(issue::my_coupon))
+                        .default_service(web::to(method_not_allowed)),
+                )
                 .service(
                     web::resource("")
                         .route(web::post().to(campaigns::create))
@@ -44,16 +56,6 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
                 .service(
                     web::resource("/{id}/coupons")
                         .route(web::get().to(campaigns::coupons))
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .service(
-                    web::resource("/{id}/issue")
-                        .route(web::post().to(issue::issue))
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .service(
-                    web::resource("/{id}/coupons/me")
-                        .route(web::get().to(issue::my_coupon))
                         .default_service(web::to(method_not_allowed)),
                 ),
         )
