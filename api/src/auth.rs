@@ -1,14 +1,18 @@
-//! Who is calling: a user (HS256 JWT, or a gateway's `X-User-Id` in
-//! `trusted-header` mode) or an admin (a bearer token compared in constant
-//! time). Tokens are never logged.
+//! Who is calling: a user (a JWT — HS256 with a shared secret, or RS256 with
+//! a public key, `iss`/`aud` checked when configured — or a gateway's
+//! `X-User-Id` in `trusted-header` mode) or an admin (a bearer token compared
+//! in constant time). Only the configured algorithm is accepted, so neither
+//! `alg: none` nor an HS256 token signed with the RS256 public key passes.
+//! Tokens are never logged.
 
 use std::time::Instant;
 
 use actix_web::dev::Payload;
 use actix_web::http::header::{self, HeaderName};
 use actix_web::{FromRequest, HttpRequest, web};
+use anyhow::Context;
 use common::ids::UserId;
-use common::settings::{AuthMode, AuthSettings};
+use common::settings::{AuthMode, AuthSettings, JwtAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use prometheus::Histogram;
 use secrecy::{ExposeSecret, SecretString};
@@ -45,17 +49,52 @@ impl Authenticator {
             .admin_token
             .clone()
             .ok_or_else(|| anyhow::anyhow!("APP_AUTH__ADMIN_TOKEN is not set"))?;
-        let jwt = settings.jwt_secret.as_ref().map(|secret| {
-            let mut validation = Validation::new(Algorithm::HS256);
+        let key = match settings.jwt_algorithm {
+            JwtAlgorithm::HS256 => settings.jwt_secret.as_ref().map(|secret| {
+                (
+                    Algorithm::HS256,
+                    DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+                )
+            }),
+            JwtAlgorithm::RS256 => {
+                let pem = match (&settings.jwt_public_key, &settings.jwt_public_key_file) {
+                    (Some(pem), _) => Some(pem.clone()),
+                    (None, Some(path)) => Some(
+                        std::fs::read_to_string(path)
+                            .with_context(|| format!("reading the JWT public key {path}"))?,
+                    ),
+                    (None, None) => None,
+                };
+                pem.map(|pem| -> anyhow::Result<_> {
+                    Ok((
+                        Algorithm::RS256,
+                        DecodingKey::from_rsa_pem(pem.as_bytes())
+                            .context("parsing the RS256 public key")?,
+                    ))
+                })
+                .transpose()?
+            }
+        };
+        let jwt = key.map(|(algorithm, key)| {
+            let mut validation = Validation::new(algorithm);
             validation.leeway = settings.jwt_leeway_secs;
-            validation.set_required_spec_claims(&["exp", "sub"]);
-            (
-                DecodingKey::from_secret(secret.expose_secret().as_bytes()),
-                validation,
-            )
+            let mut required = vec!["exp", "sub"];
+            if let Some(issuer) = &settings.jwt_issuer {
+                validation.set_issuer(&[issuer]);
+                required.push("iss");
+            }
+            match &settings.jwt_audience {
+                Some(audience) => {
+                    validation.set_audience(&[audience]);
+                    required.push("aud");
+                }
+                None => validation.validate_aud = false,
+            }
+            validation.set_required_spec_claims(&required);
+            (key, validation)
         });
         if settings.mode == AuthMode::Jwt && jwt.is_none() {
-            anyhow::bail!("APP_AUTH__JWT_SECRET is not set");
+            anyhow::bail!("no JWT key configured for {:?}", settings.jwt_algorithm);
         }
         Ok(Self {
             mode: settings.mode,
@@ -134,19 +173,6 @@ fn authenticator(req: &HttpRequest) -> Result<&Authenticator, ApiError> {
     req.app_data::<web::Data<Authenticator>>()
         .map(|d| d.get_ref())
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("authenticator not configured")))
-}
-
-/// Extractor: the verified user of the request.
-#[derive(Debug)]
-pub struct AuthenticatedUser(pub UserId);
-
-impl FromRequest for AuthenticatedUser {
-    type Error = ApiError;
-    type Future = std::future::Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(authenticator(req).and_then(|a| a.user(req)).map(Self))
-    }
 }
 
 /// Extractor: the request carries the admin token.

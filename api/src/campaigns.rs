@@ -16,14 +16,19 @@ use sea_orm::{
     QuerySelect, Set, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Body of `POST /api/v1/campaigns`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignRequest {
+    /// 1–200 characters.
     pub name: String,
+    /// 0 to 1,000,000,000.
     pub stock: i64,
+    /// Default: now.
     pub starts_at: Option<DateTime<Utc>>,
+    /// After `starts_at`; default: no end.
     pub ends_at: Option<DateTime<Utc>>,
 }
 
@@ -65,7 +70,7 @@ impl CampaignRequest {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CampaignState {
     Scheduled,
@@ -75,8 +80,9 @@ pub enum CampaignState {
 }
 
 /// What the admin endpoints answer about a campaign.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CampaignView {
+    #[schema(value_type = uuid::Uuid)]
     pub id: CampaignId,
     pub name: String,
     pub stock: i64,
@@ -90,6 +96,7 @@ pub struct CampaignView {
     pub created_at: DateTime<Utc>,
     /// `loaded`, or `missing` when the campaign's Redis state was lost
     /// (issue requests answer 503 until it is rebuilt).
+    #[schema(value_type = String)]
     pub gate: &'static str,
 }
 
@@ -124,7 +131,7 @@ impl CampaignView {
 }
 
 /// One persisted coupon, in listings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CouponView {
     pub id: uuid::Uuid,
     pub user_id: String,

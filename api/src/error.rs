@@ -55,8 +55,9 @@ fn refusal_message(refusal: &Refusal) -> &'static str {
 }
 
 /// The body of every error reply.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody<'a> {
+    /// A snake_case code: `unauthorized`, `sold_out`, `unavailable`, ...
     pub outcome: &'a str,
     pub message: String,
 }

@@ -12,12 +12,14 @@
 //! - [`error`] — every error reply and its status.
 //! - [`faults`] — test-only fault hooks (debug builds).
 //! - [`metrics`] — the api's Prometheus metrics.
+//! - [`openapi`] — the OpenAPI document, from the handlers' annotations.
 
 pub mod auth;
 pub mod campaigns;
 pub mod error;
 pub mod faults;
 pub mod metrics;
+pub mod openapi;
 pub mod producer;
 pub mod rate_limit;
 pub mod routes;

@@ -25,7 +25,7 @@ use crate::auth::Authenticator;
 use crate::campaigns::CampaignStore;
 use crate::metrics::ApiMetrics;
 use crate::producer::IssueProducer;
-use crate::rate_limit::UserRateLimiter;
+use crate::rate_limit::{Limiter, TrustedProxies};
 use crate::strategy::{Pipeline, Strategy};
 
 /// Shared by every worker thread of one api instance.
@@ -34,7 +34,11 @@ pub struct AppState {
     pub strategy: Strategy,
     pub pipeline: Arc<Pipeline>,
     pub campaigns: Arc<CampaignStore>,
-    pub limiter: UserRateLimiter,
+    pub limiter: Limiter<common::ids::UserId>,
+    pub ip_limiter: Limiter<std::net::IpAddr>,
+    pub trusted_proxies: TrustedProxies,
+    /// Bounds the user requests served at once (`http.max_in_flight`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub metrics: ApiMetrics,
     draining: AtomicBool,
 }
@@ -102,7 +106,12 @@ impl Application {
             strategy: Strategy::build(&settings, pipeline.clone()),
             pipeline,
             campaigns,
-            limiter: UserRateLimiter::new(&settings.rate_limit.per_user),
+            limiter: Limiter::new(&settings.rate_limit.per_user),
+            ip_limiter: Limiter::new(&settings.rate_limit.per_ip),
+            trusted_proxies: TrustedProxies::parse(&settings.rate_limit.trusted_proxies)?,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(
+                settings.http.max_in_flight.max(1),
+            )),
             metrics: metrics.clone(),
             draining: AtomicBool::new(false),
         });
@@ -118,6 +127,7 @@ impl Application {
                 loop {
                     tick.tick().await;
                     state.limiter.forget_idle();
+                    state.ip_limiter.forget_idle();
                 }
             }
         });

@@ -483,6 +483,87 @@ impl RedisGate {
             .await
     }
 
+    // Reconciliation and rebuild (issuer-worker), under the campaign's
+    // admin lock.
+
+    /// Every user in the gate's set (`SSCAN`, so a large set does not block
+    /// Redis).
+    pub async fn holders(&self, campaign: &CampaignId) -> Result<Vec<String>, GateError> {
+        let key = CampaignKeys::new(campaign).users();
+        let mut users = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let key = key.clone();
+            let (next, batch): (u64, Vec<String>) = self
+                .run(|mut conn| async move {
+                    redis::cmd("SSCAN")
+                        .arg(key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            users.extend(batch);
+            if next == 0 {
+                return Ok(users);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Sets the counter to the set's size; returns the drift corrected.
+    pub async fn fix_count(&self, campaign: &CampaignId) -> Result<i64, GateError> {
+        let keys = CampaignKeys::new(campaign);
+        self.run(|mut conn| async move {
+            scripts::FIX_COUNT
+                .key(keys.users())
+                .key(keys.issued())
+                .invoke_async(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Whether the campaign's meta is present (its gate state is loaded).
+    pub async fn is_loaded(&self, campaign: &CampaignId) -> Result<bool, GateError> {
+        let key = CampaignKeys::new(campaign).meta();
+        self.run(|mut conn| async move { conn.exists(key).await })
+            .await
+    }
+
+    /// Rebuild, step one: replaces the set and the counter with `users`.
+    /// The meta must be absent meanwhile (the api admits nobody without it);
+    /// [`RedisGate::load_meta`] comes last.
+    pub async fn replace_holders(
+        &self,
+        campaign: &CampaignId,
+        users: &[String],
+    ) -> Result<(), GateError> {
+        let keys = CampaignKeys::new(campaign);
+        let (set, counter) = (keys.users(), keys.issued());
+        self.run(|mut conn| {
+            let (set, counter) = (set.clone(), counter.clone());
+            async move {
+                redis::pipe()
+                    .del(&set)
+                    .del(&counter)
+                    .query_async::<()>(&mut conn)
+                    .await
+            }
+        })
+        .await?;
+        for chunk in users.chunks(1000) {
+            let set = set.clone();
+            self.run(|mut conn| async move { conn.sadd::<_, _, ()>(set, chunk).await })
+                .await?;
+        }
+        let count = users.len() as i64;
+        self.run(|mut conn| async move { conn.set::<_, _, ()>(counter, count).await })
+            .await
+    }
+
     /// `PING`, for readiness bodies.
     pub async fn ping(&self) -> Result<(), GateError> {
         self.run(

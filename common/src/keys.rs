@@ -46,6 +46,11 @@ impl CampaignKeys {
         format!("{}:lock", self.prefix)
     }
 
+    /// The lock reconcile and rebuild hold (STRING holding a token).
+    pub fn admin_lock(&self) -> String {
+        format!("{}:admin", self.prefix)
+    }
+
     /// The campaign's fair lock (`fair-lock`): the lock HASH, the wait LIST
     /// and the waiters' deadline ZSET.
     pub fn fair_lock(&self) -> crate::lock::FairLockKeys {

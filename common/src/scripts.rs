@@ -48,3 +48,7 @@ pub static FAIR_LOCK_RENEW: LazyLock<Script> =
 /// async-queue: mark a user queued unless it already holds or awaits a slot.
 pub static MARK_QUEUED: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/mark_queued.lua")));
+
+/// Reconciliation: counter := set size; returns the drift.
+pub static FIX_COUNT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/fix_count.lua")));

@@ -102,6 +102,9 @@ pub struct FaultSettings {
     /// longer renewed) for `pause_lock_holder_ms`.
     pub pause_lock_holder_user: Option<String>,
     pub pause_lock_holder_ms: u64,
+    /// The process aborts right after the gate admitted this user, before
+    /// its message is produced (a crash between gate and produce).
+    pub crash_after_gate_user: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,6 +125,9 @@ pub struct HttpSettings {
     pub drain_delay_ms: u64,
     /// Largest accepted request body (admin JSON).
     pub body_limit_bytes: usize,
+    /// User requests served at once by this instance; more answer 503 at
+    /// once instead of queueing behind a slow dependency.
+    pub max_in_flight: usize,
 }
 
 impl Default for HttpSettings {
@@ -135,6 +141,7 @@ impl Default for HttpSettings {
             shutdown_timeout_secs: 30,
             drain_delay_ms: 0,
             body_limit_bytes: 16 * 1024,
+            max_in_flight: 4_096,
         }
     }
 }
@@ -277,12 +284,30 @@ pub enum AuthMode {
 pub struct AuthSettings {
     pub mode: AuthMode,
     pub admin_token: Option<SecretString>,
+    /// HS256 or RS256; only the configured algorithm is accepted.
+    pub jwt_algorithm: JwtAlgorithm,
     /// HS256 key for user JWTs.
     pub jwt_secret: Option<SecretString>,
+    /// RS256 public key (PEM), inline...
+    pub jwt_public_key: Option<String>,
+    /// ...or in a file.
+    pub jwt_public_key_file: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub jwt_issuer: Option<String>,
+    /// When set, tokens must carry this `aud`.
+    pub jwt_audience: Option<String>,
     /// Clock skew tolerated on `exp`/`nbf`.
     pub jwt_leeway_secs: u64,
     /// Header read in `trusted-header` mode.
     pub user_header: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum JwtAlgorithm {
+    #[default]
+    HS256,
+    RS256,
 }
 
 impl Default for AuthSettings {
@@ -290,17 +315,44 @@ impl Default for AuthSettings {
         Self {
             mode: AuthMode::Jwt,
             admin_token: None,
+            jwt_algorithm: JwtAlgorithm::HS256,
             jwt_secret: None,
+            jwt_public_key: None,
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
             jwt_leeway_secs: 5,
             user_header: "X-User-Id".into(),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+/// Token buckets per user and per client IP, checked before the gate. They
+/// live in each api instance: with N instances a client gets up to N times
+/// the rate (a Redis-backed limit is the option for exact totals).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct RateLimitSettings {
     pub per_user: TokenBucket,
+    pub per_ip: TokenBucket,
+    /// Comma-separated addresses or CIDR ranges of proxies whose
+    /// `X-Forwarded-For` is believed; the client is the rightmost address
+    /// not in this list. Empty: the peer address is the client.
+    pub trusted_proxies: String,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            per_user: TokenBucket::default(),
+            per_ip: TokenBucket {
+                enabled: false,
+                per_second: 200,
+                burst: 400,
+            },
+            trusted_proxies: String::new(),
+        }
+    }
 }
 
 /// A token bucket: `per_second` refill, `burst` capacity.
@@ -473,8 +525,19 @@ impl Settings {
         if self.auth.admin_token.is_none() {
             missing.push("APP_AUTH__ADMIN_TOKEN");
         }
-        if self.auth.mode == AuthMode::Jwt && self.auth.jwt_secret.is_none() {
-            missing.push("APP_AUTH__JWT_SECRET");
+        if self.auth.mode == AuthMode::Jwt {
+            match self.auth.jwt_algorithm {
+                JwtAlgorithm::HS256 if self.auth.jwt_secret.is_none() => {
+                    missing.push("APP_AUTH__JWT_SECRET")
+                }
+                JwtAlgorithm::RS256
+                    if self.auth.jwt_public_key.is_none()
+                        && self.auth.jwt_public_key_file.is_none() =>
+                {
+                    missing.push("APP_AUTH__JWT_PUBLIC_KEY (or _FILE)")
+                }
+                _ => {}
+            }
         }
         if missing.is_empty() {
             return Ok(());

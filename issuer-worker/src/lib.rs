@@ -10,10 +10,14 @@
 //! - [`migration`] — the schema (`issuer-worker migrate`).
 //! - [`metrics`], [`http`] — `/metrics` and `/healthz`.
 
+pub mod admin_lock;
 pub mod consumer;
 pub mod dlq;
 pub mod http;
 pub mod metrics;
 pub mod migration;
 pub mod persist;
+pub mod rebuild;
+pub mod reconcile;
 pub mod startup;
+pub mod topic;

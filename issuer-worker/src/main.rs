@@ -1,5 +1,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use common::ids::CampaignId;
 use common::settings::Settings;
 use issuer_worker::startup::Application;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +19,24 @@ enum Command {
     Run,
     /// Apply database migrations and create the Kafka topics, then exit.
     Migrate,
+    /// Compare a campaign's gate with its rows; `--repair` releases leaked slots.
+    Reconcile {
+        #[arg(long)]
+        campaign: String,
+        #[arg(long)]
+        repair: bool,
+        /// How long to wait for the worker group to catch up, seconds.
+        #[arg(long, default_value_t = 300)]
+        patience: u64,
+    },
+    /// Reload a campaign's gate state from PostgreSQL and the unconsumed messages.
+    Rebuild {
+        #[arg(long)]
+        campaign: String,
+        /// Replace gate state that is present (stops admissions meanwhile).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[tokio::main]
@@ -35,6 +54,29 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(topic = %settings.kafka.topic, "schema and topics ready");
             Ok(())
         }
+        Command::Reconcile {
+            campaign,
+            repair,
+            patience,
+        } => {
+            let campaign = CampaignId::parse(&campaign)?;
+            let db = common::db::connect(&settings.database).await?;
+            let report = issuer_worker::reconcile::run(
+                &settings,
+                &db,
+                campaign,
+                repair,
+                std::time::Duration::from_secs(patience),
+            )
+            .await?;
+            print_json(&report)
+        }
+        Command::Rebuild { campaign, force } => {
+            let campaign = CampaignId::parse(&campaign)?;
+            let db = common::db::connect(&settings.database).await?;
+            let report = issuer_worker::rebuild::run(&settings, &db, campaign, force).await?;
+            print_json(&report)
+        }
         Command::Run => {
             let app = Application::build(settings).await?;
             let shutdown = CancellationToken::new();
@@ -47,4 +89,11 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped(shutdown).await
         }
     }
+}
+
+/// Reports of the one-shot commands go to stdout as JSON.
+#[allow(clippy::print_stdout)]
+fn print_json(report: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(report)?);
+    Ok(())
 }

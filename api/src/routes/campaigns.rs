@@ -6,13 +6,31 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use common::ids::UserId;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::campaign_id;
 use crate::auth::Admin;
 use crate::campaigns::{CampaignRequest, CampaignView, CouponView};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::startup::AppState;
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns",
+    tag = "admin",
+    security(("admin" = [])),
+    request_body = CampaignRequest,
+    responses(
+        (status = 201, description = "Created; `Location` names it", body = CampaignView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 403, description = "A user token", body = ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
+        (status = 503, description = "PostgreSQL or Redis unavailable; nothing created", body = ErrorBody),
+    )
+)]
 pub async fn create(
     _: Admin,
     state: web::Data<AppState>,
@@ -28,17 +46,32 @@ pub async fn create(
         .json(view))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// 1–10,000 (default 100), newest first.
     limit: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
-struct CampaignList {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignList {
     campaigns: Vec<CampaignView>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/campaigns",
+    tag = "admin",
+    security(("admin" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, body = CampaignList),
+        (status = 400, description = "Bad query string", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
 pub async fn list(
     _: Admin,
     state: web::Data<AppState>,
@@ -49,6 +82,21 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(CampaignList { campaigns }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/campaigns/{id}",
+    tag = "admin",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    responses(
+        (status = 200, body = CampaignView),
+        (status = 400, description = "Not a UUID", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "unknown_campaign", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
 pub async fn get(
     _: Admin,
     req: HttpRequest,
@@ -58,6 +106,21 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(state.campaigns.get(&id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/close",
+    tag = "admin",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    responses(
+        (status = 200, description = "Closed (idempotent)", body = CampaignView),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
 pub async fn close(
     _: Admin,
     req: HttpRequest,
@@ -67,21 +130,37 @@ pub async fn close(
     Ok(HttpResponse::Ok().json(state.campaigns.close(&id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct CouponsQuery {
     /// The last `user_id` of the previous page.
     after: Option<String>,
+    /// 1–10,000 (default 100).
     limit: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
-struct CouponPage {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CouponPage {
     coupons: Vec<CouponView>,
     /// Pass as `after` to get the next page; `null` on the last page.
     next_after: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/campaigns/{id}/coupons",
+    tag = "admin",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "Campaign id (UUID)"), CouponsQuery),
+    responses(
+        (status = 200, description = "Persisted coupons ordered by user id", body = CouponPage),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
 pub async fn coupons(
     _: Admin,
     req: HttpRequest,

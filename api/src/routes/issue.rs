@@ -6,22 +6,44 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use common::gate::RecordedState;
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::campaign_id;
-use crate::auth::{AuthenticatedUser, Authenticator};
-use crate::error::ApiError;
+use crate::auth::Authenticator;
+use crate::error::{ApiError, ErrorBody};
 use crate::startup::AppState;
 use crate::strategy::Issued;
 
-#[derive(Debug, Serialize)]
-struct IssueReply {
+/// A 202 reply of the issue endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssueReply {
+    /// `accepted`, `pending` or `queued`.
+    #[schema(value_type = String)]
     outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     coupon_id: Option<Uuid>,
 }
 
 /// `POST /api/v1/campaigns/{id}/issue`. A body, if any, is ignored.
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/issue",
+    tag = "user",
+    security(("user" = [])),
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    responses(
+        (status = 202, description = "accepted (in the broker: the row will exist), pending (delivery unconfirmed), or queued (async-queue)", body = IssueReply),
+        (status = 400, description = "Campaign id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing, forged, expired or alg-none token", body = ErrorBody),
+        (status = 403, description = "not_open", body = ErrorBody),
+        (status = 404, description = "unknown_campaign", body = ErrorBody),
+        (status = 409, description = "duplicate: the user holds a slot", body = ErrorBody),
+        (status = 410, description = "sold_out or closed", body = ErrorBody),
+        (status = 429, description = "rate_limited; no stock spent", body = ErrorBody),
+        (status = 503, description = "unavailable: nothing admitted (or, rarely, pending until reconciliation)", body = ErrorBody),
+    )
+)]
 pub async fn issue(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -49,6 +71,7 @@ async fn issue_for(
     state: &AppState,
     auth: &Authenticator,
 ) -> Result<Issued, ApiError> {
+    check_client_ip(req, state)?;
     let user = auth.user(req)?;
     let campaign = campaign_id(req)?;
     state
@@ -60,9 +83,31 @@ async fn issue_for(
     Ok(state.strategy.issue(campaign, user).await?)
 }
 
+/// The per-IP bucket, checked before the token is even verified.
+pub(crate) fn check_client_ip(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    if !state.ip_limiter.enabled() {
+        return Ok(());
+    }
+    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
+        return Ok(());
+    };
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let client = state.trusted_proxies.client_ip(peer, forwarded);
+    state
+        .ip_limiter
+        .check(&client)
+        .map_err(|wait| ApiError::RateLimited {
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        })
+}
+
 /// `state` ∈ none, queued, pending, issued, rejected.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MyCoupon {
+    #[schema(value_type = String)]
     state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     coupon_id: Option<Uuid>,
@@ -86,11 +131,28 @@ impl MyCoupon {
 /// `GET /api/v1/campaigns/{id}/coupons/me`: the row if the worker wrote it;
 /// else the recorded asynchronous state; else `pending` while the user holds
 /// a slot in the gate (admitted, not yet persisted); else `none`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/campaigns/{id}/coupons/me",
+    tag = "user",
+    security(("user" = [])),
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    responses(
+        (status = 200, description = "The caller's own state in the campaign", body = MyCoupon),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
 pub async fn my_coupon(
-    AuthenticatedUser(user): AuthenticatedUser,
     req: HttpRequest,
     state: web::Data<AppState>,
+    auth: web::Data<Authenticator>,
 ) -> Result<HttpResponse, ApiError> {
+    check_client_ip(&req, &state)?;
+    let user = auth.user(&req)?;
     let campaign = campaign_id(&req)?;
     if !state.campaigns.exists(&campaign).await? {
         return Err(ApiError::UnknownCampaign);

@@ -3,6 +3,7 @@
 //! bodies, bad query strings) are mapped here to the contract's statuses
 //! instead of actix's defaults.
 
+use actix_web::dev::Service;
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -27,6 +28,29 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
             // Resources are tried in order: the issue endpoint, which carries
             // the load, first.
             web::scope("/api/v1/campaigns")
+                .wrap_fn(|req, srv| {
+                    // Bounded in-flight requests: past the bound, a fast 503
+                    // rather than a queue behind a slow dependency.
+                    let permit = req
+                        .app_data::<web::Data<crate::startup::AppState>>()
+                        .map(|s| s.in_flight.clone().try_acquire_owned());
+                    let call = match &permit {
+                        Some(Err(_)) => None,
+                        _ => Some(srv.call(req)),
+                    };
+                    async move {
+                        // Held until the response is ready.
+                        let _permit = permit;
+                        match call {
+                            Some(response) => response.await,
+                            None => Err(ApiError::Unavailable {
+                                message: "this instance is at its limit of requests in flight; retry later".into(),
+                                retry_after_secs: 1,
+                            }
+                            .into()),
+                        }
+                    }
+                })
                 .service(
                     web::resource("/{id}/issue")
                         .route(web::post().to(issue::issue))
@@ -62,6 +86,7 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/metrics", web::get().to(ops::metrics))
+        .route("/openapi.json", web::get().to(ops::openapi))
         .default_service(web::to(not_found));
     }
 }

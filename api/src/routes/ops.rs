@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::startup::AppState;
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is alive")))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
@@ -22,6 +23,15 @@ fn up(ok: bool) -> &'static str {
     if ok { "up" } else { "down" }
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Serving; the body lists each dependency as up or down"),
+        (status = 503, description = "Draining (shutting down)"),
+    )
+)]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let pipeline = state.pipeline.clone();
     let (redis, postgres, kafka) = tokio::join!(
@@ -46,6 +56,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     state
         .metrics
@@ -54,4 +65,10 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(common::metrics::render(&state.metrics.registry))
+}
+
+/// The OpenAPI document of this api.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "This document")))]
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(<crate::openapi::ApiDoc as utoipa::OpenApi>::openapi())
 }

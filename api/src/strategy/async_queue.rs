@@ -159,7 +159,10 @@ impl AsyncQueueStrategy {
 async fn process(pipeline: &Pipeline, job: Job) {
     let Job { campaign, user } = job;
     let outcome = match pipeline.admit(&campaign, &user).await {
-        Ok(()) => pipeline.produce_and_settle(campaign, user.clone()).await,
+        Ok(()) => {
+            crate::faults::crash_after_gate(&pipeline.faults, &user);
+            pipeline.produce_and_settle(campaign, user.clone()).await
+        }
         Err(e) => Err(e),
     };
     pipeline

@@ -67,6 +67,7 @@ pub(super) async fn issue_under(
         tracing::warn!(campaign.id = %campaign, error = %e, "lock not released");
     }
     admitted?;
+    crate::faults::crash_after_gate(&pipeline.faults, &user);
     // A state recorded by an earlier, failed request of this user would
     // otherwise hide the new slot from `/coupons/me`. Only admitted
     // requests (at most the stock) pay for this.

@@ -1,0 +1,223 @@
+//! Auth hardening (RS256, `iss`/`aud`), per-IP limits behind trusted
+//! proxies, the bound on requests in flight, and the OpenAPI document.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::settings::JwtAlgorithm;
+use futures::future::join_all;
+use helpers::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const PRIVATE_PEM: &str = include_str!("fixtures/rs256-test-private.pem");
+const PUBLIC_PEM: &str = include_str!("fixtures/rs256-test-public.pem");
+
+fn rs256(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(PRIVATE_PEM.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rs256_tokens_need_the_right_key_issuer_and_audience() {
+    let mut settings = test_settings().await;
+    settings.auth.jwt_algorithm = JwtAlgorithm::RS256;
+    settings.auth.jwt_secret = None;
+    settings.auth.jwt_public_key = Some(PUBLIC_PEM.into());
+    settings.auth.jwt_issuer = Some("https://id.example".into());
+    settings.auth.jwt_audience = Some("coupons".into());
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    let exp = Utc::now().timestamp() + 600;
+
+    let good =
+        rs256(json!({"sub": "ada", "exp": exp, "iss": "https://id.example", "aud": "coupons"}));
+    let (status, body) = api.issue_with_token(&campaign, &good).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+
+    let refused = [
+        rs256(json!({"sub": "bob", "exp": exp, "iss": "https://evil.example", "aud": "coupons"})),
+        rs256(json!({"sub": "bob", "exp": exp, "iss": "https://id.example", "aud": "other"})),
+        rs256(json!({"sub": "bob", "exp": exp, "iss": "https://id.example"})),
+        rs256(json!({"sub": "bob", "exp": exp, "aud": "coupons"})),
+        rs256(
+            json!({"sub": "bob", "exp": Utc::now().timestamp() - 600, "iss": "https://id.example", "aud": "coupons"}),
+        ),
+        // Algorithm confusion: HS256 "signed" with the public key as secret.
+        encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub": "bob", "exp": exp, "iss": "https://id.example", "aud": "coupons"}),
+            &EncodingKey::from_secret(PUBLIC_PEM.as_bytes()),
+        )
+        .unwrap(),
+        // An HS256 token with the suite's usual secret.
+        mint_jwt("bob", 600),
+    ];
+    for token in &refused {
+        let (status, body) = api.issue_with_token(&campaign, token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    assert_eq!(
+        gate_state(&campaign).await,
+        (vec!["ada".to_owned()], Some(1))
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_per_ip_limit_uses_forwarded_for_only_from_trusted_proxies() {
+    let mut settings = test_settings().await;
+    settings.rate_limit.per_ip.enabled = true;
+    settings.rate_limit.per_ip.per_second = 1;
+    settings.rate_limit.per_ip.burst = 2;
+    settings.rate_limit.trusted_proxies = "127.0.0.1".into();
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(100).await;
+    let send = |user: &str, forwarded: &str| {
+        api.client
+            .post(format!("{}/api/v1/campaigns/{campaign}/issue", api.address))
+            .bearer_auth(mint_jwt(user, 60))
+            .header("x-forwarded-for", forwarded)
+            .send()
+    };
+    // One client behind the proxy, several users: the third request is limited.
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        statuses.push(
+            send(&format!("u{i}"), "198.51.100.1")
+                .await
+                .unwrap()
+                .status(),
+        );
+    }
+    assert_eq!(statuses[..2], [StatusCode::ACCEPTED, StatusCode::ACCEPTED]);
+    assert_eq!(statuses[2], StatusCode::TOO_MANY_REQUESTS);
+    // Another client behind the same proxy is not.
+    assert_eq!(
+        send("other", "198.51.100.2").await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    // A forged leading entry does not make a new client.
+    assert_eq!(
+        send("sneaky", "1.2.3.4, 198.51.100.1")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The refused users spent nothing.
+    let (members, _) = gate_state(&campaign).await;
+    assert!(!members.contains(&"u2".to_owned()) && !members.contains(&"sneaky".to_owned()));
+    api.stop().await;
+
+    // Without trusted proxies the header is ignored: every request is 127.0.0.1.
+    settings.rate_limit.trusted_proxies = String::new();
+    let api = spawn_api(&settings).await;
+    let mut limited = 0;
+    for i in 0..4 {
+        let res = api
+            .client
+            .post(format!("{}/api/v1/campaigns/{campaign}/issue", api.address))
+            .bearer_auth(mint_jwt(&format!("v{i}"), 60))
+            .header("x-forwarded-for", format!("203.0.113.{i}"))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 1, "spoofed forwarded-for escaped the limit");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_in_flight_bound_requests_get_a_fast_503() {
+    let broker = OwnBroker::start();
+    let mut settings = test_settings().await;
+    settings.kafka.brokers = broker.address();
+    settings.kafka.delivery_timeout_ms = 5_000;
+    settings.http.max_in_flight = 2;
+    common::kafka::ensure_topics(&settings.kafka).await.unwrap();
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(100).await;
+    let (status, _) = api.issue(&campaign, "warm").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    broker.freeze(true);
+    let slow = tokio::spawn({
+        let (client, url) = (
+            api.client.clone(),
+            format!("{}/api/v1/campaigns/{campaign}/issue", api.address),
+        );
+        async move {
+            join_all((0..2).map(|i| {
+                client
+                    .post(&url)
+                    .bearer_auth(mint_jwt(&format!("slow{i}"), 60))
+                    .send()
+            }))
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let (status, body) = api.issue(&campaign, "third").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "not a fast 503"
+    );
+    let (members, _) = gate_state(&campaign).await;
+    assert!(!members.contains(&"third".to_owned()));
+    broker.freeze(false);
+    for r in slow.await.unwrap() {
+        assert_eq!(r.unwrap().status(), StatusCode::ACCEPTED);
+    }
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_openapi_document_lists_every_route_and_status() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let doc: Value = api
+        .client
+        .get(format!("{}/openapi.json", api.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/api/v1/campaigns",
+        "/api/v1/campaigns/{id}",
+        "/api/v1/campaigns/{id}/close",
+        "/api/v1/campaigns/{id}/coupons",
+        "/api/v1/campaigns/{id}/issue",
+        "/api/v1/campaigns/{id}/coupons/me",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(path), "{path} missing");
+    }
+    let issue = &paths["/api/v1/campaigns/{id}/issue"]["post"]["responses"];
+    for status in ["202", "401", "404", "409", "410", "429", "503"] {
+        assert!(issue.get(status).is_some(), "issue lacks {status}");
+    }
+    assert!(doc["components"]["schemas"]["CampaignRequest"].is_object());
+    assert!(doc["components"]["securitySchemes"]["user"].is_object());
+    api.stop().await;
+}

@@ -1,0 +1,14 @@
+-- Reconciliation: set the gate's counter to the size of its set.
+--
+-- KEYS[1]  coupon:{c}:users   SET of slot holders
+-- KEYS[2]  coupon:{c}:issued  counter
+--
+-- Returns the drift that was corrected (counter − set size before). The gate
+-- script keeps both in step; they drift only when a lock strategy's separate
+-- SADD and INCR were cut between the two.
+local size = redis.call('SCARD', KEYS[1])
+local count = tonumber(redis.call('GET', KEYS[2]) or '0')
+if count ~= size then
+  redis.call('SET', KEYS[2], size)
+end
+return count - size

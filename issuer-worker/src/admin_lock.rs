@@ -1,0 +1,23 @@
+//! The per-campaign lock that reconcile and rebuild hold, so that two of
+//! them never interleave on one campaign.
+
+use std::time::Duration;
+
+use common::gate::RedisGate;
+use common::ids::CampaignId;
+use common::keys::CampaignKeys;
+use common::lock::{LeaseLock, LockGuard, LockTiming};
+
+pub async fn acquire(gate: &RedisGate, campaign: &CampaignId) -> anyhow::Result<LockGuard> {
+    let lock = LeaseLock::new(
+        gate.clone(),
+        LockTiming {
+            lease: Duration::from_secs(30),
+            wait: Duration::from_secs(30),
+        },
+        None,
+    );
+    lock.acquire(&CampaignKeys::new(campaign).admin_lock())
+        .await
+        .map_err(|e| anyhow::anyhow!("another reconcile or rebuild holds campaign {campaign}: {e}"))
+}

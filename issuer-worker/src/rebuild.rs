@@ -1,0 +1,99 @@
+//! `issuer-worker rebuild --campaign C [--force]`: reloads a campaign's gate
+//! state after Redis lost it. The api never recreates gate state (it answers
+//! 503 while the meta is missing); this is the only writer of it besides
+//! campaign creation.
+//!
+//! Under the campaign's admin lock, and with the meta absent (so nobody is
+//! admitted meanwhile):
+//! 1. wait one delivery timeout, so that every message admitted before the
+//!    loss has reached the broker or never will;
+//! 2. users = the campaign's rows ∪ the users of messages the worker's group
+//!    has not consumed yet (from its committed offsets to the end of the
+//!    topic);
+//! 3. write the set and the counter, then the meta from PostgreSQL (stock,
+//!    window, closed or open), which reopens the gate.
+//!
+//! `--force` rebuilds a campaign whose meta is present: it first deletes the
+//! meta (stopping admissions) and then proceeds as above.
+
+use std::collections::BTreeSet;
+
+use anyhow::Context;
+use common::entities::campaigns;
+use common::gate::{GateMeta, RedisGate};
+use common::ids::CampaignId;
+use common::settings::Settings;
+use sea_orm::{DatabaseConnection, EntityTrait};
+use serde::Serialize;
+
+use crate::admin_lock;
+use crate::reconcile::row_users;
+use crate::topic;
+
+#[derive(Debug, Serialize)]
+pub struct RebuildReport {
+    pub campaign: CampaignId,
+    pub rows: u64,
+    /// Users of messages not consumed yet and not already rows.
+    pub in_flight: u64,
+    pub holders: u64,
+    pub closed: bool,
+}
+
+pub async fn run(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    campaign: CampaignId,
+    force: bool,
+) -> anyhow::Result<RebuildReport> {
+    let row = campaigns::Entity::find_by_id(campaign.as_uuid())
+        .one(db)
+        .await?
+        .with_context(|| format!("no campaign {campaign} in PostgreSQL"))?;
+    let gate = RedisGate::new(&settings.redis, None)?;
+    let lock = admin_lock::acquire(&gate, &campaign).await?;
+    if gate.is_loaded(&campaign).await? {
+        anyhow::ensure!(
+            force,
+            "campaign {campaign} has gate state in Redis; rebuild only replaces it with --force"
+        );
+        gate.unload_meta(&campaign).await?;
+        tracing::warn!(campaign.id = %campaign, "meta deleted for a forced rebuild; admissions stopped");
+    }
+    tokio::time::sleep(settings.kafka.delivery_timeout() + std::time::Duration::from_secs(1)).await;
+
+    let rows = row_users(db, &campaign).await?;
+    let from = topic::group_positions(&settings.kafka).await?;
+    let to = topic::end_offsets(&settings.kafka).await?;
+    let pending: BTreeSet<String> = topic::read_range(&settings.kafka, &from, &to)
+        .await?
+        .into_iter()
+        .filter(|m| m.campaign_id == campaign)
+        .map(|m| m.user_id.as_str().to_owned())
+        .filter(|u| !rows.contains(u))
+        .collect();
+    let holders: Vec<String> = rows.iter().chain(pending.iter()).cloned().collect();
+
+    gate.replace_holders(&campaign, &holders).await?;
+    let meta = GateMeta {
+        stock: row.stock,
+        starts_at: row.starts_at,
+        ends_at: row.ends_at,
+        closed: row.state == "closed",
+    };
+    gate.load_meta(&campaign, &meta).await?;
+    lock.release().await?;
+    tracing::info!(
+        campaign.id = %campaign,
+        rows = rows.len(),
+        in_flight = pending.len(),
+        "gate state rebuilt"
+    );
+    Ok(RebuildReport {
+        campaign,
+        rows: rows.len() as u64,
+        in_flight: pending.len() as u64,
+        holders: holders.len() as u64,
+        closed: meta.closed,
+    })
+}

@@ -1,0 +1,122 @@
+//! `issuer-worker reconcile --campaign C [--repair]`: compares a campaign's
+//! gate with its rows once every message that could still land has landed.
+//!
+//! 1. Take the campaign's admin lock (one reconcile or rebuild at a time).
+//! 2. Snapshot the gate's set at t0.
+//! 3. Wait one delivery timeout: a message for a user of the snapshot has by
+//!    then reached the broker or never will.
+//! 4. Read the topic's end offsets and wait until the worker's group has
+//!    consumed past them.
+//! 5. A user of the snapshot without a row is a *leaked slot* (a crash
+//!    between gate and produce, a message the stock guard turned away, a
+//!    lost delivery); a row whose user is not in the gate is a *phantom*
+//!    (the gate lost state and was rebuilt wrongly).
+//!
+//! `--repair` releases leaked slots with the compensation script, so that an
+//! open campaign can hand them out again, records those users as `none` for
+//! `/coupons/me`, and sets the counter to the set's size.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use common::gate::{RecordedState, RedisGate, StatusRecord};
+use common::ids::{CampaignId, UserId};
+use common::settings::Settings;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use serde::Serialize;
+
+use crate::admin_lock;
+use crate::topic;
+
+#[derive(Debug, Serialize)]
+pub struct ReconcileReport {
+    pub campaign: CampaignId,
+    pub gate_users: u64,
+    pub rows: u64,
+    pub leaked: u64,
+    pub leaked_examples: Vec<String>,
+    pub phantoms: u64,
+    pub phantom_examples: Vec<String>,
+    /// Counter minus set size, as found.
+    pub count_drift: i64,
+    pub repaired: bool,
+    pub released: u64,
+}
+
+/// The users with a row in the campaign.
+pub async fn row_users(
+    db: &DatabaseConnection,
+    campaign: &CampaignId,
+) -> anyhow::Result<BTreeSet<String>> {
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT user_id FROM coupons WHERE campaign_id = $1",
+            [campaign.as_uuid().into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| Ok(r.try_get::<String>("", "user_id")?))
+        .collect()
+}
+
+pub async fn run(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    campaign: CampaignId,
+    repair: bool,
+    patience: Duration,
+) -> anyhow::Result<ReconcileReport> {
+    let gate = RedisGate::new(&settings.redis, None)?;
+    let lock = admin_lock::acquire(&gate, &campaign).await?;
+
+    let snapshot: BTreeSet<String> = gate.holders(&campaign).await?.into_iter().collect();
+    tracing::info!(campaign.id = %campaign, users = snapshot.len(), "gate snapshot taken; waiting one delivery timeout");
+    tokio::time::sleep(settings.kafka.delivery_timeout() + Duration::from_secs(1)).await;
+    let ends = topic::end_offsets(&settings.kafka).await?;
+    topic::wait_for_group(&settings.kafka, &ends, patience).await?;
+
+    let rows = row_users(db, &campaign).await?;
+    let leaked: Vec<&String> = snapshot.difference(&rows).collect();
+    let phantoms: Vec<&String> = rows.difference(&snapshot).collect();
+    let issued = gate.issued(&campaign).await?.unwrap_or(0);
+    let count_drift = issued - snapshot.len() as i64;
+
+    let mut released = 0;
+    if repair {
+        for user in &leaked {
+            let user = UserId::parse(user).context("a gate member is not a valid user id")?;
+            if gate.release(&campaign, &user).await? {
+                released += 1;
+                let record = StatusRecord {
+                    state: RecordedState::None,
+                    coupon_id: None,
+                    outcome: Some("released".into()),
+                    at: Utc::now(),
+                };
+                gate.record_status(&campaign, &user, &record).await?;
+            }
+        }
+        let drift = gate.fix_count(&campaign).await?;
+        if drift != 0 {
+            tracing::warn!(campaign.id = %campaign, drift, "gate counter corrected to the set's size");
+        }
+    }
+    lock.release().await?;
+
+    let examples = |v: &[&String]| v.iter().take(5).map(|s| (*s).clone()).collect();
+    Ok(ReconcileReport {
+        campaign,
+        gate_users: snapshot.len() as u64,
+        rows: rows.len() as u64,
+        leaked: leaked.len() as u64,
+        leaked_examples: examples(&leaked),
+        phantoms: phantoms.len() as u64,
+        phantom_examples: examples(&phantoms),
+        count_drift,
+        repaired: repair,
+        released,
+    })
+}
