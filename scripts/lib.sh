@@ -45,7 +45,7 @@ pid_alive() { [ -f "$1" ] && process_alive "$(cat "$1")"; }
 ensure_packages() {
   local wanted=(cmake g++ make pkg-config curl jq openssl libssl-dev libsasl2-dev
     libcurl4-openssl-dev zlib1g-dev haproxy redis-server redis-tools
-    postgresql postgresql-client libfontconfig1-dev fonts-dejavu-core)
+    postgresql postgresql-client libfontconfig1-dev fonts-dejavu-core python3 python3-venv)
   local missing=() p
   for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -59,6 +59,14 @@ impl ConsumerContext for WorkerContext {
         tracing::info!(rebalance = ?describe(rebalance), "partitions being rebalanced");
     }
 
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+        if let Ok(assignment) = consumer.assignment() {
+            self.metrics
+                .assigned_partitions
+                .set(assignment.count() as i64);
+        }
+    }
+
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
         if let Err(e) = result {
             // A commit for a partition this member no longer owns fails; the

@@ -18,6 +18,7 @@ pub struct WorkerMetrics {
     pub batch_seconds: Histogram,
     pub end_to_end_lag_seconds: Histogram,
     pub consumer_lag: IntGauge,
+    pub assigned_partitions: IntGauge,
 }
 
 impl WorkerMetrics {
@@ -79,6 +80,11 @@ impl WorkerMetrics {
                 &r,
                 "worker_consumer_lag_offsets",
                 "Offsets behind the end of the topic, summed over assigned partitions.",
+            ),
+            assigned_partitions: gauge(
+                &r,
+                "worker_assigned_partitions",
+                "Partitions this member holds (0 when it left or lost the group).",
             ),
             registry: r,
         }
