@@ -4,6 +4,14 @@ use common::settings::Settings;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
+    // `api healthcheck`: the container healthcheck (no curl in the image).
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        std::process::exit(if common::healthcheck::probe(settings.http.port) {
+            0
+        } else {
+            1
+        });
+    }
     common::telemetry::init(&settings.log);
     let app = Application::build(settings).await?;
     app.run_until_stopped(async {

@@ -12,12 +12,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use prometheus::Histogram;
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{CampaignId, CouponId, UserId};
 use crate::keys::CampaignKeys;
-use crate::redis_pool::{ConnectError, RedisPool};
+use crate::redis_pool::{ConnectError, RedisConn, RedisPool};
 use crate::scripts;
 use crate::settings::RedisSettings;
 
@@ -124,8 +123,16 @@ pub struct RedisGate {
 impl RedisGate {
     /// Opens no connection until the first call.
     pub fn new(settings: &RedisSettings, connect_wait: Option<Histogram>) -> anyhow::Result<Self> {
+        let nodes: Vec<String> = settings
+            .cluster_nodes
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
         let mut pool = RedisPool::new(
             &settings.url,
+            &nodes,
             settings.pool_size,
             settings.connect_timeout(),
         )?;
@@ -152,7 +159,7 @@ impl RedisGate {
     /// Runs one call on a pooled connection within the command timeout.
     async fn run<T, F, Fut>(&self, call: F) -> Result<T, GateError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let lease = self.pool.get().await?;

@@ -50,7 +50,10 @@ pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "partition.assignment.strategy",
+            &settings.assignment_strategy,
+        )
         .set(
             "session.timeout.ms",
             settings.session_timeout_ms.to_string(),

@@ -12,11 +12,13 @@
 //! - [`entities`], [`db`] — the PostgreSQL schema as sea-orm entities, and the pool.
 //! - [`metrics`] — declaring and rendering Prometheus metrics.
 //! - [`shutdown`] — the SIGINT/SIGTERM future both binaries stop on.
+//! - [`healthcheck`] — the binaries' own container healthcheck.
 //! - [`telemetry`] — logging.
 
 pub mod db;
 pub mod entities;
 pub mod gate;
+pub mod healthcheck;
 pub mod ids;
 pub mod kafka;
 pub mod keys;

@@ -11,6 +11,11 @@
 //!
 //! Connections are opened on first use, so a process starts while Redis is
 //! down; a connection that breaks is dropped and reopened by the next call.
+//!
+//! With `redis.cluster_nodes` set, the pool holds one Redis Cluster
+//! connection instead (itself multiplexed over a connection per node): every
+//! key of a campaign carries the campaign as its hash tag, so each script
+//! and pipeline stays within one slot.
 //! Each connection's driver task runs on the runtime the pool was built on
 //! (the process's multi-threaded one), not on whichever actix worker thread
 //! happened to make the first call, so a busy worker never stalls the
@@ -21,8 +26,54 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus::Histogram;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+
+/// A connection to a single Redis or to a Redis Cluster.
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "RedisConn::Single",
+            Self::Cluster(_) => "RedisConn::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -33,13 +84,16 @@ pub enum ConnectError {
 }
 
 struct Slot {
-    conn: RwLock<Option<MultiplexedConnection>>,
+    conn: RwLock<Option<RedisConn>>,
     /// Serialises (re)connecting, so a burst opens one socket, not hundreds.
     connecting: tokio::sync::Mutex<()>,
 }
 
 pub struct RedisPool {
+    /// A single server's client; in cluster mode, the first node's (for
+    /// pub/sub, which a cluster propagates to every node).
     client: Client,
+    cluster: Option<ClusterClient>,
     slots: Vec<Slot>,
     next: AtomicUsize,
     connect_timeout: Duration,
@@ -59,7 +113,7 @@ impl std::fmt::Debug for RedisPool {
 /// broken connection can be reported back.
 #[derive(Clone)]
 pub struct Lease {
-    pub conn: MultiplexedConnection,
+    pub conn: RedisConn,
     slot: usize,
 }
 
@@ -73,10 +127,29 @@ impl std::fmt::Debug for Lease {
 
 impl RedisPool {
     /// Must be called within a tokio runtime: connections are driven there.
-    pub fn new(url: &str, size: usize, connect_timeout: Duration) -> Result<Self, RedisError> {
+    /// `cluster_nodes` non-empty: Redis Cluster mode (then `url` is unused).
+    pub fn new(
+        url: &str,
+        cluster_nodes: &[String],
+        size: usize,
+        connect_timeout: Duration,
+    ) -> Result<Self, RedisError> {
+        let (client, cluster, size) = match cluster_nodes.first() {
+            Some(first) => (
+                Client::open(first.as_str())?,
+                Some(
+                    redis::cluster::ClusterClientBuilder::new(cluster_nodes.to_vec())
+                        .connection_timeout(connect_timeout)
+                        .build()?,
+                ),
+                1,
+            ),
+            None => (Client::open(url)?, None, size),
+        };
         Ok(Self {
             runtime: tokio::runtime::Handle::current(),
-            client: Client::open(url)?,
+            client,
+            cluster,
             slots: (0..size.max(1))
                 .map(|_| Slot {
                     conn: RwLock::new(None),
@@ -116,13 +189,17 @@ impl RedisPool {
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(self.connect_timeout))
                 .set_response_timeout(None);
-            let client = self.client.clone();
+            let (client, cluster) = (self.client.clone(), self.cluster.clone());
             let conn = self
                 .runtime
                 .spawn(async move {
-                    client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await
+                    match cluster {
+                        Some(c) => c.get_async_connection().await.map(RedisConn::Cluster),
+                        None => client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await
+                            .map(RedisConn::Single),
+                    }
                 })
                 .await
                 .map_err(|e| RedisError::from(std::io::Error::other(e)))??;
@@ -169,7 +246,7 @@ impl RedisPool {
     }
 }
 
-fn read(slot: &Slot) -> Option<MultiplexedConnection> {
+fn read(slot: &Slot) -> Option<RedisConn> {
     slot.conn
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -150,6 +150,9 @@ impl Default for HttpSettings {
 #[serde(default)]
 pub struct RedisSettings {
     pub url: String,
+    /// Comma-separated node URLs of a Redis Cluster; when set, `url` is
+    /// unused and the pool talks to the cluster.
+    pub cluster_nodes: String,
     /// Shared multiplexed connections; each carries many requests at once.
     pub pool_size: usize,
     /// Longest wait for a connection (opening one included) before 503.
@@ -165,6 +168,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            cluster_nodes: String::new(),
             pool_size: 4,
             connect_timeout_ms: 500,
             command_timeout_ms: 500,
@@ -234,6 +238,8 @@ pub struct KafkaSettings {
     /// Static membership (`group.instance.id`); unset means dynamic.
     pub group_instance_id: Option<String>,
     pub session_timeout_ms: u64,
+    /// `partition.assignment.strategy` of the worker group.
+    pub assignment_strategy: String,
     /// Consumer `fetch.min.bytes` / `fetch.wait.max.ms`: the broker answers a
     /// fetch when this much data is there, or after this long.
     pub fetch_min_bytes: u32,
@@ -256,6 +262,7 @@ impl Default for KafkaSettings {
             group_id: "coupon-issuer".into(),
             group_instance_id: None,
             session_timeout_ms: 10_000,
+            assignment_strategy: "cooperative-sticky".into(),
             fetch_min_bytes: 1,
             fetch_wait_max_ms: 500,
         }

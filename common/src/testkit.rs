@@ -238,6 +238,95 @@ impl Drop for OwnRedis {
     }
 }
 
+/// A three-master Redis Cluster of the test's own, on spare ports.
+#[derive(Debug)]
+pub struct OwnRedisCluster {
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl OwnRedisCluster {
+    pub fn start() -> Self {
+        let dir = temp_dir("redis-cluster");
+        let ports: Vec<u16> = (0..3).map(|_| spare_port()).collect();
+        let children = ports
+            .iter()
+            .map(|port| {
+                let node_dir = dir.join(port.to_string());
+                std::fs::create_dir_all(&node_dir).unwrap();
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                    ])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .current_dir(&node_dir)
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .expect("start a cluster node");
+                wait_for_port(*port, Duration::from_secs(10), "redis cluster node");
+                child
+            })
+            .collect();
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = Self {
+            ports,
+            dir,
+            children,
+        };
+        let started = Instant::now();
+        loop {
+            let info = Command::new("redis-cli")
+                .args(["-p", &cluster.ports[0].to_string(), "cluster", "info"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "cluster never became ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// `redis.cluster_nodes`: every node's URL, comma-separated.
+    pub fn nodes(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for OwnRedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A PostgreSQL cluster of the test's own on a spare port (Debian's
 /// binaries), so that stopping it affects no other test.
 #[derive(Debug)]

@@ -14,6 +14,7 @@ pub mod admin_lock;
 pub mod consumer;
 pub mod dlq;
 pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod migration;
 pub mod persist;

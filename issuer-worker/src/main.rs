@@ -19,6 +19,8 @@ enum Command {
     Run,
     /// Apply database migrations and create the Kafka topics, then exit.
     Migrate,
+    /// Exit 0 if this host's worker answers `/healthz` (container healthcheck).
+    Healthcheck,
     /// Compare a campaign's gate with its rows; `--repair` releases leaked slots.
     Reconcile {
         #[arg(long)]
@@ -45,6 +47,13 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
     common::telemetry::init(&settings.log);
     match cli.command.unwrap_or(Command::Run) {
+        Command::Healthcheck => {
+            std::process::exit(if common::healthcheck::probe(settings.worker.http_port) {
+                0
+            } else {
+                1
+            })
+        }
         Command::Migrate => {
             let db = common::db::connect(&settings.database).await?;
             issuer_worker::migration::migrate(&db)

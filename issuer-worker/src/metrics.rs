@@ -19,6 +19,8 @@ pub struct WorkerMetrics {
     pub end_to_end_lag_seconds: Histogram,
     pub consumer_lag: IntGauge,
     pub assigned_partitions: IntGauge,
+    pub campaigns_issued: IntGauge,
+    pub campaigns_persisted: IntGauge,
 }
 
 impl WorkerMetrics {
@@ -85,6 +87,16 @@ impl WorkerMetrics {
                 &r,
                 "worker_assigned_partitions",
                 "Partitions this member holds (0 when it left or lost the group).",
+            ),
+            campaigns_issued: gauge(
+                &r,
+                "worker_campaigns_issued",
+                "Slots the gate handed out, summed over recent campaigns (Redis counters).",
+            ),
+            campaigns_persisted: gauge(
+                &r,
+                "worker_campaigns_persisted",
+                "Coupon rows, summed over recent campaigns (the persisted columns).",
             ),
             registry: r,
         }

@@ -13,6 +13,7 @@ pub struct Application {
     worker: Worker,
     http: actix_web::dev::Server,
     http_port: u16,
+    ledger: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Application {
@@ -28,6 +29,12 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let db = common::db::connect(&settings.database).await?;
         let metrics = WorkerMetrics::new();
+        let ledger = tokio::spawn(crate::ledger::run(
+            db.clone(),
+            common::gate::RedisGate::new(&settings.redis, None)?,
+            metrics.campaigns_issued.clone(),
+            metrics.campaigns_persisted.clone(),
+        ));
         let worker = Worker::new(&settings, db, metrics.clone())?;
         let address = format!(
             "{}:{}",
@@ -40,6 +47,7 @@ impl Application {
             worker,
             http,
             http_port,
+            ledger,
         })
     }
 
@@ -52,6 +60,7 @@ impl Application {
         let handle = self.http.handle();
         let http = tokio::spawn(self.http);
         let result = self.worker.run(shutdown).await;
+        self.ledger.abort();
         handle.stop(true).await;
         let _ = http.await;
         result

@@ -49,6 +49,8 @@ pub async fn test_settings() -> Settings {
 pub struct TestApi {
     pub address: String,
     pub client: reqwest::Client,
+    /// The instance's own Redis (single node or cluster), for the audit.
+    pub redis: common::settings::RedisSettings,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -70,6 +72,7 @@ pub async fn spawn_api(settings: &Settings) -> TestApi {
     TestApi {
         address,
         client,
+        redis: settings.redis.clone(),
         stop: Some(tx),
         task: Some(task),
     }
@@ -334,6 +337,7 @@ pub async fn audit(api: &TestApi, campaign: &CampaignId, replies: &[(String, Val
     a.distinct_rows = distinct.len();
     a.lost = accepted.difference(&distinct).cloned().collect();
     a.phantoms = distinct.difference(&promised).cloned().collect();
-    a.gate_count = gate_state(campaign).await.1;
+    let gate = common::gate::RedisGate::new(&api.redis, None).expect("gate");
+    a.gate_count = gate.issued(campaign).await.expect("gate count");
     a
 }
