@@ -26,7 +26,7 @@ pub struct ApiMetrics {
 impl ApiMetrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        Self {
+        let metrics = Self {
             requests: counter_vec(
                 &r,
                 "http_requests_total",
@@ -56,7 +56,7 @@ impl ApiMetrics {
             gate_seconds: histogram(
                 &r,
                 "gate_duration_seconds",
-                "Time of the gate call (pool wait included).",
+                "Time of the gate decision (pool wait included): the gate script, or the Redis calls of the locked section under a lock strategy.",
                 latency_buckets(),
             ),
             produce_seconds: histogram(
@@ -100,7 +100,12 @@ impl ApiMetrics {
                 &["strategy", "version"],
             ),
             registry: r,
+        };
+        // Zero series from the start, so that rates and alerts see them.
+        for result in ["released", "failed"] {
+            metrics.compensations.with_label_values(&[result]);
         }
+        metrics
     }
 }
 

@@ -130,7 +130,7 @@ impl Running {
     }
 }
 
-/// A bare HTTP/1.0 GET (the worker's ops endpoints are tiny).
+/// A bare HTTP/1.0 GET (the worker's ops endpoints are tiny): the body.
 async fn reqwest_get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -140,9 +140,12 @@ async fn reqwest_get(port: u16, path: &str) -> String {
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    match response.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_owned(),
+        None => response,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -335,5 +338,68 @@ async fn while_postgres_is_down_the_worker_pauses_dead_letters_nothing_and_resum
             .is_empty(),
         "an outage must not dead-letter anything"
     );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_are_exported_with_their_types_and_counts_move() {
+    let settings = settings().await;
+    let db = db().await;
+    let c = campaign(&db, 10).await;
+    let topic = Topic::new(&settings);
+    let key = format!("{c}:metrics");
+    let alice = message(c, "alice");
+    topic.send_raw(&key, &alice.encode()).await;
+    topic.send_raw(&key, &alice.encode()).await; // a redelivery
+    topic.send_raw(&key, &message(c, "bob").encode()).await;
+    topic.send_raw(&key, b"{not json").await;
+
+    let worker = start(&settings).await;
+    wait_for_rows(&db, &c, 2, Duration::from_secs(30)).await;
+    let started = Instant::now();
+    let scrape = loop {
+        let s = Scrape::parse(&reqwest_get(worker.http_port, "/metrics").await);
+        if s.sum("worker_messages_consumed_total", &[]) >= 4.0
+            && s.sum("worker_dead_lettered_total", &[]) >= 1.0
+            || started.elapsed() > Duration::from_secs(20)
+        {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    scrape.assert_families(&[
+        ("worker_messages_consumed_total", "counter"),
+        ("worker_coupons_persisted_total", "counter"),
+        ("worker_duplicates_total", "counter"),
+        ("worker_dead_lettered_total", "counter"),
+        ("worker_db_errors_total", "counter"),
+        ("worker_paused", "gauge"),
+        ("worker_batch_size", "histogram"),
+        ("worker_batch_duration_seconds", "histogram"),
+        ("worker_end_to_end_lag_seconds", "histogram"),
+        ("worker_consumer_lag_offsets", "gauge"),
+        ("worker_assigned_partitions", "gauge"),
+        ("worker_campaigns_issued", "gauge"),
+        ("worker_campaigns_persisted", "gauge"),
+    ]);
+    assert_eq!(scrape.sum("worker_messages_consumed_total", &[]), 4.0);
+    assert_eq!(scrape.sum("worker_coupons_persisted_total", &[]), 2.0);
+    assert_eq!(scrape.sum("worker_duplicates_total", &[]), 1.0);
+    assert_eq!(
+        scrape.sum("worker_dead_lettered_total", &[("reason", "unparseable")]),
+        1.0
+    );
+    assert_eq!(
+        scrape.sum("worker_dead_lettered_total", &[("reason", "over_stock")]),
+        0.0,
+        "every reason is exported from the start"
+    );
+    // Batches cover the four messages; each row written has its lag.
+    assert!(scrape.sum("worker_batch_size_count", &[]) >= 1.0);
+    assert_eq!(scrape.sum("worker_batch_size_sum", &[]), 4.0);
+    assert_eq!(scrape.sum("worker_end_to_end_lag_seconds_count", &[]), 2.0);
+    assert!(scrape.sum("worker_end_to_end_lag_seconds_sum", &[]) > 0.0);
+    assert!(scrape.sum("worker_assigned_partitions", &[]) >= 1.0);
+    assert_eq!(scrape.sum("worker_paused", &[]), 0.0);
     worker.stop().await;
 }

@@ -61,7 +61,12 @@ pub(super) async fn issue_under(
         .metrics
         .lock_wait_seconds
         .observe(guard.waited.as_secs_f64());
+    let started = std::time::Instant::now();
     let admitted = section(pipeline, &guard, &campaign, &user).await;
+    pipeline
+        .metrics
+        .gate_seconds
+        .observe(started.elapsed().as_secs_f64());
     if let Err(e) = guard.release().await {
         // The lease runs out by itself; the next holder waits for it.
         tracing::warn!(campaign.id = %campaign, error = %e, "lock not released");
