@@ -16,16 +16,18 @@
 //! not implement that bump and answers it with an unknown error, so there the
 //! replacement is what brings issuance back after a broker outage.)
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use common::message::CouponIssued;
-use common::settings::KafkaSettings;
+use common::settings::{KafkaSettings, Partitioning};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Partitioner, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::oneshot;
 
@@ -68,6 +70,76 @@ impl DeliveryReceipt {
 pub struct DeliveryContext {
     /// Set when this producer can no longer deliver and must be replaced.
     broken: AtomicBool,
+    /// `kafka.partitioning = sticky`; otherwise librdkafka's `partitioner`.
+    sticky: Option<StickyPartitioner>,
+}
+
+/// Keeps every message on one partition for an interval, then moves to the
+/// next available one (`kafka.partitioning = sticky`, see its settings).
+///
+/// librdkafka batches per partition, so with the key hash a produce request
+/// of a busy instance carries one small batch for every partition; on the
+/// local broker each batch costs about as much as a message (measured in
+/// docs/PERFORMANCE.md). Sticky, a request carries one batch of everything
+/// that lingered. The start partition is random, so instances spread out.
+#[derive(Debug)]
+pub struct StickyPartitioner {
+    interval_us: u64,
+    epoch: Instant,
+    /// `(stay until, µs since epoch) << 16 | partition`.
+    state: AtomicU64,
+}
+
+impl StickyPartitioner {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval_us: interval.as_micros().max(1) as u64,
+            epoch: Instant::now(),
+            state: AtomicU64::new(u64::from(rand_partition_seed())),
+        }
+    }
+
+    fn pick(&self, now_us: u64, partitions: i32, available: impl Fn(i32) -> bool) -> i32 {
+        if partitions <= 0 {
+            return rdkafka::producer::PARTITION_UA;
+        }
+        let state = self.state.load(Ordering::Relaxed);
+        let (until, current) = (state >> 16, (state & 0xffff) as i32 % partitions);
+        if now_us < until && available(current) {
+            return current;
+        }
+        // The next available partition; racing callers may both move on,
+        // which costs one extra switch, nothing more.
+        let next = (1..=partitions)
+            .map(|step| (current + step) % partitions)
+            .find(|&p| available(p))
+            .unwrap_or((current + 1) % partitions);
+        let until = now_us + self.interval_us;
+        self.state
+            .store((until << 16) | (next as u64 & 0xffff), Ordering::Relaxed);
+        next
+    }
+}
+
+/// A start partition that differs between processes.
+fn rand_partition_seed() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos ^ std::process::id().wrapping_mul(2_654_435_761)) as u16
+}
+
+impl Partitioner for StickyPartitioner {
+    fn partition(
+        &self,
+        _topic: &str,
+        _key: Option<&[u8]>,
+        partitions: i32,
+        available: impl Fn(i32) -> bool,
+    ) -> i32 {
+        let now_us = self.epoch.elapsed().as_micros() as u64;
+        self.pick(now_us, partitions, available)
+    }
 }
 
 /// Errors after which the producer's idempotence state cannot recover.
@@ -104,8 +176,12 @@ impl ClientContext for DeliveryContext {
     }
 }
 
-impl ProducerContext for DeliveryContext {
+impl ProducerContext<StickyPartitioner> for DeliveryContext {
     type DeliveryOpaque = Box<oneshot::Sender<Delivery>>;
+
+    fn get_custom_partitioner(&self) -> Option<&StickyPartitioner> {
+        self.sticky.as_ref()
+    }
 
     fn delivery(&self, result: &DeliveryResult<'_>, reply: Self::DeliveryOpaque) {
         let delivery = match result {
@@ -136,11 +212,12 @@ fn persistence_status(message: &BorrowedMessage<'_>) -> rdkafka::bindings::rd_ka
     unsafe { rdkafka::bindings::rd_kafka_message_status(message.ptr()) }
 }
 
-type Inner = ThreadedProducer<DeliveryContext>;
+type Inner = ThreadedProducer<DeliveryContext, StickyPartitioner>;
 
 pub struct IssueProducer {
     current: RwLock<Arc<Inner>>,
     config: ClientConfig,
+    sticky: Option<Duration>,
     topic: String,
     enqueue_timeout: Duration,
 }
@@ -156,18 +233,25 @@ impl std::fmt::Debug for IssueProducer {
 impl IssueProducer {
     pub fn new(settings: &KafkaSettings) -> anyhow::Result<Self> {
         let config = common::kafka::producer_config(settings);
-        let producer = Self::create(&config)?;
+        let sticky = (settings.partitioning == Partitioning::Sticky)
+            .then(|| Duration::from_millis(settings.sticky_partition_ms));
+        let producer = Self::create(&config, sticky)?;
         Ok(Self {
             current: RwLock::new(Arc::new(producer)),
             config,
+            sticky,
             topic: settings.topic.clone(),
             enqueue_timeout: Duration::from_millis(settings.enqueue_timeout_ms),
         })
     }
 
-    fn create(config: &ClientConfig) -> anyhow::Result<Inner> {
+    fn create(config: &ClientConfig, sticky: Option<Duration>) -> anyhow::Result<Inner> {
+        let context = DeliveryContext {
+            broken: AtomicBool::new(false),
+            sticky: sticky.map(StickyPartitioner::new),
+        };
         config
-            .create_with_context(DeliveryContext::default())
+            .create_with_context(context)
             .context("creating the Kafka producer")
     }
 
@@ -186,7 +270,7 @@ impl IssueProducer {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if slot.context().broken.load(Ordering::Acquire) {
-            match Self::create(&self.config) {
+            match Self::create(&self.config, self.sticky) {
                 Ok(fresh) => {
                     let old = std::mem::replace(&mut *slot, Arc::new(fresh));
                     tracing::warn!("producer replaced");
@@ -242,5 +326,35 @@ impl IssueProducer {
     /// Waits for every queued message's delivery report (blocking).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer().flush(timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sticky_partitioner_stays_for_the_interval_then_moves_on() {
+        let sticky = StickyPartitioner::new(Duration::from_millis(10));
+        let all = |_: i32| true;
+        let first = sticky.pick(0, 12, all);
+        assert!((0..12).contains(&first));
+        assert_eq!(sticky.pick(5_000, 12, all), first);
+        assert_eq!(sticky.pick(9_999, 12, all), first);
+        let second = sticky.pick(10_001, 12, all);
+        assert_ne!(second, first);
+        assert_eq!(sticky.pick(15_000, 12, all), second);
+    }
+
+    #[test]
+    fn sticky_partitioner_skips_unavailable_partitions() {
+        let sticky = StickyPartitioner::new(Duration::from_millis(10));
+        let only_seven = |p: i32| p == 7;
+        assert_eq!(sticky.pick(0, 12, only_seven), 7);
+        // The sticky partition loses its leader: it moves at once.
+        assert_eq!(sticky.pick(1, 12, |p| p == 3), 3);
+        // Fewer partitions than the remembered one: stays in range.
+        assert!((0..2).contains(&sticky.pick(2, 2, |_| true)));
+        assert_eq!(sticky.pick(3, 0, |_| true), rdkafka::producer::PARTITION_UA);
     }
 }

@@ -230,6 +230,10 @@ pub struct KafkaSettings {
     /// report once the gate admitted it.
     pub delivery_timeout_ms: u64,
     pub linger_ms: u64,
+    /// How the api spreads messages over the topic's partitions.
+    pub partitioning: Partitioning,
+    /// `sticky` partitioning: how long a producer stays on one partition.
+    pub sticky_partition_ms: u64,
     /// `compression.codec`: none, gzip, snappy, lz4, zstd.
     pub compression: String,
     /// Longest wait for room in the producer's queue before answering 503.
@@ -257,6 +261,8 @@ impl Default for KafkaSettings {
             idempotence: true,
             delivery_timeout_ms: 5_000,
             linger_ms: 2,
+            partitioning: Partitioning::Sticky,
+            sticky_partition_ms: 10,
             compression: "none".into(),
             enqueue_timeout_ms: 50,
             group_id: "coupon-issuer".into(),
@@ -267,6 +273,22 @@ impl Default for KafkaSettings {
             fetch_wait_max_ms: 500,
         }
     }
+}
+
+/// Where the api's producer puts each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Partitioning {
+    /// Every producer writes to one partition for `sticky_partition_ms`,
+    /// then moves to another (Kafka's KIP-480, applied to keyed messages):
+    /// each produce request carries one large batch instead of a small one
+    /// per partition. Nothing here needs a key's messages in one partition:
+    /// each (campaign, user) has one message, and the worker deduplicates
+    /// on `UNIQUE(campaign_id, user_id)` whichever partition a copy is in.
+    #[default]
+    Sticky,
+    /// The partition is the Java client's murmur2 hash of the key.
+    Key,
 }
 
 impl KafkaSettings {
@@ -440,6 +462,10 @@ pub struct WorkerSettings {
     /// First and largest pause between retries while PostgreSQL is down.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+    /// How long a gap in a partition's offsets is re-read before it is
+    /// accepted as real (the issue topic has none; see `issuer-worker`'s
+    /// `gaps` module for the broker that makes them).
+    pub gap_patience_ms: u64,
     /// `/metrics` and `/healthz` of the worker; 0 picks a free port.
     pub http_port: u16,
     pub http_host: String,
@@ -453,6 +479,7 @@ impl Default for WorkerSettings {
             shutdown_timeout_ms: 10_000,
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
+            gap_patience_ms: 2_000,
             http_port: 9100,
             http_host: "127.0.0.1".into(),
         }

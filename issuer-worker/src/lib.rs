@@ -5,6 +5,7 @@
 //!   and the tests start exactly this.
 //! - [`consumer`] — the batch loop, offsets stored after the commit, pausing
 //!   while PostgreSQL is down, draining on shutdown.
+//! - [`gaps`] — re-reads offsets a broker skipped.
 //! - [`persist`] — one transaction per batch, with the stock guard.
 //! - [`dlq`] — the dead-letter topic.
 //! - [`migration`] — the schema (`issuer-worker migrate`).
@@ -13,6 +14,7 @@
 pub mod admin_lock;
 pub mod consumer;
 pub mod dlq;
+pub mod gaps;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
