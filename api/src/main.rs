@@ -1,6 +1,11 @@
 use api::startup::Application;
 use common::settings::Settings;
 
+/// glibc's malloc took about a tenth of the api's CPU under load; mimalloc
+/// less than half of that (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;

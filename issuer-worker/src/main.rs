@@ -5,6 +5,11 @@ use common::settings::Settings;
 use issuer_worker::startup::Application;
 use tokio_util::sync::CancellationToken;
 
+/// glibc's malloc took about a tenth of the api's CPU under load; mimalloc
+/// less than half of that (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Persists admitted coupon issuances from Kafka into PostgreSQL.
 #[derive(Debug, Parser)]
 #[command(version)]
