@@ -260,7 +260,7 @@ impl Default for KafkaSettings {
             replication_factor: 1,
             idempotence: true,
             delivery_timeout_ms: 5_000,
-            linger_ms: 2,
+            linger_ms: 1,
             partitioning: Partitioning::Sticky,
             sticky_partition_ms: 10,
             compression: "none".into(),
