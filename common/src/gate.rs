@@ -470,6 +470,23 @@ impl RedisGate {
         Ok(n.unwrap_or(0))
     }
 
+    /// The counter minus the set's size, read in one transaction (so that
+    /// admissions going on meanwhile do not show as drift).
+    pub async fn count_drift(&self, campaign: &CampaignId) -> Result<i64, GateError> {
+        let keys = CampaignKeys::new(campaign);
+        let (issued, members): (Option<i64>, i64) = self
+            .run(|mut conn| async move {
+                redis::pipe()
+                    .atomic()
+                    .get(keys.issued())
+                    .scard(keys.users())
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(issued.unwrap_or(0) - members)
+    }
+
     /// `SADD users user`: `true` when added.
     pub async fn add_holder(
         &self,

@@ -9,8 +9,11 @@
 //!    consumed past them.
 //! 5. A user of the snapshot without a row is a *leaked slot* (a crash
 //!    between gate and produce, a message the stock guard turned away, a
-//!    lost delivery); a row whose user is not in the gate is a *phantom*
-//!    (the gate lost state and was rebuilt wrongly).
+//!    lost delivery); a row whose user is not in the gate once the rows
+//!    are read is a *phantom* (the gate lost state and was rebuilt wrongly).
+//!    Users admitted after t0 (an open campaign keeps issuing, an async
+//!    queue keeps draining) are neither: the gate is read again for
+//!    phantoms, and the counter and the set in one transaction for drift.
 //!
 //! `--repair` releases leaked slots with the compensation script, so that an
 //! open campaign can hand them out again, records those users as `none` for
@@ -80,9 +83,9 @@ pub async fn run(
 
     let rows = row_users(db, &campaign).await?;
     let leaked: Vec<&String> = snapshot.difference(&rows).collect();
-    let phantoms: Vec<&String> = rows.difference(&snapshot).collect();
-    let issued = gate.issued(&campaign).await?.unwrap_or(0);
-    let count_drift = issued - snapshot.len() as i64;
+    let now: BTreeSet<String> = gate.holders(&campaign).await?.into_iter().collect();
+    let phantoms: Vec<&String> = rows.difference(&now).collect();
+    let count_drift = gate.count_drift(&campaign).await?;
 
     let mut released = 0;
     if repair {

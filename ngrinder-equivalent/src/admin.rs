@@ -129,6 +129,7 @@ impl AdminClient {
             .header("authorization", auth)
             .send()
             .await?
+            .error_for_status()?
             .json()
             .await?;
         Ok(body["state"].as_str().unwrap_or("?").to_owned())

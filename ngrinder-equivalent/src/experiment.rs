@@ -117,11 +117,16 @@ fn secrets(state_dir: &Path) -> anyhow::Result<(String, String)> {
     Ok((get("LOCAL_ADMIN_TOKEN")?, get("LOCAL_JWT_SECRET")?))
 }
 
-fn stack_up(
+/// `scripts/stack up` with the cell's instances and strategy. `fresh`
+/// (memory broker only) empties the broker first: its fetches scan every
+/// batch it holds, so a broker filled by earlier cells slows later ones
+/// down (measured in docs/PERFORMANCE.md), and each cell must start alike.
+pub fn stack_up(
     env: &Environment,
     instances: u32,
     strategy: &str,
     fast_broker: bool,
+    fresh: bool,
 ) -> anyhow::Result<()> {
     let mut cmd = std::process::Command::new(&env.stack);
     cmd.args([
@@ -133,6 +138,9 @@ fn stack_up(
     ]);
     if fast_broker {
         cmd.arg("--fast-broker");
+        if fresh {
+            cmd.arg("--fresh-broker");
+        }
     }
     let status = cmd.stdout(std::process::Stdio::null()).status()?;
     anyhow::ensure!(
@@ -183,7 +191,7 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
     for &instances in &plan.instances {
         for strategy in &plan.strategies {
             eprintln!("== stack: {instances} instances, {strategy}");
-            stack_up(env, instances, strategy, plan.fast_broker)?;
+            stack_up(env, instances, strategy, plan.fast_broker, false)?;
             let (admin_token, jwt_secret) = secrets(&env.state_dir)?;
             let instance_urls: Vec<String> = (0..instances)
                 .map(|i| format!("http://127.0.0.1:{}", 8081 + i))
@@ -198,6 +206,9 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                     cell += 1;
                     let label = format!("{strategy}-i{instances}-v{vusers}-r{repeat}");
                     eprintln!("== cell {cell}/{}: {label}", plan.cells());
+                    if plan.fast_broker {
+                        stack_up(env, instances, strategy, true, true)?;
+                    }
                     let spec = RunSpec {
                         label: label.clone(),
                         targets: targets.clone(),
