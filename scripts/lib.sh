@@ -116,7 +116,8 @@ ensure_postgres() {
 # The broker on 9092. `durable` (SQLite under the state directory, survives
 # restarts) or `memory` (faster, lost on restart); `any` takes whatever runs
 # and starts a durable one otherwise. A broker of another storage that this
-# script started is restarted with the one asked for.
+# script started is restarted with the one asked for, and BROKER_REPLACED=1
+# says so (its log is another one: consumers must start afresh).
 ensure_broker() {
   local storage="$1" url
   mkdir -p "$STATE_DIR/broker" "$STATE_DIR/logs"
@@ -136,6 +137,7 @@ ensure_broker() {
     elif [ "$(cat "$STATE_DIR/broker.storage" 2>/dev/null)" != "$storage" ]; then
       log "restarting the broker with $storage storage"
       stop_pid "$STATE_DIR/broker.pid" broker
+      BROKER_REPLACED=1
     else
       return 0
     fi

@@ -4,7 +4,8 @@
 //! length, and the `outcome` field, nothing else. A first version on hyper's
 //! connection API (a separate task per connection, a channel hop per request)
 //! reached 77% of wrk's rate on a trivial endpoint on this 2-core machine;
-//! this one is measured against wrk in docs/RESULTS.md.
+//! this one, on one event loop per thread (see `load`), is measured against
+//! wrk in docs/RESULTS.md.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -99,7 +99,8 @@ pub struct Environment {
     pub threads: usize,
 }
 
-fn secrets(state_dir: &Path) -> anyhow::Result<(String, String)> {
+/// The admin token and JWT secret: the environment's, else the stack's.
+pub fn secrets(state_dir: &Path) -> anyhow::Result<(String, String)> {
     let from_env = (
         std::env::var("APP_AUTH__ADMIN_TOKEN").ok(),
         std::env::var("APP_AUTH__JWT_SECRET").ok(),

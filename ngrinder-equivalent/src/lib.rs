@@ -11,15 +11,20 @@
 //! - [`run`] — one run from campaign to audit; [`report`] its outputs.
 //! - [`experiment`] — plans of strategies × vusers × instances × repeats on
 //!   the local stack, with [`charts`] and the [`seed`]'s published figures.
+//! - [`bench`] — the performance plan (docs/PERFORMANCE.md) with
+//!   baselines side by side, and [`procs`], the CPU and memory of the
+//!   stack's processes during a run.
 //! - [`compare`] — results side by side with verdicts.
 
 pub mod admin;
 pub mod audit;
+pub mod bench;
 pub mod charts;
 pub mod client;
 pub mod compare;
 pub mod experiment;
 pub mod load;
+pub mod procs;
 pub mod report;
 pub mod run;
 pub mod seed;

@@ -63,6 +63,8 @@ struct Shared {
     budget: Option<AtomicI64>,
     timeout: Duration,
     active: AtomicU64,
+    /// Closed model: event loops the vusers are spread over.
+    threads: usize,
 }
 
 impl Shared {
@@ -108,6 +110,7 @@ pub async fn execute(spec: &RunSpec, campaign: &str, minter: Minter) -> anyhow::
         budget: spec.requests.map(|n| AtomicI64::new(n as i64)),
         timeout: Duration::from_millis(spec.request_timeout_ms),
         active: AtomicU64::new(0),
+        threads: spec.threads.max(1),
     });
     let cpu_start = cpu_seconds();
     let started = Instant::now();
@@ -124,14 +127,18 @@ pub async fn execute(spec: &RunSpec, campaign: &str, minter: Minter) -> anyhow::
                     ramp_interval_secs,
                     think_ms,
                 } => {
+                    let threads = shared.threads;
                     closed(
                         shared,
                         targets,
                         vusers,
-                        ramp_initial,
-                        ramp_step,
-                        Duration::from_secs(ramp_interval_secs),
+                        Ramp {
+                            initial: ramp_initial,
+                            step: ramp_step,
+                            interval: Duration::from_secs(ramp_interval_secs),
+                        },
                         Duration::from_millis(think_ms),
+                        threads,
                     )
                     .await;
                     (0, 0)
@@ -276,35 +283,88 @@ fn progress_bar() -> Option<ProgressBar> {
     Some(bar)
 }
 
+/// nGrinder's ramp-up: `initial` vusers at once, then `step` more every
+/// `interval`.
+#[derive(Debug, Clone, Copy)]
+struct Ramp {
+    initial: u32,
+    step: u32,
+    interval: Duration,
+}
+
+impl Ramp {
+    /// When vuser `id` starts, after the run's start.
+    fn start_of(&self, id: u32) -> Duration {
+        let initial = self.initial.max(1);
+        if id < initial {
+            return Duration::ZERO;
+        }
+        let batch = (id - initial) / self.step.max(1) + 1;
+        self.interval * batch
+    }
+}
+
+/// The closed model. Vuser `i` runs on event loop `i % threads`: each loop is
+/// a single-threaded runtime on a thread of its own, like wrk's, so that a
+/// reply wakes its vuser on the thread that waits for it, with no hand-over
+/// between threads (a multi-threaded runtime reached about 80% of wrk's rate
+/// on the same endpoint; docs/RESULTS.md).
 async fn closed(
     shared: Arc<Shared>,
     targets: Vec<Target>,
     vusers: u32,
-    initial: u32,
-    step: u32,
-    interval: Duration,
+    ramp: Ramp,
     think: Duration,
+    threads: usize,
 ) {
-    let mut handles = Vec::with_capacity(vusers as usize);
-    let mut started = 0u32;
-    let mut batch = initial.max(1).min(vusers);
-    loop {
-        for id in started..started + batch {
-            let target = targets[id as usize % targets.len()].clone();
-            handles.push(tokio::spawn(vuser(shared.clone(), id, target, think)));
+    let loops: Vec<_> = (0..threads.max(1))
+        .map(|t| {
+            let shared = shared.clone();
+            let targets = targets.clone();
+            let mine: Vec<u32> = (0..vusers)
+                .filter(|id| *id as usize % threads.max(1) == t)
+                .collect();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            let spawned = std::thread::Builder::new()
+                .name(format!("vusers-{t}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "no runtime for the vusers");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let mut set = tokio::task::JoinSet::new();
+                        for id in mine {
+                            let target = targets[id as usize % targets.len()].clone();
+                            let shared = shared.clone();
+                            let delay = ramp.start_of(id);
+                            set.spawn(async move {
+                                if !delay.is_zero() {
+                                    tokio::select! {
+                                        _ = tokio::time::sleep(delay) => {}
+                                        _ = shared.stop.cancelled() => return,
+                                    }
+                                }
+                                vuser(shared, id, target, think).await;
+                            });
+                        }
+                        while set.join_next().await.is_some() {}
+                    });
+                    let _ = done_tx.send(());
+                });
+            (spawned, done_rx)
+        })
+        .collect();
+    for (spawned, done) in loops {
+        if spawned.is_ok() {
+            let _ = done.await;
         }
-        started += batch;
-        if started >= vusers {
-            break;
-        }
-        batch = step.max(1).min(vusers - started);
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shared.stop.cancelled() => break,
-        }
-    }
-    for h in handles {
-        let _ = h.await;
     }
 }
 
@@ -423,20 +483,24 @@ async fn open(
 
 /// User + system CPU seconds of this process (Linux `/proc/self/stat`).
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name (which may contain spaces) in parens.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    (ticks(11) + ticks(12)) / 100.0
+    crate::procs::own_cpu_seconds()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ramp_starts_the_initial_vusers_at_once_then_a_step_per_interval() {
+        let ramp = Ramp {
+            initial: 10,
+            step: 5,
+            interval: Duration::from_secs(2),
+        };
+        assert_eq!(ramp.start_of(0), Duration::ZERO);
+        assert_eq!(ramp.start_of(9), Duration::ZERO);
+        assert_eq!(ramp.start_of(10), Duration::from_secs(2));
+        assert_eq!(ramp.start_of(14), Duration::from_secs(2));
+        assert_eq!(ramp.start_of(15), Duration::from_secs(4));
+    }
 }

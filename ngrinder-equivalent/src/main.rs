@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ngrinder_equivalent::bench::{self, BenchPlan};
 use ngrinder_equivalent::experiment::{self, Environment, Plan};
 use ngrinder_equivalent::run::{RunRequest, perform};
 use ngrinder_equivalent::spec::{Endpoint, LoadModel, RunSpec};
@@ -26,6 +27,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// A plan (TOML) of strategies × vusers × instances × repeats on the local stack.
     Experiment(ExperimentArgs),
+    /// The performance plan: issue TPS by vusers, baselines side by side, lag, memory.
+    Bench(BenchArgs),
     /// Two or more JSON results side by side; non-zero exit on a regression.
     Compare(CompareArgs),
 }
@@ -139,6 +142,24 @@ struct ExperimentArgs {
 }
 
 #[derive(Debug, Args)]
+struct BenchArgs {
+    /// One repeat of shorter runs (a few minutes) instead of the full plan.
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, default_value = "scripts/stack")]
+    stack: PathBuf,
+    #[arg(long, default_value = "target/stack")]
+    stack_state: PathBuf,
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Report directory (default: target/bench/<timestamp>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
 struct CompareArgs {
     /// Result JSON files; the first is the baseline.
     results: Vec<PathBuf>,
@@ -161,6 +182,7 @@ fn main() -> ExitCode {
     let threads = match &cli.command {
         Command::Run(a) => a.threads,
         Command::Experiment(a) => a.threads,
+        Command::Bench(a) => a.threads,
         Command::Compare(_) => Some(1),
     }
     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -286,6 +308,29 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
             };
             let passed = experiment::run(&plan, &env, &out).await?;
             println!("{}", std::fs::read_to_string(out.join("report.md"))?);
+            println!("report: {}", out.display());
+            Ok(passed)
+        }
+        Command::Bench(a) => {
+            let plan = if a.quick {
+                BenchPlan::quick()
+            } else {
+                BenchPlan::full()
+            };
+            let out = a.out.unwrap_or_else(|| {
+                PathBuf::from(format!(
+                    "target/bench/{}",
+                    chrono::Utc::now().format("%Y%m%d-%H%M%S")
+                ))
+            });
+            let env = Environment {
+                stack: a.stack,
+                state_dir: a.stack_state,
+                redis_url: a.redis_url,
+                threads,
+            };
+            let passed = bench::run(&plan, &env, &out).await?;
+            println!("{}", std::fs::read_to_string(out.join("bench.md"))?);
             println!("report: {}", out.display());
             Ok(passed)
         }

@@ -1,0 +1,50 @@
+//! The request's own work before any dependency is called: the bearer token
+//! checked (HS256), the user and campaign ids parsed. `cargo bench -p api`.
+
+#![allow(clippy::unwrap_used)]
+
+use actix_web::test::TestRequest;
+use api::auth::Authenticator;
+use common::ids::{CampaignId, UserId};
+use common::settings::AuthSettings;
+use criterion::{Criterion, criterion_group, criterion_main};
+use secrecy::SecretString;
+
+fn token(secret: &str, user: &str) -> String {
+    let claims = serde_json::json!({"sub": user, "exp": chrono::Utc::now().timestamp() + 3600});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn request(c: &mut Criterion) {
+    let settings = AuthSettings {
+        admin_token: Some(SecretString::from("bench-admin")),
+        jwt_secret: Some(SecretString::from("bench-secret")),
+        ..AuthSettings::default()
+    };
+    let histogram =
+        prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap();
+    let auth = Authenticator::new(&settings, histogram).unwrap();
+    let bearer = format!("Bearer {}", token("bench-secret", "user-1234567"));
+    let req = TestRequest::post()
+        .uri("/api/v1/campaigns/01a20a0f-0000-7000-8000-000000000000/issue")
+        .insert_header(("authorization", bearer.as_str()))
+        .to_http_request();
+    c.bench_function("jwt_verify_hs256", |b| b.iter(|| auth.user(&req).unwrap()));
+    c.bench_function("parse_campaign_and_user_ids", |b| {
+        b.iter(|| {
+            (
+                CampaignId::parse(std::hint::black_box("01a20a0f-0000-7000-8000-000000000000"))
+                    .unwrap(),
+                UserId::parse(std::hint::black_box("user-1234567")).unwrap(),
+            )
+        })
+    });
+}
+
+criterion_group!(benches, request);
+criterion_main!(benches);

@@ -1,0 +1,82 @@
+//! The message contract's encoding, and the gate script against the Redis of
+//! `COUPON_TEST_REDIS_URL` (one call at a time, and 64 at once on the
+//! shared multiplexed connections). `cargo bench -p common`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::Utc;
+use common::gate::{GateMeta, RedisGate};
+use common::ids::{CampaignId, CouponId, UserId};
+use common::message::CouponIssued;
+use common::settings::RedisSettings;
+use criterion::{Criterion, criterion_group, criterion_main};
+
+fn message(c: &mut Criterion) {
+    let m = CouponIssued::new(
+        CouponId::new(),
+        CampaignId::new(),
+        UserId::parse("user-1234567").unwrap(),
+        Utc::now(),
+        "sync",
+    );
+    let bytes = m.encode();
+    c.bench_function("message_encode", |b| b.iter(|| m.encode()));
+    c.bench_function("message_decode", |b| {
+        b.iter(|| CouponIssued::decode(&bytes).unwrap())
+    });
+}
+
+fn gate(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let settings = RedisSettings {
+        url: std::env::var("COUPON_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        ..RedisSettings::default()
+    };
+    let campaign = CampaignId::new();
+    let gate = runtime.block_on(async {
+        let gate = RedisGate::new(&settings, None).unwrap();
+        let meta = GateMeta {
+            stock: i64::MAX / 2,
+            starts_at: Utc::now() - chrono::Duration::minutes(1),
+            ends_at: None,
+            closed: false,
+        };
+        gate.load_meta(&campaign, &meta).await.unwrap();
+        gate
+    });
+    let next = AtomicU64::new(0);
+    let user = || UserId::parse(&format!("u{}", next.fetch_add(1, Ordering::Relaxed))).unwrap();
+    c.bench_function("gate_admit", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { gate.admit(&campaign, &user()).await.unwrap() })
+    });
+    c.bench_function("gate_admit_64_concurrent", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let users: Vec<UserId> = (0..64).map(|_| user()).collect();
+            futures::future::join_all(users.iter().map(|u| gate.admit(&campaign, u))).await
+        })
+    });
+    runtime.block_on(async {
+        let keys = common::keys::CampaignKeys::new(&campaign);
+        let mut conn = gate
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(&[keys.meta(), keys.users(), keys.issued()])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    });
+}
+
+criterion_group!(benches, message, gate);
+criterion_main!(benches);
