@@ -23,7 +23,7 @@
 //!   the reply is read by the thread that waits for it, with no wake-up of
 //!   another thread. A busy worker stalls only its own calls. Measured with
 //!   the harness (docs/PERFORMANCE.md): about 9% more issue TPS at 100
-//!   vusers and a quarter less api CPU per request than shared connections.
+//!   vusers and a fifth less api CPU per request than shared connections.
 //! - Any other caller (background tasks on the process's multi-threaded
 //!   runtime) shares the pool's connections, driven on the runtime the pool
 //!   was built on.
