@@ -372,6 +372,7 @@ async fn metrics_are_exported_with_their_types_and_counts_move() {
         ("worker_coupons_persisted_total", "counter"),
         ("worker_duplicates_total", "counter"),
         ("worker_dead_lettered_total", "counter"),
+        ("worker_offset_gaps_total", "counter"),
         ("worker_db_errors_total", "counter"),
         ("worker_paused", "gauge"),
         ("worker_batch_size", "histogram"),
