@@ -128,6 +128,9 @@ struct ExperimentArgs {
     /// The small built-in plan (a few minutes).
     #[arg(long)]
     quick: bool,
+    /// Repeats of every cell, in place of the plan's.
+    #[arg(long)]
+    repeats: Option<u32>,
     #[arg(long, default_value = "scripts/stack")]
     stack: PathBuf,
     #[arg(long, default_value = "target/stack")]
@@ -289,11 +292,15 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
             Ok(result.passed())
         }
         Command::Experiment(a) => {
-            let plan = match (&a.plan, a.quick) {
+            let mut plan: Plan = match (&a.plan, a.quick) {
                 (Some(path), _) => Plan::load(path)?,
                 (None, true) => toml::from_str(QUICK_PLAN)?,
                 (None, false) => anyhow::bail!("give a plan file or --quick"),
             };
+            if let Some(repeats) = a.repeats {
+                anyhow::ensure!(repeats > 0, "--repeats must be at least 1");
+                plan.repeats = repeats;
+            }
             let out = a.out.unwrap_or_else(|| {
                 PathBuf::from(format!(
                     "target/experiments/{}",
