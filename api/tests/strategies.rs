@@ -251,3 +251,45 @@ async fn stopping_with_a_full_queue_settles_every_queued_request() {
     );
     observer.stop().await;
 }
+
+/// A client that hangs up while its request is under the lock: the handler
+/// is not cancelled (actix's HTTP/1 dispatcher lets it finish and only then
+/// finds the connection gone), so no slot is left taken half-way (in the set
+/// but not counted, or counted without a message). The user ends `issued`,
+/// and the gate equals the rows. Guards against a server that cancels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_issue_whose_client_hangs_up_runs_to_its_end() {
+    let mut settings = settings_for(StrategyKind::DistributedLock).await;
+    settings.faults.pause_lock_holder_user = Some("gone".into());
+    settings.faults.pause_lock_holder_ms = 1_000;
+    let api = spawn_api(&settings).await;
+    let worker = spawn_worker(&settings).await;
+    let campaign = api.open_campaign(10).await;
+
+    let hung_up = reqwest::Client::new()
+        .post(format!("{}/api/v1/campaigns/{campaign}/issue", api.address))
+        .bearer_auth(mint_jwt("gone", 60))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(
+        hung_up.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "the client was to give up while the holder pauses: {hung_up:?}"
+    );
+
+    let started = std::time::Instant::now();
+    let state = loop {
+        let (_, me) = api.my_coupon(&campaign, "gone").await;
+        let state = me["state"].as_str().unwrap().to_owned();
+        if state == "issued" || started.elapsed() > Duration::from_secs(30) {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(state, "issued", "the request stopped when its client left");
+    assert_eq!(gate_state(&campaign).await.1, Some(1));
+    assert_eq!(rows(&db().await, &campaign).await, 1);
+
+    worker.stop().await;
+    api.stop().await;
+}
