@@ -562,6 +562,28 @@ pub async fn db_at(url: &str) -> DatabaseConnection {
     crate::db::connect(&settings).await.unwrap()
 }
 
+/// An open campaign row written directly, for tests and benchmarks of the
+/// worker (no api in the way).
+pub async fn insert_campaign(db: &DatabaseConnection, name: &str, stock: i64) -> CampaignId {
+    use sea_orm::{ActiveModelTrait, Set};
+    let id = CampaignId::new();
+    let now = chrono::Utc::now();
+    campaigns::ActiveModel {
+        id: Set(id.as_uuid()),
+        name: Set(name.to_owned()),
+        stock: Set(stock),
+        persisted: Set(0),
+        starts_at: Set(now),
+        ends_at: Set(None),
+        state: Set("open".into()),
+        created_at: Set(now),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+    id
+}
+
 pub async fn rows(db: &DatabaseConnection, campaign: &CampaignId) -> u64 {
     coupons::Entity::find()
         .filter(coupons::Column::CampaignId.eq(campaign.as_uuid()))

@@ -13,13 +13,12 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::entities::campaigns;
-use common::ids::{CampaignId, CouponId, UserId};
+use common::ids::{CouponId, UserId};
 use common::message::CouponIssued;
-use common::testkit::{db, isolated_settings, rows};
+use common::testkit::{db, insert_campaign, isolated_settings, rows};
 use issuer_worker::startup::Application;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use sea_orm::{ActiveModelTrait, ConnectionTrait, Set};
+use sea_orm::ConnectionTrait;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -39,20 +38,7 @@ async fn main() {
     issuer_worker::migration::migrate(&db).await.unwrap();
     common::kafka::ensure_topics(&settings.kafka).await.unwrap();
 
-    let campaign = CampaignId::new();
-    campaigns::ActiveModel {
-        id: Set(campaign.as_uuid()),
-        name: Set("drain bench".into()),
-        stock: Set(n as i64),
-        persisted: Set(0),
-        starts_at: Set(Utc::now()),
-        ends_at: Set(None),
-        state: Set("open".into()),
-        created_at: Set(Utc::now()),
-    }
-    .insert(&db)
-    .await
-    .unwrap();
+    let campaign = insert_campaign(&db, "drain bench", n as i64).await;
 
     let preload = Instant::now();
     let producer: ThreadedProducer<_> = common::kafka::producer_config(&settings.kafka)

@@ -7,34 +7,20 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
-use common::entities::campaigns;
-use common::ids::{CampaignId, CouponId, UserId};
+use common::ids::{CouponId, UserId};
 use common::message::CouponIssued;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sea_orm::{ActiveModelTrait, ConnectionTrait, Set};
+use sea_orm::ConnectionTrait;
 
 const BATCH: u64 = 500;
 
 fn persist(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let campaign = CampaignId::new();
-    let db = runtime.block_on(async {
+    let (db, campaign) = runtime.block_on(async {
         let db = common::testkit::db().await;
         issuer_worker::migration::migrate(&db).await.unwrap();
-        campaigns::ActiveModel {
-            id: Set(campaign.as_uuid()),
-            name: Set("persist bench".into()),
-            stock: Set(i64::MAX / 2),
-            persisted: Set(0),
-            starts_at: Set(Utc::now()),
-            ends_at: Set(None),
-            state: Set("open".into()),
-            created_at: Set(Utc::now()),
-        }
-        .insert(&db)
-        .await
-        .unwrap();
-        db
+        let campaign = common::testkit::insert_campaign(&db, "persist bench", i64::MAX / 2).await;
+        (db, campaign)
     });
     let next = AtomicU64::new(0);
     let mut group = c.benchmark_group("worker");

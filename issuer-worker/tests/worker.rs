@@ -8,14 +8,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::entities::campaigns;
 use common::ids::{CampaignId, CouponId, UserId};
 use common::message::{CouponIssued, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER};
 use common::settings::Settings;
 use common::testkit::*;
 use issuer_worker::startup::Application;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sea_orm::{ActiveModelTrait, DatabaseConnection, Set};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -34,25 +32,6 @@ async fn settings() -> Settings {
         .await;
     common::kafka::ensure_topics(&s.kafka).await.unwrap();
     s
-}
-
-/// A campaign row, written directly (the api is not under test here).
-async fn campaign(db: &DatabaseConnection, stock: i64) -> CampaignId {
-    let id = CampaignId::new();
-    campaigns::ActiveModel {
-        id: Set(id.as_uuid()),
-        name: Set("worker test".into()),
-        stock: Set(stock),
-        persisted: Set(0),
-        starts_at: Set(Utc::now()),
-        ends_at: Set(None),
-        state: Set("open".into()),
-        created_at: Set(Utc::now()),
-    }
-    .insert(db)
-    .await
-    .unwrap();
-    id
 }
 
 fn message(campaign: CampaignId, user: &str) -> CouponIssued {
@@ -152,7 +131,7 @@ async fn reqwest_get(port: u16, path: &str) -> String {
 async fn poison_messages_go_to_the_dlq_with_a_reason_and_the_partition_keeps_flowing() {
     let settings = settings().await;
     let db = db().await;
-    let c = campaign(&db, 10).await;
+    let c = insert_campaign(&db, "worker test", 10).await;
     let topic = Topic::new(&settings);
     // Same key, so the same partition: the poison sits between two good ones.
     let key = format!("{c}:same");
@@ -198,7 +177,7 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_the_partition_keeps_flo
 async fn a_message_delivered_twice_leaves_one_row_and_the_guard_keeps_the_stock() {
     let settings = settings().await;
     let db = db().await;
-    let c = campaign(&db, 2).await;
+    let c = insert_campaign(&db, "worker test", 2).await;
     let topic = Topic::new(&settings);
     // One key, so one partition and this order.
     let key = format!("{c}:ordered");
@@ -259,7 +238,7 @@ async fn a_worker_killed_mid_drain_and_restarted_loses_nothing_and_duplicates_no
     let settings = settings().await;
     let db = db().await;
     const N: u64 = 10_000;
-    let c = campaign(&db, N as i64).await;
+    let c = insert_campaign(&db, "worker test", N as i64).await;
     let topic = Topic::new(&settings);
     let sends: Vec<_> = (0..N).map(|i| message(c, &format!("user-{i}"))).collect();
     futures::future::join_all(sends.iter().map(|m| topic.send(m))).await;
@@ -306,7 +285,7 @@ async fn while_postgres_is_down_the_worker_pauses_dead_letters_nothing_and_resum
     settings.worker.retry_max_ms = 500;
     let db = db_at(&pg.url()).await;
     issuer_worker::migration::migrate(&db).await.unwrap();
-    let c = campaign(&db, 100).await;
+    let c = insert_campaign(&db, "worker test", 100).await;
     let topic = Topic::new(&settings);
     let worker = start(&settings).await;
 
@@ -345,7 +324,7 @@ async fn while_postgres_is_down_the_worker_pauses_dead_letters_nothing_and_resum
 async fn metrics_are_exported_with_their_types_and_counts_move() {
     let settings = settings().await;
     let db = db().await;
-    let c = campaign(&db, 10).await;
+    let c = insert_campaign(&db, "worker test", 10).await;
     let topic = Topic::new(&settings);
     let key = format!("{c}:metrics");
     let alice = message(c, "alice");

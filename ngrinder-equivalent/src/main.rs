@@ -131,17 +131,11 @@ struct ExperimentArgs {
     /// Repeats of every cell, in place of the plan's.
     #[arg(long)]
     repeats: Option<u32>,
-    #[arg(long, default_value = "scripts/stack")]
-    stack: PathBuf,
-    #[arg(long, default_value = "target/stack")]
-    stack_state: PathBuf,
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
     /// Report directory (default: target/experiments/<timestamp>).
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    stack: StackArgs,
 }
 
 #[derive(Debug, Args)]
@@ -149,17 +143,45 @@ struct BenchArgs {
     /// One repeat of shorter runs (a few minutes) instead of the full plan.
     #[arg(long)]
     quick: bool,
+    /// Report directory (default: target/bench/<timestamp>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    stack: StackArgs,
+}
+
+/// The local stack that `experiment` and `bench` drive.
+#[derive(Debug, Args)]
+struct StackArgs {
     #[arg(long, default_value = "scripts/stack")]
     stack: PathBuf,
     #[arg(long, default_value = "target/stack")]
     stack_state: PathBuf,
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
-    /// Report directory (default: target/bench/<timestamp>).
-    #[arg(long)]
-    out: Option<PathBuf>,
     #[arg(long)]
     threads: Option<usize>,
+}
+
+impl StackArgs {
+    fn environment(self, threads: usize) -> Environment {
+        Environment {
+            stack: self.stack,
+            state_dir: self.stack_state,
+            redis_url: self.redis_url,
+            threads,
+        }
+    }
+}
+
+/// `given`, or `target/<kind>/<timestamp>`.
+fn report_dir(given: Option<PathBuf>, kind: &str) -> PathBuf {
+    given.unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "target/{kind}/{}",
+            chrono::Utc::now().format("%Y%m%d-%H%M%S")
+        ))
+    })
 }
 
 #[derive(Debug, Args)]
@@ -184,8 +206,8 @@ fn main() -> ExitCode {
         .init();
     let threads = match &cli.command {
         Command::Run(a) => a.threads,
-        Command::Experiment(a) => a.threads,
-        Command::Bench(a) => a.threads,
+        Command::Experiment(a) => a.stack.threads,
+        Command::Bench(a) => a.stack.threads,
         Command::Compare(_) => Some(1),
     }
     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -301,18 +323,8 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
                 anyhow::ensure!(repeats > 0, "--repeats must be at least 1");
                 plan.repeats = repeats;
             }
-            let out = a.out.unwrap_or_else(|| {
-                PathBuf::from(format!(
-                    "target/experiments/{}",
-                    chrono::Utc::now().format("%Y%m%d-%H%M%S")
-                ))
-            });
-            let env = Environment {
-                stack: a.stack,
-                state_dir: a.stack_state,
-                redis_url: a.redis_url,
-                threads,
-            };
+            let out = report_dir(a.out, "experiments");
+            let env = a.stack.environment(threads);
             let passed = experiment::run(&plan, &env, &out).await?;
             println!("{}", std::fs::read_to_string(out.join("report.md"))?);
             println!("report: {}", out.display());
@@ -324,18 +336,8 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
             } else {
                 BenchPlan::full()
             };
-            let out = a.out.unwrap_or_else(|| {
-                PathBuf::from(format!(
-                    "target/bench/{}",
-                    chrono::Utc::now().format("%Y%m%d-%H%M%S")
-                ))
-            });
-            let env = Environment {
-                stack: a.stack,
-                state_dir: a.stack_state,
-                redis_url: a.redis_url,
-                threads,
-            };
+            let out = report_dir(a.out, "bench");
+            let env = a.stack.environment(threads);
             let passed = bench::run(&plan, &env, &out).await?;
             println!("{}", std::fs::read_to_string(out.join("bench.md"))?);
             println!("report: {}", out.display());
