@@ -7,12 +7,18 @@ CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/coupon-engine"
 STATE_DIR="${COUPON_STATE_DIR:-$ROOT/target/stack}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 
+# Apache Kafka, the default broker (scripts/kafka fetches and runs it).
+KAFKA_VERSION=4.1.1
+# Tansu, a Kafka-compatible broker kept as an option (`--broker tansu`).
 TANSU_VERSION=0.6.0
 TANSU_BIN="$CACHE_DIR/tansu-$TANSU_VERSION/bin/tansu"
 
 REDIS_PORT=6379
 PG_PORT=5432
 BROKER_PORT=9092
+CONTROLLER_PORT=9093
+# The role the services and tests connect as (password auth over TCP).
+PG_USER=coupon
 
 log() { printf '\033[1m[%s]\033[0m %s\n' "$(basename "$0")" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -40,38 +46,77 @@ process_alive() {
 }
 pid_alive() { [ -f "$1" ] && process_alive "$(cat "$1")"; }
 
-# Debian packages: the C toolchain for librdkafka's bundled build, HAProxy,
-# Redis and PostgreSQL.
-ensure_packages() {
-  local wanted=(cmake g++ make pkg-config curl jq openssl libssl-dev libsasl2-dev
-    libcurl4-openssl-dev zlib1g-dev haproxy redis-server redis-tools
-    postgresql postgresql-client libfontconfig1-dev fonts-dejavu-core python3 python3-venv)
+# Installs Debian packages that are missing, without recommended extras
+# (some start services of their own on our ports).
+APT_UPDATED=0
+apt_install() {
   local missing=() p
-  for p in "${wanted[@]}"; do
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing Debian packages: ${missing[*]}"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ "$APT_UPDATED" = 0 ]; then
+    as_root apt-get update -qq
+    APT_UPDATED=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
 }
 
-# The Kafka-compatible broker, built once into the cache (about 15 minutes
-# on two cores). A lock keeps concurrent runs from building it twice.
-ensure_broker_binary() {
+# Packages wanted for a tool they ship (promtool), not for the service
+# they would start at install: a policy-rc.d denies service starts meanwhile
+# (unless the machine already has one).
+apt_install_tools_only() {
+  local policy=/usr/sbin/policy-rc.d created=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+    as_root chmod 755 "$policy"
+    created=1
+  fi
+  local status=0
+  apt_install "$@" || status=$?
+  [ "$created" = 1 ] && as_root rm -f "$policy"
+  return "$status"
+}
+
+# Debian packages: the C toolchain for librdkafka's bundled build, HAProxy,
+# Redis, PostgreSQL, and the small tools the scripts call.
+ensure_packages() {
+  apt_install cmake g++ make pkg-config curl jq openssl ca-certificates libssl-dev libsasl2-dev \
+    libcurl4-openssl-dev zlib1g-dev haproxy redis-server redis-tools procps util-linux \
+    postgresql postgresql-client libfontconfig1-dev fonts-dejavu-core python3 python3-venv
+  ensure_rust
+}
+
+# A Rust toolchain at least as new as the workspace's `rust-version`: an
+# older one fails here with a sentence instead of hundreds of errors.
+ensure_rust() {
+  local want have
+  want="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml")"
+  command -v cargo >/dev/null && command -v rustc >/dev/null ||
+    die "no Rust toolchain on PATH: install one with rustup (Rust $want or newer), then run this again"
+  have="$(rustc --version | awk '{print $2}')"
+  [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -1)" = "$want" ] ||
+    die "Rust $have is older than this workspace needs ($want): run 'rustup update' (or install $want+), then run this again"
+}
+
+# Tansu, the optional broker, built once into the cache (about 15 minutes on
+# two cores). A lock keeps concurrent runs from building it twice.
+ensure_tansu_binary() {
   [ -x "$TANSU_BIN" ] && return 0
   mkdir -p "$CACHE_DIR"
   (
     flock 9
     [ -x "$TANSU_BIN" ] && exit 0
-    log "building the broker (tansu $TANSU_VERSION) into $CACHE_DIR; this takes a while, once"
+    log "building tansu $TANSU_VERSION into $CACHE_DIR; this takes a while, once"
     cargo install --locked tansu --version "$TANSU_VERSION" --features dynostore,libsql \
       --root "$CACHE_DIR/tansu-$TANSU_VERSION" --target-dir "$CACHE_DIR/tansu-build" \
       >"$CACHE_DIR/tansu-build.log" 2>&1 || {
       tail -20 "$CACHE_DIR/tansu-build.log" >&2
       exit 1
     }
-  ) 9>"$CACHE_DIR/tansu-build.lock" || die "building the broker failed (see $CACHE_DIR/tansu-build.log)"
+  ) 9>"$CACHE_DIR/tansu-build.lock" || die "building tansu failed (see $CACHE_DIR/tansu-build.log)"
 }
 
 # Redis on 6379; started here (and later stopped by `stack down`) only when
@@ -87,75 +132,147 @@ ensure_redis() {
   touch "$STATE_DIR/redis.started-here"
 }
 
-# PostgreSQL on 5432 with trust auth from localhost, and the databases given.
+# psql as the `postgres` OS user through the local socket (peer auth, as
+# Debian sets it up): the one way in that needs no password.
+psql_as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then
+    (cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 "$@")
+  else
+    (cd / && sudo -u postgres psql -X -q -v ON_ERROR_STOP=1 "$@")
+  fi
+}
+
+# The password of the project's PostgreSQL role, generated once per machine
+# user and kept (mode 600) with the local secrets' cache.
+PG_SECRETS="$CACHE_DIR/secrets/postgres.env"
+pg_password() {
+  if [ ! -s "$PG_SECRETS" ]; then
+    mkdir -p "$(dirname "$PG_SECRETS")"
+    (umask 077 && echo "LOCAL_PG_PASSWORD=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$PG_SECRETS")
+  fi
+  sed -n 's/^LOCAL_PG_PASSWORD=//p' "$PG_SECRETS"
+}
+
+# A connection string for one of the project's databases.
+pg_url() { # database
+  printf 'postgres://%s:%s@127.0.0.1:%s/%s?sslmode=disable' "$PG_USER" "$(pg_password)" "$PG_PORT" "$1"
+}
+
+# PostgreSQL on 5432, as Debian installs it (password auth over TCP): the
+# cluster is started when nothing answers (a machine without systemd), the
+# project's role gets its password (set again each time, so a lost secrets
+# file heals) and owns the databases given.
 ensure_postgres() {
   if ! port_open $PG_PORT; then
     local version
     version="$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)"
     [ -n "$version" ] || die "PostgreSQL is installed but has no cluster under /etc/postgresql"
-    local hba="/etc/postgresql/$version/main/pg_hba.conf"
-    if ! as_root grep -q "coupon-engine" "$hba" 2>/dev/null &&
-      ! as_root grep -Eq '^host\s+all\s+all\s+127\.0\.0\.1/32\s+trust' "$hba"; then
-      # A cluster this script starts for the first time gets local trust auth
-      # (a development machine; production uses its own database).
-      as_root sed -i '1i host all all 127.0.0.1/32 trust # coupon-engine local development' "$hba"
-    fi
     log "starting PostgreSQL $version"
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
     mkdir -p "$STATE_DIR"
     echo "$version" >"$STATE_DIR/postgres.started-here"
     wait_port $PG_PORT 20 PostgreSQL
   fi
-  local db
+  local password db
+  password="$(pg_password)"
+  psql_as_postgres -v role="$PG_USER" -v password="$password" <<'SQL' ||
+SELECT format('CREATE ROLE %I LOGIN', :'role')
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
+ALTER ROLE :"role" WITH LOGIN PASSWORD :'password';
+SQL
+    die "could not create the PostgreSQL role $PG_USER through the local socket as the postgres user"
   for db in "$@"; do
-    psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 ||
-      psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE \"$db\"" >/dev/null
+    psql_as_postgres -v role="$PG_USER" -v db="$db" <<'SQL' ||
+SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
+WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
+SQL
+      die "could not create the database $db"
   done
 }
 
-# The broker on 9092. `durable` (SQLite under the state directory, survives
-# restarts) or `memory` (faster, lost on restart); `any` takes whatever runs
-# and starts a durable one otherwise. A broker of another storage that this
-# script started is restarted with the one asked for, and BROKER_REPLACED=1
-# says so (its log is another one: consumers must start afresh).
+# The broker on 9092, of one kind:
+#   kafka          Apache Kafka (scripts/kafka), data under the state
+#                  directory, kept across restarts (committed offsets too);
+#   tansu          Tansu with SQLite storage under the state directory;
+#   tansu-memory   Tansu in memory (lost on restart);
+#   any            whatever answers there, else kafka.
+# A broker of another kind that this script started is stopped and the one
+# asked for started; BROKER_REPLACED=1 says so (its log is another one:
+# consumers must start afresh). BROKER_FRESH=1 empties the broker's storage
+# first.
 ensure_broker() {
-  local storage="$1" url
-  mkdir -p "$STATE_DIR/broker" "$STATE_DIR/logs"
-  if [ "$storage" = any ]; then
+  local kind="$1"
+  mkdir -p "$STATE_DIR/logs"
+  if [ "$kind" = any ]; then
     port_open $BROKER_PORT && return 0
-    storage=durable
+    kind=kafka
   fi
-  case "$storage" in
-  durable) url="sqlite://tansu.db" ;;
-  memory) url="memory://tansu/" ;;
-  *) die "unknown broker storage $storage" ;;
-  esac
+  case "$kind" in kafka | tansu | tansu-memory) ;; *) die "unknown broker $kind (kafka, tansu, tansu-memory)" ;; esac
+  if [ "${BROKER_FRESH:-0}" = 1 ] && pid_alive "$STATE_DIR/broker.pid"; then
+    log "emptying the broker"
+    stop_pid "$STATE_DIR/broker.pid" broker 20
+    BROKER_REPLACED=1
+  fi
   if port_open $BROKER_PORT; then
     if ! pid_alive "$STATE_DIR/broker.pid"; then
-      log "warning: a broker this script did not start answers on $BROKER_PORT; using it as it is (its storage may not be $storage)"
+      log "warning: a broker this script did not start answers on $BROKER_PORT; using it as it is (it may not be $kind)"
       return 0
-    elif [ "$(cat "$STATE_DIR/broker.storage" 2>/dev/null)" != "$storage" ]; then
-      log "restarting the broker with $storage storage"
-      stop_pid "$STATE_DIR/broker.pid" broker
+    elif [ "$(cat "$STATE_DIR/broker.kind" 2>/dev/null)" != "$kind" ]; then
+      log "replacing the broker with $kind"
+      stop_pid "$STATE_DIR/broker.pid" broker 20
       BROKER_REPLACED=1
     else
       return 0
     fi
   fi
-  ensure_broker_binary
-  log "starting the broker on $BROKER_PORT ($storage storage)"
+  if [ "${BROKER_FRESH:-0}" = 1 ]; then
+    rm -rf "$STATE_DIR/kafka" "$STATE_DIR/broker"
+  fi
+  port_open $CONTROLLER_PORT && [ "$kind" = kafka ] &&
+    die "port $CONTROLLER_PORT (the Kafka controller's) is taken by something this script did not start"
+  log "starting the broker on $BROKER_PORT ($kind)"
   # `$!` must be the broker itself (a backgrounded `cd && …` list would be a
-  # subshell, and stopping it would leave the broker running).
-  (
-    cd "$STATE_DIR/broker" || exit 1
-    nohup "$TANSU_BIN" broker \
-      --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-      --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-      --storage-engine "$url" >>"$STATE_DIR/logs/broker.log" 2>&1 &
+  # subshell, and stopping it would leave the broker running); scripts/kafka
+  # execs the JVM, so its pid is the broker's.
+  case "$kind" in
+  kafka)
+    "$ROOT/scripts/kafka" fetch
+    nohup "$ROOT/scripts/kafka" run "$STATE_DIR/kafka" $BROKER_PORT $CONTROLLER_PORT \
+      >>"$STATE_DIR/logs/broker.log" 2>&1 &
     echo $! >"$STATE_DIR/broker.pid"
-  )
-  echo "$storage" >"$STATE_DIR/broker.storage"
-  wait_port $BROKER_PORT 20 broker
+    ;;
+  tansu | tansu-memory)
+    ensure_tansu_binary
+    local url="sqlite://tansu.db"
+    [ "$kind" = tansu-memory ] && url="memory://tansu/"
+    mkdir -p "$STATE_DIR/broker"
+    (
+      cd "$STATE_DIR/broker" || exit 1
+      nohup "$TANSU_BIN" broker \
+        --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+        --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+        --storage-engine "$url" >>"$STATE_DIR/logs/broker.log" 2>&1 &
+      echo $! >"$STATE_DIR/broker.pid"
+    )
+    ;;
+  esac
+  echo "$kind" >"$STATE_DIR/broker.kind"
+  rm -f "$STATE_DIR/broker.storage"
+  wait_port $BROKER_PORT 90 broker
+}
+
+# Settings that only Tansu needs (docs/ARCHITECTURE.md, The local broker):
+# idempotence off (it crashes on the epoch bump after a timed-out message)
+# and the worker's gap guard on (its memory storage skips a batch being
+# written). Apache Kafka runs with the defaults.
+broker_env() { # kind
+  case "$1" in
+  tansu | tansu-memory)
+    export APP_KAFKA__IDEMPOTENCE=false
+    export APP_WORKER__GAP_PATIENCE_MS=2000
+    ;;
+  *) unset APP_KAFKA__IDEMPOTENCE APP_WORKER__GAP_PATIENCE_MS ;;
+  esac
 }
 
 # SIGTERM, then wait (up to $3 s, default 30) before SIGKILL.

@@ -220,11 +220,11 @@ pub struct KafkaSettings {
     pub partitions: i32,
     /// Replication factor when `migrate` creates topics (3 on a real cluster).
     pub replication_factor: i32,
-    /// `enable.idempotence`. On for Apache Kafka. The local broker (Tansu
-    /// 0.6) must run with it off: after a message times out, librdkafka bumps
-    /// the producer epoch, and a produce with an epoch Tansu has not issued
-    /// crashes its storage engine (docs/ARCHITECTURE.md, The broker). The
-    /// system does not rely on it: the worker dedupes on (campaign, user).
+    /// `enable.idempotence`. On (Apache Kafka). Only Tansu 0.6 needs it off
+    /// (`scripts/stack --broker tansu…` does that): after a message times
+    /// out, librdkafka bumps the producer epoch, and a produce with an epoch
+    /// Tansu has not issued crashes its storage engine (docs/ARCHITECTURE.md).
+    /// Nothing relies on it: the worker dedupes on (campaign, user).
     pub idempotence: bool,
     /// `message.timeout.ms`: how long a request may wait for its delivery
     /// report once the gate admitted it.
@@ -466,8 +466,9 @@ pub struct WorkerSettings {
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
     /// How long a gap in a partition's offsets is re-read before it is
-    /// accepted as real (the issue topic has none; see `issuer-worker`'s
-    /// `gaps` module for the broker that makes them).
+    /// accepted as real; 0 (the default, for Apache Kafka) turns the check
+    /// off. Only Tansu's memory storage skips offsets (see `issuer-worker`'s
+    /// `gaps` module); `scripts/stack --broker tansu…` sets 2000.
     pub gap_patience_ms: u64,
     /// `/metrics` and `/healthz` of the worker; 0 picks a free port.
     pub http_port: u16,
@@ -482,7 +483,7 @@ impl Default for WorkerSettings {
             shutdown_timeout_ms: 10_000,
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
-            gap_patience_ms: 2_000,
+            gap_patience_ms: 0,
             http_port: 9100,
             http_host: "127.0.0.1".into(),
         }

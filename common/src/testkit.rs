@@ -5,7 +5,8 @@
 //!
 //! The shared services: `COUPON_TEST_DATABASE_URL`, `COUPON_TEST_REDIS_URL`,
 //! `COUPON_TEST_BROKERS` (scripts/test sets them and starts the services);
-//! `TANSU_BIN` names the broker binary for tests that run a broker of their own.
+//! A test that runs a broker of its own starts Apache Kafka through
+//! `scripts/kafka run` (the jars are fetched once into the cache).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::PathBuf;
@@ -56,9 +57,6 @@ pub fn isolated_settings() -> Settings {
     s.kafka.topic = format!("coupon.issue.test.{tag}");
     s.kafka.dlq_topic = format!("coupon.issue.test.{tag}.dlq");
     s.kafka.partitions = 3;
-    // See `KafkaSettings::idempotence`: the local broker crashes on the epoch
-    // bump that follows a timed-out message.
-    s.kafka.idempotence = false;
     s.kafka.group_id = format!("coupon-issuer-test-{tag}");
     s.kafka.delivery_timeout_ms = 3_000;
     s.kafka.session_timeout_ms = 6_000;
@@ -68,7 +66,19 @@ pub fn isolated_settings() -> Settings {
     s.worker.http_port = 0;
     s.worker.batch_linger_ms = 5;
     s.log.filter = "warn".into();
+    broker_quirks(&mut s);
     s
+}
+
+/// The settings that only Tansu needs, when `COUPON_TEST_BROKER` names it
+/// (`tansu` or `tansu-memory`; unset or `kafka`: Apache Kafka, the defaults):
+/// idempotence off and the worker's gap guard on, as `scripts/stack` sets
+/// them (see `KafkaSettings::idempotence`, `WorkerSettings::gap_patience_ms`).
+pub fn broker_quirks(s: &mut Settings) {
+    if std::env::var("COUPON_TEST_BROKER").is_ok_and(|b| b.starts_with("tansu")) {
+        s.kafka.idempotence = false;
+        s.worker.gap_patience_ms = 2_000;
+    }
 }
 
 /// A port nothing listens on right now.
@@ -96,11 +106,13 @@ fn temp_dir(what: &str) -> PathBuf {
     dir
 }
 
-/// A broker of the test's own (SQLite storage in a temporary directory), so
-/// that stopping or freezing it affects no other test.
+/// An Apache Kafka broker of the test's own (one KRaft node, its data in a
+/// temporary directory), so that stopping or freezing it affects no other
+/// test.
 #[derive(Debug)]
 pub struct OwnBroker {
     pub port: u16,
+    controller_port: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -109,6 +121,7 @@ impl OwnBroker {
     pub fn start() -> Self {
         let mut broker = Self {
             port: spare_port(),
+            controller_port: spare_port(),
             dir: temp_dir("broker"),
             child: None,
         };
@@ -120,33 +133,27 @@ impl OwnBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// (Re)starts the broker process on the same port and data.
+    /// (Re)starts the broker process on the same ports and data.
     pub fn restart(&mut self) {
-        let bin = std::env::var("TANSU_BIN")
-            .expect("TANSU_BIN must name the broker binary (scripts/test sets it)");
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("broker.log"))
             .unwrap();
-        let child = Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(&self.dir)
-            .env("RUST_LOG", "warn")
+        // `scripts/kafka run` execs the JVM: the child's pid is the broker's.
+        let child = Command::new(script)
+            .arg("run")
+            .arg(self.dir.join("kafka"))
+            .arg(self.port.to_string())
+            .arg(self.controller_port.to_string())
+            .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("start the broker");
+            .expect("start the broker (scripts/kafka run)");
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(20), "broker");
+        wait_for_port(self.port, Duration::from_secs(90), "broker");
     }
 
     pub fn kill(&mut self) {
@@ -171,7 +178,7 @@ impl Drop for OwnBroker {
         if std::thread::panicking() {
             // Keep the broker's side of a failed test.
             let log = std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default();
-            let tail: Vec<_> = log.lines().rev().take(100000).collect();
+            let tail: Vec<_> = log.lines().rev().take(300).collect();
             eprintln!("--- own broker log (last lines) ---");
             for line in tail.iter().rev() {
                 eprintln!("{line}");

@@ -34,6 +34,7 @@ async fn main() {
         http_port: 0,
         ..Default::default()
     };
+    common::testkit::broker_quirks(&mut settings);
     let db = db().await;
     issuer_worker::migration::migrate(&db).await.unwrap();
     common::kafka::ensure_topics(&settings.kafka).await.unwrap();

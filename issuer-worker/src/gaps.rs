@@ -1,8 +1,14 @@
-//! Guard against a broker that skips offsets.
+//! Guard against a broker that skips offsets: Tansu only, off by default.
 //!
-//! The issue topic is neither compacted nor transactional, so its offsets are
-//! contiguous: the next message of a partition is always `last + 1`. The local
-//! broker's memory storage (Tansu 0.6) breaks that under concurrent produces:
+//! The issue topic is neither compacted nor transactional, so on Apache Kafka
+//! its offsets are contiguous and the guard has nothing to do; with
+//! `worker.gap_patience_ms = 0` (the default) it accepts every message and
+//! never seeks. Where a real topic has gaps (transaction markers, compaction,
+//! records deleted below the log start) nothing is skipped either way: the
+//! guard only ever delays a message, never drops it for good.
+//!
+//! Tansu 0.6's memory storage (`--broker tansu-memory`, which sets the patience)
+//! breaks contiguity under concurrent produces:
 //! it advances a partition's high watermark before it writes the batch, and a
 //! fetch that lands in between lists only the batches already written, so it
 //! returns a later batch and the consumer's position jumps over the one being
@@ -64,7 +70,15 @@ impl GapGuard {
         self.gaps.clear();
     }
 
+    /// Whether the guard checks anything (a patience of zero turns it off).
+    pub fn enabled(&self) -> bool {
+        !self.patience.is_zero()
+    }
+
     pub fn observe(&mut self, partition: i32, offset: i64, now: Instant) -> Verdict {
+        if !self.enabled() {
+            return Verdict::Accept;
+        }
         let expected = match self.next.get(&partition) {
             Some(&expected) if offset > expected => expected,
             Some(&expected) => {
@@ -157,6 +171,17 @@ mod tests {
             Verdict::GapAccepted { expected: 1 }
         );
         assert_eq!(g.observe(0, 6, t), Verdict::Accept);
+    }
+
+    #[test]
+    fn a_zero_patience_turns_the_guard_off() {
+        let mut g = GapGuard::new(Duration::ZERO);
+        let t = Instant::now();
+        assert!(!g.enabled());
+        assert_eq!(g.observe(0, 0, t), Verdict::Accept);
+        // A real gap (a transaction marker, compaction) passes at once.
+        assert_eq!(g.observe(0, 7, t), Verdict::Accept);
+        assert_eq!(g.observe(0, 8, t), Verdict::Accept);
     }
 
     #[test]

@@ -2,14 +2,15 @@
 //! local stack (3 api instances, strategy `sync`, unique users, stock that
 //! never sells out, the worker draining meanwhile):
 //! - the issue path at each vuser level, repeated, with the vusers spread
-//!   over the instances by the client, each run audited, on an emptied
-//!   memory broker;
+//!   over the instances by the client, each run audited, on the plan's
+//!   first broker (Apache Kafka unless told otherwise);
 //! - at the same levels, side by side: the trivial endpoint spread the same
 //!   way, the trivial endpoint through HAProxy, and the issue path through
 //!   HAProxy — the ratios that stay meaningful on a shared, noisy machine;
-//! - the issue path on the durable (SQLite) broker;
 //! - end-to-end lag (request to committed row) at a fixed open-model rate,
 //!   from the worker's histogram;
+//! - the issue path and the lag again on each further broker of the plan
+//!   (`--brokers kafka,tansu-memory,tansu`), side by side;
 //! - for every run, each component's CPU and largest resident set
 //!   ([`procs`](crate::procs)).
 //!
@@ -45,6 +46,14 @@ pub struct BenchPlan {
     /// Open-model rate of the end-to-end lag run, and its length.
     pub lag_rate: u64,
     pub lag_secs: u64,
+    /// `scripts/stack --broker` kinds; the first carries the whole plan, the
+    /// others the issue path and the lag, side by side.
+    #[serde(default = "default_brokers")]
+    pub brokers: Vec<String>,
+}
+
+fn default_brokers() -> Vec<String> {
+    vec!["kafka".into()]
 }
 
 impl BenchPlan {
@@ -57,6 +66,7 @@ impl BenchPlan {
             warmup_secs: 10,
             lag_rate: 10_000,
             lag_secs: 60,
+            brokers: default_brokers(),
         }
     }
 
@@ -69,6 +79,7 @@ impl BenchPlan {
             warmup_secs: 5,
             lag_rate: 10_000,
             lag_secs: 15,
+            brokers: default_brokers(),
         }
     }
 }
@@ -84,11 +95,14 @@ pub struct Measured {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LagResult {
+    pub broker: String,
     pub rate: u64,
     pub tps: f64,
     pub messages: f64,
     pub p50_secs: Option<f64>,
     pub p99_secs: Option<f64>,
+    /// The run's audit passed.
+    pub passed: bool,
     pub procs: ProcUse,
 }
 
@@ -98,7 +112,8 @@ pub struct BenchResult {
     pub machine: Machine,
     pub date: String,
     pub runs: Vec<Measured>,
-    pub lag: Option<LagResult>,
+    /// One per broker, in the plan's order.
+    pub lags: Vec<LagResult>,
 }
 
 impl BenchResult {
@@ -136,7 +151,16 @@ pub const ISSUE: &str = "issue, client-side";
 pub const TRIVIAL: &str = "trivial, client-side";
 pub const TRIVIAL_LB: &str = "trivial, HAProxy";
 pub const ISSUE_LB: &str = "issue, HAProxy";
-pub const ISSUE_DURABLE: &str = "issue, client-side, durable broker";
+/// The issue path, client-side, on a further broker of the plan.
+pub fn issue_on(broker: &str) -> String {
+    format!("{ISSUE}, broker {broker}")
+}
+
+/// Whether a broker kind needs emptying before each run: Tansu's memory
+/// storage slows as it fills (its fetches scan every stored batch).
+fn needs_fresh(broker: &str) -> bool {
+    broker == "tansu-memory"
+}
 
 fn instance_urls() -> Vec<String> {
     (0..INSTANCES)
@@ -158,7 +182,8 @@ async fn measured(
 ) -> anyhow::Result<Measured> {
     let (admin_token, jwt_secret) = secrets(env)?;
     let (targets, endpoint) = match kind {
-        ISSUE | ISSUE_DURABLE => (instance_urls(), Endpoint::Issue),
+        ISSUE => (instance_urls(), Endpoint::Issue),
+        k if k.starts_with(ISSUE) => (instance_urls(), Endpoint::Issue),
         TRIVIAL => (instance_urls(), Endpoint::Trivial),
         TRIVIAL_LB => (vec![BALANCER.to_owned()], Endpoint::Trivial),
         ISSUE_LB => (vec![BALANCER.to_owned()], Endpoint::Issue),
@@ -231,7 +256,11 @@ async fn measured(
 pub async fn run(plan: &BenchPlan, env: &Environment, out: &Path) -> anyhow::Result<bool> {
     std::fs::create_dir_all(out)?;
     let mut runs = Vec::new();
-    let fresh = |env: &Environment| stack_up(env, INSTANCES, "sync", true, true);
+    let main = plan
+        .brokers
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("the plan names no broker"))?;
+    let fresh = |env: &Environment| stack_up(env, INSTANCES, "sync", main, needs_fresh(main));
     for &vusers in &plan.vusers {
         for r in 1..=plan.repeats {
             eprintln!("== issue at {vusers} vusers, repeat {r}");
@@ -255,24 +284,38 @@ pub async fn run(plan: &BenchPlan, env: &Environment, out: &Path) -> anyhow::Res
             runs.push(measured(env, plan, kind, vusers, label, None).await?);
         }
     }
-    eprintln!("== the durable broker");
-    stack_up(env, INSTANCES, "sync", false, false)?;
-    for &vusers in &plan.vusers {
-        runs.push(
-            measured(
-                env,
-                plan,
-                ISSUE_DURABLE,
-                vusers,
-                format!("durable-v{vusers}"),
-                None,
-            )
-            .await?,
-        );
+    let mut lags = vec![lag(env, plan, main).await?];
+    for broker in plan.brokers.iter().skip(1) {
+        eprintln!("== broker {broker}");
+        for &vusers in &plan.vusers {
+            stack_up(env, INSTANCES, "sync", broker, needs_fresh(broker))?;
+            let kind = issue_on(broker);
+            let label = format!("{broker}-v{vusers}");
+            runs.push(measured(env, plan, &kind, vusers, label, None).await?);
+        }
+        lags.push(lag(env, plan, broker).await?);
     }
+    let passed = runs.iter().all(|m| m.result.passed()) && lags.iter().all(|l| l.passed);
 
-    eprintln!("== end-to-end lag at {} requests/s", plan.lag_rate);
-    fresh(env)?;
+    let result = BenchResult {
+        plan: plan.clone(),
+        machine: Machine::here(),
+        date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        runs,
+        lags,
+    };
+    std::fs::write(out.join("bench.json"), serde_json::to_vec_pretty(&result)?)?;
+    std::fs::write(out.join("bench.md"), render(&result))?;
+    Ok(passed)
+}
+
+/// End-to-end lag at the plan's open-model rate on one broker.
+async fn lag(env: &Environment, plan: &BenchPlan, broker: &str) -> anyhow::Result<LagResult> {
+    eprintln!(
+        "== end-to-end lag at {} requests/s ({broker})",
+        plan.lag_rate
+    );
+    stack_up(env, INSTANCES, "sync", broker, needs_fresh(broker))?;
     let before = scrape_lag().await.unwrap_or_default();
     let lag_plan = BenchPlan {
         duration_secs: plan.lag_secs,
@@ -282,29 +325,20 @@ pub async fn run(plan: &BenchPlan, env: &Environment, out: &Path) -> anyhow::Res
         rate: plan.lag_rate,
         max_connections: 1_000,
     };
-    let lag_run = measured(env, &lag_plan, ISSUE, 0, "lag".into(), Some(open)).await?;
+    let label = format!("lag-{broker}");
+    let run = measured(env, &lag_plan, ISSUE, 0, label, Some(open)).await?;
     let after = scrape_lag().await.unwrap_or_default();
     let delta = after.minus(&before);
-    let lag = LagResult {
+    Ok(LagResult {
+        broker: broker.to_owned(),
         rate: plan.lag_rate,
-        tps: lag_run.result.summary.tps,
+        tps: run.result.summary.tps,
         messages: delta.count(),
         p50_secs: delta.quantile(0.50),
         p99_secs: delta.quantile(0.99),
-        procs: lag_run.procs.clone(),
-    };
-    let passed = runs.iter().all(|m| m.result.passed()) && lag_run.result.passed();
-
-    let result = BenchResult {
-        plan: plan.clone(),
-        machine: Machine::here(),
-        date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
-        runs,
-        lag: Some(lag),
-    };
-    std::fs::write(out.join("bench.json"), serde_json::to_vec_pretty(&result)?)?;
-    std::fs::write(out.join("bench.md"), render(&result))?;
-    Ok(passed)
+        passed: run.result.passed(),
+        procs: run.procs,
+    })
 }
 
 /// A cumulative Prometheus histogram: (upper bound, count) pairs.
@@ -414,9 +448,15 @@ pub fn render(r: &BenchResult) -> String {
         out,
         "# Bench\n\n{} on {} cores (kernel {}). Strategy sync, {INSTANCES} api instances, \
          unique users, stock that never sells out, the worker draining meanwhile. \
-         {} s measured after a {} s warm-up, median of {} repeat(s), each run on an emptied \
-         memory broker unless marked durable.\n",
-        r.date, r.machine.cores, r.machine.kernel, p.duration_secs, p.warmup_secs, p.repeats
+         {} s measured after a {} s warm-up, median of {} repeat(s), on broker {} \
+         (Tansu's memory storage is emptied before each run).\n",
+        r.date,
+        r.machine.cores,
+        r.machine.kernel,
+        p.duration_secs,
+        p.warmup_secs,
+        p.repeats,
+        p.brokers.first().map_or("?", String::as_str)
     );
     let _ = writeln!(
         out,
@@ -448,7 +488,7 @@ pub fn render(r: &BenchResult) -> String {
 
     let _ = writeln!(
         out,
-        "\nSide by side at each level (one run each):\n\n| vusers | {ISSUE} | {TRIVIAL} | issue / trivial | {ISSUE_LB} | {TRIVIAL_LB} | issue / trivial | {ISSUE_DURABLE} |\n|---|---|---|---|---|---|---|---|"
+        "\nSide by side at each level (one run each):\n\n| vusers | {ISSUE} | {TRIVIAL} | issue / trivial | {ISSUE_LB} | {TRIVIAL_LB} | issue / trivial |\n|---|---|---|---|---|---|---|"
     );
     let tps = |kind: &str, v: u32| r.median_tps(kind, v);
     let fmt = |x: Option<f64>| x.map_or("-".to_owned(), |t| format!("{t:.0}"));
@@ -479,15 +519,18 @@ pub fn render(r: &BenchResult) -> String {
         lb_ratios.extend(ratio(il, tl));
         let _ = writeln!(
             out,
-            "| {v} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {v} | {} | {} | {} | {} | {} | {} |",
             audited(ISSUE, v),
             fmt(t),
             pct(ratio(i, t)),
             audited(ISSUE_LB, v),
             fmt(tl),
             pct(ratio(il, tl)),
-            audited(ISSUE_DURABLE, v),
         );
+    }
+
+    if p.brokers.len() > 1 {
+        brokers_side_by_side(&mut out, r);
     }
 
     let _ = writeln!(
@@ -542,7 +585,7 @@ pub fn render(r: &BenchResult) -> String {
             verdict(ratio >= 85.0)
         );
     }
-    if let Some(lag) = &r.lag {
+    if let Some(lag) = r.lags.first() {
         let p99 = lag.p99_secs;
         let _ = writeln!(
             out,
@@ -598,16 +641,79 @@ pub fn render(r: &BenchResult) -> String {
             );
         }
     }
-    if let Some(lag) = &r.lag {
+    for lag in &r.lags {
         let _ = writeln!(
             out,
-            "| open model at {} requests/s | {:.0} | {} |",
+            "| open model at {} requests/s, broker {} | {:.0} | {} |",
             lag.rate,
+            lag.broker,
             lag.tps,
             cpu_split(&lag.procs)
         );
     }
     out
+}
+
+/// The issue path and the lag on every broker of the plan, one run each:
+/// TPS and p99 by level, the broker's CPU and largest RSS at the highest
+/// level, the lag at the open-model rate.
+fn brokers_side_by_side(out: &mut String, r: &BenchResult) {
+    let p = &r.plan;
+    let levels: Vec<String> = p.vusers.iter().map(|v| format!("{v} vusers")).collect();
+    let _ = writeln!(
+        out,
+        "\nBrokers side by side (the first carries the plan; one run each on the others):\n\n\
+         | broker | {} | broker CPU, RSS at {} vusers | lag p50 / p99 at {}/s (TPS) |\n|---|{}---|---|",
+        levels.join(" | "),
+        p.vusers.last().copied().unwrap_or(0),
+        p.lag_rate,
+        "---|".repeat(levels.len()),
+    );
+    for (i, broker) in p.brokers.iter().enumerate() {
+        let kind = if i == 0 {
+            ISSUE.to_owned()
+        } else {
+            issue_on(broker)
+        };
+        let cells: Vec<String> = p
+            .vusers
+            .iter()
+            .map(|&v| match r.median_run(&kind, v) {
+                Some(m) => format!(
+                    "{:.0} TPS, p99 {}{}",
+                    m.result.summary.tps,
+                    ms(m.result.summary.p99_us),
+                    if m.result.passed() {
+                        ""
+                    } else {
+                        " (audit FAIL)"
+                    }
+                ),
+                None => "-".to_owned(),
+            })
+            .collect();
+        let top = p
+            .vusers
+            .last()
+            .and_then(|&v| r.median_run(&kind, v))
+            .map_or("-".to_owned(), |m| {
+                format!(
+                    "{:.0}%, {:.0} MiB",
+                    m.procs.cpu_percent.get("broker").copied().unwrap_or(0.0),
+                    m.procs.max_rss_mib.get("broker").copied().unwrap_or(0.0)
+                )
+            });
+        let lag = r
+            .lags
+            .iter()
+            .find(|l| &l.broker == broker)
+            .map_or("-".to_owned(), |l| {
+                let f =
+                    |x: Option<f64>| x.map_or("-".to_owned(), |s| format!("{:.0} ms", s * 1000.0));
+                format!("{} / {} ({:.0})", f(l.p50_secs), f(l.p99_secs), l.tps)
+            });
+        let _ = writeln!(out, "| {broker} | {} | {top} | {lag} |", cells.join(" | "));
+    }
 }
 
 #[cfg(test)]

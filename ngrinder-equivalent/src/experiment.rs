@@ -36,10 +36,16 @@ pub struct Plan {
     /// discovery client did) or `balancer` (through HAProxy).
     #[serde(default = "client_side")]
     pub spread: String,
-    /// The broker's memory storage (faster; the durable one is the default
-    /// of the stack).
+    /// The stack's broker: `kafka` (Apache Kafka, the default), `tansu`
+    /// or `tansu-memory` (`scripts/stack --broker`).
+    #[serde(default = "kafka")]
+    pub broker: String,
+    /// Every cell starts on an empty broker (`scripts/stack --fresh-broker`).
+    /// Tansu's memory storage slows as it fills (its fetches scan every
+    /// stored batch), so a plan on it needs this for cells to start alike;
+    /// Apache Kafka does not.
     #[serde(default)]
-    pub fast_broker: bool,
+    pub fresh_broker: bool,
     /// Campaign stock; absent: never sells out.
     pub stock: Option<i64>,
     #[serde(default = "timeout_ms")]
@@ -53,6 +59,10 @@ pub struct Plan {
     pub stop_error_ratio: f64,
     #[serde(default = "ramp_interval")]
     pub ramp_interval_secs: u64,
+}
+
+fn kafka() -> String {
+    "kafka".into()
 }
 
 fn one() -> u32 {
@@ -118,15 +128,13 @@ pub fn secrets(state_dir: &Path) -> anyhow::Result<(String, String)> {
     Ok((get("LOCAL_ADMIN_TOKEN")?, get("LOCAL_JWT_SECRET")?))
 }
 
-/// `scripts/stack up` with the cell's instances and strategy. `fresh`
-/// (memory broker only) empties the broker first: its fetches scan every
-/// batch it holds, so a broker filled by earlier cells slows later ones
-/// down (measured in docs/PERFORMANCE.md), and each cell must start alike.
+/// `scripts/stack up` with the cell's instances, strategy and broker.
+/// `fresh` empties the broker first (see [`Plan::fresh_broker`]).
 pub fn stack_up(
     env: &Environment,
     instances: u32,
     strategy: &str,
-    fast_broker: bool,
+    broker: &str,
     fresh: bool,
 ) -> anyhow::Result<()> {
     let mut cmd = std::process::Command::new(&env.stack);
@@ -137,11 +145,9 @@ pub fn stack_up(
         "--strategy",
         strategy,
     ]);
-    if fast_broker {
-        cmd.arg("--fast-broker");
-        if fresh {
-            cmd.arg("--fresh-broker");
-        }
+    cmd.args(["--broker", broker]);
+    if fresh {
+        cmd.arg("--fresh-broker");
     }
     let status = cmd.stdout(std::process::Stdio::null()).status()?;
     anyhow::ensure!(
@@ -192,7 +198,7 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
     for &instances in &plan.instances {
         for strategy in &plan.strategies {
             eprintln!("== stack: {instances} instances, {strategy}");
-            stack_up(env, instances, strategy, plan.fast_broker, false)?;
+            stack_up(env, instances, strategy, &plan.broker, false)?;
             let (admin_token, jwt_secret) = secrets(&env.state_dir)?;
             let instance_urls: Vec<String> = (0..instances)
                 .map(|i| format!("http://127.0.0.1:{}", 8081 + i))
@@ -207,8 +213,8 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                     cell += 1;
                     let label = format!("{strategy}-i{instances}-v{vusers}-r{repeat}");
                     eprintln!("== cell {cell}/{}: {label}", plan.cells());
-                    if plan.fast_broker {
-                        stack_up(env, instances, strategy, true, true)?;
+                    if plan.fresh_broker {
+                        stack_up(env, instances, strategy, &plan.broker, true)?;
                     }
                     let spec = RunSpec {
                         label: label.clone(),
@@ -349,11 +355,7 @@ fn report(plan: &Plan, results: &[RunResult]) -> String {
         plan.warmup_secs,
         plan.users.describe(),
         plan.spread,
-        if plan.fast_broker {
-            "memory storage"
-        } else {
-            "durable (SQLite) storage"
-        },
+        plan.broker,
     );
     let _ = writeln!(
         out,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 /// Process names (`/proc/<pid>/comm`, at most 15 bytes) and what they are.
+/// Apache Kafka runs as `java`: see [`JVM_BROKER`].
 pub const COMPONENTS: [(&str, &str); 7] = [
     ("api", "api"),
     ("issuer-worker", "worker"),
@@ -36,7 +37,18 @@ struct Reading {
     rss_kib: u64,
 }
 
-fn component(comm: &str) -> Option<&'static str> {
+/// The main class of the Apache Kafka broker's JVM (`scripts/kafka run`):
+/// a `java` process whose command line names it is the broker.
+pub const JVM_BROKER: &str = "kafka.Kafka";
+
+fn component(comm: &str, pid: u32) -> Option<&'static str> {
+    if comm == "java" {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        return cmdline
+            .split(|&b| b == 0)
+            .any(|arg| arg == JVM_BROKER.as_bytes())
+            .then_some("broker");
+    }
     COMPONENTS
         .iter()
         .find(|(name, _)| *name == comm)
@@ -61,7 +73,7 @@ fn read_all() -> BTreeMap<u32, (&'static str, Reading)> {
             continue;
         };
         if let Some((comm, reading)) = parse_stat(&stat, pid)
-            && let Some(c) = component(comm)
+            && let Some(c) = component(comm, pid)
         {
             out.insert(pid, (c, reading));
         }

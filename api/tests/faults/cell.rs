@@ -52,7 +52,6 @@ impl Cell {
             ("APP_REDIS__URL".into(), redis.url()),
             ("APP_KAFKA__BROKERS".into(), broker.address()),
             ("APP_KAFKA__PARTITIONS".into(), "6".into()),
-            ("APP_KAFKA__IDEMPOTENCE".into(), "false".into()),
             ("APP_KAFKA__DELIVERY_TIMEOUT_MS".into(), "3000".into()),
             ("APP_KAFKA__SESSION_TIMEOUT_MS".into(), "6000".into()),
             ("APP_AUTH__ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
