@@ -157,7 +157,25 @@ impl OwnBroker {
             .spawn()
             .expect("start the broker (scripts/kafka run)");
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(90), "broker");
+        self.wait_listening(Duration::from_secs(90));
+    }
+
+    /// Waits for the broker's port; fails at once, with its log, if the
+    /// process exits first (a bad config or data directory).
+    fn wait_listening(&mut self, within: Duration) {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                let log = std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default();
+                panic!("the broker exited ({status}) before it listened:\n{log}");
+            }
+            assert!(
+                started.elapsed() < within,
+                "the broker did not open port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn kill(&mut self) {
