@@ -64,9 +64,14 @@ pub async fn spawn_api(settings: &Settings) -> TestApi {
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
+    // The server always answers first: a lock wait and a delivery wait,
+    // then 30 s of slack for a loaded machine.
+    let client_timeout = Duration::from_millis(
+        settings.lock.wait_ms + settings.kafka.delivery_timeout_ms + 30_000,
+    );
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
-        .timeout(Duration::from_secs(30))
+        .timeout(client_timeout)
         .build()
         .expect("client");
     TestApi {
