@@ -66,9 +66,8 @@ pub async fn spawn_api(settings: &Settings) -> TestApi {
     }));
     // The server always answers first: a lock wait and a delivery wait,
     // then 30 s of slack for a loaded machine.
-    let client_timeout = Duration::from_millis(
-        settings.lock.wait_ms + settings.kafka.delivery_timeout_ms + 30_000,
-    );
+    let client_timeout =
+        Duration::from_millis(settings.lock.wait_ms + settings.kafka.delivery_timeout_ms + 30_000);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .timeout(client_timeout)
