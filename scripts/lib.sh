@@ -194,8 +194,7 @@ SQL
 #   kafka          Apache Kafka (scripts/kafka), data under the state
 #                  directory, kept across restarts (committed offsets too);
 #   tansu          Tansu with SQLite storage under the state directory;
-#   tansu-memory   Tansu in memory (lost on restart);
-#   any            whatever answers there, else kafka.
+#   tansu-memory   Tansu in memory (lost on restart).
 # A broker of another kind that this script started is stopped and the one
 # asked for started; BROKER_REPLACED=1 says so (its log is another one:
 # consumers must start afresh). BROKER_FRESH=1 empties the broker's storage
@@ -203,10 +202,6 @@ SQL
 ensure_broker() {
   local kind="$1"
   mkdir -p "$STATE_DIR/logs"
-  if [ "$kind" = any ]; then
-    port_open $BROKER_PORT && return 0
-    kind=kafka
-  fi
   case "$kind" in kafka | tansu | tansu-memory) ;; *) die "unknown broker $kind (kafka, tansu, tansu-memory)" ;; esac
   if [ "${BROKER_FRESH:-0}" = 1 ] && pid_alive "$STATE_DIR/broker.pid"; then
     log "emptying the broker"
@@ -257,7 +252,6 @@ ensure_broker() {
     ;;
   esac
   echo "$kind" >"$STATE_DIR/broker.kind"
-  rm -f "$STATE_DIR/broker.storage"
   wait_port $BROKER_PORT 90 broker
 }
 

@@ -182,7 +182,7 @@ async fn measured(
 ) -> anyhow::Result<Measured> {
     let (admin_token, jwt_secret) = secrets(env)?;
     let (targets, endpoint) = match kind {
-        ISSUE => (instance_urls(), Endpoint::Issue),
+        // ISSUE, or ISSUE on a further broker (`issue_on`).
         k if k.starts_with(ISSUE) => (instance_urls(), Endpoint::Issue),
         TRIVIAL => (instance_urls(), Endpoint::Trivial),
         TRIVIAL_LB => (vec![BALANCER.to_owned()], Endpoint::Trivial),
