@@ -21,21 +21,29 @@ pub async fn pause_lock_holder(faults: &FaultSettings, guard: &LockGuard, user: 
     }
 }
 
-/// A crash between the gate and the produce: the user holds a slot with no
-/// message behind it (a leaked slot, for reconciliation to find).
+/// Between the gate and the produce: a crash (the user holds a slot with no
+/// message behind it, a leaked slot for reconciliation to find), or a pause.
 #[allow(unused_variables)]
-pub fn crash_after_gate(faults: &FaultSettings, user: &UserId) {
+pub async fn after_gate(faults: &FaultSettings, user: &UserId) {
     #[cfg(debug_assertions)]
-    if faults.crash_after_gate_user.as_deref() == Some(user.as_str()) {
-        tracing::error!(user.id = %user, "fault: crashing between gate and produce");
-        std::process::abort();
+    {
+        if faults.crash_after_gate_user.as_deref() == Some(user.as_str()) {
+            tracing::error!(user.id = %user, "fault: crashing between gate and produce");
+            std::process::abort();
+        }
+        if faults.pause_after_gate_user.as_deref() == Some(user.as_str()) {
+            tracing::warn!(user.id = %user, "fault: paused between gate and produce");
+            tokio::time::sleep(std::time::Duration::from_millis(faults.pause_after_gate_ms)).await;
+        }
     }
 }
 
 /// Says at start-up that fault settings are ignored by this build.
 pub fn warn_if_ignored(faults: &FaultSettings) {
     if cfg!(not(debug_assertions))
-        && (faults.pause_lock_holder_user.is_some() || faults.crash_after_gate_user.is_some())
+        && (faults.pause_lock_holder_user.is_some()
+            || faults.crash_after_gate_user.is_some()
+            || faults.pause_after_gate_user.is_some())
     {
         tracing::warn!("APP_FAULTS__* is set but this release build has no fault hooks");
     }

@@ -31,7 +31,7 @@ use crate::strategy::{Pipeline, Strategy};
 /// Shared by every worker thread of one api instance.
 #[derive(Debug)]
 pub struct AppState {
-    pub strategy: Strategy,
+    pub strategy: Arc<Strategy>,
     pub pipeline: Arc<Pipeline>,
     pub campaigns: Arc<CampaignStore>,
     pub limiter: Limiter<common::ids::UserId>,
@@ -103,7 +103,7 @@ impl Application {
             settings.faults.clone(),
         ));
         let state = web::Data::new(AppState {
-            strategy: Strategy::build(&settings, pipeline.clone()),
+            strategy: Arc::new(Strategy::build(&settings, pipeline.clone())),
             pipeline,
             campaigns,
             limiter: Limiter::new(&settings.rate_limit.per_user),

@@ -316,6 +316,24 @@ async fn unknown_malformed_not_open_and_closed_campaigns() {
         StatusCode::GONE,
         "closed",
     );
+
+    // An end before 1970 is an end like any other (not "no end").
+    let (status, body) = api
+        .create_campaign(json!({
+            "name": "long ago", "stock": 5,
+            "starts_at": "1960-01-01T00:00:00Z", "ends_at": "1965-01-01T00:00:00Z",
+        }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["state"], "closed", "{body}");
+    let ancient = CampaignId::parse(body["id"].as_str().unwrap()).unwrap();
+    let before = footprint(&settings, &ancient).await;
+    assert_reply(
+        &api.issue(&ancient, "alice").await,
+        StatusCode::GONE,
+        "closed",
+    );
+    assert_eq!(footprint(&settings, &ancient).await, before);
     api.stop().await;
 }
 

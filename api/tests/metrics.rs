@@ -1,4 +1,4 @@
-//! The api's `/metrics`: every family of DESIGN.md (Observability) is there
+//! The api's `/metrics`: every family docs/RUNBOOK.md relies on is there
 //! with its type, the counts move with the requests that were made, and no
 //! label carries a campaign or user id.
 

@@ -1,8 +1,11 @@
 -- The gate: admit one user into a campaign, atomically.
 --
--- KEYS[1]  coupon:{c}:meta    HASH stock, starts_ms, ends_ms (0 = no end), state (open|closed)
+-- KEYS[1]  coupon:{c}:meta    HASH stock, starts_ms, ends_ms ("none" = no end), state (open|closed)
 -- KEYS[2]  coupon:{c}:users   SET of user ids holding a slot (issued, pending or queued)
 -- KEYS[3]  coupon:{c}:issued  counter of slots handed out
+-- KEYS[4]  coupon:{c}:status:<user>  an earlier request's status record,
+--          deleted on admission (it would hide the new slot from
+--          /coupons/me: a `rejected` from a 503, an async-queue mark)
 -- ARGV[1]  user id
 --
 -- Returns one of: "admitted", "duplicate", "sold_out", "not_open", "closed",
@@ -23,8 +26,7 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now_ms < tonumber(meta[2]) then
   return 'not_open'
 end
-local ends_ms = tonumber(meta[3])
-if ends_ms > 0 and now_ms >= ends_ms then
+if meta[3] ~= 'none' and now_ms >= tonumber(meta[3]) then
   return 'closed'
 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
@@ -35,4 +37,5 @@ if tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(meta[1]) then
 end
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('INCR', KEYS[3])
+redis.call('DEL', KEYS[4])
 return 'admitted'

@@ -4,7 +4,7 @@
 -- KEYS[2]  coupon:{c}:issued  counter, created at 0 if absent
 -- ARGV[1]  stock
 -- ARGV[2]  starts_ms (Unix milliseconds)
--- ARGV[3]  ends_ms (Unix milliseconds, 0 = no end)
+-- ARGV[3]  ends_ms (Unix milliseconds, any sign) or "none" for no end
 -- ARGV[4]  state: open | closed
 --
 -- Returns 1. The counter is left alone when it already exists, so loading

@@ -20,6 +20,10 @@ use crate::redis_pool::{ConnectError, RedisConn, RedisPool};
 use crate::scripts;
 use crate::settings::RedisSettings;
 
+/// `ends_ms` of a campaign without an end. Spelled out rather than a number,
+/// so that every number (a pre-1970 end included) is an end.
+const NO_END: &str = "none";
+
 /// What the gate script decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -186,6 +190,7 @@ impl RedisGate {
                     .key(keys.meta())
                     .key(keys.users())
                     .key(keys.issued())
+                    .key(keys.status(user))
                     .arg(user.as_str())
                     .invoke_async(&mut conn)
                     .await
@@ -213,7 +218,9 @@ impl RedisGate {
     /// Writes a new campaign's meta (and a zero counter if none exists).
     pub async fn load_meta(&self, campaign: &CampaignId, meta: &GateMeta) -> Result<(), GateError> {
         let keys = CampaignKeys::new(campaign);
-        let ends_ms = meta.ends_at.map_or(0, |t| t.timestamp_millis());
+        let ends_ms = meta
+            .ends_at
+            .map_or_else(|| NO_END.to_owned(), |t| t.timestamp_millis().to_string());
         let state = if meta.closed { "closed" } else { "open" };
         let _: i64 = self
             .run(|mut conn| async move {
@@ -342,6 +349,28 @@ impl RedisGate {
         Ok(reply.is_some())
     }
 
+    /// async-queue: gives the `queued` marks of requests still waiting in
+    /// this process's queue another `ttl_secs` (one pipeline of `EXPIRE`s;
+    /// a mark already replaced or gone is left as it is).
+    pub async fn keep_marks(
+        &self,
+        marks: &[(CampaignId, UserId)],
+        ttl_secs: u64,
+    ) -> Result<(), GateError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (campaign, user) in marks {
+            pipe.cmd("EXPIRE")
+                .arg(CampaignKeys::new(campaign).status(user))
+                .arg(ttl_secs)
+                .ignore();
+        }
+        self.run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .await
+    }
+
     /// async-queue: marks the user queued unless it holds or awaits a slot.
     pub async fn mark_queued(
         &self,
@@ -422,12 +451,14 @@ impl RedisGate {
             v.parse::<i64>()
                 .map_err(|_| GateError::Protocol(format!("meta field {v:?}")))
         };
-        let ends_ms = parse(&ends)?;
+        let ends_at = match ends.as_str() {
+            NO_END => None,
+            ms => Some(DateTime::from_timestamp_millis(parse(ms)?).unwrap_or_default()),
+        };
         let meta = GateMeta {
             stock: parse(&stock)?,
             starts_at: DateTime::from_timestamp_millis(parse(&starts)?).unwrap_or_default(),
-            ends_at: (ends_ms > 0)
-                .then(|| DateTime::from_timestamp_millis(ends_ms).unwrap_or_default()),
+            ends_at,
             closed: state == "closed",
         };
         Ok((Some(meta), now_ms))
@@ -485,26 +516,6 @@ impl RedisGate {
             })
             .await?;
         Ok(issued.unwrap_or(0) - members)
-    }
-
-    /// `SADD users user`: `true` when added.
-    pub async fn add_holder(
-        &self,
-        campaign: &CampaignId,
-        user: &UserId,
-    ) -> Result<bool, GateError> {
-        let key = CampaignKeys::new(campaign).users();
-        let added: i64 = self
-            .run(|mut conn| async move { conn.sadd(key, user.as_str()).await })
-            .await?;
-        Ok(added == 1)
-    }
-
-    /// `INCR issued`: the new count.
-    pub async fn increment(&self, campaign: &CampaignId) -> Result<i64, GateError> {
-        let key = CampaignKeys::new(campaign).issued();
-        self.run(|mut conn| async move { conn.incr(key, 1).await })
-            .await
     }
 
     // Reconciliation and rebuild (issuer-worker), under the campaign's

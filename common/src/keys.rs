@@ -19,7 +19,7 @@ impl CampaignKeys {
         }
     }
 
-    /// HASH `stock`, `starts_ms`, `ends_ms`, `state`; its presence means the
+    /// HASH `stock`, `starts_ms`, `ends_ms` (`none`: no end), `state`; its presence means the
     /// gate state is loaded.
     pub fn meta(&self) -> String {
         format!("{}:meta", self.prefix)

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use redis::Script;
 
 use crate::gate::{GateError, RedisGate};
+use crate::ids::UserId;
+use crate::keys::CampaignKeys;
 use crate::lock_waker::{LockWaker, Registration};
 use crate::scripts;
 
@@ -95,6 +97,16 @@ async fn pause(registration: &Option<Registration>, timeout: Duration) {
         Some(r) => r.wait(timeout).await,
         None => tokio::time::sleep(timeout).await,
     }
+}
+
+/// What [`LockGuard::admit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FencedAdmission {
+    Admitted,
+    /// The user already held a slot; nothing was written.
+    Duplicate,
+    /// The lock is no longer the caller's; nothing was written.
+    Lost,
 }
 
 /// A held lock. Release it with [`LockGuard::release`]; if dropped without,
@@ -174,6 +186,41 @@ impl LockGuard {
 
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The section's writes, fenced by this lock: adds `user` to the
+    /// campaign's holders and counts the slot, only if the lock is still
+    /// ours and only if the user was not a holder yet. `keys` must be the
+    /// campaign whose lock this is. Clears the user's earlier status record.
+    pub async fn admit(
+        &self,
+        keys: &CampaignKeys,
+        user: &UserId,
+    ) -> Result<FencedAdmission, GateError> {
+        let reply: String = self
+            .gate
+            .run_script(
+                &scripts::LOCKED_ADMIT,
+                &[
+                    self.key.as_str(),
+                    &keys.users(),
+                    &keys.issued(),
+                    &keys.status(user),
+                ],
+                &[self.token.as_str(), user.as_str()],
+            )
+            .await?;
+        match reply.as_str() {
+            "admitted" => Ok(FencedAdmission::Admitted),
+            "duplicate" => Ok(FencedAdmission::Duplicate),
+            "lost" => {
+                self.lost.store(true, Ordering::Release);
+                Ok(FencedAdmission::Lost)
+            }
+            other => Err(GateError::Protocol(format!(
+                "locked admit replied {other:?}"
+            ))),
+        }
     }
 
     /// Whether the watchdog found the lock taken from us (its lease ran out).

@@ -88,16 +88,39 @@ pub enum DlqReason {
     UnknownCampaign,
     /// Persisting it would exceed the campaign's stock: the gate failed.
     OverStock,
+    /// Its coupon id is already the id of another user's row.
+    CouponIdTaken,
+    /// PostgreSQL refused its values (a data or constraint error that
+    /// persists when the message is written alone).
+    RejectedByDatabase,
 }
 
 impl DlqReason {
-    pub const ALL: [DlqReason; 3] = [Self::Unparseable, Self::UnknownCampaign, Self::OverStock];
+    /// A message dead-lettered for this reason was admitted and answered
+    /// (`accepted`, `pending` or `queued`) but ends without a coupon; the
+    /// worker records that for `/coupons/me`.
+    pub fn turns_away_an_admitted_user(&self) -> bool {
+        matches!(
+            self,
+            Self::OverStock | Self::CouponIdTaken | Self::RejectedByDatabase
+        )
+    }
+
+    pub const ALL: [DlqReason; 5] = [
+        Self::Unparseable,
+        Self::UnknownCampaign,
+        Self::OverStock,
+        Self::CouponIdTaken,
+        Self::RejectedByDatabase,
+    ];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Unparseable => "unparseable",
             Self::UnknownCampaign => "unknown_campaign",
             Self::OverStock => "over_stock",
+            Self::CouponIdTaken => "coupon_id_taken",
+            Self::RejectedByDatabase => "rejected_by_database",
         }
     }
 }

@@ -45,6 +45,11 @@ pub static FAIR_LOCK_CANCEL: LazyLock<Script> =
 pub static FAIR_LOCK_RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/fair_lock_renew.lua")));
 
+/// Lock strategies: the section's writes, only while the lock is the
+/// caller's (SADD, and INCR only when SADD added).
+pub static LOCKED_ADMIT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/locked_admit.lua")));
+
 /// async-queue: mark a user queued unless it already holds or awaits a slot.
 pub static MARK_QUEUED: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/mark_queued.lua")));

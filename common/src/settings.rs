@@ -7,10 +7,11 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-/// Where the process runs. Production refuses to start without real secrets.
+/// Where the process runs. It only changes the hint given when secrets are
+/// missing: every environment refuses to start without them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Environment {
@@ -19,7 +20,7 @@ pub enum Environment {
     Production,
 }
 
-/// The request-path strategy of the api (DESIGN.md, Strategies).
+/// The request-path strategy of the api (docs/STRATEGIES.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum StrategyKind {
@@ -105,6 +106,11 @@ pub struct FaultSettings {
     /// The process aborts right after the gate admitted this user, before
     /// its message is produced (a crash between gate and produce).
     pub crash_after_gate_user: Option<String>,
+    /// Right after the gate admitted this user, the request stops for
+    /// `pause_after_gate_ms` (a slow step between gate and produce, during
+    /// which its client can give up).
+    pub pause_after_gate_user: Option<String>,
+    pub pause_after_gate_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -234,7 +240,8 @@ pub struct KafkaSettings {
     pub partitioning: Partitioning,
     /// `sticky` partitioning: how long a producer stays on one partition.
     pub sticky_partition_ms: u64,
-    /// `compression.codec`: none, gzip, snappy, lz4, zstd.
+    /// `compression.codec`: none, gzip, snappy or lz4 (zstd is not compiled
+    /// into the bundled librdkafka; the producer refuses it at start-up).
     pub compression: String,
     /// Longest wait for room in the producer's queue before answering 503.
     pub enqueue_timeout_ms: u64,
@@ -462,6 +469,12 @@ pub struct WorkerSettings {
     /// On SIGTERM, how long the current batch may take before it is abandoned
     /// (its offsets are not stored, so it is redelivered).
     pub shutdown_timeout_ms: u64,
+    /// Longest a batch's transaction may take. Past it the batch counts as a
+    /// database failure (nothing of it is kept; it is retried after a pause
+    /// while the consumer keeps polling), so a PostgreSQL that stops
+    /// answering without closing its connections cannot hang the batch
+    /// until the group drops the member.
+    pub batch_timeout_ms: u64,
     /// First and largest pause between retries while PostgreSQL is down.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
@@ -481,6 +494,7 @@ impl Default for WorkerSettings {
             batch_size: 500,
             batch_linger_ms: 10,
             shutdown_timeout_ms: 10_000,
+            batch_timeout_ms: 10_000,
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
             gap_patience_ms: 0,
@@ -557,27 +571,34 @@ impl Settings {
     }
 
     /// The api needs an admin token, and a JWT secret unless a gateway
-    /// vouches for users (`trusted-header`).
+    /// vouches for users (`trusted-header`). Both must be at least
+    /// [`MIN_SECRET_BYTES`] long after trimming, in every environment: an
+    /// empty or short value is refused like a missing one (RFC 7518 §3.2 asks
+    /// an HS256 key of at least 256 bits).
     pub fn require_api_secrets(&self) -> Result<(), SettingsError> {
-        let mut missing = Vec::new();
-        if self.auth.admin_token.is_none() {
-            missing.push("APP_AUTH__ADMIN_TOKEN");
-        }
+        let mut problems = Vec::new();
+        check_secret(
+            "APP_AUTH__ADMIN_TOKEN",
+            self.auth.admin_token.as_ref(),
+            &mut problems,
+        );
         if self.auth.mode == AuthMode::Jwt {
             match self.auth.jwt_algorithm {
-                JwtAlgorithm::HS256 if self.auth.jwt_secret.is_none() => {
-                    missing.push("APP_AUTH__JWT_SECRET")
-                }
+                JwtAlgorithm::HS256 => check_secret(
+                    "APP_AUTH__JWT_SECRET",
+                    self.auth.jwt_secret.as_ref(),
+                    &mut problems,
+                ),
                 JwtAlgorithm::RS256
                     if self.auth.jwt_public_key.is_none()
                         && self.auth.jwt_public_key_file.is_none() =>
                 {
-                    missing.push("APP_AUTH__JWT_PUBLIC_KEY (or _FILE)")
+                    problems.push("APP_AUTH__JWT_PUBLIC_KEY (or _FILE) not set".to_owned())
                 }
-                _ => {}
+                JwtAlgorithm::RS256 => {}
             }
         }
-        if missing.is_empty() {
+        if problems.is_empty() {
             return Ok(());
         }
         let hint = match self.environment {
@@ -585,16 +606,32 @@ impl Settings {
             Environment::Local => "scripts/stack up generates local ones",
         };
         Err(SettingsError::Missing(format!(
-            "{} not set ({hint})",
-            missing.join(" and ")
+            "{} ({hint})",
+            problems.join("; ")
         )))
+    }
+}
+
+/// The shortest admin token or HS256 secret the api starts with.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Appends why `secret` (the value of `name`) is unusable, if it is. The
+/// message never contains the value.
+fn check_secret(name: &str, secret: Option<&SecretString>, problems: &mut Vec<String>) {
+    let len = secret.map_or(0, |s| s.expose_secret().trim().len());
+    match (secret, len) {
+        (None, _) => problems.push(format!("{name} not set")),
+        (Some(_), 0) => problems.push(format!("{name} is empty")),
+        (Some(_), len) if len < MIN_SECRET_BYTES => problems.push(format!(
+            "{name} is {len} bytes; at least {MIN_SECRET_BYTES} are needed"
+        )),
+        _ => {}
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -656,18 +693,65 @@ mod tests {
     fn the_api_refuses_to_start_without_its_secrets() {
         let s = Settings::load_from(None, vars(&[("APP_ENVIRONMENT", "production")])).unwrap();
         let err = s.require_api_secrets().unwrap_err().to_string();
-        assert!(err.contains("APP_AUTH__ADMIN_TOKEN"), "{err}");
-        assert!(err.contains("APP_AUTH__JWT_SECRET"), "{err}");
+        assert!(err.contains("APP_AUTH__ADMIN_TOKEN not set"), "{err}");
+        assert!(err.contains("APP_AUTH__JWT_SECRET not set"), "{err}");
 
+        let long = "k".repeat(MIN_SECRET_BYTES);
         let s = Settings::load_from(
             None,
             vars(&[
-                ("APP_AUTH__ADMIN_TOKEN", "a"),
+                ("APP_AUTH__ADMIN_TOKEN", long.as_str()),
                 ("APP_AUTH__MODE", "trusted-header"),
             ]),
         )
         .unwrap();
         assert!(s.require_api_secrets().is_ok());
+    }
+
+    #[test]
+    fn empty_or_short_secrets_are_refused_in_every_environment() {
+        let long = "k".repeat(MIN_SECRET_BYTES);
+        let short = "k".repeat(MIN_SECRET_BYTES - 1);
+        for environment in ["local", "production"] {
+            for (token, secret, expected) in [
+                ("", long.as_str(), "APP_AUTH__ADMIN_TOKEN is empty"),
+                ("   ", long.as_str(), "APP_AUTH__ADMIN_TOKEN is empty"),
+                (long.as_str(), "", "APP_AUTH__JWT_SECRET is empty"),
+                (
+                    short.as_str(),
+                    long.as_str(),
+                    "APP_AUTH__ADMIN_TOKEN is 31 bytes",
+                ),
+                (
+                    long.as_str(),
+                    short.as_str(),
+                    "APP_AUTH__JWT_SECRET is 31 bytes",
+                ),
+            ] {
+                let s = Settings::load_from(
+                    None,
+                    vars(&[
+                        ("APP_ENVIRONMENT", environment),
+                        ("APP_AUTH__ADMIN_TOKEN", token),
+                        ("APP_AUTH__JWT_SECRET", secret),
+                    ]),
+                )
+                .unwrap();
+                let err = s.require_api_secrets().unwrap_err().to_string();
+                assert!(err.contains(expected), "{environment}: {err}");
+                assert!(!err.contains(&short), "a value leaked: {err}");
+            }
+            let s = Settings::load_from(
+                None,
+                vars(&[
+                    ("APP_ENVIRONMENT", environment),
+                    ("APP_AUTH__ADMIN_TOKEN", long.as_str()),
+                    ("APP_AUTH__JWT_SECRET", long.as_str()),
+                ]),
+            )
+            .unwrap();
+            assert!(s.require_api_secrets().is_ok(), "{environment}");
+        }
     }
 
     #[test]

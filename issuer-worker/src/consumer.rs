@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::gaps::{GapGuard, Verdict};
 use crate::metrics::WorkerMetrics;
-use crate::persist::{Decision, persist};
+use crate::persist::{Decision, is_rejection, persist};
 
 /// Rebalance logging and consumer-lag metrics from librdkafka's statistics.
 #[derive(Debug)]
@@ -134,6 +134,8 @@ enum Settled {
 enum AttemptError {
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),
+    #[error("database: no answer within {0:?}")]
+    DatabaseTimeout(Duration),
     #[error("dead-letter topic: {0}")]
     DeadLetter(anyhow::Error),
 }
@@ -294,7 +296,10 @@ impl Worker {
                 Some(Ok(())) => break Settled::Done,
                 None => break Settled::Abandoned,
                 Some(Err(e)) => {
-                    if matches!(e, AttemptError::Database(_)) {
+                    if matches!(
+                        e,
+                        AttemptError::Database(_) | AttemptError::DatabaseTimeout(_)
+                    ) {
                         self.metrics.db_errors.inc();
                     }
                     tracing::warn!(error = %e, retry_in = ?backoff, "batch not settled; pausing consumption");
@@ -328,7 +333,18 @@ impl Worker {
             .filter_map(|r| r.decoded.as_ref().ok())
             .collect();
         let started = Instant::now();
-        let decisions = persist(&self.db, &decoded).await?;
+        let timeout = Duration::from_millis(self.settings.batch_timeout_ms);
+        let written = tokio::time::timeout(timeout, async {
+            match persist(&self.db, &decoded).await {
+                Err(e) if is_rejection(&e) => {
+                    tracing::warn!(error = %e, size = decoded.len(), "batch refused for its values; writing its messages one by one");
+                    self.persist_one_by_one(&decoded).await
+                }
+                other => other,
+            }
+        })
+        .await;
+        let decisions = written.map_err(|_| AttemptError::DatabaseTimeout(timeout))??;
         self.metrics
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -360,7 +376,7 @@ impl Worker {
                                 "message over the campaign's stock: the gate admitted too many"
                             );
                         }
-                        let turned_away = (reason == DlqReason::OverStock).then_some(m);
+                        let turned_away = reason.turns_away_an_admitted_user().then_some(m);
                         letters.push((
                             self.letter(r, reason, format!("campaign {}", m.campaign_id)),
                             turned_away,
@@ -376,7 +392,7 @@ impl Worker {
                 .await
                 .map_err(AttemptError::DeadLetter)?;
             if let Some(m) = turned_away {
-                self.record_turned_away(m).await;
+                self.record_turned_away(m, letter.reason).await;
             }
             self.metrics
                 .dead_lettered
@@ -392,15 +408,43 @@ impl Worker {
         Ok(())
     }
 
-    /// The stock guard turned this user away: its request was answered
-    /// `pending` or `queued`, and it ends with no coupon. Recorded for
-    /// `/coupons/me` (best effort: a Redis failure must not stall the
-    /// partition; the user then shows pending until reconciliation).
-    async fn record_turned_away(&self, m: &CouponIssued) {
+    /// The batch's messages in transactions of one, after PostgreSQL refused
+    /// the batch for its values: a message refused alone is dead-lettered
+    /// (`rejected_by_database`), the others are decided as usual. An outage
+    /// meanwhile fails the attempt; what was written is then a duplicate.
+    async fn persist_one_by_one(
+        &self,
+        messages: &[&CouponIssued],
+    ) -> Result<Vec<Decision>, sea_orm::DbErr> {
+        let mut decisions = Vec::with_capacity(messages.len());
+        for m in messages {
+            match persist(&self.db, &[*m]).await {
+                Ok(mut one) => decisions.push(one.pop().unwrap_or(Decision::Duplicate)),
+                Err(e) if is_rejection(&e) => {
+                    tracing::warn!(
+                        campaign.id = %m.campaign_id,
+                        user.id = %m.user_id,
+                        error = %e,
+                        "message refused by PostgreSQL"
+                    );
+                    decisions.push(Decision::Dead(DlqReason::RejectedByDatabase));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(decisions)
+    }
+
+    /// An admitted user turned away (the stock guard, a taken coupon id, a
+    /// value PostgreSQL refused): its request was answered, and it ends with
+    /// no coupon. Recorded for `/coupons/me` (best effort: a Redis failure
+    /// must not stall the partition; the user then shows pending until
+    /// reconciliation).
+    async fn record_turned_away(&self, m: &CouponIssued, reason: DlqReason) {
         let record = StatusRecord {
             state: RecordedState::None,
             coupon_id: Some(m.coupon_id),
-            outcome: Some(DlqReason::OverStock.as_str().to_owned()),
+            outcome: Some(reason.as_str().to_owned()),
             at: Utc::now(),
         };
         if let Err(e) = self

@@ -6,9 +6,16 @@
 //! - a pair that has a row, or appears earlier in the batch: a duplicate
 //!   (a redelivery), acknowledged and not written again;
 //! - a new pair while the campaign has room (`stock − persisted`): inserted;
+//! - a new pair whose coupon id is already another row's (or an earlier
+//!   message's of the batch): `coupon_id_taken`, dead-lettered;
 //! - a new pair once the campaign is full: `over_stock`, dead-lettered,
 //!   because it means the gate admitted more than the stock;
 //! - a campaign that does not exist: `unknown_campaign`, dead-lettered.
+//!
+//! A batch PostgreSQL refuses for its values (SQLSTATE class 22 or 23, see
+//! [`is_rejection`]) is not an outage: the consumer writes its messages one
+//! by one and dead-letters the ones refused alone (`rejected_by_database`),
+//! so one bad message never stalls its partition.
 //!
 //! The inserts (`ON CONFLICT DO NOTHING`) and the advance of `persisted` commit
 //! together, and the table's own constraints (`UNIQUE(campaign_id, user_id)`,
@@ -21,7 +28,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use common::ids::CampaignId;
 use common::message::{CouponIssued, DlqReason};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement, TransactionTrait,
+    Value,
 };
 use uuid::Uuid;
 
@@ -34,15 +42,18 @@ pub enum Decision {
 }
 
 /// Decides every message of a batch, given the room left in each known
-/// campaign and the (campaign, user) pairs that already have a row.
-/// Pure, so that the rules can be tested without a database.
+/// campaign, the (campaign, user) pairs that already have a row and the
+/// coupon ids that already have one. Pure, so that the rules can be tested
+/// without a database.
 pub fn plan(
     messages: &[&CouponIssued],
     room: &HashMap<CampaignId, i64>,
     existing: &HashSet<(Uuid, String)>,
+    taken_ids: &HashSet<Uuid>,
 ) -> Vec<Decision> {
     let mut room = room.clone();
     let mut seen: HashSet<(Uuid, &str)> = HashSet::with_capacity(messages.len());
+    let mut ids: HashSet<Uuid> = HashSet::with_capacity(messages.len());
     messages
         .iter()
         .map(|m| {
@@ -53,6 +64,10 @@ pub fn plan(
             };
             if existing.contains(&(campaign, user.to_owned())) || !seen.insert((campaign, user)) {
                 return Decision::Duplicate;
+            }
+            let id = m.coupon_id.as_uuid();
+            if taken_ids.contains(&id) || !ids.insert(id) {
+                return Decision::Dead(DlqReason::CouponIdTaken);
             }
             if *left <= 0 {
                 return Decision::Dead(DlqReason::OverStock);
@@ -103,8 +118,8 @@ pub async fn persist(
         .iter()
         .filter(|m| room.contains_key(&m.campaign_id))
         .collect();
-    let existing: HashSet<(Uuid, String)> = if known.is_empty() {
-        HashSet::new()
+    let (existing, taken_ids): (HashSet<(Uuid, String)>, HashSet<Uuid>) = if known.is_empty() {
+        (HashSet::new(), HashSet::new())
     } else {
         let rows = txn
             .query_all_raw(statement(
@@ -127,12 +142,29 @@ pub async fn persist(
                 ],
             ))
             .await?;
-        rows.iter()
+        let existing = rows
+            .iter()
             .map(|r| Ok((r.try_get("", "campaign_id")?, r.try_get("", "user_id")?)))
-            .collect::<Result<_, DbErr>>()?
+            .collect::<Result<_, DbErr>>()?;
+        let taken = txn
+            .query_all_raw(statement(
+                "SELECT id FROM coupons WHERE id = ANY($1)",
+                vec![Value::from(
+                    known
+                        .iter()
+                        .map(|m| m.coupon_id.as_uuid())
+                        .collect::<Vec<_>>(),
+                )],
+            ))
+            .await?;
+        let taken_ids = taken
+            .iter()
+            .map(|r| r.try_get("", "id"))
+            .collect::<Result<_, DbErr>>()?;
+        (existing, taken_ids)
     };
 
-    let decisions = plan(messages, &room, &existing);
+    let decisions = plan(messages, &room, &existing, &taken_ids);
 
     let inserts: Vec<&&CouponIssued> = messages
         .iter()
@@ -172,9 +204,10 @@ pub async fn persist(
             .await?
             .rows_affected();
         if inserted != expected {
-            // Under the campaign locks nobody else inserts these pairs, so a
-            // shortfall means an id collision; roll back and let the batch
-            // be retried rather than count rows that do not exist.
+            // Under the campaign locks nobody else inserts these pairs, and
+            // taken ids were decided above, so a shortfall means a row came
+            // in through another door; roll back and retry rather than count
+            // rows that do not exist.
             return Err(DbErr::Custom(format!(
                 "inserted {inserted} of {expected} coupon rows"
             )));
@@ -196,6 +229,21 @@ pub async fn persist(
 
     txn.commit().await?;
     Ok(decisions)
+}
+
+/// Whether PostgreSQL refused the statement for the values it was given
+/// (SQLSTATE class 22, data exception, or 23, integrity constraint
+/// violation), which no retry changes; anything else (connection lost,
+/// timeout, the server shutting down) is an outage worth waiting out.
+pub fn is_rejection(error: &DbErr) -> bool {
+    let source = match error {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
+        _ => return false,
+    };
+    source
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }
 
 fn statement(sql: &str, values: Vec<Value>) -> Statement {
@@ -223,7 +271,12 @@ mod tests {
         let c = CampaignId::new();
         let batch = [msg(c, "a"), msg(c, "b"), msg(c, "c")];
         let refs: Vec<_> = batch.iter().collect();
-        let decisions = plan(&refs, &HashMap::from([(c, 2)]), &HashSet::new());
+        let decisions = plan(
+            &refs,
+            &HashMap::from([(c, 2)]),
+            &HashSet::new(),
+            &HashSet::new(),
+        );
         assert_eq!(
             decisions,
             [
@@ -240,7 +293,7 @@ mod tests {
         let batch = [msg(c, "a"), msg(c, "b"), msg(c, "b"), msg(c, "d")];
         let refs: Vec<_> = batch.iter().collect();
         let existing = HashSet::from([(c.as_uuid(), "a".to_owned())]);
-        let decisions = plan(&refs, &HashMap::from([(c, 2)]), &existing);
+        let decisions = plan(&refs, &HashMap::from([(c, 2)]), &existing, &HashSet::new());
         assert_eq!(
             decisions,
             [
@@ -259,7 +312,7 @@ mod tests {
         let refs: Vec<_> = batch.iter().collect();
         let existing = HashSet::from([(c.as_uuid(), "a".to_owned())]);
         assert_eq!(
-            plan(&refs, &HashMap::from([(c, 0)]), &existing),
+            plan(&refs, &HashMap::from([(c, 0)]), &existing, &HashSet::new()),
             [Decision::Duplicate]
         );
     }
@@ -269,7 +322,12 @@ mod tests {
         let (c1, c2, unknown) = (CampaignId::new(), CampaignId::new(), CampaignId::new());
         let batch = [msg(c1, "a"), msg(unknown, "a"), msg(c2, "a"), msg(c1, "b")];
         let refs: Vec<_> = batch.iter().collect();
-        let decisions = plan(&refs, &HashMap::from([(c1, 1), (c2, 1)]), &HashSet::new());
+        let decisions = plan(
+            &refs,
+            &HashMap::from([(c1, 1), (c2, 1)]),
+            &HashSet::new(),
+            &HashSet::new(),
+        );
         assert_eq!(
             decisions,
             [
@@ -277,6 +335,28 @@ mod tests {
                 Decision::Dead(DlqReason::UnknownCampaign),
                 Decision::Insert,
                 Decision::Dead(DlqReason::OverStock)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_coupon_id_held_by_another_row_or_message_is_dead_lettered_not_retried() {
+        let c = CampaignId::new();
+        let first = msg(c, "a");
+        let mut reused = msg(c, "b");
+        reused.coupon_id = first.coupon_id;
+        let elsewhere = msg(c, "c");
+        let redelivered = first.clone();
+        let batch = [first, reused, elsewhere.clone(), redelivered];
+        let refs: Vec<_> = batch.iter().collect();
+        let taken = HashSet::from([elsewhere.coupon_id.as_uuid()]);
+        assert_eq!(
+            plan(&refs, &HashMap::from([(c, 10)]), &HashSet::new(), &taken),
+            [
+                Decision::Insert,
+                Decision::Dead(DlqReason::CouponIdTaken),
+                Decision::Dead(DlqReason::CouponIdTaken),
+                Decision::Duplicate
             ]
         );
     }

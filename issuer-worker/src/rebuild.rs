@@ -9,7 +9,11 @@
 //!    loss has reached the broker or never will;
 //! 2. users = the campaign's rows ∪ the users of messages the worker's group
 //!    has not consumed yet (from its committed offsets to the end of the
-//!    topic);
+//!    topic). The offsets are read *before* the rows: the worker commits an
+//!    offset only after the rows below it are in PostgreSQL, so every message
+//!    below the offsets read is in the rows read afterwards, and every
+//!    message at or above them is read from the topic. Read the other way
+//!    round, a batch committed between the two reads is in neither set;
 //! 3. write the set and the counter, then the meta from PostgreSQL (stock,
 //!    window, closed or open), which reopens the gate.
 //!
@@ -62,8 +66,8 @@ pub async fn run(
     }
     tokio::time::sleep(settings.kafka.delivery_timeout() + std::time::Duration::from_secs(1)).await;
 
-    let rows = row_users(db, &campaign).await?;
     let from = topic::group_positions(&settings.kafka).await?;
+    let rows = row_users(db, &campaign).await?;
     let to = topic::end_offsets(&settings.kafka).await?;
     let pending: BTreeSet<String> = topic::read_range(&settings.kafka, &from, &to)
         .await?

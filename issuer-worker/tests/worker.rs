@@ -212,6 +212,107 @@ async fn a_message_delivered_twice_leaves_one_row_and_the_guard_keeps_the_stock(
     worker.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_the_database_will_not_take_is_dead_lettered_and_the_partition_keeps_flowing() {
+    let settings = settings().await;
+    let db = db().await;
+    let c = insert_campaign(&db, "worker test", 10).await;
+    let topic = Topic::new(&settings);
+    let key = format!("{c}:one-partition");
+    let owner = message(c, "owner");
+    topic.send_raw(&key, &owner.encode()).await;
+    let worker = start(&settings).await;
+    wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
+
+    // Another user's message carrying the owner's coupon id (the row exists),
+    // then a timestamp PostgreSQL cannot store (before 4713 BC), then two
+    // good ones behind them on the same partition.
+    let mut thief = message(c, "thief");
+    thief.coupon_id = owner.coupon_id;
+    let mut ancient = message(c, "ancient");
+    ancient.requested_at = chrono::DateTime::from_timestamp(-300_000_000_000, 0).unwrap();
+    topic.send_raw(&key, &thief.encode()).await;
+    topic.send_raw(&key, &ancient.encode()).await;
+    topic.send_raw(&key, &message(c, "after-1").encode()).await;
+    topic.send_raw(&key, &message(c, "after-2").encode()).await;
+
+    wait_for_rows(&db, &c, 3, Duration::from_secs(30)).await;
+    let started = Instant::now();
+    let letters = loop {
+        let letters = read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic).await;
+        if letters.len() >= 2 || started.elapsed() > Duration::from_secs(20) {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut reasons: Vec<_> = letters
+        .iter()
+        .map(|l| l.header(DLQ_REASON_HEADER).unwrap_or("?").to_owned())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["coupon_id_taken", "rejected_by_database"]);
+    let mut users = row_users(&db, &c).await;
+    users.sort();
+    assert_eq!(users, ["after-1", "after-2", "owner"]);
+    assert_eq!(persisted_column(&db, &c).await, 3);
+    for (reason, expected) in [("coupon_id_taken", 1.0), ("rejected_by_database", 1.0)] {
+        let name = format!("worker_dead_lettered_total{{reason=\"{reason}\"}}");
+        assert_eq!(worker.metric(&name).await, expected, "{name}");
+    }
+    // Neither was taken for an outage: the partition never paused.
+    assert_eq!(worker.metric("worker_db_errors_total").await, 0.0);
+    worker.stop().await;
+}
+
+/// Rebuilds the gate state again and again while the worker drains a
+/// backlog in small batches (committing offsets all the while): every
+/// rebuilt set must hold every user, since each one is either a row or a
+/// message not consumed yet at the moment of the rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_beside_a_draining_worker_misses_nobody() {
+    const USERS: usize = 20_000;
+    let mut settings = settings().await;
+    settings.worker.batch_size = 5;
+    let db = db().await;
+    let c = insert_campaign(&db, "rebuild test", USERS as i64).await;
+    let topic = Topic::new(&settings);
+    let everyone: Vec<String> = (0..USERS).map(|i| format!("u{i:05}")).collect();
+    for chunk in everyone.chunks(2_000) {
+        let batch: Vec<CouponIssued> = chunk.iter().map(|u| message(c, u)).collect();
+        futures::future::join_all(batch.iter().map(|m| topic.send(m))).await;
+    }
+
+    // Nothing is in flight (every message above was acknowledged), so the
+    // rebuild's wait for in-flight deliveries can be short.
+    let mut tool = settings.clone();
+    tool.kafka.delivery_timeout_ms = 0;
+    let worker = start(&settings).await;
+    let mut rebuilds = 0;
+    loop {
+        let report = issuer_worker::rebuild::run(&tool, &db, c, true)
+            .await
+            .unwrap();
+        rebuilds += 1;
+        let (set, count) = gate_state(&c).await;
+        assert_eq!(
+            set.len(),
+            USERS,
+            "rebuild {rebuilds} ({report:?}) lost {} users",
+            USERS - set.len()
+        );
+        assert_eq!(set, everyone);
+        assert_eq!(count, Some(USERS as i64));
+        if report.rows == USERS as u64 {
+            break;
+        }
+    }
+    assert!(
+        rebuilds >= 3,
+        "the worker drained before the rebuilds could race it"
+    );
+    worker.stop().await;
+}
+
 fn spawn_worker_process(settings: &Settings) -> Child {
     Command::new(env!("CARGO_BIN_EXE_issuer-worker"))
         .arg("run")
@@ -316,6 +417,70 @@ async fn while_postgres_is_down_the_worker_pauses_dead_letters_nothing_and_resum
             .await
             .is_empty(),
         "an outage must not dead-letter anything"
+    );
+    worker.stop().await;
+}
+
+/// PostgreSQL stops answering without closing anything (SIGSTOP of the
+/// server and its backends) for 30 s, at the production settings: the batch
+/// times out instead of hanging, the worker pauses and keeps polling (so it
+/// keeps its partitions), and when PostgreSQL answers again it drains
+/// everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_that_stops_answering_pauses_the_worker_which_keeps_its_partitions() {
+    let pg = OwnPostgres::start();
+    let mut settings = settings().await;
+    settings.database.url = SecretString::from(pg.url());
+    let db = db_at(&pg.url()).await;
+    issuer_worker::migration::migrate(&db).await.unwrap();
+    let c = insert_campaign(&db, "worker test", 100).await;
+    let topic = Topic::new(&settings);
+    let worker = start(&settings).await;
+    topic.send(&message(c, "before")).await;
+    wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
+    let assigned = worker.metric("worker_assigned_partitions").await;
+    assert_eq!(assigned, settings.kafka.partitions as f64);
+
+    pg.freeze(true);
+    let frozen_at = Instant::now();
+    for i in 0..20 {
+        topic.send(&message(c, &format!("during-{i}"))).await;
+    }
+    let bound = Duration::from_millis(settings.worker.batch_timeout_ms) + Duration::from_secs(10);
+    while worker.metric("worker_paused").await != 1.0 {
+        assert!(
+            frozen_at.elapsed() < bound,
+            "the worker did not pause within {bound:?} of PostgreSQL freezing"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    while frozen_at.elapsed() < Duration::from_secs(30) {
+        assert_eq!(
+            worker.metric("worker_assigned_partitions").await,
+            assigned,
+            "the worker lost its partitions while PostgreSQL was frozen"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(worker.metric("worker_db_errors_total").await >= 1.0);
+
+    pg.freeze(false);
+    wait_for_rows(&db, &c, 21, Duration::from_secs(60)).await;
+    let started = Instant::now();
+    while worker.metric("worker_paused").await != 0.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the worker did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(worker.metric("worker_assigned_partitions").await, assigned);
+    assert_eq!(persisted_column(&db, &c).await, 21);
+    assert!(
+        read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic)
+            .await
+            .is_empty(),
+        "an unanswering database must not dead-letter anything"
     );
     worker.stop().await;
 }

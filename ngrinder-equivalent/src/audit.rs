@@ -1,4 +1,4 @@
-//! The audit after every run (DESIGN.md, The audit): once the worker has
+//! The audit after every run (docs/CONTRACT.md, The audit): once the worker has
 //! drained,
 //! - rows ≤ stock;
 //! - no duplicate (campaign, user);

@@ -57,7 +57,7 @@ fn default_brokers() -> Vec<String> {
 }
 
 impl BenchPlan {
-    /// Issue #7's plan: 60 s after a 10 s warm-up, median of 3.
+    /// The performance plan's runs: 60 s after a 10 s warm-up, median of 3.
     pub fn full() -> Self {
         Self {
             vusers: vec![100, 1_000, 2_000],
@@ -439,7 +439,7 @@ fn cpu_split(p: &ProcUse) -> String {
         .join(", ")
 }
 
-/// The Markdown report: the table of issue #7, the ratios, the lag, the
+/// The Markdown report: the targets' table (docs/PERFORMANCE.md), the ratios, the lag, the
 /// memory, and where the CPU went.
 pub fn render(r: &BenchResult) -> String {
     let mut out = String::new();

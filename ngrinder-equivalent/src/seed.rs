@@ -1,5 +1,4 @@
-//! The seed's published nGrinder figures (`seeds/002`: a Spring Boot
-//! version of this system, Redis set + INCR + Kafka), used as reference
+//! The seed's published nGrinder figures (the seed: README), used as reference
 //! rows in experiment reports. Its peak TPS column is a 1-sample maximum,
 //! its cells ran 5 minutes, and it published no fair-lock figures and 5
 //! instances only at 100 vusers. The async-queue and distributed-lock runs

@@ -80,7 +80,15 @@ async fn issue_for(
         .map_err(|wait| ApiError::RateLimited {
             retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
         })?;
-    Ok(state.strategy.issue(campaign, user).await?)
+    // Admit, produce and settle run to their end on a tracked task: a slot
+    // is never left half-taken because the client went away.
+    let strategy = state.strategy.clone();
+    let issued = state
+        .pipeline
+        .run_to_end(async move { strategy.issue(campaign, user).await })
+        .await
+        .ok_or_else(|| ApiError::unavailable("the issue request failed; retry later"))?;
+    Ok(issued?)
 }
 
 /// The per-IP bucket, checked before the token is even verified.

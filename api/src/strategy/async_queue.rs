@@ -7,10 +7,17 @@
 //!
 //! On shutdown the queue stops taking requests and drains until
 //! `queue.drain_timeout_ms`; whatever is still queued then is recorded as
-//! rejected (`unavailable`), so nothing is dropped silently. A process that
-//! dies with requests queued leaves their `queued` marks, which expire after
-//! `queue.mark_ttl_secs`.
+//! rejected (`unavailable`), so nothing is dropped silently.
+//!
+//! A request's `queued` mark lives as long as the request waits: a task
+//! renews the marks of every request still in this process's queue each
+//! third of `queue.mark_ttl_secs`, until its gate call is over (admission
+//! replaces the mark with the slot; a refusal with its record). So however
+//! long a broker stall keeps requests queued, their users read `queued` and
+//! a second request is a `duplicate`. A process that dies with requests
+//! queued stops renewing; their marks expire within `queue.mark_ttl_secs`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +27,7 @@ use common::gate::{QueueMark, RecordedState};
 use common::ids::{CampaignId, UserId};
 use common::settings::QueueSettings;
 use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::pipeline::redis_unavailable;
 use super::{IssueError, Issued, Pipeline, Refusal};
@@ -40,6 +48,18 @@ pub struct AsyncQueueStrategy {
     /// drain deadline passed.
     stopping: Arc<AtomicBool>,
     mark_ttl_secs: u64,
+    /// The marks to keep alive: requests queued and not yet past the gate.
+    waiting: Waiting,
+    /// Stops the renewals once the queue is drained.
+    renewals: CancellationToken,
+}
+
+type Waiting = Arc<std::sync::Mutex<HashSet<(CampaignId, UserId)>>>;
+
+fn lock(waiting: &Waiting) -> std::sync::MutexGuard<'_, HashSet<(CampaignId, UserId)>> {
+    waiting
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl AsyncQueueStrategy {
@@ -48,9 +68,14 @@ impl AsyncQueueStrategy {
         let (sender, receiver) = mpsc::channel(settings.capacity.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         let stopping = Arc::new(AtomicBool::new(false));
+        let waiting: Waiting = Arc::default();
         for _ in 0..settings.consumers.max(1) {
-            let (pipeline2, receiver, stopping) =
-                (pipeline.clone(), receiver.clone(), stopping.clone());
+            let (pipeline2, receiver, stopping, waiting) = (
+                pipeline.clone(),
+                receiver.clone(),
+                stopping.clone(),
+                waiting.clone(),
+            );
             pipeline.spawn(async move {
                 loop {
                     if stopping.load(Ordering::Acquire) {
@@ -59,16 +84,25 @@ impl AsyncQueueStrategy {
                     let job = receiver.lock().await.recv().await;
                     let Some(job) = job else { return };
                     pipeline2.metrics.queue_depth.dec();
-                    process(&pipeline2, job).await;
+                    process(&pipeline2, job, &waiting).await;
                 }
             });
         }
+        let renewals = CancellationToken::new();
+        pipeline.spawn(renew_marks(
+            pipeline.clone(),
+            waiting.clone(),
+            settings.mark_ttl_secs,
+            renewals.clone(),
+        ));
         Self {
             pipeline,
             sender: RwLock::new(Some(sender)),
             receiver,
             stopping,
             mark_ttl_secs: settings.mark_ttl_secs,
+            waiting,
+            renewals,
         }
     }
 
@@ -83,6 +117,7 @@ impl AsyncQueueStrategy {
             QueueMark::Duplicate => return Err(IssueError::Refused(Refusal::Duplicate)),
             QueueMark::Missing => return Err(self.pipeline.classify_missing(&campaign).await),
         }
+        lock(&self.waiting).insert((campaign, user.clone()));
         let sent = match &*self
             .sender
             .read()
@@ -103,6 +138,7 @@ impl AsyncQueueStrategy {
                 Ok(Issued::Queued)
             }
             Err(e) => {
+                lock(&self.waiting).remove(&(campaign, user.clone()));
                 // Not queued: take the mark back so the user may retry.
                 if let Err(e) = gate.clear_status(&campaign, &user).await {
                     tracing::warn!(campaign.id = %campaign, error = %e, "queued mark left behind");
@@ -131,6 +167,7 @@ impl AsyncQueueStrategy {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.stopping.store(true, Ordering::Release);
+        self.renewals.cancel();
         let mut receiver = self.receiver.lock().await;
         let mut rejected = 0;
         while let Ok(job) = receiver.try_recv() {
@@ -155,12 +192,37 @@ impl AsyncQueueStrategy {
     }
 }
 
+/// Renews the marks of the requests in `waiting` every third of their TTL
+/// until `stop`. Best effort: a failed renewal is retried at the next tick,
+/// and a mark lost meanwhile only shows `none` until the request settles.
+async fn renew_marks(
+    pipeline: Arc<Pipeline>,
+    waiting: Waiting,
+    ttl_secs: u64,
+    stop: CancellationToken,
+) {
+    let every = Duration::from_millis(ttl_secs.max(1) * 1000 / 3);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let marks: Vec<(CampaignId, UserId)> = lock(&waiting).iter().cloned().collect();
+        if let Err(e) = pipeline.gate.keep_marks(&marks, ttl_secs).await {
+            tracing::warn!(marks = marks.len(), error = %e, "queued marks not renewed");
+        }
+    }
+}
+
 /// The `sync` path for one queued request, and its final state recorded.
-async fn process(pipeline: &Pipeline, job: Job) {
+/// Its mark stops being renewed once the gate has decided.
+async fn process(pipeline: &Pipeline, job: Job, waiting: &Waiting) {
     let Job { campaign, user } = job;
-    let outcome = match pipeline.admit(&campaign, &user).await {
+    let admission = pipeline.admit(&campaign, &user).await;
+    lock(waiting).remove(&(campaign, user.clone()));
+    let outcome = match admission {
         Ok(()) => {
-            crate::faults::crash_after_gate(&pipeline.faults, &user);
+            crate::faults::after_gate(&pipeline.faults, &user).await;
             pipeline.produce_and_settle(campaign, user.clone()).await
         }
         Err(e) => Err(e),

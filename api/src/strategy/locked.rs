@@ -1,20 +1,22 @@
 //! The critical section shared by `distributed-lock` and `fair-lock`: the
 //! seed's check-then-act as separate Redis commands (meta and time,
-//! SISMEMBER, GET, SADD, INCR), made a unit only by the campaign's lock.
-//! That is the point of these variants: they show what a lock costs next to
-//! the single atomic script of `sync`.
+//! SISMEMBER, GET), made a unit by the campaign's lock, then the writes
+//! (SADD, INCR) as one script fenced by that lock: they happen only while
+//! the lock is still the caller's, and INCR only when SADD added the user
+//! (`common/lua/locked_admit.lua`). That is the point of these variants:
+//! they show what a lock costs next to the single atomic script of `sync`.
 //!
 //! The reply is `pending` without waiting for the delivery report; the report
 //! is settled in the background (see [`Pipeline::produce_in_background`]).
-//! A holder paused past its lease can admit a user after another holder
-//! filled the stock: the database's stock guard then turns that user away
-//! (its row is never written, `/coupons/me` ends in `none`).
+//! A holder paused past its lease (its checks done, its lock gone) writes
+//! nothing: the fence answers `lost` and the request gets a 503.
 
 use std::sync::Arc;
 
 use common::gate::Admission;
 use common::ids::{CampaignId, UserId};
-use common::lock::{LockError, LockGuard};
+use common::keys::CampaignKeys;
+use common::lock::{FencedAdmission, LockError, LockGuard};
 
 use super::pipeline::redis_unavailable;
 use super::{IssueError, Issued, Pipeline, Refusal};
@@ -72,13 +74,7 @@ pub(super) async fn issue_under(
         tracing::warn!(campaign.id = %campaign, error = %e, "lock not released");
     }
     admitted?;
-    crate::faults::crash_after_gate(&pipeline.faults, &user);
-    // A state recorded by an earlier, failed request of this user would
-    // otherwise hide the new slot from `/coupons/me`. Only admitted
-    // requests (at most the stock) pay for this.
-    if let Err(e) = pipeline.gate.clear_status(&campaign, &user).await {
-        tracing::warn!(campaign.id = %campaign, error = %e, "stale status not cleared");
-    }
+    crate::faults::after_gate(&pipeline.faults, &user).await;
     let coupon_id = pipeline.produce_in_background(campaign, user).await?;
     Ok(Issued::Pending(coupon_id))
 }
@@ -111,19 +107,18 @@ async fn section(
         return Err(IssueError::Refused(Refusal::SoldOut));
     }
     crate::faults::pause_lock_holder(&pipeline.faults, guard, user).await;
-    if guard.is_lost() {
-        // Known lost before writing: admit nobody.
-        return Err(IssueError::Unavailable(
-            "the campaign lock was lost; retry later".into(),
-        ));
-    }
-    gate.add_holder(campaign, user)
+    match guard
+        .admit(&CampaignKeys::new(campaign), user)
         .await
-        .map_err(redis_unavailable)?;
-    if let Err(e) = gate.increment(campaign).await {
-        // The user is in the set but not counted: reconciliation recounts.
-        tracing::error!(campaign.id = %campaign, user.id = %user, error = %e, "slot added but not counted");
-        return Err(redis_unavailable(e));
+        .map_err(redis_unavailable)?
+    {
+        FencedAdmission::Admitted => Ok(()),
+        FencedAdmission::Duplicate => Err(IssueError::Refused(Refusal::Duplicate)),
+        FencedAdmission::Lost => {
+            tracing::warn!(campaign.id = %campaign, user.id = %user, "lock lost before the section's writes; nothing admitted");
+            Err(IssueError::Unavailable(
+                "the campaign lock was lost; nothing was issued, retry later".into(),
+            ))
+        }
     }
-    Ok(())
 }

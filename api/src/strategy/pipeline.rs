@@ -1,6 +1,6 @@
 //! The steps every strategy is made of: admit through the gate, produce the
-//! message and settle its delivery report by the producing rules of
-//! DESIGN.md (The gate):
+//! message and settle its delivery report by these producing rules
+//! (docs/CONTRACT.md):
 //! - delivered: `accepted`;
 //! - failed and not persisted (the broker never had it): give the slot back,
 //!   503;
@@ -67,6 +67,18 @@ impl Pipeline {
     /// Runs `work` in the background, tracked for shutdown.
     pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
         self.tasks.spawn_on(work, &self.runtime);
+    }
+
+    /// Runs `work` to its end on a tracked task of the main runtime and
+    /// returns its result. The caller's future may be dropped (a client that
+    /// hangs up, a server that cancels its handler) without stopping `work`
+    /// half-way; shutdown waits for it like any background work. `None` if
+    /// the task panicked.
+    pub async fn run_to_end<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        self.tasks.spawn_on(work, &self.runtime).await.ok()
     }
 
     /// Shutdown: waits (until `deadline`) for background work to finish.

@@ -19,7 +19,7 @@ impl SyncStrategy {
 
     pub async fn issue(&self, campaign: CampaignId, user: UserId) -> Result<Issued, IssueError> {
         self.pipeline.admit(&campaign, &user).await?;
-        crate::faults::crash_after_gate(&self.pipeline.faults, &user);
+        crate::faults::after_gate(&self.pipeline.faults, &user).await;
         self.pipeline.produce_and_settle(campaign, user).await
     }
 }
