@@ -367,3 +367,43 @@ async fn a_distributed_lock_issue_whose_client_hangs_up_runs_to_its_end() {
 async fn a_fair_lock_issue_whose_client_hangs_up_runs_to_its_end() {
     hang_up_between_gate_and_produce(StrategyKind::FairLock).await;
 }
+
+/// A request that stalls between the gate and the produce for longer than
+/// the api allows (`PRODUCE_WITHIN`) gives its slot back and answers 503:
+/// no message is produced late, so `reconcile` can never release a slot
+/// whose message is still on its way (it waits that bound, not a guess).
+async fn late_produce(strategy: StrategyKind) {
+    let mut settings = settings_for(strategy).await;
+    settings.faults.pause_after_gate_user = Some("late".into());
+    settings.faults.pause_after_gate_ms =
+        (common::settings::PRODUCE_WITHIN + Duration::from_millis(500)).as_millis() as u64;
+    let api = spawn_api(&settings).await;
+    let worker = spawn_worker(&settings).await;
+    let campaign = api.open_campaign(10).await;
+
+    let (status, body) = api.issue(&campaign, "late").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{strategy}: {body}"
+    );
+    assert_eq!(gate_state(&campaign).await, (vec![], Some(0)), "{strategy}");
+    let (status, body) = api.issue(&campaign, "on-time").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{strategy}: {body}");
+    let db = db().await;
+    wait_for_rows(&db, &campaign, 1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(row_users(&db, &campaign).await, ["on-time"], "{strategy}");
+    worker.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sync_request_stalled_after_the_gate_gives_its_slot_back() {
+    late_produce(StrategyKind::Sync).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_locked_request_stalled_after_the_gate_gives_its_slot_back() {
+    late_produce(StrategyKind::DistributedLock).await;
+}

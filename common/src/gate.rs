@@ -568,6 +568,25 @@ impl RedisGate {
             .await
     }
 
+    /// Reconcile's repair of phantoms: users with a row but no slot get
+    /// their slot back (`SADD`; the counter is fixed afterwards with
+    /// [`RedisGate::fix_count`]). Returns how many were added.
+    pub async fn restore_holders(
+        &self,
+        campaign: &CampaignId,
+        users: &[&String],
+    ) -> Result<u64, GateError> {
+        let set = CampaignKeys::new(campaign).users();
+        let mut added = 0;
+        for chunk in users.chunks(1000) {
+            let set = set.clone();
+            added += self
+                .run(|mut conn| async move { conn.sadd::<_, _, u64>(set, chunk).await })
+                .await?;
+        }
+        Ok(added)
+    }
+
     /// Rebuild, step one: replaces the set and the counter with `users`.
     /// The meta must be absent meanwhile (the api admits nobody without it);
     /// [`RedisGate::load_meta`] comes last.

@@ -307,6 +307,12 @@ impl KafkaSettings {
     }
 }
 
+/// The longest an api lets pass between the gate admitting a user and the
+/// user's message entering the producer's queue. Past it (a process paused,
+/// a starved runtime) the slot is given back and the reply is 503, so that
+/// repair tools can bound how long an admission stays unsettled.
+pub const PRODUCE_WITHIN: Duration = Duration::from_secs(2);
+
 /// How the api learns who the user is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -568,6 +574,14 @@ impl Settings {
             .build()?
             .try_deserialize()?;
         Ok(settings)
+    }
+
+    /// How long after the gate took a slot its message has reached the
+    /// broker or never will: the gate call itself, [`PRODUCE_WITHIN`], and
+    /// the delivery timeout. `reconcile` and `rebuild` wait this long before
+    /// they trust the topic and the rows.
+    pub fn admissions_settle_within(&self) -> Duration {
+        self.redis.command_timeout() + PRODUCE_WITHIN + self.kafka.delivery_timeout()
     }
 
     /// The api needs an admin token, and a JWT secret unless a gateway

@@ -5,8 +5,9 @@
 //!
 //! Under the campaign's admin lock, and with the meta absent (so nobody is
 //! admitted meanwhile):
-//! 1. wait one delivery timeout, so that every message admitted before the
-//!    loss has reached the broker or never will;
+//! 1. wait until every admission made before the loss has settled
+//!    (`Settings::admissions_settle_within`), so that its message has
+//!    reached the broker or never will;
 //! 2. users = the campaign's rows ∪ the users of messages the worker's group
 //!    has not consumed yet (from its committed offsets to the end of the
 //!    topic). The offsets are read *before* the rows: the worker commits an
@@ -64,7 +65,8 @@ pub async fn run(
         gate.unload_meta(&campaign).await?;
         tracing::warn!(campaign.id = %campaign, "meta deleted for a forced rebuild; admissions stopped");
     }
-    tokio::time::sleep(settings.kafka.delivery_timeout() + std::time::Duration::from_secs(1)).await;
+    tokio::time::sleep(settings.admissions_settle_within() + std::time::Duration::from_secs(1))
+        .await;
 
     let from = topic::group_positions(&settings.kafka).await?;
     let rows = row_users(db, &campaign).await?;

@@ -3,8 +3,12 @@
 //!
 //! 1. Take the campaign's admin lock (one reconcile or rebuild at a time).
 //! 2. Snapshot the gate's set at t0.
-//! 3. Wait one delivery timeout: a message for a user of the snapshot has by
-//!    then reached the broker or never will.
+//! 3. Wait until every admission of the snapshot has settled
+//!    (`Settings::admissions_settle_within`: the gate call, the api's bound
+//!    between admission and produce, the delivery timeout): a message for a
+//!    user of the snapshot has by then reached the broker or never will. The
+//!    api enforces the middle bound (it gives a slot back rather than
+//!    produce late), so this is a bound, not a guess.
 //! 4. Read the topic's end offsets and wait until the worker's group has
 //!    consumed past them.
 //! 5. A user of the snapshot without a row is a *leaked slot* (a crash
@@ -17,7 +21,9 @@
 //!
 //! `--repair` releases leaked slots with the compensation script, so that an
 //! open campaign can hand them out again, records those users as `none` for
-//! `/coupons/me`, and sets the counter to the set's size.
+//! `/coupons/me`, gives phantoms their slot back (a row is a coupon: its user
+//! must read `duplicate`, and the count must include it), and sets the
+//! counter to the set's size.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -46,6 +52,8 @@ pub struct ReconcileReport {
     pub count_drift: i64,
     pub repaired: bool,
     pub released: u64,
+    /// Phantoms given their slot back by `--repair`.
+    pub restored: u64,
 }
 
 /// The users with a row in the campaign.
@@ -76,8 +84,8 @@ pub async fn run(
     let lock = admin_lock::acquire(&gate, &campaign).await?;
 
     let snapshot: BTreeSet<String> = gate.holders(&campaign).await?.into_iter().collect();
-    tracing::info!(campaign.id = %campaign, users = snapshot.len(), "gate snapshot taken; waiting one delivery timeout");
-    tokio::time::sleep(settings.kafka.delivery_timeout() + Duration::from_secs(1)).await;
+    tracing::info!(campaign.id = %campaign, users = snapshot.len(), "gate snapshot taken; waiting for its admissions to settle");
+    tokio::time::sleep(settings.admissions_settle_within() + Duration::from_secs(1)).await;
     let ends = topic::end_offsets(&settings.kafka).await?;
     topic::wait_for_group(&settings.kafka, &ends, patience).await?;
 
@@ -88,7 +96,12 @@ pub async fn run(
     let count_drift = gate.count_drift(&campaign).await?;
 
     let mut released = 0;
+    let mut restored = 0;
     if repair {
+        restored = gate.restore_holders(&campaign, &phantoms).await?;
+        if restored > 0 {
+            tracing::warn!(campaign.id = %campaign, restored, "phantom rows given their slot back");
+        }
         for user in &leaked {
             let user = UserId::parse(user).context("a gate member is not a valid user id")?;
             if gate.release(&campaign, &user).await? {
@@ -121,5 +134,6 @@ pub async fn run(
         count_drift,
         repaired: repair,
         released,
+        restored,
     })
 }

@@ -221,9 +221,11 @@ async fn process(pipeline: &Pipeline, job: Job, waiting: &Waiting) {
     let admission = pipeline.admit(&campaign, &user).await;
     lock(waiting).remove(&(campaign, user.clone()));
     let outcome = match admission {
-        Ok(()) => {
+        Ok(admitted) => {
             crate::faults::after_gate(&pipeline.faults, &user).await;
-            pipeline.produce_and_settle(campaign, user.clone()).await
+            pipeline
+                .produce_and_settle(admitted, campaign, user.clone())
+                .await
         }
         Err(e) => Err(e),
     };

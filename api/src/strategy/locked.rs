@@ -18,7 +18,7 @@ use common::ids::{CampaignId, UserId};
 use common::keys::CampaignKeys;
 use common::lock::{FencedAdmission, LockError, LockGuard};
 
-use super::pipeline::redis_unavailable;
+use super::pipeline::{Admitted, redis_unavailable};
 use super::{IssueError, Issued, Pipeline, Refusal};
 
 /// Maps a failed acquisition to a 503: nothing was admitted.
@@ -64,7 +64,9 @@ pub(super) async fn issue_under(
         .lock_wait_seconds
         .observe(guard.waited.as_secs_f64());
     let started = std::time::Instant::now();
-    let admitted = section(pipeline, &guard, &campaign, &user).await;
+    let admitted = section(pipeline, &guard, &campaign, &user)
+        .await
+        .map(|()| Admitted::now());
     pipeline
         .metrics
         .gate_seconds
@@ -73,9 +75,11 @@ pub(super) async fn issue_under(
         // The lease runs out by itself; the next holder waits for it.
         tracing::warn!(campaign.id = %campaign, error = %e, "lock not released");
     }
-    admitted?;
+    let admitted = admitted?;
     crate::faults::after_gate(&pipeline.faults, &user).await;
-    let coupon_id = pipeline.produce_in_background(campaign, user).await?;
+    let coupon_id = pipeline
+        .produce_in_background(admitted, campaign, user)
+        .await?;
     Ok(Issued::Pending(coupon_id))
 }
 

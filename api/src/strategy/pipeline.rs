@@ -22,13 +22,28 @@ use chrono::Utc;
 use common::gate::{Admission, GateError, RecordedState, RedisGate, StatusRecord};
 use common::ids::{CampaignId, CouponId, UserId};
 use common::message::CouponIssued;
-use common::settings::{FaultSettings, StrategyKind};
+use common::settings::{FaultSettings, PRODUCE_WITHIN, StrategyKind};
 use tokio_util::task::TaskTracker;
 
 use super::{IssueError, Issued, Refusal};
 use crate::campaigns::CampaignStore;
 use crate::metrics::ApiMetrics;
-use crate::producer::{Delivery, IssueProducer};
+use crate::producer::{Delivery, DeliveryReceipt, IssueProducer};
+
+/// A slot the gate has just handed out, and when. Its message must enter
+/// the producer's queue within [`PRODUCE_WITHIN`] of it, or the slot is
+/// given back: that bound lets `reconcile` and `rebuild` know when an
+/// admission has settled.
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted {
+    at: Instant,
+}
+
+impl Admitted {
+    pub fn now() -> Self {
+        Self { at: Instant::now() }
+    }
+}
 
 #[derive(Debug)]
 pub struct Pipeline {
@@ -88,15 +103,19 @@ impl Pipeline {
         tokio::time::timeout(left, self.tasks.wait()).await.is_ok()
     }
 
-    /// Runs the gate script. Only `Ok(())` means the user holds a new slot.
-    pub async fn admit(&self, campaign: &CampaignId, user: &UserId) -> Result<(), IssueError> {
+    /// Runs the gate script. Only `Ok` means the user holds a new slot.
+    pub async fn admit(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+    ) -> Result<Admitted, IssueError> {
         let started = Instant::now();
         let admission = self.gate.admit(campaign, user).await;
         self.metrics
             .gate_seconds
             .observe(started.elapsed().as_secs_f64());
         match admission {
-            Ok(Admission::Admitted) => Ok(()),
+            Ok(Admission::Admitted) => Ok(Admitted::now()),
             Ok(Admission::Duplicate) => Err(IssueError::Refused(Refusal::Duplicate)),
             Ok(Admission::SoldOut) => Err(IssueError::Refused(Refusal::SoldOut)),
             Ok(Admission::NotOpen) => Err(IssueError::Refused(Refusal::NotOpen)),
@@ -137,21 +156,40 @@ impl Pipeline {
         )
     }
 
+    /// Enqueues the message of an admitted user, unless the admission is
+    /// older than [`PRODUCE_WITHIN`]: then, as when the queue refuses, the
+    /// slot is given back and the reply is 503.
+    async fn enqueue(
+        &self,
+        admitted: Admitted,
+        message: &CouponIssued,
+    ) -> Result<DeliveryReceipt, IssueError> {
+        let late = admitted.at.elapsed();
+        if late > PRODUCE_WITHIN {
+            tracing::warn!(campaign.id = %message.campaign_id, ?late, "admission too old to produce; slot given back");
+            return Err(self
+                .give_back(message, "the request stalled between admission and produce")
+                .await);
+        }
+        match self.producer.send(message).await {
+            Ok(receipt) => Ok(receipt),
+            Err(e) => {
+                tracing::warn!(campaign.id = %message.campaign_id, error = %e, "message not enqueued");
+                Err(self.give_back(message, "the broker queue is full").await)
+            }
+        }
+    }
+
     /// Produces the message for an admitted user and waits for its report.
     pub async fn produce_and_settle(
         &self,
+        admitted: Admitted,
         campaign: CampaignId,
         user: UserId,
     ) -> Result<Issued, IssueError> {
         let message = self.message(campaign, user);
         let started = Instant::now();
-        let receipt = match self.producer.send(&message).await {
-            Ok(receipt) => receipt,
-            Err(e) => {
-                tracing::warn!(campaign.id = %campaign, error = %e, "message not enqueued");
-                return Err(self.give_back(&message, "the broker queue is full").await);
-            }
-        };
+        let receipt = self.enqueue(admitted, &message).await?;
         let delivery = receipt.wait().await;
         self.metrics
             .produce_seconds
@@ -167,19 +205,14 @@ impl Pipeline {
     /// even be enqueued (the slot is then given back).
     pub async fn produce_in_background(
         self: &std::sync::Arc<Self>,
+        admitted: Admitted,
         campaign: CampaignId,
         user: UserId,
     ) -> Result<CouponId, IssueError> {
         let message = self.message(campaign, user);
         let coupon_id = message.coupon_id;
         let started = Instant::now();
-        let receipt = match self.producer.send(&message).await {
-            Ok(receipt) => receipt,
-            Err(e) => {
-                tracing::warn!(campaign.id = %campaign, error = %e, "message not enqueued");
-                return Err(self.give_back(&message, "the broker queue is full").await);
-            }
-        };
+        let receipt = self.enqueue(admitted, &message).await?;
         let pipeline = self.clone();
         self.spawn(async move {
             let delivery = receipt.wait().await;

@@ -18,8 +18,10 @@ impl SyncStrategy {
     }
 
     pub async fn issue(&self, campaign: CampaignId, user: UserId) -> Result<Issued, IssueError> {
-        self.pipeline.admit(&campaign, &user).await?;
+        let admitted = self.pipeline.admit(&campaign, &user).await?;
         crate::faults::after_gate(&self.pipeline.faults, &user).await;
-        self.pipeline.produce_and_settle(campaign, user).await
+        self.pipeline
+            .produce_and_settle(admitted, campaign, user)
+            .await
     }
 }
