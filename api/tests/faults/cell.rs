@@ -13,8 +13,8 @@ use ngrinder_equivalent::token::Minter;
 use sea_orm::DatabaseConnection;
 use serde_json::Value;
 
-pub const ADMIN_TOKEN: &str = "faults-admin-token";
-pub const JWT_SECRET: &str = "faults-jwt-secret";
+pub const ADMIN_TOKEN: &str = "faults-admin-token-of-thirty-two-bytes";
+pub const JWT_SECRET: &str = "faults-jwt-secret-of-thirty-two-bytes";
 
 fn binary(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_BIN_EXE_api")).with_file_name(name);
@@ -52,14 +52,11 @@ impl Cell {
             ("APP_REDIS__URL".into(), redis.url()),
             ("APP_KAFKA__BROKERS".into(), broker.address()),
             ("APP_KAFKA__PARTITIONS".into(), "6".into()),
-            ("APP_KAFKA__DELIVERY_TIMEOUT_MS".into(), "3000".into()),
             ("APP_KAFKA__SESSION_TIMEOUT_MS".into(), "6000".into()),
             ("APP_AUTH__ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
             ("APP_AUTH__JWT_SECRET".into(), JWT_SECRET.into()),
             ("APP_RATE_LIMIT__PER_USER__ENABLED".into(), "false".into()),
             ("APP_HTTP__WORKERS".into(), "2".into()),
-            ("APP_REDIS__CONNECT_TIMEOUT_MS".into(), "2000".into()),
-            ("APP_REDIS__COMMAND_TIMEOUT_MS".into(), "2000".into()),
             ("APP_LOG__FILTER".into(), "warn".into()),
         ];
         env.extend(
