@@ -6,9 +6,15 @@
 //! - [`consumer`] — the batch loop, offsets stored after the commit, pausing
 //!   while PostgreSQL is down, draining on shutdown.
 //! - [`gaps`] — re-reads offsets a broker skipped.
-//! - [`persist`] — one transaction per batch, with the stock guard.
+//! - [`persist`] — one transaction per batch, with the stock guard; the
+//!   decisions (insert, duplicate, dead letter) and which errors are the
+//!   data's fault rather than an outage.
 //! - [`dlq`] — the dead-letter topic.
+//! - [`ledger`] — the issued-vs-persisted gauges per campaign.
 //! - [`migration`] — the schema (`issuer-worker migrate`).
+//! - [`reconcile`], [`rebuild`] — the repair tools (`issuer-worker reconcile`,
+//!   `rebuild`), one at a time per campaign under [`admin_lock`]; [`topic`]
+//!   reads the group's offsets and ranges of the topic for them.
 //! - [`metrics`], [`http`] — `/metrics` and `/healthz`.
 
 pub mod admin_lock;

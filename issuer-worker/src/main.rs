@@ -5,8 +5,9 @@ use common::settings::Settings;
 use issuer_worker::startup::Application;
 use tokio_util::sync::CancellationToken;
 
-/// glibc's malloc took about a tenth of the api's CPU under load; mimalloc
-/// less than half of that (docs/PERFORMANCE.md).
+/// The same allocator as the api (where it was measured: docs/PERFORMANCE.md),
+/// so both processes behave alike; the worker itself was not measured with
+/// glibc's malloc.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
