@@ -63,6 +63,13 @@ pub struct ErrorBody<'a> {
 }
 
 impl ApiError {
+    /// 429 with `Retry-After`: `wait` rounded up to whole seconds, at least 1.
+    pub fn rate_limited(wait: std::time::Duration) -> Self {
+        Self::RateLimited {
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        }
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::Unavailable {
             message: message.into(),

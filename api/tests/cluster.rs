@@ -152,12 +152,12 @@ async fn both_locks_exclude_on_a_cluster() {
         guard.release().await.unwrap();
     }))
     .await;
-    // The fair lock's queue and deadlines are gone (on the campaign's node).
-    for key in [fair_keys.lock, fair_keys.queue, fair_keys.timeouts] {
+    // The fair lock's line and counters are gone (on the campaign's node).
+    for key in fair_keys.all() {
         let exists: bool = gate
             .run_script(
                 &redis::Script::new("return redis.call('EXISTS', KEYS[1])"),
-                &[key.as_str()],
+                &[key],
                 &[],
             )
             .await

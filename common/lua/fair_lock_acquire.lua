@@ -1,79 +1,61 @@
--- Fair lock, try to acquire: Redisson's RedissonFairLock algorithm, with the
--- time taken from the Redis server instead of the client, and without
--- re-entry (no holder here ever locks twice). Where Redisson returns a time
--- estimate for a subscriber to wait on, this returns the waiter's place in
--- the queue: waiters here poll, and the head polls soonest.
+-- Fair lock, try to acquire: a ticket lock. A waiter takes a ticket once and
+-- is granted the lock when its ticket is served and the lock is free, so
+-- grants follow ticket order (arrival at the lock). Every call costs O(1)
+-- amortised: it reads the served ticket and, only when the lock is free,
+-- steps past tickets whose waiter gave up or died (each ticket is stepped
+-- past once). Redisson's fair lock, which this replaced, walks its whole
+-- queue on every acquire (ZINCRBY over every waiter), which saturated Redis
+-- at 2,000 waiters.
 --
 -- KEYS[1]  the lock (HASH owner token -> 1, with the lease as its TTL)
--- KEYS[2]  the wait queue (LIST of tokens, head first)
--- KEYS[3]  the waiters' timeouts (ZSET token -> absolute ms after which the
---          waiter counts as gone)
+-- KEYS[2]  the last ticket handed out (STRING counter)
+-- KEYS[3]  the ticket being served (STRING; absent: 1)
+-- KEYS[4]  the waiters (HASH ticket -> "<deadline ms>:<token>"); a waiter
+--          whose deadline passed counts as gone
 -- ARGV[1]  lease in ms
 -- ARGV[2]  this waiter's token
--- ARGV[3]  how long a waiter may wait for its turn, in ms
--- ARGV[4]  the lock's release channel (a purge that leaves the lock free
---          wakes the new head)
+-- ARGV[3]  how long a waiter may wait, in ms
+-- ARGV[4]  the lock's release channel (unused here; the same ARGV as release)
+-- ARGV[5]  this waiter's ticket, 0 on its first call
+-- ARGV[6]  the most tickets not yet served (the holder's included) before a
+--          newcomer is turned away
 --
--- Returns -1 when the lock was acquired, else the waiter's 0-based place in
--- the queue (it is queued on its first call).
+-- Returns {code, ticket, n}: code -1 acquired; 0 waiting, n = tickets ahead;
+-- -2 the line is full (no ticket taken), n = its length; -3 the waiter's
+-- place was given up (its deadline passed).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local wait = tonumber(ARGV[3])
-
--- Purge waiters at the head whose time ran out (they gave up or died).
-local purged = false
-while true do
-  local head = redis.call('LINDEX', KEYS[2], 0)
-  if head == false then break end
-  local timeout = tonumber(redis.call('ZSCORE', KEYS[3], head))
-  if timeout == nil or timeout <= now then
-    redis.call('ZREM', KEYS[3], head)
-    redis.call('LPOP', KEYS[2])
-    purged = true
-  else
-    break
+local ticket = tonumber(ARGV[5])
+local serving = tonumber(redis.call('GET', KEYS[3]) or '1')
+if ticket == 0 then
+  local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local line = last - serving + 1
+  if line < 0 then line = 0 end
+  if line >= tonumber(ARGV[6]) then
+    return {-2, 0, line}
+  end
+  ticket = redis.call('INCR', KEYS[2])
+  redis.call('SET', KEYS[3], serving)
+  redis.call('HSET', KEYS[4], ticket, (now + tonumber(ARGV[3])) .. ':' .. ARGV[2])
+elseif redis.call('HEXISTS', KEYS[4], ticket) == 0 then
+  return {-3, ticket, 0}
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- Step past tickets whose waiter is gone.
+  while serving < ticket do
+    local entry = redis.call('HGET', KEYS[4], serving)
+    if entry and tonumber(string.match(entry, '^(%d+)')) > now then
+      break
+    end
+    redis.call('HDEL', KEYS[4], serving)
+    serving = serving + 1
+  end
+  redis.call('SET', KEYS[3], serving)
+  if serving == ticket then
+    redis.call('HDEL', KEYS[4], ticket)
+    redis.call('HSET', KEYS[1], ARGV[2], 1)
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+    return {-1, ticket, 0}
   end
 end
-if purged and redis.call('EXISTS', KEYS[1]) == 0 then
-  local head = redis.call('LINDEX', KEYS[2], 0)
-  if head and head ~= ARGV[2] then
-    redis.call('PUBLISH', ARGV[4], head)
-  end
-end
-
--- Free, and nobody waiting or this waiter at the head: take it.
-if redis.call('EXISTS', KEYS[1]) == 0
-    and (redis.call('EXISTS', KEYS[2]) == 0 or redis.call('LINDEX', KEYS[2], 0) == ARGV[2]) then
-  redis.call('LPOP', KEYS[2])
-  redis.call('ZREM', KEYS[3], ARGV[2])
-  -- Everyone behind moved up one place: their deadlines shrink by one wait.
-  local waiters = redis.call('ZRANGE', KEYS[3], 0, -1)
-  for i = 1, #waiters do
-    redis.call('ZINCRBY', KEYS[3], -wait, waiters[i])
-  end
-  redis.call('HSET', KEYS[1], ARGV[2], 1)
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  return -1
-end
-
--- Already queued: report its place.
-if redis.call('ZSCORE', KEYS[3], ARGV[2]) ~= false then
-  local place = redis.call('LPOS', KEYS[2], ARGV[2])
-  if place ~= false then
-    return place
-  end
-end
-
--- Queue at the tail, with a deadline one wait after the waiter ahead of it
--- (or after the holder's lease when nobody waits).
-local last = redis.call('LINDEX', KEYS[2], -1)
-local ttl
-if last ~= false and last ~= ARGV[2] then
-  ttl = tonumber(redis.call('ZSCORE', KEYS[3], last)) - now
-else
-  ttl = redis.call('PTTL', KEYS[1])
-end
-if ttl < 0 then ttl = 0 end
-redis.call('ZADD', KEYS[3], ttl + wait + now, ARGV[2])
-redis.call('LREM', KEYS[2], 0, ARGV[2])
-return redis.call('RPUSH', KEYS[2], ARGV[2]) - 1
+return {0, ticket, ticket - serving}

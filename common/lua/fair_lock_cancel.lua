@@ -1,33 +1,38 @@
--- Fair lock, a waiter gives up (Redisson's acquireFailed): leave the queue
--- and give the waiters behind it back the wait it was holding for them.
+-- Fair lock (ticket lock), a waiter gives up: it leaves the line, and if its
+-- ticket was being served while the lock is free, the next waiter still
+-- there is served and woken. O(1) amortised.
 --
--- KEYS[1]  the wait queue (LIST)
--- KEYS[2]  the waiters' timeouts (ZSET)
--- KEYS[3]  the lock (HASH)
--- ARGV[1]  the waiter's token
--- ARGV[2]  how long a waiter may wait for its turn, in ms
--- ARGV[3]  the lock's release channel
+-- KEYS[1]  the lock (HASH)
+-- KEYS[2]  the last ticket handed out
+-- KEYS[3]  the ticket being served
+-- KEYS[4]  the waiters (HASH ticket -> "<deadline ms>:<token>")
+-- ARGV[1]  the waiter's ticket
+-- ARGV[2]  the lock's release channel
 --
--- Returns 1 when the waiter was queued, 0 otherwise. When it was at the head
--- and the lock is free, the new head is woken.
-local queue = redis.call('LRANGE', KEYS[1], 0, -1)
-local i = 1
-while i <= #queue and queue[i] ~= ARGV[1] do
-  i = i + 1
+-- Returns 1 when the waiter was in line, 0 otherwise.
+local left = redis.call('HDEL', KEYS[4], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return left
 end
-if i > #queue then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return 0
+local serving = tonumber(redis.call('GET', KEYS[3]) or '1')
+if serving ~= tonumber(ARGV[1]) then
+  return left
 end
-for j = i + 1, #queue do
-  redis.call('ZINCRBY', KEYS[2], -tonumber(ARGV[2]), queue[j])
-end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('LREM', KEYS[1], 0, ARGV[1])
-if i == 1 and redis.call('EXISTS', KEYS[3]) == 0 then
-  local next = redis.call('LINDEX', KEYS[1], 0)
-  if next then
-    redis.call('PUBLISH', ARGV[3], next)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+while serving <= last do
+  local entry = redis.call('HGET', KEYS[4], serving)
+  if entry and tonumber(string.match(entry, '^(%d+)')) > now then
+    break
   end
+  redis.call('HDEL', KEYS[4], serving)
+  serving = serving + 1
 end
-return 1
+if serving > last then
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+else
+  redis.call('SET', KEYS[3], serving)
+  redis.call('PUBLISH', ARGV[2], tostring(serving))
+end
+return left

@@ -1,4 +1,4 @@
--- Fair lock, extend a held lock's lease (the watchdog).
+-- Fair lock (ticket lock), extend a held lock's lease (the watchdog).
 --
 -- KEYS[1]  the lock (HASH owner token -> 1)
 -- ARGV[1]  the owner's token

@@ -51,19 +51,50 @@ impl CampaignKeys {
         format!("{}:admin", self.prefix)
     }
 
-    /// The campaign's fair lock (`fair-lock`): the lock HASH, the wait LIST
-    /// and the waiters' deadline ZSET.
-    pub fn fair_lock(&self) -> crate::lock::FairLockKeys {
-        crate::lock::FairLockKeys {
-            lock: format!("{}:fairlock", self.prefix),
-            queue: format!("{}:fairlock:queue", self.prefix),
-            timeouts: format!("{}:fairlock:timeouts", self.prefix),
-        }
+    /// The campaign's fair lock (`fair-lock`).
+    pub fn fair_lock(&self) -> FairLockKeys {
+        FairLockKeys::new(&format!("{}:fairlock", self.prefix))
     }
 
     /// Pattern matching every key of the campaign (cleanup of test data).
     pub fn all_pattern(&self) -> String {
         format!("{}:*", self.prefix)
+    }
+}
+
+/// The keys of one fair lock (a ticket lock; `common/lua/fair_lock_*.lua`).
+#[derive(Debug, Clone)]
+pub struct FairLockKeys {
+    /// HASH owner token -> 1, with the lease as its TTL.
+    pub lock: String,
+    /// STRING: the last ticket handed out.
+    pub tickets: String,
+    /// STRING: the ticket being served.
+    pub serving: String,
+    /// HASH ticket -> "<deadline ms>:<token>": the waiters in line.
+    pub waiting: String,
+}
+
+impl FairLockKeys {
+    /// The keys of the fair lock named `lock` (its siblings share the name,
+    /// and so its hash tag).
+    pub fn new(lock: &str) -> Self {
+        Self {
+            lock: lock.to_owned(),
+            tickets: format!("{lock}:tickets"),
+            serving: format!("{lock}:serving"),
+            waiting: format!("{lock}:waiting"),
+        }
+    }
+
+    /// In the order the scripts take them.
+    pub fn all(&self) -> [&str; 4] {
+        [
+            self.lock.as_str(),
+            self.tickets.as_str(),
+            self.serving.as_str(),
+            self.waiting.as_str(),
+        ]
     }
 }
 
@@ -85,8 +116,9 @@ mod tests {
             k.status(&user),
             k.lock(),
             fair.lock,
-            fair.queue,
-            fair.timeouts,
+            fair.tickets,
+            fair.serving,
+            fair.waiting,
         ] {
             assert!(key.starts_with(&format!("coupon:{tag}:")), "{key}");
         }

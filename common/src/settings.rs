@@ -454,6 +454,10 @@ pub struct LockSettings {
     pub lease_ms: u64,
     /// How long a request waits for the lock before answering 503.
     pub wait_ms: u64,
+    /// `fair-lock`: the most requests of one campaign in line for its lock
+    /// (across instances, the holder included); a request finding the line
+    /// full is answered 503 at once rather than after `wait_ms`.
+    pub max_waiters: u64,
 }
 
 impl Default for LockSettings {
@@ -461,6 +465,7 @@ impl Default for LockSettings {
         Self {
             lease_ms: 3_000,
             wait_ms: 2_000,
+            max_waiters: 1_000,
         }
     }
 }

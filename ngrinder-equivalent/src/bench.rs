@@ -168,10 +168,6 @@ fn instance_urls() -> Vec<String> {
         .collect()
 }
 
-fn secrets(env: &Environment) -> anyhow::Result<(String, String)> {
-    crate::experiment::secrets(&env.state_dir)
-}
-
 async fn measured(
     env: &Environment,
     plan: &BenchPlan,
@@ -180,7 +176,7 @@ async fn measured(
     label: String,
     model: Option<LoadModel>,
 ) -> anyhow::Result<Measured> {
-    let (admin_token, jwt_secret) = secrets(env)?;
+    let (admin_token, jwt_secret) = crate::experiment::secrets(&env.state_dir)?;
     let (targets, endpoint) = match kind {
         // ISSUE, or ISSUE on a further broker (`issue_on`).
         k if k.starts_with(ISSUE) => (instance_urls(), Endpoint::Issue),

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::charts::{self, Series};
@@ -118,7 +119,15 @@ pub fn secrets(state_dir: &Path) -> anyhow::Result<(String, String)> {
     if let (Some(a), Some(j)) = from_env {
         return Ok((a, j));
     }
-    let text = std::fs::read_to_string(state_dir.join("secrets.env"))?;
+    stack_secrets(state_dir)
+}
+
+/// The admin token and JWT secret `scripts/stack` generated (its
+/// `secrets.env`); the one reader of that file.
+pub fn stack_secrets(state_dir: &Path) -> anyhow::Result<(String, String)> {
+    let path = state_dir.join("secrets.env");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (run scripts/stack up)", path.display()))?;
     let get = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name}=")))

@@ -236,22 +236,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn stack_secrets(state: &std::path::Path) -> (Option<String>, Option<String>) {
-    let Ok(text) = std::fs::read_to_string(state.join("secrets.env")) else {
-        return (None, None);
-    };
-    let get = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .map(str::to_owned)
-    };
-    (get("LOCAL_ADMIN_TOKEN"), get("LOCAL_JWT_SECRET"))
-}
-
 async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
     match command {
         Command::Run(a) => {
-            let (stack_admin, stack_jwt) = stack_secrets(&a.stack_state);
+            let (stack_admin, stack_jwt) = match experiment::stack_secrets(&a.stack_state) {
+                Ok((admin, jwt)) => (Some(admin), Some(jwt)),
+                Err(_) => (None, None),
+            };
             let admin_token = a.admin_token.or(stack_admin).ok_or_else(|| {
                 anyhow::anyhow!("no admin token: set APP_AUTH__ADMIN_TOKEN or run scripts/stack up")
             })?;

@@ -74,12 +74,7 @@ async fn issue_for(
     check_client_ip(req, state)?;
     let user = auth.user(req)?;
     let campaign = campaign_id(req)?;
-    state
-        .limiter
-        .check(&user)
-        .map_err(|wait| ApiError::RateLimited {
-            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-        })?;
+    state.limiter.check(&user).map_err(ApiError::rate_limited)?;
     // Admit, produce and settle run to their end on a tracked task: a slot
     // is never left half-taken because the client went away.
     let strategy = state.strategy.clone();
@@ -107,9 +102,7 @@ pub(crate) fn check_client_ip(req: &HttpRequest, state: &AppState) -> Result<(),
     state
         .ip_limiter
         .check(&client)
-        .map_err(|wait| ApiError::RateLimited {
-            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-        })
+        .map_err(ApiError::rate_limited)
 }
 
 /// `state` ∈ none, queued, pending, issued, rejected.

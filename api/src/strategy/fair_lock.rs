@@ -1,7 +1,9 @@
-//! `fair-lock`: Redisson's fair lock (a wait queue in Redis; only its head
-//! may take the lock) around the same section as `distributed-lock`. Grants
-//! follow arrival order at the lock, which costs waiting: every request
-//! queues behind every earlier one of its campaign.
+//! `fair-lock`: a fair lock (a ticket lock in Redis: grants in arrival
+//! order, O(1) per operation; `common::lock::FairLock`) around the same
+//! section as `distributed-lock`. Grants follow arrival order at the lock,
+//! which costs waiting: every request waits behind every earlier one of its
+//! campaign, up to `lock.max_waiters` in line; past that a request is
+//! answered 503 at once.
 
 use std::sync::Arc;
 
@@ -24,7 +26,8 @@ pub struct FairLockStrategy {
 impl FairLockStrategy {
     pub fn new(pipeline: Arc<Pipeline>, settings: &LockSettings) -> Self {
         let waker = LockWaker::new(pipeline.gate.client().clone());
-        let lock = FairLock::new(pipeline.gate.clone(), timing(settings), Some(waker));
+        let lock = FairLock::new(pipeline.gate.clone(), timing(settings), Some(waker))
+            .with_max_waiters(settings.max_waiters);
         Self { pipeline, lock }
     }
 

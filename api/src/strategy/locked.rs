@@ -28,6 +28,9 @@ pub(super) fn lock_unavailable(e: LockError) -> IssueError {
             "the campaign is busy (no lock within {} ms); retry later",
             wait.as_millis()
         )),
+        LockError::LineFull(line) => IssueError::Unavailable(format!(
+            "the campaign is busy ({line} requests already waiting for its lock); retry later"
+        )),
         LockError::Redis(e) => redis_unavailable(e),
     }
 }
