@@ -361,6 +361,7 @@ pub struct OwnPostgres {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    frozen: std::sync::atomic::AtomicBool,
 }
 
 impl OwnPostgres {
@@ -376,6 +377,7 @@ impl OwnPostgres {
             port: spare_port(),
             dir,
             bin,
+            frozen: std::sync::atomic::AtomicBool::new(false),
         };
         if is_root() {
             let status = Command::new("chown")
@@ -444,21 +446,19 @@ impl OwnPostgres {
             .unwrap_or_default()
             .trim()
             .to_owned();
+        let sig = if frozen { "-STOP" } else { "-CONT" };
+        // The server first, so that it forks no backend the list below
+        // misses; a backend may exit between pgrep and kill.
+        signal(postmaster.parse().expect("a pid"), sig);
         let children = Command::new("pgrep")
             .args(["-P", &postmaster])
             .output()
             .expect("pgrep");
-        let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        pids.push(postmaster);
-        for pid in pids {
-            signal(
-                pid.parse().expect("a pid"),
-                if frozen { "-STOP" } else { "-CONT" },
-            );
+        for pid in String::from_utf8_lossy(&children.stdout).split_whitespace() {
+            let _ = Command::new("kill").args([sig, pid]).status();
         }
+        self.frozen
+            .store(frozen, std::sync::atomic::Ordering::Release);
     }
 
     /// Starts (`true`) or fast-stops (`false`) the server.
@@ -492,7 +492,7 @@ impl OwnPostgres {
 
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
-        if self.dir.join("data/postmaster.pid").exists() {
+        if self.frozen.load(std::sync::atomic::Ordering::Acquire) {
             self.freeze(false);
         }
         let _ = self

@@ -57,6 +57,9 @@ pub struct ServerInfo {
     pub per_user_rate_limit: Option<bool>,
 }
 
+/// How often a read is retried while the api answers 503.
+const READ_RETRIES: usize = 5;
+
 impl AdminClient {
     pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
         Ok(Self {
@@ -76,6 +79,39 @@ impl AdminClient {
         Ok(body)
     }
 
+    /// A read, retried as a client would while the api answers 503 (a
+    /// dependency restarting), after its `Retry-After` (at most
+    /// [`READ_RETRIES`] times).
+    async fn read(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let mut request = request;
+        for _ in 0..READ_RETRIES {
+            let again = request.try_clone();
+            let res = request.send().await?;
+            match again {
+                Some(again) if res.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                    let wait = res
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                        .unwrap_or(1)
+                        .min(5);
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                    request = again;
+                }
+                _ => return Ok(res),
+            }
+        }
+        Ok(request.send().await?)
+    }
+
+    async fn read_json(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let res = self.read(request.bearer_auth(&self.token)).await?;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        anyhow::ensure!(status.is_success(), "{status}: {body}");
+        Ok(body)
+    }
+
     pub async fn create_campaign(&self, name: &str, stock: i64) -> anyhow::Result<CampaignState> {
         let body = self
             .json(
@@ -89,7 +125,7 @@ impl AdminClient {
 
     pub async fn campaign(&self, id: &str) -> anyhow::Result<CampaignState> {
         let body = self
-            .json(
+            .read_json(
                 self.http
                     .get(format!("{}/api/v1/campaigns/{id}", self.base)),
             )
@@ -109,7 +145,7 @@ impl AdminClient {
             if let Some(a) = &after {
                 request = request.query(&[("after", a.as_str())]);
             }
-            let page: CouponPage = serde_json::from_value(self.json(request).await?)?;
+            let page: CouponPage = serde_json::from_value(self.read_json(request).await?)?;
             users.extend(page.coupons.into_iter().map(|c| c.user_id));
             match page.next_after {
                 Some(next) => after = Some(next),
@@ -124,10 +160,11 @@ impl AdminClient {
         let mut auth = String::new();
         minter.bearer(user, &mut auth);
         let body: Value = self
-            .http
-            .get(format!("{}/api/v1/campaigns/{id}/coupons/me", self.base))
-            .header("authorization", auth)
-            .send()
+            .read(
+                self.http
+                    .get(format!("{}/api/v1/campaigns/{id}/coupons/me", self.base))
+                    .header("authorization", auth),
+            )
             .await?
             .error_for_status()?
             .json()
