@@ -1,7 +1,8 @@
 //! The coupon issuance api (actix-web).
 //!
 //! - [`startup`] — `Application::build(settings)` and `run_until_stopped`;
-//!   shared state; shutdown order.
+//!   shutdown order.
+//! - [`state`] — [`state::AppState`], what every handler shares.
 //! - [`routes`] — the HTTP contract: admin ([`routes::campaigns`]), user
 //!   ([`routes::issue`]) and operations ([`routes::ops`]) endpoints.
 //! - [`strategy`] — the issue request path behind `APP_STRATEGY`, built from
@@ -24,4 +25,5 @@ pub mod producer;
 pub mod rate_limit;
 pub mod routes;
 pub mod startup;
+pub mod state;
 pub mod strategy;

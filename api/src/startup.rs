@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::{Server, Service};
@@ -26,28 +26,8 @@ use crate::campaigns::CampaignStore;
 use crate::metrics::ApiMetrics;
 use crate::producer::IssueProducer;
 use crate::rate_limit::{Limiter, TrustedProxies};
+use crate::state::AppState;
 use crate::strategy::{Pipeline, Strategy};
-
-/// Shared by every worker thread of one api instance.
-#[derive(Debug)]
-pub struct AppState {
-    pub strategy: Arc<Strategy>,
-    pub pipeline: Arc<Pipeline>,
-    pub campaigns: Arc<CampaignStore>,
-    pub limiter: Limiter<common::ids::UserId>,
-    pub ip_limiter: Limiter<std::net::IpAddr>,
-    pub trusted_proxies: TrustedProxies,
-    /// Bounds the user requests served at once (`http.max_in_flight`).
-    pub in_flight: Arc<tokio::sync::Semaphore>,
-    pub metrics: ApiMetrics,
-    draining: AtomicBool,
-}
-
-impl AppState {
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-}
 
 pub struct Application {
     port: u16,
@@ -208,7 +188,7 @@ impl Application {
             () = shutdown => {}
         }
         tracing::info!("draining: readiness now reports 503");
-        self.state.draining.store(true, Ordering::Release);
+        self.state.start_draining();
         tokio::time::sleep(self.drain_delay).await;
         handle.stop(true).await;
         let served = server.await;

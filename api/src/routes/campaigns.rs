@@ -12,7 +12,7 @@ use super::campaign_id;
 use crate::auth::Admin;
 use crate::campaigns::{CampaignRequest, CampaignView, CouponView};
 use crate::error::{ApiError, ErrorBody};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[utoipa::path(
     post,

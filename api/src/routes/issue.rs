@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::campaign_id;
 use crate::auth::Authenticator;
 use crate::error::{ApiError, ErrorBody};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::strategy::Issued;
 
 /// A 202 reply of the issue endpoint.

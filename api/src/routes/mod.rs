@@ -32,7 +32,7 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
                     // Bounded in-flight requests: past the bound, a fast 503
                     // rather than a queue behind a slow dependency.
                     let permit = req
-                        .app_data::<web::Data<crate::startup::AppState>>()
+                        .app_data::<web::Data<crate::state::AppState>>()
                         .map(|s| s.in_flight.clone().try_acquire_owned());
                     let call = match &permit {
                         Some(Err(_)) => None,

@@ -1,0 +1,38 @@
+//! What every handler of one api instance shares: the strategy and the
+//! pipeline it is built on, the campaign store, the limiters, the in-flight
+//! bound, the metrics, and whether the instance is draining.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::campaigns::CampaignStore;
+use crate::metrics::ApiMetrics;
+use crate::rate_limit::{Limiter, TrustedProxies};
+use crate::strategy::{Pipeline, Strategy};
+
+/// Shared by every worker thread of one api instance.
+#[derive(Debug)]
+pub struct AppState {
+    pub strategy: Arc<Strategy>,
+    pub pipeline: Arc<Pipeline>,
+    pub campaigns: Arc<CampaignStore>,
+    pub limiter: Limiter<common::ids::UserId>,
+    pub ip_limiter: Limiter<std::net::IpAddr>,
+    pub trusted_proxies: TrustedProxies,
+    /// Bounds the user requests served at once (`http.max_in_flight`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub metrics: ApiMetrics,
+    /// Set once on SIGTERM (`Application::run_until_stopped`).
+    pub(crate) draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// From now on `/readyz` answers 503, so the balancer stops routing here.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+}
