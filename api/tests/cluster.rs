@@ -22,7 +22,6 @@ use reqwest::StatusCode;
 async fn cluster_settings(cluster: &OwnRedisCluster) -> Settings {
     let mut s = test_settings().await;
     s.redis.cluster_nodes = cluster.nodes();
-    s.lock.wait_ms = 30_000;
     s
 }
 
