@@ -211,6 +211,13 @@ ensure_broker() {
   if port_open $BROKER_PORT; then
     if ! pid_alive "$STATE_DIR/broker.pid"; then
       log "warning: a broker this script did not start answers on $BROKER_PORT; using it as it is (it may not be $kind)"
+      # A port that accepts connections is not yet a broker that works (one
+      # left running after its data directory was deleted times out every
+      # request): ask it for its topics before relying on it.
+      if [ "$kind" = kafka ] &&
+        ! timeout 60 "$ROOT/scripts/kafka" topics --bootstrap-server "127.0.0.1:$BROKER_PORT" --list >/dev/null 2>&1; then
+        die "the broker on $BROKER_PORT does not answer a topic listing; stop it (it was not started by this checkout) and run again"
+      fi
       return 0
     elif [ "$(cat "$STATE_DIR/broker.kind" 2>/dev/null)" != "$kind" ]; then
       log "replacing the broker with $kind"

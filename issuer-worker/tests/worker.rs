@@ -127,6 +127,25 @@ async fn reqwest_get(port: u16, path: &str) -> String {
     }
 }
 
+/// The dead letters once there are `n` (or after 20 s), with their reasons
+/// sorted.
+async fn dead_letters(settings: &Settings, n: usize) -> (Vec<ReadMessage>, Vec<String>) {
+    let started = Instant::now();
+    let letters = loop {
+        let letters = read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic).await;
+        if letters.len() >= n || started.elapsed() > Duration::from_secs(20) {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut reasons: Vec<_> = letters
+        .iter()
+        .map(|l| l.header(DLQ_REASON_HEADER).unwrap_or("?").to_owned())
+        .collect();
+    reasons.sort();
+    (letters, reasons)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_messages_go_to_the_dlq_with_a_reason_and_the_partition_keeps_flowing() {
     let settings = settings().await;
@@ -145,19 +164,7 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_the_partition_keeps_flo
 
     let worker = start(&settings).await;
     wait_for_rows(&db, &c, 2, Duration::from_secs(30)).await;
-    let started = Instant::now();
-    let letters = loop {
-        let letters = read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic).await;
-        if letters.len() >= 3 || started.elapsed() > Duration::from_secs(20) {
-            break letters;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let mut reasons: Vec<_> = letters
-        .iter()
-        .map(|l| l.header(DLQ_REASON_HEADER).unwrap_or("?").to_owned())
-        .collect();
-    reasons.sort();
+    let (letters, reasons) = dead_letters(&settings, 3).await;
     assert_eq!(reasons, ["unknown_campaign", "unparseable", "unparseable"]);
     let raw = letters
         .iter()
@@ -237,19 +244,7 @@ async fn a_message_the_database_will_not_take_is_dead_lettered_and_the_partition
     topic.send_raw(&key, &message(c, "after-2").encode()).await;
 
     wait_for_rows(&db, &c, 3, Duration::from_secs(30)).await;
-    let started = Instant::now();
-    let letters = loop {
-        let letters = read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic).await;
-        if letters.len() >= 2 || started.elapsed() > Duration::from_secs(20) {
-            break letters;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let mut reasons: Vec<_> = letters
-        .iter()
-        .map(|l| l.header(DLQ_REASON_HEADER).unwrap_or("?").to_owned())
-        .collect();
-    reasons.sort();
+    let (_, reasons) = dead_letters(&settings, 2).await;
     assert_eq!(reasons, ["coupon_id_taken", "rejected_by_database"]);
     let mut users = row_users(&db, &c).await;
     users.sort();
