@@ -84,16 +84,20 @@ impl Pipeline {
         self.tasks.spawn_on(work, &self.runtime);
     }
 
-    /// Runs `work` to its end on a tracked task of the main runtime and
-    /// returns its result. The caller's future may be dropped (a client that
-    /// hangs up, a server that cancels its handler) without stopping `work`
-    /// half-way; shutdown waits for it like any background work. `None` if
-    /// the task panicked.
+    /// Runs `work` to its end on a tracked task and returns its result. The
+    /// caller's future may be dropped (a client that hangs up, a server that
+    /// cancels its handler) without stopping `work` half-way. The task runs
+    /// on the caller's runtime, not the main one: on an actix worker thread
+    /// it keeps that thread's own Redis connection (`common::redis_pool`)
+    /// and costs no hop to another thread. Shutdown waits for it while the
+    /// worker threads run; a task orphaned by its client when the server
+    /// stops ends with its thread, and a slot it took without producing is
+    /// left to `reconcile`. `None` if the task panicked or was dropped.
     pub async fn run_to_end<T: Send + 'static>(
         &self,
         work: impl Future<Output = T> + Send + 'static,
     ) -> Option<T> {
-        self.tasks.spawn_on(work, &self.runtime).await.ok()
+        self.tasks.spawn(work).await.ok()
     }
 
     /// Shutdown: waits (until `deadline`) for background work to finish.
