@@ -32,6 +32,10 @@ pub enum ApiError {
     UnknownCampaign,
     #[error("{}", refusal_message(.0))]
     Refused(Refusal),
+    #[error("this Idempotency-Key was used for another request (method, path or body)")]
+    IdempotencyKeyReused,
+    #[error("a request with this Idempotency-Key is still running; retry later")]
+    RequestInProgress,
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("{message}")]
@@ -90,6 +94,8 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnknownCampaign => "unknown_campaign",
             Self::Refused(r) => r.as_str(),
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::RequestInProgress => "request_in_progress",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal(_) => "internal",
@@ -102,6 +108,7 @@ impl ApiError {
             | Self::Unavailable {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
+            Self::RequestInProgress => Some(1),
             _ => None,
         }
     }
@@ -121,6 +128,8 @@ impl ResponseError for ApiError {
             Self::Refused(Refusal::Duplicate) => StatusCode::CONFLICT,
             Self::Refused(Refusal::SoldOut | Refusal::Closed) => StatusCode::GONE,
             Self::Refused(Refusal::NotOpen) => StatusCode::FORBIDDEN,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RequestInProgress => StatusCode::CONFLICT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

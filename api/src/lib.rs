@@ -10,6 +10,7 @@
 //! - [`producer`] — the Kafka producer with per-message persistence status.
 //! - [`campaigns`] — campaigns in PostgreSQL with their gate meta in Redis.
 //! - [`auth`], [`rate_limit`] — who is calling, and how often.
+//! - [`idempotency`] — `Idempotency-Key` on the writes: replays, conflicts.
 //! - [`error`] — every error reply and its status.
 //! - [`faults`] — test-only fault hooks (debug builds).
 //! - [`metrics`] — the api's Prometheus metrics.
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod campaigns;
 pub mod error;
 pub mod faults;
+pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
 pub mod producer;

@@ -17,6 +17,7 @@ pub struct ApiMetrics {
     pub produce_seconds: Histogram,
     pub redis_pool_wait_seconds: Histogram,
     pub compensations: IntCounterVec,
+    pub idempotency: IntCounterVec,
     pub producer_queue: IntGauge,
     pub queue_depth: IntGauge,
     pub lock_wait_seconds: Histogram,
@@ -74,7 +75,13 @@ impl ApiMetrics {
             compensations: counter_vec(
                 &r,
                 "gate_compensations_total",
-                "Slots given back after a failed produce, by result (released, failed).",
+                "Slots given back after a failed produce (released), admissions whose reply timed out taken back (withdrawn: it had admitted; voided: it had not run), and give-backs that failed (failed).",
+                &["result"],
+            ),
+            idempotency: counter_vec(
+                &r,
+                "idempotency_keys_total",
+                "Requests with an Idempotency-Key by what became of it: kept (reply stored), freed (a 429/5xx: the key may run again), replayed, in_progress (409), reused (422), lease_lost, not_finished (Redis refused the record).",
                 &["result"],
             ),
             producer_queue: gauge(
@@ -102,7 +109,7 @@ impl ApiMetrics {
             registry: r,
         };
         // Zero series from the start, so that rates and alerts see them.
-        for result in ["released", "failed"] {
+        for result in ["released", "withdrawn", "voided", "failed"] {
             metrics.compensations.with_label_values(&[result]);
         }
         metrics

@@ -23,6 +23,7 @@ use common::settings::Settings;
 
 use crate::auth::Authenticator;
 use crate::campaigns::CampaignStore;
+use crate::idempotency::IdempotencyStore;
 use crate::metrics::ApiMetrics;
 use crate::producer::IssueProducer;
 use crate::rate_limit::{Limiter, TrustedProxies};
@@ -84,6 +85,12 @@ impl Application {
         ));
         let state = web::Data::new(AppState {
             strategy: Arc::new(Strategy::build(&settings, pipeline.clone())),
+            idempotency: IdempotencyStore::new(
+                pipeline.gate.clone(),
+                settings.idempotency.ttl_secs,
+                settings.longest_request().as_secs(),
+                metrics.clone(),
+            ),
             pipeline,
             campaigns,
             limiter: Limiter::new(&settings.rate_limit.per_user),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::campaigns::CampaignStore;
+use crate::idempotency::IdempotencyStore;
 use crate::metrics::ApiMetrics;
 use crate::rate_limit::{Limiter, TrustedProxies};
 use crate::strategy::{Pipeline, Strategy};
@@ -16,6 +17,7 @@ pub struct AppState {
     pub strategy: Arc<Strategy>,
     pub pipeline: Arc<Pipeline>,
     pub campaigns: Arc<CampaignStore>,
+    pub idempotency: IdempotencyStore,
     pub limiter: Limiter<common::ids::UserId>,
     pub ip_limiter: Limiter<std::net::IpAddr>,
     pub trusted_proxies: TrustedProxies,

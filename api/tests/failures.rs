@@ -201,3 +201,117 @@ async fn postgres_unreachable_means_503_on_admin_routes_and_unknown_ids() {
     assert_eq!(gate_state(&unknown).await, (vec![], None));
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gate_call_that_times_out_is_withdrawn_and_the_retry_is_accepted() {
+    let redis = OwnRedis::start();
+    let mut settings = test_settings().await;
+    settings.redis.url = redis.url();
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    issue_until_accepted(&api, &campaign, "before", Duration::from_secs(20)).await;
+
+    // Redis stalls past the command timeout (500 ms) with the gate script
+    // in its input buffer: the script runs when Redis resumes, after the
+    // api has answered. Without the withdrawal the user would hold a slot
+    // no message fills, and read `duplicate` until reconciliation.
+    let stall = settings.redis.command_timeout() * 3;
+    let mut admin = redis_at(&redis.url()).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(stall.as_millis() as u64)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (status, body) = api.issue(&campaign, "alice").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        started.elapsed() >= settings.redis.command_timeout(),
+        "answered before the gate call timed out: {body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was issued"),
+        "{body}"
+    );
+    // Every command sent during the stall has run by now.
+    let _: String = redis::cmd("PING").query_async(&mut admin).await.unwrap();
+    assert_eq!(
+        gate_state_at(&redis.url(), &campaign).await,
+        (vec!["before".to_owned()], Some(1)),
+        "the timed-out admission left a slot behind"
+    );
+    let (status, body) = api.issue(&campaign, "alice").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["outcome"], "accepted");
+    assert_eq!(
+        gate_state_at(&redis.url(), &campaign).await,
+        (vec!["alice".to_owned(), "before".to_owned()], Some(2))
+    );
+    let scrape = api.scrape().await;
+    assert_eq!(
+        scrape.sum("gate_compensations_total", &[("result", "withdrawn")])
+            + scrape.sum("gate_compensations_total", &[("result", "voided")]),
+        1.0
+    );
+    api.stop().await;
+}
+
+/// The withdrawal, script by script: whichever of the admission and its
+/// withdrawal Redis runs first, the request ends holding nothing, and a
+/// slot the user holds from another request is never touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_admission_holds_nothing_whichever_runs_first() {
+    use common::gate::{Admission, RedisGate, Withdrawal};
+    use common::ids::{CouponId, UserId};
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    let gate = RedisGate::new(&settings.redis, None).unwrap();
+    let alice = UserId::parse("alice").unwrap();
+
+    // Withdrawn before it ran: voided; when it runs, it writes nothing.
+    let first = CouponId::new();
+    assert_eq!(
+        gate.withdraw(&campaign, &alice, &first).await.unwrap(),
+        Withdrawal::Voided
+    );
+    assert_eq!(
+        gate.admit(&campaign, &alice, &first).await.unwrap(),
+        Admission::Withdrawn
+    );
+    assert_eq!(gate_state(&campaign).await, (vec![], Some(0)));
+
+    // Another request of the same user is admitted; withdrawing the first
+    // again leaves that slot alone.
+    let second = CouponId::new();
+    assert_eq!(
+        gate.admit(&campaign, &alice, &second).await.unwrap(),
+        Admission::Admitted
+    );
+    assert_eq!(
+        gate.withdraw(&campaign, &alice, &first).await.unwrap(),
+        Withdrawal::Voided
+    );
+    assert_eq!(
+        gate_state(&campaign).await,
+        (vec!["alice".to_owned()], Some(1))
+    );
+
+    // Withdrawn after it ran: its slot is given back, once.
+    assert_eq!(
+        gate.withdraw(&campaign, &alice, &second).await.unwrap(),
+        Withdrawal::Released
+    );
+    assert_eq!(gate_state(&campaign).await, (vec![], Some(0)));
+    assert_eq!(
+        gate.withdraw(&campaign, &alice, &second).await.unwrap(),
+        Withdrawal::Voided
+    );
+    assert_eq!(gate_state(&campaign).await, (vec![], Some(0)));
+    api.stop().await;
+}

@@ -13,15 +13,7 @@ use reqwest::StatusCode;
 const ISSUE_ROUTE: &str = "/api/v1/campaigns/{id}/issue";
 
 async fn scrape(api: &TestApi) -> (Scrape, String) {
-    let text = api
-        .client
-        .get(format!("{}/metrics", api.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api.metrics_text().await;
     (Scrape::parse(&text), text)
 }
 

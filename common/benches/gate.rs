@@ -54,13 +54,23 @@ fn gate(c: &mut Criterion) {
     let next = AtomicU64::new(0);
     let user = || UserId::parse(&format!("u{}", next.fetch_add(1, Ordering::Relaxed))).unwrap();
     c.bench_function("gate_admit", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { gate.admit(&campaign, &user()).await.unwrap() })
+        b.to_async(&runtime).iter(|| async {
+            gate.admit(&campaign, &user(), &CouponId::new())
+                .await
+                .unwrap()
+        })
     });
     c.bench_function("gate_admit_64_concurrent", |b| {
         b.to_async(&runtime).iter(|| async {
             let users: Vec<UserId> = (0..64).map(|_| user()).collect();
-            futures::future::join_all(users.iter().map(|u| gate.admit(&campaign, u))).await
+            let coupons: Vec<CouponId> = users.iter().map(|_| CouponId::new()).collect();
+            futures::future::join_all(
+                users
+                    .iter()
+                    .zip(&coupons)
+                    .map(|(u, c)| gate.admit(&campaign, u, c)),
+            )
+            .await
         })
     });
     runtime.block_on(async {

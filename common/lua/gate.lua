@@ -6,14 +6,22 @@
 -- KEYS[4]  coupon:{c}:status:<user>  an earlier request's status record,
 --          deleted on admission (it would hide the new slot from
 --          /coupons/me: a `rejected` from a 503, an async-queue mark)
+-- KEYS[5]  coupon:{c}:claims  HASH user id -> coupon id of the admission
+-- KEYS[6]  coupon:{c}:void:<coupon id>  present when this request was
+--          withdrawn (withdraw.lua) before this script got to run
 -- ARGV[1]  user id
+-- ARGV[2]  coupon id this admission claims
 --
 -- Returns one of: "admitted", "duplicate", "sold_out", "not_open", "closed",
--- "missing" (no meta: the campaign's gate state is not loaded).
+-- "missing" (no meta: the campaign's gate state is not loaded), "withdrawn"
+-- (the caller gave up on this request before Redis ran it).
 --
 -- Every check runs before the first write, so a refused user changes nothing;
 -- a sold-out user is not added to the set. Time comes from the Redis server,
 -- so api instances with skewed clocks agree on the sale window.
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  return 'withdrawn'
+end
 local meta = redis.call('HMGET', KEYS[1], 'stock', 'starts_ms', 'ends_ms', 'state')
 if not meta[1] then
   return 'missing'
@@ -38,4 +46,5 @@ end
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('INCR', KEYS[3])
 redis.call('DEL', KEYS[4])
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
 return 'admitted'

@@ -9,11 +9,18 @@
 -- KEYS[2]  coupon:{c}:users          SET of slot holders
 -- KEYS[3]  coupon:{c}:issued         counter of slots handed out
 -- KEYS[4]  coupon:{c}:status:<user>  STRING, an earlier request's record
+-- KEYS[5]  coupon:{c}:claims         HASH user id -> coupon id (gate.lua)
+-- KEYS[6]  coupon:{c}:void:<coupon id>  present when the request was withdrawn
 -- ARGV[1]  the caller's lock token
 -- ARGV[2]  user id
+-- ARGV[3]  coupon id this admission claims
 --
--- Returns "admitted", "duplicate" (already a holder: nothing written) or
--- "lost" (the lock is not the caller's: nothing written).
+-- Returns "admitted", "duplicate" (already a holder: nothing written),
+-- "lost" (the lock is not the caller's: nothing written) or "withdrawn"
+-- (the caller gave up on this request before Redis ran it).
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  return 'withdrawn'
+end
 local kind = redis.call('TYPE', KEYS[1])['ok']
 local held = false
 if kind == 'string' then
@@ -29,4 +36,5 @@ if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then
 end
 redis.call('INCR', KEYS[3])
 redis.call('DEL', KEYS[4])
+redis.call('HSET', KEYS[5], ARGV[2], ARGV[3])
 return 'admitted'

@@ -34,6 +34,9 @@ pub enum Admission {
     Closed,
     /// No meta: the campaign is unknown to Redis (unknown, or its state lost).
     Missing,
+    /// The request was withdrawn ([`RedisGate::withdraw`]) before Redis ran
+    /// it; nothing was written.
+    Withdrawn,
 }
 
 impl Admission {
@@ -45,6 +48,7 @@ impl Admission {
             "not_open" => Self::NotOpen,
             "closed" => Self::Closed,
             "missing" => Self::Missing,
+            "withdrawn" => Self::Withdrawn,
             other => return Err(GateError::Protocol(other.to_owned())),
         })
     }
@@ -70,6 +74,19 @@ impl From<ConnectError> for GateError {
         }
     }
 }
+
+/// What withdrawing an admission request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// It had been admitted: its slot was given back.
+    Released,
+    /// It had not run: it never will admit anyone.
+    Voided,
+}
+
+/// How long a void mark outlives the request it voids: far beyond any wait
+/// of a command in Redis's input buffer.
+const VOID_TTL_SECS: u64 = 600;
 
 /// What marking a user queued found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,11 +194,14 @@ impl RedisGate {
         }
     }
 
-    /// The gate. On `Err(GateError::Timeout)` the user may have been admitted.
+    /// The gate; an admission claims `coupon` for the user. On
+    /// `Err(GateError::Timeout)` the user may have been admitted (or may
+    /// still be): [`RedisGate::withdraw`] settles which.
     pub async fn admit(
         &self,
         campaign: &CampaignId,
         user: &UserId,
+        coupon: &CouponId,
     ) -> Result<Admission, GateError> {
         let keys = CampaignKeys::new(campaign);
         let reply: String = self
@@ -191,12 +211,47 @@ impl RedisGate {
                     .key(keys.users())
                     .key(keys.issued())
                     .key(keys.status(user))
+                    .key(keys.claims())
+                    .key(keys.void(coupon))
                     .arg(user.as_str())
+                    .arg(coupon.to_string())
                     .invoke_async(&mut conn)
                     .await
             })
             .await?;
         Admission::from_script(&reply)
+    }
+
+    /// Withdraws the admission request that claimed `coupon` and got no
+    /// reply: gives its slot back if it was admitted, or voids it if Redis
+    /// has not run it yet. Either way it ends holding nothing, and a slot
+    /// the user holds from another request is untouched.
+    pub async fn withdraw(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+        coupon: &CouponId,
+    ) -> Result<Withdrawal, GateError> {
+        let keys = CampaignKeys::new(campaign);
+        let reply: String = self
+            .run(|mut conn| async move {
+                scripts::WITHDRAW
+                    .key(keys.users())
+                    .key(keys.issued())
+                    .key(keys.claims())
+                    .key(keys.void(coupon))
+                    .arg(user.as_str())
+                    .arg(coupon.to_string())
+                    .arg(VOID_TTL_SECS)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        match reply.as_str() {
+            "released" => Ok(Withdrawal::Released),
+            "voided" => Ok(Withdrawal::Voided),
+            other => Err(GateError::Protocol(other.to_owned())),
+        }
     }
 
     /// Compensation: gives the user's slot back. `Ok(false)` if it held none.
@@ -207,6 +262,7 @@ impl RedisGate {
                 scripts::RELEASE
                     .key(keys.users())
                     .key(keys.issued())
+                    .key(keys.claims())
                     .arg(user.as_str())
                     .invoke_async(&mut conn)
                     .await
@@ -587,7 +643,9 @@ impl RedisGate {
         Ok(added)
     }
 
-    /// Rebuild, step one: replaces the set and the counter with `users`.
+    /// Rebuild, step one: replaces the set and the counter with `users`,
+    /// and drops the claims (a rebuilt slot has no admission request a
+    /// withdrawal could name).
     /// The meta must be absent meanwhile (the api admits nobody without it);
     /// [`RedisGate::load_meta`] comes last.
     pub async fn replace_holders(
@@ -596,13 +654,14 @@ impl RedisGate {
         users: &[String],
     ) -> Result<(), GateError> {
         let keys = CampaignKeys::new(campaign);
-        let (set, counter) = (keys.users(), keys.issued());
+        let (set, counter, claims) = (keys.users(), keys.issued(), keys.claims());
         self.run(|mut conn| {
             let (set, counter) = (set.clone(), counter.clone());
             async move {
                 redis::pipe()
                     .del(&set)
                     .del(&counter)
+                    .del(&claims)
                     .query_async::<()>(&mut conn)
                     .await
             }

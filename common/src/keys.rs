@@ -4,7 +4,7 @@
 //! on Redis Cluster they all live in one slot and the Lua scripts, which touch
 //! several of them, stay legal.
 
-use crate::ids::{CampaignId, UserId};
+use crate::ids::{CampaignId, CouponId, UserId};
 
 /// The keys of one campaign.
 #[derive(Debug, Clone)]
@@ -35,6 +35,19 @@ impl CampaignKeys {
         format!("{}:issued", self.prefix)
     }
 
+    /// HASH user id -> coupon id: the admission that put each user in the
+    /// set (written by the admitting scripts, removed on release), so that
+    /// a request whose reply from Redis was lost can be told from another.
+    pub fn claims(&self) -> String {
+        format!("{}:claims", self.prefix)
+    }
+
+    /// STRING (with a TTL): the admission request claiming `coupon` was
+    /// withdrawn before Redis ran it; if it runs later, it writes nothing.
+    pub fn void(&self, coupon: &CouponId) -> String {
+        format!("{}:void:{coupon}", self.prefix)
+    }
+
     /// STRING (JSON, with a TTL): the last asynchronous state of one user's
     /// request (`pending`, `queued`, `rejected`), read by `/coupons/me`.
     pub fn status(&self, user: &UserId) -> String {
@@ -60,6 +73,13 @@ impl CampaignKeys {
     pub fn all_pattern(&self) -> String {
         format!("{}:*", self.prefix)
     }
+}
+
+/// The record of one `Idempotency-Key` of one caller (STRING, JSON, with a
+/// TTL): `digest` is the hex SHA-256 of the caller and the key, so neither
+/// appears in Redis and a caller can only ever reach its own keys.
+pub fn idempotency(digest: &str) -> String {
+    format!("idempotency:{digest}")
 }
 
 /// The keys of one fair lock (a ticket lock; `common/lua/fair_lock_*.lua`).
@@ -114,6 +134,8 @@ mod tests {
             k.users(),
             k.issued(),
             k.status(&user),
+            k.claims(),
+            k.void(&CouponId::new()),
             k.lock(),
             fair.lock,
             fair.tickets,

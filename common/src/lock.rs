@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use redis::Script;
 
 use crate::gate::{GateError, RedisGate};
-use crate::ids::UserId;
+use crate::ids::{CouponId, UserId};
 use crate::keys::{CampaignKeys, FairLockKeys};
 use crate::lock_waker::{LockWaker, Registration};
 use crate::scripts;
@@ -111,6 +111,8 @@ pub enum FencedAdmission {
     Duplicate,
     /// The lock is no longer the caller's; nothing was written.
     Lost,
+    /// The request was withdrawn before Redis ran it; nothing was written.
+    Withdrawn,
 }
 
 /// A held lock. Release it with [`LockGuard::release`]; if dropped without,
@@ -200,6 +202,7 @@ impl LockGuard {
         &self,
         keys: &CampaignKeys,
         user: &UserId,
+        coupon: &CouponId,
     ) -> Result<FencedAdmission, GateError> {
         let reply: String = self
             .gate
@@ -210,13 +213,16 @@ impl LockGuard {
                     &keys.users(),
                     &keys.issued(),
                     &keys.status(user),
+                    &keys.claims(),
+                    &keys.void(coupon),
                 ],
-                &[self.token.as_str(), user.as_str()],
+                &[self.token.as_str(), user.as_str(), &coupon.to_string()],
             )
             .await?;
         match reply.as_str() {
             "admitted" => Ok(FencedAdmission::Admitted),
             "duplicate" => Ok(FencedAdmission::Duplicate),
+            "withdrawn" => Ok(FencedAdmission::Withdrawn),
             "lost" => {
                 self.lost.store(true, Ordering::Release);
                 Ok(FencedAdmission::Lost)

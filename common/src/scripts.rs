@@ -13,6 +13,19 @@ pub static GATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!(".
 pub static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/release.lua")));
 
+/// Withdraw an admission whose reply was lost: give its slot back, or
+/// void it so that it never takes one.
+pub static WITHDRAW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/withdraw.lua")));
+
+/// `Idempotency-Key`: claim a key, or read its record.
+pub static IDEMPOTENCY_CLAIM: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/idempotency_claim.lua")));
+
+/// `Idempotency-Key`: keep the reply of the claiming request, or free the key.
+pub static IDEMPOTENCY_FINISH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/idempotency_finish.lua")));
+
 /// Load a new campaign's meta and zero counter.
 pub static LOAD_META: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/load_meta.lua")));

@@ -88,9 +88,25 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub queue: QueueSettings,
     pub lock: LockSettings,
+    pub idempotency: IdempotencySettings,
     pub worker: WorkerSettings,
     pub log: LogSettings,
     pub faults: FaultSettings,
+}
+
+/// `Idempotency-Key` on the writes: how long a finished request's reply is
+/// kept for replays.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct IdempotencySettings {
+    /// Seconds a key's reply is replayed after its request finished.
+    pub ttl_secs: u64,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        Self { ttl_secs: 86_400 }
+    }
 }
 
 /// Test-only fault hooks. Honoured by debug builds only; release builds
@@ -312,6 +328,10 @@ impl KafkaSettings {
 /// a starved runtime) the slot is given back and the reply is 503, so that
 /// repair tools can bound how long an admission stays unsettled.
 pub const PRODUCE_WITHIN: Duration = Duration::from_secs(2);
+
+/// How long a request keeps trying to withdraw an admission whose reply
+/// from Redis never came, before it leaves the slot to reconciliation.
+pub const WITHDRAW_WITHIN: Duration = Duration::from_secs(3);
 
 /// How the api learns who the user is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -587,6 +607,17 @@ impl Settings {
     /// they trust the topic and the rows.
     pub fn admissions_settle_within(&self) -> Duration {
         self.redis.command_timeout() + PRODUCE_WITHIN + self.kafka.delivery_timeout()
+    }
+
+    /// The longest an api request can run: a lock wait, the gate call and
+    /// its withdrawal, [`PRODUCE_WITHIN`] and the delivery timeout, plus a
+    /// margin. An `Idempotency-Key` still marked running after it belongs
+    /// to a request that died; its key is free again.
+    pub fn longest_request(&self) -> Duration {
+        Duration::from_millis(self.lock.wait_ms)
+            + self.admissions_settle_within()
+            + WITHDRAW_WITHIN
+            + Duration::from_secs(30)
     }
 
     /// The api needs an admin token, and a JWT secret unless a gateway

@@ -702,7 +702,12 @@ pub async fn wait_for_rows(
 }
 
 async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_url())
+    redis_at(&redis_url()).await
+}
+
+/// A connection to the Redis at `url`.
+pub async fn redis_at(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -711,8 +716,13 @@ async fn redis() -> redis::aio::MultiplexedConnection {
 
 /// The campaign's gate state: sorted members of the set, and the counter.
 pub async fn gate_state(campaign: &CampaignId) -> (Vec<String>, Option<i64>) {
+    gate_state_at(&redis_url(), campaign).await
+}
+
+/// [`gate_state`] on the Redis at `url` (a test's own).
+pub async fn gate_state_at(url: &str, campaign: &CampaignId) -> (Vec<String>, Option<i64>) {
     let keys = CampaignKeys::new(campaign);
-    let mut conn = redis().await;
+    let mut conn = redis_at(url).await;
     let mut members: Vec<String> = redis::cmd("SMEMBERS")
         .arg(keys.users())
         .query_async(&mut conn)

@@ -328,7 +328,7 @@ async fn reconcile_repairs_leaked_slots_and_phantom_rows() {
     // A slot whose request died before producing.
     let leaky = UserId::parse("leaky").unwrap();
     assert_eq!(
-        gate.admit(&c, &leaky).await.unwrap(),
+        gate.admit(&c, &leaky, &CouponId::new()).await.unwrap(),
         common::gate::Admission::Admitted
     );
     // A row whose slot the gate lost.

@@ -20,6 +20,7 @@ use crate::state::AppState;
     tag = "admin",
     security(("admin" = [])),
     request_body = CampaignRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a retry with the same key and body gets the first reply again")),
     responses(
         (status = 201, description = "Created; `Location` names it", body = CampaignView),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
@@ -27,24 +28,36 @@ use crate::state::AppState;
         (status = 403, description = "A user token", body = ErrorBody),
         (status = 413, description = "Body over 16 KiB", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
-        (status = 422, description = "Well-formed but invalid", body = ErrorBody),
+        (status = 409, description = "request_in_progress: a request with this Idempotency-Key is still running", body = ErrorBody),
+        (status = 422, description = "Well-formed but invalid; or idempotency_key_reused", body = ErrorBody),
         (status = 503, description = "PostgreSQL or Redis unavailable; nothing created", body = ErrorBody),
     )
 )]
 pub async fn create(
     _: Admin,
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<CampaignRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let new = body
-        .into_inner()
-        .validate(Utc::now())
-        .map_err(ApiError::Invalid)?;
-    let view = state.campaigns.create(new).await?;
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, format!("/api/v1/campaigns/{}", view.id)))
-        .json(view))
+    let request = body.into_inner();
+    // The body as understood, so that spacing and key order do not make
+    // two requests differ.
+    let fingerprint = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.into()))?;
+    state
+        .idempotency
+        .run(&req, ADMIN_CALLER, &fingerprint, async {
+            let new = request.validate(Utc::now()).map_err(ApiError::Invalid)?;
+            let view = state.campaigns.create(new).await?;
+            Ok(HttpResponse::Created()
+                .insert_header((header::LOCATION, format!("/api/v1/campaigns/{}", view.id)))
+                .json(view))
+        })
+        .await
 }
+
+/// Who an `Idempotency-Key` of an admin request belongs to (one admin
+/// token, one caller).
+const ADMIN_CALLER: &str = "admin";
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

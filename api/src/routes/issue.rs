@@ -5,6 +5,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use common::gate::RecordedState;
+use common::ids::UserId;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -31,15 +32,19 @@ pub struct IssueReply {
     path = "/api/v1/campaigns/{id}/issue",
     tag = "user",
     security(("user" = [])),
-    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    params(
+        ("id" = String, Path, description = "Campaign id (UUID)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a retry with the same key gets the first reply again (with `Idempotent-Replayed: true`)"),
+    ),
     responses(
         (status = 202, description = "accepted (in the broker: the row will exist), pending (delivery unconfirmed), or queued (async-queue)", body = IssueReply),
         (status = 400, description = "Campaign id is not a UUID", body = ErrorBody),
         (status = 401, description = "Missing, forged, expired or alg-none token", body = ErrorBody),
         (status = 403, description = "not_open", body = ErrorBody),
         (status = 404, description = "unknown_campaign", body = ErrorBody),
-        (status = 409, description = "duplicate: the user holds a slot", body = ErrorBody),
+        (status = 409, description = "duplicate: the user holds a slot; or request_in_progress: a request with this Idempotency-Key is still running", body = ErrorBody),
         (status = 410, description = "sold_out or closed", body = ErrorBody),
+        (status = 422, description = "idempotency_key_reused: the key was used for another request", body = ErrorBody),
         (status = 429, description = "rate_limited; no stock spent", body = ErrorBody),
         (status = 503, description = "unavailable: nothing admitted (or, rarely, pending until reconciliation)", body = ErrorBody),
     )
@@ -49,30 +54,44 @@ pub async fn issue(
     state: web::Data<AppState>,
     auth: web::Data<Authenticator>,
 ) -> Result<HttpResponse, ApiError> {
-    let result = issue_for(&req, &state, &auth).await;
-    let outcome = match &result {
-        Ok(issued) => issued.outcome(),
-        Err(e) => e.outcome(),
-    };
+    let user = check_client_ip(&req, &state)
+        .and_then(|()| auth.user(&req))
+        .inspect_err(|e| count_outcome(&state, e.outcome()))?;
+    // The body is ignored, so it is no part of the request's fingerprint.
+    state
+        .idempotency
+        .run(&req, &caller(&user), b"", async {
+            let result = issue_as(&req, &state, user).await;
+            count_outcome(
+                &state,
+                match &result {
+                    Ok(issued) => issued.outcome(),
+                    Err(e) => e.outcome(),
+                },
+            );
+            let issued = result?;
+            Ok(HttpResponse::Accepted().json(IssueReply {
+                outcome: issued.outcome(),
+                coupon_id: issued.coupon_id().map(|c| c.as_uuid()),
+            }))
+        })
+        .await
+}
+
+/// Who an `Idempotency-Key` of a user's request belongs to.
+pub(crate) fn caller(user: &UserId) -> String {
+    format!("user:{user}")
+}
+
+fn count_outcome(state: &AppState, outcome: &str) {
     state
         .metrics
         .issue_outcomes
         .with_label_values(&[state.strategy.kind().as_str(), outcome])
         .inc();
-    let issued = result?;
-    Ok(HttpResponse::Accepted().json(IssueReply {
-        outcome: issued.outcome(),
-        coupon_id: issued.coupon_id().map(|c| c.as_uuid()),
-    }))
 }
 
-async fn issue_for(
-    req: &HttpRequest,
-    state: &AppState,
-    auth: &Authenticator,
-) -> Result<Issued, ApiError> {
-    check_client_ip(req, state)?;
-    let user = auth.user(req)?;
+async fn issue_as(req: &HttpRequest, state: &AppState, user: UserId) -> Result<Issued, ApiError> {
     let campaign = campaign_id(req)?;
     state.limiter.check(&user).map_err(ApiError::rate_limited)?;
     // Admit, produce and settle run to their end on a tracked task: a slot

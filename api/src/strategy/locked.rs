@@ -14,11 +14,11 @@
 use std::sync::Arc;
 
 use common::gate::Admission;
-use common::ids::{CampaignId, UserId};
+use common::ids::{CampaignId, CouponId, UserId};
 use common::keys::CampaignKeys;
 use common::lock::{FencedAdmission, LockError, LockGuard};
 
-use super::pipeline::{Admitted, redis_unavailable};
+use super::pipeline::{Admitted, redis_unavailable, withdrawn};
 use super::{IssueError, Issued, Pipeline, Refusal};
 
 /// Maps a failed acquisition to a 503: nothing was admitted.
@@ -67,9 +67,7 @@ pub(super) async fn issue_under(
         .lock_wait_seconds
         .observe(guard.waited.as_secs_f64());
     let started = std::time::Instant::now();
-    let admitted = section(pipeline, &guard, &campaign, &user)
-        .await
-        .map(|()| Admitted::now());
+    let admitted = section(pipeline, &guard, &campaign, &user).await;
     pipeline
         .metrics
         .gate_seconds
@@ -91,7 +89,7 @@ async fn section(
     guard: &LockGuard,
     campaign: &CampaignId,
     user: &UserId,
-) -> Result<(), IssueError> {
+) -> Result<Admitted, IssueError> {
     let gate = &pipeline.gate;
     let (meta, now_ms) = gate.read_meta(campaign).await.map_err(redis_unavailable)?;
     let Some(meta) = meta else {
@@ -114,13 +112,18 @@ async fn section(
         return Err(IssueError::Refused(Refusal::SoldOut));
     }
     crate::faults::pause_lock_holder(&pipeline.faults, guard, user).await;
-    match guard
-        .admit(&CampaignKeys::new(campaign), user)
+    let coupon = CouponId::new();
+    let admission = match guard
+        .admit(&CampaignKeys::new(campaign), user, &coupon)
         .await
-        .map_err(redis_unavailable)?
     {
-        FencedAdmission::Admitted => Ok(()),
+        Ok(admission) => admission,
+        Err(e) => return Err(pipeline.admission_failed(e, campaign, user, &coupon).await),
+    };
+    match admission {
+        FencedAdmission::Admitted => Ok(Admitted::now(coupon)),
         FencedAdmission::Duplicate => Err(IssueError::Refused(Refusal::Duplicate)),
+        FencedAdmission::Withdrawn => Err(withdrawn()),
         FencedAdmission::Lost => {
             tracing::warn!(campaign.id = %campaign, user.id = %user, "lock lost before the section's writes; nothing admitted");
             Err(IssueError::Unavailable(

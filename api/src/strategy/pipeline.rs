@@ -16,13 +16,13 @@
 //! so shutdown can wait for it.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::gate::{Admission, GateError, RecordedState, RedisGate, StatusRecord};
+use common::gate::{Admission, GateError, RecordedState, RedisGate, StatusRecord, Withdrawal};
 use common::ids::{CampaignId, CouponId, UserId};
 use common::message::CouponIssued;
-use common::settings::{FaultSettings, PRODUCE_WITHIN, StrategyKind};
+use common::settings::{FaultSettings, PRODUCE_WITHIN, StrategyKind, WITHDRAW_WITHIN};
 use tokio_util::task::TaskTracker;
 
 use super::{IssueError, Issued, Refusal};
@@ -30,18 +30,22 @@ use crate::campaigns::CampaignStore;
 use crate::metrics::ApiMetrics;
 use crate::producer::{Delivery, DeliveryReceipt, IssueProducer};
 
-/// A slot the gate has just handed out, and when. Its message must enter
-/// the producer's queue within [`PRODUCE_WITHIN`] of it, or the slot is
-/// given back: that bound lets `reconcile` and `rebuild` know when an
-/// admission has settled.
+/// A slot the gate has just handed out: the coupon id its admission
+/// claimed, and when. Its message must enter the producer's queue within
+/// [`PRODUCE_WITHIN`] of it, or the slot is given back: that bound lets
+/// `reconcile` and `rebuild` know when an admission has settled.
 #[derive(Debug, Clone, Copy)]
 pub struct Admitted {
+    pub coupon_id: CouponId,
     at: Instant,
 }
 
 impl Admitted {
-    pub fn now() -> Self {
-        Self { at: Instant::now() }
+    pub fn now(coupon_id: CouponId) -> Self {
+        Self {
+            coupon_id,
+            at: Instant::now(),
+        }
     }
 }
 
@@ -113,27 +117,69 @@ impl Pipeline {
         campaign: &CampaignId,
         user: &UserId,
     ) -> Result<Admitted, IssueError> {
+        let coupon = CouponId::new();
         let started = Instant::now();
-        let admission = self.gate.admit(campaign, user).await;
+        let admission = self.gate.admit(campaign, user, &coupon).await;
         self.metrics
             .gate_seconds
             .observe(started.elapsed().as_secs_f64());
         match admission {
-            Ok(Admission::Admitted) => Ok(Admitted::now()),
+            Ok(Admission::Admitted) => Ok(Admitted::now(coupon)),
             Ok(Admission::Duplicate) => Err(IssueError::Refused(Refusal::Duplicate)),
             Ok(Admission::SoldOut) => Err(IssueError::Refused(Refusal::SoldOut)),
             Ok(Admission::NotOpen) => Err(IssueError::Refused(Refusal::NotOpen)),
             Ok(Admission::Closed) => Err(IssueError::Refused(Refusal::Closed)),
             Ok(Admission::Missing) => Err(self.classify_missing(campaign).await),
-            Err(e @ GateError::Timeout(_)) => {
-                // The script may have run: if it admitted the user, the slot
-                // has no message behind it and reconciliation releases it.
-                tracing::warn!(campaign.id = %campaign, error = %e, "gate call timed out");
-                Err(IssueError::Unavailable(
-                    "redis did not answer in time; retry later".into(),
-                ))
+            Ok(Admission::Withdrawn) => Err(withdrawn()),
+            Err(e) => Err(self.admission_failed(e, campaign, user, &coupon).await),
+        }
+    }
+
+    /// The error of an admission call (gate or locked section) that failed.
+    /// One that timed out may have admitted the user, or may still: it is
+    /// withdrawn, so that the user's retry is not answered `duplicate` for a
+    /// slot no message will ever fill.
+    pub async fn admission_failed(
+        &self,
+        e: GateError,
+        campaign: &CampaignId,
+        user: &UserId,
+        coupon: &CouponId,
+    ) -> IssueError {
+        if !matches!(e, GateError::Timeout(_)) {
+            return redis_unavailable(e);
+        }
+        tracing::warn!(campaign.id = %campaign, error = %e, "admission timed out; withdrawing it");
+        let deadline = Instant::now() + WITHDRAW_WITHIN;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.gate.withdraw(campaign, user, coupon).await {
+                Ok(done) => {
+                    let label = match done {
+                        Withdrawal::Released => "withdrawn",
+                        Withdrawal::Voided => "voided",
+                    };
+                    self.metrics.compensations.with_label_values(&[label]).inc();
+                    return IssueError::Unavailable(
+                        "redis did not answer in time; nothing was issued, retry later".into(),
+                    );
+                }
+                Err(e) if Instant::now() + pause < deadline => {
+                    tracing::debug!(campaign.id = %campaign, error = %e, "withdrawal failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => {
+                    self.metrics
+                        .compensations
+                        .with_label_values(&["failed"])
+                        .inc();
+                    tracing::error!(campaign.id = %campaign, user.id = %user, error = %e, "admission could not be withdrawn; left to reconciliation");
+                    return IssueError::Unavailable(
+                        "redis did not answer in time; if a slot was taken, it is pending until reconciliation releases it".into(),
+                    );
+                }
             }
-            Err(e) => Err(redis_unavailable(e)),
         }
     }
 
@@ -150,9 +196,9 @@ impl Pipeline {
         }
     }
 
-    fn message(&self, campaign: CampaignId, user: UserId) -> CouponIssued {
+    fn message(&self, admitted: Admitted, campaign: CampaignId, user: UserId) -> CouponIssued {
         CouponIssued::new(
-            CouponId::new(),
+            admitted.coupon_id,
             campaign,
             user,
             Utc::now(),
@@ -191,7 +237,7 @@ impl Pipeline {
         campaign: CampaignId,
         user: UserId,
     ) -> Result<Issued, IssueError> {
-        let message = self.message(campaign, user);
+        let message = self.message(admitted, campaign, user);
         let started = Instant::now();
         let receipt = self.enqueue(admitted, &message).await?;
         let delivery = receipt.wait().await;
@@ -213,7 +259,7 @@ impl Pipeline {
         campaign: CampaignId,
         user: UserId,
     ) -> Result<CouponId, IssueError> {
-        let message = self.message(campaign, user);
+        let message = self.message(admitted, campaign, user);
         let coupon_id = message.coupon_id;
         let started = Instant::now();
         let receipt = self.enqueue(admitted, &message).await?;
@@ -353,6 +399,12 @@ impl Pipeline {
             tracing::warn!(campaign.id = %campaign, error = %e, "status not recorded");
         }
     }
+}
+
+/// The reply to a request whose admission call was withdrawn before Redis
+/// ran it: only a request already answered sees it.
+pub fn withdrawn() -> IssueError {
+    IssueError::Unavailable("the request was withdrawn; nothing was issued, retry later".into())
 }
 
 pub fn redis_unavailable(e: GateError) -> IssueError {

@@ -136,6 +136,23 @@ impl TestApi {
         reply(res).await
     }
 
+    /// The `/metrics` page as text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The `/metrics` page, parsed.
+    pub async fn scrape(&self) -> Scrape {
+        Scrape::parse(&self.metrics_text().await)
+    }
+
     pub async fn issue(&self, campaign: &CampaignId, user: &str) -> (StatusCode, Value) {
         self.issue_with_token(campaign, &mint_jwt(user, 3600)).await
     }
