@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use common::entities::{campaigns, coupons};
 use common::gate::{GateError, GateMeta, RedisGate};
 use common::ids::{CampaignId, UserId};
+use common::room::RoomRules;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Set, TransactionTrait,
@@ -30,6 +31,43 @@ pub struct CampaignRequest {
     pub starts_at: Option<DateTime<Utc>>,
     /// After `starts_at`; default: no end.
     pub ends_at: Option<DateTime<Utc>>,
+    /// A waiting room in front of the sale; default: none.
+    pub waiting_room: Option<WaitingRoomRequest>,
+}
+
+/// The waiting room asked for at creation.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitingRoomRequest {
+    /// Positions let in per second: 1 to 1,000,000.
+    pub admit_per_second: i64,
+    /// Seconds a let-in user has to issue before the place goes to the
+    /// next: 1 to 86,400 (default 120).
+    pub admission_ttl_secs: Option<i64>,
+}
+
+pub const MAX_ADMIT_PER_SECOND: i64 = 1_000_000;
+pub const MAX_ADMISSION_TTL_SECS: i64 = 86_400;
+pub const DEFAULT_ADMISSION_TTL_SECS: i64 = 120;
+
+/// A campaign's waiting room, as the admin endpoints show it.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct WaitingRoomView {
+    pub admit_per_second: u32,
+    pub admission_ttl_secs: u32,
+    /// The key of the shuffle of the users who joined before `starts_at`:
+    /// with it, anyone can recompute their positions.
+    pub shuffle_seed: i64,
+}
+
+impl From<RoomRules> for WaitingRoomView {
+    fn from(r: RoomRules) -> Self {
+        Self {
+            admit_per_second: r.admit_per_second,
+            admission_ttl_secs: r.admission_ttl_secs,
+            shuffle_seed: r.shuffle_seed,
+        }
+    }
 }
 
 pub const MAX_STOCK: i64 = 1_000_000_000;
@@ -42,6 +80,7 @@ pub struct NewCampaign {
     pub stock: i64,
     pub starts_at: DateTime<Utc>,
     pub ends_at: Option<DateTime<Utc>>,
+    pub room: Option<RoomRules>,
 }
 
 impl CampaignRequest {
@@ -61,11 +100,34 @@ impl CampaignRequest {
         if self.ends_at.is_some_and(|ends_at| ends_at <= starts_at) {
             return Err("ends_at must be after starts_at".into());
         }
+        let room = self
+            .waiting_room
+            .map(|r| {
+                let ttl = r.admission_ttl_secs.unwrap_or(DEFAULT_ADMISSION_TTL_SECS);
+                if !(1..=MAX_ADMIT_PER_SECOND).contains(&r.admit_per_second) {
+                    return Err(format!(
+                        "waiting_room.admit_per_second must be between 1 and {MAX_ADMIT_PER_SECOND}"
+                    ));
+                }
+                if !(1..=MAX_ADMISSION_TTL_SECS).contains(&ttl) {
+                    return Err(format!(
+                        "waiting_room.admission_ttl_secs must be between 1 and {MAX_ADMISSION_TTL_SECS}"
+                    ));
+                }
+                Ok(RoomRules {
+                    admit_per_second: r.admit_per_second as u32,
+                    admission_ttl_secs: ttl as u32,
+                    // 63 random bits: the seed is stored as a signed bigint.
+                    shuffle_seed: (uuid::Uuid::new_v4().as_u64_pair().0 >> 1) as i64,
+                })
+            })
+            .transpose()?;
         Ok(NewCampaign {
             name: name.to_owned(),
             stock: self.stock,
             starts_at,
             ends_at: self.ends_at,
+            room,
         })
     }
 }
@@ -98,6 +160,9 @@ pub struct CampaignView {
     /// (issue requests answer 503 until it is rebuilt).
     #[schema(value_type = String)]
     pub gate: &'static str,
+    /// Its waiting room; absent when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_room: Option<WaitingRoomView>,
 }
 
 impl CampaignView {
@@ -111,6 +176,7 @@ impl CampaignView {
         } else {
             CampaignState::Open
         };
+        let waiting_room = row.room().map(WaitingRoomView::from);
         Self {
             id: row.id.into(),
             name: row.name,
@@ -126,6 +192,7 @@ impl CampaignView {
             } else {
                 "missing"
             },
+            waiting_room,
         }
     }
 }
@@ -218,6 +285,9 @@ impl CampaignStore {
             ends_at: Set(new.ends_at),
             state: Set("open".into()),
             created_at: Set(now),
+            room_admit_per_second: Set(new.room.map(|r| r.admit_per_second as i32)),
+            room_admission_ttl_secs: Set(new.room.map(|r| r.admission_ttl_secs as i32)),
+            room_shuffle_seed: Set(new.room.map(|r| r.shuffle_seed)),
         };
         let txn = self.bounded("begin", self.db.begin()).await?;
         let row = self.bounded("insert campaign", row.insert(&txn)).await?;
@@ -226,6 +296,7 @@ impl CampaignStore {
             starts_at: row.starts_at,
             ends_at: row.ends_at,
             closed: false,
+            room: row.room(),
         };
         // The transaction rolls back when dropped on an error below.
         self.gate.load_meta(&id, &meta).await?;
@@ -366,6 +437,35 @@ mod tests {
             stock,
             starts_at: None,
             ends_at: None,
+            waiting_room: None,
+        }
+    }
+
+    #[test]
+    fn a_waiting_room_needs_a_positive_rate_and_window() {
+        let now = Utc::now();
+        let with = |rate, ttl| {
+            let mut r = request("sale", 10);
+            r.waiting_room = Some(WaitingRoomRequest {
+                admit_per_second: rate,
+                admission_ttl_secs: ttl,
+            });
+            r.validate(now)
+        };
+        let room = with(50, None).unwrap().room.unwrap();
+        assert_eq!(
+            (room.admit_per_second, room.admission_ttl_secs),
+            (50, DEFAULT_ADMISSION_TTL_SECS as u32)
+        );
+        assert!(room.shuffle_seed >= 0);
+        for (rate, ttl) in [
+            (0, None),
+            (-1, None),
+            (MAX_ADMIT_PER_SECOND + 1, None),
+            (5, Some(0)),
+            (5, Some(MAX_ADMISSION_TTL_SECS + 1)),
+        ] {
+            assert!(with(rate, ttl).is_err(), "{rate} {ttl:?}");
         }
     }
 
@@ -402,6 +502,9 @@ mod tests {
             ends_at: ends.map(|e| now + ChronoDuration::seconds(e)),
             state: state.into(),
             created_at: now,
+            room_admit_per_second: None,
+            room_admission_ttl_secs: None,
+            room_shuffle_seed: None,
         }
     }
 

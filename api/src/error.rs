@@ -30,6 +30,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("no campaign with this id")]
     UnknownCampaign,
+    #[error("this campaign has no waiting room")]
+    NoWaitingRoom,
     #[error("{}", refusal_message(.0))]
     Refused(Refusal),
     #[error("this Idempotency-Key was used for another request (method, path or body)")]
@@ -55,6 +57,9 @@ fn refusal_message(refusal: &Refusal) -> &'static str {
         Refusal::SoldOut => "the campaign's stock is exhausted",
         Refusal::NotOpen => "the campaign has not started yet",
         Refusal::Closed => "the campaign is closed",
+        Refusal::NotAdmitted => {
+            "the campaign's waiting room has not let this user in (join it with POST .../queue, then issue while admitted)"
+        }
     }
 }
 
@@ -93,6 +98,7 @@ impl ApiError {
             Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnknownCampaign => "unknown_campaign",
+            Self::NoWaitingRoom => "no_waiting_room",
             Self::Refused(r) => r.as_str(),
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::RequestInProgress => "request_in_progress",
@@ -123,11 +129,13 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::RouteNotFound | Self::UnknownCampaign => StatusCode::NOT_FOUND,
+            Self::RouteNotFound | Self::UnknownCampaign | Self::NoWaitingRoom => {
+                StatusCode::NOT_FOUND
+            }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Refused(Refusal::Duplicate) => StatusCode::CONFLICT,
             Self::Refused(Refusal::SoldOut | Refusal::Closed) => StatusCode::GONE,
-            Self::Refused(Refusal::NotOpen) => StatusCode::FORBIDDEN,
+            Self::Refused(Refusal::NotOpen | Refusal::NotAdmitted) => StatusCode::FORBIDDEN,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RequestInProgress => StatusCode::CONFLICT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

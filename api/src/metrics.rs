@@ -18,6 +18,7 @@ pub struct ApiMetrics {
     pub redis_pool_wait_seconds: Histogram,
     pub compensations: IntCounterVec,
     pub idempotency: IntCounterVec,
+    pub room_replies: IntCounterVec,
     pub producer_queue: IntGauge,
     pub queue_depth: IntGauge,
     pub lock_wait_seconds: Histogram,
@@ -83,6 +84,12 @@ impl ApiMetrics {
                 "idempotency_keys_total",
                 "Requests with an Idempotency-Key by what became of it: kept (reply stored), freed (a 429/5xx: the key may run again), replayed, in_progress (409), reused (422), lease_lost, not_finished (Redis refused the record).",
                 &["result"],
+            ),
+            room_replies: counter_vec(
+                &r,
+                "waiting_room_replies_total",
+                "Waiting-room calls (join, look) by the state they answered (none, waiting, admitted, expired, issued, sold_out, closed, no_waiting_room, missing).",
+                &["call", "state"],
             ),
             producer_queue: gauge(
                 &r,

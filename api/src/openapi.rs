@@ -5,11 +5,14 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::campaigns::{CampaignRequest, CampaignState, CampaignView, CouponView};
+use crate::campaigns::{
+    CampaignRequest, CampaignState, CampaignView, CouponView, WaitingRoomRequest, WaitingRoomView,
+};
 use crate::error::ErrorBody;
 use crate::routes::campaigns::{CampaignList, CouponPage};
 use crate::routes::issue::{IssueReply, MyCoupon};
-use crate::routes::{campaigns, issue, ops};
+use crate::routes::queue::QueueReply;
+use crate::routes::{campaigns, issue, ops, queue};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +28,8 @@ use crate::routes::{campaigns, issue, ops};
         campaigns::coupons,
         issue::issue,
         issue::my_coupon,
+        queue::join,
+        queue::my_place,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -39,6 +44,9 @@ use crate::routes::{campaigns, issue, ops};
         CouponPage,
         IssueReply,
         MyCoupon,
+        QueueReply,
+        WaitingRoomRequest,
+        WaitingRoomView,
         ErrorBody
     )),
     modifiers(&BearerSchemes),

@@ -47,6 +47,7 @@ fn gate(c: &mut Criterion) {
             starts_at: Utc::now() - chrono::Duration::minutes(1),
             ends_at: None,
             closed: false,
+            room: None,
         };
         gate.load_meta(&campaign, &meta).await.unwrap();
         gate

@@ -1,6 +1,7 @@
--- The gate: admit one user into a campaign, atomically.
+-- The gate: admit one user into a campaign, atomically (after room.lua).
 --
--- KEYS[1]  coupon:{c}:meta    HASH stock, starts_ms, ends_ms ("none" = no end), state (open|closed)
+-- KEYS[1]  coupon:{c}:meta    HASH stock, starts_ms, ends_ms ("none" = no end), state
+--          (open|closed), and wr_rate, wr_ttl_ms, wr_seed when it has a waiting room
 -- KEYS[2]  coupon:{c}:users   SET of user ids holding a slot (issued, pending or queued)
 -- KEYS[3]  coupon:{c}:issued  counter of slots handed out
 -- KEYS[4]  coupon:{c}:status:<user>  an earlier request's status record,
@@ -9,12 +10,15 @@
 -- KEYS[5]  coupon:{c}:claims  HASH user id -> coupon id of the admission
 -- KEYS[6]  coupon:{c}:void:<coupon id>  present when this request was
 --          withdrawn (withdraw.lua) before this script got to run
+-- KEYS[7..10]  coupon:{c}:room, :room:order, :room:windows, :room:used
+--          (the waiting room, room.lua; untouched without one)
 -- ARGV[1]  user id
 -- ARGV[2]  coupon id this admission claims
 --
 -- Returns one of: "admitted", "duplicate", "sold_out", "not_open", "closed",
 -- "missing" (no meta: the campaign's gate state is not loaded), "withdrawn"
--- (the caller gave up on this request before Redis ran it).
+-- (the caller gave up on this request before Redis ran it), "not_admitted"
+-- (the campaign has a waiting room and the user is not let in just now).
 --
 -- Every check runs before the first write, so a refused user changes nothing;
 -- a sold-out user is not added to the set. Time comes from the Redis server,
@@ -22,15 +26,15 @@
 if redis.call('EXISTS', KEYS[6]) == 1 then
   return 'withdrawn'
 end
-local meta = redis.call('HMGET', KEYS[1], 'stock', 'starts_ms', 'ends_ms', 'state')
+local meta = redis.call('HMGET', KEYS[1], 'stock', 'starts_ms', 'ends_ms', 'state', 'wr_rate',
+  'wr_ttl_ms', 'wr_seed')
 if not meta[1] then
   return 'missing'
 end
 if meta[4] == 'closed' then
   return 'closed'
 end
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms = room_now()
 if now_ms < tonumber(meta[2]) then
   return 'not_open'
 end
@@ -43,8 +47,24 @@ end
 if tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(meta[1]) then
   return 'sold_out'
 end
+local window = nil
+if meta[5] then
+  local K = room_keys(KEYS[7], KEYS[8], KEYS[9], KEYS[10])
+  local ttl_ms = tonumber(meta[6])
+  local room = room_advance(K, tonumber(meta[5]), ttl_ms, tonumber(meta[2]), now_ms, false)
+  local pos = room_position(K, room, ARGV[1], meta[7])
+  if pos then
+    window = room_window(K, room, pos, ttl_ms, now_ms)
+  end
+  if not window then
+    return 'not_admitted'
+  end
+end
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('INCR', KEYS[3])
 redis.call('DEL', KEYS[4])
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
+if window then
+  redis.call('HINCRBY', KEYS[10], window, 1)
+end
 return 'admitted'

@@ -6,9 +6,17 @@
 -- ARGV[2]  starts_ms (Unix milliseconds)
 -- ARGV[3]  ends_ms (Unix milliseconds, any sign) or "none" for no end
 -- ARGV[4]  state: open | closed
+-- ARGV[5]  waiting room: positions let in per second, or "" for none
+-- ARGV[6]  waiting room: ms a let-in user may take to issue
+-- ARGV[7]  waiting room: the shuffle's seed
 --
 -- Returns 1. The counter is left alone when it already exists, so loading
 -- meta again never resets a campaign's count.
 redis.call('HSET', KEYS[1], 'stock', ARGV[1], 'starts_ms', ARGV[2], 'ends_ms', ARGV[3], 'state', ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'wr_rate', ARGV[5], 'wr_ttl_ms', ARGV[6], 'wr_seed', ARGV[7])
+else
+  redis.call('HDEL', KEYS[1], 'wr_rate', 'wr_ttl_ms', 'wr_seed')
+end
 redis.call('SET', KEYS[2], '0', 'NX')
 return 1

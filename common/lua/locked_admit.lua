@@ -2,7 +2,8 @@
 -- the caller still holds the campaign's lock, and count the slot only if the
 -- user was added. The section's checks (meta, time, SISMEMBER, GET) run
 -- before it as separate commands, as in the seed; this makes the writes
--- safe when a holder paused past its lease wakes up.
+-- safe when a holder paused past its lease wakes up. With a waiting room
+-- (room.lua, put in front of this script), the user must be let in just now.
 --
 -- KEYS[1]  the lock: a STRING holding the owner's token (lease lock) or a
 --          HASH with the owner's token as a field (fair lock)
@@ -11,13 +12,16 @@
 -- KEYS[4]  coupon:{c}:status:<user>  STRING, an earlier request's record
 -- KEYS[5]  coupon:{c}:claims         HASH user id -> coupon id (gate.lua)
 -- KEYS[6]  coupon:{c}:void:<coupon id>  present when the request was withdrawn
+-- KEYS[7]  coupon:{c}:meta  HASH (the waiting room's wr_* fields, if any)
+-- KEYS[8..11]  coupon:{c}:room, :room:order, :room:windows, :room:used
 -- ARGV[1]  the caller's lock token
 -- ARGV[2]  user id
 -- ARGV[3]  coupon id this admission claims
 --
 -- Returns "admitted", "duplicate" (already a holder: nothing written),
--- "lost" (the lock is not the caller's: nothing written) or "withdrawn"
--- (the caller gave up on this request before Redis ran it).
+-- "lost" (the lock is not the caller's: nothing written), "withdrawn"
+-- (the caller gave up on this request before Redis ran it) or
+-- "not_admitted" (not let in by the waiting room: nothing written).
 if redis.call('EXISTS', KEYS[6]) == 1 then
   return 'withdrawn'
 end
@@ -31,10 +35,29 @@ end
 if not held then
   return 'lost'
 end
-if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then
+if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then
   return 'duplicate'
 end
+local window = nil
+local meta = redis.call('HMGET', KEYS[7], 'starts_ms', 'wr_rate', 'wr_ttl_ms', 'wr_seed')
+if meta[2] then
+  local K = room_keys(KEYS[8], KEYS[9], KEYS[10], KEYS[11])
+  local now = room_now()
+  local ttl_ms = tonumber(meta[3])
+  local room = room_advance(K, tonumber(meta[2]), ttl_ms, tonumber(meta[1]), now, false)
+  local pos = room_position(K, room, ARGV[2], meta[4])
+  if pos then
+    window = room_window(K, room, pos, ttl_ms, now)
+  end
+  if not window then
+    return 'not_admitted'
+  end
+end
+redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('INCR', KEYS[3])
 redis.call('DEL', KEYS[4])
 redis.call('HSET', KEYS[5], ARGV[2], ARGV[3])
+if window then
+  redis.call('HINCRBY', KEYS[11], window, 1)
+end
 return 'admitted'

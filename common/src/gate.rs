@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{CampaignId, CouponId, UserId};
 use crate::keys::CampaignKeys;
 use crate::redis_pool::{ConnectError, RedisConn, RedisPool};
+use crate::room::RoomRules;
 use crate::scripts;
 use crate::settings::RedisSettings;
 
@@ -37,6 +38,9 @@ pub enum Admission {
     /// The request was withdrawn ([`RedisGate::withdraw`]) before Redis ran
     /// it; nothing was written.
     Withdrawn,
+    /// The campaign has a waiting room and the user is not let in just now
+    /// (never joined, still waiting, or its admission expired).
+    NotAdmitted,
 }
 
 impl Admission {
@@ -49,6 +53,7 @@ impl Admission {
             "closed" => Self::Closed,
             "missing" => Self::Missing,
             "withdrawn" => Self::Withdrawn,
+            "not_admitted" => Self::NotAdmitted,
             other => return Err(GateError::Protocol(other.to_owned())),
         })
     }
@@ -105,6 +110,8 @@ pub struct GateMeta {
     pub starts_at: DateTime<Utc>,
     pub ends_at: Option<DateTime<Utc>>,
     pub closed: bool,
+    /// Its waiting room, if it has one.
+    pub room: Option<RoomRules>,
 }
 
 /// The state of one user's request that is not yet (or never will be) a row.
@@ -178,7 +185,7 @@ impl RedisGate {
     }
 
     /// Runs one call on a pooled connection within the command timeout.
-    async fn run<T, F, Fut>(&self, call: F) -> Result<T, GateError>
+    pub(crate) async fn run<T, F, Fut>(&self, call: F) -> Result<T, GateError>
     where
         F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -204,6 +211,7 @@ impl RedisGate {
         coupon: &CouponId,
     ) -> Result<Admission, GateError> {
         let keys = CampaignKeys::new(campaign);
+        let room = keys.room();
         let reply: String = self
             .run(|mut conn| async move {
                 scripts::GATE
@@ -213,6 +221,7 @@ impl RedisGate {
                     .key(keys.status(user))
                     .key(keys.claims())
                     .key(keys.void(coupon))
+                    .key(&room.all()[..])
                     .arg(user.as_str())
                     .arg(coupon.to_string())
                     .invoke_async(&mut conn)
@@ -278,6 +287,16 @@ impl RedisGate {
             .ends_at
             .map_or_else(|| NO_END.to_owned(), |t| t.timestamp_millis().to_string());
         let state = if meta.closed { "closed" } else { "open" };
+        let room = meta.room.map_or_else(
+            || [String::new(), String::new(), String::new()],
+            |r| {
+                [
+                    r.admit_per_second.to_string(),
+                    (u64::from(r.admission_ttl_secs) * 1000).to_string(),
+                    r.shuffle_seed.to_string(),
+                ]
+            },
+        );
         let _: i64 = self
             .run(|mut conn| async move {
                 scripts::LOAD_META
@@ -287,6 +306,7 @@ impl RedisGate {
                     .arg(meta.starts_at.timestamp_millis())
                     .arg(ends_ms)
                     .arg(state)
+                    .arg(&room[..])
                     .invoke_async(&mut conn)
                     .await
             })
@@ -490,16 +510,31 @@ impl RedisGate {
                 redis::pipe()
                     .cmd("HMGET")
                     .arg(keys.meta())
-                    .arg(&["stock", "starts_ms", "ends_ms", "state"])
+                    .arg(&[
+                        "stock",
+                        "starts_ms",
+                        "ends_ms",
+                        "state",
+                        "wr_rate",
+                        "wr_ttl_ms",
+                        "wr_seed",
+                    ])
                     .cmd("TIME")
                     .query_async(&mut conn)
                     .await
             })
             .await?;
         let now_ms = time.0 * 1000 + time.1 / 1000;
-        let [Some(stock), Some(starts), Some(ends), Some(state)] =
-            <[Option<String>; 4]>::try_from(fields)
-                .map_err(|_| GateError::Protocol("HMGET arity".into()))?
+        let [
+            Some(stock),
+            Some(starts),
+            Some(ends),
+            Some(state),
+            rate,
+            ttl,
+            seed,
+        ] = <[Option<String>; 7]>::try_from(fields)
+            .map_err(|_| GateError::Protocol("HMGET arity".into()))?
         else {
             return Ok((None, now_ms));
         };
@@ -511,11 +546,20 @@ impl RedisGate {
             NO_END => None,
             ms => Some(DateTime::from_timestamp_millis(parse(ms)?).unwrap_or_default()),
         };
+        let room = match (rate, ttl, seed) {
+            (Some(rate), Some(ttl), Some(seed)) => Some(RoomRules {
+                admit_per_second: parse(&rate)? as u32,
+                admission_ttl_secs: (parse(&ttl)? / 1000) as u32,
+                shuffle_seed: parse(&seed)?,
+            }),
+            _ => None,
+        };
         let meta = GateMeta {
             stock: parse(&stock)?,
             starts_at: DateTime::from_timestamp_millis(parse(&starts)?).unwrap_or_default(),
             ends_at,
             closed: state == "closed",
+            room,
         };
         Ok((Some(meta), now_ms))
     }

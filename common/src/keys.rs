@@ -48,6 +48,16 @@ impl CampaignKeys {
         format!("{}:void:{coupon}", self.prefix)
     }
 
+    /// The waiting room's keys (`common/lua/room.lua`).
+    pub fn room(&self) -> RoomKeys {
+        RoomKeys {
+            room: format!("{}:room", self.prefix),
+            order: format!("{}:room:order", self.prefix),
+            windows: format!("{}:room:windows", self.prefix),
+            used: format!("{}:room:used", self.prefix),
+        }
+    }
+
     /// STRING (JSON, with a TTL): the last asynchronous state of one user's
     /// request (`pending`, `queued`, `rejected`), read by `/coupons/me`.
     pub fn status(&self, user: &UserId) -> String {
@@ -80,6 +90,30 @@ impl CampaignKeys {
 /// appears in Redis and a caller can only ever reach its own keys.
 pub fn idempotency(digest: &str) -> String {
     format!("idempotency:{digest}")
+}
+
+/// The keys of a campaign's waiting room, in the order the scripts take them.
+#[derive(Debug, Clone)]
+pub struct RoomKeys {
+    /// HASH of the room's counters.
+    pub room: String,
+    /// HASH user -> join number.
+    pub order: String,
+    /// ZSET of admission windows.
+    pub windows: String,
+    /// HASH window -> slots taken.
+    pub used: String,
+}
+
+impl RoomKeys {
+    pub fn all(&self) -> [&str; 4] {
+        [
+            self.room.as_str(),
+            self.order.as_str(),
+            self.windows.as_str(),
+            self.used.as_str(),
+        ]
+    }
 }
 
 /// The keys of one fair lock (a ticket lock; `common/lua/fair_lock_*.lua`).
@@ -136,6 +170,10 @@ mod tests {
             k.status(&user),
             k.claims(),
             k.void(&CouponId::new()),
+            k.room().room,
+            k.room().order,
+            k.room().windows,
+            k.room().used,
             k.lock(),
             fair.lock,
             fair.tickets,

@@ -27,6 +27,7 @@ pub mod lock_waker;
 pub mod message;
 pub mod metrics;
 pub mod redis_pool;
+pub mod room;
 pub mod scripts;
 pub mod settings;
 pub mod shutdown;

@@ -113,6 +113,8 @@ pub enum FencedAdmission {
     Lost,
     /// The request was withdrawn before Redis ran it; nothing was written.
     Withdrawn,
+    /// Not let in by the campaign's waiting room; nothing was written.
+    NotAdmitted,
 }
 
 /// A held lock. Release it with [`LockGuard::release`]; if dropped without,
@@ -204,6 +206,8 @@ impl LockGuard {
         user: &UserId,
         coupon: &CouponId,
     ) -> Result<FencedAdmission, GateError> {
+        let room = keys.room();
+        let room = room.all();
         let reply: String = self
             .gate
             .run_script(
@@ -215,6 +219,11 @@ impl LockGuard {
                     &keys.status(user),
                     &keys.claims(),
                     &keys.void(coupon),
+                    &keys.meta(),
+                    room[0],
+                    room[1],
+                    room[2],
+                    room[3],
                 ],
                 &[self.token.as_str(), user.as_str(), &coupon.to_string()],
             )
@@ -223,6 +232,7 @@ impl LockGuard {
             "admitted" => Ok(FencedAdmission::Admitted),
             "duplicate" => Ok(FencedAdmission::Duplicate),
             "withdrawn" => Ok(FencedAdmission::Withdrawn),
+            "not_admitted" => Ok(FencedAdmission::NotAdmitted),
             "lost" => {
                 self.lost.store(true, Ordering::Release);
                 Ok(FencedAdmission::Lost)

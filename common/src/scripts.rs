@@ -6,8 +6,21 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Admit a user: dedupe and cap stock in one atomic step.
-pub static GATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/gate.lua")));
+/// The waiting room's procedures, put in front of the scripts that use them.
+const ROOM: &str = include_str!("../lua/room.lua");
+
+/// A script that calls the waiting room's procedures.
+fn with_room(body: &str) -> Script {
+    Script::new(&format!("{ROOM}\n{body}"))
+}
+
+/// Admit a user: dedupe, cap stock (and, with a waiting room, check the
+/// user is let in) in one atomic step.
+pub static GATE: LazyLock<Script> = LazyLock::new(|| with_room(include_str!("../lua/gate.lua")));
+
+/// The waiting room: join it (`join`) or read one's place (`look`).
+pub static ROOM_JOIN: LazyLock<Script> =
+    LazyLock::new(|| with_room(include_str!("../lua/room_join.lua")));
 
 /// Compensation: `if SREM == 1 then DECR`.
 pub static RELEASE: LazyLock<Script> =
@@ -61,7 +74,7 @@ pub static FAIR_LOCK_RENEW: LazyLock<Script> =
 /// Lock strategies: the section's writes, only while the lock is the
 /// caller's (SADD, and INCR only when SADD added).
 pub static LOCKED_ADMIT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/locked_admit.lua")));
+    LazyLock::new(|| with_room(include_str!("../lua/locked_admit.lua")));
 
 /// async-queue: mark a user queued unless it already holds or awaits a slot.
 pub static MARK_QUEUED: LazyLock<Script> =

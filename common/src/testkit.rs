@@ -635,6 +635,9 @@ pub async fn insert_campaign(db: &DatabaseConnection, name: &str, stock: i64) ->
         ends_at: Set(None),
         state: Set("open".into()),
         created_at: Set(now),
+        room_admit_per_second: Set(None),
+        room_admission_ttl_secs: Set(None),
+        room_shuffle_seed: Set(None),
     }
     .insert(db)
     .await

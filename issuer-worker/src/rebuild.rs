@@ -86,6 +86,7 @@ pub async fn run(
         starts_at: row.starts_at,
         ends_at: row.ends_at,
         closed: row.state == "closed",
+        room: row.room(),
     };
     gate.load_meta(&campaign, &meta).await?;
     lock.release().await?;

@@ -323,6 +323,7 @@ async fn reconcile_repairs_leaked_slots_and_phantom_rows() {
         starts_at: Utc::now() - chrono::Duration::minutes(1),
         ends_at: None,
         closed: false,
+        room: None,
     };
     gate.load_meta(&c, &meta).await.unwrap();
     // A slot whose request died before producing.

@@ -12,6 +12,7 @@ use crate::error::ApiError;
 pub mod campaigns;
 pub mod issue;
 pub mod ops;
+pub mod queue;
 
 /// Registers every route; `body_limit` bounds JSON bodies.
 pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone {
@@ -54,6 +55,16 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
                 .service(
                     web::resource("/{id}/issue")
                         .route(web::post().to(issue::issue))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/{id}/queue/me")
+                        .route(web::get().to(queue::my_place))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/{id}/queue")
+                        .route(web::post().to(queue::join))
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(

@@ -247,6 +247,7 @@ fn final_label(outcome: &Result<Issued, IssueError>) -> &'static str {
         Err(IssueError::Refused(Refusal::SoldOut)) => "queued_sold_out",
         Err(IssueError::Refused(Refusal::NotOpen)) => "queued_not_open",
         Err(IssueError::Refused(Refusal::Closed)) => "queued_closed",
+        Err(IssueError::Refused(Refusal::NotAdmitted)) => "queued_not_admitted",
         Err(IssueError::UnknownCampaign) => "queued_unknown_campaign",
         Err(IssueError::StateMissing | IssueError::Unavailable(_)) => "queued_unavailable",
     }

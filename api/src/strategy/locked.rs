@@ -124,6 +124,7 @@ async fn section(
         FencedAdmission::Admitted => Ok(Admitted::now(coupon)),
         FencedAdmission::Duplicate => Err(IssueError::Refused(Refusal::Duplicate)),
         FencedAdmission::Withdrawn => Err(withdrawn()),
+        FencedAdmission::NotAdmitted => Err(IssueError::Refused(Refusal::NotAdmitted)),
         FencedAdmission::Lost => {
             tracing::warn!(campaign.id = %campaign, user.id = %user, "lock lost before the section's writes; nothing admitted");
             Err(IssueError::Unavailable(

@@ -36,6 +36,9 @@ pub enum Refusal {
     NotOpen,
     /// After `ends_at`, or closed by an admin.
     Closed,
+    /// The campaign has a waiting room that has not let the user in (or
+    /// whose admission expired).
+    NotAdmitted,
 }
 
 impl Refusal {
@@ -45,6 +48,7 @@ impl Refusal {
             Self::SoldOut => "sold_out",
             Self::NotOpen => "not_open",
             Self::Closed => "closed",
+            Self::NotAdmitted => "not_admitted",
         }
     }
 }

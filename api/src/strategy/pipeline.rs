@@ -131,6 +131,7 @@ impl Pipeline {
             Ok(Admission::Closed) => Err(IssueError::Refused(Refusal::Closed)),
             Ok(Admission::Missing) => Err(self.classify_missing(campaign).await),
             Ok(Admission::Withdrawn) => Err(withdrawn()),
+            Ok(Admission::NotAdmitted) => Err(IssueError::Refused(Refusal::NotAdmitted)),
             Err(e) => Err(self.admission_failed(e, campaign, user, &coupon).await),
         }
     }

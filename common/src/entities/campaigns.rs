@@ -16,6 +16,28 @@ pub struct Model {
     /// `open` or `closed` (by an admin). Scheduled and sold-out are derived.
     pub state: String,
     pub created_at: DateTimeUtc,
+    /// The waiting room, if any: all three set, or none.
+    pub room_admit_per_second: Option<i32>,
+    pub room_admission_ttl_secs: Option<i32>,
+    pub room_shuffle_seed: Option<i64>,
+}
+
+impl Model {
+    /// The campaign's waiting room, if it has one.
+    pub fn room(&self) -> Option<crate::room::RoomRules> {
+        match (
+            self.room_admit_per_second,
+            self.room_admission_ttl_secs,
+            self.room_shuffle_seed,
+        ) {
+            (Some(rate), Some(ttl), Some(seed)) => Some(crate::room::RoomRules {
+                admit_per_second: u32::try_from(rate).ok()?,
+                admission_ttl_secs: u32::try_from(ttl).ok()?,
+                shuffle_seed: seed,
+            }),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -4,13 +4,17 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_schema;
+mod m20261202_000001_waiting_room;
 
 #[derive(Debug)]
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261123_000001_create_schema::Migration)]
+        vec![
+            Box::new(m20261123_000001_create_schema::Migration),
+            Box::new(m20261202_000001_waiting_room::Migration),
+        ]
     }
 }
 

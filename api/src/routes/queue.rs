@@ -1,0 +1,222 @@
+//! The waiting room's user endpoints: join a campaign's queue, and read
+//! one's place in it. The room itself (rate, windows, shuffle) is
+//! `common::room` and `common/lua/room.lua`; the issue endpoint admits
+//! only a user it has let in.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use common::ids::{CampaignId, UserId};
+use common::room::{RoomReply, RoomState, RoomView};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::campaign_id;
+use super::issue::{caller, check_client_ip};
+use crate::auth::Authenticator;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+use crate::strategy::IssueError;
+
+/// A user's place in a campaign's waiting room.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueReply {
+    /// `none`, `waiting`, `admitted`, `expired`, `issued`, `sold_out`, `closed`.
+    #[schema(value_type = String)]
+    state: &'static str,
+    /// 1, 2, 3, …: present for every user who joined; `null` before the
+    /// start, while the block of early joiners is not yet shuffled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<Option<u64>>,
+    /// Positions ahead not yet let in (`waiting`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ahead: Option<u64>,
+    /// When to ask again (`waiting`); also as `Retry-After` in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+    /// Until when the user may issue (`admitted`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admitted_until: Option<DateTime<Utc>>,
+    /// On a 410: the error code, as in every error reply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'static str>,
+}
+
+impl QueueReply {
+    fn of(view: &RoomView) -> Self {
+        let joined = view.state != RoomState::None
+            && (view.position.is_some() || view.state == RoomState::Waiting);
+        Self {
+            state: view.state.as_str(),
+            position: joined.then_some(view.position),
+            ahead: view.ahead,
+            retry_after_ms: view.retry_after_ms,
+            admitted_until: view.admitted_until,
+            outcome: None,
+            message: None,
+        }
+    }
+}
+
+/// `POST /api/v1/campaigns/{id}/queue`: join (joining again returns the
+/// same place).
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/queue",
+    tag = "user",
+    security(("user" = [])),
+    params(
+        ("id" = String, Path, description = "Campaign id (UUID)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a retry with the same key gets the first reply again"),
+    ),
+    responses(
+        (status = 200, description = "admitted (issue before admitted_until), or issued (the user holds a slot)", body = QueueReply),
+        (status = 202, description = "waiting: position, ahead, retry_after_ms (and Retry-After)", body = QueueReply),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "unknown_campaign, or no_waiting_room", body = ErrorBody),
+        (status = 409, description = "request_in_progress (Idempotency-Key)", body = ErrorBody),
+        (status = 410, description = "sold_out, closed, or expired (the user's admission ran out): nothing left to wait for", body = QueueReply),
+        (status = 422, description = "idempotency_key_reused", body = ErrorBody),
+        (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
+pub async fn join(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    auth: web::Data<Authenticator>,
+) -> Result<HttpResponse, ApiError> {
+    check_client_ip(&req, &state)?;
+    let user = auth.user(&req)?;
+    state
+        .idempotency
+        .run(&req, &caller(&user), b"", async {
+            let campaign = campaign_id(&req)?;
+            state.limiter.check(&user).map_err(ApiError::rate_limited)?;
+            let view = room_call(&state, &campaign, &user, Call::Join).await?;
+            Ok(join_reply(&view))
+        })
+        .await
+}
+
+/// `GET /api/v1/campaigns/{id}/queue/me`: the caller's place. Asking also
+/// moves the room along (it lets in whoever's time has come).
+#[utoipa::path(
+    get,
+    path = "/api/v1/campaigns/{id}/queue/me",
+    tag = "user",
+    security(("user" = [])),
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    responses(
+        (status = 200, description = "The caller's place, whatever its state (none if it never joined)", body = QueueReply),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "unknown_campaign, or no_waiting_room", body = ErrorBody),
+        (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
+pub async fn my_place(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    auth: web::Data<Authenticator>,
+) -> Result<HttpResponse, ApiError> {
+    check_client_ip(&req, &state)?;
+    let user = auth.user(&req)?;
+    let campaign = campaign_id(&req)?;
+    let view = room_call(&state, &campaign, &user, Call::Look).await?;
+    let mut reply = HttpResponse::Ok();
+    retry_after(&mut reply, &view);
+    Ok(reply.json(QueueReply::of(&view)))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Join,
+    Look,
+}
+
+impl Call {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Join => "join",
+            Self::Look => "look",
+        }
+    }
+}
+
+async fn room_call(
+    state: &AppState,
+    campaign: &CampaignId,
+    user: &UserId,
+    call: Call,
+) -> Result<RoomView, ApiError> {
+    let gate = &state.pipeline.gate;
+    let reply = match call {
+        Call::Join => gate.join_room(campaign, user).await,
+        Call::Look => gate.look_in_room(campaign, user).await,
+    }
+    .map_err(|e| ApiError::unavailable(format!("redis unavailable: {e}")))?;
+    let label = match &reply {
+        RoomReply::View(view) => view.state.as_str(),
+        RoomReply::NoRoom => "no_waiting_room",
+        RoomReply::Missing => "missing",
+    };
+    state
+        .metrics
+        .room_replies
+        .with_label_values(&[call.as_str(), label])
+        .inc();
+    match reply {
+        RoomReply::View(view) => Ok(view),
+        RoomReply::NoRoom => Err(ApiError::NoWaitingRoom),
+        RoomReply::Missing => Err(match state.pipeline.classify_missing(campaign).await {
+            IssueError::UnknownCampaign => ApiError::UnknownCampaign,
+            other => other.into(),
+        }),
+    }
+}
+
+/// A join's status: 202 while waiting, 200 once let in (or holding a slot),
+/// 410 when there is nothing left to wait for.
+fn join_reply(view: &RoomView) -> HttpResponse {
+    let mut body = QueueReply::of(view);
+    let status = match view.state {
+        RoomState::Waiting => StatusCode::ACCEPTED,
+        RoomState::Admitted | RoomState::Issued | RoomState::None => StatusCode::OK,
+        RoomState::SoldOut => {
+            body.outcome = Some("sold_out");
+            body.message = Some("the campaign's stock is exhausted");
+            StatusCode::GONE
+        }
+        RoomState::Closed => {
+            body.outcome = Some("closed");
+            body.message = Some("the campaign is closed");
+            StatusCode::GONE
+        }
+        RoomState::Expired => {
+            body.outcome = Some("expired");
+            body.message =
+                Some("this user was let in and did not issue in time; the place went to the next");
+            StatusCode::GONE
+        }
+    };
+    let mut reply = HttpResponse::build(status);
+    retry_after(&mut reply, view);
+    reply.json(body)
+}
+
+/// `Retry-After` (whole seconds, at least 1) on a waiting user's reply.
+fn retry_after(reply: &mut actix_web::HttpResponseBuilder, view: &RoomView) {
+    if let Some(ms) = view.retry_after_ms {
+        reply.insert_header((
+            header::RETRY_AFTER,
+            HeaderValue::from(ms.div_ceil(1000).max(1)),
+        ));
+    }
+}

@@ -1,0 +1,336 @@
+//! The waiting room: joins get dense, unique positions (early joiners
+//! shuffled at the start from the recorded seed), positions are let in at
+//! the room's rate and in order, the gate admits only users let in just
+//! now, expired places go to the next, and a sold-out campaign ends every
+//! wait at once.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::ids::CampaignId;
+use helpers::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn room_campaign(
+    api: &TestApi,
+    stock: i64,
+    rate: i64,
+    ttl: i64,
+    starts_in_ms: i64,
+) -> (CampaignId, Value) {
+    let starts_at = Utc::now() + chrono::Duration::milliseconds(starts_in_ms);
+    let (status, body) = api
+        .create_campaign(json!({
+            "name": "room sale",
+            "stock": stock,
+            "starts_at": starts_at,
+            "waiting_room": { "admit_per_second": rate, "admission_ttl_secs": ttl },
+        }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    (
+        CampaignId::parse(body["id"].as_str().unwrap()).unwrap(),
+        body,
+    )
+}
+
+async fn join(api: &TestApi, campaign: &CampaignId, user: &str) -> (StatusCode, Value) {
+    let res = api
+        .client
+        .post(format!("{}/api/v1/campaigns/{campaign}/queue", api.address))
+        .bearer_auth(mint_jwt(user, 3600))
+        .send()
+        .await
+        .unwrap();
+    reply(res).await
+}
+
+async fn place(api: &TestApi, campaign: &CampaignId, user: &str) -> Value {
+    let res = api
+        .client
+        .get(format!(
+            "{}/api/v1/campaigns/{campaign}/queue/me",
+            api.address
+        ))
+        .bearer_auth(mint_jwt(user, 3600))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = reply(res).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// Polls the user's place until it reads `state`.
+async fn wait_for(
+    api: &TestApi,
+    campaign: &CampaignId,
+    user: &str,
+    state: &str,
+    within: Duration,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let body = place(api, campaign, user).await;
+        if body["state"] == state {
+            return body;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{user} not {state} within {within:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_are_let_in_at_the_rate_in_position_order_and_only_they_can_issue() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let (campaign, view) = room_campaign(&api, 100, 4, 120, 0).await;
+    assert_eq!(view["waiting_room"]["admit_per_second"], 4);
+    assert_eq!(view["waiting_room"]["admission_ttl_secs"], 120);
+    assert!(view["waiting_room"]["shuffle_seed"].is_i64());
+
+    let users: Vec<String> = (1..=12).map(|i| format!("fifo-{i}")).collect();
+    for (i, user) in users.iter().enumerate() {
+        let (status, body) = join(&api, &campaign, user).await;
+        assert!(
+            status == StatusCode::ACCEPTED || status == StatusCode::OK,
+            "{status}: {body}"
+        );
+        assert_eq!(
+            body["position"],
+            i + 1,
+            "joined after the start: first come, first served"
+        );
+        // Joining again: the same place.
+        let (_, again) = join(&api, &campaign, user).await;
+        assert_eq!(again["position"], i + 1);
+    }
+    let last = users.last().unwrap();
+    let (status, body) = api.issue(&campaign, last).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["outcome"], "not_admitted");
+    let (status, body) = api.issue(&campaign, "never-joined").await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::FORBIDDEN, Some("not_admitted"))
+    );
+
+    // Let in at 4 a second, always a prefix of the positions.
+    let started = Instant::now();
+    let mut let_in_at = BTreeMap::new();
+    while let_in_at.len() < users.len() {
+        let mut states = Vec::new();
+        for user in &users {
+            states.push(
+                place(&api, &campaign, user).await["state"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        let first_waiting = states
+            .iter()
+            .position(|s| s == "waiting")
+            .unwrap_or(states.len());
+        assert!(
+            states[first_waiting..].iter().all(|s| s == "waiting"),
+            "let in out of order: {states:?}"
+        );
+        for i in 0..first_waiting {
+            let_in_at.entry(i).or_insert_with(|| started.elapsed());
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{states:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let spread = let_in_at[&(users.len() - 1)].saturating_sub(let_in_at[&0]);
+    assert!(
+        spread >= Duration::from_millis(2_000),
+        "12 users at 4 a second let in within {spread:?}"
+    );
+
+    // Admitted users issue; the admission says until when.
+    let admitted = place(&api, &campaign, &users[0]).await;
+    assert_eq!(admitted["state"], "admitted");
+    assert!(admitted["admitted_until"].is_string(), "{admitted}");
+    let (status, body) = api.issue(&campaign, &users[0]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(place(&api, &campaign, &users[0]).await["state"], "issued");
+
+    // Without a waiting room the queue is not there; unknown campaigns 404.
+    let plain = api.open_campaign(10).await;
+    let (status, body) = join(&api, &plain, "alice").await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_waiting_room"))
+    );
+    let (status, body) = join(&api, &CampaignId::new(), "alice").await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_campaign"))
+    );
+    assert_eq!(
+        place(&api, &campaign, "nobody").await,
+        json!({ "state": "none" })
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn early_joiners_are_shuffled_at_the_start_from_the_recorded_seed() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let (campaign, view) = room_campaign(&api, 100, 1_000, 120, 2_000).await;
+    let seed = view["waiting_room"]["shuffle_seed"].as_i64().unwrap();
+
+    let early: Vec<String> = (1..=30).map(|i| format!("early-{i}")).collect();
+    for user in &early {
+        let (status, body) = join(&api, &campaign, user).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(body["state"], "waiting");
+        assert!(
+            body["position"].is_null(),
+            "placed before the start: {body}"
+        );
+    }
+    let (status, body) = api.issue(&campaign, &early[0]).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::FORBIDDEN, Some("not_open"))
+    );
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+
+    let mut positions = Vec::new();
+    for (j, user) in early.iter().enumerate() {
+        let body = place(&api, &campaign, user).await;
+        let position = body["position"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{body}"));
+        assert_eq!(
+            position,
+            common::room::shuffled_position(j as u64 + 1, early.len() as u64, seed),
+            "not the recorded seed's order"
+        );
+        positions.push(position);
+    }
+    assert_ne!(positions, (1..=30).collect::<Vec<_>>(), "not shuffled");
+    positions.sort_unstable();
+    assert_eq!(
+        positions,
+        (1..=30).collect::<Vec<_>>(),
+        "not dense and unique"
+    );
+    let (_, late) = join(&api, &campaign, "late").await;
+    assert_eq!(
+        late["position"], 31,
+        "after the start: first come, first served"
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admission_that_expires_gives_its_place_to_the_next() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    // 2 a second, 1 s to issue, nobody issues.
+    let (campaign, _) = room_campaign(&api, 100, 2, 1, 0).await;
+    let users: Vec<String> = (1..=40).map(|i| format!("idle-{i}")).collect();
+    for user in &users {
+        join(&api, &campaign, user).await;
+    }
+    let started = Instant::now();
+    let expired = wait_for(
+        &api,
+        &campaign,
+        &users[0],
+        "expired",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(expired["position"], 1);
+    let (status, body) = join(&api, &campaign, &users[0]).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::GONE, Some("expired"))
+    );
+    assert_eq!(body["position"], 1);
+    let (status, body) = api.issue(&campaign, &users[0]).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::FORBIDDEN, Some("not_admitted"))
+    );
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut let_in = 0;
+    let mut seen_waiting = false;
+    for user in &users {
+        match place(&api, &campaign, user).await["state"]
+            .as_str()
+            .unwrap()
+        {
+            "admitted" | "expired" => {
+                assert!(!seen_waiting, "let in out of order");
+                let_in += 1;
+            }
+            "waiting" => seen_waiting = true,
+            other => panic!("{other}"),
+        }
+    }
+    // The rate alone lets in 2 a second; each expired place is given again.
+    let by_rate = (started.elapsed().as_secs_f64() + 1.0) * 2.0;
+    assert!(
+        f64::from(let_in) > by_rate + 2.0,
+        "{let_in} let in after {:?}: expired places were not given again",
+        started.elapsed()
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sold_out_campaign_ends_every_wait_at_once() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let (campaign, _) = room_campaign(&api, 1, 1, 120, 0).await;
+    for user in ["first", "second", "third"] {
+        join(&api, &campaign, user).await;
+    }
+    wait_for(&api, &campaign, "first", "admitted", Duration::from_secs(3)).await;
+    let (status, body) = api.issue(&campaign, "first").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+
+    let third = place(&api, &campaign, "third").await;
+    assert_eq!(third["state"], "sold_out", "{third}");
+    assert_eq!(third["position"], 3);
+    let (status, body) = join(&api, &campaign, "second").await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(
+        (body["state"].as_str(), body["outcome"].as_str()),
+        (Some("sold_out"), Some("sold_out"))
+    );
+    assert_eq!(body["position"], 2);
+    let (status, body) = join(&api, &campaign, "newcomer").await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::GONE, Some("sold_out"))
+    );
+    assert!(body.get("position").is_none(), "{body}");
+
+    let (status, body) = api
+        .create_campaign(
+            json!({ "name": "bad room", "stock": 1, "waiting_room": { "admit_per_second": 0 } }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_input"))
+    );
+    api.stop().await;
+}

@@ -1,0 +1,203 @@
+-- The waiting room's procedures. Not a script of its own: it is put in
+-- front of the scripts that use it (room_join.lua, room_status.lua,
+-- gate.lua, locked_admit.lua; see common/src/scripts.rs).
+--
+-- A campaign with a room has `wr_rate` (positions let in per second),
+-- `wr_ttl_ms` (how long a let-in user may take to issue) and `wr_seed` (the
+-- shuffle's key) in its meta, and these keys beside it:
+--
+--   coupon:{c}:room          HASH joined (join numbers handed out), block
+--                            (joins before the start: the shuffled block,
+--                            fixed at the first call after the start), front
+--                            (positions let in), credit_ms (the rate's clock),
+--                            comp (places given back by expired windows, not
+--                            yet given again), expired_upto (the last
+--                            position whose window closed), tick_ms
+--   coupon:{c}:room:order    HASH user -> join number (1, 2, ...)
+--   coupon:{c}:room:windows  ZSET "lo:hi:at_ms" scored hi: positions lo+1..hi
+--                            were let in at at_ms
+--   coupon:{c}:room:used     HASH hi -> slots taken by that window's users
+--
+-- A user's position is its join number, except in the block of joins before
+-- the start, whose positions are a keyed permutation of 1..block (so that
+-- joining early is no head start). Every call costs O(log windows), never
+-- O(waiters): positions are let in by moving `front`, and a window's unused
+-- places are counted when it closes.
+
+-- Advance at most once per tick; close at most this many windows per call.
+local ROOM_TICK_MS = 100
+local ROOM_CLOSE_BATCH = 32
+
+local function room_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- One Feistel round: 32 bits of SHA-1 of the seed, the round and the half.
+local function room_round(seed, round, r)
+  return tonumber(string.sub(redis.sha1hex(seed .. ':' .. round .. ':' .. r), 1, 8), 16)
+end
+
+-- The keyed permutation of 1..n at j: four Feistel rounds over the smallest
+-- square power of two >= n, cycle-walked back into range.
+-- (common/src/room.rs computes the same, for audits.)
+local function room_shuffle(j, n, seed)
+  local half = 1
+  while (2 ^ half) * (2 ^ half) < n do
+    half = half + 1
+  end
+  local size = 2 ^ half
+  local x = j - 1
+  repeat
+    local l = math.floor(x / size)
+    local r = x % size
+    for round = 1, 4 do
+      l, r = r, bit.bxor(l, room_round(seed, round, r) % size)
+    end
+    x = l * size + r
+  until x < n
+  return x + 1
+end
+
+local function room_keys(room, order, windows, used)
+  return { room = room, order = order, windows = windows, used = used }
+end
+
+-- The room's counters after letting positions in at the rate (and giving
+-- closed windows' unused places to the next), as of `now`.
+local function room_advance(K, rate, ttl_ms, starts_ms, now, sold_out)
+  local f = redis.call('HMGET', K.room, 'joined', 'block', 'front', 'credit_ms', 'comp',
+    'expired_upto', 'tick_ms')
+  local room = {
+    joined = tonumber(f[1]) or 0,
+    block = tonumber(f[2]),
+    front = tonumber(f[3]) or 0,
+    credit_ms = tonumber(f[4]) or starts_ms,
+    comp = tonumber(f[5]) or 0,
+    expired_upto = tonumber(f[6]) or 0,
+    tick_ms = tonumber(f[7]) or 0,
+  }
+  if now < starts_ms then
+    return room
+  end
+  if room.block == nil then
+    room.block = room.joined
+    redis.call('HSET', K.room, 'block', room.block)
+  end
+  if now - room.tick_ms < ROOM_TICK_MS then
+    return room
+  end
+  for _ = 1, ROOM_CLOSE_BATCH do
+    local oldest = redis.call('ZRANGE', K.windows, 0, 0)[1]
+    if not oldest then
+      break
+    end
+    local lo, hi, at = string.match(oldest, '^(%d+):(%d+):(%d+)$')
+    lo, hi, at = tonumber(lo), tonumber(hi), tonumber(at)
+    if at + ttl_ms > now then
+      break
+    end
+    local used = tonumber(redis.call('HGET', K.used, hi) or '0')
+    room.comp = room.comp + math.max(0, hi - lo - used)
+    room.expired_upto = hi
+    redis.call('ZREM', K.windows, oldest)
+    redis.call('HDEL', K.used, hi)
+  end
+  if sold_out then
+    room.credit_ms = now
+  else
+    local grant = math.floor((now - room.credit_ms) * rate / 1000)
+    local waiting = room.joined - room.front
+    local by_rate = math.min(grant, waiting)
+    local by_comp = math.min(room.comp, waiting - by_rate)
+    if by_rate < grant then
+      -- Nobody left to let in: the rate banks no credit for later joiners.
+      room.credit_ms = now
+    else
+      room.credit_ms = room.credit_ms + by_rate * 1000 / rate
+    end
+    room.comp = room.comp - by_comp
+    local n = by_rate + by_comp
+    if n > 0 then
+      redis.call('ZADD', K.windows, room.front + n,
+        string.format('%d:%d:%d', room.front, room.front + n, now))
+      room.front = room.front + n
+    end
+  end
+  room.tick_ms = now
+  redis.call('HSET', K.room, 'front', room.front, 'credit_ms',
+    string.format('%.3f', room.credit_ms), 'comp', room.comp, 'expired_upto',
+    room.expired_upto, 'tick_ms', now)
+  return room
+end
+
+-- The user's position, or nil (not joined, or joined before the start
+-- while the block is not placed yet); and whether the user joined.
+local function room_position(K, room, user, seed)
+  local j = tonumber(redis.call('HGET', K.order, user))
+  if not j then
+    return nil, false
+  end
+  if room.block == nil then
+    return nil, true
+  end
+  if j <= room.block then
+    return room_shuffle(j, room.block, seed), true
+  end
+  return j, true
+end
+
+-- The window that let `pos` in, if it is still open: its hi and its end.
+local function room_window(K, room, pos, ttl_ms, now)
+  if pos <= room.expired_upto or pos > room.front then
+    return nil
+  end
+  local w = redis.call('ZRANGEBYSCORE', K.windows, pos, '+inf', 'LIMIT', 0, 1)[1]
+  if not w then
+    return nil
+  end
+  local hi, at = string.match(w, '^%d+:(%d+):(%d+)$')
+  local ends = tonumber(at) + ttl_ms
+  if ends <= now then
+    return nil
+  end
+  return hi, ends
+end
+
+-- A user's view: {state, position (-1: none yet), ahead (-1: unknown),
+-- admitted_until_ms, retry_after_ms}.
+local function room_view(K, room, user, seed, rate, ttl_ms, starts_ms, now, holds, sold_out,
+                         closed)
+  local pos, joined = room_position(K, room, user, seed)
+  local p = pos or -1
+  if holds then
+    return { 'issued', p, 0, 0, 0 }
+  end
+  if not joined then
+    if closed then
+      return { 'closed', -1, 0, 0, 0 }
+    elseif sold_out then
+      return { 'sold_out', -1, 0, 0, 0 }
+    end
+    return { 'none', -1, 0, 0, 0 }
+  end
+  if closed then
+    return { 'closed', p, 0, 0, 0 }
+  end
+  if sold_out then
+    return { 'sold_out', p, 0, 0, 0 }
+  end
+  if pos == nil then
+    return { 'waiting', -1, -1, 0, math.max(100, math.min(starts_ms - now, 5000)) }
+  end
+  local hi, ends = room_window(K, room, pos, ttl_ms, now)
+  if hi then
+    return { 'admitted', pos, 0, ends, 0 }
+  end
+  if pos <= room.front then
+    return { 'expired', pos, 0, 0, 0 }
+  end
+  local ahead = pos - room.front - 1
+  local wait = math.ceil((ahead + 1) * 1000 / rate)
+  return { 'waiting', pos, ahead, 0, math.max(200, math.min(wait, 10000)) }
+end

@@ -1,0 +1,240 @@
+//! A campaign's waiting room: users join, see their place, and are let in
+//! at a fixed rate; the gate then admits only users let in just now. The
+//! procedures are Lua (`common/lua/room.lua`), run atomically beside the
+//! gate; this module is their typed face, and the shuffle's twin in Rust so
+//! that an audit can recompute every position from the recorded seed.
+
+use chrono::{DateTime, Utc};
+use sha1::{Digest, Sha1};
+
+use crate::gate::{GateError, RedisGate};
+use crate::ids::{CampaignId, UserId};
+use crate::keys::CampaignKeys;
+use crate::scripts;
+
+/// A campaign's waiting room, as configured at its creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomRules {
+    /// Positions let in per second.
+    pub admit_per_second: u32,
+    /// How long a let-in user may take to issue before its place expires
+    /// and is given to the next.
+    pub admission_ttl_secs: u32,
+    /// The key of the shuffle of the users who joined before the start.
+    pub shuffle_seed: i64,
+}
+
+/// Where a user stands in a waiting room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomState {
+    /// Never joined.
+    None,
+    /// In line; `position` is `None` before the start (the block of early
+    /// joiners is shuffled then).
+    Waiting,
+    /// Let in: may issue until `admitted_until`.
+    Admitted,
+    /// Let in, did not issue in time; the place went to the next.
+    Expired,
+    /// Holds a slot (issued, pending or queued).
+    Issued,
+    SoldOut,
+    Closed,
+}
+
+impl RoomState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Waiting => "waiting",
+            Self::Admitted => "admitted",
+            Self::Expired => "expired",
+            Self::Issued => "issued",
+            Self::SoldOut => "sold_out",
+            Self::Closed => "closed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, GateError> {
+        Ok(match s {
+            "none" => Self::None,
+            "waiting" => Self::Waiting,
+            "admitted" => Self::Admitted,
+            "expired" => Self::Expired,
+            "issued" => Self::Issued,
+            "sold_out" => Self::SoldOut,
+            "closed" => Self::Closed,
+            other => return Err(GateError::Protocol(format!("room state {other:?}"))),
+        })
+    }
+}
+
+/// A user's view of a waiting room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomView {
+    pub state: RoomState,
+    /// 1, 2, 3, … ; `None` if the user never joined, or joined before the
+    /// start and the start has not come.
+    pub position: Option<u64>,
+    /// Positions ahead not yet let in (waiting only; `None` before the start).
+    pub ahead: Option<u64>,
+    pub admitted_until: Option<DateTime<Utc>>,
+    /// When to ask again (waiting only).
+    pub retry_after_ms: Option<u64>,
+}
+
+/// What a join or a look found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomReply {
+    View(RoomView),
+    /// The campaign has no waiting room.
+    NoRoom,
+    /// No meta: unknown campaign, or its gate state lost.
+    Missing,
+}
+
+impl RedisGate {
+    /// Joins the campaign's waiting room (joining again changes nothing).
+    pub async fn join_room(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+    ) -> Result<RoomReply, GateError> {
+        self.room_call(campaign, user, "join").await
+    }
+
+    /// The user's place in the campaign's waiting room. It also lets in
+    /// whoever's time has come: the room advances when it is asked.
+    pub async fn look_in_room(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+    ) -> Result<RoomReply, GateError> {
+        self.room_call(campaign, user, "look").await
+    }
+
+    async fn room_call(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+        mode: &'static str,
+    ) -> Result<RoomReply, GateError> {
+        let keys = CampaignKeys::new(campaign);
+        let room = keys.room();
+        let reply: Vec<redis::Value> = self
+            .run(|mut conn| async move {
+                scripts::ROOM_JOIN
+                    .key(keys.meta())
+                    .key(keys.users())
+                    .key(keys.issued())
+                    .key(&room.all()[..])
+                    .arg(user.as_str())
+                    .arg(mode)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        parse_reply(&reply)
+    }
+}
+
+fn parse_reply(reply: &[redis::Value]) -> Result<RoomReply, GateError> {
+    let text = |v: &redis::Value| -> Result<String, GateError> {
+        match v {
+            redis::Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+            redis::Value::SimpleString(s) => Ok(s.clone()),
+            other => Err(GateError::Protocol(format!("room reply field {other:?}"))),
+        }
+    };
+    let number = |v: &redis::Value| -> Result<i64, GateError> {
+        match v {
+            redis::Value::Int(n) => Ok(*n),
+            other => Err(GateError::Protocol(format!("room reply field {other:?}"))),
+        }
+    };
+    let Some(first) = reply.first() else {
+        return Err(GateError::Protocol("empty room reply".into()));
+    };
+    let state = text(first)?;
+    match state.as_str() {
+        "missing" => return Ok(RoomReply::Missing),
+        "no_room" => return Ok(RoomReply::NoRoom),
+        _ => {}
+    }
+    let [_, position, ahead, until, retry] = reply else {
+        return Err(GateError::Protocol(format!(
+            "room reply of {} fields",
+            reply.len()
+        )));
+    };
+    let known = |n: i64| u64::try_from(n).ok();
+    let state = RoomState::parse(&state)?;
+    let (until, retry) = (number(until)?, number(retry)?);
+    Ok(RoomReply::View(RoomView {
+        state,
+        position: known(number(position)?),
+        ahead: (state == RoomState::Waiting)
+            .then(|| number(ahead).map(known))
+            .transpose()?
+            .flatten(),
+        admitted_until: (until > 0)
+            .then(|| DateTime::from_timestamp_millis(until))
+            .flatten(),
+        retry_after_ms: (retry > 0).then_some(retry as u64),
+    }))
+}
+
+/// The position of the `join`-th of the `block` users who joined before the
+/// start: the keyed permutation `room.lua` computes (four Feistel rounds
+/// keyed by SHA-1 of the seed, cycle-walked into 1..=block).
+pub fn shuffled_position(join: u64, block: u64, seed: i64) -> u64 {
+    assert!(
+        (1..=block).contains(&join),
+        "join {join} outside 1..={block}"
+    );
+    let mut half = 1u32;
+    while (1u128 << (2 * half)) < u128::from(block) {
+        half += 1;
+    }
+    let size = 1u64 << half;
+    let round = |round: u32, r: u64| -> u64 {
+        let digest = Sha1::digest(format!("{seed}:{round}:{r}").as_bytes());
+        let top = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+        u64::from(top) % size
+    };
+    let mut x = join - 1;
+    loop {
+        let (mut l, mut r) = (x / size, x % size);
+        for i in 1..=4 {
+            (l, r) = (r, l ^ round(i, r));
+        }
+        x = l * size + r;
+        if x < block {
+            return x + 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shuffle_is_a_permutation_of_the_block() {
+        for block in [1u64, 2, 3, 5, 16, 17, 1000] {
+            let mut seen: Vec<u64> = (1..=block)
+                .map(|j| shuffled_position(j, block, 42))
+                .collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (1..=block).collect::<Vec<_>>(), "block {block}");
+        }
+    }
+
+    #[test]
+    fn the_shuffle_depends_on_the_seed() {
+        let order =
+            |seed| -> Vec<u64> { (1..=50).map(|j| shuffled_position(j, 50, seed)).collect() };
+        assert_ne!(order(1), order(2));
+        assert_ne!(order(1), (1..=50).collect::<Vec<_>>());
+    }
+}
