@@ -334,3 +334,64 @@ async fn a_sold_out_campaign_ends_every_wait_at_once() {
     );
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_harness_goes_through_the_room_as_a_user_would_and_the_audit_passes() {
+    use ngrinder_equivalent::run::{RunRequest, perform};
+    use ngrinder_equivalent::spec::{Endpoint, LoadModel, RoomSpec, RunSpec};
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let worker = spawn_worker(&settings).await;
+    let spec = RunSpec {
+        label: "room".into(),
+        targets: vec![api.address.clone()],
+        endpoint: Endpoint::Issue,
+        waiting_room: Some(RoomSpec {
+            admit_per_second: 100,
+            admission_ttl_secs: 30,
+        }),
+        model: LoadModel::Closed {
+            vusers: 40,
+            ramp_initial: 40,
+            ramp_step: 40,
+            ramp_interval_secs: 1,
+            think_ms: 0,
+        },
+        duration_secs: None,
+        requests: Some(150),
+        warmup_secs: 0,
+        users: ngrinder_equivalent::users::UserMode::Unique,
+        request_timeout_ms: 10_000,
+        stop_error_ratio: 1.0,
+        stop_zero_tps_secs: 30,
+        threads: 2,
+    };
+    let result = perform(&RunRequest {
+        spec,
+        admin_url: api.address.clone(),
+        admin_token: ADMIN_TOKEN.into(),
+        jwt_secret: JWT_SECRET.into(),
+        stock: Some(100),
+        campaign: None,
+        audit: true,
+        audit_patience: Duration::from_secs(60),
+    })
+    .await
+    .unwrap();
+    let s = &result.summary;
+    assert_eq!(s.errors, 0, "{}", result.render());
+    assert_eq!(s.executed, 150, "{}", result.render());
+    assert_eq!(
+        s.outcomes.get("accepted"),
+        Some(&100),
+        "{}",
+        result.render()
+    );
+    assert!(result.passed(), "{}", result.render());
+    let room = result.room.as_ref().unwrap();
+    assert_eq!(room.joins, 150);
+    assert!(room.admitted >= 100, "{room:?}");
+    assert!(room.status_reads > 0 && room.wait_p99_ms > 0, "{room:?}");
+    worker.stop().await;
+    api.stop().await;
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::spec::RoomSpec;
 use crate::token::Minter;
 
 #[derive(Debug, Clone)]
@@ -112,12 +113,24 @@ impl AdminClient {
         Ok(body)
     }
 
-    pub async fn create_campaign(&self, name: &str, stock: i64) -> anyhow::Result<CampaignState> {
+    pub async fn create_campaign(
+        &self,
+        name: &str,
+        stock: i64,
+        room: Option<RoomSpec>,
+    ) -> anyhow::Result<CampaignState> {
+        let mut request = json!({ "name": name, "stock": stock });
+        if let Some(room) = room {
+            request["waiting_room"] = json!({
+                "admit_per_second": room.admit_per_second,
+                "admission_ttl_secs": room.admission_ttl_secs,
+            });
+        }
         let body = self
             .json(
                 self.http
                     .post(format!("{}/api/v1/campaigns", self.base))
-                    .json(&json!({ "name": name, "stock": stock })),
+                    .json(&request),
             )
             .await?;
         Ok(serde_json::from_value(body)?)

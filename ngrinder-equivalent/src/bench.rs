@@ -186,6 +186,7 @@ async fn measured(
         other => anyhow::bail!("unknown run kind {other}"),
     };
     let spec = RunSpec {
+        waiting_room: None,
         label,
         targets,
         endpoint,

@@ -95,15 +95,30 @@ impl Conn {
         authorization: &str,
         timeout: Duration,
     ) -> Outcome {
+        match self.call(method, path, authorization, timeout).await {
+            Ok((status, body)) => Outcome::from_reply(status, outcome_field(&body)),
+            Err(failed) => failed,
+        }
+    }
+
+    /// One request; its status and body, or how it failed (a timeout, a
+    /// connection failure).
+    pub async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        authorization: &str,
+        timeout: Duration,
+    ) -> Result<(u16, Vec<u8>), Outcome> {
         match tokio::time::timeout(timeout, self.exchange(method, path, authorization)).await {
-            Ok(Ok(outcome)) => outcome,
+            Ok(Ok(reply)) => Ok(reply),
             Ok(Err(())) => {
                 self.stream = None;
-                Outcome::Connection
+                Err(Outcome::Connection)
             }
             Err(_) => {
                 self.stream = None;
-                Outcome::Timeout
+                Err(Outcome::Timeout)
             }
         }
     }
@@ -113,7 +128,7 @@ impl Conn {
         method: Method,
         path: &str,
         authorization: &str,
-    ) -> Result<Outcome, ()> {
+    ) -> Result<(u16, Vec<u8>), ()> {
         self.request.clear();
         self.request.extend_from_slice(match method {
             Method::Get => b"GET ",
@@ -161,7 +176,7 @@ impl Conn {
         if head.close {
             self.stream = None;
         }
-        Ok(Outcome::from_reply(head.status, outcome_field(&body)))
+        Ok((head.status, body))
     }
 }
 
@@ -235,10 +250,29 @@ fn dechunk(mut data: &[u8]) -> Result<Option<Vec<u8>>, ()> {
 /// The value of the first `"outcome":"…"` in a JSON reply, without parsing
 /// the rest.
 pub fn outcome_field(body: &[u8]) -> Option<&[u8]> {
-    const KEY: &[u8] = b"\"outcome\":\"";
-    let start = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    string_field(body, "outcome")
+}
+
+/// The value of the string field `name` of a flat JSON reply, unparsed.
+pub fn string_field<'a>(body: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let key = format!("\"{name}\":\"");
+    let start = body.windows(key.len()).position(|w| w == key.as_bytes())? + key.len();
     let len = body[start..].iter().position(|&b| b == b'"')?;
     Some(&body[start..start + len])
+}
+
+/// The value of the unsigned number field `name` of a flat JSON reply.
+pub fn number_field(body: &[u8], name: &str) -> Option<u64> {
+    let key = format!("\"{name}\":");
+    let start = body.windows(key.len()).position(|w| w == key.as_bytes())? + key.len();
+    let len = body[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&body[start..start + len])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

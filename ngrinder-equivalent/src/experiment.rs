@@ -13,10 +13,11 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::charts::{self, Series};
+use crate::procs;
 use crate::report::RunResult;
 use crate::run::{RunRequest, perform};
 use crate::seed;
-use crate::spec::{Endpoint, LoadModel, RunSpec};
+use crate::spec::{Endpoint, LoadModel, RoomSpec, RunSpec};
 use crate::users::UserMode;
 
 /// A plan file (TOML).
@@ -60,6 +61,20 @@ pub struct Plan {
     pub stop_error_ratio: f64,
     #[serde(default = "ramp_interval")]
     pub ramp_interval_secs: u64,
+    /// Waiting rooms to run every cell behind: the admissions per second
+    /// of each, 0 for none (the direct path). Default: none.
+    #[serde(default = "no_room")]
+    pub waiting_rooms: Vec<u32>,
+    /// Seconds a let-in user has to issue (rooms only).
+    #[serde(default = "admission_ttl")]
+    pub admission_ttl_secs: u32,
+}
+
+fn no_room() -> Vec<u32> {
+    vec![0]
+}
+fn admission_ttl() -> u32 {
+    120
 }
 
 fn kafka() -> String {
@@ -97,7 +112,11 @@ impl Plan {
     }
 
     pub fn cells(&self) -> usize {
-        self.strategies.len() * self.vusers.len() * self.instances.len() * self.repeats as usize
+        self.strategies.len()
+            * self.vusers.len()
+            * self.instances.len()
+            * self.waiting_rooms.len().max(1)
+            * self.repeats as usize
     }
 }
 
@@ -217,10 +236,17 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
             } else {
                 instance_urls.clone()
             };
-            for &vusers in &plan.vusers {
+            for (&vusers, &room) in plan
+                .vusers
+                .iter()
+                .flat_map(|v| plan.waiting_rooms.iter().map(move |r| (v, r)))
+            {
                 for repeat in 1..=plan.repeats {
                     cell += 1;
-                    let label = format!("{strategy}-i{instances}-v{vusers}-r{repeat}");
+                    let label = match room {
+                        0 => format!("{strategy}-i{instances}-v{vusers}-r{repeat}"),
+                        n => format!("{strategy}-i{instances}-v{vusers}-wr{n}-r{repeat}"),
+                    };
                     eprintln!("== cell {cell}/{}: {label}", plan.cells());
                     if plan.fresh_broker {
                         stack_up(env, instances, strategy, &plan.broker, true)?;
@@ -229,6 +255,10 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                         label: label.clone(),
                         targets: targets.clone(),
                         endpoint: Endpoint::Issue,
+                        waiting_room: (room > 0).then_some(RoomSpec {
+                            admit_per_second: room,
+                            admission_ttl_secs: plan.admission_ttl_secs,
+                        }),
                         model: LoadModel::Closed {
                             vusers,
                             ramp_initial: plan.ramp_step.unwrap_or(vusers),
@@ -245,6 +275,13 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                         stop_zero_tps_secs: 15,
                         threads: env.threads,
                     };
+                    // What the stack's processes use while the cell is measured.
+                    let stop = tokio_util::sync::CancellationToken::new();
+                    let processes = tokio::spawn(procs::sample(
+                        stop.clone(),
+                        Duration::from_secs(plan.warmup_secs),
+                        Duration::from_secs(plan.duration_secs),
+                    ));
                     let result = perform(&RunRequest {
                         spec,
                         admin_url: instance_urls[0].clone(),
@@ -255,7 +292,10 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                         audit: true,
                         audit_patience: Duration::from_secs(120),
                     })
-                    .await?;
+                    .await;
+                    stop.cancel();
+                    let mut result = result?;
+                    result.processes = processes.await.ok();
                     #[allow(clippy::print_stdout)] // a CLI: each run's summary is its output
                     {
                         println!("{}", result.render());
@@ -280,8 +320,14 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
     Ok(results.iter().all(RunResult::passed))
 }
 
+/// The strategy of a run, and its waiting room if it ran behind one (such
+/// runs are cells of their own).
 fn strategy_of(r: &RunResult) -> String {
-    r.server.strategy.clone().unwrap_or_else(|| "?".into())
+    let strategy = r.server.strategy.clone().unwrap_or_else(|| "?".into());
+    match r.spec.waiting_room {
+        Some(room) => format!("{strategy}+room{}", room.admit_per_second),
+        None => strategy,
+    }
 }
 
 fn results_csv(results: &[RunResult]) -> String {
@@ -424,10 +470,69 @@ fn report(plan: &Plan, results: &[RunResult]) -> String {
         }
         let _ = writeln!(out);
     }
+    if results.iter().any(|r| r.room.is_some()) {
+        let _ = writeln!(out, "{}", rooms_table(results));
+    }
     let _ = writeln!(
         out,
         "Charts: `tps-<strategy>-i<N>.png` (TPS over time), `tps-by-vusers-i<N>.png`, `p99-by-vusers-i<N>.png`. Every run's JSON and per-second CSV are under `runs/`."
     );
+    out
+}
+
+/// The direct path and the waiting room side by side, cell by cell: issue
+/// TPS and p99, status reads, waits, and what the backend's processes used.
+fn rooms_table(results: &[RunResult]) -> String {
+    let mut out = String::from(
+        "## With and without a waiting room\n\n| strategy | instances | vusers | room (let in /s) | issue TPS | issue p99 ms | status reads /s | status p99 ms | wait p50 / p99 s | api CPU % | Redis CPU % | audit |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for ((strategy, instances, vusers), runs) in cells(results) {
+        let m = |f: &dyn Fn(&RunResult) -> f64| median(runs.iter().map(|r| f(r)).collect());
+        let cpu = |component: &str| {
+            m(&|r| {
+                r.processes
+                    .as_ref()
+                    .and_then(|p| p.cpu_percent.get(component).copied())
+                    .unwrap_or(0.0)
+            })
+        };
+        let room = runs[0]
+            .spec
+            .waiting_room
+            .map_or("–".to_owned(), |r| r.admit_per_second.to_string());
+        let reads = |r: &RunResult| {
+            r.room.as_ref().map_or(0.0, |f| {
+                f.status_reads as f64 / (r.summary.measured_secs.max(1.0))
+            })
+        };
+        let room_cell = |f: &dyn Fn(&crate::load::RoomFigures) -> f64, unit: f64| {
+            if runs[0].room.is_some() {
+                format!("{:.1}", m(&|r| r.room.as_ref().map_or(0.0, f)) / unit)
+            } else {
+                "–".to_owned()
+            }
+        };
+        let passed = runs.iter().filter(|r| r.passed()).count();
+        let _ = writeln!(
+            out,
+            "| {} | {instances} | {vusers} | {room} | {:.1} | {:.1} | {} | {} | {} / {} | {:.0} | {:.0} | {passed}/{} pass |",
+            strategy.split('+').next().unwrap_or_default(),
+            m(&|r| r.summary.tps),
+            m(&|r| r.summary.p99_us as f64 / 1000.0),
+            if runs[0].room.is_some() {
+                format!("{:.0}", m(&reads))
+            } else {
+                "–".to_owned()
+            },
+            room_cell(&|f| f.status_p99_us as f64, 1000.0),
+            room_cell(&|f| f.wait_p50_ms as f64, 1000.0),
+            room_cell(&|f| f.wait_p99_ms as f64, 1000.0),
+            cpu("api"),
+            cpu("redis"),
+            runs.len(),
+        );
+    }
+    out.push_str("\nWith a room, a test is a user's issue once let in (or the room reply that ended its wait: sold out); TPS is bounded by the rate let in, by design. Status p99 covers joins and reads, every reply included; the wait runs from the join to the reply that let the user in.\n");
     out
 }
 

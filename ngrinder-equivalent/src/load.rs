@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Conn, Method, Target};
+use crate::client::{Conn, Method, Target, number_field, outcome_field, string_field};
 use crate::spec::{Endpoint, LoadModel, RunSpec};
-use crate::stats::{Collector, Recorder, Summary};
+use crate::stats::{Collector, Outcome, Recorder, Summary};
 use crate::token::Minter;
 use crate::users::{Ledger, UserMode};
 
@@ -38,6 +38,82 @@ pub struct ClientUse {
     pub saturation_reason: Option<String>,
 }
 
+/// What a run through a waiting room measured besides its issue requests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RoomFigures {
+    pub joins: u64,
+    /// Reads of `/queue/me` (joins not included).
+    pub status_reads: u64,
+    /// Latency of joins and status reads together, every reply included.
+    pub status_p50_us: u64,
+    pub status_p99_us: u64,
+    /// From a user's join to the reply that said it was let in.
+    pub wait_p50_ms: u64,
+    pub wait_p99_ms: u64,
+    pub wait_max_ms: u64,
+    /// Users let in.
+    pub admitted: u64,
+}
+
+/// The waiting room's side of a run.
+struct Room {
+    join: String,
+    look: String,
+    joins: AtomicU64,
+    reads: AtomicU64,
+    admitted: AtomicU64,
+    status_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+    wait_ms: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Room {
+    fn new(campaign: &str) -> Self {
+        let histogram = || {
+            std::sync::Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .expect("valid histogram bounds"),
+            )
+        };
+        Self {
+            join: format!("/api/v1/campaigns/{campaign}/queue"),
+            look: format!("/api/v1/campaigns/{campaign}/queue/me"),
+            joins: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
+            status_us: histogram(),
+            wait_ms: histogram(),
+        }
+    }
+
+    fn record(histogram: &std::sync::Mutex<hdrhistogram::Histogram<u64>>, value: u64) {
+        histogram
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .saturating_record(value.max(1));
+    }
+
+    fn figures(&self) -> RoomFigures {
+        let status = self
+            .status_us
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let wait = self
+            .wait_ms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        RoomFigures {
+            joins: self.joins.load(Ordering::Relaxed),
+            status_reads: self.reads.load(Ordering::Relaxed),
+            status_p50_us: status.value_at_quantile(0.5),
+            status_p99_us: status.value_at_quantile(0.99),
+            wait_p50_ms: wait.value_at_quantile(0.5),
+            wait_p99_ms: wait.value_at_quantile(0.99),
+            wait_max_ms: wait.max(),
+            admitted: self.admitted.load(Ordering::Relaxed),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct RunOutput {
     pub run_id: String,
@@ -46,6 +122,7 @@ pub struct RunOutput {
     pub ledger: Ledger,
     pub client: ClientUse,
     pub stopped_by: Option<String>,
+    pub room: Option<RoomFigures>,
 }
 
 struct Shared {
@@ -65,6 +142,8 @@ struct Shared {
     active: AtomicU64,
     /// Closed model: event loops the vusers are spread over.
     threads: usize,
+    /// Users go through the campaign's waiting room first.
+    room: Option<Room>,
 }
 
 impl Shared {
@@ -97,6 +176,13 @@ pub async fn execute(spec: &RunSpec, campaign: &str, minter: Minter) -> anyhow::
         ),
         Endpoint::Trivial => (Method::Get, "/healthz".to_owned(), false),
     };
+    let room = match (spec.waiting_room, &spec.model) {
+        (None, _) => None,
+        (Some(_), LoadModel::Closed { .. }) if as_user => Some(Room::new(campaign)),
+        (Some(_), _) => {
+            anyhow::bail!("a waiting room needs the closed model and the issue endpoint")
+        }
+    };
     let shared = Arc::new(Shared {
         method,
         path,
@@ -111,6 +197,7 @@ pub async fn execute(spec: &RunSpec, campaign: &str, minter: Minter) -> anyhow::
         timeout: Duration::from_millis(spec.request_timeout_ms),
         active: AtomicU64::new(0),
         threads: spec.threads.max(1),
+        room,
     });
     let cpu_start = cpu_seconds();
     let started = Instant::now();
@@ -174,6 +261,7 @@ pub async fn execute(spec: &RunSpec, campaign: &str, minter: Minter) -> anyhow::
         None
     };
     let summary = collector.summary();
+    let room = shared.room.as_ref().map(Room::figures);
     let shared =
         Arc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("load tasks still running"))?;
     Ok(RunOutput {
@@ -191,6 +279,7 @@ pub async fn execute(spec: &RunSpec, campaign: &str, minter: Minter) -> anyhow::
             saturation_reason,
         },
         stopped_by,
+        room,
     })
 }
 
@@ -381,11 +470,20 @@ async fn vuser(shared: Arc<Shared>, id: u32, target: Target, think: Duration) {
             shared.mode.user(&shared.run_id, id, key, &mut user);
             shared.minter.bearer(&user, &mut auth);
         }
-        let sent = Instant::now();
-        let outcome = conn
-            .send(shared.method, &shared.path, &auth, shared.timeout)
-            .await;
-        shared.recorder.record(id as usize, outcome, sent.elapsed());
+        let (outcome, latency) = match &shared.room {
+            Some(room) => match through_room(&shared, room, &mut conn, &auth).await {
+                Some(done) => done,
+                None => break,
+            },
+            None => {
+                let sent = Instant::now();
+                let outcome = conn
+                    .send(shared.method, &shared.path, &auth, shared.timeout)
+                    .await;
+                (outcome, sent.elapsed())
+            }
+        };
+        shared.recorder.record(id as usize, outcome, latency);
         shared.ledger.record(id, key, outcome);
         seq += 1;
         if !think.is_zero() {
@@ -393,6 +491,56 @@ async fn vuser(shared: Arc<Shared>, id: u32, target: Target, think: Duration) {
         }
     }
     shared.active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// One user through the waiting room: join, read its place again when the
+/// reply says (`retry_after_ms`), issue once let in. The request recorded
+/// as the user's test is the issue, or the room reply that ended the wait
+/// without one (sold out, closed, an error). `None`: the run stopped while
+/// the user waited.
+async fn through_room(
+    shared: &Shared,
+    room: &Room,
+    conn: &mut Conn,
+    auth: &str,
+) -> Option<(Outcome, Duration)> {
+    let joined = Instant::now();
+    let mut sent = Instant::now();
+    let mut reply = conn
+        .call(Method::Post, &room.join, auth, shared.timeout)
+        .await;
+    room.joins.fetch_add(1, Ordering::Relaxed);
+    loop {
+        let latency = sent.elapsed();
+        Room::record(&room.status_us, latency.as_micros() as u64);
+        let (status, body) = match reply {
+            Ok(r) => r,
+            Err(failed) => return Some((failed, latency)),
+        };
+        match string_field(&body, "state") {
+            Some(b"admitted") => break,
+            Some(b"waiting") => {
+                let wait = number_field(&body, "retry_after_ms").unwrap_or(1_000);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                    _ = shared.stop.cancelled() => return None,
+                }
+            }
+            _ => return Some((Outcome::from_reply(status, outcome_field(&body)), latency)),
+        }
+        sent = Instant::now();
+        reply = conn
+            .call(Method::Get, &room.look, auth, shared.timeout)
+            .await;
+        room.reads.fetch_add(1, Ordering::Relaxed);
+    }
+    room.admitted.fetch_add(1, Ordering::Relaxed);
+    Room::record(&room.wait_ms, joined.elapsed().as_millis() as u64);
+    let sent = Instant::now();
+    let outcome = conn
+        .send(shared.method, &shared.path, auth, shared.timeout)
+        .await;
+    Some((outcome, sent.elapsed()))
 }
 
 /// The open model; returns (late, dropped) sends.

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ngrinder_equivalent::bench::{self, BenchPlan};
 use ngrinder_equivalent::experiment::{self, Environment, Plan};
 use ngrinder_equivalent::run::{RunRequest, perform};
-use ngrinder_equivalent::spec::{Endpoint, LoadModel, RunSpec};
+use ngrinder_equivalent::spec::{Endpoint, LoadModel, RoomSpec, RunSpec};
 use ngrinder_equivalent::users::UserMode;
 
 /// Load tests for the coupon engine, with nGrinder's figures, percentiles,
@@ -105,6 +105,13 @@ struct RunArgs {
     /// Call `GET /healthz` instead of issuing: the HTTP path alone.
     #[arg(long)]
     trivial: bool,
+    /// Put a waiting room letting this many users in per second in front
+    /// of the campaign created: each user joins, polls as told, then issues.
+    #[arg(long)]
+    waiting_room: Option<u32>,
+    /// With `--waiting-room`: seconds a let-in user has to issue.
+    #[arg(long, default_value_t = 120)]
+    admission_ttl_secs: u32,
     #[arg(long, default_value_t = 120)]
     audit_patience: u64,
     /// Directory for `<label>.json` and `<label>.csv`.
@@ -278,6 +285,10 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
                 } else {
                     Endpoint::Issue
                 },
+                waiting_room: a.waiting_room.map(|admit_per_second| RoomSpec {
+                    admit_per_second,
+                    admission_ttl_secs: a.admission_ttl_secs,
+                }),
                 model,
                 duration_secs: if a.requests.is_some() {
                     None

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admin::ServerInfo;
 use crate::audit::AuditReport;
-use crate::load::ClientUse;
+use crate::load::{ClientUse, RoomFigures};
 use crate::spec::{RunSpec, Spread};
 use crate::stats::{Sample, Summary};
 
@@ -27,6 +27,13 @@ pub struct RunResult {
     pub samples: Vec<Sample>,
     pub client: ClientUse,
     pub stopped_by: Option<String>,
+    /// Through a waiting room: joins, status reads, waits.
+    #[serde(default)]
+    pub room: Option<RoomFigures>,
+    /// What the stack's processes used while the run was measured
+    /// (experiments only).
+    #[serde(default)]
+    pub processes: Option<crate::procs::ProcUse>,
     pub audit: Option<AuditReport>,
 }
 
@@ -112,6 +119,20 @@ impl RunResult {
             "latency (tests, µs): p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us
         );
+        if let Some(room) = &self.room {
+            let _ = writeln!(
+                out,
+                "waiting room: {} joins, {} status reads (p50 {} µs, p99 {} µs), {} let in; wait p50 {} ms, p99 {} ms, max {} ms",
+                room.joins,
+                room.status_reads,
+                room.status_p50_us,
+                room.status_p99_us,
+                room.admitted,
+                room.wait_p50_ms,
+                room.wait_p99_ms,
+                room.wait_max_ms
+            );
+        }
         let outcomes: Vec<String> = s.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(out, "outcomes: {}", outcomes.join(", "));
         if s.errors > 0 {

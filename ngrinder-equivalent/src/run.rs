@@ -39,7 +39,7 @@ pub async fn perform(request: &RunRequest) -> anyhow::Result<RunResult> {
         (None, Endpoint::Issue) => {
             let stock = request.stock.unwrap_or(UNLIMITED_STOCK);
             admin
-                .create_campaign(&format!("load {}", spec.label), stock)
+                .create_campaign(&format!("load {}", spec.label), stock, spec.waiting_room)
                 .await?
         }
     };
@@ -89,6 +89,8 @@ pub async fn perform(request: &RunRequest) -> anyhow::Result<RunResult> {
         samples: output.collector.samples,
         client: output.client,
         stopped_by: output.stopped_by,
+        room: output.room,
+        processes: None,
         audit,
     })
 }

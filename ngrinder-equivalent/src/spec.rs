@@ -60,12 +60,23 @@ pub enum Endpoint {
     Trivial,
 }
 
+/// A waiting room in front of the run's campaign: each user joins it,
+/// polls its place as `Retry-After` says, and issues once let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSpec {
+    pub admit_per_second: u32,
+    pub admission_ttl_secs: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
     pub label: String,
     pub targets: Vec<String>,
     #[serde(default)]
     pub endpoint: Endpoint,
+    /// The issue endpoint behind a waiting room (closed model only).
+    #[serde(default)]
+    pub waiting_room: Option<RoomSpec>,
     pub model: LoadModel,
     /// Measured seconds after the warm-up; `None` with `requests`.
     pub duration_secs: Option<u64>,

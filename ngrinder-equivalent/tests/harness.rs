@@ -102,6 +102,7 @@ fn spec(
         label: "tiny".into(),
         targets: vec![format!("http://{addr}")],
         endpoint: Endpoint::Issue,
+        waiting_room: None,
         model,
         duration_secs: duration,
         requests,
