@@ -395,3 +395,31 @@ async fn the_harness_goes_through_the_room_as_a_user_would_and_the_audit_passes(
     worker.stop().await;
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_joins_an_empty_line_is_let_in_at_once_but_a_burst_is_held_to_the_rate() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let (campaign, _) = room_campaign(&api, 100, 10, 120, 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = join(&api, &campaign, "alone").await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::OK, Some("admitted")),
+        "{body}"
+    );
+    // Twenty more at once: at 10 a second, with at most a tick (100 ms) of
+    // credit kept, no more than a couple of them are let in right away.
+    let mut at_once = 0;
+    for i in 0..20 {
+        let (status, _) = join(&api, &campaign, &format!("burst-{i}")).await;
+        if status == StatusCode::OK {
+            at_once += 1;
+        }
+    }
+    assert!(
+        at_once <= 3,
+        "{at_once} of a burst of 20 let in at once at 10 a second"
+    );
+    api.stop().await;
+}

@@ -12,7 +12,7 @@
 --                            (positions let in), credit_ms (the rate's clock),
 --                            comp (places given back by expired windows, not
 --                            yet given again), expired_upto (the last
---                            position whose window closed), tick_ms
+--                            position whose window closed)
 --   coupon:{c}:room:order    HASH user -> join number (1, 2, ...)
 --   coupon:{c}:room:windows  ZSET "lo:hi:at_ms" scored hi: positions lo+1..hi
 --                            were let in at at_ms
@@ -22,9 +22,12 @@
 -- the start, whose positions are a keyed permutation of 1..block (so that
 -- joining early is no head start). Every call costs O(log windows), never
 -- O(waiters): positions are let in by moving `front`, and a window's unused
--- places are counted when it closes.
+-- places are counted when it closes. Admissions within one tick share a
+-- window, so there are at most T / tick windows open.
 
--- Advance at most once per tick; close at most this many windows per call.
+-- The windows' granularity, and the most credit an empty line keeps (so
+-- that a user who joins it is let in at once); close at most this many
+-- windows per call.
 local ROOM_TICK_MS = 100
 local ROOM_CLOSE_BATCH = 32
 
@@ -67,7 +70,7 @@ end
 -- closed windows' unused places to the next), as of `now`.
 local function room_advance(K, rate, ttl_ms, starts_ms, now, sold_out)
   local f = redis.call('HMGET', K.room, 'joined', 'block', 'front', 'credit_ms', 'comp',
-    'expired_upto', 'tick_ms')
+    'expired_upto')
   local room = {
     joined = tonumber(f[1]) or 0,
     block = tonumber(f[2]),
@@ -75,7 +78,6 @@ local function room_advance(K, rate, ttl_ms, starts_ms, now, sold_out)
     credit_ms = tonumber(f[4]) or starts_ms,
     comp = tonumber(f[5]) or 0,
     expired_upto = tonumber(f[6]) or 0,
-    tick_ms = tonumber(f[7]) or 0,
   }
   if now < starts_ms then
     return room
@@ -83,9 +85,6 @@ local function room_advance(K, rate, ttl_ms, starts_ms, now, sold_out)
   if room.block == nil then
     room.block = room.joined
     redis.call('HSET', K.room, 'block', room.block)
-  end
-  if now - room.tick_ms < ROOM_TICK_MS then
-    return room
   end
   for _ = 1, ROOM_CLOSE_BATCH do
     local oldest = redis.call('ZRANGE', K.windows, 0, 0)[1]
@@ -110,24 +109,38 @@ local function room_advance(K, rate, ttl_ms, starts_ms, now, sold_out)
     local waiting = room.joined - room.front
     local by_rate = math.min(grant, waiting)
     local by_comp = math.min(room.comp, waiting - by_rate)
+    room.credit_ms = room.credit_ms + by_rate * 1000 / rate
     if by_rate < grant then
-      -- Nobody left to let in: the rate banks no credit for later joiners.
-      room.credit_ms = now
-    else
-      room.credit_ms = room.credit_ms + by_rate * 1000 / rate
+      -- Nobody left to let in: an empty line keeps one tick of credit, no
+      -- more, so a burst of later joiners cannot exceed the rate.
+      room.credit_ms = math.max(room.credit_ms, now - ROOM_TICK_MS)
     end
     room.comp = room.comp - by_comp
     local n = by_rate + by_comp
     if n > 0 then
-      redis.call('ZADD', K.windows, room.front + n,
-        string.format('%d:%d:%d', room.front, room.front + n, now))
-      room.front = room.front + n
+      local hi = room.front + n
+      local lo, at = room.front, now
+      local newest = redis.call('ZRANGE', K.windows, -1, -1)[1]
+      if newest then
+        local nlo, nhi, nat = string.match(newest, '^(%d+):(%d+):(%d+)$')
+        if tonumber(nhi) == room.front and now - tonumber(nat) < ROOM_TICK_MS then
+          -- The newest window is younger than a tick: it grows.
+          lo, at = tonumber(nlo), tonumber(nat)
+          redis.call('ZREM', K.windows, newest)
+          local used = redis.call('HGET', K.used, nhi)
+          if used then
+            redis.call('HDEL', K.used, nhi)
+            redis.call('HSET', K.used, hi, used)
+          end
+        end
+      end
+      redis.call('ZADD', K.windows, hi, string.format('%d:%d:%d', lo, hi, at))
+      room.front = hi
     end
   end
-  room.tick_ms = now
   redis.call('HSET', K.room, 'front', room.front, 'credit_ms',
     string.format('%.3f', room.credit_ms), 'comp', room.comp, 'expired_upto',
-    room.expired_upto, 'tick_ms', now)
+    room.expired_upto)
   return room
 end
 
@@ -199,5 +212,5 @@ local function room_view(K, room, user, seed, rate, ttl_ms, starts_ms, now, hold
   end
   local ahead = pos - room.front - 1
   local wait = math.ceil((ahead + 1) * 1000 / rate)
-  return { 'waiting', pos, ahead, 0, math.max(200, math.min(wait, 10000)) }
+  return { 'waiting', pos, ahead, 0, math.max(ROOM_TICK_MS, math.min(wait, 10000)) }
 end

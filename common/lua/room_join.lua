@@ -35,5 +35,9 @@ if ARGV[2] == 'join' and not holds and not closed and not sold_out
     and redis.call('HEXISTS', K.order, ARGV[1]) == 0 then
   room.joined = redis.call('HINCRBY', K.room, 'joined', 1)
   redis.call('HSET', K.order, ARGV[1], room.joined)
+  if now >= starts_ms then
+    -- A line with room to spare lets the newcomer in at once.
+    room = room_advance(K, rate, ttl_ms, starts_ms, now, false)
+  end
 end
 return room_view(K, room, ARGV[1], seed, rate, ttl_ms, starts_ms, now, holds, sold_out, closed)
