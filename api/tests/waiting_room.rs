@@ -375,6 +375,7 @@ async fn the_harness_goes_through_the_room_as_a_user_would_and_the_audit_passes(
         campaign: None,
         audit: true,
         audit_patience: Duration::from_secs(60),
+        redis_url: Some(settings.redis.url.clone()),
     })
     .await
     .unwrap();
@@ -392,6 +393,14 @@ async fn the_harness_goes_through_the_room_as_a_user_would_and_the_audit_passes(
     assert_eq!(room.joins, 150);
     assert!(room.admitted >= 100, "{room:?}");
     assert!(room.status_reads > 0 && room.wait_p99_ms > 0, "{room:?}");
+    let audit = result.audit.as_ref().unwrap().room.as_ref().unwrap();
+    // Users who came after the stock was gone were told so, not placed.
+    assert!((100..=150).contains(&audit.joined), "{audit:?}");
+    assert_eq!(audit.holders, 100, "{audit:?}");
+    assert!(
+        audit.let_in >= 100 && audit.failures.is_empty(),
+        "{audit:?}"
+    );
     worker.stop().await;
     api.stop().await;
 }

@@ -7,6 +7,10 @@
 //! - the gate's count equals the rows;
 //! - when demand exceeded stock and nothing failed, rows == stock.
 //!
+//! Behind a waiting room, the room is audited too ([`judge_room`]): every
+//! slot holder joined the room and was let in, and no more users hold a slot
+//! than positions were let in.
+//!
 //! Users answered `queued` or `pending` are followed to their final state
 //! through `/coupons/me`; one that ends `issued` must have a row. Above
 //! [`MAX_FOLLOWED`] such users a random sample is followed (the report says
@@ -50,6 +54,115 @@ pub struct AuditReport {
     /// The worker had not caught up when the audit gave up waiting.
     pub drained: bool,
     pub waited_secs: f64,
+    /// The waiting room's audit, when the run went through one.
+    #[serde(default)]
+    pub room: Option<RoomAudit>,
+}
+
+/// What the waiting room's state says after a run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RoomAudit {
+    pub joined: u64,
+    /// Joins before the start (their positions are shuffled).
+    pub block: u64,
+    /// Positions let in.
+    pub let_in: u64,
+    pub holders: u64,
+    pub failures: Vec<String>,
+}
+
+/// The room's rules, on what Redis holds after the run: every slot holder
+/// joined; holders ≤ positions let in; a holder who joined after the start
+/// (position = join number) was within the positions let in. (Holders of the
+/// shuffled block are covered by the count; the api's tests check the
+/// shuffle itself against the recorded seed.)
+pub fn judge_room(
+    holders: &[String],
+    order: &BTreeMap<String, u64>,
+    block: u64,
+    let_in: u64,
+) -> RoomAudit {
+    let mut failures = Vec::new();
+    let never_joined: Vec<&String> = holders.iter().filter(|h| !order.contains_key(*h)).collect();
+    if !never_joined.is_empty() {
+        failures.push(format!(
+            "{} slot holders never joined the waiting room (e.g. {:?})",
+            never_joined.len(),
+            never_joined.iter().take(EXAMPLES).collect::<Vec<_>>()
+        ));
+    }
+    if holders.len() as u64 > let_in {
+        failures.push(format!(
+            "{} slot holders, but only {let_in} positions were let in",
+            holders.len()
+        ));
+    }
+    let early: Vec<(&String, u64)> = holders
+        .iter()
+        .filter_map(|h| order.get(h).map(|j| (h, *j)))
+        .filter(|(_, j)| *j > block && *j > let_in)
+        .collect();
+    if !early.is_empty() {
+        failures.push(format!(
+            "{} slot holders issued before their position was let in (e.g. {:?})",
+            early.len(),
+            early.iter().take(EXAMPLES).collect::<Vec<_>>()
+        ));
+    }
+    RoomAudit {
+        joined: order.len() as u64,
+        block,
+        let_in,
+        holders: holders.len() as u64,
+        failures,
+    }
+}
+
+/// Reads the room's state from Redis and judges it ([`judge_room`]).
+pub async fn room(redis_url: &str, campaign: &str) -> anyhow::Result<RoomAudit> {
+    let mut conn = redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let prefix = format!("coupon:{{{campaign}}}");
+    let scan = |cmd: &'static str, key: String| {
+        let mut conn = conn.clone();
+        async move {
+            let mut cursor: u64 = 0;
+            let mut items: Vec<String> = Vec::new();
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd(cmd)
+                    .arg(&key)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(10_000)
+                    .query_async(&mut conn)
+                    .await?;
+                items.extend(batch);
+                if next == 0 {
+                    return anyhow::Ok(items);
+                }
+                cursor = next;
+            }
+        }
+    };
+    let holders = scan("SSCAN", format!("{prefix}:users")).await?;
+    let flat = scan("HSCAN", format!("{prefix}:room:order")).await?;
+    let order: BTreeMap<String, u64> = flat
+        .chunks(2)
+        .filter_map(|kv| Some((kv.first()?.clone(), kv.get(1)?.parse().ok()?)))
+        .collect();
+    let (block, front): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+        .arg(format!("{prefix}:room"))
+        .arg("block")
+        .arg("front")
+        .query_async(&mut conn)
+        .await?;
+    Ok(judge_room(
+        &holders,
+        &order,
+        block.unwrap_or(0),
+        front.unwrap_or(0),
+    ))
 }
 
 /// Inputs of the pure part of the audit.
@@ -178,6 +291,7 @@ pub fn judge(e: &Evidence<'_>) -> AuditReport {
             .collect(),
         drained: e.drained,
         waited_secs: 0.0,
+        room: None,
     }
 }
 
@@ -357,5 +471,38 @@ mod tests {
         assert!(all.contains("never promised"), "{all}");
         assert!(all.contains("gate count"), "{all}");
         assert!(all.contains("leaked"), "{all}");
+    }
+
+    #[test]
+    fn the_room_audit_catches_holders_who_skipped_the_line() {
+        let order: BTreeMap<String, u64> = [("a", 1), ("b", 2), ("c", 3), ("d", 4)]
+            .map(|(u, j)| (u.to_owned(), j))
+            .into();
+        let holders = |names: &[&str]| names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(
+            judge_room(&holders(&["a", "b"]), &order, 0, 2)
+                .failures
+                .is_empty()
+        );
+        // Never joined; more holders than let in; issued past the front.
+        assert_eq!(
+            judge_room(&holders(&["a", "z"]), &order, 0, 4)
+                .failures
+                .len(),
+            1
+        );
+        assert_eq!(
+            judge_room(&holders(&["a", "b", "c"]), &order, 0, 2)
+                .failures
+                .len(),
+            2
+        );
+        assert_eq!(judge_room(&holders(&["d"]), &order, 0, 2).failures.len(), 1);
+        // In the shuffled block, a join number is not a position.
+        assert!(
+            judge_room(&holders(&["d"]), &order, 4, 2)
+                .failures
+                .is_empty()
+        );
     }
 }

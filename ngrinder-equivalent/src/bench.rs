@@ -221,6 +221,7 @@ async fn measured(
         campaign: None,
         audit: endpoint == Endpoint::Issue,
         audit_patience: Duration::from_secs(120),
+        redis_url: None,
     })
     .await;
     stop.cancel();

@@ -291,6 +291,7 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                         campaign: None,
                         audit: true,
                         audit_patience: Duration::from_secs(120),
+                        redis_url: Some(env.redis_url.clone()),
                     })
                     .await;
                     stop.cancel();

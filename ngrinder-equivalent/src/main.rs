@@ -114,6 +114,9 @@ struct RunArgs {
     admission_ttl_secs: u32,
     #[arg(long, default_value_t = 120)]
     audit_patience: u64,
+    /// Where the audit reads a waiting room's state.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
     /// Directory for `<label>.json` and `<label>.csv`.
     #[arg(long, default_value = "target/ngrinder")]
     out: PathBuf,
@@ -312,6 +315,7 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
                 campaign: a.campaign,
                 audit: !a.no_audit,
                 audit_patience: Duration::from_secs(a.audit_patience),
+                redis_url: Some(a.redis_url.clone()),
             })
             .await?;
             result.write(&a.out, &label)?;

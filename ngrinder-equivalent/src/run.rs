@@ -27,6 +27,9 @@ pub struct RunRequest {
     pub campaign: Option<String>,
     pub audit: bool,
     pub audit_patience: Duration,
+    /// Where the audit reads a waiting room's state (`None`: the room is
+    /// not audited).
+    pub redis_url: Option<String>,
 }
 
 pub async fn perform(request: &RunRequest) -> anyhow::Result<RunResult> {
@@ -59,18 +62,23 @@ pub async fn perform(request: &RunRequest) -> anyhow::Result<RunResult> {
                 ErrorKind::Server5xx | ErrorKind::Timeout | ErrorKind::Connection
             )
         });
-        Some(
-            audit::run(
-                &admin,
-                &minter,
-                &campaign.id,
-                &promised,
-                sold_out_seen,
-                failures_seen,
-                request.audit_patience,
-            )
-            .await?,
+        let mut report = audit::run(
+            &admin,
+            &minter,
+            &campaign.id,
+            &promised,
+            sold_out_seen,
+            failures_seen,
+            request.audit_patience,
         )
+        .await?;
+        if let (Some(_), Some(url)) = (spec.waiting_room, &request.redis_url) {
+            let room = audit::room(url, &campaign.id).await?;
+            report.failures.extend(room.failures.iter().cloned());
+            report.passed &= room.failures.is_empty();
+            report.room = Some(room);
+        }
+        Some(report)
     } else {
         None
     };
