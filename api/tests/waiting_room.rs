@@ -432,3 +432,50 @@ async fn a_user_who_joins_an_empty_line_is_let_in_at_once_but_a_burst_is_held_to
     );
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_are_rate_limited_replayed_by_key_and_refused_once_closed() {
+    let mut settings = test_settings().await;
+    settings.rate_limit.per_user.per_second = 1;
+    settings.rate_limit.per_user.burst = 1;
+    let api = spawn_api(&settings).await;
+    let (campaign, _) = room_campaign(&api, 10, 1, 120, 60_000).await;
+    let keyed = |user: &str, key: &str| {
+        api.client
+            .post(format!("{}/api/v1/campaigns/{campaign}/queue", api.address))
+            .bearer_auth(mint_jwt(user, 3600))
+            .header("Idempotency-Key", key.to_owned())
+    };
+    let key = uuid::Uuid::now_v7().to_string();
+    let first = keyed("alice", &key).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let (_, first) = reply(first).await;
+    // The same key again: the first reply, without running (nor spending
+    // the user's token bucket).
+    let again = keyed("alice", &key).send().await.unwrap();
+    assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(reply(again).await.1, first);
+    // A second join within the second, without a key: the bucket is empty.
+    let (status, body) = join(&api, &campaign, "alice").await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
+
+    let (status, _) = api.close_campaign(&campaign).await;
+    assert_eq!(status, StatusCode::OK);
+    let view = place(&api, &campaign, "alice").await;
+    assert_eq!(view["state"], "closed", "{view}");
+    // Joined before the start, never placed: its position is null, not absent.
+    assert!(
+        view["position"].is_null() && view.get("position").is_some(),
+        "{view}"
+    );
+    let (status, body) = join(&api, &campaign, "bob").await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::GONE, Some("closed")),
+        "{body}"
+    );
+    api.stop().await;
+}

@@ -177,12 +177,13 @@ local function room_window(K, room, pos, ttl_ms, now)
   return hi, ends
 end
 
--- A user's view: {state, position (-1: none yet), ahead (-1: unknown),
--- admitted_until_ms, retry_after_ms}.
+-- A user's view: {state, position (-1: never joined; 0: joined before the
+-- start, not placed yet), ahead (-1: unknown), admitted_until_ms,
+-- retry_after_ms}.
 local function room_view(K, room, user, seed, rate, ttl_ms, starts_ms, now, holds, sold_out,
                          closed)
   local pos, joined = room_position(K, room, user, seed)
-  local p = pos or -1
+  local p = pos or (joined and 0 or -1)
   if holds then
     return { 'issued', p, 0, 0, 0 }
   end
@@ -201,7 +202,7 @@ local function room_view(K, room, user, seed, rate, ttl_ms, starts_ms, now, hold
     return { 'sold_out', p, 0, 0, 0 }
   end
   if pos == nil then
-    return { 'waiting', -1, -1, 0, math.max(100, math.min(starts_ms - now, 5000)) }
+    return { 'waiting', 0, -1, 0, math.max(100, math.min(starts_ms - now, 5000)) }
   end
   local hi, ends = room_window(K, room, pos, ttl_ms, now)
   if hi then

@@ -73,6 +73,8 @@ impl RoomState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoomView {
     pub state: RoomState,
+    /// The user joined the room.
+    pub joined: bool,
     /// 1, 2, 3, … ; `None` if the user never joined, or joined before the
     /// start and the start has not come.
     pub position: Option<u64>,
@@ -169,10 +171,11 @@ fn parse_reply(reply: &[redis::Value]) -> Result<RoomReply, GateError> {
     };
     let known = |n: i64| u64::try_from(n).ok();
     let state = RoomState::parse(&state)?;
-    let (until, retry) = (number(until)?, number(retry)?);
+    let (position, until, retry) = (number(position)?, number(until)?, number(retry)?);
     Ok(RoomReply::View(RoomView {
         state,
-        position: known(number(position)?),
+        joined: position >= 0,
+        position: (position > 0).then_some(position as u64),
         ahead: (state == RoomState::Waiting)
             .then(|| number(ahead).map(known))
             .transpose()?

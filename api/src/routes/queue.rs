@@ -48,11 +48,9 @@ pub struct QueueReply {
 
 impl QueueReply {
     fn of(view: &RoomView) -> Self {
-        let joined = view.state != RoomState::None
-            && (view.position.is_some() || view.state == RoomState::Waiting);
         Self {
             state: view.state.as_str(),
-            position: joined.then_some(view.position),
+            position: view.joined.then_some(view.position),
             ahead: view.ahead,
             retry_after_ms: view.retry_after_ms,
             admitted_until: view.admitted_until,
