@@ -19,6 +19,7 @@ pub struct ApiMetrics {
     pub compensations: IntCounterVec,
     pub idempotency: IntCounterVec,
     pub room_replies: IntCounterVec,
+    pub room_wait_seconds: Histogram,
     pub producer_queue: IntGauge,
     pub queue_depth: IntGauge,
     pub lock_wait_seconds: Histogram,
@@ -90,6 +91,14 @@ impl ApiMetrics {
                 "waiting_room_replies_total",
                 "Waiting-room calls (join, look) by the state they answered (none, waiting, admitted, expired, issued, sold_out, closed, no_waiting_room, missing).",
                 &["call", "state"],
+            ),
+            room_wait_seconds: histogram(
+                &r,
+                "waiting_room_wait_seconds",
+                "How long users who issued behind a waiting room waited between joining and being let in.",
+                vec![
+                    0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                ],
             ),
             producer_queue: gauge(
                 &r,

@@ -291,7 +291,7 @@ async fn a_withdrawn_admission_holds_nothing_whichever_runs_first() {
     let second = CouponId::new();
     assert_eq!(
         gate.admit(&campaign, &alice, &second).await.unwrap(),
-        Admission::Admitted
+        Admission::Admitted { waited: None }
     );
     assert_eq!(
         gate.withdraw(&campaign, &alice, &first).await.unwrap(),

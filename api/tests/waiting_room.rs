@@ -164,6 +164,14 @@ async fn users_are_let_in_at_the_rate_in_position_order_and_only_they_can_issue(
     let (status, body) = api.issue(&campaign, &users[0]).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(place(&api, &campaign, &users[0]).await["state"], "issued");
+    let scrape = api.scrape().await;
+    assert_eq!(scrape.sum("waiting_room_wait_seconds_count", &[]), 1.0);
+    assert!(
+        scrape.sum(
+            "waiting_room_replies_total",
+            &[("call", "look"), ("state", "waiting")]
+        ) > 0.0
+    );
 
     // Without a waiting room the queue is not there; unknown campaigns 404.
     let plain = api.open_campaign(10).await;
@@ -268,7 +276,13 @@ async fn an_admission_that_expires_gives_its_place_to_the_next() {
         (StatusCode::FORBIDDEN, Some("not_admitted"))
     );
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Three seconds of users asking, as waiting users do: the room moves
+    // when it is asked.
+    let asking = Instant::now();
+    while asking.elapsed() < Duration::from_secs(3) {
+        place(&api, &campaign, &users[39]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut let_in = 0;
     let mut seen_waiting = false;
     for user in &users {

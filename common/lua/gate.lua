@@ -10,8 +10,8 @@
 -- KEYS[5]  coupon:{c}:claims  HASH user id -> coupon id of the admission
 -- KEYS[6]  coupon:{c}:void:<coupon id>  present when this request was
 --          withdrawn (withdraw.lua) before this script got to run
--- KEYS[7..10]  coupon:{c}:room, :room:order, :room:windows, :room:used
---          (the waiting room, room.lua; untouched without one)
+-- KEYS[7..11]  coupon:{c}:room, :room:order, :room:windows, :room:used,
+--          :room:joined_at (the waiting room, room.lua; untouched without one)
 -- ARGV[1]  user id
 -- ARGV[2]  coupon id this admission claims
 --
@@ -19,6 +19,8 @@
 -- "missing" (no meta: the campaign's gate state is not loaded), "withdrawn"
 -- (the caller gave up on this request before Redis ran it), "not_admitted"
 -- (the campaign has a waiting room and the user is not let in just now).
+-- Behind a waiting room an admission answers "admitted:<ms>": how long the
+-- user waited between joining and being let in.
 --
 -- Every check runs before the first write, so a refused user changes nothing;
 -- a sold-out user is not added to the set. Time comes from the Redis server,
@@ -47,18 +49,20 @@ end
 if tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(meta[1]) then
   return 'sold_out'
 end
-local window = nil
+local window, waited = nil, nil
 if meta[5] then
-  local K = room_keys(KEYS[7], KEYS[8], KEYS[9], KEYS[10])
+  local K = room_keys(KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11])
   local ttl_ms = tonumber(meta[6])
   local room = room_advance(K, tonumber(meta[5]), ttl_ms, tonumber(meta[2]), now_ms, false)
   local pos = room_position(K, room, ARGV[1], meta[7])
+  local ends, let_in_at
   if pos then
-    window = room_window(K, room, pos, ttl_ms, now_ms)
+    window, ends, let_in_at = room_window(K, room, pos, ttl_ms, now_ms)
   end
   if not window then
     return 'not_admitted'
   end
+  waited = room_waited(K, ARGV[1], let_in_at)
 end
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('INCR', KEYS[3])
@@ -66,5 +70,8 @@ redis.call('DEL', KEYS[4])
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
 if window then
   redis.call('HINCRBY', KEYS[10], window, 1)
+  if waited then
+    return 'admitted:' .. waited
+  end
 end
 return 'admitted'

@@ -13,7 +13,8 @@
 -- KEYS[5]  coupon:{c}:claims         HASH user id -> coupon id (gate.lua)
 -- KEYS[6]  coupon:{c}:void:<coupon id>  present when the request was withdrawn
 -- KEYS[7]  coupon:{c}:meta  HASH (the waiting room's wr_* fields, if any)
--- KEYS[8..11]  coupon:{c}:room, :room:order, :room:windows, :room:used
+-- KEYS[8..12]  coupon:{c}:room, :room:order, :room:windows, :room:used,
+--          :room:joined_at
 -- ARGV[1]  the caller's lock token
 -- ARGV[2]  user id
 -- ARGV[3]  coupon id this admission claims
@@ -41,7 +42,7 @@ end
 local window = nil
 local meta = redis.call('HMGET', KEYS[7], 'starts_ms', 'wr_rate', 'wr_ttl_ms', 'wr_seed')
 if meta[2] then
-  local K = room_keys(KEYS[8], KEYS[9], KEYS[10], KEYS[11])
+  local K = room_keys(KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12])
   local now = room_now()
   local ttl_ms = tonumber(meta[3])
   local room = room_advance(K, tonumber(meta[2]), ttl_ms, tonumber(meta[1]), now, false)

@@ -17,6 +17,7 @@
 --   coupon:{c}:room:windows  ZSET "lo:hi:at_ms" scored hi: positions lo+1..hi
 --                            were let in at at_ms
 --   coupon:{c}:room:used     HASH hi -> slots taken by that window's users
+--   coupon:{c}:room:joined_at  HASH user -> when it joined (ms)
 --
 -- A user's position is its join number, except in the block of joins before
 -- the start, whose positions are a keyed permutation of 1..block (so that
@@ -62,8 +63,8 @@ local function room_shuffle(j, n, seed)
   return x + 1
 end
 
-local function room_keys(room, order, windows, used)
-  return { room = room, order = order, windows = windows, used = used }
+local function room_keys(room, order, windows, used, joined_at)
+  return { room = room, order = order, windows = windows, used = used, joined_at = joined_at }
 end
 
 -- The room's counters after letting positions in at the rate (and giving
@@ -160,7 +161,8 @@ local function room_position(K, room, user, seed)
   return j, true
 end
 
--- The window that let `pos` in, if it is still open: its hi and its end.
+-- The window that let `pos` in, if it is still open: its hi, its end and
+-- when it let the user in.
 local function room_window(K, room, pos, ttl_ms, now)
   if pos <= room.expired_upto or pos > room.front then
     return nil
@@ -174,7 +176,16 @@ local function room_window(K, room, pos, ttl_ms, now)
   if ends <= now then
     return nil
   end
-  return hi, ends
+  return hi, ends, tonumber(at)
+end
+
+-- How long the user waited between joining and being let in (ms), or nil.
+local function room_waited(K, user, let_in_at)
+  local joined_at = tonumber(redis.call('HGET', K.joined_at, user))
+  if not joined_at then
+    return nil
+  end
+  return math.max(0, let_in_at - joined_at)
 end
 
 -- A user's view: {state, position (-1: never joined; 0: joined before the

@@ -9,6 +9,7 @@
 -- KEYS[5]  coupon:{c}:room:order    HASH user -> join number
 -- KEYS[6]  coupon:{c}:room:windows  ZSET of admission windows
 -- KEYS[7]  coupon:{c}:room:used     HASH window -> slots taken
+-- KEYS[8]  coupon:{c}:room:joined_at  HASH user -> when it joined (ms)
 -- ARGV[1]  user id
 -- ARGV[2]  "join" or "look" (room_status.lua: the same view, no join)
 --
@@ -23,7 +24,7 @@ end
 if not meta[5] then
   return { 'no_room' }
 end
-local K = room_keys(KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+local K = room_keys(KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 local now = room_now()
 local starts_ms = tonumber(meta[2])
 local rate, ttl_ms, seed = tonumber(meta[5]), tonumber(meta[6]), meta[7]
@@ -35,6 +36,7 @@ if ARGV[2] == 'join' and not holds and not closed and not sold_out
     and redis.call('HEXISTS', K.order, ARGV[1]) == 0 then
   room.joined = redis.call('HINCRBY', K.room, 'joined', 1)
   redis.call('HSET', K.order, ARGV[1], room.joined)
+  redis.call('HSET', K.joined_at, ARGV[1], now)
   if now >= starts_ms then
     -- A line with room to spare lets the newcomer in at once.
     room = room_advance(K, rate, ttl_ms, starts_ms, now, false)

@@ -28,7 +28,11 @@ const NO_END: &str = "none";
 /// What the gate script decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    Admitted,
+    /// A new slot; behind a waiting room, `waited` is how long the user
+    /// waited between joining and being let in.
+    Admitted {
+        waited: Option<Duration>,
+    },
     Duplicate,
     SoldOut,
     NotOpen,
@@ -45,8 +49,16 @@ pub enum Admission {
 
 impl Admission {
     fn from_script(reply: &str) -> Result<Self, GateError> {
+        if let Some(ms) = reply.strip_prefix("admitted:") {
+            let ms = ms
+                .parse()
+                .map_err(|_| GateError::Protocol(reply.to_owned()))?;
+            return Ok(Self::Admitted {
+                waited: Some(Duration::from_millis(ms)),
+            });
+        }
         Ok(match reply {
-            "admitted" => Self::Admitted,
+            "admitted" => Self::Admitted { waited: None },
             "duplicate" => Self::Duplicate,
             "sold_out" => Self::SoldOut,
             "not_open" => Self::NotOpen,
@@ -739,8 +751,15 @@ mod tests {
     fn script_replies_map_to_admissions() {
         assert_eq!(
             Admission::from_script("admitted").unwrap(),
-            Admission::Admitted
+            Admission::Admitted { waited: None }
         );
+        assert_eq!(
+            Admission::from_script("admitted:1500").unwrap(),
+            Admission::Admitted {
+                waited: Some(Duration::from_millis(1500))
+            }
+        );
+        assert!(Admission::from_script("admitted:soon").is_err());
         assert_eq!(
             Admission::from_script("missing").unwrap(),
             Admission::Missing

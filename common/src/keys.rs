@@ -55,6 +55,7 @@ impl CampaignKeys {
             order: format!("{}:room:order", self.prefix),
             windows: format!("{}:room:windows", self.prefix),
             used: format!("{}:room:used", self.prefix),
+            joined_at: format!("{}:room:joined_at", self.prefix),
         }
     }
 
@@ -103,15 +104,18 @@ pub struct RoomKeys {
     pub windows: String,
     /// HASH window -> slots taken.
     pub used: String,
+    /// HASH user -> when it joined (ms).
+    pub joined_at: String,
 }
 
 impl RoomKeys {
-    pub fn all(&self) -> [&str; 4] {
+    pub fn all(&self) -> [&str; 5] {
         [
             self.room.as_str(),
             self.order.as_str(),
             self.windows.as_str(),
             self.used.as_str(),
+            self.joined_at.as_str(),
         ]
     }
 }
@@ -174,6 +178,7 @@ mod tests {
             k.room().order,
             k.room().windows,
             k.room().used,
+            k.room().joined_at,
             k.lock(),
             fair.lock,
             fair.tickets,

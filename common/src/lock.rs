@@ -224,6 +224,7 @@ impl LockGuard {
                     room[1],
                     room[2],
                     room[3],
+                    room[4],
                 ],
                 &[self.token.as_str(), user.as_str(), &coupon.to_string()],
             )

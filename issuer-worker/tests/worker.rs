@@ -330,7 +330,7 @@ async fn reconcile_repairs_leaked_slots_and_phantom_rows() {
     let leaky = UserId::parse("leaky").unwrap();
     assert_eq!(
         gate.admit(&c, &leaky, &CouponId::new()).await.unwrap(),
-        common::gate::Admission::Admitted
+        common::gate::Admission::Admitted { waited: None }
     );
     // A row whose slot the gate lost.
     let topic = Topic::new(&settings);

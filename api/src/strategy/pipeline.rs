@@ -124,7 +124,12 @@ impl Pipeline {
             .gate_seconds
             .observe(started.elapsed().as_secs_f64());
         match admission {
-            Ok(Admission::Admitted) => Ok(Admitted::now(coupon)),
+            Ok(Admission::Admitted { waited }) => {
+                if let Some(waited) = waited {
+                    self.metrics.room_wait_seconds.observe(waited.as_secs_f64());
+                }
+                Ok(Admitted::now(coupon))
+            }
             Ok(Admission::Duplicate) => Err(IssueError::Refused(Refusal::Duplicate)),
             Ok(Admission::SoldOut) => Err(IssueError::Refused(Refusal::SoldOut)),
             Ok(Admission::NotOpen) => Err(IssueError::Refused(Refusal::NotOpen)),
