@@ -213,6 +213,55 @@ async fn a_full_queue_answers_503_and_admits_nobody() {
     api.stop().await;
 }
 
+/// Back-pressure: a request that finds the queue full waits for room (up to
+/// `queue.enqueue_wait_ms`) and is queued once there is; with no wait it is
+/// answered 503 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_queue_makes_a_request_wait_for_room_before_it_answers_503() {
+    for wait_ms in [3_000, 0] {
+        let mut settings = settings_for(StrategyKind::AsyncQueue).await;
+        settings.queue.capacity = 1;
+        settings.queue.consumers = 1;
+        settings.queue.enqueue_wait_ms = wait_ms;
+        // The only consumer stops after the gate for 1.2 s on this user.
+        settings.faults.pause_after_gate_user = Some("slow".into());
+        settings.faults.pause_after_gate_ms = 1_200;
+        let api = spawn_api(&settings).await;
+        let campaign = api.open_campaign(100).await;
+        let (_, body) = api.issue(&campaign, "slow").await;
+        assert_eq!(body["outcome"], "queued", "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, body) = api.issue(&campaign, "fills-the-queue").await;
+        assert_eq!(body["outcome"], "queued", "{body}");
+
+        let started = std::time::Instant::now();
+        let (status, body) = api.issue(&campaign, "waits").await;
+        let took = started.elapsed();
+        if wait_ms > 0 {
+            assert_eq!(body["outcome"], "queued", "{status} {body}");
+            assert!(
+                took >= Duration::from_millis(500),
+                "queued at once ({took:?}) into a full queue"
+            );
+            let settled = std::time::Instant::now();
+            loop {
+                let (_, me) = api.my_coupon(&campaign, "waits").await;
+                if me["state"] == "issued" {
+                    break;
+                }
+                assert!(settled.elapsed() < Duration::from_secs(10), "{me}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        } else {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert!(took < Duration::from_millis(500), "took {took:?}");
+            let (_, me) = api.my_coupon(&campaign, "waits").await;
+            assert_eq!(me["state"], "none", "the refused request left a mark");
+        }
+        api.stop().await;
+    }
+}
+
 /// A broker stall keeps a request in the queue longer than its `queued`
 /// mark's TTL: the mark is renewed while the request waits, so its user
 /// reads `queued` throughout and a second request is a `duplicate` (with a

@@ -443,8 +443,11 @@ impl Default for TokenBucket {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct QueueSettings {
-    /// Requests waiting at most; a full queue answers 503.
+    /// Requests waiting at most.
     pub capacity: usize,
+    /// How long a request waits for room in a full queue before it is
+    /// answered 503 (0: at once). Back-pressure instead of a 503 storm.
+    pub enqueue_wait_ms: u64,
     /// Background tasks taking requests off the queue.
     pub consumers: usize,
     /// On shutdown, how long the queue may take to drain; what is left is
@@ -459,6 +462,7 @@ impl Default for QueueSettings {
     fn default() -> Self {
         Self {
             capacity: 10_000,
+            enqueue_wait_ms: 1_000,
             consumers: 64,
             drain_timeout_ms: 10_000,
             mark_ttl_secs: 60,

@@ -2,7 +2,9 @@
 //! already holds or awaits a slot: `duplicate`), put in a bounded in-process
 //! queue and answered 202 `queued` at once. Background consumers run the
 //! `sync` path and record the final state for `/coupons/me`: issued,
-//! pending, or rejected with its outcome. A full queue answers 503 and admits
+//! pending, or rejected with its outcome. A request that finds the queue full
+//! waits for room up to `queue.enqueue_wait_ms` (back-pressure: the client
+//! waits instead of retrying); past that it is answered 503 and admits
 //! nobody.
 //!
 //! On shutdown the queue stops taking requests and drains until
@@ -48,10 +50,20 @@ pub struct AsyncQueueStrategy {
     /// drain deadline passed.
     stopping: Arc<AtomicBool>,
     mark_ttl_secs: u64,
+    /// How long a request waits for room in a full queue.
+    enqueue_wait: Duration,
     /// The marks to keep alive: requests queued and not yet past the gate.
     waiting: Waiting,
     /// Stops the renewals once the queue is drained.
     renewals: CancellationToken,
+}
+
+/// Why a request did not enter the queue.
+enum NotQueued {
+    /// Full (for the whole enqueue wait).
+    Full,
+    /// Shutting down.
+    Closed,
 }
 
 type Waiting = Arc<std::sync::Mutex<HashSet<(CampaignId, UserId)>>>;
@@ -101,6 +113,7 @@ impl AsyncQueueStrategy {
             receiver,
             stopping,
             mark_ttl_secs: settings.mark_ttl_secs,
+            enqueue_wait: Duration::from_millis(settings.enqueue_wait_ms),
             waiting,
             renewals,
         }
@@ -118,20 +131,32 @@ impl AsyncQueueStrategy {
             QueueMark::Missing => return Err(self.pipeline.classify_missing(&campaign).await),
         }
         lock(&self.waiting).insert((campaign, user.clone()));
-        let sent = match &*self
+        let sender = self
             .sender
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
-            Some(sender) => sender.try_send(Job {
-                campaign,
-                user: user.clone(),
-            }),
-            None => Err(mpsc::error::TrySendError::Closed(Job {
-                campaign,
-                user: user.clone(),
-            })),
+            .clone();
+        let job = Job {
+            campaign,
+            user: user.clone(),
         };
+        let sent =
+            match sender {
+                Some(sender) if self.enqueue_wait.is_zero() => {
+                    sender.try_send(job).map_err(|e| match e {
+                        mpsc::error::TrySendError::Full(_) => NotQueued::Full,
+                        mpsc::error::TrySendError::Closed(_) => NotQueued::Closed,
+                    })
+                }
+                Some(sender) => sender
+                    .send_timeout(job, self.enqueue_wait)
+                    .await
+                    .map_err(|e| match e {
+                        mpsc::error::SendTimeoutError::Timeout(_) => NotQueued::Full,
+                        mpsc::error::SendTimeoutError::Closed(_) => NotQueued::Closed,
+                    }),
+                None => Err(NotQueued::Closed),
+            };
         match sent {
             Ok(()) => {
                 self.pipeline.metrics.queue_depth.inc();
@@ -144,8 +169,14 @@ impl AsyncQueueStrategy {
                     tracing::warn!(campaign.id = %campaign, error = %e, "queued mark left behind");
                 }
                 let why = match e {
-                    mpsc::error::TrySendError::Full(_) => "the issue queue is full",
-                    mpsc::error::TrySendError::Closed(_) => "the instance is shutting down",
+                    NotQueued::Full if self.enqueue_wait.is_zero() => {
+                        "the issue queue is full".to_owned()
+                    }
+                    NotQueued::Full => format!(
+                        "the issue queue stayed full for {} ms",
+                        self.enqueue_wait.as_millis()
+                    ),
+                    NotQueued::Closed => "the instance is shutting down".to_owned(),
                 };
                 Err(IssueError::Unavailable(format!(
                     "{why}; nothing was queued, retry later"
