@@ -192,7 +192,7 @@ impl Cell {
     /// A new campaign with `stock`; its id.
     pub async fn campaign(&self, stock: i64) -> String {
         self.admin
-            .create_campaign("fault", stock)
+            .create_campaign("fault", stock, None)
             .await
             .expect("campaign")
             .id

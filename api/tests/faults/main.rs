@@ -69,6 +69,7 @@ fn spec(
         label: "fault".into(),
         targets,
         endpoint: Endpoint::Issue,
+        waiting_room: None,
         model: LoadModel::Closed {
             vusers,
             ramp_initial: vusers,
