@@ -1,5 +1,7 @@
 //! The request's own work before any dependency is called: the bearer token
-//! checked (HS256), the user and campaign ids parsed. `cargo bench -p api`.
+//! checked (HS256), the user and campaign ids parsed, the request id taken
+//! or made and its span entered (with the production log subscriber, at its
+//! default filter, writing nowhere). `cargo bench -p api`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -46,5 +48,26 @@ fn request(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, request);
+fn request_id(c: &mut Criterion) {
+    common::telemetry::init(&common::settings::LogSettings::default());
+    let given = TestRequest::post()
+        .insert_header(("x-request-id", "trace-abc-123"))
+        .to_http_request();
+    let bare = TestRequest::post().to_http_request();
+    for (name, req) in [
+        ("request_id_given_and_span", &given),
+        ("request_id_made_and_span", &bare),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let id = api::request_id::of(req);
+                let span =
+                    tracing::warn_span!("request", request_id = id.to_str().unwrap_or_default());
+                span.in_scope(|| std::hint::black_box(&id).len())
+            })
+        });
+    }
+}
+
+criterion_group!(benches, request, request_id);
 criterion_main!(benches);

@@ -12,6 +12,7 @@
 //! - [`auth`], [`rate_limit`] — who is calling, and how often.
 //! - [`idempotency`] — `Idempotency-Key` on the writes: replays, conflicts.
 //! - [`error`] — every error reply and its status.
+//! - [`request_id`] — `X-Request-Id` on every reply and in every log line.
 //! - [`faults`] — test-only fault hooks (debug builds).
 //! - [`metrics`] — the api's Prometheus metrics.
 //! - [`openapi`] — the OpenAPI document, from the handlers' annotations.
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod producer;
 pub mod rate_limit;
+pub mod request_id;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -20,6 +20,7 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use common::gate::RedisGate;
 use common::settings::Settings;
+use tracing::Instrument;
 
 use crate::auth::Authenticator;
 use crate::campaigns::CampaignStore;
@@ -124,9 +125,10 @@ impl Application {
         let port = listener.local_addr()?.port();
         let body_limit = settings.http.body_limit_bytes;
         let server_state = state.clone();
+        let access_log = settings.log.access;
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap_fn(|req, srv| {
+                .wrap_fn(move |req, srv| {
                     let metrics = req
                         .app_data::<web::Data<AppState>>()
                         .map(|s| s.metrics.clone());
@@ -135,23 +137,44 @@ impl Application {
                     if let Some(m) = &metrics {
                         m.in_flight.inc();
                     }
-                    let response = srv.call(req);
+                    // Every log line of the request carries its id.
+                    let request_id = crate::request_id::of(req.request());
+                    let span = tracing::warn_span!(
+                        "request",
+                        request_id = request_id.to_str().unwrap_or_default()
+                    );
+                    let response = srv.call(req).instrument(span.clone());
                     async move {
-                        let response = response.await;
+                        // Every route turns its errors into replies, so an
+                        // `Err` here is actix's own (it answers it itself).
+                        let mut res = response.await?;
+                        res.headers_mut()
+                            .insert(crate::request_id::X_REQUEST_ID, request_id);
+                        let route = res.request().match_pattern();
+                        let route = route.as_deref().unwrap_or("unmatched");
+                        let status = res.status();
+                        let took = started.elapsed();
                         if let Some(m) = metrics {
                             m.in_flight.dec();
-                            if let Ok(res) = &response {
-                                let route = res.request().match_pattern();
-                                let route = route.as_deref().unwrap_or("unmatched");
-                                let status = res.status();
-                                let labels = [route, method.as_str(), status.as_str()];
-                                m.requests.with_label_values(&labels).inc();
-                                m.request_seconds
-                                    .with_label_values(&labels)
-                                    .observe(started.elapsed().as_secs_f64());
-                            }
+                            let labels = [route, method.as_str(), status.as_str()];
+                            m.requests.with_label_values(&labels).inc();
+                            m.request_seconds
+                                .with_label_values(&labels)
+                                .observe(took.as_secs_f64());
                         }
-                        response
+                        if access_log {
+                            span.in_scope(|| {
+                                tracing::info!(
+                                    target: "access",
+                                    method = method.as_str(),
+                                    route,
+                                    status = status.as_u16(),
+                                    latency_ms = took.as_secs_f64() * 1000.0,
+                                    "request served"
+                                );
+                            });
+                        }
+                        Ok(res)
                     }
                 })
                 .app_data(server_state.clone())

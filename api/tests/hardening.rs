@@ -179,6 +179,9 @@ async fn past_the_in_flight_bound_requests_get_a_fast_503() {
     );
     let (members, _) = gate_state(&campaign).await;
     assert!(!members.contains(&"third".to_owned()));
+    // Refused before any handler ran, it is still counted.
+    let scrape = api.scrape().await;
+    assert!(scrape.sum("http_requests_total", &[("status", "503")]) >= 1.0);
     broker.freeze(false);
     for r in slow.await.unwrap() {
         assert_eq!(r.unwrap().status(), StatusCode::ACCEPTED);
@@ -219,5 +222,57 @@ async fn the_openapi_document_lists_every_route_and_status() {
     }
     assert!(doc["components"]["schemas"]["CampaignRequest"].is_object());
     assert!(doc["components"]["securitySchemes"]["user"].is_object());
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_reply_carries_a_request_id_taken_from_the_request_when_usable() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    let issue = |id: Option<&str>| {
+        let mut req = api
+            .client
+            .post(format!("{}/api/v1/campaigns/{campaign}/issue", api.address))
+            .bearer_auth(mint_jwt("rid", 3600));
+        if let Some(id) = id {
+            req = req.header("X-Request-Id", id);
+        }
+        req.send()
+    };
+    let id_of = |res: &reqwest::Response| {
+        res.headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    // Given: echoed, on a success and on a refusal alike.
+    let res = issue(Some("trace-abc-123")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(id_of(&res).as_deref(), Some("trace-abc-123"));
+    let res = issue(Some("trace-abc-124")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert_eq!(id_of(&res).as_deref(), Some("trace-abc-124"));
+    // Absent or unusable: one is made (a UUID), different each time.
+    let made: Vec<String> = [
+        issue(None).await.unwrap(),
+        issue(Some(&"x".repeat(129))).await.unwrap(),
+    ]
+    .iter()
+    .map(|r| id_of(r).unwrap())
+    .collect();
+    for id in &made {
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    }
+    assert_ne!(made[0], made[1]);
+    // Routes that do not exist, and operations endpoints, too.
+    for path in ["/nowhere", "/healthz"] {
+        let res = api
+            .client
+            .get(format!("{}{path}", api.address))
+            .send()
+            .await
+            .unwrap();
+        assert!(id_of(&res).is_some(), "{path}");
+    }
     api.stop().await;
 }

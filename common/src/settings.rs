@@ -553,6 +553,9 @@ pub struct LogSettings {
     /// A `tracing` filter, e.g. `info` or `info,api=debug`.
     pub filter: String,
     pub format: LogFormat,
+    /// One `access` log line per request (method, route, status, latency),
+    /// with its request id.
+    pub access: bool,
 }
 
 impl Default for LogSettings {
@@ -560,6 +563,7 @@ impl Default for LogSettings {
         Self {
             filter: "info,sqlx=warn,sea_orm_migration=warn".into(),
             format: LogFormat::Text,
+            access: false,
         }
     }
 }

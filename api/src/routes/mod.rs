@@ -5,7 +5,7 @@
 
 use actix_web::dev::Service;
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
 use crate::error::ApiError;
 
@@ -36,19 +36,23 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
                         .app_data::<web::Data<crate::state::AppState>>()
                         .map(|s| s.in_flight.clone().try_acquire_owned());
                     let call = match &permit {
-                        Some(Err(_)) => None,
-                        _ => Some(srv.call(req)),
+                        Some(Err(_)) => Err(req),
+                        _ => Ok(srv.call(req)),
                     };
                     async move {
                         // Held until the response is ready.
                         let _permit = permit;
                         match call {
-                            Some(response) => response.await,
-                            None => Err(ApiError::Unavailable {
-                                message: "this instance is at its limit of requests in flight; retry later".into(),
-                                retry_after_secs: 1,
-                            }
-                            .into()),
+                            Ok(response) => response.await,
+                            // A reply, not an error: the outer middleware
+                            // counts it and gives it its request id.
+                            Err(req) => Ok(req.into_response(
+                                ApiError::Unavailable {
+                                    message: "this instance is at its limit of requests in flight; retry later".into(),
+                                    retry_after_secs: 1,
+                                }
+                                .error_response(),
+                            )),
                         }
                     }
                 })

@@ -24,6 +24,7 @@ use common::ids::{CampaignId, CouponId, UserId};
 use common::message::CouponIssued;
 use common::settings::{FaultSettings, PRODUCE_WITHIN, StrategyKind, WITHDRAW_WITHIN};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::{IssueError, Issued, Refusal};
 use crate::campaigns::CampaignStore;
@@ -85,7 +86,7 @@ impl Pipeline {
 
     /// Runs `work` in the background, tracked for shutdown.
     pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.spawn_on(work, &self.runtime);
+        self.tasks.spawn_on(work.in_current_span(), &self.runtime);
     }
 
     /// Runs `work` to its end on a tracked task and returns its result. The
@@ -101,7 +102,7 @@ impl Pipeline {
         &self,
         work: impl Future<Output = T> + Send + 'static,
     ) -> Option<T> {
-        self.tasks.spawn(work).await.ok()
+        self.tasks.spawn(work.in_current_span()).await.ok()
     }
 
     /// Shutdown: waits (until `deadline`) for background work to finish.
