@@ -129,7 +129,7 @@ pub struct FairLockKeys {
     pub tickets: String,
     /// STRING: the ticket being served.
     pub serving: String,
-    /// HASH ticket -> "<deadline ms>:<token>": the waiters in line.
+    /// HASH ticket -> `"<deadline ms>:<token>"`: the waiters in line.
     pub waiting: String,
 }
 
