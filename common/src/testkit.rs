@@ -87,6 +87,17 @@ pub fn spare_port() -> u16 {
         .port()
 }
 
+/// A spare port whose Redis Cluster bus port (port + 10000) is spare too: a
+/// node whose bus port is taken exits at start.
+fn spare_cluster_port() -> u16 {
+    loop {
+        let port = spare_port();
+        if port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn wait_for_port(port: u16, within: Duration, what: &str) {
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -276,13 +287,19 @@ pub struct OwnRedisCluster {
 impl OwnRedisCluster {
     pub fn start() -> Self {
         let dir = temp_dir("redis-cluster");
-        let ports: Vec<u16> = (0..3).map(|_| spare_port()).collect();
-        let children = ports
-            .iter()
-            .map(|port| {
+        let ports: Vec<u16> = (0..3).map(|_| spare_cluster_port()).collect();
+        let mut cluster = Self {
+            ports: ports.clone(),
+            dir: dir.clone(),
+            children: Vec::new(),
+        };
+        // Pushed one by one into `cluster`, so that a node that fails to
+        // start does not leave the others running (its drop kills them).
+        for port in &ports {
+            cluster.children.push({
                 let node_dir = dir.join(port.to_string());
                 std::fs::create_dir_all(&node_dir).unwrap();
-                let child = Command::new("redis-server")
+                Command::new("redis-server")
                     .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                     .args([
                         "--cluster-enabled",
@@ -294,11 +311,10 @@ impl OwnRedisCluster {
                     .current_dir(&node_dir)
                     .stdout(std::process::Stdio::null())
                     .spawn()
-                    .expect("start a cluster node");
-                wait_for_port(*port, Duration::from_secs(10), "redis cluster node");
-                child
-            })
-            .collect();
+                    .expect("start a cluster node")
+            });
+            wait_for_port(*port, Duration::from_secs(10), "redis cluster node");
+        }
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let output = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -311,11 +327,6 @@ impl OwnRedisCluster {
             "cluster create: {}",
             String::from_utf8_lossy(&output.stdout)
         );
-        let cluster = Self {
-            ports,
-            dir,
-            children,
-        };
         let started = Instant::now();
         loop {
             let info = Command::new("redis-cli")
