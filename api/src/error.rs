@@ -175,12 +175,18 @@ impl From<IssueError> for ApiError {
     }
 }
 
+impl From<common::gate::GateError> for ApiError {
+    fn from(e: common::gate::GateError) -> Self {
+        Self::unavailable(format!("redis unavailable: {e}"))
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::UnknownCampaign => Self::UnknownCampaign,
             StoreError::Database(e) => Self::unavailable(format!("database unavailable: {e}")),
-            StoreError::Redis(e) => Self::unavailable(format!("redis unavailable: {e}")),
+            StoreError::Redis(e) => e.into(),
             StoreError::Timeout(what) => Self::unavailable(format!("{what} timed out")),
         }
     }

@@ -120,8 +120,7 @@ impl IdempotencyStore {
                 &[record_key.as_str()],
                 &[running.as_str(), lease.as_str()],
             )
-            .await
-            .map_err(|e| ApiError::unavailable(format!("redis unavailable: {e}")))?;
+            .await?;
         if let Some(found) = found {
             return self.answer_from(&found, &fingerprint);
         }

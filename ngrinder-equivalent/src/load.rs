@@ -68,12 +68,7 @@ struct Room {
 
 impl Room {
     fn new(campaign: &str) -> Self {
-        let histogram = || {
-            std::sync::Mutex::new(
-                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                    .expect("valid histogram bounds"),
-            )
-        };
+        let histogram = || std::sync::Mutex::new(crate::stats::new_histogram());
         Self {
             join: format!("/api/v1/campaigns/{campaign}/queue"),
             look: format!("/api/v1/campaigns/{campaign}/queue/me"),

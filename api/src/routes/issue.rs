@@ -185,8 +185,7 @@ pub async fn my_coupon(
         }));
     }
     let gate = &state.pipeline.gate;
-    let redis_down = |e| ApiError::unavailable(format!("redis unavailable: {e}"));
-    if let Some(record) = gate.status(&campaign, &user).await.map_err(redis_down)? {
+    if let Some(record) = gate.status(&campaign, &user).await? {
         let name = match record.state {
             RecordedState::Queued => "queued",
             RecordedState::Pending => "pending",
@@ -201,9 +200,6 @@ pub async fn my_coupon(
             ..MyCoupon::state(name)
         }));
     }
-    let holds = gate
-        .holds_slot(&campaign, &user)
-        .await
-        .map_err(redis_down)?;
+    let holds = gate.holds_slot(&campaign, &user).await?;
     Ok(HttpResponse::Ok().json(MyCoupon::state(if holds { "pending" } else { "none" })))
 }

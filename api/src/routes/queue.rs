@@ -158,8 +158,7 @@ async fn room_call(
     let reply = match call {
         Call::Join => gate.join_room(campaign, user).await,
         Call::Look => gate.look_in_room(campaign, user).await,
-    }
-    .map_err(|e| ApiError::unavailable(format!("redis unavailable: {e}")))?;
+    }?;
     let label = match &reply {
         RoomReply::View(view) => view.state.as_str(),
         RoomReply::NoRoom => "no_waiting_room",
