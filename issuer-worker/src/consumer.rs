@@ -66,6 +66,7 @@ impl ConsumerContext for WorkerContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _: &Rebalance<'_>) {
         self.rebalances.fetch_add(1, Ordering::AcqRel);
+        self.metrics.rebalances.inc();
         if let Ok(assignment) = consumer.assignment() {
             self.metrics
                 .assigned_partitions

@@ -20,6 +20,7 @@ pub struct WorkerMetrics {
     pub end_to_end_lag_seconds: Histogram,
     pub consumer_lag: IntGauge,
     pub assigned_partitions: IntGauge,
+    pub rebalances: IntCounter,
     pub campaigns_issued: IntGauge,
     pub campaigns_persisted: IntGauge,
 }
@@ -98,6 +99,11 @@ impl WorkerMetrics {
                 &r,
                 "worker_assigned_partitions",
                 "Partitions this member holds (0 when it left or lost the group).",
+            ),
+            rebalances: counter(
+                &r,
+                "worker_rebalances_total",
+                "Rebalances this member went through (its first assignment included).",
             ),
             campaigns_issued: gauge(
                 &r,

@@ -174,6 +174,27 @@ impl Cell {
             .and_then(|v| v.parse().ok())
     }
 
+    /// Waits until worker `i` holds partitions (its first assignment: on a
+    /// fresh broker the group coordinator's topic is created first, which
+    /// takes seconds on a busy machine). How long it waited.
+    pub async fn wait_assigned(&self, i: usize) -> Duration {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(60);
+        while self
+            .worker_metric(i, "worker_assigned_partitions")
+            .await
+            .unwrap_or(0.0)
+            < 1.0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "worker {i} had no partitions after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        started.elapsed()
+    }
+
     /// `issuer-worker <args>` (reconcile, rebuild); its JSON report.
     pub fn tool(&self, args: &[&str]) -> Value {
         let output = Command::new(binary("issuer-worker"))
