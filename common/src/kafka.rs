@@ -11,16 +11,52 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
+use secrecy::ExposeSecret;
 
 use crate::settings::KafkaSettings;
+
+/// The brokers and how to talk to them (TLS, SASL): the base of every
+/// client this project makes, tools included. Secrets go to librdkafka
+/// only; `ClientConfig` is never logged.
+pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("security.protocol", settings.security_protocol.as_str());
+    let files = [
+        ("ssl.ca.location", &settings.ssl_ca_location),
+        (
+            "ssl.certificate.location",
+            &settings.ssl_certificate_location,
+        ),
+        ("ssl.key.location", &settings.ssl_key_location),
+    ];
+    for (key, value) in files {
+        if let Some(path) = value {
+            config.set(key, path);
+        }
+    }
+    if let Some(password) = &settings.ssl_key_password {
+        config.set("ssl.key.password", password.expose_secret());
+    }
+    if settings.security_protocol.uses_sasl() {
+        config.set("sasl.mechanism", settings.sasl_mechanism.as_str());
+        if let Some(user) = &settings.sasl_username {
+            config.set("sasl.username", user);
+        }
+        if let Some(password) = &settings.sasl_password {
+            config.set("sasl.password", password.expose_secret());
+        }
+    }
+    config
+}
 
 /// A producer that waits for all in-sync replicas (`acks=all`), idempotent
 /// unless `kafka.idempotence` is off, with `message.timeout.ms` bounding how
 /// long a message may wait for its delivery report.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = client_config(settings);
     config
-        .set("bootstrap.servers", &settings.brokers)
         .set("enable.idempotence", settings.idempotence.to_string())
         .set("acks", "all")
         .set(
@@ -42,9 +78,8 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
 /// A consumer in the worker's group that stores offsets only when told to
 /// (after the database commit) and commits stored offsets in the background.
 pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = client_config(settings);
     config
-        .set("bootstrap.servers", &settings.brokers)
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
@@ -69,8 +104,7 @@ pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
 
 /// Creates the issue topic and its dead-letter topic when missing.
 pub async fn ensure_topics(settings: &KafkaSettings) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
+    let admin: AdminClient<DefaultClientContext> = client_config(settings)
         .create()
         .context("creating the Kafka admin client")?;
     let replication = || TopicReplication::Fixed(settings.replication_factor);
@@ -78,7 +112,12 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> anyhow::Result<()> {
         NewTopic::new(&settings.topic, settings.partitions, replication()),
         NewTopic::new(&settings.dlq_topic, 1, replication()),
     ];
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // A broker that refuses the connection's TLS or SASL is retried until
+    // the request timeout: 15 s, not librdkafka's 60, so that `migrate`
+    // reports it while someone is still watching.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
     let results = admin
         .create_topics(&topics, &options)
         .await

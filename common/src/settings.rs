@@ -274,6 +274,79 @@ pub struct KafkaSettings {
     /// from about 1 s to 255 ms, at no measurable cost in TPS.
     pub fetch_min_bytes: u32,
     pub fetch_wait_max_ms: u32,
+    /// `security.protocol`: how every client (producer, consumer, admin,
+    /// tools) talks to the brokers.
+    pub security_protocol: KafkaSecurityProtocol,
+    /// `ssl.ca.location`: a PEM file with the CA certificates that signed
+    /// the brokers' certificates; unset, the system's trust store. Broker
+    /// host names are verified against their certificates.
+    pub ssl_ca_location: Option<String>,
+    /// `ssl.certificate.location` / `ssl.key.location`: PEM files of a
+    /// client certificate and its key, for brokers that authenticate
+    /// clients by certificate (mutual TLS).
+    pub ssl_certificate_location: Option<String>,
+    pub ssl_key_location: Option<String>,
+    /// `ssl.key.password`, when the key file is encrypted.
+    pub ssl_key_password: Option<SecretString>,
+    /// `sasl.mechanism` for `sasl_plaintext` / `sasl_ssl`.
+    pub sasl_mechanism: SaslMechanism,
+    /// `sasl.username` / `sasl.password` (both required with SASL).
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<SecretString>,
+}
+
+/// Kafka's `security.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaSecurityProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl KafkaSecurityProtocol {
+    /// The value librdkafka takes.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    pub fn uses_tls(&self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+
+    pub fn uses_sasl(&self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+}
+
+/// Kafka's `sasl.mechanism` (the ones a managed Kafka offers with a user
+/// name and password).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum SaslMechanism {
+    #[default]
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "PLAIN")]
+    Plain,
+}
+
+impl SaslMechanism {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::ScramSha512 => "SCRAM-SHA-512",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::Plain => "PLAIN",
+        }
+    }
 }
 
 impl Default for KafkaSettings {
@@ -297,6 +370,14 @@ impl Default for KafkaSettings {
             assignment_strategy: "cooperative-sticky".into(),
             fetch_min_bytes: 1,
             fetch_wait_max_ms: 100,
+            security_protocol: KafkaSecurityProtocol::Plaintext,
+            ssl_ca_location: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
+            ssl_key_password: None,
+            sasl_mechanism: SaslMechanism::ScramSha512,
+            sasl_username: None,
+            sasl_password: None,
         }
     }
 }
@@ -320,6 +401,61 @@ pub enum Partitioning {
 impl KafkaSettings {
     pub fn delivery_timeout(&self) -> Duration {
         Duration::from_millis(self.delivery_timeout_ms)
+    }
+
+    /// Why the connection settings cannot work, if they cannot: SASL without
+    /// a user name or password (empty counts as missing), a certificate
+    /// without its key, a file that is not there. Messages name the setting,
+    /// never a secret's value.
+    fn security_problems(&self, problems: &mut Vec<String>) {
+        let protocol = self.security_protocol;
+        if protocol.uses_sasl() {
+            if self
+                .sasl_username
+                .as_deref()
+                .is_none_or(|u| u.trim().is_empty())
+            {
+                problems.push(format!(
+                    "APP_KAFKA__SASL_USERNAME not set (security protocol {})",
+                    protocol.as_str()
+                ));
+            }
+            if self
+                .sasl_password
+                .as_ref()
+                .is_none_or(|p| p.expose_secret().is_empty())
+            {
+                problems.push(format!(
+                    "APP_KAFKA__SASL_PASSWORD not set (security protocol {})",
+                    protocol.as_str()
+                ));
+            }
+        }
+        let files = [
+            ("APP_KAFKA__SSL_CA_LOCATION", &self.ssl_ca_location),
+            (
+                "APP_KAFKA__SSL_CERTIFICATE_LOCATION",
+                &self.ssl_certificate_location,
+            ),
+            ("APP_KAFKA__SSL_KEY_LOCATION", &self.ssl_key_location),
+        ];
+        for (name, path) in files {
+            let Some(path) = path else { continue };
+            if !protocol.uses_tls() {
+                problems.push(format!(
+                    "{name} is set but APP_KAFKA__SECURITY_PROTOCOL is {} (no TLS)",
+                    protocol.as_str()
+                ));
+            } else if !std::path::Path::new(path).is_file() {
+                problems.push(format!("{name}: no file at {path}"));
+            }
+        }
+        if self.ssl_certificate_location.is_some() != self.ssl_key_location.is_some() {
+            problems.push(
+                "APP_KAFKA__SSL_CERTIFICATE_LOCATION and APP_KAFKA__SSL_KEY_LOCATION go together"
+                    .to_owned(),
+            );
+        }
     }
 }
 
@@ -574,6 +710,8 @@ pub enum SettingsError {
     Load(#[from] config::ConfigError),
     #[error("refusing to start: {0}")]
     Missing(String),
+    #[error("refusing to start: {0}")]
+    Invalid(String),
 }
 
 impl Settings {
@@ -605,8 +743,22 @@ impl Settings {
                     .source(Some(vars)),
             )
             .build()?
-            .try_deserialize()?;
+            .try_deserialize::<Self>()?;
+        settings.check_connections()?;
         Ok(settings)
+    }
+
+    /// Every process refuses to start with connection settings that cannot
+    /// work (`KafkaSettings`'s TLS and SASL ones), with a message naming
+    /// each problem.
+    pub fn check_connections(&self) -> Result<(), SettingsError> {
+        let mut problems = Vec::new();
+        self.kafka.security_problems(&mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SettingsError::Invalid(problems.join("; ")))
+        }
     }
 
     /// How long after the gate took a slot its message has reached the
@@ -810,6 +962,63 @@ mod tests {
             .unwrap();
             assert!(s.require_api_secrets().is_ok(), "{environment}");
         }
+    }
+
+    #[test]
+    fn kafka_sasl_without_credentials_is_refused_and_says_which() {
+        let err = Settings::load_from(
+            None,
+            vars(&[
+                ("APP_KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+                ("APP_KAFKA__SASL_USERNAME", "coupon"),
+                ("APP_KAFKA__SASL_PASSWORD", ""),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("APP_KAFKA__SASL_PASSWORD not set"), "{err}");
+        assert!(!err.contains("APP_KAFKA__SASL_USERNAME"), "{err}");
+
+        let err = Settings::load_from(
+            None,
+            vars(&[
+                ("APP_KAFKA__SECURITY_PROTOCOL", "ssl"),
+                ("APP_KAFKA__SSL_CA_LOCATION", "/nonexistent/ca.pem"),
+                ("APP_KAFKA__SSL_KEY_LOCATION", "/nonexistent/key.pem"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("APP_KAFKA__SSL_CA_LOCATION: no file at /nonexistent/ca.pem"),
+            "{err}"
+        );
+        assert!(err.contains("go together"), "{err}");
+
+        let err = Settings::load_from(
+            None,
+            vars(&[("APP_KAFKA__SSL_CA_LOCATION", "/etc/hostname")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("(no TLS)"), "{err}");
+
+        let s = Settings::load_from(
+            None,
+            vars(&[
+                ("APP_KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
+                ("APP_KAFKA__SASL_MECHANISM", "PLAIN"),
+                ("APP_KAFKA__SASL_USERNAME", "coupon"),
+                ("APP_KAFKA__SASL_PASSWORD", "hunter2-kafka"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.kafka.sasl_mechanism, SaslMechanism::Plain);
+        assert!(!format!("{s:?}").contains("hunter2-kafka"));
+        assert!(
+            Settings::load_from(None, vars(&[("APP_KAFKA__SASL_MECHANISM", "GSSAPI")])).is_err(),
+            "an unsupported mechanism is refused"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use common::message::CouponIssued;
 use common::settings::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -19,8 +19,7 @@ pub type Offsets = BTreeMap<i32, i64>;
 /// A consumer that joins no group: it reads and fetches metadata, and with
 /// the worker's group id it can read the group's committed offsets.
 fn reader(settings: &KafkaSettings) -> anyhow::Result<BaseConsumer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
+    common::kafka::client_config(settings)
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

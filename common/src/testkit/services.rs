@@ -1,0 +1,488 @@
+//! Services of a test's own, on spare ports and temporary directories, so
+//! that stopping, freezing or restarting one affects no other test.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use super::{spare_cluster_port, spare_port, temp_dir, wait_for_port};
+
+/// An Apache Kafka broker of the test's own (one KRaft node, its data in a
+/// temporary directory), so that stopping or freezing it affects no other
+/// test.
+#[derive(Debug)]
+pub struct OwnBroker {
+    pub port: u16,
+    controller_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    /// `Some` for [`OwnBroker::start_secured`].
+    pub secured: Option<SecuredListeners>,
+}
+
+/// The TLS listeners of [`OwnBroker::start_secured`], beside its plaintext
+/// one: `SSL` (server certificate only) and `SASL_SSL` with a SCRAM-SHA-512
+/// user and a PLAIN user ([`KAFKA_USER`], [`KAFKA_PASSWORD`] for both).
+#[derive(Debug, Clone, Copy)]
+pub struct SecuredListeners {
+    pub ssl_port: u16,
+    pub sasl_ssl_port: u16,
+}
+
+pub const KAFKA_USER: &str = "coupon-engine";
+pub const KAFKA_PASSWORD: &str = "kafka-password-of-the-tests";
+
+impl OwnBroker {
+    pub fn start() -> Self {
+        let mut broker = Self {
+            port: spare_port(),
+            controller_port: spare_port(),
+            dir: temp_dir("broker"),
+            child: None,
+            secured: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// A broker with TLS listeners whose certificate `ca` signed (the key
+    /// store and trust store are PEM files, which Kafka reads since 2.7):
+    /// what a managed Kafka offers, for the clients' TLS and SASL settings.
+    pub fn start_secured(ca: &super::tls::TestCa) -> Self {
+        let server = ca.issue("kafka");
+        let secured = SecuredListeners {
+            ssl_port: spare_port(),
+            sasl_ssl_port: spare_port(),
+        };
+        let mut broker = Self {
+            port: spare_port(),
+            controller_port: spare_port(),
+            dir: temp_dir("broker"),
+            child: None,
+            secured: Some(secured),
+        };
+        let (p, c) = (broker.port, broker.controller_port);
+        let (s, t) = (secured.ssl_port, secured.sasl_ssl_port);
+        let properties = format!(
+            "listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c},SSL://127.0.0.1:{s},SASL_SSL://127.0.0.1:{t}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c},SSL://127.0.0.1:{s},SASL_SSL://127.0.0.1:{t}\n\
+             listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL\n\
+             ssl.keystore.type=PEM\n\
+             ssl.keystore.location={keystore}\n\
+             ssl.truststore.type=PEM\n\
+             ssl.truststore.location={truststore}\n\
+             sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN\n\
+             listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+             listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_{KAFKA_USER}=\"{KAFKA_PASSWORD}\";\n",
+            keystore = server.key_and_cert.display(),
+            truststore = ca.cert().display(),
+        );
+        std::fs::write(broker.dir.join("extra.properties"), properties).unwrap();
+        broker.restart();
+        broker
+    }
+
+    /// `host:port` of the SSL (`sasl == false`) or SASL_SSL listener.
+    pub fn secured_address(&self, sasl: bool) -> String {
+        let l = self.secured.expect("a broker from start_secured");
+        format!(
+            "127.0.0.1:{}",
+            if sasl { l.sasl_ssl_port } else { l.ssl_port }
+        )
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the broker process on the same ports and data.
+    pub fn restart(&mut self) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.log"))
+            .unwrap();
+        // `scripts/kafka run` execs the JVM: the child's pid is the broker's.
+        let mut command = Command::new(script);
+        if self.secured.is_some() {
+            command
+                .env("KAFKA_EXTRA_PROPERTIES", self.dir.join("extra.properties"))
+                .env(
+                    "KAFKA_FORMAT_ARGS",
+                    format!(
+                        "--add-scram SCRAM-SHA-512=[name={KAFKA_USER},password={KAFKA_PASSWORD}]"
+                    ),
+                );
+        }
+        let child = command
+            .arg("run")
+            .arg(self.dir.join("kafka"))
+            .arg(self.port.to_string())
+            .arg(self.controller_port.to_string())
+            .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m")
+            // The client JIT only: a start costs about 5 s of CPU instead of
+            // 9, which the tests running beside it need more than the
+            // broker's peak throughput.
+            .env("KAFKA_JVM_OPTS", "-XX:TieredStopAtLevel=1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the broker (scripts/kafka run)");
+        self.child = Some(child);
+        self.wait_listening(Duration::from_secs(90));
+    }
+
+    /// Waits for the broker's port; fails at once, with its log, if the
+    /// process exits first (a bad config or data directory).
+    fn wait_listening(&mut self, within: Duration) {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                let log = std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default();
+                panic!("the broker exited ({status}) before it listened:\n{log}");
+            }
+            assert!(
+                started.elapsed() < within,
+                "the broker did not open port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP / SIGCONT: the broker keeps its connections but answers nothing.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            signal(child.id(), if frozen { "-STOP" } else { "-CONT" });
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.freeze(false);
+        self.kill();
+        if std::thread::panicking() {
+            // Keep the broker's side of a failed test.
+            let log = std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default();
+            let tail: Vec<_> = log.lines().rev().take(300).collect();
+            eprintln!("--- own broker log (last lines) ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// A Redis of the test's own on a spare port, keeping nothing on disk: a
+/// restart comes back empty, as a Redis that lost its state would.
+#[derive(Debug)]
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    pub fn start() -> Self {
+        let mut redis = Self {
+            port: spare_port(),
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts it, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10), "redis");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A three-master Redis Cluster of the test's own, on spare ports.
+#[derive(Debug)]
+pub struct OwnRedisCluster {
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl OwnRedisCluster {
+    pub fn start() -> Self {
+        let dir = temp_dir("redis-cluster");
+        let ports: Vec<u16> = (0..3).map(|_| spare_cluster_port()).collect();
+        let mut cluster = Self {
+            ports: ports.clone(),
+            dir: dir.clone(),
+            children: Vec::new(),
+        };
+        // Pushed one by one into `cluster`, so that a node that fails to
+        // start does not leave the others running (its drop kills them).
+        for port in &ports {
+            cluster.children.push({
+                let node_dir = dir.join(port.to_string());
+                std::fs::create_dir_all(&node_dir).unwrap();
+                Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                    ])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .current_dir(&node_dir)
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .expect("start a cluster node")
+            });
+            wait_for_port(*port, Duration::from_secs(10), "redis cluster node");
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let started = Instant::now();
+        loop {
+            let info = Command::new("redis-cli")
+                .args(["-p", &cluster.ports[0].to_string(), "cluster", "info"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "cluster never became ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// `redis.cluster_nodes`: every node's URL, comma-separated.
+    pub fn nodes(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for OwnRedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A PostgreSQL cluster of the test's own on a spare port (Debian's
+/// binaries), so that stopping it affects no other test.
+#[derive(Debug)]
+pub struct OwnPostgres {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    frozen: std::sync::atomic::AtomicBool,
+}
+
+impl OwnPostgres {
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("Debian's PostgreSQL under /usr/lib/postgresql")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("an initdb");
+        let dir = temp_dir("postgres");
+        let pg = Self {
+            port: spare_port(),
+            dir,
+            bin,
+            frozen: std::sync::atomic::AtomicBool::new(false),
+        };
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres", &pg.dir.display().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown");
+        }
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &pg.data(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        pg.set_running(true);
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    /// A PostgreSQL tool, run as the `postgres` user when this process is
+    /// root (initdb and postgres refuse to run as root).
+    fn tool(&self, tool: &str) -> Command {
+        let program = self.bin.join(tool);
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let output = self.tool(tool).args(args).output().expect(tool);
+        assert!(
+            output.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// SIGSTOP / SIGCONT to the server and every backend: connections stay
+    /// open, nothing answers, new connections hang in the handshake.
+    pub fn freeze(&self, frozen: bool) {
+        let pid_file = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            .expect("postmaster.pid of a running server");
+        let postmaster = pid_file
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let sig = if frozen { "-STOP" } else { "-CONT" };
+        // The server first, so that it forks no backend the list below
+        // misses; a backend may exit between pgrep and kill.
+        signal(postmaster.parse().expect("a pid"), sig);
+        let children = Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .expect("pgrep");
+        for pid in String::from_utf8_lossy(&children.stdout).split_whitespace() {
+            let _ = Command::new("kill").args([sig, pid]).status();
+        }
+        self.frozen
+            .store(frozen, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Starts (`true`) or fast-stops (`false`) the server.
+    pub fn set_running(&self, running: bool) {
+        if running {
+            let options = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.dir.display()
+            );
+            let log = self.dir.join("log").display().to_string();
+            self.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &self.data(),
+                    "-o",
+                    &options,
+                    "-l",
+                    &log,
+                    "-w",
+                    "start",
+                ],
+            );
+            wait_for_port(self.port, Duration::from_secs(20), "postgres");
+        } else {
+            self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+        }
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        if self.frozen.load(std::sync::atomic::Ordering::Acquire) {
+            self.freeze(false);
+        }
+        let _ = self
+            .tool("pg_ctl")
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}
