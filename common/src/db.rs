@@ -19,6 +19,9 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
         .acquire_timeout(Duration::from_millis(settings.connect_timeout_ms))
         .connect_lazy(true)
         .sqlx_logging(false);
+    if let Some(ca) = settings.ssl_root_cert.clone() {
+        options.map_sqlx_postgres_opts(move |o| o.ssl_root_cert(&ca));
+    }
     Database::connect(options)
         .await
         .context("configuring the PostgreSQL pool")

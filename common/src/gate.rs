@@ -170,18 +170,12 @@ pub struct RedisGate {
 impl RedisGate {
     /// Opens no connection until the first call.
     pub fn new(settings: &RedisSettings, connect_wait: Option<Histogram>) -> anyhow::Result<Self> {
-        let nodes: Vec<String> = settings
-            .cluster_nodes
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(str::to_owned)
-            .collect();
         let mut pool = RedisPool::new(
             &settings.url,
-            &nodes,
+            &settings.nodes(),
             settings.pool_size,
             settings.connect_timeout(),
+            crate::redis_pool::tls_certificates(settings)?,
         )?;
         if let Some(h) = connect_wait {
             pool = pool.with_wait_histogram(h);

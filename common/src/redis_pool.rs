@@ -35,6 +35,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus::Histogram;
+use redis::TlsCertificates;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -112,6 +113,37 @@ thread_local! {
 
 static POOL_IDS: AtomicU64 = AtomicU64::new(0);
 
+/// The certificates of `settings`' TLS files, read now (a file that cannot
+/// be read is an error at start-up, not at the first request); `None` when
+/// none is set.
+pub fn tls_certificates(
+    settings: &crate::settings::RedisSettings,
+) -> anyhow::Result<Option<TlsCertificates>> {
+    use anyhow::Context;
+    let read = |name: &str, path: &Option<String>| -> anyhow::Result<Option<Vec<u8>>> {
+        path.as_ref()
+            .map(|p| std::fs::read(p).with_context(|| format!("{name}: reading {p}")))
+            .transpose()
+    };
+    let root_cert = read("APP_REDIS__TLS_CA_FILE", &settings.tls_ca_file)?;
+    let client_tls = match (
+        read("APP_REDIS__TLS_CERT_FILE", &settings.tls_cert_file)?,
+        read("APP_REDIS__TLS_KEY_FILE", &settings.tls_key_file)?,
+    ) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+            client_cert,
+            client_key,
+        }),
+        _ => None,
+    };
+    Ok(
+        (root_cert.is_some() || client_tls.is_some()).then_some(TlsCertificates {
+            client_tls,
+            root_cert,
+        }),
+    )
+}
+
 pub struct RedisPool {
     id: u64,
     /// A single server's client; in cluster mode, the first node's (for
@@ -159,23 +191,29 @@ impl std::fmt::Debug for Lease {
 impl RedisPool {
     /// Must be called within a tokio runtime: connections are driven there.
     /// `cluster_nodes` non-empty: Redis Cluster mode (then `url` is unused).
+    /// `tls`: the CA and client certificate of `rediss://` URLs, when not
+    /// the system's trust store alone.
     pub fn new(
         url: &str,
         cluster_nodes: &[String],
         size: usize,
         connect_timeout: Duration,
+        tls: Option<TlsCertificates>,
     ) -> Result<Self, RedisError> {
+        let open = |url: &str| match &tls {
+            Some(certs) => Client::build_with_tls(url, certs.clone()),
+            None => Client::open(url),
+        };
         let (client, cluster, size) = match cluster_nodes.first() {
-            Some(first) => (
-                Client::open(first.as_str())?,
-                Some(
-                    redis::cluster::ClusterClientBuilder::new(cluster_nodes.to_vec())
-                        .connection_timeout(connect_timeout)
-                        .build()?,
-                ),
-                1,
-            ),
-            None => (Client::open(url)?, None, size),
+            Some(first) => {
+                let mut builder = redis::cluster::ClusterClientBuilder::new(cluster_nodes.to_vec())
+                    .connection_timeout(connect_timeout);
+                if let Some(certs) = &tls {
+                    builder = builder.certs(certs.clone());
+                }
+                (open(first.as_str())?, Some(builder.build()?), 1)
+            }
+            None => (open(url)?, None, size),
         };
         Ok(Self {
             id: POOL_IDS.fetch_add(1, Ordering::Relaxed),

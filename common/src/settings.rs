@@ -184,6 +184,14 @@ pub struct RedisSettings {
     /// How long async states (`pending`, `queued`, `rejected`) stay readable
     /// through `/coupons/me`.
     pub status_ttl_secs: u64,
+    /// With a `rediss://` URL: a PEM file of the CA(s) that signed the
+    /// server's certificate (unset: the system's trust store). The server's
+    /// name in the URL is verified against its certificate.
+    pub tls_ca_file: Option<String>,
+    /// With `rediss://`: PEM files of a client certificate and its key, for
+    /// a server that authenticates clients (`tls-auth-clients yes`).
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
 }
 
 impl Default for RedisSettings {
@@ -195,6 +203,9 @@ impl Default for RedisSettings {
             connect_timeout_ms: 500,
             command_timeout_ms: 500,
             status_ttl_secs: 7 * 24 * 3600,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -205,6 +216,63 @@ impl RedisSettings {
     }
     pub fn command_timeout(&self) -> Duration {
         Duration::from_millis(self.command_timeout_ms)
+    }
+
+    /// The cluster's node URLs (empty: a single server at `url`).
+    pub fn nodes(&self) -> Vec<String> {
+        self.cluster_nodes
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Whether the URL (or every cluster node) asks for TLS.
+    pub fn uses_tls(&self) -> bool {
+        let nodes = self.nodes();
+        if nodes.is_empty() {
+            self.url.starts_with("rediss://")
+        } else {
+            nodes.iter().all(|n| n.starts_with("rediss://"))
+        }
+    }
+
+    fn tls_problems(&self, problems: &mut Vec<String>) {
+        let files = [
+            ("APP_REDIS__TLS_CA_FILE", &self.tls_ca_file),
+            ("APP_REDIS__TLS_CERT_FILE", &self.tls_cert_file),
+            ("APP_REDIS__TLS_KEY_FILE", &self.tls_key_file),
+        ];
+        check_tls_files(
+            &files,
+            self.uses_tls(),
+            "the Redis URL is not rediss://",
+            problems,
+        );
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            problems.push(
+                "APP_REDIS__TLS_CERT_FILE and APP_REDIS__TLS_KEY_FILE go together".to_owned(),
+            );
+        }
+    }
+}
+
+/// Appends a problem for each file of `files` (setting name, path) that is
+/// set while TLS is off (`why_off` says why), or that is not there.
+fn check_tls_files(
+    files: &[(&str, &Option<String>)],
+    tls: bool,
+    why_off: &str,
+    problems: &mut Vec<String>,
+) {
+    for (name, path) in files {
+        let Some(path) = path else { continue };
+        if !tls {
+            problems.push(format!("{name} is set but {why_off} (no TLS)"));
+        } else if !std::path::Path::new(path).is_file() {
+            problems.push(format!("{name}: no file at {path}"));
+        }
     }
 }
 
@@ -218,6 +286,10 @@ pub struct DatabaseSettings {
     /// Longest wait for one statement of the request path (admin reads,
     /// `/coupons/me`, the unknown-campaign check).
     pub statement_timeout_ms: u64,
+    /// A PEM file of the CA(s) that signed the server's certificate, for
+    /// `sslmode=verify-ca` / `verify-full` in the URL (the URL's own
+    /// `sslrootcert` works too).
+    pub ssl_root_cert: Option<String>,
 }
 
 impl Default for DatabaseSettings {
@@ -227,6 +299,7 @@ impl Default for DatabaseSettings {
             max_connections: 10,
             connect_timeout_ms: 2_000,
             statement_timeout_ms: 2_000,
+            ssl_root_cert: None,
         }
     }
 }
@@ -439,17 +512,8 @@ impl KafkaSettings {
             ),
             ("APP_KAFKA__SSL_KEY_LOCATION", &self.ssl_key_location),
         ];
-        for (name, path) in files {
-            let Some(path) = path else { continue };
-            if !protocol.uses_tls() {
-                problems.push(format!(
-                    "{name} is set but APP_KAFKA__SECURITY_PROTOCOL is {} (no TLS)",
-                    protocol.as_str()
-                ));
-            } else if !std::path::Path::new(path).is_file() {
-                problems.push(format!("{name}: no file at {path}"));
-            }
-        }
+        let why_off = format!("APP_KAFKA__SECURITY_PROTOCOL is {}", protocol.as_str());
+        check_tls_files(&files, protocol.uses_tls(), &why_off, problems);
         if self.ssl_certificate_location.is_some() != self.ssl_key_location.is_some() {
             problems.push(
                 "APP_KAFKA__SSL_CERTIFICATE_LOCATION and APP_KAFKA__SSL_KEY_LOCATION go together"
@@ -749,11 +813,23 @@ impl Settings {
     }
 
     /// Every process refuses to start with connection settings that cannot
-    /// work (`KafkaSettings`'s TLS and SASL ones), with a message naming
-    /// each problem.
+    /// work (TLS files that are missing or set without TLS, SASL without
+    /// credentials), with a message naming each problem.
     pub fn check_connections(&self) -> Result<(), SettingsError> {
         let mut problems = Vec::new();
         self.kafka.security_problems(&mut problems);
+        self.redis.tls_problems(&mut problems);
+        let db_tls = !self
+            .database
+            .url
+            .expose_secret()
+            .contains("sslmode=disable");
+        check_tls_files(
+            &[("APP_DATABASE__SSL_ROOT_CERT", &self.database.ssl_root_cert)],
+            db_tls,
+            "the database URL says sslmode=disable",
+            &mut problems,
+        );
         if problems.is_empty() {
             Ok(())
         } else {

@@ -198,6 +198,8 @@ pub fn signal(pid: u32, signal: &str) {
 pub struct OwnRedis {
     pub port: u16,
     child: Option<Child>,
+    /// `--tls-*` arguments: TLS only (no plaintext port).
+    tls: Vec<String>,
 }
 
 impl OwnRedis {
@@ -205,20 +207,58 @@ impl OwnRedis {
         let mut redis = Self {
             port: spare_port(),
             child: None,
+            tls: Vec::new(),
         };
         redis.restart();
         redis
     }
 
+    /// A Redis that speaks TLS only, with a certificate `ca` signed; with
+    /// `client_auth`, it also asks clients for a certificate from `ca`.
+    pub fn start_tls(ca: &super::tls::TestCa, client_auth: bool) -> Self {
+        let server = ca.issue("redis");
+        let path = |p: &std::path::Path| p.display().to_string();
+        let mut redis = Self {
+            port: spare_port(),
+            child: None,
+            tls: vec![
+                "--tls-cert-file".into(),
+                path(&server.cert),
+                "--tls-key-file".into(),
+                path(&server.key),
+                "--tls-ca-cert-file".into(),
+                path(&ca.cert()),
+                "--tls-auth-clients".into(),
+                if client_auth { "yes" } else { "no" }.into(),
+            ],
+        };
+        redis.restart();
+        redis
+    }
+
+    /// `redis://` (or `rediss://` for [`OwnRedis::start_tls`]).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_empty() {
+            "redis"
+        } else {
+            "rediss"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// (Re)starts it, empty.
     pub fn restart(&mut self) {
         self.kill();
+        let port = self.port.to_string();
+        let ports = if self.tls.is_empty() {
+            vec!["--port", &port]
+        } else {
+            vec!["--port", "0", "--tls-port", &port]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
+            .args(&self.tls)
             .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -338,10 +378,22 @@ pub struct OwnPostgres {
     dir: PathBuf,
     bin: PathBuf,
     frozen: std::sync::atomic::AtomicBool,
+    /// Serves TLS with `server.crt` / `server.key` in its directory.
+    tls: bool,
 }
 
 impl OwnPostgres {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A PostgreSQL that also serves TLS (`ssl=on`), with a certificate
+    /// `ca` signed for `localhost` and `127.0.0.1`.
+    pub fn start_tls(ca: &super::tls::TestCa) -> Self {
+        Self::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&super::tls::TestCa>) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("Debian's PostgreSQL under /usr/lib/postgresql")
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -354,7 +406,20 @@ impl OwnPostgres {
             dir,
             bin,
             frozen: std::sync::atomic::AtomicBool::new(false),
+            tls: ca.is_some(),
         };
+        if let Some(ca) = ca {
+            let issued = ca.issue("postgres");
+            std::fs::copy(&issued.cert, pg.dir.join("server.crt")).unwrap();
+            std::fs::copy(&issued.key, pg.dir.join("server.key")).unwrap();
+            // PostgreSQL refuses a key that others can read.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                pg.dir.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        }
         if is_root() {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres", &pg.dir.display().to_string()])
@@ -440,11 +505,17 @@ impl OwnPostgres {
     /// Starts (`true`) or fast-stops (`false`) the server.
     pub fn set_running(&self, running: bool) {
         if running {
-            let options = format!(
+            let mut options = format!(
                 "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
                 self.port,
                 self.dir.display()
             );
+            if self.tls {
+                let dir = self.dir.display();
+                options.push_str(&format!(
+                    " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key"
+                ));
+            }
             let log = self.dir.join("log").display().to_string();
             self.run(
                 "pg_ctl",
