@@ -13,6 +13,8 @@
 //! - [`idempotency`] — `Idempotency-Key` on the writes: replays, conflicts.
 //! - [`error`] — every error reply and its status.
 //! - [`request_id`] — `X-Request-Id` on every reply and in every log line.
+//! - [`readiness`] — each dependency up, down or refusing this instance's
+//!   TLS or credentials (`/readyz`, the start-up log).
 //! - [`faults`] — test-only fault hooks (debug builds).
 //! - [`metrics`] — the api's Prometheus metrics.
 //! - [`openapi`] — the OpenAPI document, from the handlers' annotations.
@@ -26,6 +28,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod producer;
 pub mod rate_limit;
+pub mod readiness;
 pub mod request_id;
 pub mod routes;
 pub mod startup;

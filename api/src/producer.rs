@@ -72,6 +72,9 @@ pub struct DeliveryContext {
     broken: AtomicBool,
     /// `kafka.partitioning = sticky`; otherwise librdkafka's `partitioner`.
     sticky: Option<StickyPartitioner>,
+    /// The last time a broker refused this client's TLS or SASL settings,
+    /// and what it said.
+    refused: std::sync::Mutex<Option<(Instant, String)>>,
 }
 
 /// Keeps every message on one partition for an interval, then moves to the
@@ -158,6 +161,15 @@ fn breaks_the_producer(error: &KafkaError) -> bool {
     )
 }
 
+/// A TLS handshake or SASL authentication that failed: the client's
+/// configuration, not the broker's availability.
+fn refuses_the_configuration(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication)
+    )
+}
+
 impl DeliveryContext {
     fn mark_broken(&self, error: &KafkaError) {
         if !self.broken.swap(true, Ordering::AcqRel) {
@@ -170,6 +182,20 @@ impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
         if breaks_the_producer(&error) {
             self.mark_broken(&error);
+        } else if refuses_the_configuration(&error) {
+            let mut refused = self
+                .refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if refused.is_none() {
+                tracing::error!(
+                    %error,
+                    reason,
+                    "the broker refused this client's TLS or SASL settings \
+                     (APP_KAFKA__SSL_CA_LOCATION, APP_KAFKA__SASL_*); /readyz answers 503"
+                );
+            }
+            *refused = Some((Instant::now(), reason.to_owned()));
         } else {
             tracing::warn!(%error, reason, "kafka client error");
         }
@@ -249,6 +275,7 @@ impl IssueProducer {
         let context = DeliveryContext {
             broken: AtomicBool::new(false),
             sticky: sticky.map(StickyPartitioner::new),
+            refused: std::sync::Mutex::new(None),
         };
         config
             .create_with_context(context)
@@ -321,6 +348,21 @@ impl IssueProducer {
             .client()
             .fetch_metadata(Some(&self.topic), timeout)
             .is_ok()
+    }
+
+    /// What the broker said when it last refused this client's TLS or SASL
+    /// settings, if that was within `within`.
+    pub fn refused_within(&self, within: Duration) -> Option<String> {
+        let producer = self.producer();
+        let refused = producer
+            .context()
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        refused
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < within)
+            .map(|(_, reason)| reason.clone())
     }
 
     /// Waits for every queued message's delivery report (blocking).

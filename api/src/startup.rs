@@ -66,9 +66,8 @@ impl Application {
             &settings.redis,
             Some(metrics.redis_pool_wait_seconds.clone()),
         )?;
-        if let Err(e) = gate.warm_up().await {
-            tracing::warn!(error = %e, "redis not reachable at start; connecting on demand");
-        }
+        // A failure is logged with the other dependencies' below.
+        let _ = gate.warm_up().await;
         let db = common::db::connect(&settings.database).await?;
         let campaigns = Arc::new(CampaignStore::new(
             db,
@@ -103,6 +102,11 @@ impl Application {
             metrics: metrics.clone(),
             draining: AtomicBool::new(false),
         });
+        // Boxed: the three probes would make this future too large to
+        // keep on the caller's stack (clippy::large_futures).
+        Box::pin(crate::readiness::Readiness::probe(&state))
+            .await
+            .log();
         let auth = web::Data::new(Authenticator::new(
             &settings.auth,
             metrics.jwt_verify_seconds.clone(),

@@ -70,6 +70,18 @@ async fn use_encrypted_stores(
     own
 }
 
+/// `/readyz`: status and body.
+async fn readyz(api: &TestApi) -> (StatusCode, serde_json::Value) {
+    reply(
+        api.client
+            .get(format!("{}/readyz", api.address))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
 /// Issues one coupon through `api` and waits for the worker's row in the
 /// PostgreSQL at `db_url`.
 async fn one_coupon_reaches_its_row(api: &TestApi, db_url: &str, user: &str) {
@@ -130,6 +142,11 @@ async fn every_connection_encrypted_carries_a_coupon_to_its_row() {
         let api = spawn_api(&settings).await;
         let worker = spawn_worker(&settings).await;
         one_coupon_reaches_its_row(&api, &db_url, user).await;
+        let (status, body) = readyz(&api).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for dependency in ["redis", "postgres", "kafka"] {
+            assert_eq!(body["dependencies"][dependency], "up", "{body}");
+        }
         let (tls, plain) = postgres_connections_by_tls(&db_url).await;
         assert!(tls > 0, "no TLS connection to PostgreSQL");
         assert_eq!(plain, 0, "a connection without TLS");
@@ -142,10 +159,19 @@ async fn every_connection_encrypted_carries_a_coupon_to_its_row() {
 #[derive(Debug, Clone, Copy)]
 enum Refused {
     /// Creating a campaign writes its row (PostgreSQL) and its gate state
-    /// (Redis).
-    Store,
+    /// (Redis): the dependency's name in `/readyz`.
+    Store(&'static str),
     /// Issuing produces to Kafka.
     Kafka,
+}
+
+impl Refused {
+    fn dependency(&self) -> &'static str {
+        match self {
+            Self::Store(name) => name,
+            Self::Kafka => "kafka",
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -173,7 +199,7 @@ async fn a_wrong_password_or_another_authority_is_refused_without_a_hang() {
         ),
         (
             "Redis: a CA that did not sign the server's certificate",
-            Refused::Store,
+            Refused::Store("redis"),
             Box::new(|s| {
                 s.redis.url = redis.url();
                 s.redis.tls_ca_file = Some(stranger_ca.clone());
@@ -181,7 +207,7 @@ async fn a_wrong_password_or_another_authority_is_refused_without_a_hang() {
         ),
         (
             "PostgreSQL: a CA that did not sign the server's certificate",
-            Refused::Store,
+            Refused::Store("postgres"),
             Box::new(|s| {
                 s.database.url = SecretString::from(format!(
                     "postgres://postgres@localhost:{}/postgres?sslmode=verify-full",
@@ -220,7 +246,7 @@ async fn a_wrong_password_or_another_authority_is_refused_without_a_hang() {
                 let within = settings.kafka.delivery_timeout() + Duration::from_secs(5);
                 (status, body, started.elapsed(), within)
             }
-            Refused::Store => {
+            Refused::Store(_) => {
                 let started = Instant::now();
                 let (status, body) = api
                     .create_campaign(serde_json::json!({ "name": "refused", "stock": 10 }))
@@ -230,6 +256,21 @@ async fn a_wrong_password_or_another_authority_is_refused_without_a_hang() {
         };
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{case}: {body}");
         assert!(took < within, "{case}: answered after {took:?}");
+
+        // The instance takes itself out of rotation and says which
+        // dependency refused it; the others stay up.
+        let (status, body) = readyz(&api).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{case}: {body}");
+        assert_eq!(body["status"], "misconfigured", "{case}: {body}");
+        for dependency in ["redis", "postgres", "kafka"] {
+            let expected = if dependency == refused.dependency() {
+                "misconfigured"
+            } else {
+                "up"
+            };
+            assert_eq!(body["dependencies"][dependency], expected, "{case}: {body}");
+        }
+        assert!(!body.to_string().contains("not-the-password"), "{case}");
         api.stop().await;
     }
 }

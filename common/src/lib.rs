@@ -6,9 +6,12 @@
 //! - [`keys`], [`scripts`], [`gate`] — the Redis key layout, the Lua scripts
 //!   (`lua/*.lua`) and typed calls on a campaign's gate state, over the
 //!   shared multiplexed connections of [`redis_pool`].
-//! - [`lock`], [`lock_waker`] — Redis locks (a lease lock and Redisson's fair
+//! - [`lock`], [`lock_waker`] — Redis locks (a lease lock and a fair ticket
 //!   lock) and the pub/sub wake-ups of their waiters.
-//! - [`kafka`] — client configuration and topic creation.
+//! - [`room`] — a campaign's waiting room: positions and admission.
+//! - [`kafka`] — client configuration (TLS, SASL) and topic creation.
+//! - [`misconfigured`] — telling a refused certificate or credential from an
+//!   outage.
 //! - [`entities`], [`db`] — the PostgreSQL schema as sea-orm entities, and the pool.
 //! - [`metrics`] — declaring and rendering Prometheus metrics.
 //! - [`shutdown`] — the SIGINT/SIGTERM future both binaries stop on.
@@ -26,6 +29,7 @@ pub mod lock;
 pub mod lock_waker;
 pub mod message;
 pub mod metrics;
+pub mod misconfigured;
 pub mod redis_pool;
 pub mod room;
 pub mod scripts;

@@ -1,26 +1,18 @@
 //! Operations endpoints: liveness, readiness and metrics.
 //!
 //! `/readyz` answers 200 while this instance serves, even when a shared
-//! dependency is down: every instance shares Redis, PostgreSQL and Kafka, so
-//! taking them all out of the balancer would only replace the api's JSON 503
-//! with the balancer's error page. It answers 503 once the instance drains.
-
-use std::time::Duration;
+//! dependency is down, and 503 while it drains or while a dependency refuses
+//! its configuration (`crate::readiness` says why).
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
+use crate::readiness::Readiness;
 use crate::state::AppState;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is alive")))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
-}
-
-const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
-
-fn up(ok: bool) -> &'static str {
-    if ok { "up" } else { "down" }
 }
 
 #[utoipa::path(
@@ -29,30 +21,28 @@ fn up(ok: bool) -> &'static str {
     tag = "operations",
     responses(
         (status = 200, description = "Serving; the body lists each dependency as up or down"),
-        (status = 503, description = "Draining (shutting down)"),
+        (status = 503, description = "Draining (shutting down), or a dependency refuses this instance's TLS or credentials (`misconfigured`)"),
     )
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let pipeline = state.pipeline.clone();
-    let (redis, postgres, kafka) = tokio::join!(
-        tokio::time::timeout(PROBE_TIMEOUT, state.pipeline.gate.ping()),
-        tokio::time::timeout(PROBE_TIMEOUT, state.campaigns.ping()),
-        tokio::task::spawn_blocking(move || pipeline.producer.broker_reachable(PROBE_TIMEOUT)),
-    );
+    let readiness = Readiness::probe(&state).await;
+    let status = if state.is_draining() {
+        "draining"
+    } else if readiness.misconfigured() {
+        "misconfigured"
+    } else {
+        "ready"
+    };
     let body = json!({
-        "status": if state.is_draining() { "draining" } else { "ready" },
+        "status": status,
         "strategy": state.strategy.kind().as_str(),
         "per_user_rate_limit": state.limiter.enabled(),
-        "dependencies": {
-            "redis": up(matches!(redis, Ok(Ok(())))),
-            "postgres": up(matches!(postgres, Ok(Ok(())))),
-            "kafka": up(matches!(kafka, Ok(true))),
-        },
+        "dependencies": readiness,
     });
-    if state.is_draining() {
-        HttpResponse::ServiceUnavailable().json(body)
-    } else {
+    if status == "ready" {
         HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }
 
