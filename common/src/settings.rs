@@ -168,9 +168,12 @@ impl Default for HttpSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `Debug` hides a password in the URLs (`redis://:secret@host` prints as
+/// `redis://:***@host`).
+#[derive(Clone, Deserialize)]
 #[serde(default)]
 pub struct RedisSettings {
+    /// `redis://` or `rediss://` (TLS); may carry a password.
     pub url: String,
     /// Comma-separated node URLs of a Redis Cluster; when set, `url` is
     /// unused and the pool talks to the cluster.
@@ -208,6 +211,37 @@ impl Default for RedisSettings {
             tls_key_file: None,
         }
     }
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &without_password(&self.url))
+            .field("cluster_nodes", &without_password(&self.cluster_nodes))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("command_timeout_ms", &self.command_timeout_ms)
+            .field("status_ttl_secs", &self.status_ttl_secs)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .finish()
+    }
+}
+
+/// `urls` (one, or comma-separated) with each password replaced by `***`.
+fn without_password(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &url[scheme + 3..at];
+                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+            }
+            _ => url.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl RedisSettings {
@@ -1101,9 +1135,26 @@ mod tests {
     fn secrets_are_redacted_in_debug_output() {
         let s = Settings::load_from(
             None,
-            vars(&[("APP_AUTH__JWT_SECRET", "hunter2-very-secret")]),
+            vars(&[
+                ("APP_AUTH__JWT_SECRET", "hunter2-very-secret"),
+                (
+                    "APP_REDIS__URL",
+                    "rediss://default:hunter3-redis@cache:6380/0",
+                ),
+                (
+                    "APP_REDIS__CLUSTER_NODES",
+                    "redis://:hunter4@a:7000, redis://b:7001",
+                ),
+            ]),
         )
         .unwrap();
-        assert!(!format!("{s:?}").contains("hunter2-very-secret"));
+        let printed = format!("{s:?}");
+        for secret in ["hunter2-very-secret", "hunter3-redis", "hunter4"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(
+            printed.contains("rediss://default:***@cache:6380/0"),
+            "{printed}"
+        );
     }
 }
