@@ -49,7 +49,7 @@ fn request(c: &mut Criterion) {
 }
 
 fn request_id(c: &mut Criterion) {
-    common::telemetry::init(&common::settings::LogSettings::default());
+    common::telemetry::init(&common::settings::LogSettings::default(), "api-bench");
     let given = TestRequest::post()
         .insert_header(("x-request-id", "trace-abc-123"))
         .to_http_request();

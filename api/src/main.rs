@@ -17,11 +17,14 @@ async fn main() -> anyhow::Result<()> {
             1
         });
     }
-    common::telemetry::init(&settings.log);
+    common::telemetry::init(&settings.log, "coupon-api");
     let app = Application::build(settings).await?;
-    app.run_until_stopped(async {
-        common::shutdown::signal().await;
-        tracing::info!("shutdown signal received");
-    })
-    .await
+    let stopped = app
+        .run_until_stopped(async {
+            common::shutdown::signal().await;
+            tracing::info!("shutdown signal received");
+        })
+        .await;
+    common::telemetry::shutdown();
+    stopped
 }

@@ -320,9 +320,12 @@ impl IssueProducer {
         let started = Instant::now();
         loop {
             let (tx, rx) = oneshot::channel();
-            let record = BaseRecord::with_opaque_to(&self.topic, Box::new(tx))
+            let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(tx))
                 .key(key.as_bytes())
                 .payload(&payload);
+            if let Some(headers) = common::telemetry::trace_headers() {
+                record = record.headers(headers);
+            }
             match self.producer().send(record) {
                 Ok(()) => return Ok(DeliveryReceipt(rx)),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

@@ -107,6 +107,8 @@ struct Received {
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     decoded: Result<CouponIssued, String>,
+    /// The api's trace context from the message's headers (tracing on).
+    trace: Option<opentelemetry::Context>,
 }
 
 impl Received {
@@ -122,6 +124,7 @@ impl Received {
             key: m.key().map(<[u8]>::to_vec),
             payload,
             decoded,
+            trace: common::telemetry::parent_of(m.headers()),
         }
     }
 }
@@ -332,6 +335,18 @@ impl Worker {
         let decoded: Vec<&CouponIssued> = batch
             .iter()
             .filter_map(|r| r.decoded.as_ref().ok())
+            .collect();
+        // One `persist` span per traced message, a child of the api's
+        // context, open until the batch is written (none with tracing off).
+        let _spans: Vec<tracing::Span> = batch
+            .iter()
+            .filter_map(|r| r.trace.clone())
+            .map(|parent| {
+                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                let span = tracing::debug_span!("persist", batch.size = batch.len());
+                let _ = span.set_parent(parent);
+                span
+            })
             .collect();
         let started = Instant::now();
         let timeout = Duration::from_millis(self.settings.batch_timeout_ms);

@@ -51,7 +51,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load()?;
-    common::telemetry::init(&settings.log);
+    common::telemetry::init(&settings.log, "coupon-issuer-worker");
     match cli.command.unwrap_or(Command::Run) {
         Command::Healthcheck => {
             std::process::exit(if common::healthcheck::probe(settings.worker.http_port) {
@@ -101,7 +101,9 @@ async fn main() -> anyhow::Result<()> {
                 tracing::info!("shutdown signal received; draining");
                 trigger.cancel();
             });
-            app.run_until_stopped(shutdown).await
+            let stopped = app.run_until_stopped(shutdown).await;
+            common::telemetry::shutdown();
+            stopped
         }
     }
 }

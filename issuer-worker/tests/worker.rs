@@ -22,7 +22,7 @@ static MIGRATED: OnceCell<()> = OnceCell::const_new();
 
 async fn settings() -> Settings {
     let s = isolated_settings();
-    common::telemetry::init(&s.log);
+    common::telemetry::init(&s.log, "tests");
     MIGRATED
         .get_or_init(|| async {
             issuer_worker::migration::migrate(&db().await)

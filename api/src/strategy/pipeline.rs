@@ -120,7 +120,11 @@ impl Pipeline {
     ) -> Result<Admitted, IssueError> {
         let coupon = CouponId::new();
         let started = Instant::now();
-        let admission = self.gate.admit(campaign, user, &coupon).await;
+        let admission = self
+            .gate
+            .admit(campaign, user, &coupon)
+            .instrument(tracing::debug_span!("gate", campaign.id = %campaign))
+            .await;
         self.metrics
             .gate_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -246,8 +250,13 @@ impl Pipeline {
     ) -> Result<Issued, IssueError> {
         let message = self.message(admitted, campaign, user);
         let started = Instant::now();
-        let receipt = self.enqueue(admitted, &message).await?;
-        let delivery = receipt.wait().await;
+        let span = tracing::debug_span!("produce", coupon.id = %message.coupon_id);
+        let delivery = async {
+            let receipt = self.enqueue(admitted, &message).await?;
+            Ok::<_, IssueError>(receipt.wait().await)
+        }
+        .instrument(span)
+        .await?;
         self.metrics
             .produce_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -269,7 +278,10 @@ impl Pipeline {
         let message = self.message(admitted, campaign, user);
         let coupon_id = message.coupon_id;
         let started = Instant::now();
-        let receipt = self.enqueue(admitted, &message).await?;
+        let receipt = self
+            .enqueue(admitted, &message)
+            .instrument(tracing::debug_span!("produce", coupon.id = %coupon_id))
+            .await?;
         let pipeline = self.clone();
         self.spawn(async move {
             let delivery = receipt.wait().await;

@@ -31,7 +31,7 @@ pub async fn test_settings() -> Settings {
     let mut s = isolated_settings();
     s.auth.admin_token = Some(SecretString::from(ADMIN_TOKEN));
     s.auth.jwt_secret = Some(SecretString::from(JWT_SECRET));
-    common::telemetry::init(&s.log);
+    common::telemetry::init(&s.log, "tests");
     MIGRATED
         .get_or_init(|| async {
             issuer_worker::migration::migrate(&db().await)
