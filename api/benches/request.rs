@@ -1,7 +1,8 @@
 //! The request's own work before any dependency is called: the bearer token
 //! checked (HS256), the user and campaign ids parsed, the request id taken
 //! or made and its span entered (with the production log subscriber, at its
-//! default filter, writing nowhere). `cargo bench -p api`.
+//! default filter, writing nowhere), and what tracing adds to a request
+//! while it is off. `cargo bench -p api --bench request`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -61,12 +62,51 @@ fn request_id(c: &mut Criterion) {
         c.bench_function(name, |b| {
             b.iter(|| {
                 let id = api::request_id::of(req);
-                let span =
-                    tracing::warn_span!("request", request_id = id.to_str().unwrap_or_default());
+                let span = api::request_id::span(req, &id);
                 span.in_scope(|| std::hint::black_box(&id).len())
             })
         });
     }
+    // Side by side, tracing off (no OTEL_* variables): the request span as
+    // it was before tracing (two fields fewer, no tracing check), and the
+    // request's `gate` and `produce` child spans and the message's trace
+    // headers, against the same work without them.
+    c.bench_function("request_span_before_tracing", |b| {
+        b.iter(|| {
+            let id = api::request_id::of(&given);
+            let span = tracing::warn_span!("request", request_id = id.to_str().unwrap_or_default());
+            span.in_scope(|| std::hint::black_box(&id).len())
+        })
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    c.bench_function("child_spans_and_trace_headers_off", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                use common::telemetry::traced;
+                let gate = traced(std::future::ready(1), || {
+                    tracing::debug_span!("gate", campaign.id = "c")
+                })
+                .await;
+                let headers = common::telemetry::trace_headers();
+                let produce = traced(std::future::ready(2), || {
+                    tracing::debug_span!("produce", coupon.id = "k")
+                })
+                .await;
+                std::hint::black_box((gate, headers.is_some(), produce))
+            })
+        })
+    });
+    c.bench_function("without_child_spans", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let gate = std::future::ready(1).await;
+                let produce = std::future::ready(2).await;
+                std::hint::black_box((gate, produce))
+            })
+        })
+    });
 }
 
 criterion_group!(benches, request, request_id);

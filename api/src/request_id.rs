@@ -2,7 +2,8 @@
 //! brings a usable one (1–128 visible ASCII characters), else made here (a
 //! UUID v7). The request runs inside a `request` span holding it, so every
 //! log line of the request, including those of the work it hands to
-//! background tasks (`Pipeline::run_to_end`, `Pipeline::spawn`), carries it.
+//! background tasks (`Pipeline::run_to_end`, `Pipeline::spawn`), carries it;
+//! with tracing on, that span is the trace's server span ([`span`]).
 
 use actix_web::HttpRequest;
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -22,6 +23,41 @@ pub fn of(req: &HttpRequest) -> HeaderValue {
             HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("-"))
         })
+}
+
+/// The `request` span every log line of the request carries (with its id).
+/// With tracing on it is the trace's server span, named by method and
+/// route, and the child of the caller's `traceparent` when one is given;
+/// with tracing off those steps are skipped.
+pub fn span(req: &HttpRequest, id: &HeaderValue) -> tracing::Span {
+    let id = id.to_str().unwrap_or_default();
+    if !common::telemetry::tracing_on() {
+        // The log subscriber formats every field of a span when it is
+        // created: tracing's fields would cost a fifth more here.
+        return tracing::warn_span!("request", request_id = id);
+    }
+    let span = tracing::warn_span!(
+        "request",
+        request_id = id,
+        otel.kind = "server",
+        otel.name = tracing::field::Empty,
+    );
+    {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        // Named before it starts: a started span keeps its name.
+        let route = req.match_pattern();
+        let route = route.as_deref().unwrap_or("unmatched");
+        span.record("otel.name", format!("{} {route}", req.method()));
+        if let Some(parent) = req
+            .headers()
+            .get(common::telemetry::TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(common::telemetry::parent_from)
+        {
+            let _ = span.set_parent(parent);
+        }
+    }
+    span
 }
 
 fn usable(id: &[u8]) -> bool {

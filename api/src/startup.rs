@@ -143,28 +143,7 @@ impl Application {
                     }
                     // Every log line of the request carries its id.
                     let request_id = crate::request_id::of(req.request());
-                    let span = tracing::warn_span!(
-                        "request",
-                        request_id = request_id.to_str().unwrap_or_default(),
-                        otel.kind = "server",
-                        otel.name = tracing::field::Empty,
-                    );
-                    if common::telemetry::tracing_on() {
-                        // Named before it starts (it cannot be renamed later).
-                        let route = req.match_pattern();
-                        let route = route.as_deref().unwrap_or("unmatched");
-                        span.record("otel.name", format!("{method} {route}"));
-                    }
-                    // A caller's W3C trace context is continued (tracing on).
-                    if let Some(parent) = req
-                        .headers()
-                        .get(common::telemetry::TRACEPARENT)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(common::telemetry::parent_from)
-                    {
-                        use tracing_opentelemetry::OpenTelemetrySpanExt;
-                        let _ = span.set_parent(parent);
-                    }
+                    let span = crate::request_id::span(req.request(), &request_id);
                     let response = srv.call(req).instrument(span.clone());
                     async move {
                         // Every route turns its errors into replies, so an

@@ -1,6 +1,7 @@
 //! The message contract's encoding, and the gate script against the Redis of
 //! `COUPON_TEST_REDIS_URL` (one call at a time, and 64 at once on the
-//! shared multiplexed connections). `cargo bench -p common`.
+//! shared multiplexed connections; a `rediss://` URL with the CA in
+//! `COUPON_TEST_REDIS_TLS_CA` measures TLS). `cargo bench -p common`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -37,6 +38,10 @@ fn gate(c: &mut Criterion) {
     let settings = RedisSettings {
         url: std::env::var("COUPON_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        // With a `rediss://` URL: the CA of its certificate (TLS on vs off).
+        tls_ca_file: std::env::var("COUPON_TEST_REDIS_TLS_CA")
+            .ok()
+            .filter(|ca| !ca.is_empty()),
         ..RedisSettings::default()
     };
     let campaign = CampaignId::new();

@@ -23,6 +23,7 @@ use common::gate::{Admission, GateError, RecordedState, RedisGate, StatusRecord,
 use common::ids::{CampaignId, CouponId, UserId};
 use common::message::CouponIssued;
 use common::settings::{FaultSettings, PRODUCE_WITHIN, StrategyKind, WITHDRAW_WITHIN};
+use common::telemetry::traced;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -120,11 +121,11 @@ impl Pipeline {
     ) -> Result<Admitted, IssueError> {
         let coupon = CouponId::new();
         let started = Instant::now();
-        let admission = self
-            .gate
-            .admit(campaign, user, &coupon)
-            .instrument(tracing::debug_span!("gate", campaign.id = %campaign))
-            .await;
+        let admission = traced(
+            self.gate.admit(campaign, user, &coupon),
+            || tracing::debug_span!("gate", campaign.id = %campaign),
+        )
+        .await;
         self.metrics
             .gate_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -250,12 +251,14 @@ impl Pipeline {
     ) -> Result<Issued, IssueError> {
         let message = self.message(admitted, campaign, user);
         let started = Instant::now();
-        let span = tracing::debug_span!("produce", coupon.id = %message.coupon_id);
-        let delivery = async {
+        let produce = async {
             let receipt = self.enqueue(admitted, &message).await?;
             Ok::<_, IssueError>(receipt.wait().await)
-        }
-        .instrument(span)
+        };
+        let delivery = traced(
+            produce,
+            || tracing::debug_span!("produce", coupon.id = %message.coupon_id),
+        )
         .await?;
         self.metrics
             .produce_seconds
@@ -278,10 +281,11 @@ impl Pipeline {
         let message = self.message(admitted, campaign, user);
         let coupon_id = message.coupon_id;
         let started = Instant::now();
-        let receipt = self
-            .enqueue(admitted, &message)
-            .instrument(tracing::debug_span!("produce", coupon.id = %coupon_id))
-            .await?;
+        let receipt = traced(
+            self.enqueue(admitted, &message),
+            || tracing::debug_span!("produce", coupon.id = %coupon_id),
+        )
+        .await?;
         let pipeline = self.clone();
         self.spawn(async move {
             let delivery = receipt.wait().await;
