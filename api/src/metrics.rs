@@ -24,11 +24,13 @@ pub struct ApiMetrics {
     pub queue_depth: IntGauge,
     pub lock_wait_seconds: Histogram,
     pub info: IntGaugeVec,
+    pub kafka: common::metrics::KafkaClientMetrics,
 }
 
 impl ApiMetrics {
     pub fn new() -> Self {
         let r = Registry::new();
+        common::metrics::register_process(&r);
         let metrics = Self {
             requests: counter_vec(
                 &r,
@@ -122,6 +124,7 @@ impl ApiMetrics {
                 "Always 1; labels say which strategy and version run.",
                 &["strategy", "version"],
             ),
+            kafka: common::metrics::KafkaClientMetrics::new(&r),
             registry: r,
         };
         // Zero series from the start, so that rates and alerts see them.

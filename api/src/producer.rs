@@ -75,6 +75,8 @@ pub struct DeliveryContext {
     /// The last time a broker refused this client's TLS or SASL settings,
     /// and what it said.
     refused: std::sync::Mutex<Option<(Instant, String)>>,
+    /// Where librdkafka's statistics go.
+    metrics: Option<common::metrics::KafkaClientMetrics>,
 }
 
 /// Keeps every message on one partition for an interval, then moves to the
@@ -179,6 +181,12 @@ impl DeliveryContext {
 }
 
 impl ClientContext for DeliveryContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(metrics) = &self.metrics {
+            metrics.observe("producer", &statistics);
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if breaks_the_producer(&error) {
             self.mark_broken(&error);
@@ -243,6 +251,7 @@ type Inner = ThreadedProducer<DeliveryContext, StickyPartitioner>;
 pub struct IssueProducer {
     current: RwLock<Arc<Inner>>,
     config: ClientConfig,
+    metrics: Option<common::metrics::KafkaClientMetrics>,
     sticky: Option<Duration>,
     topic: String,
     enqueue_timeout: Duration,
@@ -257,25 +266,38 @@ impl std::fmt::Debug for IssueProducer {
 }
 
 impl IssueProducer {
-    pub fn new(settings: &KafkaSettings) -> anyhow::Result<Self> {
-        let config = common::kafka::producer_config(settings);
+    /// `metrics`: where librdkafka's per-broker statistics go (every 5 s).
+    pub fn new(
+        settings: &KafkaSettings,
+        metrics: Option<common::metrics::KafkaClientMetrics>,
+    ) -> anyhow::Result<Self> {
+        let mut config = common::kafka::producer_config(settings);
+        if metrics.is_some() {
+            config.set("statistics.interval.ms", "5000");
+        }
         let sticky = (settings.partitioning == Partitioning::Sticky)
             .then(|| Duration::from_millis(settings.sticky_partition_ms));
-        let producer = Self::create(&config, sticky)?;
+        let producer = Self::create(&config, sticky, metrics.clone())?;
         Ok(Self {
             current: RwLock::new(Arc::new(producer)),
             config,
+            metrics,
             sticky,
             topic: settings.topic.clone(),
             enqueue_timeout: Duration::from_millis(settings.enqueue_timeout_ms),
         })
     }
 
-    fn create(config: &ClientConfig, sticky: Option<Duration>) -> anyhow::Result<Inner> {
+    fn create(
+        config: &ClientConfig,
+        sticky: Option<Duration>,
+        metrics: Option<common::metrics::KafkaClientMetrics>,
+    ) -> anyhow::Result<Inner> {
         let context = DeliveryContext {
             broken: AtomicBool::new(false),
             sticky: sticky.map(StickyPartitioner::new),
             refused: std::sync::Mutex::new(None),
+            metrics,
         };
         config
             .create_with_context(context)
@@ -297,7 +319,7 @@ impl IssueProducer {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if slot.context().broken.load(Ordering::Acquire) {
-            match Self::create(&self.config, self.sticky) {
+            match Self::create(&self.config, self.sticky, self.metrics.clone()) {
                 Ok(fresh) => {
                     let old = std::mem::replace(&mut *slot, Arc::new(fresh));
                     tracing::warn!("producer replaced");

@@ -1,6 +1,6 @@
 //! The api's `/metrics`: every family docs/RUNBOOK.md relies on is there
-//! with its type, the counts move with the requests that were made, and no
-//! label carries a campaign or user id.
+//! with its type (process and librdkafka families too), the counts move with
+//! the requests that were made, and no label carries a campaign or user id.
 
 #![allow(clippy::unwrap_used)]
 
@@ -52,7 +52,15 @@ async fn every_family_is_exported_and_counts_move_with_requests() {
         ("issue_queue_depth", "gauge"),
         ("lock_wait_seconds", "histogram"),
         ("api_info", "gauge"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
     ]);
+    assert!(
+        after.sum("process_resident_memory_bytes", &[]) > 0.0,
+        "{text}"
+    );
+    assert!(after.sum("process_open_fds", &[]) > 0.0, "{text}");
     let moved =
         |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
     let issue = [("route", ISSUE_ROUTE), ("method", "POST")];
@@ -107,6 +115,24 @@ async fn every_family_is_exported_and_counts_move_with_requests() {
         after.sum("api_info", &[("strategy", "distributed-lock")]),
         1.0
     );
+    // librdkafka's statistics (every 5 s): the producer's round trip to
+    // its broker.
+    let started = std::time::Instant::now();
+    let rtt = loop {
+        let (now, text) = scrape(&api).await;
+        let rtt = now.sum("kafka_broker_rtt_seconds", &[("client", "producer")]);
+        if rtt > 0.0 || started.elapsed() > std::time::Duration::from_secs(20) {
+            now.assert_families(&[
+                ("kafka_broker_rtt_seconds", "gauge"),
+                ("kafka_broker_outbuf_requests", "gauge"),
+                ("kafka_broker_request_errors_total", "counter"),
+            ]);
+            assert!(text.contains("broker=\""), "{text}");
+            break rtt;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert!(rtt > 0.0 && rtt < 5.0, "round trip {rtt} s");
     // Bounded labels: no id of a campaign or user anywhere.
     for id in [campaign.to_string(), "m-alice".into()] {
         assert!(!text.contains(&id), "{id} leaked into a label");

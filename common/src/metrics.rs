@@ -4,7 +4,7 @@
 //! malformed), so these helpers panic at start-up rather than return errors.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -62,9 +62,97 @@ pub fn histogram_vec(
     )
 }
 
-/// Latency buckets in seconds, from 50 µs to about 3.3 s.
+/// Latency buckets in seconds, from 50 µs to about 13 s: past the longest
+/// request (a lock wait and a delivery timeout at their defaults, 2 s and
+/// 5 s), so a slow request lands in a bucket of its own, not in `+Inf`.
 pub fn latency_buckets() -> Vec<f64> {
-    prometheus::exponential_buckets(0.000_05, 2.0, 17).expect("valid buckets")
+    prometheus::exponential_buckets(0.000_05, 2.0, 19).expect("valid buckets")
+}
+
+/// The process's own CPU, memory, open files and threads
+/// (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, `process_max_fds`, `process_threads`...), read from
+/// `/proc` at each scrape.
+pub fn register_process(registry: &Registry) {
+    let _ = registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ));
+}
+
+/// librdkafka's view of each broker, from its statistics (every
+/// `statistics.interval.ms`): round-trip time, requests waiting to be sent,
+/// and failed or timed-out requests. The `broker` label is librdkafka's
+/// broker name (`host:port/id`): as many values as brokers.
+#[derive(Debug, Clone)]
+pub struct KafkaClientMetrics {
+    rtt_seconds: GaugeVec,
+    outbuf_requests: IntGaugeVec,
+    request_errors: IntCounterVec,
+    request_timeouts: IntCounterVec,
+}
+
+impl KafkaClientMetrics {
+    /// `client` (`producer`, `consumer`) labels every series too.
+    pub fn new(registry: &Registry) -> Self {
+        let labels = &["client", "broker"];
+        Self {
+            rtt_seconds: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "kafka_broker_rtt_seconds",
+                        "Average request round-trip time to each broker over the last statistics window.",
+                    ),
+                    labels,
+                )
+                .expect("valid gauge vec"),
+            ),
+            outbuf_requests: gauge_vec(
+                registry,
+                "kafka_broker_outbuf_requests",
+                "Requests queued for each broker, not yet sent.",
+                labels,
+            ),
+            request_errors: counter_vec(
+                registry,
+                "kafka_broker_request_errors_total",
+                "Requests to each broker that failed to be sent.",
+                labels,
+            ),
+            request_timeouts: counter_vec(
+                registry,
+                "kafka_broker_request_timeouts_total",
+                "Requests to each broker that timed out.",
+                labels,
+            ),
+        }
+    }
+
+    /// Takes one statistics report of the client `client`.
+    pub fn observe(&self, client: &str, statistics: &rdkafka::Statistics) {
+        for broker in statistics.brokers.values() {
+            if broker.nodeid < 0 {
+                // The bootstrap entry, before the broker's id is known.
+                continue;
+            }
+            let labels = [client, broker.name.as_str()];
+            if let Some(rtt) = &broker.rtt {
+                self.rtt_seconds
+                    .with_label_values(&labels)
+                    .set(rtt.avg as f64 / 1e6);
+            }
+            self.outbuf_requests
+                .with_label_values(&labels)
+                .set(broker.outbuf_cnt);
+            // librdkafka's counts are totals since the client started.
+            let catch_up = |counter: &IntCounterVec, total: u64| {
+                let c = counter.with_label_values(&labels);
+                c.inc_by(total.saturating_sub(c.get()));
+            };
+            catch_up(&self.request_errors, broker.txerrs);
+            catch_up(&self.request_timeouts, broker.req_timeouts);
+        }
+    }
 }
 
 /// The registry in Prometheus text format.

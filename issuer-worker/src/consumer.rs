@@ -56,6 +56,7 @@ impl ClientContext for WorkerContext {
             })
             .unwrap_or(0);
         self.metrics.consumer_lag.set(lag);
+        self.metrics.kafka.observe("consumer", &statistics);
     }
 }
 

@@ -23,11 +23,13 @@ pub struct WorkerMetrics {
     pub rebalances: IntCounter,
     pub campaigns_issued: IntGauge,
     pub campaigns_persisted: IntGauge,
+    pub kafka: common::metrics::KafkaClientMetrics,
 }
 
 impl WorkerMetrics {
     pub fn new() -> Self {
         let r = Registry::new();
+        common::metrics::register_process(&r);
         let dead_lettered = counter_vec(
             &r,
             "worker_dead_lettered_total",
@@ -115,6 +117,7 @@ impl WorkerMetrics {
                 "worker_campaigns_persisted",
                 "Coupon rows, summed over recent campaigns (the persisted columns).",
             ),
+            kafka: common::metrics::KafkaClientMetrics::new(&r),
             registry: r,
         }
     }
