@@ -10,8 +10,8 @@ use crate::campaigns::{
 };
 use crate::error::ErrorBody;
 use crate::routes::campaigns::{CampaignList, CouponPage};
-use crate::routes::issue::{IssueReply, MyCoupon};
-use crate::routes::queue::QueueReply;
+use crate::routes::issue::{CouponState, IssueOutcome, IssueReply, MyCoupon};
+use crate::routes::queue::{PlaceState, QueueReply};
 use crate::routes::{campaigns, issue, ops, queue};
 
 #[derive(OpenApi)]
@@ -43,13 +43,16 @@ use crate::routes::{campaigns, issue, ops, queue};
         CouponView,
         CouponPage,
         IssueReply,
+        IssueOutcome,
         MyCoupon,
+        CouponState,
         QueueReply,
+        PlaceState,
         WaitingRoomRequest,
         WaitingRoomView,
         ErrorBody
     )),
-    modifiers(&BearerSchemes),
+    modifiers(&BearerSchemes, &ResponseHeaders),
     tags(
         (name = "admin", description = "Campaigns; the admin token"),
         (name = "user", description = "Issuing; a user JWT (`sub` = user id)"),
@@ -78,5 +81,71 @@ impl Modify for BearerSchemes {
                     .build(),
             ),
         );
+    }
+}
+
+/// The headers every reply may carry, declared on each response instead of
+/// on each handler: `X-Request-Id` on all; `Retry-After` on 429 and 503 (and
+/// on 409 and 202 where the handler says to come back later);
+/// `Idempotent-Replayed` on the replies of operations that take an
+/// `Idempotency-Key`.
+#[derive(Debug)]
+struct ResponseHeaders;
+
+impl Modify for ResponseHeaders {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::{Object, RefOr, Type};
+        let header = |kind: Type, description: &str| {
+            HeaderBuilder::new()
+                .schema(Object::with_type(kind))
+                .description(Some(description))
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let idempotent = operation
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| p.name == "Idempotency-Key");
+                for (status, response) in &mut operation.responses.responses {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    response.headers.insert(
+                        "X-Request-Id".into(),
+                        header(
+                            Type::String,
+                            "The request's id: the caller's X-Request-Id when usable (1–128 visible ASCII), else a new UUID v7; every log line of the request carries it",
+                        ),
+                    );
+                    let come_back = matches!(status.as_str(), "429" | "503")
+                        || (response.description.contains("Retry-After"));
+                    if come_back {
+                        response.headers.insert(
+                            "Retry-After".into(),
+                            header(Type::Integer, "Seconds to wait before trying again"),
+                        );
+                    }
+                    if idempotent {
+                        response.headers.insert(
+                            "Idempotent-Replayed".into(),
+                            header(
+                                Type::Boolean,
+                                "`true` when this is the stored reply of an earlier request with the same Idempotency-Key",
+                            ),
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -222,6 +222,76 @@ async fn the_openapi_document_lists_every_route_and_status() {
     }
     assert!(doc["components"]["schemas"]["CampaignRequest"].is_object());
     assert!(doc["components"]["securitySchemes"]["user"].is_object());
+    // The words a client switches on are enums; the headers are declared.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["IssueOutcome"]["enum"],
+        json!(["accepted", "pending", "queued"])
+    );
+    assert_eq!(
+        schemas["CouponState"]["enum"],
+        json!(["none", "queued", "pending", "issued", "rejected"])
+    );
+    assert_eq!(
+        schemas["PlaceState"]["enum"],
+        json!([
+            "none", "waiting", "admitted", "expired", "issued", "sold_out", "closed"
+        ])
+    );
+    for (status, response) in issue.as_object().unwrap() {
+        let headers = &response["headers"];
+        assert!(headers["X-Request-Id"].is_object(), "{status}: {response}");
+        assert!(
+            headers["Idempotent-Replayed"].is_object(),
+            "{status}: {response}"
+        );
+    }
+    for status in ["429", "503"] {
+        assert!(
+            issue[status]["headers"]["Retry-After"].is_object(),
+            "{status}"
+        );
+    }
+    assert!(issue["202"]["headers"]["Retry-After"].is_null());
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_api_reference_is_served_from_the_binary() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let get = |path: &str| {
+        let url = format!("{}{path}", api.address);
+        let client = api.client.clone();
+        async move {
+            let res = client.get(url).send().await.unwrap();
+            let status = res.status();
+            let kind = res
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            (status, kind, res.text().await.unwrap())
+        }
+    };
+    let (status, kind, page) = get("/docs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(kind.starts_with("text/html"), "{kind}");
+    for file in [
+        "/docs/swagger-ui.css",
+        "/docs/swagger-ui-bundle.js",
+        "/docs/docs.js",
+    ] {
+        assert!(page.contains(file), "the page does not load {file}");
+        let (status, _, body) = get(file).await;
+        assert_eq!(status, StatusCode::OK, "{file}");
+        assert!(!body.is_empty(), "{file}");
+    }
+    let (_, kind, bundle) = get("/docs/swagger-ui-bundle.js").await;
+    assert!(kind.starts_with("text/javascript"), "{kind}");
+    assert!(bundle.contains("SwaggerUIBundle"));
+    let (_, _, init) = get("/docs/docs.js").await;
+    assert!(init.contains("\"/openapi.json\""), "{init}");
     api.stop().await;
 }
 

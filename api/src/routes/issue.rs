@@ -16,12 +16,33 @@ use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use crate::strategy::Issued;
 
+/// The outcome of a 202 issue reply: the words of `Issued::outcome`, which
+/// the metrics use (a test keeps the two equal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IssueOutcome {
+    /// In the broker: the row will exist.
+    Accepted,
+    /// Admitted; delivery not confirmed yet (`/coupons/me` follows it).
+    Pending,
+    /// In the instance's queue (async-queue); nothing decided yet.
+    Queued,
+}
+
+impl IssueOutcome {
+    fn of(issued: Issued) -> Self {
+        match issued {
+            Issued::Accepted(_) => Self::Accepted,
+            Issued::Pending(_) => Self::Pending,
+            Issued::Queued => Self::Queued,
+        }
+    }
+}
+
 /// A 202 reply of the issue endpoint.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IssueReply {
-    /// `accepted`, `pending` or `queued`.
-    #[schema(value_type = String)]
-    outcome: &'static str,
+    outcome: IssueOutcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     coupon_id: Option<Uuid>,
 }
@@ -71,7 +92,7 @@ pub async fn issue(
             );
             let issued = result?;
             Ok(HttpResponse::Accepted().json(IssueReply {
-                outcome: issued.outcome(),
+                outcome: IssueOutcome::of(issued),
                 coupon_id: issued.coupon_id().map(|c| c.as_uuid()),
             }))
         })
@@ -124,11 +145,26 @@ pub(crate) fn check_client_ip(req: &HttpRequest, state: &AppState) -> Result<(),
         .map_err(ApiError::rate_limited)
 }
 
-/// `state` ∈ none, queued, pending, issued, rejected.
+/// A user's coupon of one campaign (the schema of `MyCoupon.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CouponState {
+    /// Nothing held (never asked, refused, or released).
+    None,
+    /// Waiting in an async-queue instance.
+    Queued,
+    /// Admitted; the row is not written yet.
+    Pending,
+    /// The row exists.
+    Issued,
+    /// Admitted, then failed; `outcome` says why.
+    Rejected,
+}
+
+/// `GET .../coupons/me`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MyCoupon {
-    #[schema(value_type = String)]
-    state: &'static str,
+    state: CouponState,
     #[serde(skip_serializing_if = "Option::is_none")]
     coupon_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -138,7 +174,7 @@ pub struct MyCoupon {
 }
 
 impl MyCoupon {
-    fn state(state: &'static str) -> Self {
+    fn state(state: CouponState) -> Self {
         Self {
             state,
             coupon_id: None,
@@ -181,17 +217,17 @@ pub async fn my_coupon(
         return Ok(HttpResponse::Ok().json(MyCoupon {
             coupon_id: Some(row.id),
             issued_at: Some(row.issued_at),
-            ..MyCoupon::state("issued")
+            ..MyCoupon::state(CouponState::Issued)
         }));
     }
     let gate = &state.pipeline.gate;
     if let Some(record) = gate.status(&campaign, &user).await? {
         let name = match record.state {
-            RecordedState::Queued => "queued",
-            RecordedState::Pending => "pending",
-            RecordedState::Issued => "issued",
-            RecordedState::Rejected => "rejected",
-            RecordedState::None => "none",
+            RecordedState::Queued => CouponState::Queued,
+            RecordedState::Pending => CouponState::Pending,
+            RecordedState::Issued => CouponState::Issued,
+            RecordedState::Rejected => CouponState::Rejected,
+            RecordedState::None => CouponState::None,
         };
         return Ok(HttpResponse::Ok().json(MyCoupon {
             coupon_id: record.coupon_id.map(|c| c.as_uuid()),
@@ -201,5 +237,26 @@ pub async fn my_coupon(
         }));
     }
     let holds = gate.holds_slot(&campaign, &user).await?;
-    Ok(HttpResponse::Ok().json(MyCoupon::state(if holds { "pending" } else { "none" })))
+    Ok(HttpResponse::Ok().json(MyCoupon::state(if holds {
+        CouponState::Pending
+    } else {
+        CouponState::None
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::ids::CouponId;
+
+    #[test]
+    fn reply_outcomes_are_the_words_the_metrics_count() {
+        let id = CouponId::new();
+        for issued in [Issued::Accepted(id), Issued::Pending(id), Issued::Queued] {
+            assert_eq!(
+                serde_json::to_value(IssueOutcome::of(issued)).unwrap(),
+                issued.outcome()
+            );
+        }
+    }
 }

@@ -10,6 +10,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use crate::error::ApiError;
 
 pub mod campaigns;
+pub mod docs;
 pub mod issue;
 pub mod ops;
 pub mod queue;
@@ -102,6 +103,7 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
         .route("/readyz", web::get().to(ops::readyz))
         .route("/metrics", web::get().to(ops::metrics))
         .route("/openapi.json", web::get().to(ops::openapi))
+        .configure(docs::configure)
         .default_service(web::to(not_found));
     }
 }

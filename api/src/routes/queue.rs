@@ -19,12 +19,30 @@ use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use crate::strategy::IssueError;
 
+/// Where a user stands in a waiting room: `common::room::RoomState` as the
+/// api shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlaceState {
+    /// Never joined.
+    None,
+    /// In line; `ahead` and `retry_after_ms` say how long.
+    Waiting,
+    /// Let in until `admitted_until`.
+    Admitted,
+    /// Let in, did not issue in time.
+    Expired,
+    /// Issued a coupon.
+    Issued,
+    /// Nothing left to wait for.
+    SoldOut,
+    Closed,
+}
+
 /// A user's place in a campaign's waiting room.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueueReply {
-    /// `none`, `waiting`, `admitted`, `expired`, `issued`, `sold_out`, `closed`.
-    #[schema(value_type = String)]
-    state: &'static str,
+    state: PlaceState,
     /// 1, 2, 3, …: present for every user who joined; `null` before the
     /// start, while the block of early joiners is not yet shuffled.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,10 +64,24 @@ pub struct QueueReply {
     message: Option<&'static str>,
 }
 
+impl PlaceState {
+    fn of(state: RoomState) -> Self {
+        match state {
+            RoomState::None => Self::None,
+            RoomState::Waiting => Self::Waiting,
+            RoomState::Admitted => Self::Admitted,
+            RoomState::Expired => Self::Expired,
+            RoomState::Issued => Self::Issued,
+            RoomState::SoldOut => Self::SoldOut,
+            RoomState::Closed => Self::Closed,
+        }
+    }
+}
+
 impl QueueReply {
     fn of(view: &RoomView) -> Self {
         Self {
-            state: view.state.as_str(),
+            state: PlaceState::of(view.state),
             position: view.joined.then_some(view.position),
             ahead: view.ahead,
             retry_after_ms: view.retry_after_ms,
@@ -215,5 +247,28 @@ fn retry_after(reply: &mut actix_web::HttpResponseBuilder, view: &RoomView) {
             header::RETRY_AFTER,
             HeaderValue::from(ms.div_ceil(1000).max(1)),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn place_states_are_the_room_states_words() {
+        for state in [
+            RoomState::None,
+            RoomState::Waiting,
+            RoomState::Admitted,
+            RoomState::Expired,
+            RoomState::Issued,
+            RoomState::SoldOut,
+            RoomState::Closed,
+        ] {
+            assert_eq!(
+                serde_json::to_value(PlaceState::of(state)).unwrap(),
+                state.as_str()
+            );
+        }
     }
 }
