@@ -109,5 +109,45 @@ fn request_id(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, request, request_id);
+/// The access log line (`log.access`), as JSON into a sink: the request span
+/// with the line against the span alone, under the same subscriber.
+fn access_log(c: &mut Criterion) {
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(std::io::sink)
+        .with_env_filter("warn,access=info")
+        .finish();
+    let req = TestRequest::post()
+        .insert_header(("x-request-id", "trace-abc-123"))
+        .to_http_request();
+    tracing::subscriber::with_default(subscriber, || {
+        for (name, log) in [
+            ("request_span_without_access_line", false),
+            ("request_span_with_access_line", true),
+        ] {
+            c.bench_function(name, |b| {
+                b.iter(|| {
+                    let id = api::request_id::of(&req);
+                    let span = api::request_id::span(&req, &id);
+                    span.in_scope(|| {
+                        if log {
+                            tracing::info!(
+                                target: "access",
+                                method = "POST",
+                                route = "/api/v1/campaigns/{id}/issue",
+                                status = 202u16,
+                                outcome = "accepted",
+                                latency_ms = 1.25f64,
+                                "request served"
+                            );
+                        }
+                    });
+                })
+            });
+        }
+    });
+}
+
+criterion_group!(benches, request, request_id, access_log);
 criterion_main!(benches);

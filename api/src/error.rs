@@ -153,12 +153,19 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after() {
             reply.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
         }
-        reply.json(ErrorBody {
+        let mut reply = reply.json(ErrorBody {
             outcome: self.outcome(),
             message: self.to_string(),
-        })
+        });
+        reply.extensions_mut().insert(ReplyOutcome(self.outcome()));
+        reply
     }
 }
+
+/// The outcome word of a reply (an error's code, an issue's `accepted`...),
+/// left in the response's extensions for the access log line.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyOutcome(pub &'static str);
 
 impl From<IssueError> for ApiError {
     fn from(e: IssueError) -> Self {

@@ -164,12 +164,18 @@ impl Application {
                                 .observe(took.as_secs_f64());
                         }
                         if access_log {
+                            let outcome = res
+                                .response()
+                                .extensions()
+                                .get::<crate::error::ReplyOutcome>()
+                                .map_or("-", |o| o.0);
                             span.in_scope(|| {
                                 tracing::info!(
                                     target: "access",
                                     method = method.as_str(),
                                     route,
                                     status = status.as_u16(),
+                                    outcome,
                                     latency_ms = took.as_secs_f64() * 1000.0,
                                     "request served"
                                 );

@@ -9,14 +9,12 @@
 mod helpers;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use helpers::*;
 use reqwest::StatusCode;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 /// A span as the receiver got it.
@@ -81,53 +79,19 @@ async fn receiver() -> (u16, Arc<Mutex<Vec<Received>>>, actix_web::dev::ServerHa
 /// The test's settings as the binaries' environment, plus OTLP export to
 /// `otlp_port` (JSON, exported every 100 ms).
 fn environment(settings: &common::settings::Settings, otlp_port: u16) -> Vec<(String, String)> {
-    let k = &settings.kafka;
-    [
-        (
-            "APP_DATABASE__URL",
-            settings.database.url.expose_secret().to_owned(),
-        ),
-        ("APP_REDIS__URL", settings.redis.url.clone()),
-        ("APP_KAFKA__BROKERS", k.brokers.clone()),
-        ("APP_KAFKA__TOPIC", k.topic.clone()),
-        ("APP_KAFKA__DLQ_TOPIC", k.dlq_topic.clone()),
-        ("APP_KAFKA__GROUP_ID", k.group_id.clone()),
-        ("APP_KAFKA__IDEMPOTENCE", k.idempotence.to_string()),
-        ("APP_AUTH__ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
-        ("APP_AUTH__JWT_SECRET", JWT_SECRET.to_owned()),
-        ("APP_HTTP__WORKERS", "2".to_owned()),
-        ("APP_LOG__FILTER", "warn".to_owned()),
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{otlp_port}"),
-        ),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_owned()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
-
-fn spawn(
-    program: PathBuf,
-    args: &[&str],
-    env: &[(String, String)],
-    extra: (&str, String),
-) -> Child {
-    Command::new(program)
-        .args(args)
-        .envs(env.iter().cloned())
-        .env(extra.0, extra.1)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start")
-}
-
-/// SIGTERM, then the exit: the process exports what it still holds.
-fn stop(mut child: Child) {
-    signal(child.id(), "-TERM");
-    let _ = child.wait();
+    let mut env = process_environment(settings);
+    env.extend(
+        [
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{otlp_port}"),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    env
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -142,8 +106,8 @@ async fn one_issue_is_one_trace_from_the_api_to_the_worker() {
         "build the worker first (cargo build -p issuer-worker)"
     );
     let api_port = spare_port();
-    let api = spawn(api_bin, &[], &env, ("APP_HTTP__PORT", api_port.to_string()));
-    let worker = spawn(
+    let api = spawn_process(api_bin, &[], &env, ("APP_HTTP__PORT", api_port.to_string()));
+    let worker = spawn_process(
         worker_bin,
         &["run"],
         &env,
@@ -182,8 +146,8 @@ async fn one_issue_is_one_trace_from_the_api_to_the_worker() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop(worker);
-    stop(api);
+    stop_process(worker);
+    stop_process(api);
     receiver.stop(true).await;
 
     let spans = spans.lock().unwrap().clone();

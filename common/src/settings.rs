@@ -787,7 +787,8 @@ pub struct LogSettings {
     /// A `tracing` filter, e.g. `info` or `info,api=debug`.
     pub filter: String,
     pub format: LogFormat,
-    /// One `access` log line per request (method, route, status, latency),
+    /// One `access` log line per request (method, route, status, outcome,
+    /// latency),
     /// with its request id.
     pub access: bool,
 }

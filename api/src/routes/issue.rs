@@ -91,10 +91,14 @@ pub async fn issue(
                 },
             );
             let issued = result?;
-            Ok(HttpResponse::Accepted().json(IssueReply {
+            let mut reply = HttpResponse::Accepted().json(IssueReply {
                 outcome: IssueOutcome::of(issued),
                 coupon_id: issued.coupon_id().map(|c| c.as_uuid()),
-            }))
+            });
+            reply
+                .extensions_mut()
+                .insert(crate::error::ReplyOutcome(issued.outcome()));
+            Ok(reply)
         })
         .await
 }

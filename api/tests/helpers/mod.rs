@@ -374,3 +374,57 @@ pub async fn audit(api: &TestApi, campaign: &CampaignId, replies: &[(String, Val
     a.gate_count = gate.issued(campaign).await.expect("gate count");
     a
 }
+
+/// The test's settings as the environment of an api or worker process
+/// (`APP_*`), for tests that run the binaries themselves.
+pub fn process_environment(settings: &Settings) -> Vec<(String, String)> {
+    use secrecy::ExposeSecret;
+    let k = &settings.kafka;
+    [
+        (
+            "APP_DATABASE__URL",
+            settings.database.url.expose_secret().to_owned(),
+        ),
+        ("APP_REDIS__URL", settings.redis.url.clone()),
+        ("APP_KAFKA__BROKERS", k.brokers.clone()),
+        ("APP_KAFKA__TOPIC", k.topic.clone()),
+        ("APP_KAFKA__DLQ_TOPIC", k.dlq_topic.clone()),
+        ("APP_KAFKA__GROUP_ID", k.group_id.clone()),
+        ("APP_KAFKA__IDEMPOTENCE", k.idempotence.to_string()),
+        ("APP_AUTH__ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("APP_AUTH__JWT_SECRET", JWT_SECRET.to_owned()),
+        ("APP_HTTP__WORKERS", "2".to_owned()),
+        ("APP_LOG__FILTER", "warn".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Starts `program` with `env` and `extra`; its stdout is piped (its logs).
+pub fn spawn_process(
+    program: std::path::PathBuf,
+    args: &[&str],
+    env: &[(String, String)],
+    extra: (&str, String),
+) -> std::process::Child {
+    std::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().cloned())
+        .env(extra.0, extra.1)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start")
+}
+
+/// SIGTERM, then the exit (the process flushes what it holds); its stdout.
+pub fn stop_process(mut child: std::process::Child) -> String {
+    use std::io::Read;
+    signal(child.id(), "-TERM");
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    let _ = child.wait();
+    out
+}

@@ -1,0 +1,97 @@
+//! The access log: with `log.access` on, one JSON line per request in the
+//! api's own output, carrying the request's id, route, status, outcome and
+//! latency.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use helpers::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_request_gets_one_access_line_with_its_id_status_and_outcome() {
+    let settings = test_settings().await;
+    let mut env = process_environment(&settings);
+    env.extend(
+        [
+            ("APP_LOG__ACCESS", "true"),
+            ("APP_LOG__FORMAT", "json"),
+            ("APP_LOG__FILTER", "warn,access=info"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let port = spare_port();
+    let api = spawn_process(
+        PathBuf::from(env!("CARGO_BIN_EXE_api")),
+        &[],
+        &env,
+        ("APP_HTTP__PORT", port.to_string()),
+    );
+    wait_for_port(port, Duration::from_secs(30), "api");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{base}/api/v1/campaigns"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "name": "logged", "stock": 10 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let campaign = created["id"].as_str().unwrap().to_owned();
+    let issue = |request_id: &'static str| {
+        client
+            .post(format!("{base}/api/v1/campaigns/{campaign}/issue"))
+            .bearer_auth(mint_jwt("logged-user", 600))
+            .header("X-Request-Id", request_id)
+            .send()
+    };
+    assert_eq!(
+        issue("access-1").await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        issue("access-2").await.unwrap().status(),
+        StatusCode::CONFLICT
+    );
+    let out = stop_process(api);
+
+    let lines: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["target"] == "access")
+        .collect();
+    let line_of = |id: &str| {
+        let of: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["span"]["request_id"] == id)
+            .collect();
+        assert_eq!(of.len(), 1, "one access line for {id}: {out}");
+        of[0].clone()
+    };
+    for (id, status, outcome) in [
+        ("access-1", 202, "accepted"),
+        ("access-2", 409, "duplicate"),
+    ] {
+        let line = line_of(id);
+        assert_eq!(line["route"], "/api/v1/campaigns/{id}/issue", "{line}");
+        assert_eq!(line["method"], "POST", "{line}");
+        assert_eq!(line["status"], status, "{line}");
+        assert_eq!(line["outcome"], outcome, "{line}");
+        assert!(line["latency_ms"].as_f64().unwrap() > 0.0, "{line}");
+    }
+    // The create request has a line too, with no outcome word of its own.
+    assert!(
+        lines.iter().any(|l| l["route"] == "/api/v1/campaigns"
+            && l["status"] == 201
+            && l["outcome"] == "-"),
+        "{out}"
+    );
+}
