@@ -89,15 +89,7 @@ async fn one_coupon_reaches_its_row(api: &TestApi, db_url: &str, user: &str) {
     let (status, body) = api.issue(&campaign, user).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["outcome"], "accepted", "{body}");
-    let db = db_at(db_url).await;
-    let started = Instant::now();
-    while rows(&db, &campaign).await < 1 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no row for {user} after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_rows(&db_at(db_url).await, &campaign, 1, Duration::from_secs(60)).await;
 }
 
 /// The connections of the api and the worker, as PostgreSQL sees them:

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use helpers::*;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_request_gets_one_access_line_with_its_id_status_and_outcome() {
@@ -34,18 +34,8 @@ async fn every_request_gets_one_access_line_with_its_id_status_and_outcome() {
     );
     wait_for_port(port, Duration::from_secs(30), "api");
     let base = format!("http://127.0.0.1:{port}");
+    let campaign = create_campaign_at(&base, 10).await;
     let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{base}/api/v1/campaigns"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "name": "logged", "stock": 10 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let campaign = created["id"].as_str().unwrap().to_owned();
     let issue = |request_id: &'static str| {
         client
             .post(format!("{base}/api/v1/campaigns/{campaign}/issue"))

@@ -10,7 +10,7 @@ mod helpers;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use helpers::*;
@@ -115,19 +115,9 @@ async fn one_issue_is_one_trace_from_the_api_to_the_worker() {
     );
     wait_for_port(api_port, Duration::from_secs(30), "api");
 
-    let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{api_port}");
-    let created: Value = client
-        .post(format!("{base}/api/v1/campaigns"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "name": "traced", "stock": 10 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let campaign = common::ids::CampaignId::parse(created["id"].as_str().unwrap()).unwrap();
+    let campaign = create_campaign_at(&base, 10).await;
+    let client = reqwest::Client::new();
     let trace_id = uuid::Uuid::new_v4().simple().to_string();
     let res = client
         .post(format!("{base}/api/v1/campaigns/{campaign}/issue"))
@@ -137,15 +127,7 @@ async fn one_issue_is_one_trace_from_the_api_to_the_worker() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let db = db().await;
-    let started = Instant::now();
-    while rows(&db, &campaign).await < 1 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no row after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_rows(&db().await, &campaign, 1, Duration::from_secs(60)).await;
     stop_process(worker);
     stop_process(api);
     receiver.stop(true).await;

@@ -428,3 +428,18 @@ pub fn stop_process(mut child: std::process::Child) -> String {
     let _ = child.wait();
     out
 }
+
+/// An open campaign with `stock`, created through the admin API of the api
+/// process at `base` (`http://127.0.0.1:<port>`).
+pub async fn create_campaign_at(base: &str, stock: i64) -> CampaignId {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/api/v1/campaigns"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "name": "test sale", "stock": stock }))
+        .send()
+        .await
+        .expect("request");
+    let (status, body) = reply(res).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    CampaignId::parse(body["id"].as_str().expect("id")).expect("uuid")
+}
