@@ -238,14 +238,14 @@ pub async fn wait_ready(port: u16) {
     wait_for_port(port, Duration::from_secs(30), "api");
     let started = Instant::now();
     loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await
-            && r.status().is_success()
-        {
-            return;
-        }
+        let last = match reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => e.to_string(),
+        };
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "api on {port} not ready"
+            "api on {port} not ready; /readyz said {last}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

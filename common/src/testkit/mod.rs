@@ -89,11 +89,25 @@ pub fn broker_quirks(s: &mut Settings) {
 }
 
 /// A port nothing listens on right now.
+/// Never one this process handed out before: a port is free when chosen but
+/// taken only when its process binds it, so two choices in a row (an api's
+/// and a worker's) could otherwise get the same one.
 pub fn spare_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        if GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 /// A spare port whose Redis Cluster bus port (port + 10000) is spare too: a
