@@ -66,7 +66,7 @@ impl DeliveryReceipt {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DeliveryContext {
     /// Set when this producer can no longer deliver and must be replaced.
     broken: AtomicBool,
@@ -76,7 +76,7 @@ pub struct DeliveryContext {
     /// and what it said.
     refused: std::sync::Mutex<Option<(Instant, String)>>,
     /// Where librdkafka's statistics go.
-    metrics: Option<common::metrics::KafkaClientMetrics>,
+    metrics: common::metrics::KafkaClientMetrics,
 }
 
 /// Keeps every message on one partition for an interval, then moves to the
@@ -182,9 +182,7 @@ impl DeliveryContext {
 
 impl ClientContext for DeliveryContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        if let Some(metrics) = &self.metrics {
-            metrics.observe("producer", &statistics);
-        }
+        self.metrics.observe("producer", &statistics);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -251,7 +249,7 @@ type Inner = ThreadedProducer<DeliveryContext, StickyPartitioner>;
 pub struct IssueProducer {
     current: RwLock<Arc<Inner>>,
     config: ClientConfig,
-    metrics: Option<common::metrics::KafkaClientMetrics>,
+    metrics: common::metrics::KafkaClientMetrics,
     sticky: Option<Duration>,
     topic: String,
     enqueue_timeout: Duration,
@@ -269,12 +267,10 @@ impl IssueProducer {
     /// `metrics`: where librdkafka's per-broker statistics go (every 5 s).
     pub fn new(
         settings: &KafkaSettings,
-        metrics: Option<common::metrics::KafkaClientMetrics>,
+        metrics: common::metrics::KafkaClientMetrics,
     ) -> anyhow::Result<Self> {
         let mut config = common::kafka::producer_config(settings);
-        if metrics.is_some() {
-            config.set("statistics.interval.ms", "5000");
-        }
+        config.set("statistics.interval.ms", "5000");
         let sticky = (settings.partitioning == Partitioning::Sticky)
             .then(|| Duration::from_millis(settings.sticky_partition_ms));
         let producer = Self::create(&config, sticky, metrics.clone())?;
@@ -291,7 +287,7 @@ impl IssueProducer {
     fn create(
         config: &ClientConfig,
         sticky: Option<Duration>,
-        metrics: Option<common::metrics::KafkaClientMetrics>,
+        metrics: common::metrics::KafkaClientMetrics,
     ) -> anyhow::Result<Inner> {
         let context = DeliveryContext {
             broken: AtomicBool::new(false),

@@ -77,7 +77,7 @@ impl Application {
         crate::faults::warn_if_ignored(&settings.faults);
         let pipeline = Arc::new(Pipeline::new(
             gate,
-            IssueProducer::new(&settings.kafka, Some(metrics.kafka.clone()))?,
+            IssueProducer::new(&settings.kafka, metrics.kafka.clone())?,
             campaigns.clone(),
             metrics.clone(),
             settings.strategy,
