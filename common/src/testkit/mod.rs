@@ -89,45 +89,78 @@ pub fn broker_quirks(s: &mut Settings) {
 }
 
 /// A port nothing listens on right now.
-/// Never one this process handed out before: a port is free when chosen but
-/// taken only when its process binds it, so two choices in a row (an api's
-/// and a worker's) could otherwise get the same one.
+/// Chosen below the kernel's ephemeral range (`ip_local_port_range`): a port
+/// in that range that is free when chosen can be taken as the local port of
+/// any outgoing connection before the service binds it (a Redis Cluster
+/// node of a CI run once failed to open its port that way, among the many
+/// connections of the tests beside it). Never one this process handed out
+/// before: a port is taken only when its process binds it, so two choices in
+/// a row (an api's and a worker's) could otherwise get the same one.
 pub fn spare_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    spare_port_below(ephemeral_floor())
+}
+
+/// A spare port whose Redis Cluster bus port (port + 10000) is spare too,
+/// both below the ephemeral range: a node whose bus port is taken exits at
+/// start.
+fn spare_cluster_port() -> u16 {
     loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        if GIVEN
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(port)
-        {
+        let port = spare_port_below(ephemeral_floor() - 10_000);
+        if is_free(port + 10_000) && hand_out(port + 10_000) {
             return port;
         }
     }
 }
 
-/// A spare port whose Redis Cluster bus port (port + 10000) is spare too: a
-/// node whose bus port is taken exits at start.
-fn spare_cluster_port() -> u16 {
+const LOWEST_SPARE_PORT: u16 = 10_000;
+
+fn spare_port_below(limit: u16) -> u16 {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new();
+    let mut attempt = 0_u64;
     loop {
-        let port = spare_port();
-        if port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        attempt += 1;
+        let span = u64::from(limit - LOWEST_SPARE_PORT);
+        let port = LOWEST_SPARE_PORT + (random.hash_one(attempt) % span) as u16;
+        if is_free(port) && hand_out(port) {
             return port;
         }
     }
+}
+
+fn is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Records `port` as handed out; false when it was already.
+fn hand_out(port: u16) -> bool {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(port)
+}
+
+/// The first port of the kernel's ephemeral range (32768 when unreadable),
+/// never above what leaves room for a cluster node's bus port.
+fn ephemeral_floor() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768_u16)
+        .clamp(LOWEST_SPARE_PORT + 10_000 + 1_000, 32_768)
 }
 
 pub fn wait_for_port(port: u16, within: Duration, what: &str) {
+    wait_for_port_or(port, within, || format!("{what} did not open port {port}"));
+}
+
+/// As `wait_for_port`, failing with `failure()` (e.g. the service's log).
+pub fn wait_for_port_or(port: u16, within: Duration, failure: impl Fn() -> String) {
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < within,
-            "{what} did not open port {port}"
-        );
+        assert!(started.elapsed() < within, "{}", failure());
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use super::{spare_cluster_port, spare_port, temp_dir, wait_for_port};
+use super::{spare_cluster_port, spare_port, temp_dir, wait_for_port, wait_for_port_or};
 
 /// An Apache Kafka broker of the test's own (one KRaft node, its data in a
 /// temporary directory), so that stopping or freezing it affects no other
@@ -313,12 +313,18 @@ impl OwnRedisCluster {
                         "nodes.conf",
                     ])
                     .args(["--save", "", "--appendonly", "no"])
+                    .args(["--logfile", "node.log"])
                     .current_dir(&node_dir)
-                    .stdout(std::process::Stdio::null())
                     .spawn()
                     .expect("start a cluster node")
             });
-            wait_for_port(*port, Duration::from_secs(10), "redis cluster node");
+            let log = dir.join(port.to_string()).join("node.log");
+            wait_for_port_or(*port, Duration::from_secs(10), || {
+                format!(
+                    "redis cluster node did not open port {port}; its log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
         }
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let output = Command::new("redis-cli")
