@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::entities::{campaigns, coupons};
-use common::gate::{GateError, GateMeta, RedisGate};
 use common::ids::{CampaignId, UserId};
+use common::redis_state::{CampaignMeta, RedisState, RedisStateError};
 use common::room::RoomRules;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
@@ -222,7 +222,7 @@ pub enum StoreError {
     #[error("database: {0}")]
     Database(#[from] DbErr),
     #[error("redis: {0}")]
-    Redis(#[from] GateError),
+    Redis(#[from] RedisStateError),
     #[error("{0} timed out")]
     Timeout(&'static str),
 }
@@ -230,7 +230,7 @@ pub enum StoreError {
 #[derive(Debug)]
 pub struct CampaignStore {
     db: DatabaseConnection,
-    gate: RedisGate,
+    gate: RedisState,
     statement_timeout: Duration,
     /// Ids known to exist in PostgreSQL. Campaigns are never deleted, so a
     /// hit never goes stale; it keeps the database off the issue path.
@@ -238,7 +238,7 @@ pub struct CampaignStore {
 }
 
 impl CampaignStore {
-    pub fn new(db: DatabaseConnection, gate: RedisGate, statement_timeout: Duration) -> Self {
+    pub fn new(db: DatabaseConnection, gate: RedisState, statement_timeout: Duration) -> Self {
         Self {
             db,
             gate,
@@ -291,7 +291,7 @@ impl CampaignStore {
         };
         let txn = self.bounded("begin", self.db.begin()).await?;
         let row = self.bounded("insert campaign", row.insert(&txn)).await?;
-        let meta = GateMeta {
+        let meta = CampaignMeta {
             stock: row.stock,
             starts_at: row.starts_at,
             ends_at: row.ends_at,

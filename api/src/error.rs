@@ -182,8 +182,8 @@ impl From<IssueError> for ApiError {
     }
 }
 
-impl From<common::gate::GateError> for ApiError {
-    fn from(e: common::gate::GateError) -> Self {
+impl From<common::redis_state::RedisStateError> for ApiError {
+    fn from(e: common::redis_state::RedisStateError) -> Self {
         Self::unavailable(format!("redis unavailable: {e}"))
     }
 }

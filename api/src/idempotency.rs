@@ -24,8 +24,8 @@ use actix_web::body::{BoxBody, to_bytes};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
-use common::gate::RedisGate;
 use common::keys;
+use common::redis_state::RedisState;
 use common::scripts;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -43,7 +43,7 @@ pub const MAX_KEY_LEN: usize = 255;
 /// Where keys and replies live.
 #[derive(Debug, Clone)]
 pub struct IdempotencyStore {
-    gate: RedisGate,
+    gate: RedisState,
     ttl_secs: u64,
     lease_secs: u64,
     metrics: ApiMetrics,
@@ -73,7 +73,7 @@ struct Reply {
 }
 
 impl IdempotencyStore {
-    pub fn new(gate: RedisGate, ttl_secs: u64, lease_secs: u64, metrics: ApiMetrics) -> Self {
+    pub fn new(gate: RedisState, ttl_secs: u64, lease_secs: u64, metrics: ApiMetrics) -> Self {
         Self {
             gate,
             ttl_secs: ttl_secs.max(1),

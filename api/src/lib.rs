@@ -6,7 +6,7 @@
 //! - [`routes`] — the HTTP contract: admin ([`routes::campaigns`]), user
 //!   ([`routes::issue`]) and operations ([`routes::ops`]) endpoints.
 //! - [`strategy`] — the issue request path behind `APP_STRATEGY`, built from
-//!   the steps of [`strategy::pipeline`] (gate, produce, settle).
+//!   the steps of [`strategy::issuance`] (gate, produce, settle).
 //! - [`producer`] — the Kafka producer with per-message persistence status.
 //! - [`campaigns`] — campaigns in PostgreSQL with their gate meta in Redis.
 //! - [`auth`], [`rate_limit`] — who is calling, and how often.
@@ -17,7 +17,6 @@
 //!   TLS or credentials (`/readyz`, the start-up log).
 //! - [`faults`] — test-only fault hooks (debug builds).
 //! - [`metrics`] — the api's Prometheus metrics.
-//! - [`openapi`] — the OpenAPI document, from the handlers' annotations.
 
 pub mod auth;
 pub mod campaigns;
@@ -25,7 +24,6 @@ pub mod error;
 pub mod faults;
 pub mod idempotency;
 pub mod metrics;
-pub mod openapi;
 pub mod producer;
 pub mod rate_limit;
 pub mod readiness;

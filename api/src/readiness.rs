@@ -72,15 +72,14 @@ pub struct Readiness {
 impl Readiness {
     /// Probes the three at once, each within [`PROBE_TIMEOUT`].
     pub async fn probe(state: &AppState) -> Self {
-        let pipeline = state.pipeline.clone();
+        let producer = state.producer.clone();
         let (redis, postgres, kafka) = tokio::join!(
-            tokio::time::timeout(PROBE_TIMEOUT, state.pipeline.gate.ping()),
+            tokio::time::timeout(PROBE_TIMEOUT, state.redis.ping()),
             tokio::time::timeout(PROBE_TIMEOUT, state.campaigns.ping()),
             tokio::task::spawn_blocking(move || {
-                if pipeline.producer.broker_reachable(PROBE_TIMEOUT) {
+                if producer.broker_reachable(PROBE_TIMEOUT) {
                     Dependency::Up
-                } else if let Some(reason) = pipeline.producer.refused_within(KAFKA_REFUSAL_WITHIN)
-                {
+                } else if let Some(reason) = producer.refused_within(KAFKA_REFUSAL_WITHIN) {
                     Dependency::Misconfigured(reason)
                 } else {
                     Dependency::Down(format!("no broker answered within {PROBE_TIMEOUT:?}"))

@@ -2,7 +2,7 @@
 //! brings a usable one (1–128 visible ASCII characters), else made here (a
 //! UUID v7). The request runs inside a `request` span holding it, so every
 //! log line of the request, including those of the work it hands to
-//! background tasks (`Pipeline::run_to_end`, `Pipeline::spawn`), carries it;
+//! background tasks (`Issuance::run_to_end`, `Issuance::spawn`), carries it;
 //! with tracing on, that span is the trace's server span ([`span`]).
 
 use actix_web::HttpRequest;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use actix_web::dev::{Server, Service};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
-use common::gate::RedisGate;
+use common::redis_state::RedisState;
 use common::settings::Settings;
 use tracing::Instrument;
 
@@ -29,7 +29,7 @@ use crate::metrics::ApiMetrics;
 use crate::producer::IssueProducer;
 use crate::rate_limit::{Limiter, TrustedProxies};
 use crate::state::AppState;
-use crate::strategy::{Pipeline, Strategy};
+use crate::strategy::{Issuance, Strategy};
 
 pub struct Application {
     port: u16,
@@ -62,36 +62,39 @@ impl Application {
             .with_label_values(&[settings.strategy.as_str(), env!("CARGO_PKG_VERSION")])
             .set(1);
 
-        let gate = RedisGate::new(
+        let redis = RedisState::new(
             &settings.redis,
             Some(metrics.redis_pool_wait_seconds.clone()),
         )?;
         // A failure is logged with the other dependencies' below.
-        let _ = gate.warm_up().await;
+        let _ = redis.warm_up().await;
         let db = common::db::connect(&settings.database).await?;
         let campaigns = Arc::new(CampaignStore::new(
             db,
-            gate.clone(),
+            redis.clone(),
             Duration::from_millis(settings.database.statement_timeout_ms),
         ));
         crate::faults::warn_if_ignored(&settings.faults);
-        let pipeline = Arc::new(Pipeline::new(
-            gate,
-            IssueProducer::new(&settings.kafka, metrics.kafka.clone())?,
+        let producer = Arc::new(IssueProducer::new(&settings.kafka, metrics.kafka.clone())?);
+        let issuance = Arc::new(Issuance::new(
+            redis.clone(),
+            producer.clone(),
             campaigns.clone(),
             metrics.clone(),
             settings.strategy,
             settings.faults.clone(),
         ));
         let state = web::Data::new(AppState {
-            strategy: Arc::new(Strategy::build(&settings, pipeline.clone())),
+            strategy: Arc::new(Strategy::build(&settings, issuance.clone())),
             idempotency: IdempotencyStore::new(
-                pipeline.gate.clone(),
+                redis.clone(),
                 settings.idempotency.ttl_secs,
                 settings.longest_request().as_secs(),
                 metrics.clone(),
             ),
-            pipeline,
+            issuance,
+            redis,
+            producer,
             campaigns,
             limiter: Limiter::new(&settings.rate_limit.per_user),
             ip_limiter: Limiter::new(&settings.rate_limit.per_ip),
@@ -234,9 +237,9 @@ impl Application {
             .strategy
             .drain(Instant::now() + self.queue_drain)
             .await;
-        let pipeline = self.state.pipeline.clone();
+        let producer = self.state.producer.clone();
         let timeout = self.flush_timeout;
-        let flushed = tokio::task::spawn_blocking(move || pipeline.producer.flush(timeout)).await;
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
         match flushed {
             Ok(Ok(())) => tracing::info!("producer flushed"),
             Ok(Err(e)) => tracing::error!(error = %e, "producer flush incomplete"),
@@ -244,7 +247,7 @@ impl Application {
         }
         if !self
             .state
-            .pipeline
+            .issuance
             .wait_for_background(Instant::now() + self.flush_timeout)
             .await
         {

@@ -1,5 +1,5 @@
 //! What every handler of one api instance shares: the strategy and the
-//! pipeline it is built on, the campaign store, the limiters, the in-flight
+//! issuance steps it is built on, the Redis state, the producer, the campaign store, the limiters, the in-flight
 //! bound, the metrics, and whether the instance is draining.
 
 use std::sync::Arc;
@@ -8,14 +8,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::campaigns::CampaignStore;
 use crate::idempotency::IdempotencyStore;
 use crate::metrics::ApiMetrics;
+use crate::producer::IssueProducer;
 use crate::rate_limit::{Limiter, TrustedProxies};
-use crate::strategy::{Pipeline, Strategy};
+use crate::strategy::{Issuance, Strategy};
 
 /// Shared by every worker thread of one api instance.
 #[derive(Debug)]
 pub struct AppState {
     pub strategy: Arc<Strategy>,
-    pub pipeline: Arc<Pipeline>,
+    /// The steps the strategy is made of, and the background work they track.
+    pub issuance: Arc<Issuance>,
+    /// Campaigns' Redis state (status records, the waiting room, readiness).
+    pub redis: common::redis_state::RedisState,
+    pub producer: Arc<IssueProducer>,
     pub campaigns: Arc<CampaignStore>,
     pub idempotency: IdempotencyStore,
     pub limiter: Limiter<common::ids::UserId>,

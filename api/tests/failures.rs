@@ -266,12 +266,12 @@ async fn a_gate_call_that_times_out_is_withdrawn_and_the_retry_is_accepted() {
 /// slot the user holds from another request is never touched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withdrawn_admission_holds_nothing_whichever_runs_first() {
-    use common::gate::{Admission, RedisGate, Withdrawal};
     use common::ids::{CouponId, UserId};
+    use common::redis_state::{Admission, RedisState, Withdrawal};
     let settings = test_settings().await;
     let api = spawn_api(&settings).await;
     let campaign = api.open_campaign(10).await;
-    let gate = RedisGate::new(&settings.redis, None).unwrap();
+    let gate = RedisState::new(&settings.redis, None).unwrap();
     let alice = UserId::parse("alice").unwrap();
 
     // Withdrawn before it ran: voided; when it runs, it writes nothing.

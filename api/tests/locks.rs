@@ -8,24 +8,24 @@ mod helpers;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::gate::RedisGate;
 use common::keys::FairLockKeys;
 use common::lock::{FairLock, LeaseLock, LockError, LockTiming};
 use common::lock_waker::LockWaker;
+use common::redis_state::RedisState;
 use common::scripts;
 use futures::future::join_all;
 use helpers::*;
 
-fn gate() -> RedisGate {
+fn gate() -> RedisState {
     let settings = common::settings::RedisSettings {
         url: redis_url(),
         ..Default::default()
     };
-    RedisGate::new(&settings, None).unwrap()
+    RedisState::new(&settings, None).unwrap()
 }
 
 /// Release wake-ups, as the api runs the locks.
-fn waker(gate: &RedisGate) -> Option<Arc<LockWaker>> {
+fn waker(gate: &RedisState) -> Option<Arc<LockWaker>> {
     Some(LockWaker::new(gate.client().clone()))
 }
 
@@ -46,7 +46,7 @@ fn timing(lease_ms: u64, wait_ms: u64) -> LockTiming {
 
 /// A counter in Redis incremented by read, pause, write: only mutual
 /// exclusion keeps it exact.
-async fn unsafe_increment(gate: &RedisGate, key: &str) {
+async fn unsafe_increment(gate: &RedisState, key: &str) {
     let current: Option<i64> = gate
         .run_script(
             &redis::Script::new("return redis.call('GET', KEYS[1])"),
@@ -67,7 +67,7 @@ async fn unsafe_increment(gate: &RedisGate, key: &str) {
         .unwrap();
 }
 
-async fn read_counter(gate: &RedisGate, key: &str) -> i64 {
+async fn read_counter(gate: &RedisState, key: &str) -> i64 {
     let v: Option<i64> = gate
         .run_script(
             &redis::Script::new("return redis.call('GET', KEYS[1])"),
@@ -91,7 +91,7 @@ async fn the_lease_lock_excludes_200_contending_tasks() {
     }
 }
 
-async fn excludes_with_lease_lock(gate: &RedisGate, lock: LeaseLock) {
+async fn excludes_with_lease_lock(gate: &RedisState, lock: LeaseLock) {
     let (key, counter) = (fresh("lock"), fresh("counter"));
     join_all((0..200).map(|_| async {
         let guard = lock.acquire(&key).await.unwrap();
@@ -114,7 +114,7 @@ async fn the_fair_lock_excludes_200_contending_tasks_and_cleans_up() {
     }
 }
 
-async fn excludes_with_fair_lock(gate: &RedisGate, lock: FairLock) {
+async fn excludes_with_fair_lock(gate: &RedisState, lock: FairLock) {
     let (keys, counter) = (fair_keys(), fresh("counter"));
     join_all((0..200).map(|_| async {
         let guard = lock.acquire(&keys).await.unwrap();
@@ -306,7 +306,7 @@ async fn a_fair_lock_waiter_that_gives_up_leaves_and_stalls_nobody() {
 }
 
 /// The tokens in line for the fair lock, in ticket order.
-async fn queue(gate: &RedisGate, keys: &FairLockKeys) -> Vec<String> {
+async fn queue(gate: &RedisState, keys: &FairLockKeys) -> Vec<String> {
     let flat: Vec<String> = gate
         .run_script(
             &redis::Script::new("return redis.call('HGETALL', KEYS[1])"),

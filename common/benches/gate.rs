@@ -8,9 +8,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
-use common::gate::{GateMeta, RedisGate};
 use common::ids::{CampaignId, CouponId, UserId};
 use common::message::CouponIssued;
+use common::redis_state::{CampaignMeta, RedisState};
 use common::settings::RedisSettings;
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -46,8 +46,8 @@ fn gate(c: &mut Criterion) {
     };
     let campaign = CampaignId::new();
     let gate = runtime.block_on(async {
-        let gate = RedisGate::new(&settings, None).unwrap();
-        let meta = GateMeta {
+        let gate = RedisState::new(&settings, None).unwrap();
+        let meta = CampaignMeta {
             stock: i64::MAX / 2,
             starts_at: Utc::now() - chrono::Duration::minutes(1),
             ends_at: None,

@@ -3,9 +3,10 @@
 //! - [`ids`] — `CampaignId`, `UserId`, `CouponId`, parsed at the edge.
 //! - [`message`] — the `coupon.issue.v1` Kafka message and DLQ reasons.
 //! - [`settings`] — typed settings (defaults, file, `APP_*` environment).
-//! - [`keys`], [`scripts`], [`gate`] — the Redis key layout, the Lua scripts
-//!   (`lua/*.lua`) and typed calls on a campaign's gate state, over the
-//!   shared multiplexed connections of [`redis_pool`].
+//! - [`keys`], [`scripts`], [`redis_state`] — the Redis key layout, the Lua
+//!   scripts (`lua/*.lua`) and typed calls on a campaign's Redis state (the
+//!   gate, meta, status records...), over the shared multiplexed
+//!   connections of [`redis_pool`].
 //! - [`lock`], [`lock_waker`] — Redis locks (a lease lock and a fair ticket
 //!   lock) and the pub/sub wake-ups of their waiters.
 //! - [`room`] — a campaign's waiting room: positions and admission.
@@ -20,7 +21,6 @@
 
 pub mod db;
 pub mod entities;
-pub mod gate;
 pub mod healthcheck;
 pub mod ids;
 pub mod kafka;
@@ -31,6 +31,7 @@ pub mod message;
 pub mod metrics;
 pub mod misconfigured;
 pub mod redis_pool;
+pub mod redis_state;
 pub mod room;
 pub mod scripts;
 pub mod settings;

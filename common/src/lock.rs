@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 
 use redis::Script;
 
-use crate::gate::{GateError, RedisGate};
 use crate::ids::{CouponId, UserId};
 use crate::keys::{CampaignKeys, FairLockKeys};
 use crate::lock_waker::{LockWaker, Registration};
+use crate::redis_state::{RedisState, RedisStateError, Refusal};
 use crate::scripts;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,7 @@ pub enum LockError {
     #[error("{0} already waiting for the lock")]
     LineFull(u64),
     #[error(transparent)]
-    Redis(#[from] GateError),
+    Redis(#[from] RedisStateError),
 }
 
 /// Lease and wait of a lock.
@@ -107,21 +107,20 @@ async fn pause(registration: &Option<Registration>, timeout: Duration) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FencedAdmission {
     Admitted,
-    /// The user already held a slot; nothing was written.
-    Duplicate,
+    /// The user already held a slot, or the waiting room has not let them
+    /// in; nothing was written.
+    Refused(Refusal),
     /// The lock is no longer the caller's; nothing was written.
     Lost,
     /// The request was withdrawn before Redis ran it; nothing was written.
     Withdrawn,
-    /// Not let in by the campaign's waiting room; nothing was written.
-    NotAdmitted,
 }
 
 /// A held lock. Release it with [`LockGuard::release`]; if dropped without,
 /// the watchdog stops and the lease simply runs out.
 #[derive(Debug)]
 pub struct LockGuard {
-    gate: RedisGate,
+    gate: RedisState,
     key: String,
     token: String,
     release: &'static Script,
@@ -137,7 +136,7 @@ pub struct LockGuard {
 impl LockGuard {
     #[allow(clippy::too_many_arguments)]
     fn start(
-        gate: RedisGate,
+        gate: RedisState,
         key: String,
         token: String,
         renew: &'static Script,
@@ -205,7 +204,7 @@ impl LockGuard {
         keys: &CampaignKeys,
         user: &UserId,
         coupon: &CouponId,
-    ) -> Result<FencedAdmission, GateError> {
+    ) -> Result<FencedAdmission, RedisStateError> {
         let room = keys.room();
         let room = room.all();
         let reply: String = self
@@ -231,14 +230,14 @@ impl LockGuard {
             .await?;
         match reply.as_str() {
             "admitted" => Ok(FencedAdmission::Admitted),
-            "duplicate" => Ok(FencedAdmission::Duplicate),
             "withdrawn" => Ok(FencedAdmission::Withdrawn),
-            "not_admitted" => Ok(FencedAdmission::NotAdmitted),
+            "duplicate" => Ok(FencedAdmission::Refused(Refusal::Duplicate)),
+            "not_admitted" => Ok(FencedAdmission::Refused(Refusal::NotAdmitted)),
             "lost" => {
                 self.lost.store(true, Ordering::Release);
                 Ok(FencedAdmission::Lost)
             }
-            other => Err(GateError::Protocol(format!(
+            other => Err(RedisStateError::Protocol(format!(
                 "locked admit replied {other:?}"
             ))),
         }
@@ -256,7 +255,7 @@ impl LockGuard {
     }
 
     /// Releases the lock if still ours. `Ok(false)`: it was not (any more).
-    pub async fn release(self) -> Result<bool, GateError> {
+    pub async fn release(self) -> Result<bool, RedisStateError> {
         self.watchdog.abort();
         let keys: Vec<&str> = self.release_keys.iter().map(String::as_str).collect();
         let released: i64 = self
@@ -283,13 +282,13 @@ impl Drop for LockGuard {
 /// `SET key token NX PX lease` with bounded waiting.
 #[derive(Debug, Clone)]
 pub struct LeaseLock {
-    gate: RedisGate,
+    gate: RedisState,
     timing: LockTiming,
     waker: Option<Arc<LockWaker>>,
 }
 
 impl LeaseLock {
-    pub fn new(gate: RedisGate, timing: LockTiming, waker: Option<Arc<LockWaker>>) -> Self {
+    pub fn new(gate: RedisState, timing: LockTiming, waker: Option<Arc<LockWaker>>) -> Self {
         Self {
             gate,
             timing,
@@ -347,14 +346,14 @@ impl LeaseLock {
 /// the next waiter. A line of `max_waiters` turns newcomers away at once.
 #[derive(Debug, Clone)]
 pub struct FairLock {
-    gate: RedisGate,
+    gate: RedisState,
     timing: LockTiming,
     waker: Option<Arc<LockWaker>>,
     max_waiters: u64,
 }
 
 impl FairLock {
-    pub fn new(gate: RedisGate, timing: LockTiming, waker: Option<Arc<LockWaker>>) -> Self {
+    pub fn new(gate: RedisState, timing: LockTiming, waker: Option<Arc<LockWaker>>) -> Self {
         Self {
             gate,
             timing,
@@ -439,7 +438,7 @@ impl FairLock {
                     u32::try_from(*ahead).unwrap_or(u32::MAX)
                 }
                 other => {
-                    let e = GateError::Protocol(format!("fair lock replied {other:?}"));
+                    let e = RedisStateError::Protocol(format!("fair lock replied {other:?}"));
                     self.cancel(keys, ticket).await;
                     return Err(e.into());
                 }

@@ -7,22 +7,11 @@
 use chrono::{DateTime, Utc};
 use sha1::{Digest, Sha1};
 
-use crate::gate::{GateError, RedisGate};
 use crate::ids::{CampaignId, UserId};
 use crate::keys::CampaignKeys;
+pub use crate::redis_state::RoomRules;
+use crate::redis_state::{RedisState, RedisStateError};
 use crate::scripts;
-
-/// A campaign's waiting room, as configured at its creation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoomRules {
-    /// Positions let in per second.
-    pub admit_per_second: u32,
-    /// How long a let-in user may take to issue before its place expires
-    /// and is given to the next.
-    pub admission_ttl_secs: u32,
-    /// The key of the shuffle of the users who joined before the start.
-    pub shuffle_seed: i64,
-}
 
 /// Where a user stands in a waiting room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +44,7 @@ impl RoomState {
         }
     }
 
-    fn parse(s: &str) -> Result<Self, GateError> {
+    fn parse(s: &str) -> Result<Self, RedisStateError> {
         Ok(match s {
             "none" => Self::None,
             "waiting" => Self::Waiting,
@@ -64,7 +53,7 @@ impl RoomState {
             "issued" => Self::Issued,
             "sold_out" => Self::SoldOut,
             "closed" => Self::Closed,
-            other => return Err(GateError::Protocol(format!("room state {other:?}"))),
+            other => return Err(RedisStateError::Protocol(format!("room state {other:?}"))),
         })
     }
 }
@@ -95,13 +84,13 @@ pub enum RoomReply {
     Missing,
 }
 
-impl RedisGate {
+impl RedisState {
     /// Joins the campaign's waiting room (joining again changes nothing).
     pub async fn join_room(
         &self,
         campaign: &CampaignId,
         user: &UserId,
-    ) -> Result<RoomReply, GateError> {
+    ) -> Result<RoomReply, RedisStateError> {
         self.room_call(campaign, user, "join").await
     }
 
@@ -111,7 +100,7 @@ impl RedisGate {
         &self,
         campaign: &CampaignId,
         user: &UserId,
-    ) -> Result<RoomReply, GateError> {
+    ) -> Result<RoomReply, RedisStateError> {
         self.room_call(campaign, user, "look").await
     }
 
@@ -120,7 +109,7 @@ impl RedisGate {
         campaign: &CampaignId,
         user: &UserId,
         mode: &'static str,
-    ) -> Result<RoomReply, GateError> {
+    ) -> Result<RoomReply, RedisStateError> {
         let keys = CampaignKeys::new(campaign);
         let room = keys.room();
         let reply: Vec<redis::Value> = self
@@ -140,22 +129,26 @@ impl RedisGate {
     }
 }
 
-fn parse_reply(reply: &[redis::Value]) -> Result<RoomReply, GateError> {
-    let text = |v: &redis::Value| -> Result<String, GateError> {
+fn parse_reply(reply: &[redis::Value]) -> Result<RoomReply, RedisStateError> {
+    let text = |v: &redis::Value| -> Result<String, RedisStateError> {
         match v {
             redis::Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
             redis::Value::SimpleString(s) => Ok(s.clone()),
-            other => Err(GateError::Protocol(format!("room reply field {other:?}"))),
+            other => Err(RedisStateError::Protocol(format!(
+                "room reply field {other:?}"
+            ))),
         }
     };
-    let number = |v: &redis::Value| -> Result<i64, GateError> {
+    let number = |v: &redis::Value| -> Result<i64, RedisStateError> {
         match v {
             redis::Value::Int(n) => Ok(*n),
-            other => Err(GateError::Protocol(format!("room reply field {other:?}"))),
+            other => Err(RedisStateError::Protocol(format!(
+                "room reply field {other:?}"
+            ))),
         }
     };
     let Some(first) = reply.first() else {
-        return Err(GateError::Protocol("empty room reply".into()));
+        return Err(RedisStateError::Protocol("empty room reply".into()));
     };
     let state = text(first)?;
     match state.as_str() {
@@ -164,7 +157,7 @@ fn parse_reply(reply: &[redis::Value]) -> Result<RoomReply, GateError> {
         _ => {}
     }
     let [_, position, ahead, until, retry] = reply else {
-        return Err(GateError::Protocol(format!(
+        return Err(RedisStateError::Protocol(format!(
             "room reply of {} fields",
             reply.len()
         )));

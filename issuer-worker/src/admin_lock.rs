@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use common::gate::RedisGate;
 use common::ids::CampaignId;
 use common::keys::CampaignKeys;
 use common::lock::{LeaseLock, LockGuard, LockTiming};
+use common::redis_state::RedisState;
 
-pub async fn acquire(gate: &RedisGate, campaign: &CampaignId) -> anyhow::Result<LockGuard> {
+pub async fn acquire(gate: &RedisState, campaign: &CampaignId) -> anyhow::Result<LockGuard> {
     let lock = LeaseLock::new(
         gate.clone(),
         LockTiming {

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use common::gate::{RecordedState, RedisGate, StatusRecord};
 use common::message::{CouponIssued, DlqReason};
+use common::redis_state::{RecordedState, RedisState, StatusRecord};
 use common::settings::{Settings, WorkerSettings};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -149,7 +149,7 @@ pub struct Worker {
     consumer: StreamConsumer<WorkerContext>,
     db: DatabaseConnection,
     /// Where a user turned away by the stock guard is recorded as `none`.
-    gate: RedisGate,
+    gate: RedisState,
     dead_letters: DeadLetters,
     metrics: WorkerMetrics,
     settings: WorkerSettings,
@@ -188,7 +188,7 @@ impl Worker {
         Ok(Self {
             consumer,
             db,
-            gate: RedisGate::new(&settings.redis, None)?,
+            gate: RedisState::new(&settings.redis, None)?,
             dead_letters: DeadLetters::new(&settings.kafka)?,
             metrics,
             settings: settings.worker.clone(),

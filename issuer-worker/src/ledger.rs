@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use common::gate::RedisGate;
 use common::ids::CampaignId;
+use common::redis_state::RedisState;
 use prometheus::IntGauge;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 
@@ -15,7 +15,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 const WINDOW_DAYS: i32 = 7;
 const EVERY: Duration = Duration::from_secs(15);
 
-pub async fn run(db: DatabaseConnection, gate: RedisGate, issued: IntGauge, persisted: IntGauge) {
+pub async fn run(db: DatabaseConnection, gate: RedisState, issued: IntGauge, persisted: IntGauge) {
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tick.tick().await;
@@ -29,7 +29,7 @@ pub async fn run(db: DatabaseConnection, gate: RedisGate, issued: IntGauge, pers
     }
 }
 
-async fn sample(db: &DatabaseConnection, gate: &RedisGate) -> anyhow::Result<(i64, i64)> {
+async fn sample(db: &DatabaseConnection, gate: &RedisState) -> anyhow::Result<(i64, i64)> {
     let rows = db
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,

@@ -25,8 +25,8 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 use common::entities::campaigns;
-use common::gate::{GateMeta, RedisGate};
 use common::ids::CampaignId;
+use common::redis_state::{CampaignMeta, RedisState};
 use common::settings::Settings;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use serde::Serialize;
@@ -55,7 +55,7 @@ pub async fn run(
         .one(db)
         .await?
         .with_context(|| format!("no campaign {campaign} in PostgreSQL"))?;
-    let gate = RedisGate::new(&settings.redis, None)?;
+    let gate = RedisState::new(&settings.redis, None)?;
     let lock = admin_lock::acquire(&gate, &campaign).await?;
     if gate.is_loaded(&campaign).await? {
         anyhow::ensure!(
@@ -81,7 +81,7 @@ pub async fn run(
     let holders: Vec<String> = rows.iter().chain(pending.iter()).cloned().collect();
 
     gate.replace_holders(&campaign, &holders).await?;
-    let meta = GateMeta {
+    let meta = CampaignMeta {
         stock: row.stock,
         starts_at: row.starts_at,
         ends_at: row.ends_at,

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use common::gate::{RecordedState, RedisGate, StatusRecord};
 use common::ids::{CampaignId, UserId};
+use common::redis_state::{RecordedState, RedisState, StatusRecord};
 use common::settings::Settings;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::Serialize;
@@ -80,7 +80,7 @@ pub async fn run(
     repair: bool,
     patience: Duration,
 ) -> anyhow::Result<ReconcileReport> {
-    let gate = RedisGate::new(&settings.redis, None)?;
+    let gate = RedisState::new(&settings.redis, None)?;
     let lock = admin_lock::acquire(&gate, &campaign).await?;
 
     let snapshot: BTreeSet<String> = gate.holders(&campaign).await?.into_iter().collect();

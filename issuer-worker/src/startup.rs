@@ -31,7 +31,7 @@ impl Application {
         let metrics = WorkerMetrics::new();
         let ledger = tokio::spawn(crate::ledger::run(
             db.clone(),
-            common::gate::RedisGate::new(&settings.redis, None)?,
+            common::redis_state::RedisState::new(&settings.redis, None)?,
             metrics.campaigns_issued.clone(),
             metrics.campaigns_persisted.clone(),
         ));

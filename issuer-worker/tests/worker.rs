@@ -13,6 +13,7 @@ use common::message::{CouponIssued, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER}
 use common::settings::Settings;
 use common::testkit::*;
 use issuer_worker::startup::Application;
+use ngrinder_equivalent::scrape::Scrape;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
@@ -317,8 +318,8 @@ async fn reconcile_repairs_leaked_slots_and_phantom_rows() {
     let settings = settings().await;
     let db = db().await;
     let c = insert_campaign(&db, "reconcile test", 10).await;
-    let gate = common::gate::RedisGate::new(&settings.redis, None).unwrap();
-    let meta = common::gate::GateMeta {
+    let gate = common::redis_state::RedisState::new(&settings.redis, None).unwrap();
+    let meta = common::redis_state::CampaignMeta {
         stock: 10,
         starts_at: Utc::now() - chrono::Duration::minutes(1),
         ends_at: None,
@@ -330,7 +331,7 @@ async fn reconcile_repairs_leaked_slots_and_phantom_rows() {
     let leaky = UserId::parse("leaky").unwrap();
     assert_eq!(
         gate.admit(&c, &leaky, &CouponId::new()).await.unwrap(),
-        common::gate::Admission::Admitted { waited: None }
+        common::redis_state::Admission::Admitted { waited: None }
     );
     // A row whose slot the gate lost.
     let topic = Topic::new(&settings);

@@ -42,13 +42,16 @@ impl CampaignState {
 
 #[derive(Debug, Deserialize)]
 struct CouponPage {
-    coupons: Vec<CouponRow>,
+    coupons: Vec<Coupon>,
     next_after: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct CouponRow {
-    user_id: String,
+/// One persisted coupon, as the coupon listing gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Coupon {
+    pub user_id: String,
+    #[serde(rename = "id")]
+    pub coupon_id: String,
 }
 
 /// What `/readyz` says about the server.
@@ -146,8 +149,8 @@ impl AdminClient {
         Ok(serde_json::from_value(body)?)
     }
 
-    /// Every persisted coupon's user, in the API's order (by user id).
-    pub async fn coupon_users(&self, id: &str) -> anyhow::Result<Vec<String>> {
+    /// Every persisted coupon (user and coupon id), in the API's order (by user id).
+    pub async fn coupons(&self, id: &str) -> anyhow::Result<Vec<Coupon>> {
         let mut users = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -159,7 +162,7 @@ impl AdminClient {
                 request = request.query(&[("after", a.as_str())]);
             }
             let page: CouponPage = serde_json::from_value(self.read_json(request).await?)?;
-            users.extend(page.coupons.into_iter().map(|c| c.user_id));
+            users.extend(page.coupons);
             match page.next_after {
                 Some(next) => after = Some(next),
                 None => return Ok(users),

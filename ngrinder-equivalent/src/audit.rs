@@ -2,7 +2,8 @@
 //! drained,
 //! - rows ≤ stock;
 //! - no duplicate (campaign, user);
-//! - every user answered `accepted` has a row;
+//! - every user answered `accepted` has a row, and a reply that named a
+//!   coupon id named that user's row's;
 //! - every row belongs to a user answered accepted, pending or queued;
 //! - the gate's count equals the rows;
 //! - when demand exceeded stock and nothing failed, rows == stock.
@@ -23,7 +24,7 @@ use futures::StreamExt;
 use rand::seq::IteratorRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::admin::AdminClient;
+use crate::admin::{AdminClient, Coupon};
 use crate::stats::Outcome;
 use crate::token::Minter;
 
@@ -51,6 +52,9 @@ pub struct AuditReport {
     pub lost_examples: Vec<String>,
     pub phantoms: u64,
     pub phantom_examples: Vec<String>,
+    /// Replies that named another coupon id than their user's row's.
+    #[serde(default)]
+    pub wrong_ids: u64,
     /// The worker had not caught up when the audit gave up waiting.
     pub drained: bool,
     pub waited_secs: f64,
@@ -171,10 +175,13 @@ pub struct Evidence<'a> {
     pub stock: i64,
     pub gate_count: Option<i64>,
     pub persisted_column: i64,
-    /// Users of the persisted rows (duplicates included, if any).
-    pub rows: &'a [String],
+    /// The persisted rows (duplicates included, if any).
+    pub rows: &'a [Coupon],
     /// Every promised user with its answer.
     pub promised: &'a BTreeMap<String, Outcome>,
+    /// The coupon id each promised user's reply named, where it was kept
+    /// (the tests keep every reply; the load generator keeps outcomes only).
+    pub named: &'a BTreeMap<String, String>,
     /// Final states of followed deferred users.
     pub finals: &'a BTreeMap<String, String>,
     /// Some request was refused for lack of stock.
@@ -186,7 +193,7 @@ pub struct Evidence<'a> {
 
 /// Applies the rules; pure, so that it can be tested on planted faults.
 pub fn judge(e: &Evidence<'_>) -> AuditReport {
-    let distinct: BTreeSet<&str> = e.rows.iter().map(String::as_str).collect();
+    let distinct: BTreeSet<&str> = e.rows.iter().map(|r| r.user_id.as_str()).collect();
     let accepted: Vec<&str> = e
         .promised
         .iter()
@@ -210,6 +217,12 @@ pub fn judge(e: &Evidence<'_>) -> AuditReport {
         .filter(|u| !e.promised.contains_key(**u))
         .copied()
         .collect();
+    let wrong_ids: Vec<&str> = e
+        .rows
+        .iter()
+        .filter(|r| e.named.get(&r.user_id).is_some_and(|n| *n != r.coupon_id))
+        .map(|r| r.user_id.as_str())
+        .collect();
     let rows = e.rows.len() as u64;
     let mut failures = Vec::new();
     if rows as i64 > e.stock {
@@ -228,6 +241,13 @@ pub fn judge(e: &Evidence<'_>) -> AuditReport {
         failures.push(format!(
             "{} rows of users never promised one",
             phantoms.len()
+        ));
+    }
+    if !wrong_ids.is_empty() {
+        failures.push(format!(
+            "{} replies named another coupon id than their row's (e.g. {:?})",
+            wrong_ids.len(),
+            &wrong_ids[..wrong_ids.len().min(EXAMPLES)]
         ));
     }
     if e.gate_count != Some(rows as i64) {
@@ -289,6 +309,7 @@ pub fn judge(e: &Evidence<'_>) -> AuditReport {
             .take(EXAMPLES)
             .map(|s| (*s).to_owned())
             .collect(),
+        wrong_ids: wrong_ids.len() as u64,
         drained: e.drained,
         waited_secs: 0.0,
         room: None,
@@ -362,13 +383,14 @@ pub async fn run(
     }
 
     let c = admin.campaign(campaign).await?;
-    let rows = admin.coupon_users(campaign).await?;
+    let rows = admin.coupons(campaign).await?;
     let mut report = judge(&Evidence {
         stock: c.stock,
         gate_count: c.issued,
         persisted_column: c.persisted,
         rows: &rows,
         promised,
+        named: &BTreeMap::new(),
         finals: &finals,
         sold_out_seen,
         failures_seen,
@@ -386,13 +408,21 @@ mod tests {
         pairs.iter().map(|(u, o)| ((*u).to_owned(), *o)).collect()
     }
 
-    fn rows(users: &[&str]) -> Vec<String> {
-        users.iter().map(|u| (*u).to_owned()).collect()
+    fn rows(users: &[&str]) -> Vec<Coupon> {
+        users
+            .iter()
+            .map(|u| Coupon {
+                user_id: (*u).to_owned(),
+                coupon_id: format!("coupon-of-{u}"),
+            })
+            .collect()
     }
+
+    const NOTHING_NAMED: &BTreeMap<String, String> = &BTreeMap::new();
 
     fn evidence<'a>(
         stock: i64,
-        rows: &'a [String],
+        rows: &'a [Coupon],
         promised: &'a BTreeMap<String, Outcome>,
         finals: &'a BTreeMap<String, String>,
     ) -> Evidence<'a> {
@@ -402,6 +432,7 @@ mod tests {
             persisted_column: rows.len() as i64,
             rows,
             promised,
+            named: NOTHING_NAMED,
             finals,
             sold_out_seen: false,
             failures_seen: false,
@@ -455,6 +486,22 @@ mod tests {
         let r = rows(&[]);
         let report = judge(&evidence(5, &r, &p, &finals));
         assert_eq!(report.lost, 1, "{report:?}");
+    }
+
+    #[test]
+    fn a_reply_naming_another_coupon_than_the_row_fails() {
+        let p = promised(&[("a", Outcome::Accepted), ("b", Outcome::Pending)]);
+        let r = rows(&["a", "b"]);
+        let named = BTreeMap::from([
+            ("a".to_owned(), "coupon-of-a".to_owned()),
+            ("b".to_owned(), "coupon-of-someone-else".to_owned()),
+        ]);
+        let finals = BTreeMap::new();
+        let mut e = evidence(5, &r, &p, &finals);
+        e.named = &named;
+        let report = judge(&e);
+        assert_eq!(report.wrong_ids, 1, "{report:?}");
+        assert!(!report.passed);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::charts::{self, Series};
+use crate::charts::{self, Scale, Series};
 use crate::procs;
 use crate::report::RunResult;
 use crate::run::{RunRequest, perform};
@@ -127,6 +127,62 @@ pub struct Environment {
     pub state_dir: PathBuf,
     pub redis_url: String,
     pub threads: usize,
+    pub ports: StackPorts,
+}
+
+/// The ports `scripts/stack` puts its api instances, HAProxy and the worker
+/// on: its own variables and defaults, read the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackPorts {
+    /// The first api instance's; the others follow it.
+    pub api_base: u16,
+    pub balancer: u16,
+    pub worker: u16,
+}
+
+impl StackPorts {
+    /// `COUPON_API_BASE_PORT` (8081), `COUPON_LB_PORT` (8080),
+    /// `COUPON_WORKER_PORT` (9100), as `scripts/stack` reads them.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let port = |name: &str, default: u16| -> anyhow::Result<u16> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .parse()
+                    .with_context(|| format!("{name}={v:?} is not a port")),
+                Err(_) => Ok(default),
+            }
+        };
+        Ok(Self {
+            api_base: port("COUPON_API_BASE_PORT", 8081)?,
+            balancer: port("COUPON_LB_PORT", 8080)?,
+            worker: port("COUPON_WORKER_PORT", 9100)?,
+        })
+    }
+
+    pub fn instance_url(&self, i: u32) -> String {
+        format!("http://127.0.0.1:{}", u32::from(self.api_base) + i)
+    }
+
+    pub fn instance_urls(&self, instances: u32) -> Vec<String> {
+        (0..instances).map(|i| self.instance_url(i)).collect()
+    }
+
+    pub fn balancer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.balancer)
+    }
+
+    pub fn worker_metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.worker)
+    }
+}
+
+/// What `stack_up` does with the broker's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerState {
+    /// Kept as it is.
+    Kept,
+    /// Emptied first (`--fresh-broker`; see [`Plan::fresh_broker`]).
+    Emptied,
 }
 
 /// The admin token and JWT secret: the environment's, else the stack's.
@@ -157,13 +213,12 @@ pub fn stack_secrets(state_dir: &Path) -> anyhow::Result<(String, String)> {
 }
 
 /// `scripts/stack up` with the cell's instances, strategy and broker.
-/// `fresh` empties the broker first (see [`Plan::fresh_broker`]).
 pub fn stack_up(
     env: &Environment,
     instances: u32,
     strategy: &str,
     broker: &str,
-    fresh: bool,
+    data: BrokerState,
 ) -> anyhow::Result<()> {
     let mut cmd = std::process::Command::new(&env.stack);
     cmd.args([
@@ -174,7 +229,7 @@ pub fn stack_up(
         strategy,
     ]);
     cmd.args(["--broker", broker]);
-    if fresh {
+    if data == BrokerState::Emptied {
         cmd.arg("--fresh-broker");
     }
     let status = cmd.stdout(std::process::Stdio::null()).status()?;
@@ -226,13 +281,11 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
     for &instances in &plan.instances {
         for strategy in &plan.strategies {
             eprintln!("== stack: {instances} instances, {strategy}");
-            stack_up(env, instances, strategy, &plan.broker, false)?;
+            stack_up(env, instances, strategy, &plan.broker, BrokerState::Kept)?;
             let (admin_token, jwt_secret) = secrets(&env.state_dir)?;
-            let instance_urls: Vec<String> = (0..instances)
-                .map(|i| format!("http://127.0.0.1:{}", 8081 + i))
-                .collect();
+            let instance_urls = env.ports.instance_urls(instances);
             let targets = if plan.spread == "balancer" {
-                vec!["http://127.0.0.1:8080".to_owned()]
+                vec![env.ports.balancer_url()]
             } else {
                 instance_urls.clone()
             };
@@ -249,7 +302,7 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                     };
                     eprintln!("== cell {cell}/{}: {label}", plan.cells());
                     if plan.fresh_broker {
-                        stack_up(env, instances, strategy, &plan.broker, true)?;
+                        stack_up(env, instances, strategy, &plan.broker, BrokerState::Emptied)?;
                     }
                     let spec = RunSpec {
                         label: label.clone(),
@@ -565,19 +618,23 @@ fn draw_charts(out: &Path, results: &[RunResult]) -> anyhow::Result<()> {
                 .map(|(name, points)| Series { name, points })
                 .collect()
         };
+        let tps = to_series(tps);
         charts::lines(
             &out.join(format!("tps-by-vusers-i{n}.png")),
             &format!("TPS by vusers, {n} instances"),
             "vusers",
             "TPS",
-            &to_series(tps),
+            Scale::fitting(&tps),
+            &tps,
         )?;
+        let p99 = to_series(p99);
         charts::lines(
             &out.join(format!("p99-by-vusers-i{n}.png")),
             &format!("p99 by vusers, {n} instances"),
             "vusers",
             "p99 (ms)",
-            &to_series(p99),
+            Scale::fitting(&p99),
+            &p99,
         )?;
         let strategies: std::collections::BTreeSet<&String> =
             cells.keys().filter(|k| k.1 == n).map(|k| &k.0).collect();
@@ -587,9 +644,11 @@ fn draw_charts(out: &Path, results: &[RunResult]) -> anyhow::Result<()> {
                 .filter(|((s, i, _), _)| s == strategy && *i == n)
                 .map(|((_, _, vusers), runs)| Series {
                     name: format!("{vusers} vusers"),
+                    // The last sample covers only part of a second.
                     points: runs[0]
                         .samples
                         .iter()
+                        .take(runs[0].samples.len().saturating_sub(1))
                         .map(|s| (s.t as f64, s.tps))
                         .collect(),
                 })
@@ -599,6 +658,7 @@ fn draw_charts(out: &Path, results: &[RunResult]) -> anyhow::Result<()> {
                 &format!("TPS over time, {strategy}, {n} instances"),
                 "seconds (negative: warm-up)",
                 "TPS",
+                Scale::fitting(&series),
                 &series,
             )?;
         }

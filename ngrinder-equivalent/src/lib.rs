@@ -15,6 +15,7 @@
 //!   baselines side by side, and [`procs`], the CPU and memory of the
 //!   stack's processes during a run.
 //! - [`compare`] — results side by side with verdicts.
+//! - [`scrape`] — a `/metrics` page read back (also the tests' reader).
 
 pub mod admin;
 pub mod audit;
@@ -27,6 +28,7 @@ pub mod load;
 pub mod procs;
 pub mod report;
 pub mod run;
+pub mod scrape;
 pub mod seed;
 pub mod spec;
 pub mod stats;

@@ -178,13 +178,14 @@ struct StackArgs {
 }
 
 impl StackArgs {
-    fn environment(self, threads: usize) -> Environment {
-        Environment {
+    fn environment(self, threads: usize) -> anyhow::Result<Environment> {
+        Ok(Environment {
             stack: self.stack,
             state_dir: self.stack_state,
             redis_url: self.redis_url,
             threads,
-        }
+            ports: ngrinder_equivalent::experiment::StackPorts::from_env()?,
+        })
     }
 }
 
@@ -334,7 +335,7 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
                 plan.repeats = repeats;
             }
             let out = report_dir(a.out, "experiments");
-            let env = a.stack.environment(threads);
+            let env = a.stack.environment(threads)?;
             let passed = experiment::run(&plan, &env, &out).await?;
             println!("{}", std::fs::read_to_string(out.join("report.md"))?);
             println!("report: {}", out.display());
@@ -348,7 +349,7 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
             };
             plan.brokers = a.brokers;
             let out = report_dir(a.out, "bench");
-            let env = a.stack.environment(threads);
+            let env = a.stack.environment(threads)?;
             let passed = bench::run(&plan, &env, &out).await?;
             println!("{}", std::fs::read_to_string(out.join("bench.md"))?);
             println!("report: {}", out.display());

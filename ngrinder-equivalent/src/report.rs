@@ -10,7 +10,7 @@ use crate::admin::ServerInfo;
 use crate::audit::AuditReport;
 use crate::load::{ClientUse, RoomFigures};
 use crate::spec::{RunSpec, Spread};
-use crate::stats::{Sample, Summary};
+use crate::stats::{Outcome, Sample, Summary};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunResult {
@@ -60,7 +60,8 @@ impl RunResult {
         self.audit.as_ref().is_none_or(|a| a.passed)
     }
 
-    /// Writes `<stem>.json` and `<stem>.csv` into `dir`.
+    /// Writes `<stem>.json`, `<stem>.csv` and the run's charts
+    /// (`<stem>-tps.png`, `-latency.png`, `-errors.png`) into `dir`.
     pub fn write(&self, dir: &Path, stem: &str) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(
@@ -68,6 +69,7 @@ impl RunResult {
             serde_json::to_vec_pretty(self)?,
         )?;
         std::fs::write(dir.join(format!("{stem}.csv")), samples_csv(&self.samples))?;
+        crate::charts::run_charts(dir, stem, &self.samples)?;
         Ok(())
     }
 
@@ -118,6 +120,20 @@ impl RunResult {
             out,
             "latency (tests, µs): p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us
+        );
+        let _ = writeln!(
+            out,
+            "latency (every request, errors included, µs): p50 {}  p99 {}  p99.9 {}  max {}{}",
+            s.all_p50_us,
+            s.all_p99_us,
+            s.all_p999_us,
+            s.all_max_us,
+            match self.spec.model {
+                crate::spec::LoadModel::Open { .. } =>
+                    " (from each send's intended time: coordinated omission corrected)",
+                crate::spec::LoadModel::Closed { .. } =>
+                    " (closed model: not corrected for coordinated omission)",
+            }
         );
         if let Some(room) = &self.room {
             let _ = writeln!(
@@ -197,15 +213,36 @@ impl RunResult {
     }
 }
 
-/// `t,vusers,tests,errors,mean_ms,tps,p99_ms`, one line per sample.
+/// `t,vusers,tests,errors,mean_ms,tps,p50_ms,p99_ms,p999_ms,all_p99_ms`,
+/// then a count per outcome (`accepted`, `sold_out`, `timeout`...), one line
+/// per sample.
 pub fn samples_csv(samples: &[Sample]) -> String {
-    let mut out = String::from("t,vusers,tests,errors,mean_ms,tps,p99_ms\n");
+    let mut out =
+        String::from("t,vusers,tests,errors,mean_ms,tps,p50_ms,p99_ms,p999_ms,all_p99_ms");
+    for o in Outcome::ALL {
+        out.push(',');
+        out.push_str(o.as_str());
+    }
+    out.push('\n');
     for s in samples {
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "{},{},{},{},{:.3},{:.1},{:.3}",
-            s.t, s.vusers, s.tests, s.errors, s.mean_ms, s.tps, s.p99_ms
+            "{},{},{},{},{:.3},{:.1},{:.3},{:.3},{:.3},{:.3}",
+            s.t,
+            s.vusers,
+            s.tests,
+            s.errors,
+            s.mean_ms,
+            s.tps,
+            s.p50_ms,
+            s.p99_ms,
+            s.p999_ms,
+            s.all_p99_ms
         );
+        for i in 0..Outcome::ALL.len() {
+            let _ = write!(out, ",{}", s.outcomes.get(i).copied().unwrap_or(0));
+        }
+        out.push('\n');
     }
     out
 }
@@ -216,6 +253,9 @@ mod tests {
 
     #[test]
     fn csv_has_a_header_and_a_line_per_sample() {
+        let mut outcomes = vec![0; Outcome::ALL.len()];
+        outcomes[1] = 100;
+        outcomes[Outcome::ALL.len() - 1] = 1;
         let csv = samples_csv(&[Sample {
             t: -1,
             vusers: 10,
@@ -223,10 +263,24 @@ mod tests {
             errors: 1,
             mean_ms: 1.5,
             tps: 100.0,
+            p50_ms: 1.25,
             p99_ms: 3.25,
+            p999_ms: 4.5,
+            all_p99_ms: 5.0,
+            outcomes,
         }]);
         let lines: Vec<&str> = csv.lines().collect();
-        assert_eq!(lines[0], "t,vusers,tests,errors,mean_ms,tps,p99_ms");
-        assert_eq!(lines[1], "-1,10,100,1,1.500,100.0,3.250");
+        assert!(
+            lines[0].starts_with(
+                "t,vusers,tests,errors,mean_ms,tps,p50_ms,p99_ms,p999_ms,all_p99_ms,ok,accepted,"
+            ),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].ends_with(",timeout,connection"), "{}", lines[0]);
+        assert_eq!(
+            lines[1],
+            "-1,10,100,1,1.500,100.0,1.250,3.250,4.500,5.000,0,100,0,0,0,0,0,0,0,0,0,0,0,0,1"
+        );
     }
 }

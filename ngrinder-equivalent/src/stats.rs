@@ -9,7 +9,13 @@
 //! - *Peak TPS* is the highest TPS of any 2 s window of 1 s samples (the
 //!   seed's nGrinder tables report a 1-sample maximum).
 //! - Latency percentiles come from an HdrHistogram in microseconds, also
-//!   over tests only.
+//!   over tests only, as nGrinder shows them; beside them, the same
+//!   percentiles over every request (errors included: a timeout counts its
+//!   wait, a refused connection its time to fail), which is what a user
+//!   sees. The open model measures from each send's intended time
+//!   (coordinated omission corrected); the closed model does not (a vuser
+//!   waiting for a slow reply sends nothing meanwhile, so a stall shows in
+//!   fewer requests rather than in higher percentiles).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -147,7 +153,10 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
 /// One interval's worth of measurements.
 #[derive(Debug)]
 struct Interval {
+    /// Tests only.
     latency: Histogram<u64>,
+    /// Every request, errors included.
+    every: Histogram<u64>,
     latency_sum_us: u64,
     outcomes: [u64; Outcome::ALL.len()],
 }
@@ -156,6 +165,7 @@ impl Default for Interval {
     fn default() -> Self {
         Self {
             latency: new_histogram(),
+            every: new_histogram(),
             latency_sum_us: 0,
             outcomes: [0; Outcome::ALL.len()],
         }
@@ -182,8 +192,9 @@ impl Recorder {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.outcomes[outcome.index()] += 1;
+        let us = (latency.as_micros() as u64).max(1);
+        let _ = s.every.record(us);
         if outcome.error_kind().is_none() {
-            let us = (latency.as_micros() as u64).max(1);
             s.latency_sum_us += us;
             let _ = s.latency.record(us);
         }
@@ -199,6 +210,7 @@ impl Recorder {
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
             );
             let _ = merged.latency.add(&taken.latency);
+            let _ = merged.every.add(&taken.every);
             merged.latency_sum_us += taken.latency_sum_us;
             for (m, t) in merged.outcomes.iter_mut().zip(taken.outcomes) {
                 *m += t;
@@ -209,7 +221,7 @@ impl Recorder {
 }
 
 /// One row of the per-sample CSV.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Sample {
     /// Seconds since the start of measurement (negative during warm-up).
     pub t: i64,
@@ -218,7 +230,18 @@ pub struct Sample {
     pub errors: u64,
     pub mean_ms: f64,
     pub tps: f64,
+    /// Percentiles of the sample's tests.
+    #[serde(default)]
+    pub p50_ms: f64,
     pub p99_ms: f64,
+    #[serde(default)]
+    pub p999_ms: f64,
+    /// p99 of every request of the sample, errors included.
+    #[serde(default)]
+    pub all_p99_ms: f64,
+    /// Requests by outcome, in the order of [`Outcome::ALL`].
+    #[serde(default)]
+    pub outcomes: Vec<u64>,
 }
 
 /// Accumulates samples and the run's totals.
@@ -251,6 +274,13 @@ impl Collector {
             .sum();
         let errors = interval.outcomes.iter().sum::<u64>() - tests;
         let secs = length.as_secs_f64().max(1e-9);
+        let ms_at = |h: &Histogram<u64>, q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64 / 1000.0
+            }
+        };
         let sample = Sample {
             t,
             vusers,
@@ -262,14 +292,15 @@ impl Collector {
                 0.0
             },
             tps: tests as f64 / secs,
-            p99_ms: if tests > 0 {
-                interval.latency.value_at_quantile(0.99) as f64 / 1000.0
-            } else {
-                0.0
-            },
+            p50_ms: ms_at(&interval.latency, 0.50),
+            p99_ms: ms_at(&interval.latency, 0.99),
+            p999_ms: ms_at(&interval.latency, 0.999),
+            all_p99_ms: ms_at(&interval.every, 0.99),
+            outcomes: interval.outcomes.to_vec(),
         };
         if t >= 0 {
             let _ = self.total.latency.add(&interval.latency);
+            let _ = self.total.every.add(&interval.every);
             self.total.latency_sum_us += interval.latency_sum_us;
             for (m, o) in self.total.outcomes.iter_mut().zip(interval.outcomes) {
                 *m += o;
@@ -302,6 +333,14 @@ impl Collector {
         let secs = self.measured.as_secs_f64();
         let h = &self.total.latency;
         let q = |p: f64| if tests > 0 { h.value_at_quantile(p) } else { 0 };
+        let every = &self.total.every;
+        let all = |p: f64| {
+            if every.is_empty() {
+                0
+            } else {
+                every.value_at_quantile(p)
+            }
+        };
         let measured: Vec<&Sample> = self.samples.iter().filter(|s| s.t >= 0).collect();
         Summary {
             measured_secs: secs,
@@ -322,6 +361,10 @@ impl Collector {
             p99_us: q(0.99),
             p999_us: q(0.999),
             max_us: if tests > 0 { h.max() } else { 0 },
+            all_p50_us: all(0.50),
+            all_p99_us: all(0.99),
+            all_p999_us: all(0.999),
+            all_max_us: if every.is_empty() { 0 } else { every.max() },
         }
     }
 }
@@ -356,6 +399,15 @@ pub struct Summary {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
+    /// The same percentiles over every request, errors included.
+    #[serde(default)]
+    pub all_p50_us: u64,
+    #[serde(default)]
+    pub all_p99_us: u64,
+    #[serde(default)]
+    pub all_p999_us: u64,
+    #[serde(default)]
+    pub all_max_us: u64,
 }
 
 #[cfg(test)]
@@ -441,11 +493,8 @@ mod tests {
         let sample = |tps| Sample {
             t: 0,
             vusers: 1,
-            tests: 0,
-            errors: 0,
-            mean_ms: 0.0,
             tps,
-            p99_ms: 0.0,
+            ..Sample::default()
         };
         let s = [
             sample(10.0),
@@ -474,5 +523,30 @@ mod tests {
         assert!(near(s.p90_us, 900_000), "{}", s.p90_us);
         assert!(near(s.p99_us, 990_000), "{}", s.p99_us);
         assert!(near(s.max_us, 1_000_000), "{}", s.max_us);
+    }
+
+    #[test]
+    fn every_request_percentiles_include_the_errors_a_user_waited_for() {
+        let recorder = Recorder::new(1);
+        let mut c = Collector::default();
+        // 980 fast tests and 20 timeouts of 5 s: the tests' p99 stays fast,
+        // every request's p99 is the timeout.
+        for _ in 0..980 {
+            recorder.record(0, Outcome::Accepted, ms(2));
+        }
+        for _ in 0..20 {
+            recorder.record(0, Outcome::Timeout, ms(5_000));
+        }
+        let sample = c.sample(&recorder, 0, Duration::from_secs(1), 1);
+        let s = c.summary();
+        assert!(s.p99_us < 3_000, "{}", s.p99_us);
+        assert!(s.all_p99_us >= 4_990_000, "{}", s.all_p99_us);
+        assert!(s.all_p50_us < 3_000, "{}", s.all_p50_us);
+        assert!(
+            sample.p99_ms < 3.0 && sample.all_p99_ms >= 4_990.0,
+            "{sample:?}"
+        );
+        assert_eq!(sample.outcomes[Outcome::Accepted as usize], 980);
+        assert_eq!(sample.outcomes[Outcome::Timeout as usize], 20);
     }
 }

@@ -4,8 +4,8 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use common::gate::RecordedState;
 use common::ids::UserId;
+use common::redis_state::RecordedState;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -14,9 +14,9 @@ use super::campaign_id;
 use crate::auth::Authenticator;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use crate::strategy::Issued;
+use crate::strategy::Acceptance;
 
-/// The outcome of a 202 issue reply: the words of `Issued::outcome`, which
+/// The outcome of a 202 issue reply: the words of `Acceptance::outcome`, which
 /// the metrics use (a test keeps the two equal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -30,11 +30,11 @@ pub enum IssueOutcome {
 }
 
 impl IssueOutcome {
-    fn of(issued: Issued) -> Self {
+    fn of(issued: Acceptance) -> Self {
         match issued {
-            Issued::Accepted(_) => Self::Accepted,
-            Issued::Pending(_) => Self::Pending,
-            Issued::Queued => Self::Queued,
+            Acceptance::Accepted(_) => Self::Accepted,
+            Acceptance::Pending(_) => Self::Pending,
+            Acceptance::Queued => Self::Queued,
         }
     }
 }
@@ -116,14 +116,18 @@ fn count_outcome(state: &AppState, outcome: &str) {
         .inc();
 }
 
-async fn issue_as(req: &HttpRequest, state: &AppState, user: UserId) -> Result<Issued, ApiError> {
+async fn issue_as(
+    req: &HttpRequest,
+    state: &AppState,
+    user: UserId,
+) -> Result<Acceptance, ApiError> {
     let campaign = campaign_id(req)?;
     state.limiter.check(&user).map_err(ApiError::rate_limited)?;
     // Admit, produce and settle run to their end on a tracked task: a slot
     // is never left half-taken because the client went away.
     let strategy = state.strategy.clone();
     let issued = state
-        .pipeline
+        .issuance
         .run_to_end(async move { strategy.issue(campaign, user).await })
         .await
         .ok_or_else(|| ApiError::unavailable("the issue request failed; retry later"))?;
@@ -224,8 +228,7 @@ pub async fn my_coupon(
             ..MyCoupon::state(CouponState::Issued)
         }));
     }
-    let gate = &state.pipeline.gate;
-    if let Some(record) = gate.status(&campaign, &user).await? {
+    if let Some(record) = state.redis.status(&campaign, &user).await? {
         let name = match record.state {
             RecordedState::Queued => CouponState::Queued,
             RecordedState::Pending => CouponState::Pending,
@@ -240,7 +243,7 @@ pub async fn my_coupon(
             ..MyCoupon::state(name)
         }));
     }
-    let holds = gate.holds_slot(&campaign, &user).await?;
+    let holds = state.redis.holds_slot(&campaign, &user).await?;
     Ok(HttpResponse::Ok().json(MyCoupon::state(if holds {
         CouponState::Pending
     } else {
@@ -256,7 +259,11 @@ mod tests {
     #[test]
     fn reply_outcomes_are_the_words_the_metrics_count() {
         let id = CouponId::new();
-        for issued in [Issued::Accepted(id), Issued::Pending(id), Issued::Queued] {
+        for issued in [
+            Acceptance::Accepted(id),
+            Acceptance::Pending(id),
+            Acceptance::Queued,
+        ] {
             assert_eq!(
                 serde_json::to_value(IssueOutcome::of(issued)).unwrap(),
                 issued.outcome()

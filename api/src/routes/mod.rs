@@ -2,6 +2,9 @@
 //! `outcome`; extractor failures (bad JSON, wrong content type, oversized
 //! bodies, bad query strings) are mapped here to the contract's statuses
 //! instead of actix's defaults.
+//!
+//! `openapi` builds the OpenAPI document from the handlers' annotations
+//! (served at `/openapi.json`, read by `/docs`).
 
 use actix_web::dev::Service;
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
@@ -12,6 +15,7 @@ use crate::error::ApiError;
 pub mod campaigns;
 pub mod docs;
 pub mod issue;
+pub mod openapi;
 pub mod ops;
 pub mod queue;
 

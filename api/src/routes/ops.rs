@@ -51,7 +51,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     state
         .metrics
         .producer_queue
-        .set(i64::from(state.pipeline.producer.in_flight()));
+        .set(i64::from(state.producer.in_flight()));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(common::metrics::render(&state.metrics.registry))
@@ -60,5 +60,5 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 /// The OpenAPI document of this api.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "This document")))]
 pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(<crate::openapi::ApiDoc as utoipa::OpenApi>::openapi())
+    HttpResponse::Ok().json(<super::openapi::ApiDoc as utoipa::OpenApi>::openapi())
 }

@@ -186,10 +186,9 @@ async fn room_call(
     user: &UserId,
     call: Call,
 ) -> Result<RoomView, ApiError> {
-    let gate = &state.pipeline.gate;
     let reply = match call {
-        Call::Join => gate.join_room(campaign, user).await,
-        Call::Look => gate.look_in_room(campaign, user).await,
+        Call::Join => state.redis.join_room(campaign, user).await,
+        Call::Look => state.redis.look_in_room(campaign, user).await,
     }?;
     let label = match &reply {
         RoomReply::View(view) => view.state.as_str(),
@@ -204,7 +203,7 @@ async fn room_call(
     match reply {
         RoomReply::View(view) => Ok(view),
         RoomReply::NoRoom => Err(ApiError::NoWaitingRoom),
-        RoomReply::Missing => Err(match state.pipeline.classify_missing(campaign).await {
+        RoomReply::Missing => Err(match state.issuance.classify_missing(campaign).await {
             IssueError::UnknownCampaign => ApiError::UnknownCampaign,
             other => other.into(),
         }),

@@ -25,14 +25,14 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::gate::{QueueMark, RecordedState};
 use common::ids::{CampaignId, UserId};
+use common::redis_state::{QueueMark, RecordedState};
 use common::settings::QueueSettings;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::pipeline::redis_unavailable;
-use super::{IssueError, Issued, Pipeline, Refusal};
+use super::issuance::redis_unavailable;
+use super::{Acceptance, Issuance, IssueError, Refusal};
 
 #[derive(Debug)]
 struct Job {
@@ -42,7 +42,7 @@ struct Job {
 
 #[derive(Debug)]
 pub struct AsyncQueueStrategy {
-    pipeline: Arc<Pipeline>,
+    issuance: Arc<Issuance>,
     /// Dropped (set to `None`) on shutdown, which closes the queue.
     sender: RwLock<Option<mpsc::Sender<Job>>>,
     receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
@@ -76,39 +76,39 @@ fn lock(waiting: &Waiting) -> std::sync::MutexGuard<'_, HashSet<(CampaignId, Use
 
 impl AsyncQueueStrategy {
     /// Creates the queue and starts its consumers on the current runtime.
-    pub fn start(pipeline: Arc<Pipeline>, settings: &QueueSettings) -> Self {
+    pub fn start(issuance: Arc<Issuance>, settings: &QueueSettings) -> Self {
         let (sender, receiver) = mpsc::channel(settings.capacity.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         let stopping = Arc::new(AtomicBool::new(false));
         let waiting: Waiting = Arc::default();
         for _ in 0..settings.consumers.max(1) {
-            let (pipeline2, receiver, stopping, waiting) = (
-                pipeline.clone(),
+            let (issuance2, receiver, stopping, waiting) = (
+                issuance.clone(),
                 receiver.clone(),
                 stopping.clone(),
                 waiting.clone(),
             );
-            pipeline.spawn(async move {
+            issuance.spawn(async move {
                 loop {
                     if stopping.load(Ordering::Acquire) {
                         return;
                     }
                     let job = receiver.lock().await.recv().await;
                     let Some(job) = job else { return };
-                    pipeline2.metrics.queue_depth.dec();
-                    process(&pipeline2, job, &waiting).await;
+                    issuance2.metrics.queue_depth.dec();
+                    process(&issuance2, job, &waiting).await;
                 }
             });
         }
         let renewals = CancellationToken::new();
-        pipeline.spawn(renew_marks(
-            pipeline.clone(),
+        issuance.spawn(renew_marks(
+            issuance.clone(),
             waiting.clone(),
             settings.mark_ttl_secs,
             renewals.clone(),
         ));
         Self {
-            pipeline,
+            issuance,
             sender: RwLock::new(Some(sender)),
             receiver,
             stopping,
@@ -119,16 +119,20 @@ impl AsyncQueueStrategy {
         }
     }
 
-    pub async fn issue(&self, campaign: CampaignId, user: UserId) -> Result<Issued, IssueError> {
-        let gate = &self.pipeline.gate;
-        match gate
+    pub async fn issue(
+        &self,
+        campaign: CampaignId,
+        user: UserId,
+    ) -> Result<Acceptance, IssueError> {
+        let redis = &self.issuance.redis;
+        match redis
             .mark_queued(&campaign, &user, self.mark_ttl_secs)
             .await
             .map_err(redis_unavailable)?
         {
             QueueMark::Queued => {}
             QueueMark::Duplicate => return Err(IssueError::Refused(Refusal::Duplicate)),
-            QueueMark::Missing => return Err(self.pipeline.classify_missing(&campaign).await),
+            QueueMark::Missing => return Err(self.issuance.classify_missing(&campaign).await),
         }
         lock(&self.waiting).insert((campaign, user.clone()));
         let sender = self
@@ -159,13 +163,13 @@ impl AsyncQueueStrategy {
             };
         match sent {
             Ok(()) => {
-                self.pipeline.metrics.queue_depth.inc();
-                Ok(Issued::Queued)
+                self.issuance.metrics.queue_depth.inc();
+                Ok(Acceptance::Queued)
             }
             Err(e) => {
                 lock(&self.waiting).remove(&(campaign, user.clone()));
                 // Not queued: take the mark back so the user may retry.
-                if let Err(e) = gate.clear_status(&campaign, &user).await {
+                if let Err(e) = redis.clear_status(&campaign, &user).await {
                     tracing::warn!(campaign.id = %campaign, error = %e, "queued mark left behind");
                 }
                 let why = match e {
@@ -194,7 +198,7 @@ impl AsyncQueueStrategy {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        while self.pipeline.metrics.queue_depth.get() > 0 && Instant::now() < deadline {
+        while self.issuance.metrics.queue_depth.get() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.stopping.store(true, Ordering::Release);
@@ -202,8 +206,8 @@ impl AsyncQueueStrategy {
         let mut receiver = self.receiver.lock().await;
         let mut rejected = 0;
         while let Ok(job) = receiver.try_recv() {
-            self.pipeline.metrics.queue_depth.dec();
-            self.pipeline
+            self.issuance.metrics.queue_depth.dec();
+            self.issuance
                 .record(
                     &job.campaign,
                     &job.user,
@@ -227,7 +231,7 @@ impl AsyncQueueStrategy {
 /// until `stop`. Best effort: a failed renewal is retried at the next tick,
 /// and a mark lost meanwhile only shows `none` until the request settles.
 async fn renew_marks(
-    pipeline: Arc<Pipeline>,
+    issuance: Arc<Issuance>,
     waiting: Waiting,
     ttl_secs: u64,
     stop: CancellationToken,
@@ -239,41 +243,36 @@ async fn renew_marks(
             _ = tokio::time::sleep(every) => {}
         }
         let marks: Vec<(CampaignId, UserId)> = lock(&waiting).iter().cloned().collect();
-        if let Err(e) = pipeline.gate.keep_marks(&marks, ttl_secs).await {
+        if let Err(e) = issuance.redis.keep_marks(&marks, ttl_secs).await {
             tracing::warn!(marks = marks.len(), error = %e, "queued marks not renewed");
         }
     }
 }
 
-/// The `sync` path for one queued request, and its final state recorded.
+/// The `sync` path for one queued request ([`Issuance::issue_now`]), and its
+/// final state recorded.
 /// Its mark stops being renewed once the gate has decided.
-async fn process(pipeline: &Pipeline, job: Job, waiting: &Waiting) {
+async fn process(issuance: &Issuance, job: Job, waiting: &Waiting) {
     let Job { campaign, user } = job;
-    let admission = pipeline.admit(&campaign, &user).await;
-    lock(waiting).remove(&(campaign, user.clone()));
-    let outcome = match admission {
-        Ok(admitted) => {
-            crate::faults::after_gate(&pipeline.faults, &user).await;
-            pipeline
-                .produce_and_settle(admitted, campaign, user.clone())
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    pipeline
+    let outcome = issuance
+        .issue_now(campaign, user.clone(), || {
+            lock(waiting).remove(&(campaign, user.clone()));
+        })
+        .await;
+    issuance
         .metrics
         .issue_outcomes
-        .with_label_values(&[pipeline.strategy.as_str(), final_label(&outcome)])
+        .with_label_values(&[issuance.strategy.as_str(), final_label(&outcome)])
         .inc();
-    pipeline.record_final(&campaign, &user, &outcome).await;
+    issuance.record_final(&campaign, &user, &outcome).await;
 }
 
 /// The `issue_outcomes_total` label of a queued request's final outcome.
-fn final_label(outcome: &Result<Issued, IssueError>) -> &'static str {
+fn final_label(outcome: &Result<Acceptance, IssueError>) -> &'static str {
     match outcome {
-        Ok(Issued::Accepted(_)) => "queued_accepted",
-        Ok(Issued::Pending(_)) => "queued_pending",
-        Ok(Issued::Queued) => "queued",
+        Ok(Acceptance::Accepted(_)) => "queued_accepted",
+        Ok(Acceptance::Pending(_)) => "queued_pending",
+        Ok(Acceptance::Queued) => "queued",
         Err(IssueError::Refused(Refusal::Duplicate)) => "queued_duplicate",
         Err(IssueError::Refused(Refusal::SoldOut)) => "queued_sold_out",
         Err(IssueError::Refused(Refusal::NotOpen)) => "queued_not_open",

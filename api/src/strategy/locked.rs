@@ -1,28 +1,110 @@
-//! The critical section shared by `distributed-lock` and `fair-lock`: the
-//! seed's check-then-act as separate Redis commands (meta and time,
-//! SISMEMBER, GET), made a unit by the campaign's lock, then the writes
-//! (SADD, INCR) as one script fenced by that lock: they happen only while
-//! the lock is still the caller's, and INCR only when SADD added the user
-//! (`common/lua/locked_admit.lua`). That is the point of these variants:
-//! they show what a lock costs next to the single atomic script of `sync`.
+//! `distributed-lock` and `fair-lock`: one strategy, its lock a parameter
+//! ([`LockKind`]):
+//! - `distributed-lock`: a per-campaign lease lock (`SET NX PX` with a unique
+//!   token, compare-and-delete release, a watchdog renewing the lease);
+//! - `fair-lock`: a fair ticket lock (grants in arrival order, O(1) per
+//!   operation; `common::lock::FairLock`), which costs waiting: every request
+//!   waits behind every earlier one of its campaign, up to
+//!   `lock.max_waiters` in line; past that a request is answered 503 at once.
+//!
+//! Waiting is bounded (`lock.wait_ms`): past it the reply is 503 and nothing
+//! is admitted. The critical section is the seed's check-then-act as
+//! separate Redis commands (meta and time, SISMEMBER, GET), made a unit by
+//! the campaign's lock, then the writes (SADD, INCR) as one script fenced by
+//! that lock: they happen only while the lock is still the caller's, and
+//! INCR only when SADD added the user (`common/lua/locked_admit.lua`). That
+//! is the point of these variants: they show what a lock costs next to the
+//! single atomic script of `sync`.
 //!
 //! The reply is `pending` without waiting for the delivery report; the report
-//! is settled in the background (see [`Pipeline::produce_in_background`]).
+//! is settled in the background (see [`Issuance::produce_in_background`]).
 //! A holder paused past its lease (its checks done, its lock gone) writes
 //! nothing: the fence answers `lost` and the request gets a 503.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use common::gate::Admission;
 use common::ids::{CampaignId, CouponId, UserId};
 use common::keys::CampaignKeys;
-use common::lock::{FencedAdmission, LockError, LockGuard};
+use common::lock::{FairLock, FencedAdmission, LeaseLock, LockError, LockGuard, LockTiming};
+use common::lock_waker::LockWaker;
+use common::settings::{LockSettings, StrategyKind};
 
-use super::pipeline::{Admitted, redis_unavailable, withdrawn};
-use super::{IssueError, Issued, Pipeline, Refusal};
+use super::issuance::{Admitted, redis_unavailable, withdrawn};
+use super::{Acceptance, Issuance, IssueError, Refusal};
+
+/// Which lock makes the section a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    /// `distributed-lock`.
+    Lease,
+    /// `fair-lock`.
+    Fair,
+}
+
+#[derive(Debug)]
+enum CampaignLock {
+    Lease(LeaseLock),
+    Fair(FairLock),
+}
+
+impl CampaignLock {
+    async fn acquire(&self, campaign: &CampaignId) -> Result<LockGuard, LockError> {
+        let keys = CampaignKeys::new(campaign);
+        match self {
+            Self::Lease(lock) => lock.acquire(&keys.lock()).await,
+            Self::Fair(lock) => lock.acquire(&keys.fair_lock()).await,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct LockedStrategy {
+    issuance: Arc<Issuance>,
+    lock: CampaignLock,
+}
+
+impl LockedStrategy {
+    pub fn new(issuance: Arc<Issuance>, kind: LockKind, settings: &LockSettings) -> Self {
+        let waker = LockWaker::new(issuance.redis.client().clone());
+        let timing = LockTiming {
+            lease: Duration::from_millis(settings.lease_ms),
+            wait: Duration::from_millis(settings.wait_ms),
+        };
+        let redis = issuance.redis.clone();
+        let lock = match kind {
+            LockKind::Lease => CampaignLock::Lease(LeaseLock::new(redis, timing, Some(waker))),
+            LockKind::Fair => CampaignLock::Fair(
+                FairLock::new(redis, timing, Some(waker)).with_max_waiters(settings.max_waiters),
+            ),
+        };
+        Self { issuance, lock }
+    }
+
+    pub fn kind(&self) -> StrategyKind {
+        match self.lock {
+            CampaignLock::Lease(_) => StrategyKind::DistributedLock,
+            CampaignLock::Fair(_) => StrategyKind::FairLock,
+        }
+    }
+
+    pub async fn issue(
+        &self,
+        campaign: CampaignId,
+        user: UserId,
+    ) -> Result<Acceptance, IssueError> {
+        precheck(&self.issuance, &campaign, &user).await?;
+        let guard = self
+            .lock
+            .acquire(&campaign)
+            .await
+            .map_err(lock_unavailable)?;
+        issue_under(&self.issuance, guard, campaign, user).await
+    }
+}
 
 /// Maps a failed acquisition to a 503: nothing was admitted.
-pub(super) fn lock_unavailable(e: LockError) -> IssueError {
+fn lock_unavailable(e: LockError) -> IssueError {
     match e {
         LockError::WaitTimeout(wait) => IssueError::Unavailable(format!(
             "the campaign is busy (no lock within {} ms); retry later",
@@ -38,37 +120,36 @@ pub(super) fn lock_unavailable(e: LockError) -> IssueError {
 /// The validation the seed ran before taking its lock: a user who already
 /// holds a slot, or a campaign already sold out, is answered without
 /// queueing for the lock. The section re-checks both under the lock.
-pub(super) async fn precheck(
-    pipeline: &Pipeline,
+async fn precheck(
+    issuance: &Issuance,
     campaign: &CampaignId,
     user: &UserId,
 ) -> Result<(), IssueError> {
-    match pipeline
-        .gate
+    match issuance
+        .redis
         .precheck(campaign, user)
         .await
         .map_err(redis_unavailable)?
     {
-        Some(Admission::Duplicate) => Err(IssueError::Refused(Refusal::Duplicate)),
-        Some(Admission::SoldOut) => Err(IssueError::Refused(Refusal::SoldOut)),
-        _ => Ok(()),
+        Some(refusal) => Err(IssueError::Refused(refusal)),
+        None => Ok(()),
     }
 }
 
 /// Runs the section under `guard`, releases it, then produces.
-pub(super) async fn issue_under(
-    pipeline: &Arc<Pipeline>,
+async fn issue_under(
+    issuance: &Arc<Issuance>,
     guard: LockGuard,
     campaign: CampaignId,
     user: UserId,
-) -> Result<Issued, IssueError> {
-    pipeline
+) -> Result<Acceptance, IssueError> {
+    issuance
         .metrics
         .lock_wait_seconds
         .observe(guard.waited.as_secs_f64());
     let started = std::time::Instant::now();
-    let admitted = section(pipeline, &guard, &campaign, &user).await;
-    pipeline
+    let admitted = section(issuance, &guard, &campaign, &user).await;
+    issuance
         .metrics
         .gate_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -77,23 +158,23 @@ pub(super) async fn issue_under(
         tracing::warn!(campaign.id = %campaign, error = %e, "lock not released");
     }
     let admitted = admitted?;
-    crate::faults::after_gate(&pipeline.faults, &user).await;
-    let coupon_id = pipeline
+    crate::faults::after_gate(&issuance.faults, &user).await;
+    let coupon_id = issuance
         .produce_in_background(admitted, campaign, user)
         .await?;
-    Ok(Issued::Pending(coupon_id))
+    Ok(Acceptance::Pending(coupon_id))
 }
 
 async fn section(
-    pipeline: &Pipeline,
+    issuance: &Issuance,
     guard: &LockGuard,
     campaign: &CampaignId,
     user: &UserId,
 ) -> Result<Admitted, IssueError> {
-    let gate = &pipeline.gate;
-    let (meta, now_ms) = gate.read_meta(campaign).await.map_err(redis_unavailable)?;
+    let redis = &issuance.redis;
+    let (meta, now_ms) = redis.read_meta(campaign).await.map_err(redis_unavailable)?;
     let Some(meta) = meta else {
-        return Err(pipeline.classify_missing(campaign).await);
+        return Err(issuance.classify_missing(campaign).await);
     };
     if meta.closed || meta.ends_at.is_some_and(|e| now_ms >= e.timestamp_millis()) {
         return Err(IssueError::Refused(Refusal::Closed));
@@ -101,30 +182,29 @@ async fn section(
     if now_ms < meta.starts_at.timestamp_millis() {
         return Err(IssueError::Refused(Refusal::NotOpen));
     }
-    if gate
+    if redis
         .holds_slot(campaign, user)
         .await
         .map_err(redis_unavailable)?
     {
         return Err(IssueError::Refused(Refusal::Duplicate));
     }
-    if gate.count(campaign).await.map_err(redis_unavailable)? >= meta.stock {
+    if redis.count(campaign).await.map_err(redis_unavailable)? >= meta.stock {
         return Err(IssueError::Refused(Refusal::SoldOut));
     }
-    crate::faults::pause_lock_holder(&pipeline.faults, guard, user).await;
+    crate::faults::pause_lock_holder(&issuance.faults, guard, user).await;
     let coupon = CouponId::new();
     let admission = match guard
         .admit(&CampaignKeys::new(campaign), user, &coupon)
         .await
     {
         Ok(admission) => admission,
-        Err(e) => return Err(pipeline.admission_failed(e, campaign, user, &coupon).await),
+        Err(e) => return Err(issuance.admission_failed(e, campaign, user, &coupon).await),
     };
     match admission {
         FencedAdmission::Admitted => Ok(Admitted::now(coupon)),
-        FencedAdmission::Duplicate => Err(IssueError::Refused(Refusal::Duplicate)),
+        FencedAdmission::Refused(refusal) => Err(IssueError::Refused(refusal)),
         FencedAdmission::Withdrawn => Err(withdrawn()),
-        FencedAdmission::NotAdmitted => Err(IssueError::Refused(Refusal::NotAdmitted)),
         FencedAdmission::Lost => {
             tracing::warn!(campaign.id = %campaign, user.id = %user, "lock lost before the section's writes; nothing admitted");
             Err(IssueError::Unavailable(

@@ -1,57 +1,26 @@
 //! The request path of the issue endpoint, switchable at start-up
 //! (`APP_STRATEGY`). Handlers call [`Strategy::issue`] and never know which
-//! one runs; each strategy lives in its own file and builds on the shared
-//! steps of [`pipeline`]:
+//! one runs; every strategy is made of the steps of [`Issuance`]:
 //!
-//! | strategy | file | reply |
+//! | strategy | where | reply |
 //! |---|---|---|
-//! | `sync` | [`sync`] | `accepted` / `pending` after the delivery report |
-//! | `async-queue` | [`async_queue`] | `queued` at once; the final state in `/coupons/me` |
-//! | `distributed-lock` | [`distributed_lock`] + [`locked`] | `pending`; delivery settled in the background |
-//! | `fair-lock` | [`fair_lock`] + [`locked`] | `pending`, as above |
+//! | `sync` | [`Issuance::issue_now`] | `accepted` / `pending` after the delivery report |
+//! | `async-queue` | [`async_queue`], each queued request through `issue_now` | `queued` at once; the final state in `/coupons/me` |
+//! | `distributed-lock` | [`locked`] with the lease lock | `pending`; delivery settled in the background |
+//! | `fair-lock` | [`locked`] with the fair ticket lock | `pending`, as above |
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use common::ids::{CampaignId, CouponId, UserId};
+pub use common::redis_state::Refusal;
 use common::settings::{Settings, StrategyKind};
 
 pub mod async_queue;
-pub mod distributed_lock;
-pub mod fair_lock;
-mod locked;
-pub mod pipeline;
-pub mod sync;
+pub mod issuance;
+pub mod locked;
 
-pub use pipeline::Pipeline;
-
-/// A refusal that is a normal business answer, not a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// The user already holds a slot (issued, pending or queued).
-    Duplicate,
-    /// No stock left; the user was not marked.
-    SoldOut,
-    /// Before `starts_at`.
-    NotOpen,
-    /// After `ends_at`, or closed by an admin.
-    Closed,
-    /// The campaign has a waiting room that has not let the user in (or
-    /// whose admission expired).
-    NotAdmitted,
-}
-
-impl Refusal {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Duplicate => "duplicate",
-            Self::SoldOut => "sold_out",
-            Self::NotOpen => "not_open",
-            Self::Closed => "closed",
-            Self::NotAdmitted => "not_admitted",
-        }
-    }
-}
+pub use issuance::Issuance;
 
 /// Why an issue request got no coupon.
 #[derive(Debug, thiserror::Error)]
@@ -82,9 +51,10 @@ impl IssueError {
     }
 }
 
-/// A successful issue reply (202).
+/// How an issue request was accepted (its 202 reply): only `Accepted`
+/// means issued; `Pending` and `Queued` are settled later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Issued {
+pub enum Acceptance {
     /// Durably in Kafka: the row will exist.
     Accepted(CouponId),
     /// Admitted, delivery not confirmed; settled later.
@@ -93,7 +63,7 @@ pub enum Issued {
     Queued,
 }
 
-impl Issued {
+impl Acceptance {
     pub fn outcome(&self) -> &'static str {
         match self {
             Self::Accepted(_) => "accepted",
@@ -113,28 +83,32 @@ impl Issued {
 /// The strategy chosen at start-up.
 #[derive(Debug)]
 pub enum Strategy {
-    Sync(sync::SyncStrategy),
+    Sync(Arc<Issuance>),
     AsyncQueue(async_queue::AsyncQueueStrategy),
-    DistributedLock(distributed_lock::DistributedLockStrategy),
-    FairLock(fair_lock::FairLockStrategy),
+    /// `distributed-lock` and `fair-lock`: one strategy, its lock a parameter.
+    Locked(locked::LockedStrategy),
 }
 
 impl Strategy {
     /// Builds the strategy of `settings.strategy`; background tasks (queue
     /// consumers) start on the current runtime.
-    pub fn build(settings: &Settings, pipeline: Arc<Pipeline>) -> Self {
+    pub fn build(settings: &Settings, issuance: Arc<Issuance>) -> Self {
         match settings.strategy {
-            StrategyKind::Sync => Self::Sync(sync::SyncStrategy::new(pipeline)),
+            StrategyKind::Sync => Self::Sync(issuance),
             StrategyKind::AsyncQueue => Self::AsyncQueue(async_queue::AsyncQueueStrategy::start(
-                pipeline,
+                issuance,
                 &settings.queue,
             )),
-            StrategyKind::DistributedLock => Self::DistributedLock(
-                distributed_lock::DistributedLockStrategy::new(pipeline, &settings.lock),
-            ),
-            StrategyKind::FairLock => {
-                Self::FairLock(fair_lock::FairLockStrategy::new(pipeline, &settings.lock))
-            }
+            StrategyKind::DistributedLock => Self::Locked(locked::LockedStrategy::new(
+                issuance,
+                locked::LockKind::Lease,
+                &settings.lock,
+            )),
+            StrategyKind::FairLock => Self::Locked(locked::LockedStrategy::new(
+                issuance,
+                locked::LockKind::Fair,
+                &settings.lock,
+            )),
         }
     }
 
@@ -142,17 +116,19 @@ impl Strategy {
         match self {
             Self::Sync(_) => StrategyKind::Sync,
             Self::AsyncQueue(_) => StrategyKind::AsyncQueue,
-            Self::DistributedLock(_) => StrategyKind::DistributedLock,
-            Self::FairLock(_) => StrategyKind::FairLock,
+            Self::Locked(s) => s.kind(),
         }
     }
 
-    pub async fn issue(&self, campaign: CampaignId, user: UserId) -> Result<Issued, IssueError> {
+    pub async fn issue(
+        &self,
+        campaign: CampaignId,
+        user: UserId,
+    ) -> Result<Acceptance, IssueError> {
         match self {
-            Self::Sync(s) => s.issue(campaign, user).await,
+            Self::Sync(issuance) => issuance.issue_now(campaign, user, || {}).await,
             Self::AsyncQueue(s) => s.issue(campaign, user).await,
-            Self::DistributedLock(s) => s.issue(campaign, user).await,
-            Self::FairLock(s) => s.issue(campaign, user).await,
+            Self::Locked(s) => s.issue(campaign, user).await,
         }
     }
 
@@ -161,7 +137,7 @@ impl Strategy {
     pub async fn drain(&self, deadline: Instant) {
         match self {
             Self::AsyncQueue(s) => s.drain(deadline).await,
-            Self::Sync(_) | Self::DistributedLock(_) | Self::FairLock(_) => {}
+            Self::Sync(_) | Self::Locked(_) => {}
         }
     }
 }

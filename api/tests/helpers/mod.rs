@@ -13,6 +13,7 @@ use common::ids::CampaignId;
 use common::settings::Settings;
 pub use common::testkit::*;
 use jsonwebtoken::{EncodingKey, Header, encode};
+pub use ngrinder_equivalent::scrape::Scrape;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -239,140 +240,119 @@ impl TestWorker {
     }
 }
 
-/// What the audit (docs/CONTRACT.md) found for one campaign.
-#[derive(Debug, Default)]
-pub struct Audit {
-    pub requests: usize,
-    pub accepted: usize,
-    /// Answered `queued` or `pending`.
-    pub deferred: usize,
-    pub rows: u64,
-    pub gate_count: Option<i64>,
-    /// Users whose `accepted` or `pending` reply named a coupon id that is
-    /// not their row's.
-    pub wrong_ids: Vec<String>,
-    /// Users answered `accepted` without a row.
-    pub lost: Vec<String>,
-    /// Rows of users never answered accepted, pending or queued.
-    pub phantoms: Vec<String>,
-    /// Deferred users whose final state is still `queued` or `pending`.
-    pub unsettled: Vec<String>,
-    /// Final states of deferred users (from `/coupons/me`).
-    pub finals: std::collections::BTreeMap<String, usize>,
-}
+/// The audit of docs/CONTRACT.md on one campaign after a run, by the rules
+/// the harness and the fault suite apply (`ngrinder_equivalent::audit`):
+/// waits (bounded) for the deferred users to settle and for the worker to
+/// drain, then judges the rows against the replies. `replies` are (user,
+/// reply body) pairs.
+pub async fn audit(
+    api: &TestApi,
+    campaign: &CampaignId,
+    replies: &[(String, Value)],
+) -> ngrinder_equivalent::audit::AuditReport {
+    use std::collections::BTreeMap;
 
-impl Audit {
-    /// Panics with the figures unless every rule of the audit holds; with
-    /// `exhausted`, demand exceeded stock and nothing failed: rows == stock.
-    pub fn assert_passes(&self, stock: i64, exhausted: bool) {
-        assert!(self.rows as i64 <= stock, "over-issued: {self:?}");
-        assert!(
-            self.wrong_ids.is_empty(),
-            "replies naming another coupon than the row's: {self:?}"
-        );
-        assert!(
-            self.lost.is_empty(),
-            "accepted users without rows: {self:?}"
-        );
-        assert!(
-            self.phantoms.is_empty(),
-            "rows nobody was promised: {self:?}"
-        );
-        assert!(
-            self.unsettled.is_empty(),
-            "deferred users never settled: {self:?}"
-        );
-        assert_eq!(
-            self.gate_count,
-            Some(self.rows as i64),
-            "gate count != rows: {self:?}"
-        );
-        if exhausted {
-            assert_eq!(self.rows as i64, stock, "leaked slots: {self:?}");
-        }
-    }
-}
+    use ngrinder_equivalent::admin::Coupon;
+    use ngrinder_equivalent::audit::{Evidence, judge};
+    use ngrinder_equivalent::stats::Outcome;
 
-/// Audits a campaign after a run: waits (bounded) for the deferred users to
-/// settle and for the worker to drain, then checks the rows against the
-/// replies. `replies` are (user, reply body) pairs.
-pub async fn audit(api: &TestApi, campaign: &CampaignId, replies: &[(String, Value)]) -> Audit {
-    use std::collections::{BTreeMap, BTreeSet};
-    let mut a = Audit {
-        requests: replies.len(),
-        ..Audit::default()
-    };
-    let mut promised = BTreeSet::new();
-    let mut accepted = BTreeSet::new();
-    let mut deferred = BTreeSet::new();
+    let mut promised = BTreeMap::new();
+    let mut named = BTreeMap::new();
+    let (mut sold_out_seen, mut failures_seen) = (false, false);
     for (user, body) in replies {
-        match body["outcome"].as_str() {
-            Some("accepted") => {
-                accepted.insert(user.clone());
-                promised.insert(user.clone());
+        let outcome = body["outcome"]
+            .as_str()
+            .and_then(|o| Outcome::ALL.into_iter().find(|known| known.as_str() == o));
+        match outcome {
+            Some(o @ (Outcome::Accepted | Outcome::Pending | Outcome::Queued)) => {
+                promised.insert(user.clone(), o);
             }
-            Some("queued" | "pending") => {
-                deferred.insert(user.clone());
-                promised.insert(user.clone());
-            }
-            _ => {}
+            Some(Outcome::SoldOut) => sold_out_seen = true,
+            Some(o) if o.error_kind().is_none() => {}
+            _ => failures_seen = true,
+        }
+        if let Some(id) = body["coupon_id"].as_str() {
+            named.insert(user.clone(), id.to_owned());
         }
     }
-    a.accepted = accepted.len();
-    a.deferred = deferred.len();
 
     let started = std::time::Instant::now();
     let mut finals: BTreeMap<String, String> = BTreeMap::new();
-    let mut waiting: Vec<String> = deferred.iter().cloned().collect();
-    while !waiting.is_empty() && started.elapsed() < Duration::from_secs(60) {
+    let mut waiting: Vec<&String> = promised
+        .iter()
+        .filter(|(_, o)| **o != Outcome::Accepted)
+        .map(|(u, _)| u)
+        .collect();
+    loop {
         let mut still = Vec::new();
         for user in waiting {
-            let (_, me) = api.my_coupon(campaign, &user).await;
+            let (_, me) = api.my_coupon(campaign, user).await;
             let state = me["state"].as_str().unwrap_or("?").to_owned();
-            if state == "queued" || state == "pending" {
+            if matches!(state.as_str(), "queued" | "pending" | "?")
+                && started.elapsed() < Duration::from_secs(60)
+            {
                 still.push(user);
-            } else {
-                finals.insert(user, state);
             }
+            finals.insert(user.clone(), state);
+        }
+        if still.is_empty() {
+            break;
         }
         waiting = still;
-        if !waiting.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    a.unsettled = waiting;
-    for state in finals.values() {
-        *a.finals.entry(state.clone()).or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Rows expected: accepted users and deferred users that ended issued.
-    let expected = accepted.len() + finals.values().filter(|s| *s == "issued").count();
+    // Drained: the rows reach the users promised a coupon for good
+    // (accepted, or deferred and ended issued) and the persisted column
+    // matches them.
+    let expected = promised
+        .iter()
+        .filter(|(u, o)| **o == Outcome::Accepted || finals.get(*u).is_some_and(|s| s == "issued"))
+        .count() as u64;
     let db = db().await;
     let started = std::time::Instant::now();
-    while (rows(&db, campaign).await as usize) < expected
-        && started.elapsed() < Duration::from_secs(30)
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let coupons = row_coupons(&db, campaign).await;
-    a.rows = coupons.len() as u64;
-    let holders: BTreeSet<String> = coupons.keys().cloned().collect();
-    a.lost = accepted.difference(&holders).cloned().collect();
-    a.phantoms = holders.difference(&promised).cloned().collect();
-    for (user, body) in replies {
-        let Some(named) = body["coupon_id"].as_str() else {
-            continue;
-        };
-        if coupons
-            .get(user)
-            .is_some_and(|row| row.to_string() != named)
-        {
-            a.wrong_ids.push(user.clone());
+    let drained = loop {
+        let rows = rows(&db, campaign).await;
+        let persisted = persisted_column(&db, campaign).await;
+        if rows >= expected && persisted == rows as i64 {
+            break true;
         }
-    }
-    let gate = common::gate::RedisGate::new(&api.redis, None).expect("gate");
-    a.gate_count = gate.issued(campaign).await.expect("gate count");
-    a
+        if started.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let rows: Vec<Coupon> = row_coupons(&db, campaign)
+        .await
+        .into_iter()
+        .map(|(user_id, id)| Coupon {
+            user_id,
+            coupon_id: id.to_string(),
+        })
+        .collect();
+    let gate = common::redis_state::RedisState::new(&api.redis, None).expect("gate");
+    judge(&Evidence {
+        stock: stock_of(&db, campaign).await,
+        gate_count: gate.issued(campaign).await.expect("gate count"),
+        persisted_column: persisted_column(&db, campaign).await,
+        rows: &rows,
+        promised: &promised,
+        named: &named,
+        finals: &finals,
+        sold_out_seen,
+        failures_seen,
+        drained,
+    })
+}
+
+async fn stock_of(db: &sea_orm::DatabaseConnection, campaign: &CampaignId) -> i64 {
+    use sea_orm::EntityTrait;
+    common::entities::campaigns::Entity::find_by_id(campaign.as_uuid())
+        .one(db)
+        .await
+        .expect("campaign read")
+        .expect("campaign row")
+        .stock
 }
 
 /// The test's settings as the environment of an api or worker process

@@ -25,12 +25,10 @@ use secrecy::SecretString;
 use crate::settings::Settings;
 
 pub mod reads;
-pub mod scrape;
 pub mod services;
 pub mod tls;
 
 pub use reads::*;
-pub use scrape::Scrape;
 pub use services::*;
 
 fn env_or(name: &str, default: &str) -> String {

@@ -5,18 +5,19 @@
 use chrono::DateTime;
 use redis::AsyncCommands;
 
-use super::{Admission, GateError, GateMeta, NO_END, RedisGate};
+use super::RoomRules;
+use super::meta::NO_END;
+use super::{CampaignMeta, RedisState, RedisStateError, Refusal};
 use crate::ids::{CampaignId, UserId};
 use crate::keys::CampaignKeys;
-use crate::room::RoomRules;
 
-impl RedisGate {
+impl RedisState {
     /// `HMGET meta` and `TIME` (one round trip, two commands): the meta, or
     /// `None` when it is missing, and the server's time in ms.
     pub async fn read_meta(
         &self,
         campaign: &CampaignId,
-    ) -> Result<(Option<GateMeta>, i64), GateError> {
+    ) -> Result<(Option<CampaignMeta>, i64), RedisStateError> {
         let keys = CampaignKeys::new(campaign);
         let (fields, time): (Vec<Option<String>>, (i64, i64)) = self
             .run(|mut conn| async move {
@@ -47,13 +48,13 @@ impl RedisGate {
             ttl,
             seed,
         ] = <[Option<String>; 7]>::try_from(fields)
-            .map_err(|_| GateError::Protocol("HMGET arity".into()))?
+            .map_err(|_| RedisStateError::Protocol("HMGET arity".into()))?
         else {
             return Ok((None, now_ms));
         };
         let parse = |v: &str| {
             v.parse::<i64>()
-                .map_err(|_| GateError::Protocol(format!("meta field {v:?}")))
+                .map_err(|_| RedisStateError::Protocol(format!("meta field {v:?}")))
         };
         let ends_at = match ends.as_str() {
             NO_END => None,
@@ -67,7 +68,7 @@ impl RedisGate {
             }),
             _ => None,
         };
-        let meta = GateMeta {
+        let meta = CampaignMeta {
             stock: parse(&stock)?,
             starts_at: DateTime::from_timestamp_millis(parse(&starts)?).unwrap_or_default(),
             ends_at,
@@ -84,7 +85,7 @@ impl RedisGate {
         &self,
         campaign: &CampaignId,
         user: &UserId,
-    ) -> Result<Option<Admission>, GateError> {
+    ) -> Result<Option<Refusal>, RedisStateError> {
         let keys = CampaignKeys::new(campaign);
         let (member, stock, issued): (bool, Option<i64>, Option<i64>) = self
             .run(|mut conn| async move {
@@ -97,16 +98,16 @@ impl RedisGate {
             })
             .await?;
         Ok(if member {
-            Some(Admission::Duplicate)
+            Some(Refusal::Duplicate)
         } else if stock.is_some_and(|s| issued.unwrap_or(0) >= s) {
-            Some(Admission::SoldOut)
+            Some(Refusal::SoldOut)
         } else {
             None
         })
     }
 
     /// The gate's count (`GET issued`, 0 when absent).
-    pub async fn count(&self, campaign: &CampaignId) -> Result<i64, GateError> {
+    pub async fn count(&self, campaign: &CampaignId) -> Result<i64, RedisStateError> {
         let key = CampaignKeys::new(campaign).issued();
         let n: Option<i64> = self
             .run(|mut conn| async move { conn.get(key).await })
@@ -120,7 +121,7 @@ impl RedisGate {
         script: &redis::Script,
         keys: &[&str],
         args: &[&str],
-    ) -> Result<T, GateError> {
+    ) -> Result<T, RedisStateError> {
         let mut invocation = script.prepare_invoke();
         for k in keys {
             invocation.key(*k);
@@ -133,7 +134,12 @@ impl RedisGate {
     }
 
     /// `SET key value NX PX ms`: `true` when set.
-    pub async fn set_nx_px(&self, key: &str, value: &str, ms: u64) -> Result<bool, GateError> {
+    pub async fn set_nx_px(
+        &self,
+        key: &str,
+        value: &str,
+        ms: u64,
+    ) -> Result<bool, RedisStateError> {
         let reply: Option<String> = self
             .run(|mut conn| async move {
                 redis::cmd("SET")

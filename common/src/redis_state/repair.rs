@@ -3,15 +3,15 @@
 
 use redis::AsyncCommands;
 
-use super::{GateError, RedisGate};
+use super::{RedisState, RedisStateError};
 use crate::ids::CampaignId;
 use crate::keys::CampaignKeys;
 use crate::scripts;
 
-impl RedisGate {
+impl RedisState {
     /// The counter minus the set's size, read in one transaction (so that
     /// admissions going on meanwhile do not show as drift).
-    pub async fn count_drift(&self, campaign: &CampaignId) -> Result<i64, GateError> {
+    pub async fn count_drift(&self, campaign: &CampaignId) -> Result<i64, RedisStateError> {
         let keys = CampaignKeys::new(campaign);
         let (issued, members): (Option<i64>, i64) = self
             .run(|mut conn| async move {
@@ -28,7 +28,7 @@ impl RedisGate {
 
     /// Every user in the gate's set (`SSCAN`, so a large set does not block
     /// Redis).
-    pub async fn holders(&self, campaign: &CampaignId) -> Result<Vec<String>, GateError> {
+    pub async fn holders(&self, campaign: &CampaignId) -> Result<Vec<String>, RedisStateError> {
         let key = CampaignKeys::new(campaign).users();
         let mut users = Vec::new();
         let mut cursor: u64 = 0;
@@ -54,7 +54,7 @@ impl RedisGate {
     }
 
     /// Sets the counter to the set's size; returns the drift corrected.
-    pub async fn fix_count(&self, campaign: &CampaignId) -> Result<i64, GateError> {
+    pub async fn fix_count(&self, campaign: &CampaignId) -> Result<i64, RedisStateError> {
         let keys = CampaignKeys::new(campaign);
         self.run(|mut conn| async move {
             scripts::FIX_COUNT
@@ -68,12 +68,12 @@ impl RedisGate {
 
     /// Reconcile's repair of phantoms: users with a row but no slot get
     /// their slot back (`SADD`; the counter is fixed afterwards with
-    /// [`RedisGate::fix_count`]). Returns how many were added.
+    /// [`RedisState::fix_count`]). Returns how many were added.
     pub async fn restore_holders(
         &self,
         campaign: &CampaignId,
         users: &[&String],
-    ) -> Result<u64, GateError> {
+    ) -> Result<u64, RedisStateError> {
         let set = CampaignKeys::new(campaign).users();
         let mut added = 0;
         for chunk in users.chunks(1000) {
@@ -89,12 +89,12 @@ impl RedisGate {
     /// and drops the claims (a rebuilt slot has no admission request a
     /// withdrawal could name).
     /// The meta must be absent meanwhile (the api admits nobody without it);
-    /// [`RedisGate::load_meta`] comes last.
+    /// [`RedisState::load_meta`] comes last.
     pub async fn replace_holders(
         &self,
         campaign: &CampaignId,
         users: &[String],
-    ) -> Result<(), GateError> {
+    ) -> Result<(), RedisStateError> {
         let keys = CampaignKeys::new(campaign);
         let (set, counter, claims) = (keys.users(), keys.issued(), keys.claims());
         self.run(|mut conn| {

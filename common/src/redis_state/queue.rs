@@ -4,12 +4,22 @@
 use chrono::Utc;
 use redis::AsyncCommands;
 
-use super::{GateError, QueueMark, RecordedState, RedisGate, StatusRecord};
+use super::{RecordedState, RedisState, RedisStateError, StatusRecord};
 use crate::ids::{CampaignId, UserId};
 use crate::keys::CampaignKeys;
 use crate::scripts;
 
-impl RedisGate {
+/// What marking a user queued found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueMark {
+    Queued,
+    /// The user holds a slot, or has a request queued or pending.
+    Duplicate,
+    /// No meta: unknown campaign or lost state.
+    Missing,
+}
+
+impl RedisState {
     /// async-queue: gives the `queued` marks of requests still waiting in
     /// this process's queue another `ttl_secs` (one pipeline of `EXPIRE`s;
     /// a mark already replaced or gone is left as it is).
@@ -17,7 +27,7 @@ impl RedisGate {
         &self,
         marks: &[(CampaignId, UserId)],
         ttl_secs: u64,
-    ) -> Result<(), GateError> {
+    ) -> Result<(), RedisStateError> {
         if marks.is_empty() {
             return Ok(());
         }
@@ -38,7 +48,7 @@ impl RedisGate {
         campaign: &CampaignId,
         user: &UserId,
         ttl_secs: u64,
-    ) -> Result<QueueMark, GateError> {
+    ) -> Result<QueueMark, RedisStateError> {
         let keys = CampaignKeys::new(campaign);
         let record = serde_json::to_string(&StatusRecord {
             state: RecordedState::Queued,
@@ -64,7 +74,7 @@ impl RedisGate {
             "queued" => Ok(QueueMark::Queued),
             "duplicate" => Ok(QueueMark::Duplicate),
             "missing" => Ok(QueueMark::Missing),
-            other => Err(GateError::Protocol(other.to_owned())),
+            other => Err(RedisStateError::Protocol(other.to_owned())),
         }
     }
 
@@ -74,7 +84,7 @@ impl RedisGate {
         &self,
         campaign: &CampaignId,
         user: &UserId,
-    ) -> Result<(), GateError> {
+    ) -> Result<(), RedisStateError> {
         let key = CampaignKeys::new(campaign).status(user);
         self.run(|mut conn| async move { conn.del::<_, ()>(key).await })
             .await

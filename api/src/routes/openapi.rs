@@ -5,14 +5,14 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::campaigns::{CampaignList, CouponPage};
+use super::issue::{CouponState, IssueOutcome, IssueReply, MyCoupon};
+use super::queue::{PlaceState, QueueReply};
+use super::{campaigns, issue, ops, queue};
 use crate::campaigns::{
     CampaignRequest, CampaignState, CampaignView, CouponView, WaitingRoomRequest, WaitingRoomView,
 };
 use crate::error::ErrorBody;
-use crate::routes::campaigns::{CampaignList, CouponPage};
-use crate::routes::issue::{CouponState, IssueOutcome, IssueReply, MyCoupon};
-use crate::routes::queue::{PlaceState, QueueReply};
-use crate::routes::{campaigns, issue, ops, queue};
 
 #[derive(OpenApi)]
 #[openapi(

@@ -1,6 +1,6 @@
-//! The steps every strategy is made of: admit through the gate, produce the
-//! message and settle its delivery report by these producing rules
-//! (docs/CONTRACT.md):
+//! The steps every strategy is made of ([`Issuance`]): admit through the
+//! gate, produce the message and settle its delivery report by these
+//! producing rules (docs/CONTRACT.md):
 //! - delivered: `accepted`;
 //! - failed and not persisted (the broker never had it): give the slot back,
 //!   503;
@@ -19,15 +19,17 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::gate::{Admission, GateError, RecordedState, RedisGate, StatusRecord, Withdrawal};
 use common::ids::{CampaignId, CouponId, UserId};
 use common::message::CouponIssued;
+use common::redis_state::{
+    Admission, RecordedState, RedisState, RedisStateError, StatusRecord, Withdrawal,
+};
 use common::settings::{FaultSettings, PRODUCE_WITHIN, StrategyKind, WITHDRAW_WITHIN};
 use common::telemetry::traced;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::{IssueError, Issued, Refusal};
+use super::{Acceptance, IssueError};
 use crate::campaigns::CampaignStore;
 use crate::metrics::ApiMetrics;
 use crate::producer::{Delivery, DeliveryReceipt, IssueProducer};
@@ -51,10 +53,13 @@ impl Admitted {
     }
 }
 
+/// The issuance steps of one api instance, shared by its strategy: the
+/// Redis state, the producer, the campaign store, and the tracked
+/// background work.
 #[derive(Debug)]
-pub struct Pipeline {
-    pub gate: RedisGate,
-    pub producer: IssueProducer,
+pub struct Issuance {
+    pub redis: RedisState,
+    pub producer: std::sync::Arc<IssueProducer>,
     pub campaigns: std::sync::Arc<CampaignStore>,
     pub metrics: ApiMetrics,
     pub strategy: StrategyKind,
@@ -63,18 +68,18 @@ pub struct Pipeline {
     tasks: TaskTracker,
 }
 
-impl Pipeline {
+impl Issuance {
     /// Must be called on the runtime that background work should run on.
     pub fn new(
-        gate: RedisGate,
-        producer: IssueProducer,
+        redis: RedisState,
+        producer: std::sync::Arc<IssueProducer>,
         campaigns: std::sync::Arc<CampaignStore>,
         metrics: ApiMetrics,
         strategy: StrategyKind,
         faults: FaultSettings,
     ) -> Self {
         Self {
-            gate,
+            redis,
             producer,
             campaigns,
             metrics,
@@ -113,6 +118,23 @@ impl Pipeline {
         tokio::time::timeout(left, self.tasks.wait()).await.is_ok()
     }
 
+    /// The `sync` path, in one place: admit, produce, and wait for the
+    /// delivery report (`accepted` only once the broker has the message).
+    /// async-queue's consumers run it for each queued request; `decided`
+    /// runs as soon as the gate has answered.
+    pub async fn issue_now(
+        &self,
+        campaign: CampaignId,
+        user: UserId,
+        decided: impl FnOnce(),
+    ) -> Result<Acceptance, IssueError> {
+        let admission = self.admit(&campaign, &user).await;
+        decided();
+        let admitted = admission?;
+        crate::faults::after_gate(&self.faults, &user).await;
+        self.produce_and_settle(admitted, campaign, user).await
+    }
+
     /// Runs the gate script. Only `Ok` means the user holds a new slot.
     pub async fn admit(
         &self,
@@ -122,7 +144,7 @@ impl Pipeline {
         let coupon = CouponId::new();
         let started = Instant::now();
         let admission = traced(
-            self.gate.admit(campaign, user, &coupon),
+            self.redis.admit(campaign, user, &coupon),
             || tracing::debug_span!("gate", campaign.id = %campaign),
         )
         .await;
@@ -136,13 +158,9 @@ impl Pipeline {
                 }
                 Ok(Admitted::now(coupon))
             }
-            Ok(Admission::Duplicate) => Err(IssueError::Refused(Refusal::Duplicate)),
-            Ok(Admission::SoldOut) => Err(IssueError::Refused(Refusal::SoldOut)),
-            Ok(Admission::NotOpen) => Err(IssueError::Refused(Refusal::NotOpen)),
-            Ok(Admission::Closed) => Err(IssueError::Refused(Refusal::Closed)),
+            Ok(Admission::Refused(refusal)) => Err(IssueError::Refused(refusal)),
             Ok(Admission::Missing) => Err(self.classify_missing(campaign).await),
             Ok(Admission::Withdrawn) => Err(withdrawn()),
-            Ok(Admission::NotAdmitted) => Err(IssueError::Refused(Refusal::NotAdmitted)),
             Err(e) => Err(self.admission_failed(e, campaign, user, &coupon).await),
         }
     }
@@ -153,19 +171,19 @@ impl Pipeline {
     /// slot no message will ever fill.
     pub async fn admission_failed(
         &self,
-        e: GateError,
+        e: RedisStateError,
         campaign: &CampaignId,
         user: &UserId,
         coupon: &CouponId,
     ) -> IssueError {
-        if !matches!(e, GateError::Timeout(_)) {
+        if !matches!(e, RedisStateError::Timeout(_)) {
             return redis_unavailable(e);
         }
         tracing::warn!(campaign.id = %campaign, error = %e, "admission timed out; withdrawing it");
         let deadline = Instant::now() + WITHDRAW_WITHIN;
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.gate.withdraw(campaign, user, coupon).await {
+            match self.redis.withdraw(campaign, user, coupon).await {
                 Ok(done) => {
                     let label = match done {
                         Withdrawal::Released => "withdrawn",
@@ -248,7 +266,7 @@ impl Pipeline {
         admitted: Admitted,
         campaign: CampaignId,
         user: UserId,
-    ) -> Result<Issued, IssueError> {
+    ) -> Result<Acceptance, IssueError> {
         let message = self.message(admitted, campaign, user);
         let started = Instant::now();
         let produce = async {
@@ -286,16 +304,16 @@ impl Pipeline {
             || tracing::debug_span!("produce", coupon.id = %coupon_id),
         )
         .await?;
-        let pipeline = self.clone();
+        let issuance = self.clone();
         self.spawn(async move {
             let delivery = receipt.wait().await;
-            pipeline
+            issuance
                 .metrics
                 .produce_seconds
                 .observe(started.elapsed().as_secs_f64());
             let (campaign, user) = (message.campaign_id, message.user_id.clone());
-            if let Err(e) = pipeline.settle(message, delivery).await {
-                pipeline
+            if let Err(e) = issuance.settle(message, delivery).await {
+                issuance
                     .record(
                         &campaign,
                         &user,
@@ -314,9 +332,9 @@ impl Pipeline {
         &self,
         message: CouponIssued,
         delivery: Delivery,
-    ) -> Result<Issued, IssueError> {
+    ) -> Result<Acceptance, IssueError> {
         match delivery {
-            Delivery::Persisted => Ok(Issued::Accepted(message.coupon_id)),
+            Delivery::Persisted => Ok(Acceptance::Accepted(message.coupon_id)),
             Delivery::NotPersisted(e) => {
                 tracing::warn!(campaign.id = %message.campaign_id, error = %e, "message not delivered");
                 Err(self
@@ -337,26 +355,26 @@ impl Pipeline {
                     None,
                 )
                 .await;
-                Ok(Issued::Pending(message.coupon_id))
+                Ok(Acceptance::Pending(message.coupon_id))
             }
         }
     }
 
     /// Records, for `/coupons/me`, how a request answered before it was
     /// decided ended: issued (the row follows), pending (already recorded
-    /// by [`Pipeline::settle`]) or rejected with its outcome.
+    /// by [`Issuance::settle`]) or rejected with its outcome.
     pub async fn record_final(
         &self,
         campaign: &CampaignId,
         user: &UserId,
-        outcome: &Result<Issued, IssueError>,
+        outcome: &Result<Acceptance, IssueError>,
     ) {
         match outcome {
-            Ok(Issued::Accepted(id)) => {
+            Ok(Acceptance::Accepted(id)) => {
                 self.record(campaign, user, RecordedState::Issued, Some(*id), None)
                     .await;
             }
-            Ok(Issued::Pending(_) | Issued::Queued) => {}
+            Ok(Acceptance::Pending(_) | Acceptance::Queued) => {}
             Err(e) => {
                 self.record(
                     campaign,
@@ -373,7 +391,7 @@ impl Pipeline {
     /// Compensation for a message that never reached the broker.
     pub async fn give_back(&self, message: &CouponIssued, why: &str) -> IssueError {
         match self
-            .gate
+            .redis
             .release(&message.campaign_id, &message.user_id)
             .await
         {
@@ -418,7 +436,7 @@ impl Pipeline {
             outcome: outcome.map(str::to_owned),
             at: Utc::now(),
         };
-        if let Err(e) = self.gate.record_status(campaign, user, &record).await {
+        if let Err(e) = self.redis.record_status(campaign, user, &record).await {
             tracing::warn!(campaign.id = %campaign, error = %e, "status not recorded");
         }
     }
@@ -430,6 +448,6 @@ pub fn withdrawn() -> IssueError {
     IssueError::Unavailable("the request was withdrawn; nothing was issued, retry later".into())
 }
 
-pub fn redis_unavailable(e: GateError) -> IssueError {
+pub fn redis_unavailable(e: RedisStateError) -> IssueError {
     IssueError::Unavailable(format!("redis unavailable: {e}"))
 }

@@ -1,0 +1,84 @@
+//! The per-user status records read by `/coupons/me`: the state of a
+//! request that is not (yet) a row.
+
+use chrono::{DateTime, Utc};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use super::{RedisState, RedisStateError};
+use crate::ids::{CampaignId, CouponId, UserId};
+use crate::keys::CampaignKeys;
+
+/// The state of one user's request that is not yet (or never will be) a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordedState {
+    Queued,
+    Pending,
+    /// In the broker, the row not yet written (async strategies).
+    Issued,
+    /// A final refusal of a request that was answered `queued` or `pending`;
+    /// `outcome` says why.
+    Rejected,
+    /// A `pending` request that the system of record turned away: the user
+    /// holds no coupon.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub state: RecordedState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coupon_id: Option<CouponId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl RedisState {
+    /// Records the asynchronous state of a user's request, with the TTL.
+    pub async fn record_status(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+        record: &StatusRecord,
+    ) -> Result<(), RedisStateError> {
+        let key = CampaignKeys::new(campaign).status(user);
+        let value = serde_json::to_string(record).unwrap_or_default();
+        let ttl = self.status_ttl_secs;
+        self.run(|mut conn| async move { conn.set_ex::<_, _, ()>(key, value, ttl).await })
+            .await
+    }
+
+    pub async fn status(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+    ) -> Result<Option<StatusRecord>, RedisStateError> {
+        let key = CampaignKeys::new(campaign).status(user);
+        let raw: Option<String> = self
+            .run(|mut conn| async move { conn.get(key).await })
+            .await?;
+        // A record that does not parse is treated as absent: the row in
+        // PostgreSQL and the gate's set still answer the question.
+        Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_records_round_trip_as_json() {
+        let r = StatusRecord {
+            state: RecordedState::Pending,
+            coupon_id: Some(CouponId::new()),
+            outcome: None,
+            at: Utc::now(),
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"state\":\"pending\""), "{json}");
+        assert_eq!(serde_json::from_str::<StatusRecord>(&json).unwrap(), r);
+    }
+}
