@@ -388,3 +388,47 @@ async fn a_release_wakes_a_waiting_lease_lock_waiter_at_once() {
     );
     guard.release().await.unwrap();
 }
+
+/// The fenced write stops at the stock by itself: a combining holder sends
+/// a batch's writes together and relies on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fenced_write_stops_at_the_stock() {
+    use common::ids::{CampaignId, CouponId, UserId};
+    use common::keys::CampaignKeys;
+    use common::lock::FencedAdmission;
+    use common::redis_state::{CampaignMeta, Refusal};
+
+    let gate = gate();
+    let campaign = CampaignId::new();
+    gate.load_meta(
+        &campaign,
+        &CampaignMeta {
+            stock: 1,
+            starts_at: chrono::Utc::now() - chrono::Duration::seconds(1),
+            ends_at: None,
+            closed: false,
+            room: None,
+        },
+    )
+    .await
+    .unwrap();
+    let keys = CampaignKeys::new(&campaign);
+    let lock = LeaseLock::new(gate.clone(), timing(3_000, 2_000), waker(&gate));
+    let guard = lock.acquire(&keys.lock()).await.unwrap();
+    let user = |u: &str| UserId::parse(u).unwrap();
+    let admit = |u: &str| {
+        let (guard, keys, user) = (&guard, &keys, user(u));
+        async move { guard.admit(keys, &user, &CouponId::new()).await.unwrap() }
+    };
+    assert_eq!(admit("first").await, FencedAdmission::Admitted);
+    assert_eq!(
+        admit("second").await,
+        FencedAdmission::Refused(Refusal::SoldOut)
+    );
+    assert_eq!(
+        admit("first").await,
+        FencedAdmission::Refused(Refusal::Duplicate)
+    );
+    assert!(guard.release().await.unwrap());
+    assert_eq!(gate.issued(&campaign).await.unwrap(), Some(1));
+}

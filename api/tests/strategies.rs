@@ -8,7 +8,7 @@ mod helpers;
 
 use std::time::Duration;
 
-use common::settings::{Settings, StrategyKind};
+use common::settings::{LockMode, Settings, StrategyKind};
 use futures::future::join_all;
 use helpers::*;
 use rand::seq::SliceRandom;
@@ -32,8 +32,13 @@ static BURSTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Stock 100, 2,000 requests from 500 users (repeats included), spread over
 /// two instances; then the audit.
 async fn burst(strategy: StrategyKind) {
+    burst_with(strategy, LockMode::Naive).await;
+}
+
+async fn burst_with(strategy: StrategyKind, mode: LockMode) {
     let _alone = BURSTS.lock().await;
-    let settings = settings_for(strategy).await;
+    let mut settings = settings_for(strategy).await;
+    settings.lock.mode = mode;
     let apis = [spawn_api(&settings).await, spawn_api(&settings).await];
     let worker = spawn_worker(&settings).await;
     let campaign = apis[0].open_campaign(100).await;
@@ -97,6 +102,15 @@ async fn distributed_lock_passes_the_audit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fair_lock_passes_the_audit() {
     burst(StrategyKind::FairLock).await;
+}
+
+/// `lock.mode = combining`: one hold serves a batch of each instance's
+/// waiting requests (users repeated within a batch included); the same
+/// audit, the stock exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_locks_in_combining_mode_pass_the_audit() {
+    burst_with(StrategyKind::DistributedLock, LockMode::Combining).await;
+    burst_with(StrategyKind::FairLock, LockMode::Combining).await;
 }
 
 /// A lock holder stops past its lease (as a paused process would) after its

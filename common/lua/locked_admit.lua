@@ -19,7 +19,13 @@
 -- ARGV[2]  user id
 -- ARGV[3]  coupon id this admission claims
 --
+-- The stock is checked here too (the count below the meta's stock): the
+-- section's own check before it is the seed's, and a combining holder
+-- (several users in one hold) sends its users' writes in arrival order and
+-- lets this check stop them at the stock.
+--
 -- Returns "admitted", "duplicate" (already a holder: nothing written),
+-- "sold_out" (the count reached the stock: nothing written),
 -- "lost" (the lock is not the caller's: nothing written), "withdrawn"
 -- (the caller gave up on this request before Redis ran it) or
 -- "not_admitted" (not let in by the waiting room: nothing written).
@@ -40,7 +46,10 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then
   return 'duplicate'
 end
 local window = nil
-local meta = redis.call('HMGET', KEYS[7], 'starts_ms', 'wr_rate', 'wr_ttl_ms', 'wr_seed')
+local meta = redis.call('HMGET', KEYS[7], 'starts_ms', 'wr_rate', 'wr_ttl_ms', 'wr_seed', 'stock')
+if meta[5] and tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(meta[5]) then
+  return 'sold_out'
+end
 if meta[2] then
   local K = room_keys(KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12])
   local now = room_now()

@@ -107,8 +107,8 @@ async fn pause(registration: &Option<Registration>, timeout: Duration) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FencedAdmission {
     Admitted,
-    /// The user already held a slot, or the waiting room has not let them
-    /// in; nothing was written.
+    /// The user already held a slot, the stock is gone, or the waiting room
+    /// has not let them in; nothing was written.
     Refused(Refusal),
     /// The lock is no longer the caller's; nothing was written.
     Lost,
@@ -232,6 +232,7 @@ impl LockGuard {
             "admitted" => Ok(FencedAdmission::Admitted),
             "withdrawn" => Ok(FencedAdmission::Withdrawn),
             "duplicate" => Ok(FencedAdmission::Refused(Refusal::Duplicate)),
+            "sold_out" => Ok(FencedAdmission::Refused(Refusal::SoldOut)),
             "not_admitted" => Ok(FencedAdmission::Refused(Refusal::NotAdmitted)),
             "lost" => {
                 self.lost.store(true, Ordering::Release);

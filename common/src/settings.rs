@@ -31,7 +31,7 @@ pub enum StrategyKind {
     AsyncQueue,
     /// A per-campaign lease lock around separate Redis commands.
     DistributedLock,
-    /// Redisson's fair lock around the same section.
+    /// A fair ticket lock (arrival order) around the same section.
     FairLock,
 }
 
@@ -684,6 +684,11 @@ pub struct QueueSettings {
     pub enqueue_wait_ms: u64,
     /// Background tasks taking requests off the queue.
     pub consumers: usize,
+    /// The most requests one consumer takes off the queue at once and runs
+    /// together: their gate calls share the Redis connection's pipeline and
+    /// their messages one producer batch, so the drain keeps pace with the
+    /// `sync` path (up to `consumers × batch_size` requests in flight).
+    pub batch_size: usize,
     /// On shutdown, how long the queue may take to drain; what is left is
     /// recorded as rejected (`unavailable`).
     pub drain_timeout_ms: u64,
@@ -698,8 +703,32 @@ impl Default for QueueSettings {
             capacity: 10_000,
             enqueue_wait_ms: 1_000,
             consumers: 64,
+            batch_size: 64,
             drain_timeout_ms: 10_000,
             mark_ttl_secs: 60,
+        }
+    }
+}
+
+/// How the lock strategies use their campaign's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LockMode {
+    /// One lock hold per request: the seed's design.
+    #[default]
+    Naive,
+    /// One lock hold serves every request of this instance waiting for the
+    /// campaign's lock at that moment (flat combining, as a database's group
+    /// commit): the holder reads the meta once and sends its users' fenced
+    /// writes together, in arrival order.
+    Combining,
+}
+
+impl LockMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Naive => "naive",
+            Self::Combining => "combining",
         }
     }
 }
@@ -708,6 +737,9 @@ impl Default for QueueSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct LockSettings {
+    /// `naive` (one hold per request, the default) or `combining` (one hold
+    /// per batch of this instance's waiting requests).
+    pub mode: LockMode,
     /// Lease; a watchdog renews it every third while the lock is held.
     pub lease_ms: u64,
     /// How long a request waits for the lock before answering 503.
@@ -721,6 +753,7 @@ pub struct LockSettings {
 impl Default for LockSettings {
     fn default() -> Self {
         Self {
+            mode: LockMode::Naive,
             lease_ms: 3_000,
             wait_ms: 2_000,
             max_waiters: 1_000,

@@ -273,13 +273,41 @@ pub async fn delete_campaign_keys(redis_url: &str, campaign: &str) -> anyhow::Re
 
 /// Runs the plan; writes the report into `out`. Returns whether every
 /// audit passed.
+///
+/// A cell whose run is already in `out/runs/<label>.json` (an experiment
+/// interrupted and resumed with `--resume out`) is kept, not run again; the
+/// plan in `out/plan.toml` must then be this one.
 pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<bool> {
     std::fs::create_dir_all(out.join("runs"))?;
-    std::fs::write(out.join("plan.toml"), toml::to_string_pretty(plan)?)?;
+    let plan_file = out.join("plan.toml");
+    let plan_text = toml::to_string_pretty(plan)?;
+    if let Ok(earlier) = std::fs::read_to_string(&plan_file) {
+        let earlier: Plan = toml::from_str(&earlier)?;
+        anyhow::ensure!(
+            toml::to_string_pretty(&earlier)? == plan_text,
+            "{} holds another plan; resume it with its own plan or use another directory",
+            plan_file.display()
+        );
+    }
+    std::fs::write(&plan_file, plan_text)?;
     let mut results: Vec<RunResult> = Vec::new();
     let mut cell = 0;
     for &instances in &plan.instances {
         for strategy in &plan.strategies {
+            let labels = cell_labels(plan, strategy, instances);
+            let done: Vec<RunResult> = labels
+                .iter()
+                .filter_map(|label| finished_run(out, label))
+                .collect();
+            if done.len() == labels.len() {
+                eprintln!(
+                    "== {instances} instances, {strategy}: all {} cells done earlier",
+                    done.len()
+                );
+                cell += done.len();
+                results.extend(done);
+                continue;
+            }
             eprintln!("== stack: {instances} instances, {strategy}");
             stack_up(env, instances, strategy, &plan.broker, BrokerState::Kept)?;
             let (admin_token, jwt_secret) = secrets(&env.state_dir)?;
@@ -296,10 +324,12 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
             {
                 for repeat in 1..=plan.repeats {
                     cell += 1;
-                    let label = match room {
-                        0 => format!("{strategy}-i{instances}-v{vusers}-r{repeat}"),
-                        n => format!("{strategy}-i{instances}-v{vusers}-wr{n}-r{repeat}"),
-                    };
+                    let label = cell_label(strategy, instances, vusers, room, repeat);
+                    if let Some(earlier) = finished_run(out, &label) {
+                        eprintln!("== cell {cell}/{}: {label} done earlier", plan.cells());
+                        results.push(earlier);
+                        continue;
+                    }
                     eprintln!("== cell {cell}/{}: {label}", plan.cells());
                     if plan.fresh_broker {
                         stack_up(env, instances, strategy, &plan.broker, BrokerState::Emptied)?;
@@ -372,6 +402,52 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
     std::fs::write(out.join("report.md"), report(plan, &results))?;
     draw_charts(out, &results)?;
     Ok(results.iter().all(RunResult::passed))
+}
+
+/// A cell whose repeats' TPS vary more than this (coefficient of variation)
+/// is flagged in the report.
+const NOISY_CV: f64 = 0.10;
+
+/// Standard deviation over mean (population), with two values or more.
+fn coefficient_of_variation(values: &[f64]) -> Option<f64> {
+    if values.len() < 2 {
+        return None;
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if mean <= 0.0 {
+        return None;
+    }
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    Some(variance.sqrt() / mean)
+}
+
+/// The label of one cell's run (its file name under `runs/`).
+fn cell_label(strategy: &str, instances: u32, vusers: u32, room: u32, repeat: u32) -> String {
+    match room {
+        0 => format!("{strategy}-i{instances}-v{vusers}-r{repeat}"),
+        n => format!("{strategy}-i{instances}-v{vusers}-wr{n}-r{repeat}"),
+    }
+}
+
+/// Every cell label of one stack (instances × strategy) of the plan.
+fn cell_labels(plan: &Plan, strategy: &str, instances: u32) -> Vec<String> {
+    let mut labels = Vec::new();
+    for &vusers in &plan.vusers {
+        for &room in &plan.waiting_rooms {
+            for repeat in 1..=plan.repeats {
+                labels.push(cell_label(strategy, instances, vusers, room, repeat));
+            }
+        }
+    }
+    labels
+}
+
+/// The run of a cell written by an earlier sitting, if it is complete (its
+/// JSON parses). A cell cut off mid-run left no JSON and runs again.
+fn finished_run(out: &Path, label: &str) -> Option<RunResult> {
+    let text = std::fs::read(out.join("runs").join(format!("{label}.json"))).ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 /// The strategy of a run, and its waiting room if it ran behind one (such
@@ -468,7 +544,8 @@ fn report(plan: &Plan, results: &[RunResult]) -> String {
     );
     let _ = writeln!(
         out,
-        "Figures are medians over the repeats (min–max in brackets when there are several). TPS and mean time are over tests (expected business outcomes); peak TPS is the best 2 s window; p99 in ms. Seed rows are the published nGrinder figures (5-minute cells, peak = best single sample).\n"
+        "Figures are medians over the repeats (min–max in brackets when there are several; the TPS spread column gives the coefficient of variation, flagged ⚠ over {:.0}%: such a cell's median is not to be trusted alone). TPS and mean time are over tests (expected business outcomes); peak TPS is the best 2 s window; p99 in ms. Seed rows are the published nGrinder figures (5-minute cells, peak = best single sample).\n",
+        NOISY_CV * 100.0
     );
     let cells = cells(results);
     let mut groups: Groups<'_> = BTreeMap::new();
@@ -482,9 +559,9 @@ fn report(plan: &Plan, results: &[RunResult]) -> String {
         let _ = writeln!(out, "## {strategy}, {instances} instances\n");
         let _ = writeln!(
             out,
-            "| vuser | TPS | peak TPS | mean time | executed tests | errors | p99 | audit |"
+            "| vuser | TPS | TPS spread | peak TPS | mean time | executed tests | errors | p99 | audit |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
         for (vusers, runs) in rows {
             let tps: Vec<f64> = runs.iter().map(|r| r.summary.tps).collect();
             let spread = if runs.len() > 1 {
@@ -497,9 +574,14 @@ fn report(plan: &Plan, results: &[RunResult]) -> String {
                 String::new()
             };
             let passed = runs.iter().filter(|r| r.passed()).count();
+            let variation = match coefficient_of_variation(&tps) {
+                Some(cv) if cv > NOISY_CV => format!("CV {:.1}% ⚠", cv * 100.0),
+                Some(cv) => format!("CV {:.1}%", cv * 100.0),
+                None => "–".to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "| {vusers} | {:.1}{spread} | {:.0} | {:.2}ms | {:.0} | {:.0} | {:.1} | {passed}/{} pass |",
+                "| {vusers} | {:.1}{spread} | {variation} | {:.0} | {:.2}ms | {:.0} | {:.0} | {:.1} | {passed}/{} pass |",
                 median(tps.clone()),
                 median(runs.iter().map(|r| r.summary.peak_tps).collect()),
                 median(runs.iter().map(|r| r.summary.mean_ms).collect()),
@@ -517,7 +599,7 @@ fn report(plan: &Plan, results: &[RunResult]) -> String {
             if let Some(s) = seed::find(strategy, *instances as u32, *vusers) {
                 let _ = writeln!(
                     out,
-                    "| seed {} | {:.1} | {:.0} | {:.2}ms | {} | {} | – | – |",
+                    "| seed {} | {:.1} | – | {:.0} | {:.2}ms | {} | {} | – | – |",
                     s.vusers, s.tps, s.peak_tps, s.mean_ms, s.executed, s.errors
                 );
             }
@@ -664,4 +746,43 @@ fn draw_charts(out: &Path, results: &[RunResult]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spread_is_the_coefficient_of_variation() {
+        assert_eq!(coefficient_of_variation(&[100.0]), None);
+        assert_eq!(coefficient_of_variation(&[100.0, 100.0]), Some(0.0));
+        // Mean 100, population standard deviation 20.
+        let cv = coefficient_of_variation(&[80.0, 120.0]).unwrap();
+        assert!((cv - 0.2).abs() < 1e-12, "{cv}");
+        assert!(cv > NOISY_CV);
+    }
+
+    #[test]
+    fn a_resumed_experiment_keeps_only_cells_whose_run_was_written_whole() {
+        let plan: Plan = toml::from_str(
+            "strategies = [\"sync\"]\nvusers = [100, 1000]\ninstances = [3]\nrepeats = 3\nduration_secs = 60\n",
+        )
+        .unwrap();
+        let labels = cell_labels(&plan, "sync", 3);
+        assert_eq!(labels.len(), plan.cells());
+        assert_eq!(labels[0], "sync-i3-v100-r1");
+        assert_eq!(labels[5], "sync-i3-v1000-r3");
+
+        let out = std::env::temp_dir().join(format!("resume-{}", std::process::id()));
+        std::fs::create_dir_all(out.join("runs")).unwrap();
+        // A run cut off while its JSON was written does not count as done.
+        std::fs::write(
+            out.join("runs/sync-i3-v100-r1.json"),
+            b"{\"version\": 1, \"lab",
+        )
+        .unwrap();
+        assert!(finished_run(&out, "sync-i3-v100-r1").is_none());
+        assert!(finished_run(&out, "sync-i3-v100-r2").is_none());
+        std::fs::remove_dir_all(&out).unwrap();
+    }
 }

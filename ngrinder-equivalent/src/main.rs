@@ -144,6 +144,11 @@ struct ExperimentArgs {
     /// Report directory (default: target/experiments/<timestamp>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Continue the experiment of this report directory where it stopped:
+    /// its plan (`plan.toml`) again, every cell whose run was written kept,
+    /// the others run.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["plan", "quick", "repeats", "out"])]
+    resume: Option<PathBuf>,
     #[command(flatten)]
     stack: StackArgs,
 }
@@ -325,16 +330,20 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
             Ok(result.passed())
         }
         Command::Experiment(a) => {
-            let mut plan: Plan = match (&a.plan, a.quick) {
-                (Some(path), _) => Plan::load(path)?,
-                (None, true) => toml::from_str(QUICK_PLAN)?,
-                (None, false) => anyhow::bail!("give a plan file or --quick"),
+            let (plan, out) = if let Some(dir) = a.resume {
+                (Plan::load(&dir.join("plan.toml"))?, dir)
+            } else {
+                let mut plan: Plan = match (&a.plan, a.quick) {
+                    (Some(path), _) => Plan::load(path)?,
+                    (None, true) => toml::from_str(QUICK_PLAN)?,
+                    (None, false) => anyhow::bail!("give a plan file, --quick or --resume DIR"),
+                };
+                if let Some(repeats) = a.repeats {
+                    anyhow::ensure!(repeats > 0, "--repeats must be at least 1");
+                    plan.repeats = repeats;
+                }
+                (plan, report_dir(a.out, "experiments"))
             };
-            if let Some(repeats) = a.repeats {
-                anyhow::ensure!(repeats > 0, "--repeats must be at least 1");
-                plan.repeats = repeats;
-            }
-            let out = report_dir(a.out, "experiments");
             let env = a.stack.environment(threads)?;
             let passed = experiment::run(&plan, &env, &out).await?;
             println!("{}", std::fs::read_to_string(out.join("report.md"))?);

@@ -35,6 +35,10 @@ pub struct RunResult {
     #[serde(default)]
     pub processes: Option<crate::procs::ProcUse>,
     pub audit: Option<AuditReport>,
+    /// The HdrHistogram interval log of the run (written as `<stem>.hlog`,
+    /// not kept in the JSON).
+    #[serde(skip)]
+    pub hlog: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -60,16 +64,20 @@ impl RunResult {
         self.audit.as_ref().is_none_or(|a| a.passed)
     }
 
-    /// Writes `<stem>.json`, `<stem>.csv` and the run's charts
-    /// (`<stem>-tps.png`, `-latency.png`, `-errors.png`) into `dir`.
+    /// Writes `<stem>.json`, `<stem>.csv`, `<stem>.hlog` (the HdrHistogram
+    /// interval log) and the run's charts (`<stem>-tps.png`, `-latency.png`,
+    /// `-errors.png`) into `dir`.
     pub fn write(&self, dir: &Path, stem: &str) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
-        std::fs::write(
-            dir.join(format!("{stem}.json")),
-            serde_json::to_vec_pretty(self)?,
-        )?;
         std::fs::write(dir.join(format!("{stem}.csv")), samples_csv(&self.samples))?;
+        std::fs::write(dir.join(format!("{stem}.hlog")), &self.hlog)?;
         crate::charts::run_charts(dir, stem, &self.samples)?;
+        // The JSON last and whole (written aside, then renamed): a resumed
+        // experiment takes a cell whose JSON exists as done.
+        let json = dir.join(format!("{stem}.json"));
+        let partial = dir.join(format!("{stem}.json.partial"));
+        std::fs::write(&partial, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&partial, &json)?;
         Ok(())
     }
 

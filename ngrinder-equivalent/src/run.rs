@@ -94,6 +94,7 @@ pub async fn perform(request: &RunRequest) -> anyhow::Result<RunResult> {
         campaign_id: campaign.id,
         stock: campaign.stock,
         summary: output.summary,
+        hlog: output.collector.hlog().to_vec(),
         samples: output.collector.samples,
         client: output.client,
         stopped_by: output.stopped_by,

@@ -22,6 +22,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use serde::{Deserialize, Serialize};
 
 /// The reply to one request, as the harness classifies it.
@@ -244,20 +246,36 @@ pub struct Sample {
     pub outcomes: Vec<u64>,
 }
 
-/// Accumulates samples and the run's totals.
+/// Accumulates samples, the run's totals, and the HdrHistogram interval
+/// log of every sample.
 #[derive(Debug)]
 pub struct Collector {
     total: Interval,
     pub samples: Vec<Sample>,
     measured: Duration,
+    started: std::time::Instant,
+    /// An HdrHistogram interval log (the format of HdrHistogram's
+    /// `HistogramLogProcessor` and `hdrhistogram::serialization`): per
+    /// sample, the tests' latency (tag `tests`) and every request's (tag
+    /// `all`), in microseconds.
+    hlog: Vec<u8>,
 }
 
 impl Default for Collector {
     fn default() -> Self {
+        let mut hlog = Vec::new();
+        let mut serializer = V2DeflateSerializer::new();
+        let _ = IntervalLogWriterBuilder::new()
+            .add_comment("coupon engine load harness: latency in microseconds")
+            .add_comment("tag tests: tests only (nGrinder's figures); tag all: every request, errors included")
+            .with_start_time(std::time::SystemTime::now())
+            .begin_log_with(&mut hlog, &mut serializer);
         Self {
             total: Interval::default(),
             samples: Vec::new(),
             measured: Duration::ZERO,
+            started: std::time::Instant::now(),
+            hlog,
         }
     }
 }
@@ -298,6 +316,7 @@ impl Collector {
             all_p99_ms: ms_at(&interval.every, 0.99),
             outcomes: interval.outcomes.to_vec(),
         };
+        self.log_interval(&interval, length);
         if t >= 0 {
             let _ = self.total.latency.add(&interval.latency);
             let _ = self.total.every.add(&interval.every);
@@ -309,6 +328,23 @@ impl Collector {
         }
         self.samples.push(sample.clone());
         sample
+    }
+
+    /// Appends one sample's histograms to the interval log.
+    fn log_interval(&mut self, interval: &Interval, length: Duration) {
+        let start = self.started.elapsed().saturating_sub(length);
+        let mut serializer = V2DeflateSerializer::new();
+        if let Ok(mut log) =
+            IntervalLogWriterBuilder::new().begin_log_with(&mut self.hlog, &mut serializer)
+        {
+            let _ = log.write_histogram(&interval.latency, start, length, Tag::new("tests"));
+            let _ = log.write_histogram(&interval.every, start, length, Tag::new("all"));
+        }
+    }
+
+    /// The run's HdrHistogram interval log (text).
+    pub fn hlog(&self) -> &[u8] {
+        &self.hlog
     }
 
     pub fn summary(&self) -> Summary {
@@ -548,5 +584,44 @@ mod tests {
         );
         assert_eq!(sample.outcomes[Outcome::Accepted as usize], 980);
         assert_eq!(sample.outcomes[Outcome::Timeout as usize], 20);
+    }
+
+    #[test]
+    fn the_interval_log_holds_each_sample_twice_and_reads_back() {
+        use hdrhistogram::serialization::Deserializer;
+        use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+        let recorder = Recorder::new(1);
+        let mut c = Collector::default();
+        for second in 0..3 {
+            for _ in 0..100 {
+                recorder.record(0, Outcome::Accepted, ms(2));
+            }
+            recorder.record(0, Outcome::Timeout, ms(5_000));
+            c.sample(&recorder, second, Duration::from_secs(1), 1);
+        }
+        let mut tests = Vec::new();
+        let mut all = Vec::new();
+        for entry in IntervalLogIterator::new(c.hlog()) {
+            if let Ok(LogEntry::Interval(h)) = entry {
+                let bytes = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    h.encoded_histogram(),
+                )
+                .unwrap();
+                let histogram: Histogram<u64> = Deserializer::new()
+                    .deserialize(&mut std::io::Cursor::new(bytes))
+                    .unwrap();
+                match h.tag().map(|t| t.as_str()) {
+                    Some("tests") => tests.push(histogram),
+                    Some("all") => all.push(histogram),
+                    other => panic!("tag {other:?}"),
+                }
+            }
+        }
+        assert_eq!(tests.len(), 3);
+        assert_eq!(all.len(), 3);
+        assert_eq!(tests[0].len(), 100);
+        assert_eq!(all[0].len(), 101);
+        assert!(all[2].max() >= 4_990_000);
     }
 }

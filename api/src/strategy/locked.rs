@@ -16,19 +16,28 @@
 //! is the point of these variants: they show what a lock costs next to the
 //! single atomic script of `sync`.
 //!
+//! `lock.mode` says how the lock is used: `naive`, one hold per request (the
+//! seed's design, and the section above); `combining`, one hold serves every
+//! request of this instance waiting for the campaign's lock at that moment
+//! ([`Combiner`]: flat combining, as a database's group commit): the holder
+//! reads the meta once, sends the users' fenced writes together in arrival
+//! order (the script stops them at the stock), releases, and answers each.
+//!
 //! The reply is `pending` without waiting for the delivery report; the report
 //! is settled in the background (see [`Issuance::produce_in_background`]).
 //! A holder paused past its lease (its checks done, its lock gone) writes
 //! nothing: the fence answers `lost` and the request gets a 503.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::ids::{CampaignId, CouponId, UserId};
 use common::keys::CampaignKeys;
 use common::lock::{FairLock, FencedAdmission, LeaseLock, LockError, LockGuard, LockTiming};
 use common::lock_waker::LockWaker;
-use common::settings::{LockSettings, StrategyKind};
+use common::settings::{LockMode, LockSettings, StrategyKind};
+use tokio::sync::oneshot;
 
 use super::issuance::{Admitted, redis_unavailable, withdrawn};
 use super::{Acceptance, Issuance, IssueError, Refusal};
@@ -61,7 +70,9 @@ impl CampaignLock {
 #[derive(Debug)]
 pub struct LockedStrategy {
     issuance: Arc<Issuance>,
-    lock: CampaignLock,
+    lock: Arc<CampaignLock>,
+    mode: LockMode,
+    combiner: Arc<Combiner>,
 }
 
 impl LockedStrategy {
@@ -78,11 +89,16 @@ impl LockedStrategy {
                 FairLock::new(redis, timing, Some(waker)).with_max_waiters(settings.max_waiters),
             ),
         };
-        Self { issuance, lock }
+        Self {
+            issuance,
+            lock: Arc::new(lock),
+            mode: settings.mode,
+            combiner: Arc::default(),
+        }
     }
 
     pub fn kind(&self) -> StrategyKind {
-        match self.lock {
+        match *self.lock {
             CampaignLock::Lease(_) => StrategyKind::DistributedLock,
             CampaignLock::Fair(_) => StrategyKind::FairLock,
         }
@@ -94,12 +110,197 @@ impl LockedStrategy {
         user: UserId,
     ) -> Result<Acceptance, IssueError> {
         precheck(&self.issuance, &campaign, &user).await?;
-        let guard = self
-            .lock
-            .acquire(&campaign)
-            .await
-            .map_err(lock_unavailable)?;
-        issue_under(&self.issuance, guard, campaign, user).await
+        match self.mode {
+            LockMode::Naive => {
+                let guard = self
+                    .lock
+                    .acquire(&campaign)
+                    .await
+                    .map_err(lock_unavailable)?;
+                issue_under(&self.issuance, guard, campaign, user).await
+            }
+            LockMode::Combining => {
+                let admitted = self.combined(campaign, user.clone()).await?;
+                crate::faults::after_gate(&self.issuance.faults, &user).await;
+                let coupon_id = self
+                    .issuance
+                    .produce_in_background(admitted, campaign, user)
+                    .await?;
+                Ok(Acceptance::Pending(coupon_id))
+            }
+        }
+    }
+
+    /// `combining`: joins the campaign's line in this instance; the first
+    /// to find no holder serving it starts one ([`serve`]).
+    async fn combined(&self, campaign: CampaignId, user: UserId) -> Result<Admitted, IssueError> {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut lines = self.combiner.lines();
+            let line = lines.entry(campaign).or_default();
+            line.waiting.push(Waiter { user, reply });
+            !std::mem::replace(&mut line.serving, true)
+        };
+        if start {
+            self.issuance.spawn(serve(
+                self.issuance.clone(),
+                self.lock.clone(),
+                self.combiner.clone(),
+                campaign,
+            ));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(IssueError::Unavailable(
+                "the request was dropped before its turn; nothing was issued, retry later".into(),
+            ))
+        })
+    }
+}
+
+/// The most requests one hold serves: it bounds the hold (each user is one
+/// script call in the pipeline).
+const MOST_PER_HOLD: usize = 512;
+
+/// `combining`: the requests of this instance waiting for each campaign's
+/// lock.
+#[derive(Debug, Default)]
+struct Combiner {
+    lines: std::sync::Mutex<HashMap<CampaignId, Line>>,
+}
+
+impl Combiner {
+    fn lines(&self) -> std::sync::MutexGuard<'_, HashMap<CampaignId, Line>> {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Line {
+    waiting: Vec<Waiter>,
+    /// A task is serving this line (taking the lock for its batches).
+    serving: bool,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    user: UserId,
+    reply: oneshot::Sender<Result<Admitted, IssueError>>,
+}
+
+/// Serves a campaign's line until it is empty: takes what waits (up to
+/// [`MOST_PER_HOLD`]), holds the lock once for all of it, answers each.
+async fn serve(
+    issuance: Arc<Issuance>,
+    lock: Arc<CampaignLock>,
+    combiner: Arc<Combiner>,
+    campaign: CampaignId,
+) {
+    loop {
+        let batch: Vec<Waiter> = {
+            let mut lines = combiner.lines();
+            let Some(line) = lines.get_mut(&campaign) else {
+                return;
+            };
+            if line.waiting.is_empty() {
+                lines.remove(&campaign);
+                return;
+            }
+            let n = line.waiting.len().min(MOST_PER_HOLD);
+            line.waiting.drain(..n).collect()
+        };
+        let guard = match lock.acquire(&campaign).await {
+            Ok(guard) => guard,
+            Err(e) => {
+                let e = lock_unavailable(e);
+                for waiter in batch {
+                    let _ = waiter.reply.send(Err(e.clone()));
+                }
+                continue;
+            }
+        };
+        issuance
+            .metrics
+            .lock_wait_seconds
+            .observe(guard.waited.as_secs_f64());
+        let started = Instant::now();
+        let users: Vec<UserId> = batch.iter().map(|w| w.user.clone()).collect();
+        let results = combined_section(&issuance, &guard, &campaign, &users).await;
+        issuance
+            .metrics
+            .gate_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = guard.release().await {
+            tracing::warn!(campaign.id = %campaign, error = %e, "lock not released");
+        }
+        for (waiter, result) in batch.into_iter().zip(results) {
+            let _ = waiter.reply.send(result);
+        }
+    }
+}
+
+/// The section for a batch under one hold: the meta and window once, then
+/// every user's fenced write (`locked_admit.lua`: not a holder yet, the
+/// count below the stock, the lock still ours), sent together in arrival
+/// order on the shared connection. A user twice in one batch is a
+/// duplicate the second time.
+async fn combined_section(
+    issuance: &Issuance,
+    guard: &LockGuard,
+    campaign: &CampaignId,
+    users: &[UserId],
+) -> Vec<Result<Admitted, IssueError>> {
+    let every = |e: IssueError| users.iter().map(|_| Err(e.clone())).collect();
+    let (meta, now_ms) = match issuance.redis.read_meta(campaign).await {
+        Ok(read) => read,
+        Err(e) => return every(redis_unavailable(e)),
+    };
+    let Some(meta) = meta else {
+        return every(issuance.classify_missing(campaign).await);
+    };
+    if meta.closed || meta.ends_at.is_some_and(|e| now_ms >= e.timestamp_millis()) {
+        return every(IssueError::Refused(Refusal::Closed));
+    }
+    if now_ms < meta.starts_at.timestamp_millis() {
+        return every(IssueError::Refused(Refusal::NotOpen));
+    }
+    let keys = CampaignKeys::new(campaign);
+    let mut seen = HashSet::new();
+    let writes = users.iter().map(|user| {
+        let first = seen.insert(user);
+        let keys = &keys;
+        async move {
+            if !first {
+                return Err(IssueError::Refused(Refusal::Duplicate));
+            }
+            let coupon = CouponId::new();
+            match guard.admit(keys, user, &coupon).await {
+                Ok(admission) => fenced(admission, coupon, campaign, user),
+                Err(e) => Err(issuance.admission_failed(e, campaign, user, &coupon).await),
+            }
+        }
+    });
+    futures::future::join_all(writes).await
+}
+
+/// The reply to a fenced write.
+fn fenced(
+    admission: FencedAdmission,
+    coupon: CouponId,
+    campaign: &CampaignId,
+    user: &UserId,
+) -> Result<Admitted, IssueError> {
+    match admission {
+        FencedAdmission::Admitted => Ok(Admitted::now(coupon)),
+        FencedAdmission::Refused(refusal) => Err(IssueError::Refused(refusal)),
+        FencedAdmission::Withdrawn => Err(withdrawn()),
+        FencedAdmission::Lost => {
+            tracing::warn!(campaign.id = %campaign, user.id = %user, "lock lost before the section's writes; nothing admitted");
+            Err(IssueError::Unavailable(
+                "the campaign lock was lost; nothing was issued, retry later".into(),
+            ))
+        }
     }
 }
 
@@ -201,15 +402,5 @@ async fn section(
         Ok(admission) => admission,
         Err(e) => return Err(issuance.admission_failed(e, campaign, user, &coupon).await),
     };
-    match admission {
-        FencedAdmission::Admitted => Ok(Admitted::now(coupon)),
-        FencedAdmission::Refused(refusal) => Err(IssueError::Refused(refusal)),
-        FencedAdmission::Withdrawn => Err(withdrawn()),
-        FencedAdmission::Lost => {
-            tracing::warn!(campaign.id = %campaign, user.id = %user, "lock lost before the section's writes; nothing admitted");
-            Err(IssueError::Unavailable(
-                "the campaign lock was lost; nothing was issued, retry later".into(),
-            ))
-        }
-    }
+    fenced(admission, coupon, campaign, user)
 }

@@ -23,7 +23,7 @@ pub mod locked;
 pub use issuance::Issuance;
 
 /// Why an issue request got no coupon.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IssueError {
     #[error("{}", .0.as_str())]
     Refused(Refusal),
