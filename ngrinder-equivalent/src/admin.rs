@@ -58,6 +58,9 @@ pub struct Coupon {
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 pub struct ServerInfo {
     pub strategy: Option<String>,
+    /// The lock strategies' `lock.mode` (`naive`, `combining`).
+    #[serde(default)]
+    pub lock_mode: Option<String>,
     pub per_user_rate_limit: Option<bool>,
 }
 

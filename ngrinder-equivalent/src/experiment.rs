@@ -24,6 +24,8 @@ use crate::users::UserMode;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
+    /// `APP_STRATEGY` values; a lock strategy may carry its lock mode after
+    /// a `+` (`fair-lock+combining`; `naive` without one).
     pub strategies: Vec<String>,
     pub vusers: Vec<u32>,
     pub instances: Vec<u32>,
@@ -212,7 +214,9 @@ pub fn stack_secrets(state_dir: &Path) -> anyhow::Result<(String, String)> {
     Ok((get("LOCAL_ADMIN_TOKEN")?, get("LOCAL_JWT_SECRET")?))
 }
 
-/// `scripts/stack up` with the cell's instances, strategy and broker.
+/// `scripts/stack up` with the cell's instances, strategy and broker. A
+/// plan's strategy may name the lock strategies' mode after a `+`
+/// (`distributed-lock+combining`); without one the mode is `naive`.
 pub fn stack_up(
     env: &Environment,
     instances: u32,
@@ -220,6 +224,7 @@ pub fn stack_up(
     broker: &str,
     data: BrokerState,
 ) -> anyhow::Result<()> {
+    let (strategy, lock_mode) = strategy.split_once('+').unwrap_or((strategy, "naive"));
     let mut cmd = std::process::Command::new(&env.stack);
     cmd.args([
         "up",
@@ -227,6 +232,8 @@ pub fn stack_up(
         &instances.to_string(),
         "--strategy",
         strategy,
+        "--lock-mode",
+        lock_mode,
     ]);
     cmd.args(["--broker", broker]);
     if data == BrokerState::Emptied {
@@ -453,7 +460,10 @@ fn finished_run(out: &Path, label: &str) -> Option<RunResult> {
 /// The strategy of a run, and its waiting room if it ran behind one (such
 /// runs are cells of their own).
 fn strategy_of(r: &RunResult) -> String {
-    let strategy = r.server.strategy.clone().unwrap_or_else(|| "?".into());
+    let mut strategy = r.server.strategy.clone().unwrap_or_else(|| "?".into());
+    if r.server.lock_mode.as_deref() == Some("combining") {
+        strategy.push_str("+combining");
+    }
     match r.spec.waiting_room {
         Some(room) => format!("{strategy}+room{}", room.admit_per_second),
         None => strategy,
@@ -751,6 +761,27 @@ fn draw_charts(out: &Path, results: &[RunResult]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_shipped_plan_loads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plans");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let plan = Plan::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for strategy in &plan.strategies {
+                let (kind, mode) = strategy.split_once('+').unwrap_or((strategy, "naive"));
+                assert!(
+                    ["sync", "async-queue", "distributed-lock", "fair-lock"].contains(&kind)
+                        && ["naive", "combining"].contains(&mode),
+                    "{}: {strategy}",
+                    path.display()
+                );
+            }
+            loaded += 1;
+        }
+        assert!(loaded >= 4, "{loaded} plans");
+    }
 
     #[test]
     fn the_spread_is_the_coefficient_of_variation() {

@@ -117,7 +117,7 @@ struct RunArgs {
     /// Where the audit reads a waiting room's state.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
-    /// Directory for `<label>.json` and `<label>.csv`.
+    /// Directory for `<label>.json`, `.csv`, `.hlog` and the charts.
     #[arg(long, default_value = "target/ngrinder")]
     out: PathBuf,
     #[arg(long)]

@@ -36,6 +36,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let body = json!({
         "status": status,
         "strategy": state.strategy.kind().as_str(),
+        "lock_mode": state.strategy.lock_mode().map(|m| m.as_str()),
         "per_user_rate_limit": state.limiter.enabled(),
         "dependencies": readiness,
     });

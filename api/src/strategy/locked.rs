@@ -97,6 +97,10 @@ impl LockedStrategy {
         }
     }
 
+    pub fn mode(&self) -> LockMode {
+        self.mode
+    }
+
     pub fn kind(&self) -> StrategyKind {
         match *self.lock {
             CampaignLock::Lease(_) => StrategyKind::DistributedLock,

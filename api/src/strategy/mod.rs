@@ -112,6 +112,14 @@ impl Strategy {
         }
     }
 
+    /// The lock strategies' `lock.mode`; `None` for the others.
+    pub fn lock_mode(&self) -> Option<common::settings::LockMode> {
+        match self {
+            Self::Locked(s) => Some(s.mode()),
+            Self::Sync(_) | Self::AsyncQueue(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> StrategyKind {
         match self {
             Self::Sync(_) => StrategyKind::Sync,
