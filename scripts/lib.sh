@@ -85,7 +85,7 @@ apt_install_tools_only() {
 ensure_packages() {
   apt_install cmake g++ make pkg-config curl jq openssl ca-certificates libssl-dev libsasl2-dev \
     libcurl4-openssl-dev zlib1g-dev haproxy redis-server redis-tools procps util-linux \
-    postgresql postgresql-client libfontconfig1-dev fonts-dejavu-core python3 python3-venv
+    postgresql postgresql-client libfontconfig1-dev fonts-dejavu-core python3 python3-venv wrk
   ensure_rust
 }
 

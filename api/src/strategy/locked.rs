@@ -36,6 +36,7 @@ use common::ids::{CampaignId, CouponId, UserId};
 use common::keys::CampaignKeys;
 use common::lock::{FairLock, FencedAdmission, LeaseLock, LockError, LockGuard, LockTiming};
 use common::lock_waker::LockWaker;
+use common::redis_state::CampaignMeta;
 use common::settings::{LockMode, LockSettings, StrategyKind};
 use tokio::sync::oneshot;
 
@@ -224,20 +225,10 @@ async fn serve(
                 continue;
             }
         };
-        issuance
-            .metrics
-            .lock_wait_seconds
-            .observe(guard.waited.as_secs_f64());
-        let started = Instant::now();
+        let started = took(&issuance, &guard);
         let users: Vec<UserId> = batch.iter().map(|w| w.user.clone()).collect();
         let results = combined_section(&issuance, &guard, &campaign, &users).await;
-        issuance
-            .metrics
-            .gate_seconds
-            .observe(started.elapsed().as_secs_f64());
-        if let Err(e) = guard.release().await {
-            tracing::warn!(campaign.id = %campaign, error = %e, "lock not released");
-        }
+        release(&issuance, guard, &campaign, started).await;
         for (waiter, result) in batch.into_iter().zip(results) {
             let _ = waiter.reply.send(result);
         }
@@ -255,19 +246,8 @@ async fn combined_section(
     campaign: &CampaignId,
     users: &[UserId],
 ) -> Vec<Result<Admitted, IssueError>> {
-    let every = |e: IssueError| users.iter().map(|_| Err(e.clone())).collect();
-    let (meta, now_ms) = match issuance.redis.read_meta(campaign).await {
-        Ok(read) => read,
-        Err(e) => return every(redis_unavailable(e)),
-    };
-    let Some(meta) = meta else {
-        return every(issuance.classify_missing(campaign).await);
-    };
-    if meta.closed || meta.ends_at.is_some_and(|e| now_ms >= e.timestamp_millis()) {
-        return every(IssueError::Refused(Refusal::Closed));
-    }
-    if now_ms < meta.starts_at.timestamp_millis() {
-        return every(IssueError::Refused(Refusal::NotOpen));
+    if let Err(e) = open_now(issuance, campaign).await {
+        return users.iter().map(|_| Err(e.clone())).collect();
     }
     let keys = CampaignKeys::new(campaign);
     let mut seen = HashSet::new();
@@ -286,6 +266,48 @@ async fn combined_section(
         }
     });
     futures::future::join_all(writes).await
+}
+
+/// A lock just taken: observes how long it was waited for; returns when
+/// the section starts.
+fn took(issuance: &Issuance, guard: &LockGuard) -> Instant {
+    issuance
+        .metrics
+        .lock_wait_seconds
+        .observe(guard.waited.as_secs_f64());
+    Instant::now()
+}
+
+/// The section done: observes how long it held the lock, and releases it.
+async fn release(issuance: &Issuance, guard: LockGuard, campaign: &CampaignId, started: Instant) {
+    issuance
+        .metrics
+        .gate_seconds
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(e) = guard.release().await {
+        // The lease runs out by itself; the next holder waits for it.
+        tracing::warn!(campaign.id = %campaign, error = %e, "lock not released");
+    }
+}
+
+/// The section's first check, as separate commands (`HMGET` meta, `TIME`):
+/// the campaign's meta, if it is known and open right now.
+async fn open_now(issuance: &Issuance, campaign: &CampaignId) -> Result<CampaignMeta, IssueError> {
+    let (meta, now_ms) = issuance
+        .redis
+        .read_meta(campaign)
+        .await
+        .map_err(redis_unavailable)?;
+    let Some(meta) = meta else {
+        return Err(issuance.classify_missing(campaign).await);
+    };
+    if meta.closed || meta.ends_at.is_some_and(|e| now_ms >= e.timestamp_millis()) {
+        return Err(IssueError::Refused(Refusal::Closed));
+    }
+    if now_ms < meta.starts_at.timestamp_millis() {
+        return Err(IssueError::Refused(Refusal::NotOpen));
+    }
+    Ok(meta)
 }
 
 /// The reply to a fenced write.
@@ -348,20 +370,9 @@ async fn issue_under(
     campaign: CampaignId,
     user: UserId,
 ) -> Result<Acceptance, IssueError> {
-    issuance
-        .metrics
-        .lock_wait_seconds
-        .observe(guard.waited.as_secs_f64());
-    let started = std::time::Instant::now();
+    let started = took(issuance, &guard);
     let admitted = section(issuance, &guard, &campaign, &user).await;
-    issuance
-        .metrics
-        .gate_seconds
-        .observe(started.elapsed().as_secs_f64());
-    if let Err(e) = guard.release().await {
-        // The lease runs out by itself; the next holder waits for it.
-        tracing::warn!(campaign.id = %campaign, error = %e, "lock not released");
-    }
+    release(issuance, guard, &campaign, started).await;
     let admitted = admitted?;
     crate::faults::after_gate(&issuance.faults, &user).await;
     let coupon_id = issuance
@@ -377,16 +388,7 @@ async fn section(
     user: &UserId,
 ) -> Result<Admitted, IssueError> {
     let redis = &issuance.redis;
-    let (meta, now_ms) = redis.read_meta(campaign).await.map_err(redis_unavailable)?;
-    let Some(meta) = meta else {
-        return Err(issuance.classify_missing(campaign).await);
-    };
-    if meta.closed || meta.ends_at.is_some_and(|e| now_ms >= e.timestamp_millis()) {
-        return Err(IssueError::Refused(Refusal::Closed));
-    }
-    if now_ms < meta.starts_at.timestamp_millis() {
-        return Err(IssueError::Refused(Refusal::NotOpen));
-    }
+    let meta = open_now(issuance, campaign).await?;
     if redis
         .holds_slot(campaign, user)
         .await

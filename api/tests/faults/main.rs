@@ -7,9 +7,9 @@
 //! --test-threads=1`). CI runs scaled-down numbers; `COUPON_FAULTS=full`
 //! runs the full ones (docs/RELIABILITY.md).
 //!
-//! The faults of the request path (1, 3, 4, 5, 12) run once per strategy,
-//! each on a cell of its own; `COUPON_FAULTS_STRATEGIES` (comma-separated)
-//! narrows them. The worker's faults and the input checks do not depend on
+//! The faults of the request path (1, 3, 4, 5, 12) run once per strategy
+//! (the lock strategies in both lock modes), each on a cell of its own;
+//! `COUPON_FAULTS_STRATEGIES` (comma-separated) narrows them. The worker's faults and the input checks do not depend on
 //! the strategy and run once.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]

@@ -14,7 +14,7 @@ per_strategy!(f01_load_with_duplicates => f01);
 
 async fn f01(strategy: &'static str) {
     let started = Instant::now();
-    let cell = Cell::start(3, 1, &[("APP_STRATEGY", strategy)]).await;
+    let cell = Cell::start(3, 1, &strategy_env(strategy, &[])).await;
     let (stock, users, requests) = (pick(500, 5_000), pick(2_000, 20_000), pick(20_000, 200_000));
     let campaign = cell.campaign(stock as i64).await;
     let mode = UserMode::Hot {
@@ -42,7 +42,7 @@ per_strategy!(f03_broker_stopped_under_load => f03);
 
 async fn f03(strategy: &'static str) {
     let started = Instant::now();
-    let mut cell = Cell::start(2, 1, &[("APP_STRATEGY", strategy)]).await;
+    let mut cell = Cell::start(2, 1, &strategy_env(strategy, &[])).await;
     let campaign = cell.campaign(1_000_000).await;
     let outage = Duration::from_secs(pick(5, 20));
     let run = spec(
@@ -108,7 +108,7 @@ per_strategy!(f04_redis_restarted_empty => f04);
 
 async fn f04(strategy: &'static str) {
     let started = Instant::now();
-    let mut cell = Cell::start(2, 1, &[("APP_STRATEGY", strategy)]).await;
+    let mut cell = Cell::start(2, 1, &strategy_env(strategy, &[])).await;
     let stock = pick(300, 3_000);
     let campaign = cell.campaign(stock as i64).await;
     let id = common::ids::CampaignId::parse(&campaign).unwrap();
@@ -183,10 +183,7 @@ per_strategy!(f05_crash_between_gate_and_produce => f05);
 
 async fn f05(strategy: &'static str) {
     let started = Instant::now();
-    let fault = [
-        ("APP_FAULTS__CRASH_AFTER_GATE_USER", "victim"),
-        ("APP_STRATEGY", strategy),
-    ];
+    let fault = strategy_env(strategy, &[("APP_FAULTS__CRASH_AFTER_GATE_USER", "victim")]);
     let mut cell = Cell::start(1, 1, &fault).await;
     let stock = pick(20, 200);
     let campaign = cell.campaign(stock as i64).await;
@@ -245,10 +242,7 @@ async fn f12(strategy: &'static str) {
     let mut cell = Cell::start(
         3,
         1,
-        &[
-            ("APP_HTTP__DRAIN_DELAY_MS", "1500"),
-            ("APP_STRATEGY", strategy),
-        ],
+        &strategy_env(strategy, &[("APP_HTTP__DRAIN_DELAY_MS", "1500")]),
     )
     .await;
     let campaign = cell.campaign(1_000_000).await;

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::settings::StrategyKind;
 use ngrinder_equivalent::audit::{self, AuditReport};
 use ngrinder_equivalent::load::{self, RunOutput};
 use ngrinder_equivalent::spec::{Endpoint, LoadModel, RunSpec};
@@ -19,22 +18,43 @@ pub fn full() -> bool {
     std::env::var("COUPON_FAULTS").as_deref() == Ok("full")
 }
 
-/// The strategies the request-path faults run under.
+/// The strategies the request-path faults run under: every strategy, the
+/// lock strategies in both lock modes (`distributed-lock+combining`: the
+/// mode after a `+`; none: `naive`). `COUPON_FAULTS_STRATEGIES`
+/// (comma-separated, same spelling) narrows them.
 pub fn strategies() -> Vec<&'static str> {
-    let all = StrategyKind::ALL.map(|k| k.as_str());
+    const ALL: [&str; 6] = [
+        "sync",
+        "async-queue",
+        "distributed-lock",
+        "distributed-lock+combining",
+        "fair-lock",
+        "fair-lock+combining",
+    ];
     match std::env::var("COUPON_FAULTS_STRATEGIES") {
         Ok(list) if !list.trim().is_empty() => {
             let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
             for w in &wanted {
                 assert!(
-                    all.contains(w),
+                    ALL.contains(w),
                     "unknown strategy {w} in COUPON_FAULTS_STRATEGIES"
                 );
             }
-            all.into_iter().filter(|s| wanted.contains(s)).collect()
+            ALL.into_iter().filter(|s| wanted.contains(s)).collect()
         }
-        _ => all.to_vec(),
+        _ => ALL.to_vec(),
     }
+}
+
+/// A cell's environment for one of [`strategies`], with `more`.
+pub fn strategy_env(
+    variant: &'static str,
+    more: &[(&'static str, &'static str)],
+) -> Vec<(&'static str, &'static str)> {
+    let (strategy, mode) = variant.split_once('+').unwrap_or((variant, "naive"));
+    let mut env = vec![("APP_STRATEGY", strategy), ("APP_LOCK__MODE", mode)];
+    env.extend_from_slice(more);
+    env
 }
 
 /// The CI figure, or the full one.
@@ -76,6 +96,19 @@ pub async fn offer(cell: &Cell, campaign: &str, spec: &RunSpec) -> RunOutput {
     load::execute(spec, campaign, cell.minter.clone())
         .await
         .unwrap()
+}
+
+/// A campaign of `n` stock on `cell` with `n` unique users admitted: the
+/// backlog a worker fault drains (the cell starts without a worker).
+pub async fn backlog(cell: &Cell, n: u64) -> (String, RunOutput) {
+    let campaign = cell.campaign(n as i64).await;
+    let out = offer(
+        cell,
+        &campaign,
+        &spec(cell.targets(), 100, Some(n), None, UserMode::Unique),
+    )
+    .await;
+    (campaign, out)
 }
 
 pub fn failures_seen(out: &RunOutput) -> bool {

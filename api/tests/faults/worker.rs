@@ -16,13 +16,7 @@ async fn f02_worker_killed_while_draining() {
     let started = Instant::now();
     let mut cell = Cell::start(1, 0, &[]).await;
     let n = pick(10_000, 50_000);
-    let campaign = cell.campaign(n as i64).await;
-    let out = offer(
-        &cell,
-        &campaign,
-        &spec(cell.targets(), 100, Some(n), None, UserMode::Unique),
-    )
-    .await;
+    let (campaign, out) = backlog(&cell, n).await;
     assert_eq!(out.summary.outcomes.get("accepted"), Some(&n));
     // Small batches, so that the drain takes long enough to be killed often.
     // No static membership (`group.instance.id`): with the local broker a
@@ -163,13 +157,7 @@ async fn f07_rebalance_while_draining() {
     let started = Instant::now();
     let mut cell = Cell::start(1, 0, &[]).await;
     let n = pick(10_000, 50_000);
-    let campaign = cell.campaign(n as i64).await;
-    let out = offer(
-        &cell,
-        &campaign,
-        &spec(cell.targets(), 100, Some(n), None, UserMode::Unique),
-    )
-    .await;
+    let (campaign, out) = backlog(&cell, n).await;
     cell.spawn_worker(0, &[]);
     tokio::time::sleep(Duration::from_secs(1)).await;
     cell.spawn_worker(1, &[]);
