@@ -249,6 +249,9 @@ async fn combined_section(
     if let Err(e) = open_now(issuance, campaign).await {
         return users.iter().map(|_| Err(e.clone())).collect();
     }
+    for user in users {
+        crate::faults::pause_lock_holder(&issuance.faults, guard, user).await;
+    }
     let keys = CampaignKeys::new(campaign);
     let mut seen = HashSet::new();
     let writes = users.iter().map(|user| {
