@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Conn, Method, Target, number_field, outcome_field, string_field};
@@ -31,8 +30,10 @@ pub struct ClientUse {
     pub threads: usize,
     /// Open model: sends that found no free connection at their time.
     pub late_sends: u64,
-    /// Open model: sends skipped because the backlog was full.
-    pub dropped_sends: u64,
+    /// Open model: sends whose time had come but which no connection had
+    /// sent when the run stopped (recorded as `unsent`, with their wait).
+    #[serde(default)]
+    pub unsent_sends: u64,
     /// The client, not the server, limited the run.
     pub saturated: bool,
     pub saturation_reason: Option<String>,
@@ -234,7 +235,7 @@ pub async fn execute(spec: &RunSpec, campaign: &str, minter: Minter) -> anyhow::
     };
 
     let (collector, stopped_by) = sample_until_done(spec, &shared, &load).await;
-    let (late, dropped) = load.await.unwrap_or((0, 0));
+    let (late, unsent) = load.await.unwrap_or((0, 0));
     let wall = started.elapsed().as_secs_f64();
     let cpu_percent = (cpu_seconds() - cpu_start) / wall.max(1e-9) * 100.0;
 
@@ -248,9 +249,9 @@ pub async fn execute(spec: &RunSpec, campaign: &str, minter: Minter) -> anyhow::
         Some(format!(
             "the load client used {cpu_percent:.0}% CPU with {threads} thread(s): it, not the server, was the limit"
         ))
-    } else if offered.is_some() && (late + dropped) * 100 > collector.summary().executed.max(1) {
+    } else if offered.is_some() && (late + unsent) * 100 > collector.summary().executed.max(1) {
         Some(format!(
-            "{late} sends late and {dropped} dropped: the connections could not keep the rate"
+            "{late} sends late and {unsent} unsent at the end: the connections could not keep the rate"
         ))
     } else {
         None
@@ -269,7 +270,7 @@ pub async fn execute(spec: &RunSpec, campaign: &str, minter: Minter) -> anyhow::
             cores,
             threads,
             late_sends: late,
-            dropped_sends: dropped,
+            unsent_sends: unsent,
             saturated: saturation_reason.is_some(),
             saturation_reason,
         },
@@ -538,7 +539,19 @@ async fn through_room(
     Some((outcome, sent.elapsed()))
 }
 
-/// The open model; returns (late, dropped) sends.
+/// How long after its time a send may be taken and still count as on time:
+/// the timer's tick, which the sleeps of the schedule round to anyway.
+const LATE_AFTER: Duration = Duration::from_millis(1);
+
+/// The open model, as wrk2 runs it: a schedule of sends `1 / rate` apart,
+/// and `max_connections` connections that each take the next send of the
+/// schedule, wait for its time if it has not come, send, and take the next.
+/// Latency runs from the intended time, so a send taken late (no connection
+/// was free at its time) carries its wait. Sends whose time came but which no
+/// connection took before the run stopped are *unsent*: each is recorded as
+/// [`Outcome::Unsent`] with the time it had waited by then, so the backlog the
+/// client could not send shows in the every-request percentiles instead of
+/// vanishing. Returns (late, unsent).
 async fn open(
     shared: Arc<Shared>,
     targets: Vec<Target>,
@@ -546,82 +559,74 @@ async fn open(
     max_connections: u32,
 ) -> (u64, u64) {
     let connections = max_connections.max(1) as usize;
-    let idle: Arc<Mutex<Vec<Conn>>> = Arc::new(Mutex::new(
-        (0..connections)
-            .map(|i| Conn::new(targets[i % targets.len()].clone()))
-            .collect(),
-    ));
-    let permits = Arc::new(Semaphore::new(connections));
-    let waiting = Arc::new(AtomicU64::new(0));
-    let (mut late, mut dropped) = (0u64, 0u64);
-    let backlog = rate.max(1);
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let start = tokio::time::Instant::now();
+    let intended = move |i: u64| start + period.mul_f64(i as f64);
+    // The next send of the schedule no connection has taken.
+    let schedule = Arc::new(AtomicU64::new(0));
+    let late = Arc::new(AtomicU64::new(0));
     shared.active.store(connections as u64, Ordering::Relaxed);
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0u64.. {
-        let intended = start + period.mul_f64(i as f64);
-        tokio::select! {
-            _ = tokio::time::sleep_until(intended) => {}
-            _ = shared.stop.cancelled() => break,
-        }
-        if !shared.take_budget() {
-            break;
-        }
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                late += 1;
-                if waiting.load(Ordering::Relaxed) >= backlog {
-                    dropped += 1;
-                    continue;
-                }
-                None
-            }
-        };
-        let (shared, idle, permits, waiting) = (
-            shared.clone(),
-            idle.clone(),
-            permits.clone(),
-            waiting.clone(),
-        );
-        let intended: Instant = intended.into_std();
-        tasks.spawn(async move {
-            let _permit = match permit {
-                Some(p) => p,
-                None => {
-                    waiting.fetch_add(1, Ordering::Relaxed);
-                    let p = permits.acquire_owned().await;
-                    waiting.fetch_sub(1, Ordering::Relaxed);
-                    match p {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    }
-                }
-            };
-            let Some(mut conn) = idle.lock().await.pop() else {
-                return;
-            };
+    let mut workers = tokio::task::JoinSet::new();
+    for c in 0..connections {
+        let mut conn = Conn::new(targets[c % targets.len()].clone());
+        let (shared, schedule, late) = (shared.clone(), schedule.clone(), late.clone());
+        // Returns the send it held when the run stopped, if any.
+        workers.spawn(async move {
             let (mut user, mut auth) = (String::new(), String::new());
-            let key = shared.mode.key(i, rand::rng().random());
-            if shared.as_user {
-                shared.mode.user(&shared.run_id, 0, key, &mut user);
-                shared.minter.bearer(&user, &mut auth);
+            loop {
+                let i = schedule.fetch_add(1, Ordering::Relaxed);
+                let at = intended(i);
+                if tokio::time::Instant::now() > at + LATE_AFTER {
+                    late.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::select! {
+                    biased;
+                    _ = shared.stop.cancelled() => return Some(i),
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+                if !shared.take_budget() {
+                    return None;
+                }
+                let key = shared.mode.key(i, rand::rng().random());
+                if shared.as_user {
+                    user.clear();
+                    auth.clear();
+                    shared.mode.user(&shared.run_id, 0, key, &mut user);
+                    shared.minter.bearer(&user, &mut auth);
+                }
+                let outcome = conn
+                    .send(shared.method, &shared.path, &auth, shared.timeout)
+                    .await;
+                shared
+                    .recorder
+                    .record(i as usize, outcome, at.into_std().elapsed());
+                shared.ledger.record(0, key, outcome);
             }
-            let outcome = conn
-                .send(shared.method, &shared.path, &auth, shared.timeout)
-                .await;
-            shared
-                .recorder
-                .record(i as usize, outcome, intended.elapsed());
-            shared.ledger.record(0, key, outcome);
-            idle.lock().await.push(conn);
         });
-        while tasks.try_join_next().is_some() {}
     }
-    while tasks.join_next().await.is_some() {}
+    let stopped_at = tokio::select! {
+        _ = shared.stop.cancelled() => Some(tokio::time::Instant::now()),
+        _ = async { while workers.join_next().await.is_some() {} } => None,
+    };
+    let mut held = Vec::new();
+    while let Some(joined) = workers.join_next().await {
+        held.extend(joined.ok().flatten());
+    }
     shared.active.store(0, Ordering::Relaxed);
-    (late, dropped)
+    let mut unsent = 0u64;
+    if let Some(stopped_at) = stopped_at {
+        // Every send due by the stop that no connection sent: the ones
+        // nobody took, and the ones taken but not yet sent.
+        let due =
+            (stopped_at.duration_since(start).as_secs_f64() / period.as_secs_f64()) as u64 + 1;
+        let untaken = schedule.load(Ordering::Relaxed).min(due)..due;
+        for i in untaken.chain(held.into_iter().filter(|&i| i < due)) {
+            let waited = stopped_at.saturating_duration_since(intended(i));
+            shared.recorder.record(i as usize, Outcome::Unsent, waited);
+            unsent += 1;
+        }
+    }
+    (late.load(Ordering::Relaxed), unsent)
 }
 
 /// User + system CPU seconds of this process (Linux `/proc/self/stat`).

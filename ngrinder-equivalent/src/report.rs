@@ -188,8 +188,8 @@ impl RunResult {
         let c = &self.client;
         let _ = writeln!(
             out,
-            "client: {:.0}% CPU ({} threads, {} cores), late sends {}, dropped {}",
-            c.cpu_percent, c.threads, c.cores, c.late_sends, c.dropped_sends
+            "client: {:.0}% CPU ({} threads, {} cores), late sends {}, unsent {}",
+            c.cpu_percent, c.threads, c.cores, c.late_sends, c.unsent_sends
         );
         if let Some(reason) = &c.saturation_reason {
             let _ = writeln!(out, "WARNING: {reason}");
@@ -285,10 +285,14 @@ mod tests {
             "{}",
             lines[0]
         );
-        assert!(lines[0].ends_with(",timeout,connection"), "{}", lines[0]);
+        assert!(
+            lines[0].ends_with(",timeout,connection,unsent"),
+            "{}",
+            lines[0]
+        );
         assert_eq!(
             lines[1],
-            "-1,10,100,1,1.500,100.0,1.250,3.250,4.500,5.000,0,100,0,0,0,0,0,0,0,0,0,0,0,0,1"
+            "-1,10,100,1,1.500,100.0,1.250,3.250,4.500,5.000,0,100,0,0,0,0,0,0,0,0,0,0,0,0,0,1"
         );
     }
 }

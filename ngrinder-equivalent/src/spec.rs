@@ -20,8 +20,9 @@ pub enum LoadModel {
     },
     /// A target rate, whatever the replies do. Latency is measured from the
     /// intended send time (coordinated omission corrected); a send that finds
-    /// no free connection is *late*, and one that would wait more than a
-    /// second's worth of sends is *dropped*.
+    /// no free connection at its time is *late* and goes out when one frees;
+    /// one still waiting when the run stops is *unsent*, counted as an error
+    /// with the time it had waited.
     Open { rate: u64, max_connections: u32 },
 }
 

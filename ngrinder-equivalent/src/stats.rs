@@ -46,6 +46,9 @@ pub enum Outcome {
     Unexpected5xx,
     Timeout,
     Connection,
+    /// Open model: the send's time came but no connection had sent it when
+    /// the run stopped; recorded with the time it had waited by then.
+    Unsent,
 }
 
 /// How an error failed.
@@ -56,10 +59,12 @@ pub enum ErrorKind {
     Server5xx,
     Timeout,
     Connection,
+    /// Never left the client (the open model's backlog at the stop).
+    Unsent,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 16] = [
         Self::Ok,
         Self::Accepted,
         Self::Pending,
@@ -75,6 +80,7 @@ impl Outcome {
         Self::Unexpected5xx,
         Self::Timeout,
         Self::Connection,
+        Self::Unsent,
     ];
 
     fn index(self) -> usize {
@@ -98,6 +104,7 @@ impl Outcome {
             Self::Unexpected5xx => "unexpected_5xx",
             Self::Timeout => "timeout",
             Self::Connection => "connection",
+            Self::Unsent => "unsent",
         }
     }
 
@@ -137,6 +144,7 @@ impl Outcome {
             Self::Unavailable | Self::Unexpected5xx => Some(ErrorKind::Server5xx),
             Self::Timeout => Some(ErrorKind::Timeout),
             Self::Connection => Some(ErrorKind::Connection),
+            Self::Unsent => Some(ErrorKind::Unsent),
         }
     }
 
