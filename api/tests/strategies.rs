@@ -113,6 +113,16 @@ async fn both_locks_in_combining_mode_pass_the_audit() {
     burst_with(StrategyKind::FairLock, LockMode::Combining).await;
 }
 
+/// Plans and the fault suite spell a lock strategy without a mode as the
+/// engine's default mode; the harness must know which that is.
+#[test]
+fn the_harness_knows_the_default_lock_mode() {
+    assert_eq!(
+        LockMode::default().as_str(),
+        ngrinder_equivalent::experiment::DEFAULT_LOCK_MODE
+    );
+}
+
 /// A lock holder stops past its lease (as a paused process would) after its
 /// checks, before its writes; another instance takes the lock meanwhile.
 /// The writes are fenced by the lock, so the paused holder writes nothing

@@ -714,13 +714,14 @@ impl Default for QueueSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum LockMode {
-    /// One lock hold per request: the seed's design.
-    #[default]
+    /// One lock hold per request: the seed's design, kept for the
+    /// comparison.
     Naive,
     /// One lock hold serves every request of this instance waiting for the
     /// campaign's lock at that moment (flat combining, as a database's group
     /// commit): the holder reads the meta once and sends its users' fenced
-    /// writes together, in arrival order.
+    /// writes together, in arrival order. The default.
+    #[default]
     Combining,
 }
 
@@ -737,8 +738,8 @@ impl LockMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct LockSettings {
-    /// `naive` (one hold per request, the default) or `combining` (one hold
-    /// per batch of this instance's waiting requests).
+    /// `combining` (one hold per batch of this instance's waiting requests,
+    /// the default) or `naive` (one hold per request, the seed's design).
     pub mode: LockMode,
     /// Lease; a watchdog renews it every third while the lock is held.
     pub lease_ms: u64,
@@ -753,7 +754,7 @@ pub struct LockSettings {
 impl Default for LockSettings {
     fn default() -> Self {
         Self {
-            mode: LockMode::Naive,
+            mode: LockMode::Combining,
             lease_ms: 3_000,
             wait_ms: 2_000,
             max_waiters: 1_000,

@@ -25,7 +25,8 @@ use crate::users::UserMode;
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     /// `APP_STRATEGY` values; a lock strategy may carry its lock mode after
-    /// a `+` (`fair-lock+combining`; `naive` without one).
+    /// a `+` (`fair-lock+naive`; without one, the engine's default,
+    /// [`DEFAULT_LOCK_MODE`]).
     pub strategies: Vec<String>,
     pub vusers: Vec<u32>,
     pub instances: Vec<u32>,
@@ -214,9 +215,20 @@ pub fn stack_secrets(state_dir: &Path) -> anyhow::Result<(String, String)> {
     Ok((get("LOCAL_ADMIN_TOKEN")?, get("LOCAL_JWT_SECRET")?))
 }
 
-/// `scripts/stack up` with the cell's instances, strategy and broker. A
-/// plan's strategy may name the lock strategies' mode after a `+`
-/// (`distributed-lock+combining`); without one the mode is `naive`.
+/// The engine's `lock.mode` when none is set (`APP_LOCK__MODE`).
+pub const DEFAULT_LOCK_MODE: &str = "combining";
+
+/// A plan's strategy split into `APP_STRATEGY` and the lock mode named after
+/// a `+` (`distributed-lock+naive`), [`DEFAULT_LOCK_MODE`] without one.
+fn strategy_and_mode(strategy: &str) -> (&str, &str) {
+    strategy
+        .split_once('+')
+        .unwrap_or((strategy, DEFAULT_LOCK_MODE))
+}
+
+/// `scripts/stack up` with the cell's instances, strategy and broker; the
+/// lock mode is always passed, so a cell means the same whatever the
+/// stack's own default.
 pub fn stack_up(
     env: &Environment,
     instances: u32,
@@ -224,7 +236,7 @@ pub fn stack_up(
     broker: &str,
     data: BrokerState,
 ) -> anyhow::Result<()> {
-    let (strategy, lock_mode) = strategy.split_once('+').unwrap_or((strategy, "naive"));
+    let (strategy, lock_mode) = strategy_and_mode(strategy);
     let mut cmd = std::process::Command::new(&env.stack);
     cmd.args([
         "up",
@@ -599,8 +611,12 @@ fn finished_run(out: &Path, label: &str) -> Option<RunResult> {
 /// runs are cells of their own).
 fn strategy_of(r: &RunResult) -> String {
     let mut strategy = r.server.strategy.clone().unwrap_or_else(|| "?".into());
-    if r.server.lock_mode.as_deref() == Some("combining") {
-        strategy.push_str("+combining");
+    // Spelled as in plans: the mode only when it is not the default.
+    if let Some(mode) = r.server.lock_mode.as_deref()
+        && mode != DEFAULT_LOCK_MODE
+    {
+        strategy.push('+');
+        strategy.push_str(mode);
     }
     match r.spec.waiting_room {
         Some(room) => format!("{strategy}+room{}", room.admit_per_second),
@@ -909,7 +925,7 @@ mod tests {
             let path = entry.unwrap().path();
             let plan = Plan::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             for strategy in &plan.strategies {
-                let (kind, mode) = strategy.split_once('+').unwrap_or((strategy, "naive"));
+                let (kind, mode) = strategy_and_mode(strategy);
                 assert!(
                     ["sync", "async-queue", "distributed-lock", "fair-lock"].contains(&kind)
                         && ["naive", "combining"].contains(&mode),

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::settings::LockMode;
 use ngrinder_equivalent::audit::{self, AuditReport};
 use ngrinder_equivalent::load::{self, RunOutput};
 use ngrinder_equivalent::spec::{Endpoint, LoadModel, RunSpec};
@@ -19,17 +20,17 @@ pub fn full() -> bool {
 }
 
 /// The strategies the request-path faults run under: every strategy, the
-/// lock strategies in both lock modes (`distributed-lock+combining`: the
-/// mode after a `+`; none: `naive`). `COUPON_FAULTS_STRATEGIES`
+/// lock strategies in both lock modes (`distributed-lock+naive`: the mode
+/// after a `+`; none: the default, `combining`). `COUPON_FAULTS_STRATEGIES`
 /// (comma-separated, same spelling) narrows them.
 pub fn strategies() -> Vec<&'static str> {
     const ALL: [&str; 6] = [
         "sync",
         "async-queue",
         "distributed-lock",
-        "distributed-lock+combining",
+        "distributed-lock+naive",
         "fair-lock",
-        "fair-lock+combining",
+        "fair-lock+naive",
     ];
     match std::env::var("COUPON_FAULTS_STRATEGIES") {
         Ok(list) if !list.trim().is_empty() => {
@@ -51,7 +52,9 @@ pub fn strategy_env(
     variant: &'static str,
     more: &[(&'static str, &'static str)],
 ) -> Vec<(&'static str, &'static str)> {
-    let (strategy, mode) = variant.split_once('+').unwrap_or((variant, "naive"));
+    let (strategy, mode) = variant
+        .split_once('+')
+        .unwrap_or((variant, LockMode::default().as_str()));
     let mut env = vec![("APP_STRATEGY", strategy), ("APP_LOCK__MODE", mode)];
     env.extend_from_slice(more);
     env
