@@ -23,6 +23,11 @@
 //! reads the meta once, sends the users' fenced writes together in arrival
 //! order (the script stops them at the stock), releases, and answers each.
 //!
+//! A batch's work belongs to no single request: it runs in a `lock_hold` span
+//! of its own (the campaign, the batch's size), linked to the span of every
+//! request it serves (follows-from, a link in a trace), so a log line of the
+//! hold never carries the request id of whichever request started the task.
+//!
 //! The reply is `pending` without waiting for the delivery report; the report
 //! is settled in the background (see [`Issuance::produce_in_background`]).
 //! A holder paused past its lease (its checks done, its lock gone) writes
@@ -39,6 +44,7 @@ use common::lock_waker::LockWaker;
 use common::redis_state::CampaignMeta;
 use common::settings::{LockMode, LockSettings, StrategyKind};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::issuance::{Admitted, redis_unavailable, withdrawn};
 use super::{Acceptance, Issuance, IssueError, Refusal};
@@ -143,16 +149,27 @@ impl LockedStrategy {
         let start = {
             let mut lines = self.combiner.lines();
             let line = lines.entry(campaign).or_default();
-            line.waiting.push(Waiter { user, reply });
+            line.waiting.push(Waiter {
+                user,
+                reply,
+                span: tracing::Span::current(),
+            });
             !std::mem::replace(&mut line.serving, true)
         };
         if start {
-            self.issuance.spawn(serve(
-                self.issuance.clone(),
-                self.lock.clone(),
-                self.combiner.clone(),
-                campaign,
-            ));
+            // Its own root span: the task outlives the request that started
+            // it. At `warn`, as the request span, so that the lines it logs
+            // under the default filter carry it.
+            let line = tracing::warn_span!(parent: None, "lock_line", campaign.id = %campaign);
+            self.issuance.spawn(
+                serve(
+                    self.issuance.clone(),
+                    self.lock.clone(),
+                    self.combiner.clone(),
+                    campaign,
+                )
+                .instrument(line),
+            );
         }
         answer.await.unwrap_or_else(|_| {
             Err(IssueError::Unavailable(
@@ -192,6 +209,8 @@ struct Line {
 struct Waiter {
     user: UserId,
     reply: oneshot::Sender<Result<Admitted, IssueError>>,
+    /// The request's span, which the hold that serves it links to.
+    span: tracing::Span,
 }
 
 /// Serves a campaign's line until it is empty: takes what waits (up to
@@ -215,24 +234,38 @@ async fn serve(
             let n = line.waiting.len().min(MOST_PER_HOLD);
             line.waiting.drain(..n).collect()
         };
-        let guard = match lock.acquire(&campaign).await {
-            Ok(guard) => guard,
-            Err(e) => {
-                let e = lock_unavailable(e);
-                for waiter in batch {
-                    let _ = waiter.reply.send(Err(e.clone()));
-                }
-                continue;
-            }
-        };
-        let started = took(&issuance, &guard);
-        let users: Vec<UserId> = batch.iter().map(|w| w.user.clone()).collect();
-        let results = combined_section(&issuance, &guard, &campaign, &users).await;
-        release(&issuance, guard, &campaign, started).await;
+        let hold = tracing::warn_span!("lock_hold", batch = batch.len());
+        for waiter in &batch {
+            hold.follows_from(&waiter.span);
+        }
+        let results = hold_once(&issuance, &lock, &campaign, &batch)
+            .instrument(hold)
+            .await;
         for (waiter, result) in batch.into_iter().zip(results) {
             let _ = waiter.reply.send(result);
         }
     }
+}
+
+/// One hold for a batch: the lock, the section, the release.
+async fn hold_once(
+    issuance: &Issuance,
+    lock: &CampaignLock,
+    campaign: &CampaignId,
+    batch: &[Waiter],
+) -> Vec<Result<Admitted, IssueError>> {
+    let guard = match lock.acquire(campaign).await {
+        Ok(guard) => guard,
+        Err(e) => {
+            let e = lock_unavailable(e);
+            return batch.iter().map(|_| Err(e.clone())).collect();
+        }
+    };
+    let started = took(issuance, &guard);
+    let users: Vec<UserId> = batch.iter().map(|w| w.user.clone()).collect();
+    let results = combined_section(issuance, &guard, campaign, &users).await;
+    release(issuance, guard, campaign, started).await;
+    results
 }
 
 /// The section for a batch under one hold: the meta and window once, then
