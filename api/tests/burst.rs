@@ -171,3 +171,27 @@ async fn rows_equal_the_smaller_of_stock_and_demand() {
     worker.stop().await;
     api.stop().await;
 }
+
+/// `/coupons/me` between the admission and the row: `pending` with the
+/// coupon id the admission claimed (the reply's), then `issued` with the
+/// same id once the worker has written the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn my_coupon_is_pending_with_its_id_until_the_row_says_issued() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(5).await;
+    let (status, reply) = api.issue(&campaign, "early").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+    // No worker yet: no row.
+    let (_, me) = api.my_coupon(&campaign, "early").await;
+    assert_eq!(me["state"], "pending", "{me}");
+    assert_eq!(me["coupon_id"], reply["coupon_id"], "{me} vs {reply}");
+
+    let worker = spawn_worker(&settings).await;
+    wait_for_rows(&db().await, &campaign, 1, Duration::from_secs(30)).await;
+    let (_, me) = api.my_coupon(&campaign, "early").await;
+    assert_eq!(me["state"], "issued", "{me}");
+    assert_eq!(me["coupon_id"], reply["coupon_id"], "{me} vs {reply}");
+    worker.stop().await;
+    api.stop().await;
+}

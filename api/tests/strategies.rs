@@ -263,6 +263,8 @@ async fn a_full_queue_makes_a_request_wait_for_room_before_it_answers_503() {
         settings.faults.pause_after_gate_user = Some("slow".into());
         settings.faults.pause_after_gate_ms = 1_200;
         let api = spawn_api(&settings).await;
+        // The row is what says `issued`.
+        let worker = spawn_worker(&settings).await;
         let campaign = api.open_campaign(100).await;
         let (_, body) = api.issue(&campaign, "slow").await;
         assert_eq!(body["outcome"], "queued", "{body}");
@@ -294,6 +296,7 @@ async fn a_full_queue_makes_a_request_wait_for_room_before_it_answers_503() {
             let (_, me) = api.my_coupon(&campaign, "waits").await;
             assert_eq!(me["state"], "none", "the refused request left a mark");
         }
+        worker.stop().await;
         api.stop().await;
     }
 }

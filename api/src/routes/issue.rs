@@ -194,7 +194,8 @@ impl MyCoupon {
 
 /// `GET /api/v1/campaigns/{id}/coupons/me`: the row if the worker wrote it;
 /// else the recorded asynchronous state; else `pending` while the user holds
-/// a slot in the gate (admitted, not yet persisted); else `none`.
+/// a slot in the gate (admitted, not yet persisted), with the coupon id its
+/// admission claimed; else `none`.
 #[utoipa::path(
     get,
     path = "/api/v1/campaigns/{id}/coupons/me",
@@ -232,15 +233,19 @@ pub async fn my_coupon(
         let name = match record.state {
             RecordedState::Queued => CouponState::Queued,
             RecordedState::Pending => CouponState::Pending,
-            RecordedState::Issued => CouponState::Issued,
             RecordedState::Rejected => CouponState::Rejected,
             RecordedState::None => CouponState::None,
         };
         return Ok(HttpResponse::Ok().json(MyCoupon {
             coupon_id: record.coupon_id.map(|c| c.as_uuid()),
-            issued_at: (record.state == RecordedState::Issued).then_some(record.at),
             outcome: record.outcome,
             ..MyCoupon::state(name)
+        }));
+    }
+    if let Some(coupon) = state.redis.claim_of(&campaign, &user).await? {
+        return Ok(HttpResponse::Ok().json(MyCoupon {
+            coupon_id: Some(coupon.as_uuid()),
+            ..MyCoupon::state(CouponState::Pending)
         }));
     }
     let holds = state.redis.holds_slot(&campaign, &user).await?;

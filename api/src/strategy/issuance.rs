@@ -361,30 +361,27 @@ impl Issuance {
     }
 
     /// Records, for `/coupons/me`, how a request answered before it was
-    /// decided ended: issued (the row follows), pending (already recorded
-    /// by [`Issuance::settle`]) or rejected with its outcome.
+    /// decided ended, when the gate does not say it already: a refusal, with
+    /// its outcome. An admitted user needs no record (one Redis write less
+    /// per queued request): the gate removed the `queued` mark and claimed
+    /// the coupon id, so `/coupons/me` answers `pending` with that id until
+    /// the row says `issued` (a `pending` delivery was recorded by
+    /// [`Issuance::settle`]).
     pub async fn record_final(
         &self,
         campaign: &CampaignId,
         user: &UserId,
         outcome: &Result<Acceptance, IssueError>,
     ) {
-        match outcome {
-            Ok(Acceptance::Accepted(id)) => {
-                self.record(campaign, user, RecordedState::Issued, Some(*id), None)
-                    .await;
-            }
-            Ok(Acceptance::Pending(_) | Acceptance::Queued) => {}
-            Err(e) => {
-                self.record(
-                    campaign,
-                    user,
-                    RecordedState::Rejected,
-                    None,
-                    Some(e.outcome()),
-                )
-                .await;
-            }
+        if let Err(e) = outcome {
+            self.record(
+                campaign,
+                user,
+                RecordedState::Rejected,
+                None,
+                Some(e.outcome()),
+            )
+            .await;
         }
     }
 

@@ -205,6 +205,21 @@ impl RedisState {
         Ok(exists.then(|| issued.unwrap_or(0)))
     }
 
+    /// The coupon id the user's admission claimed, while the user holds the
+    /// slot (a released slot's claim goes with it; `release.lua`).
+    pub async fn claim_of(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+    ) -> Result<Option<CouponId>, RedisStateError> {
+        let keys = CampaignKeys::new(campaign);
+        let raw: Option<String> = self
+            .run(|mut conn| async move { conn.hget(keys.claims(), user.as_str()).await })
+            .await?;
+        // A claim that does not parse is no claim: the set still answers.
+        Ok(raw.and_then(|s| CouponId::parse(&s).ok()))
+    }
+
     /// Whether the user holds a slot in the gate's set.
     pub async fn holds_slot(
         &self,

@@ -15,8 +15,6 @@ use crate::keys::CampaignKeys;
 pub enum RecordedState {
     Queued,
     Pending,
-    /// In the broker, the row not yet written (async strategies).
-    Issued,
     /// A final refusal of a request that was answered `queued` or `pending`;
     /// `outcome` says why.
     Rejected,
