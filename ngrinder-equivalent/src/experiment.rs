@@ -422,18 +422,31 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                         Err(e) => eprintln!("   Redis keys not cleaned up: {e}"),
                     }
                     results.push(result);
+                    // An interrupted grid leaves the report of what it ran.
+                    write_tables(out, plan, &results, &honesty)?;
                 }
             }
         }
     }
-    std::fs::write(
-        out.join("results.json"),
-        serde_json::to_vec_pretty(&results)?,
-    )?;
-    std::fs::write(out.join("results.csv"), results_csv(&results))?;
-    std::fs::write(out.join("report.md"), report(plan, &results, &honesty))?;
+    write_tables(out, plan, &results, &honesty)?;
     draw_charts(out, &results)?;
     Ok(results.iter().all(RunResult::passed))
+}
+
+/// `results.json`, `results.csv` and `report.md` of the runs so far.
+fn write_tables(
+    out: &Path,
+    plan: &Plan,
+    results: &[RunResult],
+    honesty: &Honesty,
+) -> anyhow::Result<()> {
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_vec_pretty(results)?,
+    )?;
+    std::fs::write(out.join("results.csv"), results_csv(results))?;
+    std::fs::write(out.join("report.md"), report(plan, results, honesty))?;
+    Ok(())
 }
 
 /// The harness measured against wrk, before the grid: the trivial endpoint
@@ -706,6 +719,14 @@ fn report(plan: &Plan, results: &[RunResult], honesty: &Honesty) -> String {
         plan.spread,
         plan.broker,
     );
+    if results.len() < plan.cells() {
+        let _ = writeln!(
+            out,
+            "**Partial**: {} of {} cells so far (the charts come at the end); `experiment --resume <this directory>` runs the rest.\n",
+            results.len(),
+            plan.cells()
+        );
+    }
     let _ = writeln!(
         out,
         "Figures are medians over the repeats (min–max in brackets when there are several; the TPS spread column gives the coefficient of variation, flagged ⚠ over {:.0}%: such a cell's median is not to be trusted alone). TPS and mean time are over tests (expected business outcomes); peak TPS is the best 2 s window; p99 in ms. Seed rows are the published nGrinder figures (5-minute cells, peak = best single sample).\n",
@@ -992,5 +1013,22 @@ mod tests {
         assert!(finished_run(&out, "sync-i3-v100-r1").is_none());
         assert!(finished_run(&out, "sync-i3-v100-r2").is_none());
         std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn a_report_of_part_of_the_grid_says_so() {
+        let plan: Plan = toml::from_str(
+            "strategies = [\"sync\"]\nvusers = [100, 1000]\ninstances = [3]\nrepeats = 3\nduration_secs = 60\n",
+        )
+        .unwrap();
+        let honesty = Honesty {
+            url: "http://127.0.0.1:8081".into(),
+            connections: 100,
+            secs: 10,
+            harness_rps: 1.0,
+            wrk_rps: None,
+        };
+        let text = report(&plan, &[], &honesty);
+        assert!(text.contains("**Partial**: 0 of 6 cells"), "{text}");
     }
 }
