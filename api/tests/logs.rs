@@ -13,17 +13,15 @@ use helpers::*;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_request_gets_one_access_line_with_its_id_status_and_outcome() {
+/// An api process with the test settings and `extra` in its environment,
+/// its output captured (`stop_process` returns it); and its base URL.
+async fn spawn_api_logging(extra: &[(&str, &str)]) -> (std::process::Child, String) {
     let settings = test_settings().await;
     let mut env = process_environment(&settings);
     env.extend(
-        [
-            ("APP_LOG__ACCESS", "true"),
-            ("APP_LOG__FORMAT", "json"),
-            ("APP_LOG__FILTER", "warn,access=info"),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
     let port = spare_port();
     let api = spawn_process(
@@ -33,7 +31,17 @@ async fn every_request_gets_one_access_line_with_its_id_status_and_outcome() {
         ("APP_HTTP__PORT", port.to_string()),
     );
     wait_for_port(port, Duration::from_secs(30), "api");
-    let base = format!("http://127.0.0.1:{port}");
+    (api, format!("http://127.0.0.1:{port}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_request_gets_one_access_line_with_its_id_status_and_outcome() {
+    let (api, base) = spawn_api_logging(&[
+        ("APP_LOG__ACCESS", "true"),
+        ("APP_LOG__FORMAT", "json"),
+        ("APP_LOG__FILTER", "warn,access=info"),
+    ])
+    .await;
     let campaign = create_campaign_at(&base, 10).await;
     let client = reqwest::Client::new();
     let issue = |request_id: &'static str| {
@@ -91,28 +99,15 @@ async fn every_request_gets_one_access_line_with_its_id_status_and_outcome() {
 /// never under the request id of the request that happened to start it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_combining_batch_logs_in_its_own_span_not_a_requests() {
-    let settings = test_settings().await;
-    let mut env = process_environment(&settings);
-    env.extend(
-        [
-            ("APP_STRATEGY", "distributed-lock"),
-            ("APP_LOCK__MODE", "combining"),
-            // The batch's holder logs this warning from inside the hold.
-            ("APP_FAULTS__PAUSE_LOCK_HOLDER_USER", "held-user"),
-            ("APP_FAULTS__PAUSE_LOCK_HOLDER_MS", "10"),
-            ("APP_LOG__FORMAT", "json"),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned())),
-    );
-    let port = spare_port();
-    let api = spawn_process(
-        PathBuf::from(env!("CARGO_BIN_EXE_api")),
-        &[],
-        &env,
-        ("APP_HTTP__PORT", port.to_string()),
-    );
-    wait_for_port(port, Duration::from_secs(30), "api");
-    let base = format!("http://127.0.0.1:{port}");
+    let (api, base) = spawn_api_logging(&[
+        ("APP_STRATEGY", "distributed-lock"),
+        ("APP_LOCK__MODE", "combining"),
+        // The batch's holder logs this warning from inside the hold.
+        ("APP_FAULTS__PAUSE_LOCK_HOLDER_USER", "held-user"),
+        ("APP_FAULTS__PAUSE_LOCK_HOLDER_MS", "10"),
+        ("APP_LOG__FORMAT", "json"),
+    ])
+    .await;
     let campaign = create_campaign_at(&base, 10).await;
     let reply = reqwest::Client::new()
         .post(format!("{base}/api/v1/campaigns/{campaign}/issue"))

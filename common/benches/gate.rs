@@ -11,8 +11,9 @@ use chrono::Utc;
 use common::ids::{CampaignId, CouponId, UserId};
 use common::message::CouponIssued;
 use common::redis_state::{CampaignMeta, RedisState};
-use common::settings::RedisSettings;
 use criterion::{Criterion, criterion_group, criterion_main};
+
+mod support;
 
 fn message(c: &mut Criterion) {
     let m = CouponIssued::new(
@@ -30,20 +31,8 @@ fn message(c: &mut Criterion) {
 }
 
 fn gate(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let settings = RedisSettings {
-        url: std::env::var("COUPON_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-        // With a `rediss://` URL: the CA of its certificate (TLS on vs off).
-        tls_ca_file: std::env::var("COUPON_TEST_REDIS_TLS_CA")
-            .ok()
-            .filter(|ca| !ca.is_empty()),
-        ..RedisSettings::default()
-    };
+    let runtime = support::runtime();
+    let settings = support::redis_settings();
     let campaign = CampaignId::new();
     let gate = runtime.block_on(async {
         let gate = RedisState::new(&settings, None).unwrap();

@@ -17,8 +17,10 @@ use common::keys::CampaignKeys;
 use common::lock::{LeaseLock, LockGuard, LockTiming};
 use common::lock_waker::LockWaker;
 use common::redis_state::{CampaignMeta, RedisState};
-use common::settings::{LockSettings, RedisSettings};
+use common::settings::LockSettings;
 use criterion::{Criterion, criterion_group, criterion_main};
+
+mod support;
 
 /// The naive section under `guard`, as the strategy runs it: the meta and
 /// the time, the holder check, the count, then the fenced write.
@@ -34,16 +36,8 @@ async fn section(redis: &RedisState, guard: &LockGuard, campaign: &CampaignId, u
 }
 
 fn hold(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let settings = RedisSettings {
-        url: std::env::var("COUPON_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-        ..RedisSettings::default()
-    };
+    let runtime = support::runtime();
+    let settings = support::redis_settings();
     let production = LockSettings::default();
     let campaign = CampaignId::new();
     let keys = CampaignKeys::new(&campaign);
