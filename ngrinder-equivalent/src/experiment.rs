@@ -433,6 +433,28 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
     Ok(results.iter().all(RunResult::passed))
 }
 
+/// The report and charts of the runs an earlier sitting wrote in `out`, in
+/// the plan's order, without running anything; whether they all passed.
+pub fn report_only(plan: &Plan, out: &Path) -> anyhow::Result<bool> {
+    let honesty: Honesty = serde_json::from_slice(
+        &std::fs::read(out.join("honesty.json"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", out.join("honesty.json").display()))?,
+    )?;
+    let mut results = Vec::new();
+    for &instances in &plan.instances {
+        for strategy in &plan.strategies {
+            results.extend(
+                cell_labels(plan, strategy, instances)
+                    .iter()
+                    .filter_map(|label| finished_run(out, label)),
+            );
+        }
+    }
+    write_tables(out, plan, &results, &honesty)?;
+    draw_charts(out, &results)?;
+    Ok(results.iter().all(RunResult::passed))
+}
+
 /// `results.json`, `results.csv` and `report.md` of the runs so far.
 fn write_tables(
     out: &Path,

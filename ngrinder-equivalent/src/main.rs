@@ -149,6 +149,10 @@ struct ExperimentArgs {
     /// the others run.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["plan", "quick", "repeats", "out"])]
     resume: Option<PathBuf>,
+    /// With `--resume`: write the report (and charts) of the runs already in
+    /// DIR, and run nothing.
+    #[arg(long, requires = "resume")]
+    report_only: bool,
     #[command(flatten)]
     stack: StackArgs,
 }
@@ -344,8 +348,12 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
                 }
                 (plan, report_dir(a.out, "experiments"))
             };
-            let env = a.stack.environment(threads)?;
-            let passed = experiment::run(&plan, &env, &out).await?;
+            let passed = if a.report_only {
+                experiment::report_only(&plan, &out)?
+            } else {
+                let env = a.stack.environment(threads)?;
+                experiment::run(&plan, &env, &out).await?
+            };
             println!("{}", std::fs::read_to_string(out.join("report.md"))?);
             println!("report: {}", out.display());
             Ok(passed)
