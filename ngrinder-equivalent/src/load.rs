@@ -548,10 +548,13 @@ const LATE_AFTER: Duration = Duration::from_millis(1);
 /// schedule, wait for its time if it has not come, send, and take the next.
 /// Latency runs from the intended time, so a send taken late (no connection
 /// was free at its time) carries its wait. Sends whose time came but which no
-/// connection took before the run stopped are *unsent*: each is recorded as
-/// [`Outcome::Unsent`] with the time it had waited by then, so the backlog the
-/// client could not send shows in the every-request percentiles instead of
-/// vanishing. Returns (late, unsent).
+/// connection took in time and none had sent when the run stopped are
+/// *unsent*: each is recorded as [`Outcome::Unsent`] with the time it had
+/// waited by then, so the backlog the client could not send shows in the
+/// every-request percentiles instead of vanishing. (A send whose time came
+/// within [`LATE_AFTER`] of the stop, or that a connection took in time and
+/// was woken for after the stop, was not late, and is not counted.) Returns
+/// (late, unsent).
 async fn open(
     shared: Arc<Shared>,
     targets: Vec<Target>,
@@ -570,18 +573,21 @@ async fn open(
     for c in 0..connections {
         let mut conn = Conn::new(targets[c % targets.len()].clone());
         let (shared, schedule, late) = (shared.clone(), schedule.clone(), late.clone());
-        // Returns the send it held when the run stopped, if any.
+        // Returns the send it held when the run stopped if it had taken it
+        // late (backlog); one taken in time and waiting for its time, or
+        // woken for it a timer tick after the stop, was not held up.
         workers.spawn(async move {
             let (mut user, mut auth) = (String::new(), String::new());
             loop {
                 let i = schedule.fetch_add(1, Ordering::Relaxed);
                 let at = intended(i);
-                if tokio::time::Instant::now() > at + LATE_AFTER {
+                let taken_late = tokio::time::Instant::now() > at + LATE_AFTER;
+                if taken_late {
                     late.fetch_add(1, Ordering::Relaxed);
                 }
                 tokio::select! {
                     biased;
-                    _ = shared.stop.cancelled() => return Some(i),
+                    _ = shared.stop.cancelled() => return taken_late.then_some(i),
                     _ = tokio::time::sleep_until(at) => {}
                 }
                 if !shared.take_budget() {
@@ -615,10 +621,12 @@ async fn open(
     shared.active.store(0, Ordering::Relaxed);
     let mut unsent = 0u64;
     if let Some(stopped_at) = stopped_at {
-        // Every send due by the stop that no connection sent: the ones
-        // nobody took, and the ones taken but not yet sent.
-        let due =
-            (stopped_at.duration_since(start).as_secs_f64() / period.as_secs_f64()) as u64 + 1;
+        // Every send already late at the stop that no connection sent: the
+        // ones nobody took, and the ones taken late but not yet sent. A send
+        // whose time came within `LATE_AFTER` of the stop was not late yet.
+        let due = stopped_at
+            .checked_duration_since(start + LATE_AFTER)
+            .map_or(0, |d| (d.as_secs_f64() / period.as_secs_f64()) as u64 + 1);
         let untaken = schedule.load(Ordering::Relaxed).min(due)..due;
         for i in untaken.chain(held.into_iter().filter(|&i| i < due)) {
             let waited = stopped_at.saturating_duration_since(intended(i));

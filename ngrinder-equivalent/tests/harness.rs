@@ -201,7 +201,7 @@ async fn open_model_keeps_its_rate_and_measures_from_the_intended_time() {
     let s = &out.summary;
     // Three seconds at 200/s: 600 sends, give or take the edges.
     assert!((540..=660).contains(&s.executed), "executed {}", s.executed);
-    assert_eq!(served.total(), s.executed);
+    assert_eq!(served.total(), s.executed, "{s:?} {:?}", out.client);
     assert_eq!(out.client.late_sends, 0, "{:?}", out.client);
     assert_eq!(out.client.unsent_sends, 0);
     let service_us = SERVICE.as_micros() as u64;
