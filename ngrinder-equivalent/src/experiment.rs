@@ -326,22 +326,19 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
             honesty
         }
     };
-    let mut results: Vec<RunResult> = Vec::new();
     let mut cell = 0;
     for &instances in &plan.instances {
         for strategy in &plan.strategies {
             let labels = cell_labels(plan, strategy, instances);
-            let done: Vec<RunResult> = labels
+            if labels
                 .iter()
-                .filter_map(|label| finished_run(out, label))
-                .collect();
-            if done.len() == labels.len() {
+                .all(|label| finished_run(out, label).is_some())
+            {
                 eprintln!(
                     "== {instances} instances, {strategy}: all {} cells done earlier",
-                    done.len()
+                    labels.len()
                 );
-                cell += done.len();
-                results.extend(done);
+                cell += labels.len();
                 continue;
             }
             eprintln!("== stack: {instances} instances, {strategy}");
@@ -361,9 +358,8 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                 for repeat in 1..=plan.repeats {
                     cell += 1;
                     let label = cell_label(strategy, instances, vusers, room, repeat);
-                    if let Some(earlier) = finished_run(out, &label) {
+                    if finished_run(out, &label).is_some() {
                         eprintln!("== cell {cell}/{}: {label} done earlier", plan.cells());
-                        results.push(earlier);
                         continue;
                     }
                     eprintln!("== cell {cell}/{}: {label}", plan.cells());
@@ -425,16 +421,14 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                         Ok(n) => eprintln!("   cleaned up {n} Redis keys"),
                         Err(e) => eprintln!("   Redis keys not cleaned up: {e}"),
                     }
-                    results.push(result);
-                    // An interrupted grid leaves the report of what it ran.
-                    write_tables(out, plan, &results, &honesty)?;
+                    // An interrupted grid leaves the report of what it ran,
+                    // in this sitting and earlier ones, wherever in the plan.
+                    write_tables(out, plan, &finished_runs(plan, out), &honesty)?;
                 }
             }
         }
     }
-    write_tables(out, plan, &results, &honesty)?;
-    draw_charts(out, &results)?;
-    Ok(results.iter().all(RunResult::passed))
+    write_report(plan, out, &honesty)
 }
 
 /// The report and charts of the runs an earlier sitting wrote in `out`, in
@@ -444,19 +438,29 @@ pub fn report_only(plan: &Plan, out: &Path) -> anyhow::Result<bool> {
         &std::fs::read(out.join("honesty.json"))
             .map_err(|e| anyhow::anyhow!("{}: {e}", out.join("honesty.json").display()))?,
     )?;
-    let mut results = Vec::new();
-    for &instances in &plan.instances {
-        for strategy in &plan.strategies {
-            results.extend(
-                cell_labels(plan, strategy, instances)
-                    .iter()
-                    .filter_map(|label| finished_run(out, label)),
-            );
-        }
-    }
-    write_tables(out, plan, &results, &honesty)?;
+    write_report(plan, out, &honesty)
+}
+
+/// The report and charts of every run of the plan in `out`; whether they
+/// all passed.
+fn write_report(plan: &Plan, out: &Path, honesty: &Honesty) -> anyhow::Result<bool> {
+    let results = finished_runs(plan, out);
+    write_tables(out, plan, &results, honesty)?;
     draw_charts(out, &results)?;
     Ok(results.iter().all(RunResult::passed))
+}
+
+/// The runs of the plan's cells that `out/runs/` holds, in the plan's order.
+fn finished_runs(plan: &Plan, out: &Path) -> Vec<RunResult> {
+    plan.instances
+        .iter()
+        .flat_map(|&instances| {
+            plan.strategies
+                .iter()
+                .flat_map(move |strategy| cell_labels(plan, strategy, instances))
+        })
+        .filter_map(|label| finished_run(out, &label))
+        .collect()
 }
 
 /// The label of one cell's run (its file name under `runs/`).
@@ -533,6 +537,50 @@ mod tests {
         .unwrap();
         assert!(finished_run(&out, "sync-i3-v100-r1").is_none());
         assert!(finished_run(&out, "sync-i3-v100-r2").is_none());
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn a_resumed_report_holds_every_finished_cell_wherever_it_is_in_the_plan() {
+        let plan: Plan = toml::from_str(
+            "strategies = [\"sync\", \"async-queue\"]\nvusers = [100]\ninstances = [2, 3]\nrepeats = 2\nduration_secs = 60\n",
+        )
+        .unwrap();
+        let out = std::env::temp_dir().join(format!("resume-report-{}", std::process::id()));
+        std::fs::create_dir_all(out.join("runs")).unwrap();
+        let run: RunResult =
+            serde_json::from_str(include_str!("experiment/fixtures/sync-run.json")).unwrap();
+        // Written out of order: a later stack's cell first, as when a grid
+        // was resumed after cells further on had run.
+        for label in ["async-queue-i3-v100-r2", "sync-i2-v100-r1"] {
+            RunResult {
+                label: label.into(),
+                ..run.clone()
+            }
+            .write(&out.join("runs"), label)
+            .unwrap();
+        }
+        let labels: Vec<String> = finished_runs(&plan, &out)
+            .into_iter()
+            .map(|r| r.label)
+            .collect();
+        assert_eq!(labels, ["sync-i2-v100-r1", "async-queue-i3-v100-r2"]);
+
+        let honesty = Honesty {
+            url: "http://127.0.0.1:8081".into(),
+            connections: 100,
+            secs: 10,
+            harness_rps: 1.0,
+            wrk_rps: None,
+        };
+        std::fs::write(
+            out.join("honesty.json"),
+            serde_json::to_vec(&honesty).unwrap(),
+        )
+        .unwrap();
+        assert!(report_only(&plan, &out).unwrap());
+        let text = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(text.contains("**Partial**: 2 of 8 cells"), "{text}");
         std::fs::remove_dir_all(&out).unwrap();
     }
 }

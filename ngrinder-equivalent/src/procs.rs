@@ -18,8 +18,11 @@ pub const COMPONENTS: [(&str, &str); 7] = [
     ("redis-server", "redis"),
     ("postgres", "postgresql"),
     ("haproxy", "haproxy"),
-    ("ngrinder-equiva", "load client"),
+    ("ngrinder-equiva", LOAD_CLIENT),
 ];
+
+/// The harness's own component: not part of what the server side costs.
+pub const LOAD_CLIENT: &str = "load client";
 
 /// What the stack's processes used while a run was offered.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -29,6 +32,24 @@ pub struct ProcUse {
     /// Component → largest resident set of one of its processes, MiB.
     pub max_rss_mib: BTreeMap<String, f64>,
     pub seconds: f64,
+}
+
+impl ProcUse {
+    /// The CPU time the server side (every component but the load client)
+    /// spent per event at `rate` events a second, in µs; `only` one
+    /// component's share. `None` without a rate.
+    pub fn cpu_us_per(&self, rate: f64, only: Option<&str>) -> Option<f64> {
+        if rate <= 0.0 {
+            return None;
+        }
+        let percent: f64 = self
+            .cpu_percent
+            .iter()
+            .filter(|(c, _)| c.as_str() != LOAD_CLIENT && only.is_none_or(|o| o == c.as_str()))
+            .map(|(_, p)| p)
+            .sum();
+        Some(percent / 100.0 * 1e6 / rate)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -175,6 +196,23 @@ mod tests {
         let (comm, r) = parse_stat(stat, u32::MAX).unwrap();
         assert_eq!(comm, "actix-server wo");
         assert_eq!(r.cpu_ticks, 300);
+    }
+
+    #[test]
+    fn the_cpu_per_test_is_the_server_sides_not_the_load_clients() {
+        let used = ProcUse {
+            cpu_percent: BTreeMap::from([
+                ("api".to_owned(), 100.0),
+                ("redis".to_owned(), 50.0),
+                (LOAD_CLIENT.to_owned(), 50.0),
+            ]),
+            max_rss_mib: BTreeMap::new(),
+            seconds: 60.0,
+        };
+        // 1.5 cores over 10,000 tests a second: 150 µs a test.
+        assert_eq!(used.cpu_us_per(10_000.0, None), Some(150.0));
+        assert_eq!(used.cpu_us_per(10_000.0, Some("api")), Some(100.0));
+        assert_eq!(used.cpu_us_per(0.0, None), None);
     }
 
     #[test]

@@ -64,13 +64,13 @@ fn strategy_of(r: &RunResult) -> String {
 
 fn results_csv(results: &[RunResult]) -> String {
     let mut out = String::from(
-        "label,strategy,instances,vusers,tps,peak_tps,mean_ms,executed,errors,p50_us,p90_us,p99_us,p999_us,client_cpu_percent,audit\n",
+        "label,strategy,instances,vusers,tps,peak_tps,mean_ms,executed,errors,p50_us,p90_us,p99_us,p999_us,client_cpu_percent,server_cpu_us_per_test,api_cpu_us_per_test,audit\n",
     );
     for r in results {
         let s = &r.summary;
         let _ = writeln!(
             out,
-            "{},{},{},{},{:.1},{:.1},{:.3},{},{},{},{},{},{},{:.0},{}",
+            "{},{},{},{},{:.1},{:.1},{:.3},{},{},{},{},{},{},{:.0},{},{},{}",
             r.label,
             strategy_of(r),
             r.spec.targets.len(),
@@ -85,10 +85,17 @@ fn results_csv(results: &[RunResult]) -> String {
             s.p99_us,
             s.p999_us,
             r.client.cpu_percent,
+            cpu_us_per_test(r, None).map_or(String::new(), |us| format!("{us:.1}")),
+            cpu_us_per_test(r, Some("api")).map_or(String::new(), |us| format!("{us:.1}")),
             if r.passed() { "pass" } else { "FAIL" }
         );
     }
     out
+}
+
+/// The server side's CPU per test of a run (experiments sample it), µs.
+fn cpu_us_per_test(r: &RunResult, only: Option<&str>) -> Option<f64> {
+    r.processes.as_ref()?.cpu_us_per(r.summary.tps, only)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -154,7 +161,7 @@ fn report(plan: &Plan, results: &[RunResult], honesty: &Honesty) -> String {
     }
     let _ = writeln!(
         out,
-        "Figures are medians over the repeats (min–max in brackets when there are several; the TPS spread column gives the coefficient of variation, flagged ⚠ over {:.0}%: such a cell's median is not to be trusted alone). TPS and mean time are over tests (expected business outcomes); peak TPS is the best 2 s window; p99 in ms. Seed rows are the published nGrinder figures (5-minute cells, peak = best single sample).\n",
+        "Figures are medians over the repeats (min–max in brackets when there are several; the TPS spread column gives the coefficient of variation, flagged ⚠ over {:.0}%: such a cell's median is not to be trusted alone). TPS and mean time are over tests (expected business outcomes); peak TPS is the best 2 s window; p99 in ms. CPU per test is the CPU time of the stack's processes but the load client over the measured window, divided by its tests, the api instances' share in brackets: what a test costs the server side, including what a design burns while it waits (polling a lock, answering 503s). Seed rows are the published nGrinder figures (5-minute cells, peak = best single sample).\n",
         NOISY_CV * 100.0
     );
     let cells = cells(results);
@@ -169,9 +176,9 @@ fn report(plan: &Plan, results: &[RunResult], honesty: &Honesty) -> String {
         let _ = writeln!(out, "## {strategy}, {instances} instances\n");
         let _ = writeln!(
             out,
-            "| vuser | TPS | TPS spread | peak TPS | mean time | executed tests | errors | p99 | audit |"
+            "| vuser | TPS | TPS spread | peak TPS | mean time | executed tests | errors | p99 | CPU per test | audit |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
         for (vusers, runs) in rows {
             let tps: Vec<f64> = runs.iter().map(|r| r.summary.tps).collect();
             let spread = if runs.len() > 1 {
@@ -189,9 +196,21 @@ fn report(plan: &Plan, results: &[RunResult], honesty: &Honesty) -> String {
                 Some(cv) => format!("CV {:.1}%", cv * 100.0),
                 None => "–".to_owned(),
             };
+            let per_test = |only| {
+                let us: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|r| cpu_us_per_test(r, only))
+                    .collect();
+                (!us.is_empty()).then(|| median(us))
+            };
+            let cpu = match (per_test(None), per_test(Some("api"))) {
+                (Some(all), Some(api)) => format!("{all:.0} µs (api {api:.0})"),
+                (Some(all), None) => format!("{all:.0} µs"),
+                _ => "–".to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "| {vusers} | {:.1}{spread} | {variation} | {:.0} | {:.2}ms | {:.0} | {:.0} | {:.1} | {passed}/{} pass |",
+                "| {vusers} | {:.1}{spread} | {variation} | {:.0} | {:.2}ms | {:.0} | {:.0} | {:.1} | {cpu} | {passed}/{} pass |",
                 median(tps.clone()),
                 median(runs.iter().map(|r| r.summary.peak_tps).collect()),
                 median(runs.iter().map(|r| r.summary.mean_ms).collect()),
@@ -209,7 +228,7 @@ fn report(plan: &Plan, results: &[RunResult], honesty: &Honesty) -> String {
             if let Some(s) = seed::find(strategy, *instances as u32, *vusers) {
                 let _ = writeln!(
                     out,
-                    "| seed {} | {:.1} | – | {:.0} | {:.2}ms | {} | {} | – | – |",
+                    "| seed {} | {:.1} | – | {:.0} | {:.2}ms | {} | {} | – | – | – |",
                     s.vusers, s.tps, s.peak_tps, s.mean_ms, s.executed, s.errors
                 );
             }
