@@ -581,6 +581,8 @@ mod tests {
         assert!(report_only(&plan, &out).unwrap());
         let text = std::fs::read_to_string(out.join("report.md")).unwrap();
         assert!(text.contains("**Partial**: 2 of 8 cells"), "{text}");
+        // The runs sampled the stack's processes: their CPU per test shows.
+        assert!(text.contains(" µs (api "), "{text}");
         std::fs::remove_dir_all(&out).unwrap();
     }
 }

@@ -391,21 +391,4 @@ mod tests {
         assert!((cv - 0.2).abs() < 1e-12, "{cv}");
         assert!(cv > NOISY_CV);
     }
-
-    #[test]
-    fn a_report_of_part_of_the_grid_says_so() {
-        let plan: Plan = toml::from_str(
-            "strategies = [\"sync\"]\nvusers = [100, 1000]\ninstances = [3]\nrepeats = 3\nduration_secs = 60\n",
-        )
-        .unwrap();
-        let honesty = Honesty {
-            url: "http://127.0.0.1:8081".into(),
-            connections: 100,
-            secs: 10,
-            harness_rps: 1.0,
-            wrk_rps: None,
-        };
-        let text = report(&plan, &[], &honesty);
-        assert!(text.contains("**Partial**: 0 of 6 cells"), "{text}");
-    }
 }
