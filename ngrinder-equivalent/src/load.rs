@@ -551,10 +551,9 @@ const LATE_AFTER: Duration = Duration::from_millis(1);
 /// connection took in time and none had sent when the run stopped are
 /// *unsent*: each is recorded as [`Outcome::Unsent`] with the time it had
 /// waited by then, so the backlog the client could not send shows in the
-/// every-request percentiles instead of vanishing. (A send whose time came
-/// within [`LATE_AFTER`] of the stop, or that a connection took in time and
-/// was woken for after the stop, was not late, and is not counted.) Returns
-/// (late, unsent).
+/// every-request percentiles instead of vanishing. (A send a connection took
+/// in time and was woken for a timer tick after the stop was not held up,
+/// and is not counted.) Returns (late, unsent).
 async fn open(
     shared: Arc<Shared>,
     targets: Vec<Target>,
@@ -621,12 +620,10 @@ async fn open(
     shared.active.store(0, Ordering::Relaxed);
     let mut unsent = 0u64;
     if let Some(stopped_at) = stopped_at {
-        // Every send already late at the stop that no connection sent: the
-        // ones nobody took, and the ones taken late but not yet sent. A send
-        // whose time came within `LATE_AFTER` of the stop was not late yet.
-        let due = stopped_at
-            .checked_duration_since(start + LATE_AFTER)
-            .map_or(0, |d| (d.as_secs_f64() / period.as_secs_f64()) as u64 + 1);
+        // Every send due by the stop that no connection sent: the ones
+        // nobody took, and the ones taken late but not yet sent.
+        let due =
+            (stopped_at.duration_since(start).as_secs_f64() / period.as_secs_f64()) as u64 + 1;
         let untaken = schedule.load(Ordering::Relaxed).min(due)..due;
         for i in untaken.chain(held.into_iter().filter(|&i| i < due)) {
             let waited = stopped_at.saturating_duration_since(intended(i));
