@@ -7,11 +7,8 @@ CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/coupon-engine"
 STATE_DIR="${COUPON_STATE_DIR:-$ROOT/target/stack}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 
-# Apache Kafka, the default broker (scripts/kafka fetches and runs it).
+# Apache Kafka, the broker (scripts/kafka fetches and runs it).
 KAFKA_VERSION=4.1.1
-# Tansu, a Kafka-compatible broker kept as an option (`--broker tansu`).
-TANSU_VERSION=0.6.0
-TANSU_BIN="$CACHE_DIR/tansu-$TANSU_VERSION/bin/tansu"
 
 REDIS_PORT=6379
 PG_PORT=5432
@@ -101,24 +98,6 @@ ensure_rust() {
     die "Rust $have is older than this workspace needs ($want): run 'rustup update' (or install $want+), then run this again"
 }
 
-# Tansu, the optional broker, built once into the cache (about 15 minutes on
-# two cores). A lock keeps concurrent runs from building it twice.
-ensure_tansu_binary() {
-  [ -x "$TANSU_BIN" ] && return 0
-  mkdir -p "$CACHE_DIR"
-  (
-    flock 9
-    [ -x "$TANSU_BIN" ] && exit 0
-    log "building tansu $TANSU_VERSION into $CACHE_DIR; this takes a while, once"
-    cargo install --locked tansu --version "$TANSU_VERSION" --features dynostore,libsql \
-      --root "$CACHE_DIR/tansu-$TANSU_VERSION" --target-dir "$CACHE_DIR/tansu-build" \
-      >"$CACHE_DIR/tansu-build.log" 2>&1 || {
-      tail -20 "$CACHE_DIR/tansu-build.log" >&2
-      exit 1
-    }
-  ) 9>"$CACHE_DIR/tansu-build.lock" || die "building tansu failed (see $CACHE_DIR/tansu-build.log)"
-}
-
 # Redis on 6379; started here (and later stopped by `stack down`) only when
 # nothing answers there.
 ensure_redis() {
@@ -190,90 +169,41 @@ SQL
   done
 }
 
-# The broker on 9092, of one kind:
-#   kafka          Apache Kafka (scripts/kafka), data under the state
-#                  directory, kept across restarts (committed offsets too);
-#   tansu          Tansu with SQLite storage under the state directory;
-#   tansu-memory   Tansu in memory (lost on restart).
-# A broker of another kind that this script started is stopped and the one
-# asked for started; BROKER_REPLACED=1 says so (its log is another one:
-# consumers must start afresh). BROKER_FRESH=1 empties the broker's storage
-# first.
+# Apache Kafka on 9092 (scripts/kafka), its data under the state directory,
+# kept across restarts (committed offsets too). BROKER_FRESH=1 empties it
+# first; BROKER_REPLACED=1 then says so (its log is another one: consumers
+# must start afresh).
 ensure_broker() {
-  local kind="$1"
   mkdir -p "$STATE_DIR/logs"
-  case "$kind" in kafka | tansu | tansu-memory) ;; *) die "unknown broker $kind (kafka, tansu, tansu-memory)" ;; esac
   if [ "${BROKER_FRESH:-0}" = 1 ] && pid_alive "$STATE_DIR/broker.pid"; then
     log "emptying the broker"
     stop_pid "$STATE_DIR/broker.pid" broker 20
     BROKER_REPLACED=1
   fi
   if port_open $BROKER_PORT; then
-    if ! pid_alive "$STATE_DIR/broker.pid"; then
-      log "warning: a broker this script did not start answers on $BROKER_PORT; using it as it is (it may not be $kind)"
-      # A port that accepts connections is not yet a broker that works (one
-      # left running after its data directory was deleted times out every
-      # request): ask it for its topics before relying on it.
-      if [ "$kind" = kafka ] &&
-        ! timeout 60 "$ROOT/scripts/kafka" topics --bootstrap-server "127.0.0.1:$BROKER_PORT" --list >/dev/null 2>&1; then
-        die "the broker on $BROKER_PORT does not answer a topic listing; stop it (it was not started by this checkout) and run again"
-      fi
-      return 0
-    elif [ "$(cat "$STATE_DIR/broker.kind" 2>/dev/null)" != "$kind" ]; then
-      log "replacing the broker with $kind"
-      stop_pid "$STATE_DIR/broker.pid" broker 20
-      BROKER_REPLACED=1
-    else
-      return 0
-    fi
+    pid_alive "$STATE_DIR/broker.pid" && return 0
+    log "warning: a broker this script did not start answers on $BROKER_PORT; using it as it is"
+    # A port that accepts connections is not yet a broker that works (one
+    # left running after its data directory was deleted times out every
+    # request): ask it for its topics before relying on it.
+    timeout 60 "$ROOT/scripts/kafka" topics --bootstrap-server "127.0.0.1:$BROKER_PORT" --list >/dev/null 2>&1 ||
+      die "the broker on $BROKER_PORT does not answer a topic listing; stop it (it was not started by this checkout) and run again"
+    return 0
   fi
   if [ "${BROKER_FRESH:-0}" = 1 ]; then
-    rm -rf "$STATE_DIR/kafka" "$STATE_DIR/broker"
+    rm -rf "$STATE_DIR/kafka"
   fi
-  port_open $CONTROLLER_PORT && [ "$kind" = kafka ] &&
+  port_open $CONTROLLER_PORT &&
     die "port $CONTROLLER_PORT (the Kafka controller's) is taken by something this script did not start"
-  log "starting the broker on $BROKER_PORT ($kind)"
+  log "starting the broker on $BROKER_PORT"
   # `$!` must be the broker itself (a backgrounded `cd && …` list would be a
   # subshell, and stopping it would leave the broker running); scripts/kafka
   # execs the JVM, so its pid is the broker's.
-  case "$kind" in
-  kafka)
-    "$ROOT/scripts/kafka" fetch
-    nohup "$ROOT/scripts/kafka" run "$STATE_DIR/kafka" $BROKER_PORT $CONTROLLER_PORT \
-      >>"$STATE_DIR/logs/broker.log" 2>&1 &
-    echo $! >"$STATE_DIR/broker.pid"
-    ;;
-  tansu | tansu-memory)
-    ensure_tansu_binary
-    local url="sqlite://tansu.db"
-    [ "$kind" = tansu-memory ] && url="memory://tansu/"
-    mkdir -p "$STATE_DIR/broker"
-    (
-      cd "$STATE_DIR/broker" || exit 1
-      nohup "$TANSU_BIN" broker \
-        --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-        --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-        --storage-engine "$url" >>"$STATE_DIR/logs/broker.log" 2>&1 &
-      echo $! >"$STATE_DIR/broker.pid"
-    )
-    ;;
-  esac
-  echo "$kind" >"$STATE_DIR/broker.kind"
+  "$ROOT/scripts/kafka" fetch
+  nohup "$ROOT/scripts/kafka" run "$STATE_DIR/kafka" $BROKER_PORT $CONTROLLER_PORT \
+    >>"$STATE_DIR/logs/broker.log" 2>&1 &
+  echo $! >"$STATE_DIR/broker.pid"
   wait_port $BROKER_PORT 90 broker
-}
-
-# Settings that only Tansu needs (docs/ARCHITECTURE.md, The local broker):
-# idempotence off (it crashes on the epoch bump after a timed-out message)
-# and the worker's gap guard on (its memory storage skips a batch being
-# written). Apache Kafka runs with the defaults.
-broker_env() { # kind
-  case "$1" in
-  tansu | tansu-memory)
-    export APP_KAFKA__IDEMPOTENCE=false
-    export APP_WORKER__GAP_PATIENCE_MS=2000
-    ;;
-  *) unset APP_KAFKA__IDEMPOTENCE APP_WORKER__GAP_PATIENCE_MS ;;
-  esac
 }
 
 # SIGTERM, then wait (up to $3 s, default 30) before SIGKILL.

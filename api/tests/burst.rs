@@ -18,9 +18,7 @@ const EXPECTED_REFUSALS: [&str; 3] = ["duplicate", "sold_out", "rate_limited"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_2000_requests_from_500_users_issues_exactly_the_stock() {
-    let mut settings = test_settings().await;
-    // The production producer configuration (no broker outage here).
-    settings.kafka.idempotence = true;
+    let settings = test_settings().await;
     let apis = [spawn_api(&settings).await, spawn_api(&settings).await];
     let worker = spawn_worker(&settings).await;
     let campaign = apis[0].open_campaign(100).await;

@@ -31,10 +31,6 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_accepted_issuance() {
         .env("APP_DATABASE__URL", settings.database.url.expose_secret())
         .env("APP_REDIS__URL", &settings.redis.url)
         .env("APP_KAFKA__BROKERS", &settings.kafka.brokers)
-        .env(
-            "APP_KAFKA__IDEMPOTENCE",
-            settings.kafka.idempotence.to_string(),
-        )
         .env("APP_KAFKA__TOPIC", &settings.kafka.topic)
         .env("APP_KAFKA__DELIVERY_TIMEOUT_MS", "10000")
         .env("APP_AUTH__ADMIN_TOKEN", ADMIN_TOKEN)

@@ -51,13 +51,13 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
     config
 }
 
-/// A producer that waits for all in-sync replicas (`acks=all`), idempotent
-/// unless `kafka.idempotence` is off, with `message.timeout.ms` bounding how
+/// An idempotent producer that waits for all in-sync replicas (`acks=all`),
+/// with `message.timeout.ms` bounding how
 /// long a message may wait for its delivery report.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = client_config(settings);
     config
-        .set("enable.idempotence", settings.idempotence.to_string())
+        .set("enable.idempotence", "true")
         .set("acks", "all")
         .set(
             "message.timeout.ms",

@@ -349,12 +349,6 @@ pub struct KafkaSettings {
     pub partitions: i32,
     /// Replication factor when `migrate` creates topics (3 on a real cluster).
     pub replication_factor: i32,
-    /// `enable.idempotence`. On (Apache Kafka). Only Tansu 0.6 needs it off
-    /// (`scripts/stack --broker tansu…` does that): after a message times
-    /// out, librdkafka bumps the producer epoch, and a produce with an epoch
-    /// Tansu has not issued crashes its storage engine (docs/ARCHITECTURE.md).
-    /// Nothing relies on it: the worker dedupes on (campaign, user).
-    pub idempotence: bool,
     /// `message.timeout.ms`: how long a request may wait for its delivery
     /// report once the gate admitted it.
     pub delivery_timeout_ms: u64,
@@ -464,7 +458,6 @@ impl Default for KafkaSettings {
             dlq_topic: "coupon.issue.v1.dlq".into(),
             partitions: 12,
             replication_factor: 1,
-            idempotence: true,
             delivery_timeout_ms: 5_000,
             linger_ms: 1,
             partitioning: Partitioning::Sticky,
@@ -781,11 +774,6 @@ pub struct WorkerSettings {
     /// First and largest pause between retries while PostgreSQL is down.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
-    /// How long a gap in a partition's offsets is re-read before it is
-    /// accepted as real; 0 (the default, for Apache Kafka) turns the check
-    /// off. Only Tansu's memory storage skips offsets (see `issuer-worker`'s
-    /// `gaps` module); `scripts/stack --broker tansu…` sets 2000.
-    pub gap_patience_ms: u64,
     /// `/metrics` and `/healthz` of the worker; 0 picks a free port.
     pub http_port: u16,
     pub http_host: String,
@@ -800,7 +788,6 @@ impl Default for WorkerSettings {
             batch_timeout_ms: 10_000,
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
-            gap_patience_ms: 0,
             http_port: 9100,
             http_host: "127.0.0.1".into(),
         }

@@ -6,7 +6,7 @@
 //!
 //! `cargo bench -p issuer-worker --bench drain` against the broker of
 //! `COUPON_TEST_BROKERS` and the database of `COUPON_TEST_DATABASE_URL`
-//! (`scripts/bench` sets both, on an emptied memory broker).
+//! (`scripts/bench` sets both).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -34,7 +34,6 @@ async fn main() {
         http_port: 0,
         ..Default::default()
     };
-    common::testkit::broker_quirks(&mut settings);
     let db = db().await;
     issuer_worker::migration::migrate(&db).await.unwrap();
     common::kafka::ensure_topics(&settings.kafka).await.unwrap();

@@ -10,8 +10,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -29,7 +27,6 @@ use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::dlq::{DeadLetter, DeadLetters};
-use crate::gaps::{GapGuard, Verdict};
 use crate::metrics::WorkerMetrics;
 use crate::persist::{Decision, is_rejection, persist};
 
@@ -38,8 +35,6 @@ use crate::persist::{Decision, is_rejection, persist};
 pub struct WorkerContext {
     metrics: WorkerMetrics,
     topic: String,
-    /// Bumped on every rebalance: positions known before it are stale.
-    rebalances: Arc<AtomicU64>,
 }
 
 impl ClientContext for WorkerContext {
@@ -66,7 +61,6 @@ impl ConsumerContext for WorkerContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _: &Rebalance<'_>) {
-        self.rebalances.fetch_add(1, Ordering::AcqRel);
         self.metrics.rebalances.inc();
         if let Ok(assignment) = consumer.assignment() {
             self.metrics
@@ -154,7 +148,6 @@ pub struct Worker {
     metrics: WorkerMetrics,
     settings: WorkerSettings,
     topic: String,
-    rebalances: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -171,11 +164,9 @@ impl Worker {
         db: DatabaseConnection,
         metrics: WorkerMetrics,
     ) -> anyhow::Result<Self> {
-        let rebalances = Arc::new(AtomicU64::new(0));
         let context = WorkerContext {
             metrics: metrics.clone(),
             topic: settings.kafka.topic.clone(),
-            rebalances: rebalances.clone(),
         };
         let consumer: StreamConsumer<WorkerContext> =
             common::kafka::consumer_config(&settings.kafka)
@@ -193,7 +184,6 @@ impl Worker {
             metrics,
             settings: settings.worker.clone(),
             topic: settings.kafka.topic.clone(),
-            rebalances,
         })
     }
 
@@ -202,14 +192,10 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(topic = %self.topic, "worker consuming");
         let mut carry = VecDeque::new();
-        let mut order = Order {
-            guard: GapGuard::new(Duration::from_millis(self.settings.gap_patience_ms)),
-            rebalances_seen: 0,
-        };
         loop {
-            let batch = self.collect(&mut carry, &mut order, &shutdown).await;
+            let batch = self.collect(&mut carry, &shutdown).await;
             if !batch.is_empty() {
-                match self.settle(&batch, &mut carry, &mut order, &shutdown).await {
+                match self.settle(&batch, &mut carry, &shutdown).await {
                     Settled::Done => self.store_offsets(&batch),
                     Settled::Abandoned => {
                         tracing::warn!(
@@ -238,7 +224,6 @@ impl Worker {
     async fn collect(
         &self,
         carry: &mut VecDeque<Received>,
-        order: &mut Order,
         shutdown: &CancellationToken,
     ) -> Vec<Received> {
         let size = self.settings.batch_size.max(1);
@@ -255,9 +240,6 @@ impl Worker {
             };
             match received {
                 Ok(m) => {
-                    if !self.in_order(&m, order) {
-                        continue;
-                    }
                     batch.push(Received::from_message(&m));
                     deadline.get_or_insert_with(|| tokio::time::Instant::now() + linger);
                 }
@@ -277,7 +259,6 @@ impl Worker {
         &self,
         batch: &[Received],
         carry: &mut VecDeque<Received>,
-        order: &mut Order,
         shutdown: &CancellationToken,
     ) -> Settled {
         let mut backoff = Duration::from_millis(self.settings.retry_initial_ms.max(1));
@@ -322,7 +303,7 @@ impl Worker {
             {
                 break Settled::Abandoned;
             }
-            self.poll_while_paused(backoff, carry, order).await;
+            self.poll_while_paused(backoff, carry).await;
             backoff = (backoff * 2).min(max_backoff);
         };
         if paused {
@@ -512,78 +493,17 @@ impl Worker {
     /// Sleeps for `pause` while polling the consumer, so that the group keeps
     /// this member. A message that still arrives (a partition assigned since
     /// the pause) is kept for the next batch and its partition paused too.
-    async fn poll_while_paused(
-        &self,
-        pause: Duration,
-        carry: &mut VecDeque<Received>,
-        order: &mut Order,
-    ) {
+    async fn poll_while_paused(&self, pause: Duration, carry: &mut VecDeque<Received>) {
         let until = tokio::time::Instant::now() + pause;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return,
                 m = self.consumer.recv() => {
-                    if let Ok(m) = m
-                        && self.in_order(&m, order)
-                    {
+                    if let Ok(m) = m {
                         carry.push_back(Received::from_message(&m));
                         self.pause();
                     }
                 }
-            }
-        }
-    }
-
-    /// Whether a message may be processed: false for one that follows a gap
-    /// in its partition's offsets, which is then read again (see [`gaps`]).
-    ///
-    /// [`gaps`]: crate::gaps
-    fn in_order(&self, m: &BorrowedMessage<'_>, order: &mut Order) -> bool {
-        let rebalances = self.rebalances.load(Ordering::Acquire);
-        if rebalances != order.rebalances_seen {
-            order.rebalances_seen = rebalances;
-            order.guard.reset();
-        }
-        match order
-            .guard
-            .observe(m.partition(), m.offset(), Instant::now())
-        {
-            Verdict::Accept => true,
-            Verdict::Drop { seek_to } => {
-                if let Some(offset) = seek_to {
-                    tracing::debug!(
-                        partition = m.partition(),
-                        expected = offset,
-                        got = m.offset(),
-                        "offsets jumped; reading the gap again"
-                    );
-                    self.metrics
-                        .offset_gaps
-                        .with_label_values(&["re_read"])
-                        .inc();
-                    if let Err(e) = self.consumer.seek(
-                        &self.topic,
-                        m.partition(),
-                        rdkafka::Offset::Offset(offset),
-                        Duration::ZERO,
-                    ) {
-                        tracing::warn!(partition = m.partition(), error = %e, "seeking back over a gap");
-                    }
-                }
-                false
-            }
-            Verdict::GapAccepted { expected } => {
-                tracing::warn!(
-                    partition = m.partition(),
-                    expected,
-                    got = m.offset(),
-                    "a gap in the partition's offsets did not fill; accepted"
-                );
-                self.metrics
-                    .offset_gaps
-                    .with_label_values(&["accepted"])
-                    .inc();
-                true
             }
         }
     }
@@ -603,12 +523,6 @@ impl Worker {
             }
         }
     }
-}
-
-/// The consumer loop's view of each partition's position.
-struct Order {
-    guard: GapGuard,
-    rebalances_seen: u64,
 }
 
 async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {

@@ -5,7 +5,6 @@
 //!   and the tests start exactly this.
 //! - [`consumer`] — the batch loop, offsets stored after the commit, pausing
 //!   while PostgreSQL is down, draining on shutdown.
-//! - [`gaps`] — re-reads offsets a broker skipped.
 //! - [`persist`] — one transaction per batch, with the stock guard; the
 //!   decisions (insert, duplicate, dead letter) and which errors are the
 //!   data's fault rather than an outage.
@@ -20,7 +19,6 @@
 pub mod admin_lock;
 pub mod consumer;
 pub mod dlq;
-pub mod gaps;
 pub mod http;
 pub mod ledger;
 pub mod metrics;

@@ -11,7 +11,6 @@ pub struct WorkerMetrics {
     pub consumed: IntCounter,
     pub persisted: IntCounter,
     pub duplicates: IntCounter,
-    pub offset_gaps: IntCounterVec,
     pub dead_lettered: IntCounterVec,
     pub db_errors: IntCounter,
     pub paused: IntGauge,
@@ -39,15 +38,6 @@ impl WorkerMetrics {
         for reason in DlqReason::ALL {
             dead_lettered.with_label_values(&[reason.as_str()]);
         }
-        let offset_gaps = counter_vec(
-            &r,
-            "worker_offset_gaps_total",
-            "Jumps in a partition's offsets: re_read (the broker skipped a batch; sought back) or accepted (the gap stayed).",
-            &["outcome"],
-        );
-        for outcome in ["re_read", "accepted"] {
-            offset_gaps.with_label_values(&[outcome]);
-        }
         Self {
             consumed: counter(
                 &r,
@@ -61,7 +51,6 @@ impl WorkerMetrics {
                 "Messages whose (campaign, user) already had a row: redeliveries.",
             ),
             dead_lettered,
-            offset_gaps,
             db_errors: counter(
                 &r,
                 "worker_db_errors_total",

@@ -354,10 +354,6 @@ fn spawn_worker_process(settings: &Settings) -> Child {
         .arg("run")
         .env("APP_DATABASE__URL", settings.database.url.expose_secret())
         .env("APP_KAFKA__BROKERS", &settings.kafka.brokers)
-        .env(
-            "APP_KAFKA__IDEMPOTENCE",
-            settings.kafka.idempotence.to_string(),
-        )
         .env("APP_KAFKA__TOPIC", &settings.kafka.topic)
         .env("APP_KAFKA__DLQ_TOPIC", &settings.kafka.dlq_topic)
         .env("APP_KAFKA__GROUP_ID", &settings.kafka.group_id)
@@ -552,7 +548,6 @@ async fn metrics_are_exported_with_their_types_and_counts_move() {
         ("worker_coupons_persisted_total", "counter"),
         ("worker_duplicates_total", "counter"),
         ("worker_dead_lettered_total", "counter"),
-        ("worker_offset_gaps_total", "counter"),
         ("worker_db_errors_total", "counter"),
         ("worker_paused", "gauge"),
         ("worker_batch_size", "histogram"),

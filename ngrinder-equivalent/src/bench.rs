@@ -2,15 +2,12 @@
 //! local stack (3 api instances, strategy `sync`, unique users, stock that
 //! never sells out, the worker draining meanwhile):
 //! - the issue path at each vuser level, repeated, with the vusers spread
-//!   over the instances by the client, each run audited, on the plan's
-//!   first broker (Apache Kafka unless told otherwise);
+//!   over the instances by the client, each run audited;
 //! - at the same levels, side by side: the trivial endpoint spread the same
 //!   way, the trivial endpoint through HAProxy, and the issue path through
 //!   HAProxy — the ratios that stay meaningful on a shared, noisy machine;
 //! - end-to-end lag (request to committed row) at a fixed open-model rate,
 //!   from the worker's histogram;
-//! - the issue path and the lag again on each further broker of the plan
-//!   (`--brokers kafka,tansu-memory,tansu`), side by side;
 //! - for every run, each component's CPU and largest resident set
 //!   ([`procs`](crate::procs)).
 //!
@@ -23,7 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::experiment::{BrokerState, Environment, stack_up};
+use crate::experiment::{Environment, stack_up};
 use crate::procs::{self, ProcUse};
 use crate::report::{Machine, RunResult};
 use crate::run::{RunRequest, perform};
@@ -46,14 +43,6 @@ pub struct BenchPlan {
     /// Open-model rate of the end-to-end lag run, and its length.
     pub lag_rate: u64,
     pub lag_secs: u64,
-    /// `scripts/stack --broker` kinds; the first carries the whole plan, the
-    /// others the issue path and the lag, side by side.
-    #[serde(default = "default_brokers")]
-    pub brokers: Vec<String>,
-}
-
-fn default_brokers() -> Vec<String> {
-    vec!["kafka".into()]
 }
 
 impl BenchPlan {
@@ -66,7 +55,6 @@ impl BenchPlan {
             warmup_secs: 10,
             lag_rate: 10_000,
             lag_secs: 60,
-            brokers: default_brokers(),
         }
     }
 
@@ -79,7 +67,6 @@ impl BenchPlan {
             warmup_secs: 5,
             lag_rate: 10_000,
             lag_secs: 15,
-            brokers: default_brokers(),
         }
     }
 }
@@ -95,7 +82,6 @@ pub struct Measured {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LagResult {
-    pub broker: String,
     pub rate: u64,
     pub tps: f64,
     pub messages: f64,
@@ -112,8 +98,7 @@ pub struct BenchResult {
     pub machine: Machine,
     pub date: String,
     pub runs: Vec<Measured>,
-    /// One per broker, in the plan's order.
-    pub lags: Vec<LagResult>,
+    pub lag: LagResult,
 }
 
 impl BenchResult {
@@ -158,8 +143,6 @@ pub enum RunKind {
     TrivialBalanced,
     /// The issue path through HAProxy.
     IssueBalanced,
-    /// The issue path, client-side, on a further broker of the plan.
-    IssueOn(String),
 }
 
 impl RunKind {
@@ -168,7 +151,7 @@ impl RunKind {
 
     fn endpoint(&self) -> Endpoint {
         match self {
-            Self::Issue | Self::IssueBalanced | Self::IssueOn(_) => Endpoint::Issue,
+            Self::Issue | Self::IssueBalanced => Endpoint::Issue,
             Self::Trivial | Self::TrivialBalanced => Endpoint::Trivial,
         }
     }
@@ -185,7 +168,6 @@ impl RunKind {
             Self::Trivial => "trivial".into(),
             Self::TrivialBalanced => "trivial-haproxy".into(),
             Self::IssueBalanced => "issue-haproxy".into(),
-            Self::IssueOn(broker) => format!("issue-{broker}"),
         }
     }
 }
@@ -197,18 +179,7 @@ impl std::fmt::Display for RunKind {
             Self::Trivial => f.write_str("trivial, client-side"),
             Self::TrivialBalanced => f.write_str("trivial, HAProxy"),
             Self::IssueBalanced => f.write_str("issue, HAProxy"),
-            Self::IssueOn(broker) => write!(f, "issue, client-side, broker {broker}"),
         }
-    }
-}
-
-/// Whether a broker kind is emptied before each run: Tansu's memory storage
-/// slows as it fills (its fetches scan every stored batch).
-fn broker_state(broker: &str) -> BrokerState {
-    if broker == "tansu-memory" {
-        BrokerState::Emptied
-    } else {
-        BrokerState::Kept
     }
 }
 
@@ -296,11 +267,7 @@ async fn measured(
 pub async fn run(plan: &BenchPlan, env: &Environment, out: &Path) -> anyhow::Result<bool> {
     std::fs::create_dir_all(out)?;
     let mut runs = Vec::new();
-    let main = plan
-        .brokers
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("the plan names no broker"))?;
-    let fresh = |env: &Environment| stack_up(env, INSTANCES, "sync", main, broker_state(main));
+    let fresh = |env: &Environment| stack_up(env, INSTANCES, "sync");
     for &vusers in &plan.vusers {
         for r in 1..=plan.repeats {
             eprintln!("== issue at {vusers} vusers, repeat {r}");
@@ -324,38 +291,25 @@ pub async fn run(plan: &BenchPlan, env: &Environment, out: &Path) -> anyhow::Res
             runs.push(measured(env, plan, kind, vusers, label, None).await?);
         }
     }
-    let mut lags = vec![lag(env, plan, main).await?];
-    for broker in plan.brokers.iter().skip(1) {
-        eprintln!("== broker {broker}");
-        for &vusers in &plan.vusers {
-            stack_up(env, INSTANCES, "sync", broker, broker_state(broker))?;
-            let kind = RunKind::IssueOn(broker.clone());
-            let label = format!("{}-v{vusers}", kind.slug());
-            runs.push(measured(env, plan, kind, vusers, label, None).await?);
-        }
-        lags.push(lag(env, plan, broker).await?);
-    }
-    let passed = runs.iter().all(|m| m.result.passed()) && lags.iter().all(|l| l.passed);
+    let lag = lag(env, plan).await?;
+    let passed = runs.iter().all(|m| m.result.passed()) && lag.passed;
 
     let result = BenchResult {
         plan: plan.clone(),
         machine: Machine::here(),
         date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         runs,
-        lags,
+        lag,
     };
     std::fs::write(out.join("bench.json"), serde_json::to_vec_pretty(&result)?)?;
     std::fs::write(out.join("bench.md"), render(&result))?;
     Ok(passed)
 }
 
-/// End-to-end lag at the plan's open-model rate on one broker.
-async fn lag(env: &Environment, plan: &BenchPlan, broker: &str) -> anyhow::Result<LagResult> {
-    eprintln!(
-        "== end-to-end lag at {} requests/s ({broker})",
-        plan.lag_rate
-    );
-    stack_up(env, INSTANCES, "sync", broker, broker_state(broker))?;
+/// End-to-end lag at the plan's open-model rate.
+async fn lag(env: &Environment, plan: &BenchPlan) -> anyhow::Result<LagResult> {
+    eprintln!("== end-to-end lag at {} requests/s", plan.lag_rate);
+    stack_up(env, INSTANCES, "sync")?;
     let before = scrape_lag(env).await.unwrap_or_default();
     let lag_plan = BenchPlan {
         duration_secs: plan.lag_secs,
@@ -365,12 +319,11 @@ async fn lag(env: &Environment, plan: &BenchPlan, broker: &str) -> anyhow::Resul
         rate: plan.lag_rate,
         max_connections: 1_000,
     };
-    let label = format!("lag-{broker}");
+    let label = "lag".to_owned();
     let run = measured(env, &lag_plan, RunKind::Issue, 0, label, Some(open)).await?;
     let after = scrape_lag(env).await.unwrap_or_default();
     let delta = after.minus(&before);
     Ok(LagResult {
-        broker: broker.to_owned(),
         rate: plan.lag_rate,
         tps: run.result.summary.tps,
         messages: delta.count(),

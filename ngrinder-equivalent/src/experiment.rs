@@ -45,16 +45,6 @@ pub struct Plan {
     /// discovery client did) or `balancer` (through HAProxy).
     #[serde(default = "client_side")]
     pub spread: String,
-    /// The stack's broker: `kafka` (Apache Kafka, the default), `tansu`
-    /// or `tansu-memory` (`scripts/stack --broker`).
-    #[serde(default = "kafka")]
-    pub broker: String,
-    /// Every cell starts on an empty broker (`scripts/stack --fresh-broker`).
-    /// Tansu's memory storage slows as it fills (its fetches scan every
-    /// stored batch), so a plan on it needs this for cells to start alike;
-    /// Apache Kafka does not.
-    #[serde(default)]
-    pub fresh_broker: bool,
     /// Campaign stock; absent: never sells out.
     pub stock: Option<i64>,
     #[serde(default = "timeout_ms")]
@@ -82,10 +72,6 @@ fn no_room() -> Vec<u32> {
 }
 fn admission_ttl() -> u32 {
     120
-}
-
-fn kafka() -> String {
-    "kafka".into()
 }
 
 fn one() -> u32 {
@@ -183,15 +169,6 @@ impl StackPorts {
     }
 }
 
-/// What `stack_up` does with the broker's data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BrokerState {
-    /// Kept as it is.
-    Kept,
-    /// Emptied first (`--fresh-broker`; see [`Plan::fresh_broker`]).
-    Emptied,
-}
-
 /// The admin token and JWT secret: the environment's, else the stack's.
 pub fn secrets(state_dir: &Path) -> anyhow::Result<(String, String)> {
     let from_env = (
@@ -230,16 +207,10 @@ fn strategy_and_mode(strategy: &str) -> (&str, &str) {
         .unwrap_or((strategy, DEFAULT_LOCK_MODE))
 }
 
-/// `scripts/stack up` with the cell's instances, strategy and broker; the
-/// lock mode is always passed, so a cell means the same whatever the
-/// stack's own default.
-pub fn stack_up(
-    env: &Environment,
-    instances: u32,
-    strategy: &str,
-    broker: &str,
-    data: BrokerState,
-) -> anyhow::Result<()> {
+/// `scripts/stack up` with the cell's instances and strategy; the lock mode
+/// is always passed, so a cell means the same whatever the stack's own
+/// default.
+pub fn stack_up(env: &Environment, instances: u32, strategy: &str) -> anyhow::Result<()> {
     let (strategy, lock_mode) = strategy_and_mode(strategy);
     let mut cmd = std::process::Command::new(&env.stack);
     cmd.args([
@@ -251,10 +222,6 @@ pub fn stack_up(
         "--lock-mode",
         lock_mode,
     ]);
-    cmd.args(["--broker", broker]);
-    if data == BrokerState::Emptied {
-        cmd.arg("--fresh-broker");
-    }
     let status = cmd.stdout(std::process::Stdio::null()).status()?;
     anyhow::ensure!(
         status.success(),
@@ -317,7 +284,7 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
         Ok(earlier) => serde_json::from_slice(&earlier)?,
         Err(_) => {
             let first = plan.strategies.first().map_or("sync", String::as_str);
-            stack_up(env, 1, first, &plan.broker, BrokerState::Kept)?;
+            stack_up(env, 1, first)?;
             let honesty = honesty_check(env).await?;
             std::fs::write(
                 out.join("honesty.json"),
@@ -342,7 +309,7 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                 continue;
             }
             eprintln!("== stack: {instances} instances, {strategy}");
-            stack_up(env, instances, strategy, &plan.broker, BrokerState::Kept)?;
+            stack_up(env, instances, strategy)?;
             let (admin_token, jwt_secret) = secrets(&env.state_dir)?;
             let instance_urls = env.ports.instance_urls(instances);
             let targets = if plan.spread == "balancer" {
@@ -363,9 +330,6 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                         continue;
                     }
                     eprintln!("== cell {cell}/{}: {label}", plan.cells());
-                    if plan.fresh_broker {
-                        stack_up(env, instances, strategy, &plan.broker, BrokerState::Emptied)?;
-                    }
                     let spec = RunSpec {
                         label: label.clone(),
                         targets: targets.clone(),

@@ -165,10 +165,6 @@ struct BenchArgs {
     /// Report directory (default: target/bench/<timestamp>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Brokers (`scripts/stack --broker` kinds), comma-separated: the first
-    /// carries the whole plan, the others the issue path and the lag.
-    #[arg(long, value_delimiter = ',', default_value = "kafka")]
-    brokers: Vec<String>,
     #[command(flatten)]
     stack: StackArgs,
 }
@@ -359,12 +355,11 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
             Ok(passed)
         }
         Command::Bench(a) => {
-            let mut plan = if a.quick {
+            let plan = if a.quick {
                 BenchPlan::quick()
             } else {
                 BenchPlan::full()
             };
-            plan.brokers = a.brokers;
             let out = report_dir(a.out, "bench");
             let env = a.stack.environment(threads)?;
             let passed = bench::run(&plan, &env, &out).await?;

@@ -11,10 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Process names (`/proc/<pid>/comm`, at most 15 bytes) and what they are.
 /// Apache Kafka runs as `java`: see [`JVM_BROKER`].
-pub const COMPONENTS: [(&str, &str); 7] = [
+pub const COMPONENTS: [(&str, &str); 6] = [
     ("api", "api"),
     ("issuer-worker", "worker"),
-    ("tansu", "broker"),
     ("redis-server", "redis"),
     ("postgres", "postgresql"),
     ("haproxy", "haproxy"),

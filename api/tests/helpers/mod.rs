@@ -370,7 +370,6 @@ pub fn process_environment(settings: &Settings) -> Vec<(String, String)> {
         ("APP_KAFKA__TOPIC", k.topic.clone()),
         ("APP_KAFKA__DLQ_TOPIC", k.dlq_topic.clone()),
         ("APP_KAFKA__GROUP_ID", k.group_id.clone()),
-        ("APP_KAFKA__IDEMPOTENCE", k.idempotence.to_string()),
         ("APP_AUTH__ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ("APP_AUTH__JWT_SECRET", JWT_SECRET.to_owned()),
         ("APP_HTTP__WORKERS", "2".to_owned()),

@@ -71,19 +71,7 @@ pub fn isolated_settings() -> Settings {
     s.worker.http_port = 0;
     s.worker.batch_linger_ms = 5;
     s.log.filter = "warn".into();
-    broker_quirks(&mut s);
     s
-}
-
-/// The settings that only Tansu needs, when `COUPON_TEST_BROKER` names it
-/// (`tansu` or `tansu-memory`; unset or `kafka`: Apache Kafka, the defaults):
-/// idempotence off and the worker's gap guard on, as `scripts/stack` sets
-/// them (see `KafkaSettings::idempotence`, `WorkerSettings::gap_patience_ms`).
-pub fn broker_quirks(s: &mut Settings) {
-    if std::env::var("COUPON_TEST_BROKER").is_ok_and(|b| b.starts_with("tansu")) {
-        s.kafka.idempotence = false;
-        s.worker.gap_patience_ms = 2_000;
-    }
 }
 
 /// A port nothing listens on right now.

@@ -34,15 +34,8 @@ pub fn render(r: &BenchResult) -> String {
         out,
         "# Bench\n\n{} on {} cores (kernel {}). Strategy sync, {INSTANCES} api instances, \
          unique users, stock that never sells out, the worker draining meanwhile. \
-         {} s measured after a {} s warm-up, median of {} repeat(s), on broker {} \
-         (Tansu's memory storage is emptied before each run).\n",
-        r.date,
-        r.machine.cores,
-        r.machine.kernel,
-        p.duration_secs,
-        p.warmup_secs,
-        p.repeats,
-        p.brokers.first().map_or("?", String::as_str)
+         {} s measured after a {} s warm-up, median of {} repeat(s), on Apache Kafka.\n",
+        r.date, r.machine.cores, r.machine.kernel, p.duration_secs, p.warmup_secs, p.repeats,
     );
     let _ = writeln!(
         out,
@@ -119,10 +112,6 @@ pub fn render(r: &BenchResult) -> String {
         );
     }
 
-    if p.brokers.len() > 1 {
-        brokers_side_by_side(&mut out, r);
-    }
-
     let _ = writeln!(
         out,
         "\n## Targets\n\n| target | measured | verdict |\n|---|---|---|"
@@ -179,7 +168,8 @@ pub fn render(r: &BenchResult) -> String {
             verdict(ratio >= 85.0)
         );
     }
-    if let Some(lag) = r.lags.first() {
+    {
+        let lag = &r.lag;
         let p99 = lag.p99_secs;
         let _ = writeln!(
             out,
@@ -236,77 +226,12 @@ pub fn render(r: &BenchResult) -> String {
             );
         }
     }
-    for lag in &r.lags {
-        let _ = writeln!(
-            out,
-            "| open model at {} requests/s, broker {} | {:.0} | {} |",
-            lag.rate,
-            lag.broker,
-            lag.tps,
-            cpu_split(&lag.procs)
-        );
-    }
-    out
-}
-
-/// The issue path and the lag on every broker of the plan, one run each:
-/// TPS and p99 by level, the broker's CPU and largest RSS at the highest
-/// level, the lag at the open-model rate.
-fn brokers_side_by_side(out: &mut String, r: &BenchResult) {
-    let p = &r.plan;
-    let levels: Vec<String> = p.vusers.iter().map(|v| format!("{v} vusers")).collect();
     let _ = writeln!(
         out,
-        "\nBrokers side by side (the first carries the plan; one run each on the others):\n\n\
-         | broker | {} | broker CPU, RSS at {} vusers | lag p50 / p99 at {}/s (TPS) |\n|---|{}---|---|",
-        levels.join(" | "),
-        p.vusers.last().copied().unwrap_or(0),
-        p.lag_rate,
-        "---|".repeat(levels.len()),
+        "| open model at {} requests/s | {:.0} | {} |",
+        r.lag.rate,
+        r.lag.tps,
+        cpu_split(&r.lag.procs)
     );
-    for (i, broker) in p.brokers.iter().enumerate() {
-        let kind = if i == 0 {
-            RunKind::Issue
-        } else {
-            RunKind::IssueOn(broker.clone())
-        };
-        let cells: Vec<String> = p
-            .vusers
-            .iter()
-            .map(|&v| match r.median_run(&kind, v) {
-                Some(m) => format!(
-                    "{:.0} TPS, p99 {}{}",
-                    m.result.summary.tps,
-                    ms(m.result.summary.p99_us),
-                    if m.result.passed() {
-                        ""
-                    } else {
-                        " (audit FAIL)"
-                    }
-                ),
-                None => "-".to_owned(),
-            })
-            .collect();
-        let top = p
-            .vusers
-            .last()
-            .and_then(|&v| r.median_run(&kind, v))
-            .map_or("-".to_owned(), |m| {
-                format!(
-                    "{:.0}%, {:.0} MiB",
-                    m.procs.cpu_percent.get("broker").copied().unwrap_or(0.0),
-                    m.procs.max_rss_mib.get("broker").copied().unwrap_or(0.0)
-                )
-            });
-        let lag = r
-            .lags
-            .iter()
-            .find(|l| &l.broker == broker)
-            .map_or("-".to_owned(), |l| {
-                let f =
-                    |x: Option<f64>| x.map_or("-".to_owned(), |s| format!("{:.0} ms", s * 1000.0));
-                format!("{} / {} ({:.0})", f(l.p50_secs), f(l.p99_secs), l.tps)
-            });
-        let _ = writeln!(out, "| {broker} | {} | {top} | {lag} |", cells.join(" | "));
-    }
+    out
 }

@@ -137,7 +137,7 @@ fn report(plan: &Plan, results: &[RunResult], honesty: &Honesty) -> String {
     let _ = writeln!(out, "# Experiment report\n");
     let _ = writeln!(
         out,
-        "Date {}. Machine: {} cores, kernel {}. Plan: strategies {:?}, vusers {:?}, instances {:?}, {} repeat(s), {} s after a {} s warm-up, users {}, spread {}, broker {}.\n",
+        "Date {}. Machine: {} cores, kernel {}. Plan: strategies {:?}, vusers {:?}, instances {:?}, {} repeat(s), {} s after a {} s warm-up, users {}, spread {}, broker Apache Kafka.\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         machine.as_ref().map_or(0, |m| m.cores),
         machine.as_ref().map_or("?", |m| m.kernel.as_str()),
@@ -149,7 +149,6 @@ fn report(plan: &Plan, results: &[RunResult], honesty: &Honesty) -> String {
         plan.warmup_secs,
         plan.users.describe(),
         plan.spread,
-        plan.broker,
     );
     if results.len() < plan.cells() {
         let _ = writeln!(
