@@ -10,8 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::entities::{campaigns, coupons};
 use common::ids::{CampaignId, UserId};
-use common::redis_state::{CampaignMeta, RedisState, RedisStateError};
-use common::room::RoomRules;
+use common::redis_state::{CampaignMeta, CampaignMetas, Gate, RedisCallError, RoomRules};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Set, TransactionTrait,
@@ -39,9 +38,9 @@ pub struct CampaignRequest {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitingRoomRequest {
-    /// Positions let in per second: 1 to 1,000,000.
+    /// Positions admitted per second: 1 to 1,000,000.
     pub admit_per_second: i64,
-    /// Seconds a let-in user has to issue before the place goes to the
+    /// Seconds an admitted user has to issue before the place goes to the
     /// next: 1 to 86,400 (default 120).
     pub admission_ttl_secs: Option<i64>,
 }
@@ -148,8 +147,9 @@ pub struct CampaignView {
     pub id: CampaignId,
     pub name: String,
     pub stock: i64,
-    /// The gate's count; `null` when the gate state is not loaded.
-    pub issued: Option<i64>,
+    /// Slots taken (the gate's count); `null` when the gate state is not
+    /// loaded.
+    pub taken: Option<i64>,
     /// Rows in PostgreSQL.
     pub persisted: i64,
     pub state: CampaignState,
@@ -166,12 +166,12 @@ pub struct CampaignView {
 }
 
 impl CampaignView {
-    fn new(row: campaigns::Model, issued: Option<i64>, now: DateTime<Utc>) -> Self {
+    fn new(row: campaigns::Model, taken: Option<i64>, now: DateTime<Utc>) -> Self {
         let state = if row.state == "closed" || row.ends_at.is_some_and(|e| now >= e) {
             CampaignState::Closed
         } else if now < row.starts_at {
             CampaignState::Scheduled
-        } else if issued.unwrap_or(row.persisted).max(row.persisted) >= row.stock {
+        } else if taken.unwrap_or(row.persisted).max(row.persisted) >= row.stock {
             CampaignState::SoldOut
         } else {
             CampaignState::Open
@@ -181,17 +181,13 @@ impl CampaignView {
             id: row.id.into(),
             name: row.name,
             stock: row.stock,
-            issued,
+            taken,
             persisted: row.persisted,
             state,
             starts_at: row.starts_at,
             ends_at: row.ends_at,
             created_at: row.created_at,
-            gate: if issued.is_some() {
-                "loaded"
-            } else {
-                "missing"
-            },
+            gate: if taken.is_some() { "loaded" } else { "missing" },
             waiting_room,
         }
     }
@@ -222,7 +218,7 @@ pub enum StoreError {
     #[error("database: {0}")]
     Database(#[from] DbErr),
     #[error("redis: {0}")]
-    Redis(#[from] RedisStateError),
+    Redis(#[from] RedisCallError),
     #[error("{0} timed out")]
     Timeout(&'static str),
 }
@@ -230,7 +226,8 @@ pub enum StoreError {
 #[derive(Debug)]
 pub struct CampaignStore {
     db: DatabaseConnection,
-    gate: RedisState,
+    metas: CampaignMetas,
+    gate: Gate,
     statement_timeout: Duration,
     /// Ids known to exist in PostgreSQL. Campaigns are never deleted, so a
     /// hit never goes stale; it keeps the database off the issue path.
@@ -238,9 +235,15 @@ pub struct CampaignStore {
 }
 
 impl CampaignStore {
-    pub fn new(db: DatabaseConnection, gate: RedisState, statement_timeout: Duration) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        metas: CampaignMetas,
+        gate: Gate,
+        statement_timeout: Duration,
+    ) -> Self {
         Self {
             db,
+            metas,
             gate,
             statement_timeout,
             known: RwLock::new(HashSet::new()),
@@ -299,9 +302,9 @@ impl CampaignStore {
             room: row.room(),
         };
         // The transaction rolls back when dropped on an error below.
-        self.gate.load_meta(&id, &meta).await?;
+        self.metas.load(&id, &meta).await?;
         if let Err(e) = self.bounded("commit", txn.commit()).await {
-            if let Err(undo) = self.gate.unload_meta(&id).await {
+            if let Err(undo) = self.metas.unload(&id).await {
                 tracing::error!(campaign.id = %id, error = %undo, "gate meta left without a row");
             }
             return Err(e);
@@ -325,8 +328,8 @@ impl CampaignStore {
 
     pub async fn get(&self, id: &CampaignId) -> Result<CampaignView, StoreError> {
         let row = self.row(id).await?;
-        let issued = self.gate.issued(id).await?;
-        Ok(CampaignView::new(row, issued, Utc::now()))
+        let taken = self.gate.taken(id).await?;
+        Ok(CampaignView::new(row, taken, Utc::now()))
     }
 
     /// Newest first.
@@ -343,8 +346,8 @@ impl CampaignStore {
         let now = Utc::now();
         let mut views = Vec::with_capacity(rows.len());
         for row in rows {
-            let issued = self.gate.issued(&row.id.into()).await?;
-            views.push(CampaignView::new(row, issued, now));
+            let taken = self.gate.taken(&row.id.into()).await?;
+            views.push(CampaignView::new(row, taken, now));
         }
         Ok(views)
     }
@@ -352,7 +355,7 @@ impl CampaignStore {
     /// Closes the gate (if loaded), then the row. Idempotent.
     pub async fn close(&self, id: &CampaignId) -> Result<CampaignView, StoreError> {
         self.row(id).await?;
-        self.gate.close(id).await?;
+        self.metas.close(id).await?;
         self.bounded(
             "close campaign",
             campaigns::Entity::update_many()

@@ -52,13 +52,13 @@ pub enum ApiError {
 fn refusal_message(refusal: &Refusal) -> &'static str {
     match refusal {
         Refusal::Duplicate => {
-            "this user already holds a slot in this campaign; GET .../coupons/me tells its state"
+            "this user already has a slot in this campaign; GET .../coupons/me tells its state"
         }
         Refusal::SoldOut => "the campaign's stock is exhausted",
         Refusal::NotOpen => "the campaign has not started yet",
         Refusal::Closed => "the campaign is closed",
         Refusal::NotAdmitted => {
-            "the campaign's waiting room has not let this user in (join it with POST .../queue, then issue while admitted)"
+            "the campaign's waiting room has not admitted this user (join it with POST .../room, then issue while admitted)"
         }
     }
 }
@@ -182,8 +182,8 @@ impl From<IssueError> for ApiError {
     }
 }
 
-impl From<common::redis_state::RedisStateError> for ApiError {
-    fn from(e: common::redis_state::RedisStateError) -> Self {
+impl From<common::redis_state::RedisCallError> for ApiError {
+    fn from(e: common::redis_state::RedisCallError) -> Self {
         Self::unavailable(format!("redis unavailable: {e}"))
     }
 }

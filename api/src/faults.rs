@@ -21,7 +21,7 @@ pub async fn pause_lock_holder(faults: &FaultSettings, guard: &LockGuard, user: 
     }
 }
 
-/// Between the gate and the produce: a crash (the user holds a slot with no
+/// Between the gate and the produce: a crash (the user has a slot with no
 /// message behind it, a leaked slot for reconciliation to find), or a pause.
 #[allow(unused_variables)]
 pub async fn after_gate(faults: &FaultSettings, user: &UserId) {

@@ -1,4 +1,4 @@
-//! `Idempotency-Key` on the writes (`POST .../issue`, `POST .../queue`,
+//! `Idempotency-Key` on the writes (`POST .../issue`, `POST .../room`,
 //! `POST /api/v1/campaigns`), with the semantics of the IETF httpapi draft:
 //!
 //! - a key is 1–255 visible ASCII characters (a quoted structured-field
@@ -14,9 +14,8 @@
 //!   kept: the key is freed, and the retry runs afresh. Any other reply is
 //!   kept for `idempotency.ttl_secs` (24 h by default);
 //! - a request that dies while running (a crash, a client that hangs up
-//!   before the handler finished) holds its key until the lease
-//!   ([`Settings::longest_request`](common::settings::Settings::longest_request))
-//!   runs out.
+//!   before the handler finished) holds its key until its running record
+//!   expires ([`Settings::longest_request`](common::settings::Settings::longest_request)).
 
 use std::future::Future;
 
@@ -25,7 +24,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use common::keys;
-use common::redis_state::RedisState;
+use common::redis_state::RedisClient;
 use common::scripts;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -43,9 +42,9 @@ pub const MAX_KEY_LEN: usize = 255;
 /// Where keys and replies live.
 #[derive(Debug, Clone)]
 pub struct IdempotencyStore {
-    gate: RedisState,
+    redis: RedisClient,
     ttl_secs: u64,
-    lease_secs: u64,
+    expiry_secs: u64,
     metrics: ApiMetrics,
 }
 
@@ -73,11 +72,11 @@ struct Reply {
 }
 
 impl IdempotencyStore {
-    pub fn new(gate: RedisState, ttl_secs: u64, lease_secs: u64, metrics: ApiMetrics) -> Self {
+    pub fn new(redis: RedisClient, ttl_secs: u64, expiry_secs: u64, metrics: ApiMetrics) -> Self {
         Self {
-            gate,
+            redis,
             ttl_secs: ttl_secs.max(1),
-            lease_secs: lease_secs.max(1),
+            expiry_secs: expiry_secs.max(1),
             metrics,
         }
     }
@@ -112,13 +111,13 @@ impl IdempotencyStore {
             reply: None,
         })
         .map_err(|e| ApiError::Internal(e.into()))?;
-        let lease = self.lease_secs.to_string();
+        let expiry = self.expiry_secs.to_string();
         let found: Option<String> = self
-            .gate
+            .redis
             .run_script(
                 &scripts::IDEMPOTENCY_CLAIM,
                 &[record_key.as_str()],
-                &[running.as_str(), lease.as_str()],
+                &[running.as_str(), expiry.as_str()],
             )
             .await?;
         if let Some(found) = found {
@@ -138,7 +137,7 @@ impl IdempotencyStore {
         };
         let ttl = self.ttl_secs.to_string();
         let finished: Result<i64, _> = self
-            .gate
+            .redis
             .run_script(
                 &scripts::IDEMPOTENCY_FINISH,
                 &[record_key.as_str()],
@@ -148,9 +147,9 @@ impl IdempotencyStore {
         let result = match finished {
             Ok(1) if done.is_empty() => "freed",
             Ok(1) => "kept",
-            Ok(_) => "lease_lost",
+            Ok(_) => "expired",
             Err(e) => {
-                // The key stays marked running until its lease runs out; a
+                // The key stays marked running until its record expires; a
                 // retry meanwhile is told to wait (409), never run twice.
                 tracing::warn!(error = %e, "idempotency record not finished");
                 "not_finished"

@@ -20,7 +20,7 @@ pub struct ApiMetrics {
     pub idempotency: IntCounterVec,
     pub room_replies: IntCounterVec,
     pub room_wait_seconds: Histogram,
-    pub producer_queue: IntGauge,
+    pub producer_buffered: IntGauge,
     pub queue_depth: IntGauge,
     pub lock_wait_seconds: Histogram,
     pub info: IntGaugeVec,
@@ -79,33 +79,33 @@ impl ApiMetrics {
             compensations: counter_vec(
                 &r,
                 "gate_compensations_total",
-                "Slots given back after a failed produce (released), admissions whose reply timed out taken back (withdrawn: it had admitted; voided: it had not run), and give-backs that failed (failed).",
+                "Slots given back after a failed produce (given_back), takes whose reply timed out withdrawn (withdrawn: it had taken the slot; voided: it had not run), and give-backs that failed (failed).",
                 &["result"],
             ),
             idempotency: counter_vec(
                 &r,
                 "idempotency_keys_total",
-                "Requests with an Idempotency-Key by what became of it: kept (reply stored), freed (a 429/5xx: the key may run again), replayed, in_progress (409), reused (422), lease_lost, not_finished (Redis refused the record).",
+                "Requests with an Idempotency-Key by what became of it: kept (reply stored), freed (a 429/5xx: the key may run again), replayed, in_progress (409), reused (422), expired (the running record expired before the request finished), not_finished (Redis refused the record).",
                 &["result"],
             ),
             room_replies: counter_vec(
                 &r,
                 "waiting_room_replies_total",
-                "Waiting-room calls (join, look) by the state they answered (none, waiting, admitted, expired, issued, sold_out, closed, no_waiting_room, missing).",
+                "Waiting-room calls (join, look) by the state they answered (none, waiting, admitted, expired, taken, sold_out, closed, no_waiting_room, missing).",
                 &["call", "state"],
             ),
             room_wait_seconds: histogram(
                 &r,
                 "waiting_room_wait_seconds",
-                "How long users who issued behind a waiting room waited between joining and being let in.",
+                "How long users who issued behind a waiting room waited between joining and being admitted.",
                 vec![
                     0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
                 ],
             ),
-            producer_queue: gauge(
+            producer_buffered: gauge(
                 &r,
-                "producer_queue_messages",
-                "Messages in the producer's queue or in flight (sampled at scrape).",
+                "producer_buffered_messages",
+                "Messages in the producer's buffer or in flight (sampled at scrape).",
             ),
             queue_depth: gauge(
                 &r,

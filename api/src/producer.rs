@@ -10,11 +10,10 @@
 //! a fatal error, or when the broker refuses its producer id, epoch or
 //! sequence. It is replaced by a new one (a fresh producer id) on the next
 //! send, and the old one is dropped on a thread of its own, which purges its
-//! queue: the messages it still held get failed reports with their
-//! persistence status, as any other failure. (Apache Kafka lets librdkafka
-//! bump the epoch after a timed-out message instead; the local broker does
-//! not implement that bump and answers it with an unknown error, so there the
-//! replacement is what brings issuance back after a broker outage.)
+//! buffer: the messages it still held get failed reports with their
+//! persistence status, as any other failure. (After a merely timed-out
+//! message Apache Kafka lets librdkafka bump the epoch and go on; the
+//! replacement is for the states it cannot recover from.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -44,8 +43,8 @@ pub enum Delivery {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
-    #[error("the producer queue stayed full for {0:?}")]
-    QueueFull(Duration),
+    #[error("the producer's buffer stayed full for {0:?}")]
+    BufferFull(Duration),
     #[error("the producer refused the message: {0}")]
     Refused(KafkaError),
 }
@@ -329,8 +328,8 @@ impl IssueProducer {
         slot.clone()
     }
 
-    /// Puts the message in the producer's queue. Fails, without the message
-    /// having left this process, when the queue stays full for
+    /// Puts the message in the producer's buffer. Fails, without the message
+    /// having left this process, when the buffer stays full for
     /// `kafka.enqueue_timeout_ms` or librdkafka refuses it.
     pub async fn send(&self, message: &CouponIssued) -> Result<DeliveryReceipt, EnqueueError> {
         let key = message.key();
@@ -348,7 +347,7 @@ impl IssueProducer {
                 Ok(()) => return Ok(DeliveryReceipt(rx)),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     if started.elapsed() >= self.enqueue_timeout {
-                        return Err(EnqueueError::QueueFull(self.enqueue_timeout));
+                        return Err(EnqueueError::BufferFull(self.enqueue_timeout));
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -357,7 +356,7 @@ impl IssueProducer {
         }
     }
 
-    /// Messages waiting in the queue or in flight.
+    /// Messages waiting in the buffer or in flight.
     pub fn in_flight(&self) -> i32 {
         self.producer().in_flight_count()
     }
@@ -386,7 +385,7 @@ impl IssueProducer {
             .map(|(_, reason)| reason.clone())
     }
 
-    /// Waits for every queued message's delivery report (blocking).
+    /// Waits for every buffered message's delivery report (blocking).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer().flush(timeout)
     }

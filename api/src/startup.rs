@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use actix_web::dev::{Server, Service};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
-use common::redis_state::RedisState;
+use common::redis_state::{CampaignMetas, Gate, RedisClient, Rooms, StatusRecords};
 use common::settings::Settings;
 use tracing::Instrument;
 
@@ -62,22 +62,25 @@ impl Application {
             .with_label_values(&[settings.strategy.as_str(), env!("CARGO_PKG_VERSION")])
             .set(1);
 
-        let redis = RedisState::new(
+        let redis = RedisClient::new(
             &settings.redis,
             Some(metrics.redis_pool_wait_seconds.clone()),
         )?;
         // A failure is logged with the other dependencies' below.
         let _ = redis.warm_up().await;
         let db = common::db::connect(&settings.database).await?;
+        let gate = Gate::new(redis.clone());
         let campaigns = Arc::new(CampaignStore::new(
             db,
-            redis.clone(),
+            CampaignMetas::new(redis.clone()),
+            gate.clone(),
             Duration::from_millis(settings.database.statement_timeout_ms),
         ));
         crate::faults::warn_if_ignored(&settings.faults);
         let producer = Arc::new(IssueProducer::new(&settings.kafka, metrics.kafka.clone())?);
         let issuance = Arc::new(Issuance::new(
-            redis.clone(),
+            gate,
+            StatusRecords::new(redis.clone(), settings.redis.status_ttl_secs),
             producer.clone(),
             campaigns.clone(),
             metrics.clone(),
@@ -85,7 +88,7 @@ impl Application {
             settings.faults.clone(),
         ));
         let state = web::Data::new(AppState {
-            strategy: Arc::new(Strategy::build(&settings, issuance.clone())),
+            strategy: Arc::new(Strategy::build(&settings, issuance.clone(), &redis)),
             idempotency: IdempotencyStore::new(
                 redis.clone(),
                 settings.idempotency.ttl_secs,
@@ -93,6 +96,7 @@ impl Application {
                 metrics.clone(),
             ),
             issuance,
+            rooms: Rooms::new(redis.clone()),
             redis,
             producer,
             campaigns,

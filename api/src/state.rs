@@ -1,9 +1,13 @@
 //! What every handler of one api instance shares: the strategy and the
-//! issuance steps it is built on, the Redis state, the producer, the campaign store, the limiters, the in-flight
-//! bound, the metrics, and whether the instance is draining.
+//! issuance steps it is built on (with the gate and status records
+//! `/coupons/me` reads), the Redis client (readiness) and the waiting rooms,
+//! the producer, the campaign store, the limiters, the in-flight bound, the
+//! metrics, and whether the instance is draining.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::redis_state::{RedisClient, Rooms};
 
 use crate::campaigns::CampaignStore;
 use crate::idempotency::IdempotencyStore;
@@ -18,8 +22,9 @@ pub struct AppState {
     pub strategy: Arc<Strategy>,
     /// The steps the strategy is made of, and the background work they track.
     pub issuance: Arc<Issuance>,
-    /// Campaigns' Redis state (status records, the waiting room, readiness).
-    pub redis: common::redis_state::RedisState,
+    /// The one Redis connection (readiness pings it).
+    pub redis: RedisClient,
+    pub rooms: Rooms,
     pub producer: Arc<IssueProducer>,
     pub campaigns: Arc<CampaignStore>,
     pub idempotency: IdempotencyStore,

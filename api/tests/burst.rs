@@ -64,7 +64,7 @@ async fn a_burst_of_2000_requests_from_500_users_issues_exactly_the_stock() {
     assert_eq!(persisted_column(&db, &campaign).await, 100);
 
     let (_, view) = apis[1].campaign(&campaign).await;
-    assert_eq!(view["issued"], 100);
+    assert_eq!(view["taken"], 100);
     assert_eq!(view["persisted"], 100);
     assert_eq!(view["state"], "sold_out");
 
@@ -170,8 +170,8 @@ async fn rows_equal_the_smaller_of_stock_and_demand() {
     api.stop().await;
 }
 
-/// `/coupons/me` between the admission and the row: `pending` with the
-/// coupon id the admission claimed (the reply's), then `issued` with the
+/// `/coupons/me` between the take and the row: `pending` with the
+/// coupon id the slot names (the reply's), then `issued` with the
 /// same id once the worker has written the row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn my_coupon_is_pending_with_its_id_until_the_row_says_issued() {

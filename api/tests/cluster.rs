@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::ids::CampaignId;
 use common::lock::{FairLock, LeaseLock, LockTiming};
 use common::lock_waker::LockWaker;
-use common::redis_state::RedisState;
+use common::redis_state::RedisClient;
 use common::settings::{Settings, StrategyKind};
 use futures::future::join_all;
 use helpers::*;
@@ -79,7 +79,7 @@ async fn every_strategy_issues_exactly_the_stock_on_a_cluster() {
         // Demand exceeded the stock: every slot ends as a row.
         assert_eq!(audit.rows, 20, "{audit:?}");
         let (_, view) = api.campaign(&campaign).await;
-        assert_eq!(view["issued"], 20, "{strategy}: {view}");
+        assert_eq!(view["taken"], 20, "{strategy}: {view}");
         assert_eq!(rows(&db, &campaign).await, 20);
         worker.stop().await;
         api.stop().await;
@@ -103,7 +103,7 @@ async fn compensation_gives_the_slot_back_on_a_cluster() {
     let (status, body) = api.issue(&campaign, "alice").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     let (_, view) = api.campaign(&campaign).await;
-    assert_eq!(view["issued"], 0, "the slot was not given back: {view}");
+    assert_eq!(view["taken"], 0, "the slot was not given back: {view}");
     let (_, me) = api.my_coupon(&campaign, "alice").await;
     assert_eq!(me["state"], "none");
     api.stop().await;
@@ -113,7 +113,7 @@ async fn compensation_gives_the_slot_back_on_a_cluster() {
 async fn both_locks_exclude_on_a_cluster() {
     let cluster = OwnRedisCluster::start();
     let settings = cluster_settings(&cluster).await;
-    let gate = RedisState::new(&settings.redis, None).unwrap();
+    let redis = RedisClient::new(&settings.redis, None).unwrap();
     let waker = Some(LockWaker::new(
         redis::Client::open(format!("redis://127.0.0.1:{}", cluster.ports[0])).unwrap(),
     ));
@@ -125,7 +125,7 @@ async fn both_locks_exclude_on_a_cluster() {
     let keys = common::keys::CampaignKeys::new(&campaign);
     let counter = Arc::new(std::sync::Mutex::new((0u32, 0u32)));
 
-    let lease = LeaseLock::new(gate.clone(), timing, waker.clone());
+    let lease = LeaseLock::new(redis.clone(), timing, waker.clone());
     join_all((0..100).map(|_| async {
         let guard = lease.acquire(&keys.lock()).await.unwrap();
         {
@@ -139,7 +139,7 @@ async fn both_locks_exclude_on_a_cluster() {
     }))
     .await;
 
-    let fair = FairLock::new(gate.clone(), timing, waker);
+    let fair = FairLock::new(redis.clone(), timing, waker);
     let fair_keys = keys.fair_lock();
     join_all((0..100).map(|_| async {
         let guard = fair.acquire(&fair_keys).await.unwrap();
@@ -155,7 +155,7 @@ async fn both_locks_exclude_on_a_cluster() {
     .await;
     // The fair lock's line and counters are gone (on the campaign's node).
     for key in fair_keys.all() {
-        let exists: bool = gate
+        let exists: bool = redis
             .run_script(
                 &redis::Script::new("return redis.call('EXISTS', KEYS[1])"),
                 &[key],

@@ -117,7 +117,7 @@ async fn lost_redis_state_answers_503_and_is_never_recreated() {
         (vec!["alice".to_owned()], Some(1))
     );
 
-    redis_del(&[keys.users(), keys.issued()]).await;
+    redis_del(&[keys.users(), keys.taken()]).await;
     let (status, _) = api.issue(&campaign, "carol").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
@@ -127,7 +127,7 @@ async fn lost_redis_state_answers_503_and_is_never_recreated() {
     );
     let (_, view) = api.campaign(&campaign).await;
     assert_eq!(view["gate"], "missing");
-    assert!(view["issued"].is_null());
+    assert!(view["taken"].is_null());
     // Closing still closes the row, and does not create a partial meta.
     let (status, view) = api.close_campaign(&campaign).await;
     assert_eq!(status, StatusCode::OK);
@@ -213,7 +213,7 @@ async fn a_gate_call_that_times_out_is_withdrawn_and_the_retry_is_accepted() {
 
     // Redis stalls past the command timeout (500 ms) with the gate script
     // in its input buffer: the script runs when Redis resumes, after the
-    // api has answered. Without the withdrawal the user would hold a slot
+    // api has answered. Without the withdrawal the user would have a slot
     // no message fills, and read `duplicate` until reconciliation.
     let stall = settings.redis.command_timeout() * 3;
     let mut admin = redis_at(&redis.url()).await;
@@ -243,7 +243,7 @@ async fn a_gate_call_that_times_out_is_withdrawn_and_the_retry_is_accepted() {
     assert_eq!(
         gate_state_at(&redis.url(), &campaign).await,
         (vec!["before".to_owned()], Some(1)),
-        "the timed-out admission left a slot behind"
+        "the timed-out take left a slot behind"
     );
     let (status, body) = api.issue(&campaign, "alice").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
@@ -261,17 +261,17 @@ async fn a_gate_call_that_times_out_is_withdrawn_and_the_retry_is_accepted() {
     api.stop().await;
 }
 
-/// The withdrawal, script by script: whichever of the admission and its
-/// withdrawal Redis runs first, the request ends holding nothing, and a
-/// slot the user holds from another request is never touched.
+/// The withdrawal, script by script: whichever of the take and its
+/// withdrawal Redis runs first, the request ends with no slot, and a slot
+/// the user has from another request is never touched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_withdrawn_admission_holds_nothing_whichever_runs_first() {
+async fn a_withdrawn_take_holds_nothing_whichever_runs_first() {
     use common::ids::{CouponId, UserId};
-    use common::redis_state::{Admission, RedisState, Withdrawal};
+    use common::redis_state::{Gate, GateReply, RedisClient, Withdrawal};
     let settings = test_settings().await;
     let api = spawn_api(&settings).await;
     let campaign = api.open_campaign(10).await;
-    let gate = RedisState::new(&settings.redis, None).unwrap();
+    let gate = Gate::new(RedisClient::new(&settings.redis, None).unwrap());
     let alice = UserId::parse("alice").unwrap();
 
     // Withdrawn before it ran: voided; when it runs, it writes nothing.
@@ -281,17 +281,17 @@ async fn a_withdrawn_admission_holds_nothing_whichever_runs_first() {
         Withdrawal::Voided
     );
     assert_eq!(
-        gate.admit(&campaign, &alice, &first).await.unwrap(),
-        Admission::Withdrawn
+        gate.take(&campaign, &alice, &first).await.unwrap(),
+        GateReply::Withdrawn
     );
     assert_eq!(gate_state(&campaign).await, (vec![], Some(0)));
 
-    // Another request of the same user is admitted; withdrawing the first
+    // Another request of the same user takes a slot; withdrawing the first
     // again leaves that slot alone.
     let second = CouponId::new();
     assert_eq!(
-        gate.admit(&campaign, &alice, &second).await.unwrap(),
-        Admission::Admitted { waited: None }
+        gate.take(&campaign, &alice, &second).await.unwrap(),
+        GateReply::Taken { waited: None }
     );
     assert_eq!(
         gate.withdraw(&campaign, &alice, &first).await.unwrap(),
@@ -305,7 +305,7 @@ async fn a_withdrawn_admission_holds_nothing_whichever_runs_first() {
     // Withdrawn after it ran: its slot is given back, once.
     assert_eq!(
         gate.withdraw(&campaign, &alice, &second).await.unwrap(),
-        Withdrawal::Released
+        Withdrawal::GivenBack
     );
     assert_eq!(gate_state(&campaign).await, (vec![], Some(0)));
     assert_eq!(

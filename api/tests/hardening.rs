@@ -235,7 +235,7 @@ async fn the_openapi_document_lists_every_route_and_status() {
     assert_eq!(
         schemas["PlaceState"]["enum"],
         json!([
-            "none", "waiting", "admitted", "expired", "issued", "sold_out", "closed"
+            "none", "waiting", "admitted", "expired", "taken", "sold_out", "closed"
         ])
     );
     for (status, response) in issue.as_object().unwrap() {

@@ -157,7 +157,7 @@ async fn a_key_used_for_another_request_is_refused_and_keys_belong_to_their_call
 async fn a_retry_while_the_first_runs_is_told_to_wait_and_racing_retries_run_once() {
     let mut settings = test_settings().await;
     // The first request stops after the gate for a second (under the 2 s
-    // bound between admission and produce), as a slow step would.
+    // bound between the take and produce), as a slow step would.
     settings.faults.pause_after_gate_user = Some("slow".into());
     settings.faults.pause_after_gate_ms = 1_000;
     let api = spawn_api(&settings).await;
@@ -189,7 +189,7 @@ async fn a_retry_while_the_first_runs_is_told_to_wait_and_racing_retries_run_onc
     assert_eq!(after.body, first.body);
 
     // Twenty retries at once with one key: one runs, the others wait or
-    // replay; never a second admission.
+    // replay; never a second take.
     let k = key();
     let replies =
         futures::future::join_all((0..20).map(|_| issue(&api, &campaign, "racer", Some(&k)))).await;
@@ -205,8 +205,8 @@ async fn a_retry_while_the_first_runs_is_told_to_wait_and_racing_retries_run_onc
             other => panic!("{other}: {}", r.body),
         }
     }
-    let (holders, count) = gate_state(&campaign).await;
-    assert_eq!((holders.len(), count), (2, Some(2)), "{holders:?}");
+    let (users, count) = gate_state(&campaign).await;
+    assert_eq!((users.len(), count), (2, Some(2)), "{users:?}");
     api.stop().await;
 }
 

@@ -11,22 +11,22 @@ use std::time::{Duration, Instant};
 use common::keys::FairLockKeys;
 use common::lock::{FairLock, LeaseLock, LockError, LockTiming};
 use common::lock_waker::LockWaker;
-use common::redis_state::RedisState;
+use common::redis_state::RedisClient;
 use common::scripts;
 use futures::future::join_all;
 use helpers::*;
 
-fn gate() -> RedisState {
+fn redis() -> RedisClient {
     let settings = common::settings::RedisSettings {
         url: redis_url(),
         ..Default::default()
     };
-    RedisState::new(&settings, None).unwrap()
+    RedisClient::new(&settings, None).unwrap()
 }
 
 /// Release wake-ups, as the api runs the locks.
-fn waker(gate: &RedisState) -> Option<Arc<LockWaker>> {
-    Some(LockWaker::new(gate.client().clone()))
+fn waker(redis: &RedisClient) -> Option<Arc<LockWaker>> {
+    Some(LockWaker::new(redis.client().clone()))
 }
 
 fn fresh(tag: &str) -> String {
@@ -46,8 +46,8 @@ fn timing(lease_ms: u64, wait_ms: u64) -> LockTiming {
 
 /// A counter in Redis incremented by read, pause, write: only mutual
 /// exclusion keeps it exact.
-async fn unsafe_increment(gate: &RedisState, key: &str) {
-    let current: Option<i64> = gate
+async fn unsafe_increment(redis: &RedisClient, key: &str) {
+    let current: Option<i64> = redis
         .run_script(
             &redis::Script::new("return redis.call('GET', KEYS[1])"),
             &[key],
@@ -57,7 +57,7 @@ async fn unsafe_increment(gate: &RedisState, key: &str) {
         .unwrap();
     tokio::time::sleep(Duration::from_micros(200)).await;
     let next = (current.unwrap_or(0) + 1).to_string();
-    let _: () = gate
+    let _: () = redis
         .run_script(
             &redis::Script::new("redis.call('SET', KEYS[1], ARGV[1])"),
             &[key],
@@ -67,8 +67,8 @@ async fn unsafe_increment(gate: &RedisState, key: &str) {
         .unwrap();
 }
 
-async fn read_counter(gate: &RedisState, key: &str) -> i64 {
-    let v: Option<i64> = gate
+async fn read_counter(redis: &RedisClient, key: &str) -> i64 {
+    let v: Option<i64> = redis
         .run_script(
             &redis::Script::new("return redis.call('GET', KEYS[1])"),
             &[key],
@@ -81,48 +81,48 @@ async fn read_counter(gate: &RedisState, key: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_lease_lock_excludes_200_contending_tasks() {
-    let gate = gate();
-    for waker in [waker(&gate), None] {
+    let redis = redis();
+    for waker in [waker(&redis), None] {
         excludes_with_lease_lock(
-            &gate,
-            LeaseLock::new(gate.clone(), timing(2_000, 60_000), waker),
+            &redis,
+            LeaseLock::new(redis.clone(), timing(2_000, 60_000), waker),
         )
         .await;
     }
 }
 
-async fn excludes_with_lease_lock(gate: &RedisState, lock: LeaseLock) {
+async fn excludes_with_lease_lock(redis: &RedisClient, lock: LeaseLock) {
     let (key, counter) = (fresh("lock"), fresh("counter"));
     join_all((0..200).map(|_| async {
         let guard = lock.acquire(&key).await.unwrap();
-        unsafe_increment(gate, &counter).await;
+        unsafe_increment(redis, &counter).await;
         assert!(guard.release().await.unwrap());
     }))
     .await;
-    assert_eq!(read_counter(gate, &counter).await, 200);
+    assert_eq!(read_counter(redis, &counter).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_fair_lock_excludes_200_contending_tasks_and_cleans_up() {
-    let gate = gate();
-    for waker in [waker(&gate), None] {
+    let redis = redis();
+    for waker in [waker(&redis), None] {
         excludes_with_fair_lock(
-            &gate,
-            FairLock::new(gate.clone(), timing(2_000, 60_000), waker),
+            &redis,
+            FairLock::new(redis.clone(), timing(2_000, 60_000), waker),
         )
         .await;
     }
 }
 
-async fn excludes_with_fair_lock(gate: &RedisState, lock: FairLock) {
+async fn excludes_with_fair_lock(redis: &RedisClient, lock: FairLock) {
     let (keys, counter) = (fair_keys(), fresh("counter"));
     join_all((0..200).map(|_| async {
         let guard = lock.acquire(&keys).await.unwrap();
-        unsafe_increment(gate, &counter).await;
+        unsafe_increment(redis, &counter).await;
         assert!(guard.release().await.unwrap());
     }))
     .await;
-    assert_eq!(read_counter(gate, &counter).await, 200);
+    assert_eq!(read_counter(redis, &counter).await, 200);
     for key in keys.all() {
         assert!(!redis_exists(key).await, "{key} left behind");
     }
@@ -130,13 +130,13 @@ async fn excludes_with_fair_lock(gate: &RedisState, lock: FairLock) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_non_owner_cannot_release_either_lock() {
-    let gate = gate();
+    let redis = redis();
     let key = fresh("lock");
-    let guard = LeaseLock::new(gate.clone(), timing(5_000, 100), waker(&gate))
+    let guard = LeaseLock::new(redis.clone(), timing(5_000, 100), waker(&redis))
         .acquire(&key)
         .await
         .unwrap();
-    let released: i64 = gate
+    let released: i64 = redis
         .run_script(&scripts::LOCK_RELEASE, &[key.as_str()], &["someone-else"])
         .await
         .unwrap();
@@ -146,11 +146,11 @@ async fn a_non_owner_cannot_release_either_lock() {
     assert!(!redis_exists(&key).await);
 
     let keys = fair_keys();
-    let guard = FairLock::new(gate.clone(), timing(5_000, 100), waker(&gate))
+    let guard = FairLock::new(redis.clone(), timing(5_000, 100), waker(&redis))
         .acquire(&keys)
         .await
         .unwrap();
-    let released: i64 = gate
+    let released: i64 = redis
         .run_script(
             &scripts::FAIR_LOCK_RELEASE,
             &keys.all(),
@@ -165,9 +165,9 @@ async fn a_non_owner_cannot_release_either_lock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_expired_lease_lets_the_next_waiter_in() {
-    let gate = gate();
+    let redis = redis();
     let key = fresh("lock");
-    let lock = LeaseLock::new(gate.clone(), timing(300, 5_000), waker(&gate));
+    let lock = LeaseLock::new(redis.clone(), timing(300, 5_000), waker(&redis));
     let first = lock.acquire(&key).await.unwrap();
     first.pause_renewals(true); // the holder stops, as a paused process would
     let started = Instant::now();
@@ -186,7 +186,7 @@ async fn an_expired_lease_lets_the_next_waiter_in() {
     assert!(second.release().await.unwrap());
 
     let keys = fair_keys();
-    let lock = FairLock::new(gate.clone(), timing(300, 5_000), waker(&gate));
+    let lock = FairLock::new(redis.clone(), timing(300, 5_000), waker(&redis));
     let first = lock.acquire(&keys).await.unwrap();
     first.pause_renewals(true);
     let second = lock.acquire(&keys).await.unwrap();
@@ -196,9 +196,9 @@ async fn an_expired_lease_lets_the_next_waiter_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_held_lock_outlives_its_lease_while_renewed() {
-    let gate = gate();
+    let redis = redis();
     let key = fresh("lock");
-    let lock = LeaseLock::new(gate.clone(), timing(300, 200), waker(&gate));
+    let lock = LeaseLock::new(redis.clone(), timing(300, 200), waker(&redis));
     let guard = lock.acquire(&key).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert!(lock.acquire(&key).await.is_err(), "renewed lock was taken");
@@ -208,9 +208,9 @@ async fn a_held_lock_outlives_its_lease_while_renewed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_fair_lock_grants_in_the_order_its_script_queued_the_waiters() {
-    let gate = gate();
+    let redis = redis();
     let keys = fair_keys();
-    let lock = FairLock::new(gate.clone(), timing(5_000, 30_000), waker(&gate));
+    let lock = FairLock::new(redis.clone(), timing(5_000, 30_000), waker(&redis));
     let holder = lock.acquire(&keys).await.unwrap();
 
     let granted = Arc::new(Mutex::new(Vec::new()));
@@ -229,7 +229,7 @@ async fn the_fair_lock_grants_in_the_order_its_script_queued_the_waiters() {
         }));
         // Let each waiter queue before the next one starts.
         let started = Instant::now();
-        while queue(&gate, &keys).await.len() < i + 1 {
+        while queue(&redis, &keys).await.len() < i + 1 {
             assert!(
                 started.elapsed() < Duration::from_secs(5),
                 "waiter {i} never queued"
@@ -237,7 +237,7 @@ async fn the_fair_lock_grants_in_the_order_its_script_queued_the_waiters() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
-    let queued = queue(&gate, &keys).await;
+    let queued = queue(&redis, &keys).await;
     assert_eq!(queued.len(), 20);
     holder.release().await.unwrap();
     for w in waiters {
@@ -255,14 +255,14 @@ async fn the_fair_lock_grants_in_the_order_its_script_queued_the_waiters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fair_lock_waiter_that_gives_up_leaves_and_stalls_nobody() {
-    let gate = gate();
+    let redis = redis();
     let keys = fair_keys();
-    let holder = FairLock::new(gate.clone(), timing(5_000, 30_000), waker(&gate))
+    let holder = FairLock::new(redis.clone(), timing(5_000, 30_000), waker(&redis))
         .acquire(&keys)
         .await
         .unwrap();
-    let impatient = FairLock::new(gate.clone(), timing(5_000, 300), waker(&gate));
-    let patient = FairLock::new(gate.clone(), timing(5_000, 30_000), waker(&gate));
+    let impatient = FairLock::new(redis.clone(), timing(5_000, 300), waker(&redis));
+    let patient = FairLock::new(redis.clone(), timing(5_000, 30_000), waker(&redis));
 
     let gave_up = tokio::spawn({
         let keys = keys.clone();
@@ -285,7 +285,7 @@ async fn a_fair_lock_waiter_that_gives_up_leaves_and_stalls_nobody() {
         }
     });
     assert!(gave_up.await.unwrap(), "the impatient waiter got the lock");
-    let queued = queue(&gate, &keys).await;
+    let queued = queue(&redis, &keys).await;
     assert_eq!(
         queued,
         ["patient"],
@@ -306,8 +306,8 @@ async fn a_fair_lock_waiter_that_gives_up_leaves_and_stalls_nobody() {
 }
 
 /// The tokens in line for the fair lock, in ticket order.
-async fn queue(gate: &RedisState, keys: &FairLockKeys) -> Vec<String> {
-    let flat: Vec<String> = gate
+async fn queue(redis: &RedisClient, keys: &FairLockKeys) -> Vec<String> {
+    let flat: Vec<String> = redis
         .run_script(
             &redis::Script::new("return redis.call('HGETALL', KEYS[1])"),
             &[keys.waiting.as_str()],
@@ -332,15 +332,15 @@ async fn queue(gate: &RedisState, keys: &FairLockKeys) -> Vec<String> {
 /// mutually exclusive, and everything is cleaned up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_thousand_fair_lock_waiters_are_served_in_order_or_turned_away() {
-    let gate = gate();
+    let redis = redis();
     let keys = fair_keys();
     let counter = fresh("counter");
     let lock =
-        FairLock::new(gate.clone(), timing(3_000, 2_000), waker(&gate)).with_max_waiters(500);
+        FairLock::new(redis.clone(), timing(3_000, 2_000), waker(&redis)).with_max_waiters(500);
     let outcomes = join_all((0..2_000).map(|_| async {
         match lock.acquire(&keys).await {
             Ok(guard) => {
-                unsafe_increment(&gate, &counter).await;
+                unsafe_increment(&redis, &counter).await;
                 assert!(guard.release().await.unwrap());
                 "granted"
             }
@@ -357,7 +357,7 @@ async fn two_thousand_fair_lock_waiters_are_served_in_order_or_turned_away() {
     let granted = count("granted");
     assert!(granted > 0, "nobody got the lock");
     assert!(count("full") > 0, "the cap never turned anyone away");
-    assert_eq!(read_counter(&gate, &counter).await, granted as i64);
+    assert_eq!(read_counter(&redis, &counter).await, granted as i64);
     for key in keys.all() {
         assert!(!redis_exists(key).await, "{key} left behind");
     }
@@ -365,9 +365,9 @@ async fn two_thousand_fair_lock_waiters_are_served_in_order_or_turned_away() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_release_wakes_a_waiting_lease_lock_waiter_at_once() {
-    let gate = gate();
+    let redis = redis();
     let key = fresh("lock");
-    let lock = LeaseLock::new(gate.clone(), timing(5_000, 10_000), waker(&gate));
+    let lock = LeaseLock::new(redis.clone(), timing(5_000, 10_000), waker(&redis));
     let holder = lock.acquire(&key).await.unwrap();
     let waiter = tokio::spawn({
         let (lock, key) = (lock.clone(), key.clone());
@@ -389,46 +389,48 @@ async fn a_release_wakes_a_waiting_lease_lock_waiter_at_once() {
     guard.release().await.unwrap();
 }
 
-/// The fenced write stops at the stock by itself: a combining holder sends
-/// a batch's writes together and relies on it.
+/// The fenced take stops at the stock by itself: a combining holder sends
+/// a batch's takes together and relies on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_fenced_write_stops_at_the_stock() {
+async fn the_fenced_take_stops_at_the_stock() {
     use common::ids::{CampaignId, CouponId, UserId};
     use common::keys::CampaignKeys;
-    use common::lock::FencedAdmission;
-    use common::redis_state::{CampaignMeta, Refusal};
+    use common::redis_state::{
+        CampaignMeta, CampaignMetas, FencedTake, Gate, LockSections, Refusal,
+    };
 
-    let gate = gate();
+    let redis = redis();
     let campaign = CampaignId::new();
-    gate.load_meta(
-        &campaign,
-        &CampaignMeta {
-            stock: 1,
-            starts_at: chrono::Utc::now() - chrono::Duration::seconds(1),
-            ends_at: None,
-            closed: false,
-            room: None,
-        },
-    )
-    .await
-    .unwrap();
+    CampaignMetas::new(redis.clone())
+        .load(
+            &campaign,
+            &CampaignMeta {
+                stock: 1,
+                starts_at: chrono::Utc::now() - chrono::Duration::seconds(1),
+                ends_at: None,
+                closed: false,
+                room: None,
+            },
+        )
+        .await
+        .unwrap();
     let keys = CampaignKeys::new(&campaign);
-    let lock = LeaseLock::new(gate.clone(), timing(3_000, 2_000), waker(&gate));
+    let sections = LockSections::new(redis.clone());
+    let lock = LeaseLock::new(redis.clone(), timing(3_000, 2_000), waker(&redis));
     let guard = lock.acquire(&keys.lock()).await.unwrap();
     let user = |u: &str| UserId::parse(u).unwrap();
-    let admit = |u: &str| {
-        let (guard, keys, user) = (&guard, &keys, user(u));
-        async move { guard.admit(keys, &user, &CouponId::new()).await.unwrap() }
+    let take = |u: &str| {
+        let (guard, keys, user, sections) = (&guard, &keys, user(u), &sections);
+        async move {
+            sections
+                .take(guard.key(), guard.token(), keys, &user, &CouponId::new())
+                .await
+                .unwrap()
+        }
     };
-    assert_eq!(admit("first").await, FencedAdmission::Admitted);
-    assert_eq!(
-        admit("second").await,
-        FencedAdmission::Refused(Refusal::SoldOut)
-    );
-    assert_eq!(
-        admit("first").await,
-        FencedAdmission::Refused(Refusal::Duplicate)
-    );
+    assert_eq!(take("first").await, FencedTake::Taken);
+    assert_eq!(take("second").await, FencedTake::Refused(Refusal::SoldOut));
+    assert_eq!(take("first").await, FencedTake::Refused(Refusal::Duplicate));
     assert!(guard.release().await.unwrap());
-    assert_eq!(gate.issued(&campaign).await.unwrap(), Some(1));
+    assert_eq!(Gate::new(redis).taken(&campaign).await.unwrap(), Some(1));
 }

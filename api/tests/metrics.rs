@@ -48,7 +48,7 @@ async fn every_family_is_exported_and_counts_move_with_requests() {
         ("produce_duration_seconds", "histogram"),
         ("redis_pool_wait_seconds", "histogram"),
         ("gate_compensations_total", "counter"),
-        ("producer_queue_messages", "gauge"),
+        ("producer_buffered_messages", "gauge"),
         ("issue_queue_depth", "gauge"),
         ("lock_wait_seconds", "histogram"),
         ("api_info", "gauge"),

@@ -19,7 +19,7 @@ async fn settings_for(strategy: StrategyKind) -> Settings {
     let mut s = test_settings().await;
     s.strategy = strategy;
     // The production lock wait (2 s) and timeouts: under the lock
-    // strategies part of a burst is shed as 503 busy, which must admit
+    // strategies part of a burst is shed as 503 busy, which must take
     // nobody (the audit checks it).
     s
 }
@@ -127,7 +127,7 @@ fn the_harness_knows_the_default_lock_mode() {
 /// checks, before its writes; another instance takes the lock meanwhile.
 /// The writes are fenced by the lock, so the paused holder writes nothing
 /// when it wakes (503), whoever the other instance admitted:
-/// - another user, for the last unit of stock: no over-admission;
+/// - another user, for the last unit of stock: no slot beyond the stock;
 /// - the same user, retrying elsewhere: the slot is counted once.
 ///
 /// Either way SCARD == the counter == rows, and the accepted reply's coupon
@@ -249,7 +249,7 @@ async fn a_full_queue_answers_503_and_admits_nobody() {
     api.stop().await;
 }
 
-/// Back-pressure: a request that finds the queue full waits for room (up to
+/// Back-pressure: a request that finds the queue full waits for space (up to
 /// `queue.enqueue_wait_ms`) and is queued once there is; with no wait it is
 /// answered 503 at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -394,7 +394,7 @@ async fn stopping_with_a_full_queue_settles_every_queued_request() {
 }
 
 /// A client that hangs up while its request is between the gate and the
-/// produce does not stop the request: admit, produce and settle run on a
+/// produce does not stop the request: take, produce and settle run on a
 /// tracked task (not in the handler's future, which the server may drop), so
 /// no slot is left taken half-way (in the set without a message). The user
 /// ends `issued` and the gate equals the rows, under every strategy whose

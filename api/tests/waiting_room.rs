@@ -1,6 +1,6 @@
 //! The waiting room: joins get dense, unique positions (early joiners
-//! shuffled at the start from the recorded seed), positions are let in at
-//! the room's rate and in order, the gate admits only users let in just
+//! shuffled at the start from the recorded seed), positions are admitted at
+//! the room's rate and in order, the gate takes slots only for users admitted just
 //! now, expired places go to the next, and a sold-out campaign ends every
 //! wait at once.
 
@@ -43,7 +43,7 @@ async fn room_campaign(
 async fn join(api: &TestApi, campaign: &CampaignId, user: &str) -> (StatusCode, Value) {
     let res = api
         .client
-        .post(format!("{}/api/v1/campaigns/{campaign}/queue", api.address))
+        .post(format!("{}/api/v1/campaigns/{campaign}/room", api.address))
         .bearer_auth(mint_jwt(user, 3600))
         .send()
         .await
@@ -55,7 +55,7 @@ async fn place(api: &TestApi, campaign: &CampaignId, user: &str) -> Value {
     let res = api
         .client
         .get(format!(
-            "{}/api/v1/campaigns/{campaign}/queue/me",
+            "{}/api/v1/campaigns/{campaign}/room/me",
             api.address
         ))
         .bearer_auth(mint_jwt(user, 3600))
@@ -124,7 +124,7 @@ async fn users_are_let_in_at_the_rate_in_position_order_and_only_they_can_issue(
         (StatusCode::FORBIDDEN, Some("not_admitted"))
     );
 
-    // Let in at 4 a second, always a prefix of the positions.
+    // Admitted at 4 a second, always a prefix of the positions.
     let started = Instant::now();
     let mut let_in_at = BTreeMap::new();
     while let_in_at.len() < users.len() {
@@ -143,7 +143,7 @@ async fn users_are_let_in_at_the_rate_in_position_order_and_only_they_can_issue(
             .unwrap_or(states.len());
         assert!(
             states[first_waiting..].iter().all(|s| s == "waiting"),
-            "let in out of order: {states:?}"
+            "admitted out of order: {states:?}"
         );
         for i in 0..first_waiting {
             let_in_at.entry(i).or_insert_with(|| started.elapsed());
@@ -154,7 +154,7 @@ async fn users_are_let_in_at_the_rate_in_position_order_and_only_they_can_issue(
     let spread = let_in_at[&(users.len() - 1)].saturating_sub(let_in_at[&0]);
     assert!(
         spread >= Duration::from_millis(2_000),
-        "12 users at 4 a second let in within {spread:?}"
+        "12 users at 4 a second admitted within {spread:?}"
     );
 
     // Admitted users issue; the admission says until when.
@@ -163,7 +163,7 @@ async fn users_are_let_in_at_the_rate_in_position_order_and_only_they_can_issue(
     assert!(admitted["admitted_until"].is_string(), "{admitted}");
     let (status, body) = api.issue(&campaign, &users[0]).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(place(&api, &campaign, &users[0]).await["state"], "issued");
+    assert_eq!(place(&api, &campaign, &users[0]).await["state"], "taken");
     let scrape = api.scrape().await;
     assert_eq!(scrape.sum("waiting_room_wait_seconds_count", &[]), 1.0);
     assert!(
@@ -224,7 +224,7 @@ async fn early_joiners_are_shuffled_at_the_start_from_the_recorded_seed() {
             .unwrap_or_else(|| panic!("{body}"));
         assert_eq!(
             position,
-            common::room::shuffled_position(j as u64 + 1, early.len() as u64, seed),
+            common::redis_state::shuffled_position(j as u64 + 1, early.len() as u64, seed),
             "not the recorded seed's order"
         );
         positions.push(position);
@@ -291,18 +291,18 @@ async fn an_admission_that_expires_gives_its_place_to_the_next() {
             .unwrap()
         {
             "admitted" | "expired" => {
-                assert!(!seen_waiting, "let in out of order");
+                assert!(!seen_waiting, "admitted out of order");
                 let_in += 1;
             }
             "waiting" => seen_waiting = true,
             other => panic!("{other}"),
         }
     }
-    // The rate alone lets in 2 a second; each expired place is given again.
+    // The rate alone admits 2 a second; each expired place is given again.
     let by_rate = (started.elapsed().as_secs_f64() + 1.0) * 2.0;
     assert!(
         f64::from(let_in) > by_rate + 2.0,
-        "{let_in} let in after {:?}: expired places were not given again",
+        "{let_in} admitted after {:?}: expired places were not given again",
         started.elapsed()
     );
     api.stop().await;
@@ -410,9 +410,9 @@ async fn the_harness_goes_through_the_room_as_a_user_would_and_the_audit_passes(
     let audit = result.audit.as_ref().unwrap().room.as_ref().unwrap();
     // Users who came after the stock was gone were told so, not placed.
     assert!((100..=150).contains(&audit.joined), "{audit:?}");
-    assert_eq!(audit.holders, 100, "{audit:?}");
+    assert_eq!(audit.slot_users, 100, "{audit:?}");
     assert!(
-        audit.let_in >= 100 && audit.failures.is_empty(),
+        audit.admitted >= 100 && audit.failures.is_empty(),
         "{audit:?}"
     );
     worker.stop().await;
@@ -432,7 +432,7 @@ async fn a_user_who_joins_an_empty_line_is_let_in_at_once_but_a_burst_is_held_to
         "{body}"
     );
     // Twenty more at once: at 10 a second, with at most a tick (100 ms) of
-    // credit kept, no more than a couple of them are let in right away.
+    // credit kept, no more than a couple of them are admitted right away.
     let mut at_once = 0;
     for i in 0..20 {
         let (status, _) = join(&api, &campaign, &format!("burst-{i}")).await;
@@ -442,7 +442,7 @@ async fn a_user_who_joins_an_empty_line_is_let_in_at_once_but_a_burst_is_held_to
     }
     assert!(
         at_once <= 3,
-        "{at_once} of a burst of 20 let in at once at 10 a second"
+        "{at_once} of a burst of 20 admitted at once at 10 a second"
     );
     api.stop().await;
 }
@@ -456,7 +456,7 @@ async fn joins_are_rate_limited_replayed_by_key_and_refused_once_closed() {
     let (campaign, _) = room_campaign(&api, 10, 1, 120, 60_000).await;
     let keyed = |user: &str, key: &str| {
         api.client
-            .post(format!("{}/api/v1/campaigns/{campaign}/queue", api.address))
+            .post(format!("{}/api/v1/campaigns/{campaign}/room", api.address))
             .bearer_auth(mint_jwt(user, 3600))
             .header("Idempotency-Key", key.to_owned())
     };

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::Utc;
 use common::ids::{CampaignId, CouponId, UserId};
 use common::message::CouponIssued;
-use common::redis_state::{CampaignMeta, RedisState};
+use common::redis_state::{CampaignMeta, CampaignMetas, Gate, RedisClient};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 mod support;
@@ -34,8 +34,8 @@ fn gate(c: &mut Criterion) {
     let runtime = support::runtime();
     let settings = support::redis_settings();
     let campaign = CampaignId::new();
-    let gate = runtime.block_on(async {
-        let gate = RedisState::new(&settings, None).unwrap();
+    let (client, gate) = runtime.block_on(async {
+        let client = RedisClient::new(&settings, None).unwrap();
         let meta = CampaignMeta {
             stock: i64::MAX / 2,
             starts_at: Utc::now() - chrono::Duration::minutes(1),
@@ -43,19 +43,22 @@ fn gate(c: &mut Criterion) {
             closed: false,
             room: None,
         };
-        gate.load_meta(&campaign, &meta).await.unwrap();
-        gate
+        CampaignMetas::new(client.clone())
+            .load(&campaign, &meta)
+            .await
+            .unwrap();
+        (client.clone(), Gate::new(client))
     });
     let next = AtomicU64::new(0);
     let user = || UserId::parse(&format!("u{}", next.fetch_add(1, Ordering::Relaxed))).unwrap();
-    c.bench_function("gate_admit", |b| {
+    c.bench_function("gate_take", |b| {
         b.to_async(&runtime).iter(|| async {
-            gate.admit(&campaign, &user(), &CouponId::new())
+            gate.take(&campaign, &user(), &CouponId::new())
                 .await
                 .unwrap()
         })
     });
-    c.bench_function("gate_admit_64_concurrent", |b| {
+    c.bench_function("gate_take_64_concurrent", |b| {
         b.to_async(&runtime).iter(|| async {
             let users: Vec<UserId> = (0..64).map(|_| user()).collect();
             let coupons: Vec<CouponId> = users.iter().map(|_| CouponId::new()).collect();
@@ -63,20 +66,20 @@ fn gate(c: &mut Criterion) {
                 users
                     .iter()
                     .zip(&coupons)
-                    .map(|(u, c)| gate.admit(&campaign, u, c)),
+                    .map(|(u, c)| gate.take(&campaign, u, c)),
             )
             .await
         })
     });
     runtime.block_on(async {
         let keys = common::keys::CampaignKeys::new(&campaign);
-        let mut conn = gate
+        let mut conn = client
             .client()
             .get_multiplexed_async_connection()
             .await
             .unwrap();
         let _: () = redis::cmd("DEL")
-            .arg(&[keys.meta(), keys.users(), keys.issued()])
+            .arg(&[keys.meta(), keys.users(), keys.taken(), keys.slots()])
             .query_async(&mut conn)
             .await
             .unwrap();

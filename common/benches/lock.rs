@@ -16,7 +16,7 @@ use common::ids::{CampaignId, CouponId, UserId};
 use common::keys::CampaignKeys;
 use common::lock::{LeaseLock, LockGuard, LockTiming};
 use common::lock_waker::LockWaker;
-use common::redis_state::{CampaignMeta, RedisState};
+use common::redis_state::{CampaignMeta, CampaignMetas, LockSections, RedisClient};
 use common::settings::LockSettings;
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -24,15 +24,30 @@ mod support;
 
 /// The naive section under `guard`, as the strategy runs it: the meta and
 /// the time, the holder check, the count, then the fenced write.
-async fn section(redis: &RedisState, guard: &LockGuard, campaign: &CampaignId, user: &UserId) {
-    let (meta, _now) = redis.read_meta(campaign).await.unwrap();
+async fn section(redis: &Handles, guard: &LockGuard, campaign: &CampaignId, user: &UserId) {
+    let (meta, _now) = redis.metas.read(campaign).await.unwrap();
     let meta = meta.unwrap();
-    assert!(!redis.holds_slot(campaign, user).await.unwrap());
-    assert!(redis.count(campaign).await.unwrap() < meta.stock);
-    guard
-        .admit(&CampaignKeys::new(campaign), user, &CouponId::new())
+    assert!(!redis.sections.has_slot(campaign, user).await.unwrap());
+    assert!(redis.sections.count(campaign).await.unwrap() < meta.stock);
+    redis
+        .sections
+        .take(
+            guard.key(),
+            guard.token(),
+            &CampaignKeys::new(campaign),
+            user,
+            &CouponId::new(),
+        )
         .await
         .unwrap();
+}
+
+/// The handles the section uses.
+#[derive(Clone)]
+struct Handles {
+    client: RedisClient,
+    metas: CampaignMetas,
+    sections: LockSections,
 }
 
 fn hold(c: &mut Criterion) {
@@ -42,9 +57,15 @@ fn hold(c: &mut Criterion) {
     let campaign = CampaignId::new();
     let keys = CampaignKeys::new(&campaign);
     let (redis, lock) = runtime.block_on(async {
-        let redis = RedisState::new(&settings, None).unwrap();
+        let client = RedisClient::new(&settings, None).unwrap();
+        let redis = Handles {
+            metas: CampaignMetas::new(client.clone()),
+            sections: LockSections::new(client.clone()),
+            client,
+        };
         redis
-            .load_meta(
+            .metas
+            .load(
                 &campaign,
                 &CampaignMeta {
                     stock: i64::MAX / 2,
@@ -57,12 +78,12 @@ fn hold(c: &mut Criterion) {
             .await
             .unwrap();
         let lock = LeaseLock::new(
-            redis.clone(),
+            redis.client.clone(),
             LockTiming {
                 lease: Duration::from_millis(production.lease_ms),
                 wait: Duration::from_millis(production.wait_ms),
             },
-            Some(LockWaker::new(redis.client().clone())),
+            Some(LockWaker::new(redis.client.client().clone())),
         );
         (redis, Arc::new(lock))
     });
@@ -85,20 +106,25 @@ fn hold(c: &mut Criterion) {
     });
     group.bench_function("read_meta_and_time", |b| {
         b.to_async(&runtime)
-            .iter(|| async { redis.read_meta(&campaign).await.unwrap() })
+            .iter(|| async { redis.metas.read(&campaign).await.unwrap() })
     });
-    group.bench_function("holds_slot", |b| {
+    group.bench_function("has_slot", |b| {
         b.to_async(&runtime)
-            .iter(|| async { redis.holds_slot(&campaign, &user()).await.unwrap() })
+            .iter(|| async { redis.sections.has_slot(&campaign, &user()).await.unwrap() })
     });
     group.bench_function("count", |b| {
         b.to_async(&runtime)
-            .iter(|| async { redis.count(&campaign).await.unwrap() })
+            .iter(|| async { redis.sections.count(&campaign).await.unwrap() })
     });
     let guard = runtime.block_on(lock.acquire(&keys.lock())).unwrap();
-    group.bench_function("fenced_admit", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { guard.admit(&keys, &user(), &CouponId::new()).await.unwrap() })
+    group.bench_function("fenced_take", |b| {
+        b.to_async(&runtime).iter(|| async {
+            redis
+                .sections
+                .take(guard.key(), guard.token(), &keys, &user(), &CouponId::new())
+                .await
+                .unwrap()
+        })
     });
     runtime.block_on(guard.release()).unwrap();
     group.bench_function("whole_hold_alone", |b| {
@@ -141,6 +167,7 @@ fn hold(c: &mut Criterion) {
     group.finish();
     runtime.block_on(async {
         let mut conn = redis
+            .client
             .client()
             .get_multiplexed_async_connection()
             .await
@@ -149,8 +176,8 @@ fn hold(c: &mut Criterion) {
             .arg(&[
                 keys.meta(),
                 keys.users(),
-                keys.issued(),
-                keys.claims(),
+                keys.taken(),
+                keys.slots(),
                 keys.lock(),
             ])
             .query_async(&mut conn)

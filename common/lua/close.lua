@@ -1,4 +1,4 @@
--- Close a campaign's gate: no user is admitted afterwards.
+-- Close a campaign's gate: no slot is taken afterwards.
 --
 -- KEYS[1]  coupon:{c}:meta  HASH
 --

@@ -1,17 +1,13 @@
--- Fair lock, try to acquire: a ticket lock. A waiter takes a ticket once and
--- is granted the lock when its ticket is served and the lock is free, so
--- grants follow ticket order (arrival at the lock). Every call costs O(1)
--- amortised: it reads the served ticket and, only when the lock is free,
--- steps past tickets whose waiter gave up or died (each ticket is stepped
--- past once). Redisson's fair lock, which this replaced, walks its whole
--- queue on every acquire (ZINCRBY over every waiter), which saturated Redis
--- at 2,000 waiters.
+-- Fair lock, try to acquire (after fair_lock.lua): a ticket lock. A waiter
+-- takes a ticket once and is granted the lock when its ticket is served and
+-- the lock is free, so grants follow ticket order (arrival at the lock).
+-- Every call costs O(1) amortised: it reads the served ticket and, only when
+-- the lock is free, steps past tickets whose waiter gave up or died (each
+-- ticket is stepped past once). Redisson's fair lock, which this replaced,
+-- walks its whole queue on every acquire (ZINCRBY over every waiter), which
+-- saturated Redis at 2,000 waiters.
 --
--- KEYS[1]  the lock (HASH owner token -> 1, with the lease as its TTL)
--- KEYS[2]  the last ticket handed out (STRING counter)
--- KEYS[3]  the ticket being served (STRING; absent: 1)
--- KEYS[4]  the waiters (HASH ticket -> "<deadline ms>:<token>"); a waiter
---          whose deadline passed counts as gone
+-- KEYS[1..4]  the lock's keys (fair_lock.lua)
 -- ARGV[1]  lease in ms
 -- ARGV[2]  this waiter's token
 -- ARGV[3]  how long a waiter may wait, in ms
@@ -23,8 +19,7 @@
 -- Returns {code, ticket, n}: code -1 acquired; 0 waiting, n = tickets ahead;
 -- -2 the line is full (no ticket taken), n = its length; -3 the waiter's
 -- place was given up (its deadline passed).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = fair_now()
 local ticket = tonumber(ARGV[5])
 local serving = tonumber(redis.call('GET', KEYS[3]) or '1')
 if ticket == 0 then
@@ -41,15 +36,7 @@ elseif redis.call('HEXISTS', KEYS[4], ticket) == 0 then
   return {-3, ticket, 0}
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  -- Step past tickets whose waiter is gone.
-  while serving < ticket do
-    local entry = redis.call('HGET', KEYS[4], serving)
-    if entry and tonumber(string.match(entry, '^(%d+)')) > now then
-      break
-    end
-    redis.call('HDEL', KEYS[4], serving)
-    serving = serving + 1
-  end
+  serving = fair_step_past(KEYS[4], serving, ticket - 1, now)
   redis.call('SET', KEYS[3], serving)
   if serving == ticket then
     redis.call('HDEL', KEYS[4], ticket)

@@ -1,7 +1,7 @@
--- Reconciliation: set the gate's counter to the size of its set.
+-- Reconciliation: set the count of slots taken to the size of the set.
 --
--- KEYS[1]  coupon:{c}:users   SET of slot holders
--- KEYS[2]  coupon:{c}:issued  counter
+-- KEYS[1]  coupon:{c}:users   SET of users with a slot
+-- KEYS[2]  coupon:{c}:taken   counter
 --
 -- Returns the drift that was corrected (counter − set size before). The gate
 -- script keeps both in step; they drift only when a lock strategy's separate

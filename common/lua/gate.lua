@@ -1,26 +1,24 @@
--- The gate: admit one user into a campaign, atomically (after room.lua).
+-- The gate: take a slot for one user, atomically (after room.lua, slots.lua).
 --
 -- KEYS[1]  coupon:{c}:meta    HASH stock, starts_ms, ends_ms ("none" = no end), state
 --          (open|closed), and wr_rate, wr_ttl_ms, wr_seed when it has a waiting room
--- KEYS[2]  coupon:{c}:users   SET of user ids holding a slot (issued, pending or queued)
--- KEYS[3]  coupon:{c}:issued  counter of slots handed out
--- KEYS[4]  coupon:{c}:status:<user>  an earlier request's status record,
---          deleted on admission (it would hide the new slot from
---          /coupons/me: a `rejected` from a 503, an async-queue mark)
--- KEYS[5]  coupon:{c}:claims  HASH user id -> coupon id of the admission
+-- KEYS[2]  coupon:{c}:users   SET of users with a slot (issued, pending or queued)
+-- KEYS[3]  coupon:{c}:taken   counter of slots taken
+-- KEYS[4]  coupon:{c}:status:<user>  an earlier request's status record
+-- KEYS[5]  coupon:{c}:slots   HASH user id -> the coupon id its slot names
 -- KEYS[6]  coupon:{c}:void:<coupon id>  present when this request was
 --          withdrawn (withdraw.lua) before this script got to run
 -- KEYS[7..11]  coupon:{c}:room, :room:order, :room:windows, :room:used,
 --          :room:joined_at (the waiting room, room.lua; untouched without one)
 -- ARGV[1]  user id
--- ARGV[2]  coupon id this admission claims
+-- ARGV[2]  the coupon id the slot names
 --
--- Returns one of: "admitted", "duplicate", "sold_out", "not_open", "closed",
+-- Returns one of: "taken", "duplicate", "sold_out", "not_open", "closed",
 -- "missing" (no meta: the campaign's gate state is not loaded), "withdrawn"
 -- (the caller gave up on this request before Redis ran it), "not_admitted"
--- (the campaign has a waiting room and the user is not let in just now).
--- Behind a waiting room an admission answers "admitted:<ms>": how long the
--- user waited between joining and being let in.
+-- (the campaign has a waiting room that has not admitted the user just now).
+-- Behind a waiting room a slot taken answers "taken:<ms>": how long the
+-- user waited between joining and being admitted.
 --
 -- Every check runs before the first write, so a refused user changes nothing;
 -- a sold-out user is not added to the set. Time comes from the Redis server,
@@ -55,23 +53,17 @@ if meta[5] then
   local ttl_ms = tonumber(meta[6])
   local room = room_advance(K, tonumber(meta[5]), ttl_ms, tonumber(meta[2]), now_ms, false)
   local pos = room_position(K, room, ARGV[1], meta[7])
-  local ends, let_in_at
+  local ends, admitted_at
   if pos then
-    window, ends, let_in_at = room_window(K, room, pos, ttl_ms, now_ms)
+    window, ends, admitted_at = room_window(K, room, pos, ttl_ms, now_ms)
   end
   if not window then
     return 'not_admitted'
   end
-  waited = room_waited(K, ARGV[1], let_in_at)
+  waited = room_waited(K, ARGV[1], admitted_at)
 end
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('INCR', KEYS[3])
-redis.call('DEL', KEYS[4])
-redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
-if window then
-  redis.call('HINCRBY', KEYS[10], window, 1)
-  if waited then
-    return 'admitted:' .. waited
-  end
+slot_take(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], KEYS[10], window)
+if waited then
+  return 'taken:' .. waited
 end
-return 'admitted'
+return 'taken'

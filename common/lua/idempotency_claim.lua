@@ -2,7 +2,7 @@
 --
 -- KEYS[1]  idempotency:<digest of caller and key>  STRING, JSON record
 -- ARGV[1]  the running record of this request (fingerprint, token)
--- ARGV[2]  its lease (seconds): past it, a request still marked running
+-- ARGV[2]  its expiry (seconds): past it, a request still marked running
 --          is taken for dead and the key is free again
 --
 -- Returns nil when the key was free and is now this request's, else the

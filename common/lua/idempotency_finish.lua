@@ -6,8 +6,8 @@
 -- ARGV[2]  the done record, or "" to free the key
 -- ARGV[3]  how long the done record is kept (seconds)
 --
--- Returns 1, or 0 when the key is no longer this request's (its lease ran
--- out and another request claimed it): nothing is written then.
+-- Returns 1, or 0 when the key is no longer this request's (its running
+-- record expired and another request claimed it): nothing is written then.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end

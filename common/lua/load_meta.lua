@@ -1,13 +1,13 @@
 -- Load a new campaign's gate state.
 --
 -- KEYS[1]  coupon:{c}:meta    HASH written here
--- KEYS[2]  coupon:{c}:issued  counter, created at 0 if absent
+-- KEYS[2]  coupon:{c}:taken   counter, created at 0 if absent
 -- ARGV[1]  stock
 -- ARGV[2]  starts_ms (Unix milliseconds)
 -- ARGV[3]  ends_ms (Unix milliseconds, any sign) or "none" for no end
 -- ARGV[4]  state: open | closed
--- ARGV[5]  waiting room: positions let in per second, or "" for none
--- ARGV[6]  waiting room: ms a let-in user may take to issue
+-- ARGV[5]  waiting room: positions admitted per second, or "" for none
+-- ARGV[6]  waiting room: ms an admitted user may take to issue
 -- ARGV[7]  waiting room: the shuffle's seed
 --
 -- Returns 1. The counter is left alone when it already exists, so loading

@@ -1,8 +1,8 @@
 -- async-queue: record that a user's request is queued, unless the user
--- already holds a slot or has a request queued or pending.
+-- already has a slot or has a request queued or pending.
 --
 -- KEYS[1]  coupon:{c}:meta            HASH (must exist: the campaign is loaded)
--- KEYS[2]  coupon:{c}:users           SET of slot holders
+-- KEYS[2]  coupon:{c}:users           SET of users with a slot
 -- KEYS[3]  coupon:{c}:status:<user>   STRING (JSON status record)
 -- ARGV[1]  user id
 -- ARGV[2]  the queued record (JSON)

@@ -1,33 +1,33 @@
 -- The waiting room's procedures. Not a script of its own: it is put in
--- front of the scripts that use it (room_join.lua, room_status.lua,
--- gate.lua, locked_admit.lua; see common/src/scripts.rs).
+-- front of the scripts that use it (room_join.lua, gate.lua,
+-- locked_take.lua; see common/src/scripts.rs).
 --
--- A campaign with a room has `wr_rate` (positions let in per second),
--- `wr_ttl_ms` (how long a let-in user may take to issue) and `wr_seed` (the
+-- A campaign with a room has `wr_rate` (positions admitted per second),
+-- `wr_ttl_ms` (how long an admitted user may take to issue) and `wr_seed` (the
 -- shuffle's key) in its meta, and these keys beside it:
 --
 --   coupon:{c}:room          HASH joined (join numbers handed out), block
 --                            (joins before the start: the shuffled block,
 --                            fixed at the first call after the start), front
---                            (positions let in), credit_ms (the rate's clock),
+--                            (positions admitted), credit_ms (the rate's clock),
 --                            comp (places given back by expired windows, not
 --                            yet given again), expired_upto (the last
 --                            position whose window closed)
 --   coupon:{c}:room:order    HASH user -> join number (1, 2, ...)
 --   coupon:{c}:room:windows  ZSET "lo:hi:at_ms" scored hi: positions lo+1..hi
---                            were let in at at_ms
+--                            were admitted at at_ms
 --   coupon:{c}:room:used     HASH hi -> slots taken by that window's users
 --   coupon:{c}:room:joined_at  HASH user -> when it joined (ms)
 --
 -- A user's position is its join number, except in the block of joins before
 -- the start, whose positions are a keyed permutation of 1..block (so that
 -- joining early is no head start). Every call costs O(log windows), never
--- O(waiters): positions are let in by moving `front`, and a window's unused
+-- O(waiters): positions are admitted by moving `front`, and a window's unused
 -- places are counted when it closes. Admissions within one tick share a
 -- window, so there are at most T / tick windows open.
 
 -- The windows' granularity, and the most credit an empty line keeps (so
--- that a user who joins it is let in at once); close at most this many
+-- that a user who joins it is admitted at once); close at most this many
 -- windows per call.
 local ROOM_TICK_MS = 100
 local ROOM_CLOSE_BATCH = 32
@@ -67,7 +67,7 @@ local function room_keys(room, order, windows, used, joined_at)
   return { room = room, order = order, windows = windows, used = used, joined_at = joined_at }
 end
 
--- The room's counters after letting positions in at the rate (and giving
+-- The room's counters after admitting positions at the rate (and giving
 -- closed windows' unused places to the next), as of `now`.
 local function room_advance(K, rate, ttl_ms, starts_ms, now, sold_out)
   local f = redis.call('HMGET', K.room, 'joined', 'block', 'front', 'credit_ms', 'comp',
@@ -112,7 +112,7 @@ local function room_advance(K, rate, ttl_ms, starts_ms, now, sold_out)
     local by_comp = math.min(room.comp, waiting - by_rate)
     room.credit_ms = room.credit_ms + by_rate * 1000 / rate
     if by_rate < grant then
-      -- Nobody left to let in: an empty line keeps one tick of credit, no
+      -- Nobody left to admit: an empty line keeps one tick of credit, no
       -- more, so a burst of later joiners cannot exceed the rate.
       room.credit_ms = math.max(room.credit_ms, now - ROOM_TICK_MS)
     end
@@ -162,7 +162,7 @@ local function room_position(K, room, user, seed)
 end
 
 -- The window that let `pos` in, if it is still open: its hi, its end and
--- when it let the user in.
+-- when it admitted the user.
 local function room_window(K, room, pos, ttl_ms, now)
   if pos <= room.expired_upto or pos > room.front then
     return nil
@@ -179,24 +179,24 @@ local function room_window(K, room, pos, ttl_ms, now)
   return hi, ends, tonumber(at)
 end
 
--- How long the user waited between joining and being let in (ms), or nil.
-local function room_waited(K, user, let_in_at)
+-- How long the user waited between joining and being admitted (ms), or nil.
+local function room_waited(K, user, admitted_at)
   local joined_at = tonumber(redis.call('HGET', K.joined_at, user))
   if not joined_at then
     return nil
   end
-  return math.max(0, let_in_at - joined_at)
+  return math.max(0, admitted_at - joined_at)
 end
 
 -- A user's view: {state, position (-1: never joined; 0: joined before the
 -- start, not placed yet), ahead (-1: unknown), admitted_until_ms,
 -- retry_after_ms}.
-local function room_view(K, room, user, seed, rate, ttl_ms, starts_ms, now, holds, sold_out,
+local function room_view(K, room, user, seed, rate, ttl_ms, starts_ms, now, has_slot, sold_out,
                          closed)
   local pos, joined = room_position(K, room, user, seed)
   local p = pos or (joined and 0 or -1)
-  if holds then
-    return { 'issued', p, 0, 0, 0 }
+  if has_slot then
+    return { 'taken', p, 0, 0, 0 }
   end
   if not joined then
     if closed then

@@ -1,8 +1,8 @@
 //! Kafka client configuration shared by the api's producer, the worker's
 //! consumer and DLQ producer, and topic creation.
 //!
-//! librdkafka is linked from the `rdkafka` crate's bundled build: older system
-//! copies fail the ApiVersions handshake of the local broker.
+//! librdkafka is linked from the `rdkafka` crate's bundled build (2.12), the
+//! same on every machine, rather than whatever the system ships.
 
 use std::time::Duration;
 

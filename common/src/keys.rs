@@ -25,25 +25,26 @@ impl CampaignKeys {
         format!("{}:meta", self.prefix)
     }
 
-    /// SET of user ids that hold a slot (issued, pending or queued).
+    /// SET of the users with a slot (issued, pending or queued).
     pub fn users(&self) -> String {
         format!("{}:users", self.prefix)
     }
 
-    /// Counter of slots handed out.
-    pub fn issued(&self) -> String {
-        format!("{}:issued", self.prefix)
+    /// Counter of slots taken.
+    pub fn taken(&self) -> String {
+        format!("{}:taken", self.prefix)
     }
 
-    /// HASH user id -> coupon id: the admission that put each user in the
-    /// set (written by the admitting scripts, removed on release), so that
-    /// a request whose reply from Redis was lost can be told from another.
-    pub fn claims(&self) -> String {
-        format!("{}:claims", self.prefix)
+    /// HASH user id -> coupon id: the coupon id each slot's request named
+    /// (written when the slot is taken, removed when it is given back), so
+    /// that a request whose reply from Redis was lost can be told from
+    /// another.
+    pub fn slots(&self) -> String {
+        format!("{}:slots", self.prefix)
     }
 
-    /// STRING (with a TTL): the admission request claiming `coupon` was
-    /// withdrawn before Redis ran it; if it runs later, it writes nothing.
+    /// STRING (with a TTL): the take that named `coupon` was withdrawn
+    /// before Redis ran it; if it runs later, it writes nothing.
     pub fn void(&self, coupon: &CouponId) -> String {
         format!("{}:void:{coupon}", self.prefix)
     }
@@ -120,7 +121,7 @@ impl RoomKeys {
     }
 }
 
-/// The keys of one fair lock (a ticket lock; `common/lua/fair_lock_*.lua`).
+/// The keys of one fair lock (a ticket lock; `common/lua/fair_lock*.lua`).
 #[derive(Debug, Clone)]
 pub struct FairLockKeys {
     /// HASH owner token -> 1, with the lease as its TTL.
@@ -170,9 +171,9 @@ mod tests {
         for key in [
             k.meta(),
             k.users(),
-            k.issued(),
+            k.taken(),
             k.status(&user),
-            k.claims(),
+            k.slots(),
             k.void(&CouponId::new()),
             k.room().room,
             k.room().order,

@@ -4,12 +4,12 @@
 //! - [`message`] — the `coupon.issue.v1` Kafka message and DLQ reasons.
 //! - [`settings`] — typed settings (defaults, file, `APP_*` environment).
 //! - [`keys`], [`scripts`], [`redis_state`] — the Redis key layout, the Lua
-//!   scripts (`lua/*.lua`) and typed calls on a campaign's Redis state (the
-//!   gate, meta, status records...), over the shared multiplexed
-//!   connections of [`redis_pool`].
+//!   scripts (`lua/*.lua`) and one handle per concept of a campaign's Redis
+//!   state (the gate, meta, status records, queued marks, waiting rooms, lock
+//!   sections, repair) over one [`redis_state::RedisClient`], on the shared
+//!   multiplexed connections of [`redis_pool`].
 //! - [`lock`], [`lock_waker`] — Redis locks (a lease lock and a fair ticket
 //!   lock) and the pub/sub wake-ups of their waiters.
-//! - [`room`] — a campaign's waiting room: positions and admission.
 //! - [`kafka`] — client configuration (TLS, SASL) and topic creation.
 //! - [`misconfigured`] — telling a refused certificate or credential from an
 //!   outage.
@@ -32,7 +32,6 @@ pub mod metrics;
 pub mod misconfigured;
 pub mod redis_pool;
 pub mod redis_state;
-pub mod room;
 pub mod scripts;
 pub mod settings;
 pub mod shutdown;

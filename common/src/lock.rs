@@ -26,10 +26,9 @@ use std::time::{Duration, Instant};
 
 use redis::Script;
 
-use crate::ids::{CouponId, UserId};
-use crate::keys::{CampaignKeys, FairLockKeys};
+use crate::keys::FairLockKeys;
 use crate::lock_waker::{LockWaker, Registration};
-use crate::redis_state::{RedisState, RedisStateError, Refusal};
+use crate::redis_state::{RedisCallError, RedisClient};
 use crate::scripts;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +39,7 @@ pub enum LockError {
     #[error("{0} already waiting for the lock")]
     LineFull(u64),
     #[error(transparent)]
-    Redis(#[from] RedisStateError),
+    Redis(#[from] RedisCallError),
 }
 
 /// Lease and wait of a lock.
@@ -103,24 +102,11 @@ async fn pause(registration: &Option<Registration>, timeout: Duration) {
     }
 }
 
-/// What [`LockGuard::admit`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FencedAdmission {
-    Admitted,
-    /// The user already held a slot, the stock is gone, or the waiting room
-    /// has not let them in; nothing was written.
-    Refused(Refusal),
-    /// The lock is no longer the caller's; nothing was written.
-    Lost,
-    /// The request was withdrawn before Redis ran it; nothing was written.
-    Withdrawn,
-}
-
 /// A held lock. Release it with [`LockGuard::release`]; if dropped without,
 /// the watchdog stops and the lease simply runs out.
 #[derive(Debug)]
 pub struct LockGuard {
-    gate: RedisState,
+    redis: RedisClient,
     key: String,
     token: String,
     release: &'static Script,
@@ -136,7 +122,7 @@ pub struct LockGuard {
 impl LockGuard {
     #[allow(clippy::too_many_arguments)]
     fn start(
-        gate: RedisState,
+        redis: RedisClient,
         key: String,
         token: String,
         renew: &'static Script,
@@ -149,7 +135,7 @@ impl LockGuard {
         let lost = Arc::new(AtomicBool::new(false));
         let paused = Arc::new(AtomicBool::new(false));
         let watchdog = tokio::spawn({
-            let (gate, key, token) = (gate.clone(), key.clone(), token.clone());
+            let (redis, key, token) = (redis.clone(), key.clone(), token.clone());
             let (lost, paused) = (lost.clone(), paused.clone());
             async move {
                 let every = (lease / 3).max(Duration::from_millis(1));
@@ -158,7 +144,7 @@ impl LockGuard {
                     if paused.load(Ordering::Acquire) {
                         continue;
                     }
-                    match gate
+                    match redis
                         .run_script::<i64>(
                             renew,
                             &[key.as_str()],
@@ -178,7 +164,7 @@ impl LockGuard {
             }
         });
         Self {
-            gate,
+            redis,
             key,
             token,
             release,
@@ -195,53 +181,15 @@ impl LockGuard {
         &self.token
     }
 
-    /// The section's writes, fenced by this lock: adds `user` to the
-    /// campaign's holders and counts the slot, only if the lock is still
-    /// ours and only if the user was not a holder yet. `keys` must be the
-    /// campaign whose lock this is. Clears the user's earlier status record.
-    pub async fn admit(
-        &self,
-        keys: &CampaignKeys,
-        user: &UserId,
-        coupon: &CouponId,
-    ) -> Result<FencedAdmission, RedisStateError> {
-        let room = keys.room();
-        let room = room.all();
-        let reply: String = self
-            .gate
-            .run_script(
-                &scripts::LOCKED_ADMIT,
-                &[
-                    self.key.as_str(),
-                    &keys.users(),
-                    &keys.issued(),
-                    &keys.status(user),
-                    &keys.claims(),
-                    &keys.void(coupon),
-                    &keys.meta(),
-                    room[0],
-                    room[1],
-                    room[2],
-                    room[3],
-                    room[4],
-                ],
-                &[self.token.as_str(), user.as_str(), &coupon.to_string()],
-            )
-            .await?;
-        match reply.as_str() {
-            "admitted" => Ok(FencedAdmission::Admitted),
-            "withdrawn" => Ok(FencedAdmission::Withdrawn),
-            "duplicate" => Ok(FencedAdmission::Refused(Refusal::Duplicate)),
-            "sold_out" => Ok(FencedAdmission::Refused(Refusal::SoldOut)),
-            "not_admitted" => Ok(FencedAdmission::Refused(Refusal::NotAdmitted)),
-            "lost" => {
-                self.lost.store(true, Ordering::Release);
-                Ok(FencedAdmission::Lost)
-            }
-            other => Err(RedisStateError::Protocol(format!(
-                "locked admit replied {other:?}"
-            ))),
-        }
+    /// The lock's key, for a write fenced by this hold
+    /// (`redis_state::LockSections::take`).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Records that a fenced write found the lock taken from us.
+    pub fn mark_lost(&self) {
+        self.lost.store(true, Ordering::Release);
     }
 
     /// Whether the watchdog found the lock taken from us (its lease ran out).
@@ -256,11 +204,11 @@ impl LockGuard {
     }
 
     /// Releases the lock if still ours. `Ok(false)`: it was not (any more).
-    pub async fn release(self) -> Result<bool, RedisStateError> {
+    pub async fn release(self) -> Result<bool, RedisCallError> {
         self.watchdog.abort();
         let keys: Vec<&str> = self.release_keys.iter().map(String::as_str).collect();
         let released: i64 = self
-            .gate
+            .redis
             .run_script(
                 self.release,
                 &keys,
@@ -280,18 +228,40 @@ impl Drop for LockGuard {
     }
 }
 
+/// `SET key value NX PX ms`: `true` when set.
+async fn set_nx_px(
+    redis: &RedisClient,
+    key: &str,
+    value: &str,
+    ms: u64,
+) -> Result<bool, RedisCallError> {
+    let reply: Option<String> = redis
+        .run(|mut conn| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms)
+                .query_async(&mut conn)
+                .await
+        })
+        .await?;
+    Ok(reply.is_some())
+}
+
 /// `SET key token NX PX lease` with bounded waiting.
 #[derive(Debug, Clone)]
 pub struct LeaseLock {
-    gate: RedisState,
+    redis: RedisClient,
     timing: LockTiming,
     waker: Option<Arc<LockWaker>>,
 }
 
 impl LeaseLock {
-    pub fn new(gate: RedisState, timing: LockTiming, waker: Option<Arc<LockWaker>>) -> Self {
+    pub fn new(redis: RedisClient, timing: LockTiming, waker: Option<Arc<LockWaker>>) -> Self {
         Self {
-            gate,
+            redis,
             timing,
             waker,
         }
@@ -303,9 +273,9 @@ impl LeaseLock {
         let lease_ms = self.timing.lease.as_millis() as u64;
         let mut registration = None;
         for attempt in 0.. {
-            if self.gate.set_nx_px(key, &token, lease_ms).await? {
+            if set_nx_px(&self.redis, key, &token, lease_ms).await? {
                 return Ok(LockGuard::start(
-                    self.gate.clone(),
+                    self.redis.clone(),
                     key.to_owned(),
                     token,
                     &scripts::LOCK_RENEW,
@@ -347,16 +317,16 @@ impl LeaseLock {
 /// the next waiter. A line of `max_waiters` turns newcomers away at once.
 #[derive(Debug, Clone)]
 pub struct FairLock {
-    gate: RedisState,
+    redis: RedisClient,
     timing: LockTiming,
     waker: Option<Arc<LockWaker>>,
     max_waiters: u64,
 }
 
 impl FairLock {
-    pub fn new(gate: RedisState, timing: LockTiming, waker: Option<Arc<LockWaker>>) -> Self {
+    pub fn new(redis: RedisClient, timing: LockTiming, waker: Option<Arc<LockWaker>>) -> Self {
         Self {
-            gate,
+            redis,
             timing,
             waker,
             max_waiters: u64::MAX,
@@ -390,7 +360,7 @@ impl FairLock {
         let mut registration = None;
         loop {
             let reply = self
-                .gate
+                .redis
                 .run_script::<Vec<i64>>(
                     &scripts::FAIR_LOCK_ACQUIRE,
                     &script_keys,
@@ -414,7 +384,7 @@ impl FairLock {
             let ahead = match reply.as_slice() {
                 [-1, ..] => {
                     return Ok(LockGuard::start(
-                        self.gate.clone(),
+                        self.redis.clone(),
                         keys.lock.clone(),
                         token,
                         &scripts::FAIR_LOCK_RENEW,
@@ -439,7 +409,7 @@ impl FairLock {
                     u32::try_from(*ahead).unwrap_or(u32::MAX)
                 }
                 other => {
-                    let e = RedisStateError::Protocol(format!("fair lock replied {other:?}"));
+                    let e = RedisCallError::Protocol(format!("fair lock replied {other:?}"));
                     self.cancel(keys, ticket).await;
                     return Err(e.into());
                 }
@@ -462,7 +432,7 @@ impl FairLock {
         }
         let channel = release_channel(&keys.lock);
         if let Err(e) = self
-            .gate
+            .redis
             .run_script::<i64>(
                 &scripts::FAIR_LOCK_CANCEL,
                 &keys.all(),

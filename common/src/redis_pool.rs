@@ -15,7 +15,7 @@
 //! With `redis.cluster_nodes` set, the pool holds one Redis Cluster
 //! connection instead (itself multiplexed over a connection per node): every
 //! key of a campaign carries the campaign as its hash tag, so each script
-//! and pipeline stays within one slot.
+//! and pipeline stays within one Redis Cluster hash slot.
 //!
 //! Where a connection is driven decides how many threads a call crosses:
 //! - A caller on a single-threaded runtime (an actix worker thread) gets a
@@ -93,7 +93,7 @@ pub enum ConnectError {
     Redis(#[from] RedisError),
 }
 
-struct Slot {
+struct SharedPlace {
     conn: RwLock<Option<RedisConn>>,
     /// Serialises (re)connecting, so a burst opens one socket, not hundreds.
     connecting: tokio::sync::Mutex<()>,
@@ -101,14 +101,14 @@ struct Slot {
 
 /// The connection of one pool on the current thread.
 #[derive(Default)]
-struct LocalSlot {
+struct LocalPlace {
     conn: Option<RedisConn>,
     connecting: Arc<tokio::sync::Mutex<()>>,
 }
 
 thread_local! {
     /// Per pool (by id), this thread's own connection.
-    static LOCAL: RefCell<HashMap<u64, LocalSlot>> = RefCell::new(HashMap::new());
+    static LOCAL: RefCell<HashMap<u64, LocalPlace>> = RefCell::new(HashMap::new());
 }
 
 static POOL_IDS: AtomicU64 = AtomicU64::new(0);
@@ -150,7 +150,7 @@ pub struct RedisPool {
     /// pub/sub, which a cluster propagates to every node).
     client: Client,
     cluster: Option<ClusterClient>,
-    slots: Vec<Slot>,
+    places: Vec<SharedPlace>,
     next: AtomicUsize,
     connect_timeout: Duration,
     connect_wait: Option<Histogram>,
@@ -160,30 +160,30 @@ pub struct RedisPool {
 impl std::fmt::Debug for RedisPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisPool")
-            .field("connections", &self.slots.len())
+            .field("connections", &self.places.len())
             .finish_non_exhaustive()
     }
 }
 
-/// A connection handle taken from the pool, with the slot it came from so a
+/// A connection handle taken from the pool, with the place it came from so a
 /// broken connection can be reported back.
 #[derive(Clone)]
-pub struct Lease {
+pub struct Checkout {
     pub conn: RedisConn,
-    slot: LeaseSlot,
+    place: Place,
 }
 
 #[derive(Debug, Clone, Copy)]
-enum LeaseSlot {
+enum Place {
     Shared(usize),
     /// The calling thread's own connection.
     Local,
 }
 
-impl std::fmt::Debug for Lease {
+impl std::fmt::Debug for Checkout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease")
-            .field("slot", &self.slot)
+        f.debug_struct("Checkout")
+            .field("place", &self.place)
             .finish_non_exhaustive()
     }
 }
@@ -220,8 +220,8 @@ impl RedisPool {
             runtime: tokio::runtime::Handle::current(),
             client,
             cluster,
-            slots: (0..size.max(1))
-                .map(|_| Slot {
+            places: (0..size.max(1))
+                .map(|_| SharedPlace {
                     conn: RwLock::new(None),
                     connecting: tokio::sync::Mutex::new(()),
                 })
@@ -243,7 +243,7 @@ impl RedisPool {
         self
     }
 
-    pub async fn get(&self) -> Result<Lease, ConnectError> {
+    pub async fn get(&self) -> Result<Checkout, ConnectError> {
         let single_threaded = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
         if single_threaded {
@@ -253,20 +253,20 @@ impl RedisPool {
         }
     }
 
-    async fn get_shared(&self) -> Result<Lease, ConnectError> {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let slot = &self.slots[index];
-        if let Some(conn) = read(slot) {
+    async fn get_shared(&self) -> Result<Checkout, ConnectError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.places.len();
+        let place = &self.places[index];
+        if let Some(conn) = read(place) {
             self.observe(Duration::ZERO);
-            return Ok(Lease {
+            return Ok(Checkout {
                 conn,
-                slot: LeaseSlot::Shared(index),
+                place: Place::Shared(index),
             });
         }
         let started = Instant::now();
-        let leased = tokio::time::timeout(self.connect_timeout, async {
-            let _guard = slot.connecting.lock().await;
-            if let Some(conn) = read(slot) {
+        let checked_out = tokio::time::timeout(self.connect_timeout, async {
+            let _guard = place.connecting.lock().await;
+            if let Some(conn) = read(place) {
                 return Ok(conn);
             }
             let conn = self
@@ -274,30 +274,30 @@ impl RedisPool {
                 .spawn(self.connect())
                 .await
                 .map_err(|e| RedisError::from(std::io::Error::other(e)))??;
-            *slot
+            *place
                 .conn
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn.clone());
             Ok::<_, RedisError>(conn)
         })
         .await;
-        self.leased(started, leased, LeaseSlot::Shared(index))
+        self.checked_out(started, checked_out, Place::Shared(index))
     }
 
-    async fn get_local(&self) -> Result<Lease, ConnectError> {
+    async fn get_local(&self) -> Result<Checkout, ConnectError> {
         let (conn, connecting) = LOCAL.with_borrow_mut(|local| {
-            let slot = local.entry(self.id).or_default();
-            (slot.conn.clone(), slot.connecting.clone())
+            let place = local.entry(self.id).or_default();
+            (place.conn.clone(), place.connecting.clone())
         });
         if let Some(conn) = conn {
             self.observe(Duration::ZERO);
-            return Ok(Lease {
+            return Ok(Checkout {
                 conn,
-                slot: LeaseSlot::Local,
+                place: Place::Local,
             });
         }
         let started = Instant::now();
-        let leased = tokio::time::timeout(self.connect_timeout, async {
+        let checked_out = tokio::time::timeout(self.connect_timeout, async {
             let _guard = connecting.lock().await;
             let ready = LOCAL.with_borrow(|local| local.get(&self.id).and_then(|s| s.conn.clone()));
             if let Some(conn) = ready {
@@ -311,7 +311,7 @@ impl RedisPool {
             Ok::<_, RedisError>(conn)
         })
         .await;
-        self.leased(started, leased, LeaseSlot::Local)
+        self.checked_out(started, checked_out, Place::Local)
     }
 
     fn connect(&self) -> impl Future<Output = Result<RedisConn, RedisError>> + Send + 'static {
@@ -330,15 +330,15 @@ impl RedisPool {
         }
     }
 
-    fn leased(
+    fn checked_out(
         &self,
         started: Instant,
-        leased: Result<Result<RedisConn, RedisError>, tokio::time::error::Elapsed>,
-        slot: LeaseSlot,
-    ) -> Result<Lease, ConnectError> {
+        checked_out: Result<Result<RedisConn, RedisError>, tokio::time::error::Elapsed>,
+        place: Place,
+    ) -> Result<Checkout, ConnectError> {
         self.observe(started.elapsed());
-        match leased {
-            Ok(Ok(conn)) => Ok(Lease { conn, slot }),
+        match checked_out {
+            Ok(Ok(conn)) => Ok(Checkout { conn, place }),
             Ok(Err(e)) => Err(ConnectError::Redis(e)),
             Err(_) => Err(ConnectError::Timeout(self.connect_timeout)),
         }
@@ -349,30 +349,30 @@ impl RedisPool {
     /// connection opens on its first call). Failures are returned (and the
     /// connections opened later, on demand).
     pub async fn warm_up(&self) -> Result<(), ConnectError> {
-        for _ in 0..self.slots.len() {
+        for _ in 0..self.places.len() {
             self.get_shared().await?;
         }
         Ok(())
     }
 
     /// Reports a failed call: a connection-level failure drops the
-    /// connection so that the next call on this slot reconnects.
-    pub fn report(&self, lease: &Lease, error: &RedisError) {
+    /// connection so that the next call on this place reconnects.
+    pub fn report(&self, checkout: &Checkout, error: &RedisError) {
         if !(error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error())
         {
             return;
         }
-        match lease.slot {
-            LeaseSlot::Shared(index) => {
-                *self.slots[index]
+        match checkout.place {
+            Place::Shared(index) => {
+                *self.places[index]
                     .conn
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
             }
             // The reporting thread's own connection; its next call reopens it.
-            LeaseSlot::Local => LOCAL.with_borrow_mut(|local| {
-                if let Some(slot) = local.get_mut(&self.id) {
-                    slot.conn = None;
+            Place::Local => LOCAL.with_borrow_mut(|local| {
+                if let Some(place) = local.get_mut(&self.id) {
+                    place.conn = None;
                 }
             }),
         }
@@ -385,8 +385,9 @@ impl RedisPool {
     }
 }
 
-fn read(slot: &Slot) -> Option<RedisConn> {
-    slot.conn
+fn read(place: &SharedPlace) -> Option<RedisConn> {
+    place
+        .conn
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone()

@@ -1,33 +1,45 @@
 //! The Lua scripts, loaded from `common/lua/*.lua` (each file starts with a
 //! KEYS/ARGV/Returns header). `redis::Script` runs them by SHA and falls back
 //! to sending the body when the server does not know it yet.
+//!
+//! Procedures shared by several scripts live in library files put in front
+//! of the scripts that call them: `room.lua` (the waiting room), `slots.lua`
+//! (the writes of a slot taken), `fair_lock.lua` (the ticket lock's line).
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
-/// The waiting room's procedures, put in front of the scripts that use them.
+/// The waiting room's procedures.
 const ROOM: &str = include_str!("../lua/room.lua");
+/// The writes of a slot taken.
+const SLOTS: &str = include_str!("../lua/slots.lua");
+/// The fair lock's line: stepping past gone waiters, serving the next.
+const FAIR_LOCK: &str = include_str!("../lua/fair_lock.lua");
 
-/// A script that calls the waiting room's procedures.
-fn with_room(body: &str) -> Script {
-    Script::new(&format!("{ROOM}\n{body}"))
+/// A script with the libraries it calls in front of it.
+fn with(libraries: &[&str], body: &str) -> Script {
+    let mut source = libraries.join("\n");
+    source.push('\n');
+    source.push_str(body);
+    Script::new(&source)
 }
 
-/// Admit a user: dedupe, cap stock (and, with a waiting room, check the
-/// user is let in) in one atomic step.
-pub static GATE: LazyLock<Script> = LazyLock::new(|| with_room(include_str!("../lua/gate.lua")));
+/// The gate: take a slot for a user (dedupe, cap stock and, with a waiting
+/// room, check the user is admitted) in one atomic step.
+pub static GATE: LazyLock<Script> =
+    LazyLock::new(|| with(&[ROOM, SLOTS], include_str!("../lua/gate.lua")));
 
 /// The waiting room: join it (`join`) or read one's place (`look`).
 pub static ROOM_JOIN: LazyLock<Script> =
-    LazyLock::new(|| with_room(include_str!("../lua/room_join.lua")));
+    LazyLock::new(|| with(&[ROOM], include_str!("../lua/room_join.lua")));
 
 /// Compensation: `if SREM == 1 then DECR`.
-pub static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/release.lua")));
+pub static GIVE_BACK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/give_back.lua")));
 
-/// Withdraw an admission whose reply was lost: give its slot back, or
-/// void it so that it never takes one.
+/// Withdraw a take whose reply was lost: give its slot back, or void it so
+/// that it never takes one.
 pub static WITHDRAW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/withdraw.lua")));
 
@@ -55,28 +67,28 @@ pub static LOCK_RELEASE: LazyLock<Script> =
 pub static LOCK_RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/lock_renew.lua")));
 
-/// Fair lock (Redisson's algorithm): try to acquire, queueing on the first try.
+/// Fair lock (a ticket lock): try to acquire, taking a ticket on the first try.
 pub static FAIR_LOCK_ACQUIRE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/fair_lock_acquire.lua")));
+    LazyLock::new(|| with(&[FAIR_LOCK], include_str!("../lua/fair_lock_acquire.lua")));
 
 /// Fair lock: release by the owner.
 pub static FAIR_LOCK_RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/fair_lock_release.lua")));
+    LazyLock::new(|| with(&[FAIR_LOCK], include_str!("../lua/fair_lock_release.lua")));
 
-/// Fair lock: a waiter gives up and leaves the queue.
+/// Fair lock: a waiter gives up and leaves the line.
 pub static FAIR_LOCK_CANCEL: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/fair_lock_cancel.lua")));
+    LazyLock::new(|| with(&[FAIR_LOCK], include_str!("../lua/fair_lock_cancel.lua")));
 
 /// Fair lock: extend the owner's lease.
 pub static FAIR_LOCK_RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/fair_lock_renew.lua")));
 
-/// Lock strategies: the section's writes, only while the lock is the
-/// caller's (SADD, and INCR only when SADD added).
-pub static LOCKED_ADMIT: LazyLock<Script> =
-    LazyLock::new(|| with_room(include_str!("../lua/locked_admit.lua")));
+/// Lock strategies: the section's write, only while the lock is the
+/// caller's.
+pub static LOCKED_TAKE: LazyLock<Script> =
+    LazyLock::new(|| with(&[ROOM, SLOTS], include_str!("../lua/locked_take.lua")));
 
-/// async-queue: mark a user queued unless it already holds or awaits a slot.
+/// async-queue: mark a user queued unless it already has or awaits a slot.
 pub static MARK_QUEUED: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/mark_queued.lua")));
 

@@ -360,7 +360,7 @@ pub struct KafkaSettings {
     /// `compression.codec`: none, gzip, snappy or lz4 (zstd is not compiled
     /// into the bundled librdkafka; the producer refuses it at start-up).
     pub compression: String,
-    /// Longest wait for room in the producer's queue before answering 503.
+    /// Longest wait for space in the producer's buffer before answering 503.
     pub enqueue_timeout_ms: u64,
     pub group_id: String,
     /// Static membership (`group.instance.id`); unset means dynamic.
@@ -550,14 +550,14 @@ impl KafkaSettings {
     }
 }
 
-/// The longest an api lets pass between the gate admitting a user and the
-/// user's message entering the producer's queue. Past it (a process paused,
+/// The longest an api lets pass between the gate taking a slot and the
+/// slot's message entering the producer's buffer. Past it (a process paused,
 /// a starved runtime) the slot is given back and the reply is 503, so that
-/// repair tools can bound how long an admission stays unsettled.
+/// repair tools can bound how long a take stays unsettled.
 pub const PRODUCE_WITHIN: Duration = Duration::from_secs(2);
 
-/// How long a request keeps trying to withdraw an admission whose reply
-/// from Redis never came, before it leaves the slot to reconciliation.
+/// How long a request keeps trying to withdraw a take whose reply from
+/// Redis never came, before it leaves the slot to reconciliation.
 pub const WITHDRAW_WITHIN: Duration = Duration::from_secs(3);
 
 /// How the api learns who the user is.
@@ -672,7 +672,7 @@ impl Default for TokenBucket {
 pub struct QueueSettings {
     /// Requests waiting at most.
     pub capacity: usize,
-    /// How long a request waits for room in a full queue before it is
+    /// How long a request waits for space in a full queue before it is
     /// answered 503 (0: at once). Back-pressure instead of a 503 storm.
     pub enqueue_wait_ms: u64,
     /// Background tasks taking requests off the queue.
@@ -897,7 +897,7 @@ impl Settings {
     /// broker or never will: the gate call itself, [`PRODUCE_WITHIN`], and
     /// the delivery timeout. `reconcile` and `rebuild` wait this long before
     /// they trust the topic and the rows.
-    pub fn admissions_settle_within(&self) -> Duration {
+    pub fn takes_settle_within(&self) -> Duration {
         self.redis.command_timeout() + PRODUCE_WITHIN + self.kafka.delivery_timeout()
     }
 
@@ -907,7 +907,7 @@ impl Settings {
     /// to a request that died; its key is free again.
     pub fn longest_request(&self) -> Duration {
         Duration::from_millis(self.lock.wait_ms)
-            + self.admissions_settle_within()
+            + self.takes_settle_within()
             + WITHDRAW_WITHIN
             + Duration::from_secs(30)
     }

@@ -6,11 +6,11 @@ use std::time::Duration;
 use common::ids::CampaignId;
 use common::keys::CampaignKeys;
 use common::lock::{LeaseLock, LockGuard, LockTiming};
-use common::redis_state::RedisState;
+use common::redis_state::RedisClient;
 
-pub async fn acquire(gate: &RedisState, campaign: &CampaignId) -> anyhow::Result<LockGuard> {
+pub async fn acquire(redis: &RedisClient, campaign: &CampaignId) -> anyhow::Result<LockGuard> {
     let lock = LeaseLock::new(
-        gate.clone(),
+        redis.clone(),
         LockTiming {
             lease: Duration::from_secs(30),
             wait: Duration::from_secs(30),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::Utc;
 use common::message::{CouponIssued, DlqReason};
-use common::redis_state::{RecordedState, RedisState, StatusRecord};
+use common::redis_state::{RecordedState, RedisClient, StatusRecord, StatusRecords};
 use common::settings::{Settings, WorkerSettings};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -143,7 +143,7 @@ pub struct Worker {
     consumer: StreamConsumer<WorkerContext>,
     db: DatabaseConnection,
     /// Where a user turned away by the stock guard is recorded as `none`.
-    gate: RedisState,
+    status: StatusRecords,
     dead_letters: DeadLetters,
     metrics: WorkerMetrics,
     settings: WorkerSettings,
@@ -179,7 +179,10 @@ impl Worker {
         Ok(Self {
             consumer,
             db,
-            gate: RedisState::new(&settings.redis, None)?,
+            status: StatusRecords::new(
+                RedisClient::new(&settings.redis, None)?,
+                settings.redis.status_ttl_secs,
+            ),
             dead_letters: DeadLetters::new(&settings.kafka)?,
             metrics,
             settings: settings.worker.clone(),
@@ -371,7 +374,7 @@ impl Worker {
                             tracing::error!(
                                 campaign.id = %m.campaign_id,
                                 user.id = %m.user_id,
-                                "message over the campaign's stock: the gate admitted too many"
+                                "message over the campaign's stock: the gate took too many slots"
                             );
                         }
                         let turned_away = reason.turns_away_an_admitted_user().then_some(m);
@@ -446,8 +449,8 @@ impl Worker {
             at: Utc::now(),
         };
         if let Err(e) = self
-            .gate
-            .record_status(&m.campaign_id, &m.user_id, &record)
+            .status
+            .record(&m.campaign_id, &m.user_id, &record)
             .await
         {
             tracing::warn!(campaign.id = %m.campaign_id, error = %e, "turned-away user not recorded");

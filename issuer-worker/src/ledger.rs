@@ -1,5 +1,5 @@
-//! Issued vs persisted, as two gauges: the gate's counters and the
-//! campaigns' `persisted` columns, each summed over recent campaigns. Their
+//! Taken vs persisted, as two gauges: the slots taken (the gate's counts)
+//! and the campaigns' `persisted` columns, each summed over recent campaigns. Their
 //! gap is what the worker still owes; a gap that does not close while the
 //! consumer lag is zero means leaked slots (docs/RUNBOOK.md). Summed, so the
 //! labels stay bounded: per-campaign figures come from the admin API.
@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use common::ids::CampaignId;
-use common::redis_state::RedisState;
+use common::redis_state::Gate;
 use prometheus::IntGauge;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 
@@ -15,21 +15,21 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 const WINDOW_DAYS: i32 = 7;
 const EVERY: Duration = Duration::from_secs(15);
 
-pub async fn run(db: DatabaseConnection, gate: RedisState, issued: IntGauge, persisted: IntGauge) {
+pub async fn run(db: DatabaseConnection, gate: Gate, taken: IntGauge, persisted: IntGauge) {
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tick.tick().await;
         match sample(&db, &gate).await {
-            Ok((i, p)) => {
-                issued.set(i);
+            Ok((t, p)) => {
+                taken.set(t);
                 persisted.set(p);
             }
-            Err(e) => tracing::debug!(error = %e, "issued/persisted gauges not refreshed"),
+            Err(e) => tracing::debug!(error = %e, "taken/persisted gauges not refreshed"),
         }
     }
 }
 
-async fn sample(db: &DatabaseConnection, gate: &RedisState) -> anyhow::Result<(i64, i64)> {
+async fn sample(db: &DatabaseConnection, gate: &Gate) -> anyhow::Result<(i64, i64)> {
     let rows = db
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -38,11 +38,11 @@ async fn sample(db: &DatabaseConnection, gate: &RedisState) -> anyhow::Result<(i
             [WINDOW_DAYS.into()],
         ))
         .await?;
-    let (mut issued, mut persisted) = (0, 0);
+    let (mut taken, mut persisted) = (0, 0);
     for row in rows {
         let id: uuid::Uuid = row.try_get("", "id")?;
         persisted += row.try_get::<i64>("", "persisted")?;
-        issued += gate.issued(&CampaignId::from(id)).await?.unwrap_or(0);
+        taken += gate.taken(&CampaignId::from(id)).await?.unwrap_or(0);
     }
-    Ok((issued, persisted))
+    Ok((taken, persisted))
 }

@@ -41,7 +41,7 @@ enum Command {
     Rebuild {
         #[arg(long)]
         campaign: String,
-        /// Replace gate state that is present (stops admissions meanwhile).
+        /// Replace gate state that is present (stops takes meanwhile).
         #[arg(long)]
         force: bool,
     },

@@ -20,7 +20,7 @@ pub struct WorkerMetrics {
     pub consumer_lag: IntGauge,
     pub assigned_partitions: IntGauge,
     pub rebalances: IntCounter,
-    pub campaigns_issued: IntGauge,
+    pub campaigns_taken: IntGauge,
     pub campaigns_persisted: IntGauge,
     pub kafka: common::metrics::KafkaClientMetrics,
 }
@@ -96,10 +96,10 @@ impl WorkerMetrics {
                 "worker_rebalances_total",
                 "Rebalances this member went through (its first assignment included).",
             ),
-            campaigns_issued: gauge(
+            campaigns_taken: gauge(
                 &r,
-                "worker_campaigns_issued",
-                "Slots the gate handed out, summed over recent campaigns (Redis counters).",
+                "worker_campaigns_taken",
+                "Slots taken at the gate, summed over recent campaigns (Redis counters).",
             ),
             campaigns_persisted: gauge(
                 &r,

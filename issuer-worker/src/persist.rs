@@ -5,7 +5,7 @@
 //! pairs already have a row, and then decides every message:
 //! - a pair that has a row, or appears earlier in the batch: a duplicate
 //!   (a redelivery), acknowledged and not written again;
-//! - a new pair while the campaign has room (`stock − persisted`): inserted;
+//! - a new pair while the campaign has stock left (`stock − persisted`): inserted;
 //! - a new pair whose coupon id is already another row's (or an earlier
 //!   message's of the batch): `coupon_id_taken`, dead-lettered;
 //! - a new pair once the campaign is full: `over_stock`, dead-lettered,

@@ -3,11 +3,11 @@
 //! 503 while the meta is missing); this is the only writer of it besides
 //! campaign creation.
 //!
-//! Under the campaign's admin lock, and with the meta absent (so nobody is
-//! admitted meanwhile):
-//! 1. wait until every admission made before the loss has settled
-//!    (`Settings::admissions_settle_within`), so that its message has
-//!    reached the broker or never will;
+//! Under the campaign's admin lock, and with the meta absent (so no slot is
+//! taken meanwhile):
+//! 1. wait until every take made before the loss has settled
+//!    (`Settings::takes_settle_within`), so that its message has reached
+//!    the broker or never will;
 //! 2. users = the campaign's rows ∪ the users of messages the worker's group
 //!    has not consumed yet (from its committed offsets to the end of the
 //!    topic). The offsets are read *before* the rows: the worker commits an
@@ -19,14 +19,14 @@
 //!    window, closed or open), which reopens the gate.
 //!
 //! `--force` rebuilds a campaign whose meta is present: it first deletes the
-//! meta (stopping admissions) and then proceeds as above.
+//! meta (stopping takes) and then proceeds as above.
 
 use std::collections::BTreeSet;
 
 use anyhow::Context;
 use common::entities::campaigns;
 use common::ids::CampaignId;
-use common::redis_state::{CampaignMeta, RedisState};
+use common::redis_state::{CampaignMeta, CampaignMetas, RedisClient, Repair};
 use common::settings::Settings;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use serde::Serialize;
@@ -41,7 +41,8 @@ pub struct RebuildReport {
     pub rows: u64,
     /// Users of messages not consumed yet and not already rows.
     pub in_flight: u64,
-    pub holders: u64,
+    /// Users with a slot after the rebuild.
+    pub users: u64,
     pub closed: bool,
 }
 
@@ -55,18 +56,21 @@ pub async fn run(
         .one(db)
         .await?
         .with_context(|| format!("no campaign {campaign} in PostgreSQL"))?;
-    let gate = RedisState::new(&settings.redis, None)?;
-    let lock = admin_lock::acquire(&gate, &campaign).await?;
-    if gate.is_loaded(&campaign).await? {
+    let redis = RedisClient::new(&settings.redis, None)?;
+    let (metas, repair) = (
+        CampaignMetas::new(redis.clone()),
+        Repair::new(redis.clone()),
+    );
+    let lock = admin_lock::acquire(&redis, &campaign).await?;
+    if metas.is_loaded(&campaign).await? {
         anyhow::ensure!(
             force,
             "campaign {campaign} has gate state in Redis; rebuild only replaces it with --force"
         );
-        gate.unload_meta(&campaign).await?;
-        tracing::warn!(campaign.id = %campaign, "meta deleted for a forced rebuild; admissions stopped");
+        metas.unload(&campaign).await?;
+        tracing::warn!(campaign.id = %campaign, "meta deleted for a forced rebuild; takes stopped");
     }
-    tokio::time::sleep(settings.admissions_settle_within() + std::time::Duration::from_secs(1))
-        .await;
+    tokio::time::sleep(settings.takes_settle_within() + std::time::Duration::from_secs(1)).await;
 
     let from = topic::group_positions(&settings.kafka).await?;
     let rows = row_users(db, &campaign).await?;
@@ -78,9 +82,9 @@ pub async fn run(
         .map(|m| m.user_id.as_str().to_owned())
         .filter(|u| !rows.contains(u))
         .collect();
-    let holders: Vec<String> = rows.iter().chain(pending.iter()).cloned().collect();
+    let users: Vec<String> = rows.iter().chain(pending.iter()).cloned().collect();
 
-    gate.replace_holders(&campaign, &holders).await?;
+    repair.replace(&campaign, &users).await?;
     let meta = CampaignMeta {
         stock: row.stock,
         starts_at: row.starts_at,
@@ -88,7 +92,7 @@ pub async fn run(
         closed: row.state == "closed",
         room: row.room(),
     };
-    gate.load_meta(&campaign, &meta).await?;
+    metas.load(&campaign, &meta).await?;
     lock.release().await?;
     tracing::info!(
         campaign.id = %campaign,
@@ -100,7 +104,7 @@ pub async fn run(
         campaign,
         rows: rows.len() as u64,
         in_flight: pending.len() as u64,
-        holders: holders.len() as u64,
+        users: users.len() as u64,
         closed: meta.closed,
     })
 }

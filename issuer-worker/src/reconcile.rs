@@ -3,9 +3,9 @@
 //!
 //! 1. Take the campaign's admin lock (one reconcile or rebuild at a time).
 //! 2. Snapshot the gate's set at t0.
-//! 3. Wait until every admission of the snapshot has settled
-//!    (`Settings::admissions_settle_within`: the gate call, the api's bound
-//!    between admission and produce, the delivery timeout): a message for a
+//! 3. Wait until every take of the snapshot has settled
+//!    (`Settings::takes_settle_within`: the gate call, the api's bound
+//!    between the take and produce, the delivery timeout): a message for a
 //!    user of the snapshot has by then reached the broker or never will. The
 //!    api enforces the middle bound (it gives a slot back rather than
 //!    produce late), so this is a bound, not a guess.
@@ -15,12 +15,12 @@
 //!    between gate and produce, a message the stock guard turned away, a
 //!    lost delivery); a row whose user is not in the gate once the rows
 //!    are read is a *phantom* (the gate lost state and was rebuilt wrongly).
-//!    Users admitted after t0 (an open campaign keeps issuing, an async
-//!    queue keeps draining) are neither: the gate is read again for
+//!    Users whose slot was taken after t0 (an open campaign keeps issuing,
+//!    an async queue keeps draining) are neither: the gate is read again for
 //!    phantoms, and the counter and the set in one transaction for drift.
 //!
-//! `--repair` releases leaked slots with the compensation script, so that an
-//! open campaign can hand them out again, records those users as `none` for
+//! `--repair` gives leaked slots back with the compensation script, so that
+//! an open campaign can hand them out again, records those users as `none` for
 //! `/coupons/me`, gives phantoms their slot back (a row is a coupon: its user
 //! must read `duplicate`, and the count must include it), and sets the
 //! counter to the set's size.
@@ -31,7 +31,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use common::ids::{CampaignId, UserId};
-use common::redis_state::{RecordedState, RedisState, StatusRecord};
+use common::redis_state::{Gate, RecordedState, RedisClient, Repair, StatusRecord, StatusRecords};
 use common::settings::Settings;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::Serialize;
@@ -51,7 +51,8 @@ pub struct ReconcileReport {
     /// Counter minus set size, as found.
     pub count_drift: i64,
     pub repaired: bool,
-    pub released: u64,
+    /// Leaked slots given back by `--repair`.
+    pub given_back: u64,
     /// Phantoms given their slot back by `--repair`.
     pub restored: u64,
 }
@@ -77,45 +78,47 @@ pub async fn run(
     settings: &Settings,
     db: &DatabaseConnection,
     campaign: CampaignId,
-    repair: bool,
+    repairing: bool,
     patience: Duration,
 ) -> anyhow::Result<ReconcileReport> {
-    let gate = RedisState::new(&settings.redis, None)?;
-    let lock = admin_lock::acquire(&gate, &campaign).await?;
+    let redis = RedisClient::new(&settings.redis, None)?;
+    let (gate, repair) = (Gate::new(redis.clone()), Repair::new(redis.clone()));
+    let status = StatusRecords::new(redis.clone(), settings.redis.status_ttl_secs);
+    let lock = admin_lock::acquire(&redis, &campaign).await?;
 
-    let snapshot: BTreeSet<String> = gate.holders(&campaign).await?.into_iter().collect();
-    tracing::info!(campaign.id = %campaign, users = snapshot.len(), "gate snapshot taken; waiting for its admissions to settle");
-    tokio::time::sleep(settings.admissions_settle_within() + Duration::from_secs(1)).await;
+    let snapshot: BTreeSet<String> = repair.users(&campaign).await?.into_iter().collect();
+    tracing::info!(campaign.id = %campaign, users = snapshot.len(), "gate snapshot taken; waiting for its takes to settle");
+    tokio::time::sleep(settings.takes_settle_within() + Duration::from_secs(1)).await;
     let ends = topic::end_offsets(&settings.kafka).await?;
     topic::wait_for_group(&settings.kafka, &ends, patience).await?;
 
     let rows = row_users(db, &campaign).await?;
     let leaked: Vec<&String> = snapshot.difference(&rows).collect();
-    let now: BTreeSet<String> = gate.holders(&campaign).await?.into_iter().collect();
+    let now: BTreeSet<String> = repair.users(&campaign).await?.into_iter().collect();
     let phantoms: Vec<&String> = rows.difference(&now).collect();
-    let count_drift = gate.count_drift(&campaign).await?;
+    let count_drift = repair.count_drift(&campaign).await?;
 
-    let mut released = 0;
+    let mut given_back = 0;
     let mut restored = 0;
-    if repair {
-        restored = gate.restore_holders(&campaign, &phantoms).await?;
+    if repairing {
+        restored = repair.restore(&campaign, &phantoms).await?;
         if restored > 0 {
             tracing::warn!(campaign.id = %campaign, restored, "phantom rows given their slot back");
         }
         for user in &leaked {
             let user = UserId::parse(user).context("a gate member is not a valid user id")?;
-            if gate.release(&campaign, &user).await? {
-                released += 1;
+            if gate.give_back(&campaign, &user).await? {
+                given_back += 1;
                 let record = StatusRecord {
                     state: RecordedState::None,
                     coupon_id: None,
-                    outcome: Some("released".into()),
+                    outcome: Some("given_back".into()),
                     at: Utc::now(),
                 };
-                gate.record_status(&campaign, &user, &record).await?;
+                status.record(&campaign, &user, &record).await?;
             }
         }
-        let drift = gate.fix_count(&campaign).await?;
+        let drift = repair.fix_count(&campaign).await?;
         if drift != 0 {
             tracing::warn!(campaign.id = %campaign, drift, "gate counter corrected to the set's size");
         }
@@ -132,8 +135,8 @@ pub async fn run(
         phantoms: phantoms.len() as u64,
         phantom_examples: examples(&phantoms),
         count_drift,
-        repaired: repair,
-        released,
+        repaired: repairing,
+        given_back,
         restored,
     })
 }

@@ -31,8 +31,11 @@ impl Application {
         let metrics = WorkerMetrics::new();
         let ledger = tokio::spawn(crate::ledger::run(
             db.clone(),
-            common::redis_state::RedisState::new(&settings.redis, None)?,
-            metrics.campaigns_issued.clone(),
+            common::redis_state::Gate::new(common::redis_state::RedisClient::new(
+                &settings.redis,
+                None,
+            )?),
+            metrics.campaigns_taken.clone(),
             metrics.campaigns_persisted.clone(),
         ));
         let worker = Worker::new(&settings, db, metrics.clone())?;

@@ -318,7 +318,8 @@ async fn reconcile_repairs_leaked_slots_and_phantom_rows() {
     let settings = settings().await;
     let db = db().await;
     let c = insert_campaign(&db, "reconcile test", 10).await;
-    let gate = common::redis_state::RedisState::new(&settings.redis, None).unwrap();
+    let redis = common::redis_state::RedisClient::new(&settings.redis, None).unwrap();
+    let gate = common::redis_state::Gate::new(redis.clone());
     let meta = common::redis_state::CampaignMeta {
         stock: 10,
         starts_at: Utc::now() - chrono::Duration::minutes(1),
@@ -326,12 +327,15 @@ async fn reconcile_repairs_leaked_slots_and_phantom_rows() {
         closed: false,
         room: None,
     };
-    gate.load_meta(&c, &meta).await.unwrap();
+    common::redis_state::CampaignMetas::new(redis)
+        .load(&c, &meta)
+        .await
+        .unwrap();
     // A slot whose request died before producing.
     let leaky = UserId::parse("leaky").unwrap();
     assert_eq!(
-        gate.admit(&c, &leaky, &CouponId::new()).await.unwrap(),
-        common::redis_state::Admission::Admitted { waited: None }
+        gate.take(&c, &leaky, &CouponId::new()).await.unwrap(),
+        common::redis_state::GateReply::Taken { waited: None }
     );
     // A row whose slot the gate lost.
     let topic = Topic::new(&settings);
@@ -342,7 +346,7 @@ async fn reconcile_repairs_leaked_slots_and_phantom_rows() {
     let report = issuer_worker::reconcile::run(&settings, &db, c, true, Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!((report.leaked, report.released), (1, 1), "{report:?}");
+    assert_eq!((report.leaked, report.given_back), (1, 1), "{report:?}");
     assert_eq!((report.phantoms, report.restored), (1, 1), "{report:?}");
     assert_eq!(gate_state(&c).await, (vec!["ghost".to_owned()], Some(1)));
     assert_eq!(row_users(&db, &c).await, ["ghost"]);
@@ -555,7 +559,7 @@ async fn metrics_are_exported_with_their_types_and_counts_move() {
         ("worker_end_to_end_lag_seconds", "histogram"),
         ("worker_consumer_lag_offsets", "gauge"),
         ("worker_assigned_partitions", "gauge"),
-        ("worker_campaigns_issued", "gauge"),
+        ("worker_campaigns_taken", "gauge"),
         ("worker_campaigns_persisted", "gauge"),
     ]);
     assert_eq!(scrape.sum("worker_messages_consumed_total", &[]), 4.0);

@@ -22,7 +22,8 @@ pub struct AdminClient {
 pub struct CampaignState {
     pub id: String,
     pub stock: i64,
-    pub issued: Option<i64>,
+    /// Slots taken (the gate's count).
+    pub taken: Option<i64>,
     pub persisted: i64,
     pub state: String,
 }
@@ -33,7 +34,7 @@ impl CampaignState {
         Self {
             id: String::new(),
             stock: 0,
-            issued: None,
+            taken: None,
             persisted: 0,
             state: String::new(),
         }

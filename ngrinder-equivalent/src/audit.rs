@@ -9,8 +9,8 @@
 //! - when demand exceeded stock and nothing failed, rows == stock.
 //!
 //! Behind a waiting room, the room is audited too ([`judge_room`]): every
-//! slot holder joined the room and was let in, and no more users hold a slot
-//! than positions were let in.
+//! user with a slot joined the room and was admitted, and no more users have a slot
+//! than positions were admitted.
 //!
 //! Users answered `queued` or `pending` are followed to their final state
 //! through `/coupons/me`; one that ends `issued` must have a row. Above
@@ -69,46 +69,49 @@ pub struct RoomAudit {
     pub joined: u64,
     /// Joins before the start (their positions are shuffled).
     pub block: u64,
-    /// Positions let in.
-    pub let_in: u64,
-    pub holders: u64,
+    /// Positions admitted.
+    pub admitted: u64,
+    pub slot_users: u64,
     pub failures: Vec<String>,
 }
 
-/// The room's rules, on what Redis holds after the run: every slot holder
-/// joined; holders ≤ positions let in; a holder who joined after the start
-/// (position = join number) was within the positions let in. (Holders of the
+/// The room's rules, on what Redis holds after the run: every user with a
+/// slot joined; users with a slot ≤ positions admitted; one who joined after the start
+/// (position = join number) was within the positions admitted. (Users of the
 /// shuffled block are covered by the count; the api's tests check the
 /// shuffle itself against the recorded seed.)
 pub fn judge_room(
-    holders: &[String],
+    slot_users: &[String],
     order: &BTreeMap<String, u64>,
     block: u64,
-    let_in: u64,
+    admitted: u64,
 ) -> RoomAudit {
     let mut failures = Vec::new();
-    let never_joined: Vec<&String> = holders.iter().filter(|h| !order.contains_key(*h)).collect();
+    let never_joined: Vec<&String> = slot_users
+        .iter()
+        .filter(|h| !order.contains_key(*h))
+        .collect();
     if !never_joined.is_empty() {
         failures.push(format!(
-            "{} slot holders never joined the waiting room (e.g. {:?})",
+            "{} users with a slot never joined the waiting room (e.g. {:?})",
             never_joined.len(),
             never_joined.iter().take(EXAMPLES).collect::<Vec<_>>()
         ));
     }
-    if holders.len() as u64 > let_in {
+    if slot_users.len() as u64 > admitted {
         failures.push(format!(
-            "{} slot holders, but only {let_in} positions were let in",
-            holders.len()
+            "{} users with a slot, but only {admitted} positions were admitted",
+            slot_users.len()
         ));
     }
-    let early: Vec<(&String, u64)> = holders
+    let early: Vec<(&String, u64)> = slot_users
         .iter()
         .filter_map(|h| order.get(h).map(|j| (h, *j)))
-        .filter(|(_, j)| *j > block && *j > let_in)
+        .filter(|(_, j)| *j > block && *j > admitted)
         .collect();
     if !early.is_empty() {
         failures.push(format!(
-            "{} slot holders issued before their position was let in (e.g. {:?})",
+            "{} users with a slot issued before their position was admitted (e.g. {:?})",
             early.len(),
             early.iter().take(EXAMPLES).collect::<Vec<_>>()
         ));
@@ -116,8 +119,8 @@ pub fn judge_room(
     RoomAudit {
         joined: order.len() as u64,
         block,
-        let_in,
-        holders: holders.len() as u64,
+        admitted,
+        slot_users: slot_users.len() as u64,
         failures,
     }
 }
@@ -149,7 +152,7 @@ pub async fn room(redis_url: &str, campaign: &str) -> anyhow::Result<RoomAudit> 
             }
         }
     };
-    let holders = scan("SSCAN", format!("{prefix}:users")).await?;
+    let slot_users = scan("SSCAN", format!("{prefix}:users")).await?;
     let flat = scan("HSCAN", format!("{prefix}:room:order")).await?;
     let order: BTreeMap<String, u64> = flat
         .chunks(2)
@@ -162,7 +165,7 @@ pub async fn room(redis_url: &str, campaign: &str) -> anyhow::Result<RoomAudit> 
         .query_async(&mut conn)
         .await?;
     Ok(judge_room(
-        &holders,
+        &slot_users,
         &order,
         block.unwrap_or(0),
         front.unwrap_or(0),
@@ -333,8 +336,8 @@ pub async fn run(
     let mut last = None;
     while started.elapsed() < patience {
         let c = admin.campaign(campaign).await?;
-        let now = (c.issued, c.persisted);
-        if c.issued == Some(c.persisted) && last == Some(now) {
+        let now = (c.taken, c.persisted);
+        if c.taken == Some(c.persisted) && last == Some(now) {
             drained = true;
             break;
         }
@@ -386,7 +389,7 @@ pub async fn run(
     let rows = admin.coupons(campaign).await?;
     let mut report = judge(&Evidence {
         stock: c.stock,
-        gate_count: c.issued,
+        gate_count: c.taken,
         persisted_column: c.persisted,
         rows: &rows,
         promised,
@@ -521,33 +524,36 @@ mod tests {
     }
 
     #[test]
-    fn the_room_audit_catches_holders_who_skipped_the_line() {
+    fn the_room_audit_catches_slot_users_who_skipped_the_line() {
         let order: BTreeMap<String, u64> = [("a", 1), ("b", 2), ("c", 3), ("d", 4)]
             .map(|(u, j)| (u.to_owned(), j))
             .into();
-        let holders = |names: &[&str]| names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let slot_users = |names: &[&str]| names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         assert!(
-            judge_room(&holders(&["a", "b"]), &order, 0, 2)
+            judge_room(&slot_users(&["a", "b"]), &order, 0, 2)
                 .failures
                 .is_empty()
         );
-        // Never joined; more holders than let in; issued past the front.
+        // Never joined; more users with a slot than admitted; issued past the front.
         assert_eq!(
-            judge_room(&holders(&["a", "z"]), &order, 0, 4)
+            judge_room(&slot_users(&["a", "z"]), &order, 0, 4)
                 .failures
                 .len(),
             1
         );
         assert_eq!(
-            judge_room(&holders(&["a", "b", "c"]), &order, 0, 2)
+            judge_room(&slot_users(&["a", "b", "c"]), &order, 0, 2)
                 .failures
                 .len(),
             2
         );
-        assert_eq!(judge_room(&holders(&["d"]), &order, 0, 2).failures.len(), 1);
+        assert_eq!(
+            judge_room(&slot_users(&["d"]), &order, 0, 2).failures.len(),
+            1
+        );
         // In the shuffled block, a join number is not a position.
         assert!(
-            judge_room(&holders(&["d"]), &order, 4, 2)
+            judge_room(&slot_users(&["d"]), &order, 4, 2)
                 .failures
                 .is_empty()
         );

@@ -62,7 +62,7 @@ pub struct Plan {
     /// of each, 0 for none (the direct path). Default: none.
     #[serde(default = "no_room")]
     pub waiting_rooms: Vec<u32>,
-    /// Seconds a let-in user has to issue (rooms only).
+    /// Seconds an admitted user has to issue (rooms only).
     #[serde(default = "admission_ttl")]
     pub admission_ttl_secs: u32,
 }

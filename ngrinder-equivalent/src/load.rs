@@ -43,16 +43,16 @@ pub struct ClientUse {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RoomFigures {
     pub joins: u64,
-    /// Reads of `/queue/me` (joins not included).
+    /// Reads of `/room/me` (joins not included).
     pub status_reads: u64,
     /// Latency of joins and status reads together, every reply included.
     pub status_p50_us: u64,
     pub status_p99_us: u64,
-    /// From a user's join to the reply that said it was let in.
+    /// From a user's join to the reply that said it was admitted.
     pub wait_p50_ms: u64,
     pub wait_p99_ms: u64,
     pub wait_max_ms: u64,
-    /// Users let in.
+    /// Users admitted.
     pub admitted: u64,
 }
 
@@ -71,8 +71,8 @@ impl Room {
     fn new(campaign: &str) -> Self {
         let histogram = || std::sync::Mutex::new(crate::stats::new_histogram());
         Self {
-            join: format!("/api/v1/campaigns/{campaign}/queue"),
-            look: format!("/api/v1/campaigns/{campaign}/queue/me"),
+            join: format!("/api/v1/campaigns/{campaign}/room"),
+            look: format!("/api/v1/campaigns/{campaign}/room/me"),
             joins: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
@@ -490,7 +490,7 @@ async fn vuser(shared: Arc<Shared>, id: u32, target: Target, think: Duration) {
 }
 
 /// One user through the waiting room: join, read its place again when the
-/// reply says (`retry_after_ms`), issue once let in. The request recorded
+/// reply says (`retry_after_ms`), issue once admitted. The request recorded
 /// as the user's test is the issue, or the room reply that ended the wait
 /// without one (sold out, closed, an error). `None`: the run stopped while
 /// the user waited.

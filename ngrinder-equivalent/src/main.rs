@@ -105,11 +105,11 @@ struct RunArgs {
     /// Call `GET /healthz` instead of issuing: the HTTP path alone.
     #[arg(long)]
     trivial: bool,
-    /// Put a waiting room letting this many users in per second in front
+    /// Put a waiting room admitting this many users per second in front
     /// of the campaign created: each user joins, polls as told, then issues.
     #[arg(long)]
     waiting_room: Option<u32>,
-    /// With `--waiting-room`: seconds a let-in user has to issue.
+    /// With `--waiting-room`: seconds an admitted user has to issue.
     #[arg(long, default_value_t = 120)]
     admission_ttl_secs: u32,
     #[arg(long, default_value_t = 120)]

@@ -146,7 +146,7 @@ impl RunResult {
         if let Some(room) = &self.room {
             let _ = writeln!(
                 out,
-                "waiting room: {} joins, {} status reads (p50 {} µs, p99 {} µs), {} let in; wait p50 {} ms, p99 {} ms, max {} ms",
+                "waiting room: {} joins, {} status reads (p50 {} µs, p99 {} µs), {} admitted; wait p50 {} ms, p99 {} ms, max {} ms",
                 room.joins,
                 room.status_reads,
                 room.status_p50_us,

@@ -62,7 +62,7 @@ pub enum Endpoint {
 }
 
 /// A waiting room in front of the run's campaign: each user joins it,
-/// polls its place as `Retry-After` says, and issues once let in.
+/// polls its place as `Retry-After` says, and issues once admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomSpec {
     pub admit_per_second: u32,

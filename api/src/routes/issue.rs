@@ -23,7 +23,7 @@ use crate::strategy::Acceptance;
 pub enum IssueOutcome {
     /// In the broker: the row will exist.
     Accepted,
-    /// Admitted; delivery not confirmed yet (`/coupons/me` follows it).
+    /// A slot taken; delivery not confirmed yet (`/coupons/me` follows it).
     Pending,
     /// In the instance's queue (async-queue); nothing decided yet.
     Queued,
@@ -63,7 +63,7 @@ pub struct IssueReply {
         (status = 401, description = "Missing, forged, expired or alg-none token", body = ErrorBody),
         (status = 403, description = "not_open", body = ErrorBody),
         (status = 404, description = "unknown_campaign", body = ErrorBody),
-        (status = 409, description = "duplicate: the user holds a slot; or request_in_progress: a request with this Idempotency-Key is still running", body = ErrorBody),
+        (status = 409, description = "duplicate: the user has a slot; or request_in_progress: a request with this Idempotency-Key is still running", body = ErrorBody),
         (status = 410, description = "sold_out or closed", body = ErrorBody),
         (status = 422, description = "idempotency_key_reused: the key was used for another request", body = ErrorBody),
         (status = 429, description = "rate_limited; no stock spent", body = ErrorBody),
@@ -123,7 +123,7 @@ async fn issue_as(
 ) -> Result<Acceptance, ApiError> {
     let campaign = campaign_id(req)?;
     state.limiter.check(&user).map_err(ApiError::rate_limited)?;
-    // Admit, produce and settle run to their end on a tracked task: a slot
+    // Take, produce and settle run to their end on a tracked task: a slot
     // is never left half-taken because the client went away.
     let strategy = state.strategy.clone();
     let issued = state
@@ -161,11 +161,11 @@ pub enum CouponState {
     None,
     /// Waiting in an async-queue instance.
     Queued,
-    /// Admitted; the row is not written yet.
+    /// A slot taken; the row is not written yet.
     Pending,
     /// The row exists.
     Issued,
-    /// Admitted, then failed; `outcome` says why.
+    /// Deferred, then refused or failed; `outcome` says why.
     Rejected,
 }
 
@@ -193,9 +193,9 @@ impl MyCoupon {
 }
 
 /// `GET /api/v1/campaigns/{id}/coupons/me`: the row if the worker wrote it;
-/// else the recorded asynchronous state; else `pending` while the user holds
-/// a slot in the gate (admitted, not yet persisted), with the coupon id its
-/// admission claimed; else `none`.
+/// else the recorded asynchronous state; else `pending` while the user has a
+/// slot (taken, not yet persisted), with the coupon id the slot names; else
+/// `none`.
 #[utoipa::path(
     get,
     path = "/api/v1/campaigns/{id}/coupons/me",
@@ -229,7 +229,7 @@ pub async fn my_coupon(
             ..MyCoupon::state(CouponState::Issued)
         }));
     }
-    if let Some(record) = state.redis.status(&campaign, &user).await? {
+    if let Some(record) = state.issuance.status.read(&campaign, &user).await? {
         let name = match record.state {
             RecordedState::Queued => CouponState::Queued,
             RecordedState::Pending => CouponState::Pending,
@@ -242,14 +242,14 @@ pub async fn my_coupon(
             ..MyCoupon::state(name)
         }));
     }
-    if let Some(coupon) = state.redis.claim_of(&campaign, &user).await? {
+    if let Some(coupon) = state.issuance.gate.slot_coupon(&campaign, &user).await? {
         return Ok(HttpResponse::Ok().json(MyCoupon {
             coupon_id: Some(coupon.as_uuid()),
             ..MyCoupon::state(CouponState::Pending)
         }));
     }
-    let holds = state.redis.holds_slot(&campaign, &user).await?;
-    Ok(HttpResponse::Ok().json(MyCoupon::state(if holds {
+    let has_slot = state.issuance.gate.has_slot(&campaign, &user).await?;
+    Ok(HttpResponse::Ok().json(MyCoupon::state(if has_slot {
         CouponState::Pending
     } else {
         CouponState::None

@@ -17,7 +17,7 @@ pub mod docs;
 pub mod issue;
 pub mod openapi;
 pub mod ops;
-pub mod queue;
+pub mod room;
 
 /// Registers every route; `body_limit` bounds JSON bodies.
 pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone {
@@ -67,13 +67,13 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(
-                    web::resource("/{id}/queue/me")
-                        .route(web::get().to(queue::my_place))
+                    web::resource("/{id}/room/me")
+                        .route(web::get().to(room::my_place))
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(
-                    web::resource("/{id}/queue")
-                        .route(web::post().to(queue::join))
+                    web::resource("/{id}/room")
+                        .route(web::post().to(room::join))
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(

@@ -7,8 +7,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::campaigns::{CampaignList, CouponPage};
 use super::issue::{CouponState, IssueOutcome, IssueReply, MyCoupon};
-use super::queue::{PlaceState, QueueReply};
-use super::{campaigns, issue, ops, queue};
+use super::room::{PlaceReply, PlaceState};
+use super::{campaigns, issue, ops, room};
 use crate::campaigns::{
     CampaignRequest, CampaignState, CampaignView, CouponView, WaitingRoomRequest, WaitingRoomView,
 };
@@ -28,8 +28,8 @@ use crate::error::ErrorBody;
         campaigns::coupons,
         issue::issue,
         issue::my_coupon,
-        queue::join,
-        queue::my_place,
+        room::join,
+        room::my_place,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -46,7 +46,7 @@ use crate::error::ErrorBody;
         IssueOutcome,
         MyCoupon,
         CouponState,
-        QueueReply,
+        PlaceReply,
         PlaceState,
         WaitingRoomRequest,
         WaitingRoomView,

@@ -51,7 +51,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     state
         .metrics
-        .producer_queue
+        .producer_buffered
         .set(i64::from(state.producer.in_flight()));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -6,9 +6,9 @@
 //! the shared Redis connection, their messages in one producer batch) and
 //! record each final state for `/coupons/me`: issued, pending, or rejected
 //! with its outcome. A request that finds the queue full
-//! waits for room up to `queue.enqueue_wait_ms` (back-pressure: the client
-//! waits instead of retrying); past that it is answered 503 and admits
-//! nobody.
+//! waits for space up to `queue.enqueue_wait_ms` (back-pressure: the client
+//! waits instead of retrying); past that it is answered 503 and takes no
+//! slot.
 //!
 //! On shutdown the queue stops taking requests and drains until
 //! `queue.drain_timeout_ms`; whatever is still queued then is recorded as
@@ -16,8 +16,8 @@
 //!
 //! A request's `queued` mark lives as long as the request waits: a task
 //! renews the marks of every request still in this process's queue each
-//! third of `queue.mark_ttl_secs`, until its gate call is over (admission
-//! replaces the mark with the slot; a refusal with its record). So however
+//! third of `queue.mark_ttl_secs`, until its gate call is over (a slot taken
+//! replaces the mark; a refusal, its record). So however
 //! long a broker stall keeps requests queued, their users read `queued` and
 //! a second request is a `duplicate`. A process that dies with requests
 //! queued stops renewing; their marks expire within `queue.mark_ttl_secs`.
@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::ids::{CampaignId, UserId};
-use common::redis_state::{QueueMark, RecordedState};
+use common::redis_state::{QueueMark, QueuedMarks, RecordedState, RedisClient};
 use common::settings::QueueSettings;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -52,8 +52,8 @@ pub struct AsyncQueueStrategy {
     /// Set when draining: consumers stop taking jobs once it is set and the
     /// drain deadline passed.
     stopping: Arc<AtomicBool>,
-    mark_ttl_secs: u64,
-    /// How long a request waits for room in a full queue.
+    marks: QueuedMarks,
+    /// How long a request waits for space in a full queue.
     enqueue_wait: Duration,
     /// The marks to keep alive: requests queued and not yet past the gate.
     waiting: Waiting,
@@ -79,7 +79,8 @@ fn lock(waiting: &Waiting) -> std::sync::MutexGuard<'_, HashSet<(CampaignId, Use
 
 impl AsyncQueueStrategy {
     /// Creates the queue and starts its consumers on the current runtime.
-    pub fn start(issuance: Arc<Issuance>, settings: &QueueSettings) -> Self {
+    pub fn start(issuance: Arc<Issuance>, redis: &RedisClient, settings: &QueueSettings) -> Self {
+        let marks = QueuedMarks::new(redis.clone(), settings.mark_ttl_secs);
         let (sender, receiver) = mpsc::channel(settings.capacity.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         let stopping = Arc::new(AtomicBool::new(false));
@@ -123,7 +124,7 @@ impl AsyncQueueStrategy {
         }
         let renewals = CancellationToken::new();
         issuance.spawn(renew_marks(
-            issuance.clone(),
+            marks.clone(),
             waiting.clone(),
             settings.mark_ttl_secs,
             renewals.clone(),
@@ -133,7 +134,7 @@ impl AsyncQueueStrategy {
             sender: RwLock::new(Some(sender)),
             receiver,
             stopping,
-            mark_ttl_secs: settings.mark_ttl_secs,
+            marks,
             enqueue_wait: Duration::from_millis(settings.enqueue_wait_ms),
             waiting,
             renewals,
@@ -145,9 +146,9 @@ impl AsyncQueueStrategy {
         campaign: CampaignId,
         user: UserId,
     ) -> Result<Acceptance, IssueError> {
-        let redis = &self.issuance.redis;
-        match redis
-            .mark_queued(&campaign, &user, self.mark_ttl_secs)
+        match self
+            .marks
+            .mark(&campaign, &user)
             .await
             .map_err(redis_unavailable)?
         {
@@ -190,7 +191,7 @@ impl AsyncQueueStrategy {
             Err(e) => {
                 lock(&self.waiting).remove(&(campaign, user.clone()));
                 // Not queued: take the mark back so the user may retry.
-                if let Err(e) = redis.clear_status(&campaign, &user).await {
+                if let Err(e) = self.marks.unmark(&campaign, &user).await {
                     tracing::warn!(campaign.id = %campaign, error = %e, "queued mark left behind");
                 }
                 let why = match e {
@@ -251,21 +252,16 @@ impl AsyncQueueStrategy {
 /// Renews the marks of the requests in `waiting` every third of their TTL
 /// until `stop`. Best effort: a failed renewal is retried at the next tick,
 /// and a mark lost meanwhile only shows `none` until the request settles.
-async fn renew_marks(
-    issuance: Arc<Issuance>,
-    waiting: Waiting,
-    ttl_secs: u64,
-    stop: CancellationToken,
-) {
+async fn renew_marks(marks: QueuedMarks, waiting: Waiting, ttl_secs: u64, stop: CancellationToken) {
     let every = Duration::from_millis(ttl_secs.max(1) * 1000 / 3);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let marks: Vec<(CampaignId, UserId)> = lock(&waiting).iter().cloned().collect();
-        if let Err(e) = issuance.redis.keep_marks(&marks, ttl_secs).await {
-            tracing::warn!(marks = marks.len(), error = %e, "queued marks not renewed");
+        let kept: Vec<(CampaignId, UserId)> = lock(&waiting).iter().cloned().collect();
+        if let Err(e) = marks.keep(&kept).await {
+            tracing::warn!(marks = kept.len(), error = %e, "queued marks not renewed");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The steps every strategy is made of ([`Issuance`]): admit through the
+//! The steps every strategy is made of ([`Issuance`]): take a slot at the
 //! gate, produce the message and settle its delivery report by these
 //! producing rules (docs/CONTRACT.md):
 //! - delivered: `accepted`;
@@ -6,7 +6,8 @@
 //!   503;
 //! - failed and possibly persisted: `pending`, never compensated, since the
 //!   message may still land and its slot must stay taken;
-//! - not even enqueued (queue full, refused): give the slot back, 503.
+//! - not even enqueued (the producer's buffer full, refused): give the slot
+//!   back, 503.
 //!
 //! If Redis is down when a slot should be given back, the reply is 503 and
 //! the slot is left to reconciliation; `/coupons/me` shows it as pending.
@@ -22,7 +23,7 @@ use chrono::Utc;
 use common::ids::{CampaignId, CouponId, UserId};
 use common::message::CouponIssued;
 use common::redis_state::{
-    Admission, RecordedState, RedisState, RedisStateError, StatusRecord, Withdrawal,
+    Gate, GateReply, RecordedState, RedisCallError, StatusRecord, StatusRecords, Withdrawal,
 };
 use common::settings::{FaultSettings, PRODUCE_WITHIN, StrategyKind, WITHDRAW_WITHIN};
 use common::telemetry::traced;
@@ -34,17 +35,17 @@ use crate::campaigns::CampaignStore;
 use crate::metrics::ApiMetrics;
 use crate::producer::{Delivery, DeliveryReceipt, IssueProducer};
 
-/// A slot the gate has just handed out: the coupon id its admission
-/// claimed, and when. Its message must enter the producer's queue within
-/// [`PRODUCE_WITHIN`] of it, or the slot is given back: that bound lets
-/// `reconcile` and `rebuild` know when an admission has settled.
+/// A slot the gate has just taken: the coupon id it names, and when. Its
+/// message must enter the producer's buffer within [`PRODUCE_WITHIN`] of it,
+/// or the slot is given back: that bound lets `reconcile` and `rebuild` know
+/// when a take has settled.
 #[derive(Debug, Clone, Copy)]
-pub struct Admitted {
+pub struct TakenSlot {
     pub coupon_id: CouponId,
     at: Instant,
 }
 
-impl Admitted {
+impl TakenSlot {
     pub fn now(coupon_id: CouponId) -> Self {
         Self {
             coupon_id,
@@ -54,11 +55,12 @@ impl Admitted {
 }
 
 /// The issuance steps of one api instance, shared by its strategy: the
-/// Redis state, the producer, the campaign store, and the tracked
-/// background work.
+/// gate, the status records, the producer, the campaign store, and the
+/// tracked background work.
 #[derive(Debug)]
 pub struct Issuance {
-    pub redis: RedisState,
+    pub gate: Gate,
+    pub status: StatusRecords,
     pub producer: std::sync::Arc<IssueProducer>,
     pub campaigns: std::sync::Arc<CampaignStore>,
     pub metrics: ApiMetrics,
@@ -71,7 +73,8 @@ pub struct Issuance {
 impl Issuance {
     /// Must be called on the runtime that background work should run on.
     pub fn new(
-        redis: RedisState,
+        gate: Gate,
+        status: StatusRecords,
         producer: std::sync::Arc<IssueProducer>,
         campaigns: std::sync::Arc<CampaignStore>,
         metrics: ApiMetrics,
@@ -79,7 +82,8 @@ impl Issuance {
         faults: FaultSettings,
     ) -> Self {
         Self {
-            redis,
+            gate,
+            status,
             producer,
             campaigns,
             metrics,
@@ -118,7 +122,7 @@ impl Issuance {
         tokio::time::timeout(left, self.tasks.wait()).await.is_ok()
     }
 
-    /// The `sync` path, in one place: admit, produce, and wait for the
+    /// The `sync` path, in one place: take a slot, produce, and wait for the
     /// delivery report (`accepted` only once the broker has the message).
     /// async-queue's consumers run it for each queued request; `decided`
     /// runs as soon as the gate has answered.
@@ -128,65 +132,65 @@ impl Issuance {
         user: UserId,
         decided: impl FnOnce(),
     ) -> Result<Acceptance, IssueError> {
-        let admission = self.admit(&campaign, &user).await;
+        let take = self.take_slot(&campaign, &user).await;
         decided();
-        let admitted = admission?;
+        let slot = take?;
         crate::faults::after_gate(&self.faults, &user).await;
-        self.produce_and_settle(admitted, campaign, user).await
+        self.produce_and_settle(slot, campaign, user).await
     }
 
-    /// Runs the gate script. Only `Ok` means the user holds a new slot.
-    pub async fn admit(
+    /// Runs the gate script. Only `Ok` means the user has a new slot.
+    pub async fn take_slot(
         &self,
         campaign: &CampaignId,
         user: &UserId,
-    ) -> Result<Admitted, IssueError> {
+    ) -> Result<TakenSlot, IssueError> {
         let coupon = CouponId::new();
         let started = Instant::now();
-        let admission = traced(
-            self.redis.admit(campaign, user, &coupon),
+        let reply = traced(
+            self.gate.take(campaign, user, &coupon),
             || tracing::debug_span!("gate", campaign.id = %campaign),
         )
         .await;
         self.metrics
             .gate_seconds
             .observe(started.elapsed().as_secs_f64());
-        match admission {
-            Ok(Admission::Admitted { waited }) => {
+        match reply {
+            Ok(GateReply::Taken { waited }) => {
                 if let Some(waited) = waited {
                     self.metrics.room_wait_seconds.observe(waited.as_secs_f64());
                 }
-                Ok(Admitted::now(coupon))
+                Ok(TakenSlot::now(coupon))
             }
-            Ok(Admission::Refused(refusal)) => Err(IssueError::Refused(refusal)),
-            Ok(Admission::Missing) => Err(self.classify_missing(campaign).await),
-            Ok(Admission::Withdrawn) => Err(withdrawn()),
-            Err(e) => Err(self.admission_failed(e, campaign, user, &coupon).await),
+            Ok(GateReply::Refused(refusal)) => Err(IssueError::Refused(refusal)),
+            Ok(GateReply::Missing) => Err(self.classify_missing(campaign).await),
+            Ok(GateReply::Withdrawn) => Err(withdrawn()),
+            Err(e) => Err(self.take_failed(e, campaign, user, &coupon).await),
         }
     }
 
-    /// The error of an admission call (gate or locked section) that failed.
-    /// One that timed out may have admitted the user, or may still: it is
-    /// withdrawn, so that the user's retry is not answered `duplicate` for a
-    /// slot no message will ever fill.
-    pub async fn admission_failed(
+    /// The error of a take (the gate, or a lock section's fenced take) that
+    /// failed. One that timed out may have taken the slot, or may still: it
+    /// is withdrawn, so that the user's retry is not answered `duplicate`
+    /// for a slot no message will ever fill.
+    pub async fn take_failed(
         &self,
-        e: RedisStateError,
+        e: RedisCallError,
         campaign: &CampaignId,
         user: &UserId,
         coupon: &CouponId,
     ) -> IssueError {
-        if !matches!(e, RedisStateError::Timeout(_)) {
+        if !matches!(e, RedisCallError::Timeout(_)) {
             return redis_unavailable(e);
         }
-        tracing::warn!(campaign.id = %campaign, error = %e, "admission timed out; withdrawing it");
+        tracing::warn!(campaign.id = %campaign, error = %e, "take timed out; withdrawing it");
         let deadline = Instant::now() + WITHDRAW_WITHIN;
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.redis.withdraw(campaign, user, coupon).await {
+            match self.gate.withdraw(campaign, user, coupon).await {
                 Ok(done) => {
                     let label = match done {
-                        Withdrawal::Released => "withdrawn",
+                        Withdrawal::GivenBack => "withdrawn",
                         Withdrawal::Voided => "voided",
                     };
                     self.metrics.compensations.with_label_values(&[label]).inc();
@@ -204,7 +208,7 @@ impl Issuance {
                         .compensations
                         .with_label_values(&["failed"])
                         .inc();
-                    tracing::error!(campaign.id = %campaign, user.id = %user, error = %e, "admission could not be withdrawn; left to reconciliation");
+                    tracing::error!(campaign.id = %campaign, user.id = %user, error = %e, "take could not be withdrawn; left to reconciliation");
                     return IssueError::Unavailable(
                         "redis did not answer in time; if a slot was taken, it is pending until reconciliation releases it".into(),
                     );
@@ -226,9 +230,9 @@ impl Issuance {
         }
     }
 
-    fn message(&self, admitted: Admitted, campaign: CampaignId, user: UserId) -> CouponIssued {
+    fn message(&self, slot: TakenSlot, campaign: CampaignId, user: UserId) -> CouponIssued {
         CouponIssued::new(
-            admitted.coupon_id,
+            slot.coupon_id,
             campaign,
             user,
             Utc::now(),
@@ -236,41 +240,43 @@ impl Issuance {
         )
     }
 
-    /// Enqueues the message of an admitted user, unless the admission is
-    /// older than [`PRODUCE_WITHIN`]: then, as when the queue refuses, the
-    /// slot is given back and the reply is 503.
+    /// Enqueues the message of a slot just taken, unless the take is older
+    /// than [`PRODUCE_WITHIN`]: then, as when the producer's buffer refuses,
+    /// the slot is given back and the reply is 503.
     async fn enqueue(
         &self,
-        admitted: Admitted,
+        slot: TakenSlot,
         message: &CouponIssued,
     ) -> Result<DeliveryReceipt, IssueError> {
-        let late = admitted.at.elapsed();
+        let late = slot.at.elapsed();
         if late > PRODUCE_WITHIN {
-            tracing::warn!(campaign.id = %message.campaign_id, ?late, "admission too old to produce; slot given back");
+            tracing::warn!(campaign.id = %message.campaign_id, ?late, "slot taken too long ago to produce; given back");
             return Err(self
-                .give_back(message, "the request stalled between admission and produce")
+                .give_back(message, "the request stalled between the gate and produce")
                 .await);
         }
         match self.producer.send(message).await {
             Ok(receipt) => Ok(receipt),
             Err(e) => {
                 tracing::warn!(campaign.id = %message.campaign_id, error = %e, "message not enqueued");
-                Err(self.give_back(message, "the broker queue is full").await)
+                Err(self
+                    .give_back(message, "the producer's buffer is full")
+                    .await)
             }
         }
     }
 
-    /// Produces the message for an admitted user and waits for its report.
+    /// Produces the message of a slot just taken and waits for its report.
     pub async fn produce_and_settle(
         &self,
-        admitted: Admitted,
+        slot: TakenSlot,
         campaign: CampaignId,
         user: UserId,
     ) -> Result<Acceptance, IssueError> {
-        let message = self.message(admitted, campaign, user);
+        let message = self.message(slot, campaign, user);
         let started = Instant::now();
         let produce = async {
-            let receipt = self.enqueue(admitted, &message).await?;
+            let receipt = self.enqueue(slot, &message).await?;
             Ok::<_, IssueError>(receipt.wait().await)
         };
         let delivery = traced(
@@ -284,7 +290,7 @@ impl Issuance {
         self.settle(message, delivery).await
     }
 
-    /// Produces the message for an admitted user without waiting for its
+    /// Produces the message of a slot just taken without waiting for its
     /// report: the report is settled in the background. A failure is
     /// recorded for `/coupons/me` (rejected, or pending); success is not:
     /// until the worker writes the row (or turns the user away as `none`),
@@ -292,15 +298,15 @@ impl Issuance {
     /// even be enqueued (the slot is then given back).
     pub async fn produce_in_background(
         self: &std::sync::Arc<Self>,
-        admitted: Admitted,
+        slot: TakenSlot,
         campaign: CampaignId,
         user: UserId,
     ) -> Result<CouponId, IssueError> {
-        let message = self.message(admitted, campaign, user);
+        let message = self.message(slot, campaign, user);
         let coupon_id = message.coupon_id;
         let started = Instant::now();
         let receipt = traced(
-            self.enqueue(admitted, &message),
+            self.enqueue(slot, &message),
             || tracing::debug_span!("produce", coupon.id = %coupon_id),
         )
         .await?;
@@ -362,11 +368,11 @@ impl Issuance {
 
     /// Records, for `/coupons/me`, how a request answered before it was
     /// decided ended, when the gate does not say it already: a refusal, with
-    /// its outcome. An admitted user needs no record (one Redis write less
-    /// per queued request): the gate removed the `queued` mark and claimed
-    /// the coupon id, so `/coupons/me` answers `pending` with that id until
-    /// the row says `issued` (a `pending` delivery was recorded by
-    /// [`Issuance::settle`]).
+    /// its outcome. A user whose slot was taken needs no record (one Redis
+    /// write less per queued request): the gate removed the `queued` mark
+    /// and stored the slot's coupon id, so `/coupons/me` answers `pending`
+    /// with that id until the row says `issued` (a `pending` delivery was
+    /// recorded by [`Issuance::settle`]).
     pub async fn record_final(
         &self,
         campaign: &CampaignId,
@@ -388,14 +394,14 @@ impl Issuance {
     /// Compensation for a message that never reached the broker.
     pub async fn give_back(&self, message: &CouponIssued, why: &str) -> IssueError {
         match self
-            .redis
-            .release(&message.campaign_id, &message.user_id)
+            .gate
+            .give_back(&message.campaign_id, &message.user_id)
             .await
         {
             Ok(_) => {
                 self.metrics
                     .compensations
-                    .with_label_values(&["released"])
+                    .with_label_values(&["given_back"])
                     .inc();
                 IssueError::Unavailable(format!("{why}; nothing was issued, retry later"))
             }
@@ -433,18 +439,18 @@ impl Issuance {
             outcome: outcome.map(str::to_owned),
             at: Utc::now(),
         };
-        if let Err(e) = self.redis.record_status(campaign, user, &record).await {
+        if let Err(e) = self.status.record(campaign, user, &record).await {
             tracing::warn!(campaign.id = %campaign, error = %e, "status not recorded");
         }
     }
 }
 
-/// The reply to a request whose admission call was withdrawn before Redis
-/// ran it: only a request already answered sees it.
+/// The reply to a request whose take was withdrawn before Redis ran it:
+/// only a request already answered sees it.
 pub fn withdrawn() -> IssueError {
     IssueError::Unavailable("the request was withdrawn; nothing was issued, retry later".into())
 }
 
-pub fn redis_unavailable(e: RedisStateError) -> IssueError {
+pub fn redis_unavailable(e: RedisCallError) -> IssueError {
     IssueError::Unavailable(format!("redis unavailable: {e}"))
 }

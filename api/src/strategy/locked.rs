@@ -7,20 +7,19 @@
 //!   waits behind every earlier one of its campaign, up to
 //!   `lock.max_waiters` in line; past that a request is answered 503 at once.
 //!
-//! Waiting is bounded (`lock.wait_ms`): past it the reply is 503 and nothing
-//! is admitted. The critical section is the seed's check-then-act as
+//! Waiting is bounded (`lock.wait_ms`): past it the reply is 503 and no slot
+//! is taken. The critical section is the seed's check-then-act as
 //! separate Redis commands (meta and time, SISMEMBER, GET), made a unit by
-//! the campaign's lock, then the writes (SADD, INCR) as one script fenced by
-//! that lock: they happen only while the lock is still the caller's, and
-//! INCR only when SADD added the user (`common/lua/locked_admit.lua`). That
-//! is the point of these variants: they show what a lock costs next to the
-//! single atomic script of `sync`.
+//! the campaign's lock, then the take (SADD, INCR) as one script fenced by
+//! that lock: it happens only while the lock is still the caller's
+//! (`common/lua/locked_take.lua`). That is the point of these variants:
+//! they show what a lock costs next to the single atomic script of `sync`.
 //!
 //! `lock.mode` says how the lock is used: `naive`, one hold per request (the
 //! seed's design, and the section above); `combining`, one hold serves every
 //! request of this instance waiting for the campaign's lock at that moment
 //! ([`Combiner`]: flat combining, as a database's group commit): the holder
-//! reads the meta once, sends the users' fenced writes together in arrival
+//! reads the meta once, sends the users' fenced takes together in arrival
 //! order (the script stops them at the stock), releases, and answers each.
 //!
 //! A batch's work belongs to no single request: it runs in a `lock_hold` span
@@ -39,14 +38,14 @@ use std::time::{Duration, Instant};
 
 use common::ids::{CampaignId, CouponId, UserId};
 use common::keys::CampaignKeys;
-use common::lock::{FairLock, FencedAdmission, LeaseLock, LockError, LockGuard, LockTiming};
+use common::lock::{FairLock, LeaseLock, LockError, LockGuard, LockTiming};
 use common::lock_waker::LockWaker;
-use common::redis_state::CampaignMeta;
+use common::redis_state::{CampaignMeta, CampaignMetas, FencedTake, LockSections, RedisClient};
 use common::settings::{LockMode, LockSettings, StrategyKind};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use super::issuance::{Admitted, redis_unavailable, withdrawn};
+use super::issuance::{TakenSlot, redis_unavailable, withdrawn};
 use super::{Acceptance, Issuance, IssueError, Refusal};
 
 /// Which lock makes the section a unit.
@@ -76,20 +75,39 @@ impl CampaignLock {
 
 #[derive(Debug)]
 pub struct LockedStrategy {
-    issuance: Arc<Issuance>,
+    section: Arc<Section>,
     lock: Arc<CampaignLock>,
     mode: LockMode,
     combiner: Arc<Combiner>,
 }
 
+/// What a section runs on: the issuance steps, and the section's own Redis
+/// calls (the meta and time, and the reads and the fenced take).
+#[derive(Debug)]
+struct Section {
+    issuance: Arc<Issuance>,
+    metas: CampaignMetas,
+    calls: LockSections,
+}
+
 impl LockedStrategy {
-    pub fn new(issuance: Arc<Issuance>, kind: LockKind, settings: &LockSettings) -> Self {
-        let waker = LockWaker::new(issuance.redis.client().clone());
+    pub fn new(
+        issuance: Arc<Issuance>,
+        redis: &RedisClient,
+        kind: LockKind,
+        settings: &LockSettings,
+    ) -> Self {
+        let waker = LockWaker::new(redis.client().clone());
         let timing = LockTiming {
             lease: Duration::from_millis(settings.lease_ms),
             wait: Duration::from_millis(settings.wait_ms),
         };
-        let redis = issuance.redis.clone();
+        let redis = redis.clone();
+        let section = Arc::new(Section {
+            issuance,
+            metas: CampaignMetas::new(redis.clone()),
+            calls: LockSections::new(redis.clone()),
+        });
         let lock = match kind {
             LockKind::Lease => CampaignLock::Lease(LeaseLock::new(redis, timing, Some(waker))),
             LockKind::Fair => CampaignLock::Fair(
@@ -97,7 +115,7 @@ impl LockedStrategy {
             ),
         };
         Self {
-            issuance,
+            section,
             lock: Arc::new(lock),
             mode: settings.mode,
             combiner: Arc::default(),
@@ -120,7 +138,8 @@ impl LockedStrategy {
         campaign: CampaignId,
         user: UserId,
     ) -> Result<Acceptance, IssueError> {
-        precheck(&self.issuance, &campaign, &user).await?;
+        let section = &self.section;
+        precheck(section, &campaign, &user).await?;
         match self.mode {
             LockMode::Naive => {
                 let guard = self
@@ -128,23 +147,23 @@ impl LockedStrategy {
                     .acquire(&campaign)
                     .await
                     .map_err(lock_unavailable)?;
-                issue_under(&self.issuance, guard, campaign, user).await
+                issue_under(section, guard, campaign, user).await
             }
             LockMode::Combining => {
-                let admitted = self.combined(campaign, user.clone()).await?;
-                crate::faults::after_gate(&self.issuance.faults, &user).await;
-                let coupon_id = self
+                let slot = self.combined(campaign, user.clone()).await?;
+                crate::faults::after_gate(&section.issuance.faults, &user).await;
+                let coupon_id = section
                     .issuance
-                    .produce_in_background(admitted, campaign, user)
+                    .produce_in_background(slot, campaign, user)
                     .await?;
                 Ok(Acceptance::Pending(coupon_id))
             }
         }
     }
 
-    /// `combining`: joins the campaign's line in this instance; the first
-    /// to find no holder serving it starts one ([`serve`]).
-    async fn combined(&self, campaign: CampaignId, user: UserId) -> Result<Admitted, IssueError> {
+    /// `combining`: joins the campaign's waiters in this instance; the first
+    /// to find no holder serving them starts one ([`serve`]).
+    async fn combined(&self, campaign: CampaignId, user: UserId) -> Result<TakenSlot, IssueError> {
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut lines = self.combiner.lines();
@@ -161,9 +180,9 @@ impl LockedStrategy {
             // it. At `warn`, as the request span, so that the lines it logs
             // under the default filter carry it.
             let line = tracing::warn_span!(parent: None, "lock_line", campaign.id = %campaign);
-            self.issuance.spawn(
+            self.section.issuance.spawn(
                 serve(
-                    self.issuance.clone(),
+                    self.section.clone(),
                     self.lock.clone(),
                     self.combiner.clone(),
                     campaign,
@@ -208,7 +227,7 @@ struct Line {
 #[derive(Debug)]
 struct Waiter {
     user: UserId,
-    reply: oneshot::Sender<Result<Admitted, IssueError>>,
+    reply: oneshot::Sender<Result<TakenSlot, IssueError>>,
     /// The request's span, which the hold that serves it links to.
     span: tracing::Span,
 }
@@ -216,7 +235,7 @@ struct Waiter {
 /// Serves a campaign's line until it is empty: takes what waits (up to
 /// [`MOST_PER_HOLD`]), holds the lock once for all of it, answers each.
 async fn serve(
-    issuance: Arc<Issuance>,
+    section: Arc<Section>,
     lock: Arc<CampaignLock>,
     combiner: Arc<Combiner>,
     campaign: CampaignId,
@@ -238,7 +257,7 @@ async fn serve(
         for waiter in &batch {
             hold.follows_from(&waiter.span);
         }
-        let results = hold_once(&issuance, &lock, &campaign, &batch)
+        let results = hold_once(&section, &lock, &campaign, &batch)
             .instrument(hold)
             .await;
         for (waiter, result) in batch.into_iter().zip(results) {
@@ -249,11 +268,11 @@ async fn serve(
 
 /// One hold for a batch: the lock, the section, the release.
 async fn hold_once(
-    issuance: &Issuance,
+    section: &Section,
     lock: &CampaignLock,
     campaign: &CampaignId,
     batch: &[Waiter],
-) -> Vec<Result<Admitted, IssueError>> {
+) -> Vec<Result<TakenSlot, IssueError>> {
     let guard = match lock.acquire(campaign).await {
         Ok(guard) => guard,
         Err(e) => {
@@ -261,53 +280,50 @@ async fn hold_once(
             return batch.iter().map(|_| Err(e.clone())).collect();
         }
     };
-    let started = took(issuance, &guard);
+    let started = took(section, &guard);
     let users: Vec<UserId> = batch.iter().map(|w| w.user.clone()).collect();
-    let results = combined_section(issuance, &guard, campaign, &users).await;
-    release(issuance, guard, campaign, started).await;
+    let results = combined_section(section, &guard, campaign, &users).await;
+    release(section, guard, campaign, started).await;
     results
 }
 
 /// The section for a batch under one hold: the meta and window once, then
-/// every user's fenced write (`locked_admit.lua`: not a holder yet, the
-/// count below the stock, the lock still ours), sent together in arrival
-/// order on the shared connection. A user twice in one batch is a
-/// duplicate the second time.
+/// every user's fenced take (`locked_take.lua`: no slot yet, the count below
+/// the stock, the lock still ours), sent together in arrival order on the
+/// shared connection. A user twice in one batch is a duplicate the second
+/// time.
 async fn combined_section(
-    issuance: &Issuance,
+    section: &Section,
     guard: &LockGuard,
     campaign: &CampaignId,
     users: &[UserId],
-) -> Vec<Result<Admitted, IssueError>> {
-    if let Err(e) = open_now(issuance, campaign).await {
+) -> Vec<Result<TakenSlot, IssueError>> {
+    if let Err(e) = open_now(section, campaign).await {
         return users.iter().map(|_| Err(e.clone())).collect();
     }
     for user in users {
-        crate::faults::pause_lock_holder(&issuance.faults, guard, user).await;
+        crate::faults::pause_lock_holder(&section.issuance.faults, guard, user).await;
     }
     let keys = CampaignKeys::new(campaign);
     let mut seen = HashSet::new();
-    let writes = users.iter().map(|user| {
+    let takes = users.iter().map(|user| {
         let first = seen.insert(user);
         let keys = &keys;
         async move {
             if !first {
                 return Err(IssueError::Refused(Refusal::Duplicate));
             }
-            let coupon = CouponId::new();
-            match guard.admit(keys, user, &coupon).await {
-                Ok(admission) => fenced(admission, coupon, campaign, user),
-                Err(e) => Err(issuance.admission_failed(e, campaign, user, &coupon).await),
-            }
+            fenced_take(section, guard, keys, campaign, user).await
         }
     });
-    futures::future::join_all(writes).await
+    futures::future::join_all(takes).await
 }
 
 /// A lock just taken: observes how long it was waited for; returns when
 /// the section starts.
-fn took(issuance: &Issuance, guard: &LockGuard) -> Instant {
-    issuance
+fn took(section: &Section, guard: &LockGuard) -> Instant {
+    section
+        .issuance
         .metrics
         .lock_wait_seconds
         .observe(guard.waited.as_secs_f64());
@@ -315,8 +331,9 @@ fn took(issuance: &Issuance, guard: &LockGuard) -> Instant {
 }
 
 /// The section done: observes how long it held the lock, and releases it.
-async fn release(issuance: &Issuance, guard: LockGuard, campaign: &CampaignId, started: Instant) {
-    issuance
+async fn release(section: &Section, guard: LockGuard, campaign: &CampaignId, started: Instant) {
+    section
+        .issuance
         .metrics
         .gate_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -328,14 +345,14 @@ async fn release(issuance: &Issuance, guard: LockGuard, campaign: &CampaignId, s
 
 /// The section's first check, as separate commands (`HMGET` meta, `TIME`):
 /// the campaign's meta, if it is known and open right now.
-async fn open_now(issuance: &Issuance, campaign: &CampaignId) -> Result<CampaignMeta, IssueError> {
-    let (meta, now_ms) = issuance
-        .redis
-        .read_meta(campaign)
+async fn open_now(section: &Section, campaign: &CampaignId) -> Result<CampaignMeta, IssueError> {
+    let (meta, now_ms) = section
+        .metas
+        .read(campaign)
         .await
         .map_err(redis_unavailable)?;
     let Some(meta) = meta else {
-        return Err(issuance.classify_missing(campaign).await);
+        return Err(section.issuance.classify_missing(campaign).await);
     };
     if meta.closed || meta.ends_at.is_some_and(|e| now_ms >= e.timestamp_millis()) {
         return Err(IssueError::Refused(Refusal::Closed));
@@ -346,27 +363,38 @@ async fn open_now(issuance: &Issuance, campaign: &CampaignId) -> Result<Campaign
     Ok(meta)
 }
 
-/// The reply to a fenced write.
-fn fenced(
-    admission: FencedAdmission,
-    coupon: CouponId,
+/// The section's write: a take fenced by `guard`'s lock, and its reply.
+async fn fenced_take(
+    section: &Section,
+    guard: &LockGuard,
+    keys: &CampaignKeys,
     campaign: &CampaignId,
     user: &UserId,
-) -> Result<Admitted, IssueError> {
-    match admission {
-        FencedAdmission::Admitted => Ok(Admitted::now(coupon)),
-        FencedAdmission::Refused(refusal) => Err(IssueError::Refused(refusal)),
-        FencedAdmission::Withdrawn => Err(withdrawn()),
-        FencedAdmission::Lost => {
-            tracing::warn!(campaign.id = %campaign, user.id = %user, "lock lost before the section's writes; nothing admitted");
+) -> Result<TakenSlot, IssueError> {
+    let coupon = CouponId::new();
+    let take = section
+        .calls
+        .take(guard.key(), guard.token(), keys, user, &coupon)
+        .await;
+    match take {
+        Ok(FencedTake::Taken) => Ok(TakenSlot::now(coupon)),
+        Ok(FencedTake::Refused(refusal)) => Err(IssueError::Refused(refusal)),
+        Ok(FencedTake::Withdrawn) => Err(withdrawn()),
+        Ok(FencedTake::Lost) => {
+            guard.mark_lost();
+            tracing::warn!(campaign.id = %campaign, user.id = %user, "lock lost before the section's take; nothing taken");
             Err(IssueError::Unavailable(
                 "the campaign lock was lost; nothing was issued, retry later".into(),
             ))
         }
+        Err(e) => Err(section
+            .issuance
+            .take_failed(e, campaign, user, &coupon)
+            .await),
     }
 }
 
-/// Maps a failed acquisition to a 503: nothing was admitted.
+/// Maps a failed acquisition to a 503: nothing was taken.
 fn lock_unavailable(e: LockError) -> IssueError {
     match e {
         LockError::WaitTimeout(wait) => IssueError::Unavailable(format!(
@@ -381,15 +409,15 @@ fn lock_unavailable(e: LockError) -> IssueError {
 }
 
 /// The validation the seed ran before taking its lock: a user who already
-/// holds a slot, or a campaign already sold out, is answered without
-/// queueing for the lock. The section re-checks both under the lock.
+/// has a slot, or a campaign already sold out, is answered without waiting
+/// for the lock. The section checks both again under the lock.
 async fn precheck(
-    issuance: &Issuance,
+    section: &Section,
     campaign: &CampaignId,
     user: &UserId,
 ) -> Result<(), IssueError> {
-    match issuance
-        .redis
+    match section
+        .calls
         .precheck(campaign, user)
         .await
         .map_err(redis_unavailable)?
@@ -401,48 +429,42 @@ async fn precheck(
 
 /// Runs the section under `guard`, releases it, then produces.
 async fn issue_under(
-    issuance: &Arc<Issuance>,
+    section: &Section,
     guard: LockGuard,
     campaign: CampaignId,
     user: UserId,
 ) -> Result<Acceptance, IssueError> {
-    let started = took(issuance, &guard);
-    let admitted = section(issuance, &guard, &campaign, &user).await;
-    release(issuance, guard, &campaign, started).await;
-    let admitted = admitted?;
-    crate::faults::after_gate(&issuance.faults, &user).await;
-    let coupon_id = issuance
-        .produce_in_background(admitted, campaign, user)
+    let started = took(section, &guard);
+    let slot = naive_section(section, &guard, &campaign, &user).await;
+    release(section, guard, &campaign, started).await;
+    let slot = slot?;
+    crate::faults::after_gate(&section.issuance.faults, &user).await;
+    let coupon_id = section
+        .issuance
+        .produce_in_background(slot, campaign, user)
         .await?;
     Ok(Acceptance::Pending(coupon_id))
 }
 
-async fn section(
-    issuance: &Issuance,
+/// `naive`: the seed's check-then-act for one user, as separate commands.
+async fn naive_section(
+    section: &Section,
     guard: &LockGuard,
     campaign: &CampaignId,
     user: &UserId,
-) -> Result<Admitted, IssueError> {
-    let redis = &issuance.redis;
-    let meta = open_now(issuance, campaign).await?;
-    if redis
-        .holds_slot(campaign, user)
+) -> Result<TakenSlot, IssueError> {
+    let calls = &section.calls;
+    let meta = open_now(section, campaign).await?;
+    if calls
+        .has_slot(campaign, user)
         .await
         .map_err(redis_unavailable)?
     {
         return Err(IssueError::Refused(Refusal::Duplicate));
     }
-    if redis.count(campaign).await.map_err(redis_unavailable)? >= meta.stock {
+    if calls.count(campaign).await.map_err(redis_unavailable)? >= meta.stock {
         return Err(IssueError::Refused(Refusal::SoldOut));
     }
-    crate::faults::pause_lock_holder(&issuance.faults, guard, user).await;
-    let coupon = CouponId::new();
-    let admission = match guard
-        .admit(&CampaignKeys::new(campaign), user, &coupon)
-        .await
-    {
-        Ok(admission) => admission,
-        Err(e) => return Err(issuance.admission_failed(e, campaign, user, &coupon).await),
-    };
-    fenced(admission, coupon, campaign, user)
+    crate::faults::pause_lock_holder(&section.issuance.faults, guard, user).await;
+    fenced_take(section, guard, &CampaignKeys::new(campaign), campaign, user).await
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::ids::{CampaignId, CouponId, UserId};
+use common::redis_state::RedisClient;
 pub use common::redis_state::Refusal;
 use common::settings::{Settings, StrategyKind};
 
@@ -33,7 +34,7 @@ pub enum IssueError {
     #[error("campaign state missing in Redis")]
     StateMissing,
     /// A dependency failed or a bound was hit (queue full, lock wait).
-    /// Nothing was admitted, or a slot that could not be given back is left
+    /// No slot was taken, or a slot that could not be given back is left
     /// to reconciliation (and shows as pending).
     #[error("{0}")]
     Unavailable(String),
@@ -57,7 +58,7 @@ impl IssueError {
 pub enum Acceptance {
     /// Durably in Kafka: the row will exist.
     Accepted(CouponId),
-    /// Admitted, delivery not confirmed; settled later.
+    /// A slot taken, delivery not confirmed; settled later.
     Pending(CouponId),
     /// In this instance's queue, nothing decided yet.
     Queued,
@@ -90,22 +91,25 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    /// Builds the strategy of `settings.strategy`; background tasks (queue
-    /// consumers) start on the current runtime.
-    pub fn build(settings: &Settings, issuance: Arc<Issuance>) -> Self {
+    /// Builds the strategy of `settings.strategy` on `redis`; background
+    /// tasks (queue consumers) start on the current runtime.
+    pub fn build(settings: &Settings, issuance: Arc<Issuance>, redis: &RedisClient) -> Self {
         match settings.strategy {
             StrategyKind::Sync => Self::Sync(issuance),
             StrategyKind::AsyncQueue => Self::AsyncQueue(async_queue::AsyncQueueStrategy::start(
                 issuance,
+                redis,
                 &settings.queue,
             )),
             StrategyKind::DistributedLock => Self::Locked(locked::LockedStrategy::new(
                 issuance,
+                redis,
                 locked::LockKind::Lease,
                 &settings.lock,
             )),
             StrategyKind::FairLock => Self::Locked(locked::LockedStrategy::new(
                 issuance,
+                redis,
                 locked::LockKind::Fair,
                 &settings.lock,
             )),

@@ -148,7 +148,7 @@ async fn f04(strategy: &'static str) {
         &UserMode::Unique,
     )
     .await;
-    let holders: std::collections::BTreeSet<String> = {
+    let with_slot: std::collections::BTreeSet<String> = {
         let mut conn = redis::Client::open(cell.redis.url())
             .unwrap()
             .get_multiplexed_async_connection()
@@ -175,7 +175,7 @@ async fn f04(strategy: &'static str) {
         .report(started);
     assert!(a.passed, "{a:?}");
     assert_eq!(a.rows, stock);
-    assert_eq!(holders, rows, "the rebuilt set differs from the rows");
+    assert_eq!(with_slot, rows, "the rebuilt set differs from the rows");
 }
 
 // 5. An api instance crashing between gate and produce.
@@ -198,7 +198,7 @@ async fn f05(strategy: &'static str) {
         .send()
         .await;
     // Under async-queue the reply (`queued`) may leave before the queue's
-    // task admits the user and crashes; the other strategies crash first.
+    // task takes the slot and crashes; the other strategies crash first.
     if strategy != "async-queue" {
         assert!(crashed.is_err(), "the api answered instead of crashing");
     }
@@ -301,7 +301,7 @@ async fn f12(strategy: &'static str) {
         out.summary.outcomes
     );
     // The engine's own 503s: none under `sync`, where a request waits for
-    // nobody. The other strategies shed load by design and admit nobody
+    // nobody. The other strategies shed load by design and take no slot
     // when they do (the audit above holds): a request still waiting for the
     // campaign's lock after the production lock wait (2 s), or finding the
     // async queue full, is answered 503; the figures count them.

@@ -330,10 +330,12 @@ pub async fn audit(
             coupon_id: id.to_string(),
         })
         .collect();
-    let gate = common::redis_state::RedisState::new(&api.redis, None).expect("gate");
+    let gate = common::redis_state::Gate::new(
+        common::redis_state::RedisClient::new(&api.redis, None).expect("redis client"),
+    );
     judge(&Evidence {
         stock: stock_of(&db, campaign).await,
-        gate_count: gate.issued(campaign).await.expect("gate count"),
+        gate_count: gate.taken(campaign).await.expect("gate count"),
         persisted_column: persisted_column(&db, campaign).await,
         rows: &rows,
         promised: &promised,

@@ -24,13 +24,13 @@ pub struct Model {
 
 impl Model {
     /// The campaign's waiting room, if it has one.
-    pub fn room(&self) -> Option<crate::room::RoomRules> {
+    pub fn room(&self) -> Option<crate::redis_state::RoomRules> {
         match (
             self.room_admit_per_second,
             self.room_admission_ttl_secs,
             self.room_shuffle_seed,
         ) {
-            (Some(rate), Some(ttl), Some(seed)) => Some(crate::room::RoomRules {
+            (Some(rate), Some(ttl), Some(seed)) => Some(crate::redis_state::RoomRules {
                 admit_per_second: u32::try_from(rate).ok()?,
                 admission_ttl_secs: u32::try_from(ttl).ok()?,
                 shuffle_seed: seed,

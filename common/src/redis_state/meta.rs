@@ -1,28 +1,29 @@
 //! A campaign's meta hash: what the gate checks (stock, window, closed, the
-//! waiting room's rules).
+//! waiting room's rules). Its presence means the campaign's gate state is
+//! loaded.
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 
-use super::{RedisState, RedisStateError};
+use super::{RedisCallError, RedisClient};
 use crate::ids::CampaignId;
 use crate::keys::CampaignKeys;
 use crate::scripts;
 
-/// `ends_ms` of a campaign without an end. Spelled out rather than a number,
-/// so that every number (a pre-1970 end included) is an end.
 /// A campaign's waiting room, as configured at its creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoomRules {
-    /// Positions let in per second.
+    /// Positions admitted per second.
     pub admit_per_second: u32,
-    /// How long a let-in user may take to issue before its place expires
-    /// and is given to the next.
+    /// How long an admitted user may take to issue before its admission
+    /// expires and its place is given to the next.
     pub admission_ttl_secs: u32,
     /// The key of the shuffle of the users who joined before the start.
     pub shuffle_seed: i64,
 }
 
+/// `ends_ms` of a campaign without an end. Spelled out rather than a number,
+/// so that every number (a pre-1970 end included) is an end.
 pub(super) const NO_END: &str = "none";
 
 /// A campaign's gate parameters, as stored in its meta hash.
@@ -36,13 +37,23 @@ pub struct CampaignMeta {
     pub room: Option<RoomRules>,
 }
 
-impl RedisState {
-    /// Writes a new campaign's meta (and a zero counter if none exists).
-    pub async fn load_meta(
+/// The campaigns' meta hashes.
+#[derive(Debug, Clone)]
+pub struct CampaignMetas {
+    client: RedisClient,
+}
+
+impl CampaignMetas {
+    pub fn new(client: RedisClient) -> Self {
+        Self { client }
+    }
+
+    /// Writes a campaign's meta (and a zero counter if none exists).
+    pub async fn load(
         &self,
         campaign: &CampaignId,
         meta: &CampaignMeta,
-    ) -> Result<(), RedisStateError> {
+    ) -> Result<(), RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         let ends_ms = meta
             .ends_at
@@ -59,10 +70,11 @@ impl RedisState {
             },
         );
         let _: i64 = self
+            .client
             .run(|mut conn| async move {
                 scripts::LOAD_META
                     .key(keys.meta())
-                    .key(keys.issued())
+                    .key(keys.taken())
                     .arg(meta.stock)
                     .arg(meta.starts_at.timestamp_millis())
                     .arg(ends_ms)
@@ -76,9 +88,10 @@ impl RedisState {
     }
 
     /// Closes the gate. `Ok(false)` when the meta is missing.
-    pub async fn close(&self, campaign: &CampaignId) -> Result<bool, RedisStateError> {
+    pub async fn close(&self, campaign: &CampaignId) -> Result<bool, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         let closed: i64 = self
+            .client
             .run(|mut conn| async move {
                 scripts::CLOSE
                     .key(keys.meta())
@@ -89,18 +102,87 @@ impl RedisState {
         Ok(closed == 1)
     }
 
-    /// Deletes the campaign's meta, undoing [`RedisState::load_meta`] when the
+    /// Deletes the campaign's meta, undoing [`CampaignMetas::load`] when the
     /// database write that should follow it failed.
-    pub async fn unload_meta(&self, campaign: &CampaignId) -> Result<(), RedisStateError> {
+    pub async fn unload(&self, campaign: &CampaignId) -> Result<(), RedisCallError> {
         let keys = CampaignKeys::new(campaign);
-        self.run(|mut conn| async move { conn.del::<_, ()>(keys.meta()).await })
+        self.client
+            .run(|mut conn| async move { conn.del::<_, ()>(keys.meta()).await })
             .await
     }
 
     /// Whether the campaign's meta is present (its gate state is loaded).
-    pub async fn is_loaded(&self, campaign: &CampaignId) -> Result<bool, RedisStateError> {
+    pub async fn is_loaded(&self, campaign: &CampaignId) -> Result<bool, RedisCallError> {
         let key = CampaignKeys::new(campaign).meta();
-        self.run(|mut conn| async move { conn.exists(key).await })
+        self.client
+            .run(|mut conn| async move { conn.exists(key).await })
             .await
+    }
+
+    /// `HMGET meta` and `TIME` (one round trip, two commands): the meta, or
+    /// `None` when it is missing, and the server's time in ms.
+    pub async fn read(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<(Option<CampaignMeta>, i64), RedisCallError> {
+        let keys = CampaignKeys::new(campaign);
+        let (fields, time): (Vec<Option<String>>, (i64, i64)) = self
+            .client
+            .run(|mut conn| async move {
+                redis::pipe()
+                    .cmd("HMGET")
+                    .arg(keys.meta())
+                    .arg(&[
+                        "stock",
+                        "starts_ms",
+                        "ends_ms",
+                        "state",
+                        "wr_rate",
+                        "wr_ttl_ms",
+                        "wr_seed",
+                    ])
+                    .cmd("TIME")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let now_ms = time.0 * 1000 + time.1 / 1000;
+        let [
+            Some(stock),
+            Some(starts),
+            Some(ends),
+            Some(state),
+            rate,
+            ttl,
+            seed,
+        ] = <[Option<String>; 7]>::try_from(fields)
+            .map_err(|_| RedisCallError::Protocol("HMGET arity".into()))?
+        else {
+            return Ok((None, now_ms));
+        };
+        let parse = |v: &str| {
+            v.parse::<i64>()
+                .map_err(|_| RedisCallError::Protocol(format!("meta field {v:?}")))
+        };
+        let ends_at = match ends.as_str() {
+            NO_END => None,
+            ms => Some(DateTime::from_timestamp_millis(parse(ms)?).unwrap_or_default()),
+        };
+        let room = match (rate, ttl, seed) {
+            (Some(rate), Some(ttl), Some(seed)) => Some(RoomRules {
+                admit_per_second: parse(&rate)? as u32,
+                admission_ttl_secs: (parse(&ttl)? / 1000) as u32,
+                shuffle_seed: parse(&seed)?,
+            }),
+            _ => None,
+        };
+        let meta = CampaignMeta {
+            stock: parse(&stock)?,
+            starts_at: DateTime::from_timestamp_millis(parse(&starts)?).unwrap_or_default(),
+            ends_at,
+            closed: state == "closed",
+            room,
+        };
+        Ok((Some(meta), now_ms))
     }
 }

@@ -1,40 +1,52 @@
 //! Reconciliation and rebuild (issuer-worker), under the campaign's admin
-//! lock: the gate's holders read, corrected and replaced.
+//! lock: the gate's users read, corrected and replaced.
 
 use redis::AsyncCommands;
 
-use super::{RedisState, RedisStateError};
+use super::{RedisCallError, RedisClient};
 use crate::ids::CampaignId;
 use crate::keys::CampaignKeys;
 use crate::scripts;
 
-impl RedisState {
-    /// The counter minus the set's size, read in one transaction (so that
-    /// admissions going on meanwhile do not show as drift).
-    pub async fn count_drift(&self, campaign: &CampaignId) -> Result<i64, RedisStateError> {
+/// The repairs of a campaign's gate.
+#[derive(Debug, Clone)]
+pub struct Repair {
+    client: RedisClient,
+}
+
+impl Repair {
+    pub fn new(client: RedisClient) -> Self {
+        Self { client }
+    }
+
+    /// The count of slots taken minus the set's size, read in one
+    /// transaction (so that takes going on meanwhile do not show as drift).
+    pub async fn count_drift(&self, campaign: &CampaignId) -> Result<i64, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
-        let (issued, members): (Option<i64>, i64) = self
+        let (taken, members): (Option<i64>, i64) = self
+            .client
             .run(|mut conn| async move {
                 redis::pipe()
                     .atomic()
-                    .get(keys.issued())
+                    .get(keys.taken())
                     .scard(keys.users())
                     .query_async(&mut conn)
                     .await
             })
             .await?;
-        Ok(issued.unwrap_or(0) - members)
+        Ok(taken.unwrap_or(0) - members)
     }
 
-    /// Every user in the gate's set (`SSCAN`, so a large set does not block
+    /// Every user with a slot (`SSCAN`, so a large set does not block
     /// Redis).
-    pub async fn holders(&self, campaign: &CampaignId) -> Result<Vec<String>, RedisStateError> {
+    pub async fn users(&self, campaign: &CampaignId) -> Result<Vec<String>, RedisCallError> {
         let key = CampaignKeys::new(campaign).users();
         let mut users = Vec::new();
         let mut cursor: u64 = 0;
         loop {
             let key = key.clone();
             let (next, batch): (u64, Vec<String>) = self
+                .client
                 .run(|mut conn| async move {
                     redis::cmd("SSCAN")
                         .arg(key)
@@ -54,31 +66,33 @@ impl RedisState {
     }
 
     /// Sets the counter to the set's size; returns the drift corrected.
-    pub async fn fix_count(&self, campaign: &CampaignId) -> Result<i64, RedisStateError> {
+    pub async fn fix_count(&self, campaign: &CampaignId) -> Result<i64, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
-        self.run(|mut conn| async move {
-            scripts::FIX_COUNT
-                .key(keys.users())
-                .key(keys.issued())
-                .invoke_async(&mut conn)
-                .await
-        })
-        .await
+        self.client
+            .run(|mut conn| async move {
+                scripts::FIX_COUNT
+                    .key(keys.users())
+                    .key(keys.taken())
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await
     }
 
     /// Reconcile's repair of phantoms: users with a row but no slot get
     /// their slot back (`SADD`; the counter is fixed afterwards with
-    /// [`RedisState::fix_count`]). Returns how many were added.
-    pub async fn restore_holders(
+    /// [`Repair::fix_count`]). Returns how many were added.
+    pub async fn restore(
         &self,
         campaign: &CampaignId,
         users: &[&String],
-    ) -> Result<u64, RedisStateError> {
+    ) -> Result<u64, RedisCallError> {
         let set = CampaignKeys::new(campaign).users();
         let mut added = 0;
         for chunk in users.chunks(1000) {
             let set = set.clone();
             added += self
+                .client
                 .run(|mut conn| async move { conn.sadd::<_, _, u64>(set, chunk).await })
                 .await?;
         }
@@ -86,36 +100,38 @@ impl RedisState {
     }
 
     /// Rebuild, step one: replaces the set and the counter with `users`,
-    /// and drops the claims (a rebuilt slot has no admission request a
-    /// withdrawal could name).
-    /// The meta must be absent meanwhile (the api admits nobody without it);
-    /// [`RedisState::load_meta`] comes last.
-    pub async fn replace_holders(
+    /// and drops the slots' coupon ids (a rebuilt slot has no take a
+    /// withdrawal could name). The meta must be absent meanwhile (the api
+    /// takes no slot without it); `CampaignMetas::load` comes last.
+    pub async fn replace(
         &self,
         campaign: &CampaignId,
         users: &[String],
-    ) -> Result<(), RedisStateError> {
+    ) -> Result<(), RedisCallError> {
         let keys = CampaignKeys::new(campaign);
-        let (set, counter, claims) = (keys.users(), keys.issued(), keys.claims());
-        self.run(|mut conn| {
-            let (set, counter) = (set.clone(), counter.clone());
-            async move {
-                redis::pipe()
-                    .del(&set)
-                    .del(&counter)
-                    .del(&claims)
-                    .query_async::<()>(&mut conn)
-                    .await
-            }
-        })
-        .await?;
+        let (set, counter, slots) = (keys.users(), keys.taken(), keys.slots());
+        self.client
+            .run(|mut conn| {
+                let (set, counter) = (set.clone(), counter.clone());
+                async move {
+                    redis::pipe()
+                        .del(&set)
+                        .del(&counter)
+                        .del(&slots)
+                        .query_async::<()>(&mut conn)
+                        .await
+                }
+            })
+            .await?;
         for chunk in users.chunks(1000) {
             let set = set.clone();
-            self.run(|mut conn| async move { conn.sadd::<_, _, ()>(set, chunk).await })
+            self.client
+                .run(|mut conn| async move { conn.sadd::<_, _, ()>(set, chunk).await })
                 .await?;
         }
         let count = users.len() as i64;
-        self.run(|mut conn| async move { conn.set::<_, _, ()>(counter, count).await })
+        self.client
+            .run(|mut conn| async move { conn.set::<_, _, ()>(counter, count).await })
             .await
     }
 }

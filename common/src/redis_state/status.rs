@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use super::{RedisState, RedisStateError};
+use super::{RedisCallError, RedisClient};
 use crate::ids::{CampaignId, CouponId, UserId};
 use crate::keys::CampaignKeys;
 
@@ -19,7 +19,7 @@ pub enum RecordedState {
     /// `outcome` says why.
     Rejected,
     /// A `pending` request that the system of record turned away: the user
-    /// holds no coupon.
+    /// has no coupon.
     None,
 }
 
@@ -33,28 +33,41 @@ pub struct StatusRecord {
     pub at: DateTime<Utc>,
 }
 
-impl RedisState {
+/// The status records, kept `ttl_secs`.
+#[derive(Debug, Clone)]
+pub struct StatusRecords {
+    client: RedisClient,
+    ttl_secs: u64,
+}
+
+impl StatusRecords {
+    pub fn new(client: RedisClient, ttl_secs: u64) -> Self {
+        Self { client, ttl_secs }
+    }
+
     /// Records the asynchronous state of a user's request, with the TTL.
-    pub async fn record_status(
+    pub async fn record(
         &self,
         campaign: &CampaignId,
         user: &UserId,
         record: &StatusRecord,
-    ) -> Result<(), RedisStateError> {
+    ) -> Result<(), RedisCallError> {
         let key = CampaignKeys::new(campaign).status(user);
         let value = serde_json::to_string(record).unwrap_or_default();
-        let ttl = self.status_ttl_secs;
-        self.run(|mut conn| async move { conn.set_ex::<_, _, ()>(key, value, ttl).await })
+        let ttl = self.ttl_secs;
+        self.client
+            .run(|mut conn| async move { conn.set_ex::<_, _, ()>(key, value, ttl).await })
             .await
     }
 
-    pub async fn status(
+    pub async fn read(
         &self,
         campaign: &CampaignId,
         user: &UserId,
-    ) -> Result<Option<StatusRecord>, RedisStateError> {
+    ) -> Result<Option<StatusRecord>, RedisCallError> {
         let key = CampaignKeys::new(campaign).status(user);
         let raw: Option<String> = self
+            .client
             .run(|mut conn| async move { conn.get(key).await })
             .await?;
         // A record that does not parse is treated as absent: the row in

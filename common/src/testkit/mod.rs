@@ -14,7 +14,6 @@
 //! | [`services`] | a broker, Redis, Redis Cluster or PostgreSQL of a test's own |
 //! | [`tls`] | a certificate authority made with `openssl`, for TLS tests |
 //! | [`reads`] | reads of the topic, PostgreSQL and Redis to check outcomes |
-//! | [`scrape`] | a `/metrics` page read back |
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::PathBuf;

@@ -222,7 +222,8 @@ pub async fn redis_at(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-/// The campaign's gate state: sorted members of the set, and the counter.
+/// The campaign's gate state: the users with a slot, sorted, and the count
+/// of slots taken.
 pub async fn gate_state(campaign: &CampaignId) -> (Vec<String>, Option<i64>) {
     gate_state_at(&redis_url(), campaign).await
 }
@@ -237,12 +238,12 @@ pub async fn gate_state_at(url: &str, campaign: &CampaignId) -> (Vec<String>, Op
         .await
         .unwrap();
     members.sort();
-    let issued: Option<i64> = redis::cmd("GET")
-        .arg(keys.issued())
+    let taken: Option<i64> = redis::cmd("GET")
+        .arg(keys.taken())
         .query_async(&mut conn)
         .await
         .unwrap();
-    (members, issued)
+    (members, taken)
 }
 
 pub async fn redis_del(keys: &[String]) {

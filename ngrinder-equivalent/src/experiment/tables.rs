@@ -249,7 +249,7 @@ fn report(plan: &Plan, results: &[RunResult], honesty: &Honesty) -> String {
 /// TPS and p99, status reads, waits, and what the backend's processes used.
 fn rooms_table(results: &[RunResult]) -> String {
     let mut out = String::from(
-        "## With and without a waiting room\n\n| strategy | instances | vusers | room (let in /s) | issue TPS | issue p99 ms | status reads /s | status p99 ms | wait p50 / p99 s | api CPU % | Redis CPU % | audit |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "## With and without a waiting room\n\n| strategy | instances | vusers | room (admitted /s) | issue TPS | issue p99 ms | status reads /s | status p99 ms | wait p50 / p99 s | api CPU % | Redis CPU % | audit |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for ((strategy, instances, vusers), runs) in cells(results) {
         let m = |f: &dyn Fn(&RunResult) -> f64| median(runs.iter().map(|r| f(r)).collect());
@@ -297,7 +297,7 @@ fn rooms_table(results: &[RunResult]) -> String {
             runs.len(),
         );
     }
-    out.push_str("\nWith a room, a test is a user's issue once let in (or the room reply that ended its wait: sold out); TPS is bounded by the rate let in, by design. Status p99 covers joins and reads, every reply included; the wait runs from the join to the reply that let the user in.\n");
+    out.push_str("\nWith a room, a test is a user's issue once admitted (or the room reply that ended its wait: sold out); TPS is bounded by the rate admitted, by design. Status p99 covers joins and reads, every reply included; the wait runs from the join to the reply that admitted the user.\n");
     out
 }
 

@@ -1,34 +1,34 @@
--- The write of the lock strategies' section, fenced: admit a user only if
--- the caller still holds the campaign's lock, and count the slot only if the
--- user was added. The section's checks (meta, time, SISMEMBER, GET) run
--- before it as separate commands, as in the seed; this makes the writes
--- safe when a holder paused past its lease wakes up. With a waiting room
--- (room.lua, put in front of this script), the user must be let in just now.
+-- The write of the lock strategies' section, fenced (after room.lua,
+-- slots.lua): take a slot for a user only if the caller still holds the
+-- campaign's lock. The section's checks (meta, time, SISMEMBER, GET) run
+-- before it as separate commands, as in the seed; this makes the write safe
+-- when a holder paused past its lease wakes up. With a waiting room, the
+-- user must be admitted just now.
 --
 -- KEYS[1]  the lock: a STRING holding the owner's token (lease lock) or a
 --          HASH with the owner's token as a field (fair lock)
--- KEYS[2]  coupon:{c}:users          SET of slot holders
--- KEYS[3]  coupon:{c}:issued         counter of slots handed out
+-- KEYS[2]  coupon:{c}:users          SET of users with a slot
+-- KEYS[3]  coupon:{c}:taken          counter of slots taken
 -- KEYS[4]  coupon:{c}:status:<user>  STRING, an earlier request's record
--- KEYS[5]  coupon:{c}:claims         HASH user id -> coupon id (gate.lua)
+-- KEYS[5]  coupon:{c}:slots          HASH user id -> coupon id (gate.lua)
 -- KEYS[6]  coupon:{c}:void:<coupon id>  present when the request was withdrawn
 -- KEYS[7]  coupon:{c}:meta  HASH (the waiting room's wr_* fields, if any)
 -- KEYS[8..12]  coupon:{c}:room, :room:order, :room:windows, :room:used,
 --          :room:joined_at
 -- ARGV[1]  the caller's lock token
 -- ARGV[2]  user id
--- ARGV[3]  coupon id this admission claims
+-- ARGV[3]  the coupon id the slot names
 --
 -- The stock is checked here too (the count below the meta's stock): the
 -- section's own check before it is the seed's, and a combining holder
 -- (several users in one hold) sends its users' writes in arrival order and
 -- lets this check stop them at the stock.
 --
--- Returns "admitted", "duplicate" (already a holder: nothing written),
+-- Returns "taken", "duplicate" (the user has a slot: nothing written),
 -- "sold_out" (the count reached the stock: nothing written),
 -- "lost" (the lock is not the caller's: nothing written), "withdrawn"
 -- (the caller gave up on this request before Redis ran it) or
--- "not_admitted" (not let in by the waiting room: nothing written).
+-- "not_admitted" (not admitted by the waiting room: nothing written).
 if redis.call('EXISTS', KEYS[6]) == 1 then
   return 'withdrawn'
 end
@@ -63,11 +63,5 @@ if meta[2] then
     return 'not_admitted'
   end
 end
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('INCR', KEYS[3])
-redis.call('DEL', KEYS[4])
-redis.call('HSET', KEYS[5], ARGV[2], ARGV[3])
-if window then
-  redis.call('HINCRBY', KEYS[11], window, 1)
-end
-return 'admitted'
+slot_take(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3], KEYS[11], window)
+return 'taken'

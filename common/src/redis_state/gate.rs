@@ -1,31 +1,32 @@
-//! The gate (`lua/gate.lua`: the one admission script), its withdrawal, the
-//! compensation that gives a slot back, and the reads of the gate's count and
-//! set.
+//! The gate: a campaign's slots. `lua/gate.lua` takes a slot (every check
+//! before the first write), `lua/withdraw.lua` settles a take whose reply
+//! was lost, `lua/give_back.lua` gives a slot back; the reads count the
+//! slots taken and say whose they are.
 
 use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use super::{RedisState, RedisStateError};
+use super::{RedisCallError, RedisClient};
 use crate::ids::{CampaignId, CouponId, UserId};
 use crate::keys::CampaignKeys;
 use crate::scripts;
 
 /// A refusal that is a normal business answer, not a failure: the one type
-/// for it, from the gate script's reply to the HTTP status
+/// for it, from the scripts' words to the HTTP status
 /// (`api::error::ApiError::Refused`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// The user already holds a slot (issued, pending or queued).
+    /// The user already has a slot (issued, pending or queued).
     Duplicate,
-    /// No stock left; the user was not marked.
+    /// No stock left; nothing was written.
     SoldOut,
     /// Before `starts_at`.
     NotOpen,
     /// After `ends_at`, or closed by an admin.
     Closed,
-    /// The campaign has a waiting room that has not let the user in (never
-    /// joined, still waiting, or its admission expired).
+    /// The campaign has a waiting room that has not admitted the user
+    /// (never joined, still waiting, or its admission expired).
     NotAdmitted,
 }
 
@@ -57,48 +58,48 @@ impl Refusal {
 
 /// What the gate script decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// A new slot; behind a waiting room, `waited` is how long the user
-    /// waited between joining and being let in.
-    Admitted {
+pub enum GateReply {
+    /// A slot was taken for the user; behind a waiting room, `waited` is how
+    /// long the user waited between joining and being admitted.
+    Taken {
         waited: Option<Duration>,
     },
     Refused(Refusal),
     /// No meta: the campaign is unknown to Redis (unknown, or its state lost).
     Missing,
-    /// The request was withdrawn ([`RedisState::withdraw`]) before Redis ran
-    /// it; nothing was written.
+    /// The request was withdrawn ([`Gate::withdraw`]) before Redis ran it;
+    /// nothing was written.
     Withdrawn,
 }
 
-impl Admission {
-    fn from_script(reply: &str) -> Result<Self, RedisStateError> {
-        if let Some(ms) = reply.strip_prefix("admitted:") {
+impl GateReply {
+    fn from_script(reply: &str) -> Result<Self, RedisCallError> {
+        if let Some(ms) = reply.strip_prefix("taken:") {
             let ms = ms
                 .parse()
-                .map_err(|_| RedisStateError::Protocol(reply.to_owned()))?;
-            return Ok(Self::Admitted {
+                .map_err(|_| RedisCallError::Protocol(reply.to_owned()))?;
+            return Ok(Self::Taken {
                 waited: Some(Duration::from_millis(ms)),
             });
         }
         Ok(match reply {
-            "admitted" => Self::Admitted { waited: None },
+            "taken" => Self::Taken { waited: None },
             "missing" => Self::Missing,
             "withdrawn" => Self::Withdrawn,
             other => match Refusal::from_word(other) {
                 Some(refusal) => Self::Refused(refusal),
-                None => return Err(RedisStateError::Protocol(other.to_owned())),
+                None => return Err(RedisCallError::Protocol(other.to_owned())),
             },
         })
     }
 }
 
-/// What withdrawing an admission request did.
+/// What withdrawing a take did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Withdrawal {
-    /// It had been admitted: its slot was given back.
-    Released,
-    /// It had not run: it never will admit anyone.
+    /// It had taken a slot: the slot was given back.
+    GivenBack,
+    /// It had not run: it never will take one.
     Voided,
 }
 
@@ -106,26 +107,37 @@ pub enum Withdrawal {
 /// of a command in Redis's input buffer.
 const VOID_TTL_SECS: u64 = 600;
 
-impl RedisState {
-    /// The gate; an admission claims `coupon` for the user. On
-    /// `Err(RedisStateError::Timeout)` the user may have been admitted (or may
-    /// still be): [`RedisState::withdraw`] settles which.
-    pub async fn admit(
+/// A campaign's slots (see the module's doc).
+#[derive(Debug, Clone)]
+pub struct Gate {
+    client: RedisClient,
+}
+
+impl Gate {
+    pub fn new(client: RedisClient) -> Self {
+        Self { client }
+    }
+
+    /// Runs the gate script: a slot taken names `coupon`. On
+    /// `Err(RedisCallError::Timeout)` the slot may have been taken (or may
+    /// still be): [`Gate::withdraw`] settles which.
+    pub async fn take(
         &self,
         campaign: &CampaignId,
         user: &UserId,
         coupon: &CouponId,
-    ) -> Result<Admission, RedisStateError> {
+    ) -> Result<GateReply, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         let room = keys.room();
         let reply: String = self
+            .client
             .run(|mut conn| async move {
                 scripts::GATE
                     .key(keys.meta())
                     .key(keys.users())
-                    .key(keys.issued())
+                    .key(keys.taken())
                     .key(keys.status(user))
-                    .key(keys.claims())
+                    .key(keys.slots())
                     .key(keys.void(coupon))
                     .key(&room.all()[..])
                     .arg(user.as_str())
@@ -134,26 +146,27 @@ impl RedisState {
                     .await
             })
             .await?;
-        Admission::from_script(&reply)
+        GateReply::from_script(&reply)
     }
 
-    /// Withdraws the admission request that claimed `coupon` and got no
-    /// reply: gives its slot back if it was admitted, or voids it if Redis
-    /// has not run it yet. Either way it ends holding nothing, and a slot
-    /// the user holds from another request is untouched.
+    /// Withdraws the take that named `coupon` and got no reply: gives its
+    /// slot back if it was taken, or voids it if Redis has not run it yet.
+    /// Either way it ends holding nothing, and a slot the user has from
+    /// another request is untouched.
     pub async fn withdraw(
         &self,
         campaign: &CampaignId,
         user: &UserId,
         coupon: &CouponId,
-    ) -> Result<Withdrawal, RedisStateError> {
+    ) -> Result<Withdrawal, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         let reply: String = self
+            .client
             .run(|mut conn| async move {
                 scripts::WITHDRAW
                     .key(keys.users())
-                    .key(keys.issued())
-                    .key(keys.claims())
+                    .key(keys.taken())
+                    .key(keys.slots())
                     .key(keys.void(coupon))
                     .arg(user.as_str())
                     .arg(coupon.to_string())
@@ -163,71 +176,76 @@ impl RedisState {
             })
             .await?;
         match reply.as_str() {
-            "released" => Ok(Withdrawal::Released),
+            "given_back" => Ok(Withdrawal::GivenBack),
             "voided" => Ok(Withdrawal::Voided),
-            other => Err(RedisStateError::Protocol(other.to_owned())),
+            other => Err(RedisCallError::Protocol(other.to_owned())),
         }
     }
 
-    /// Compensation: gives the user's slot back. `Ok(false)` if it held none.
-    pub async fn release(
+    /// Compensation: gives the user's slot back. `Ok(false)` if it had none.
+    pub async fn give_back(
         &self,
         campaign: &CampaignId,
         user: &UserId,
-    ) -> Result<bool, RedisStateError> {
+    ) -> Result<bool, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
-        let released: i64 = self
+        let given: i64 = self
+            .client
             .run(|mut conn| async move {
-                scripts::RELEASE
+                scripts::GIVE_BACK
                     .key(keys.users())
-                    .key(keys.issued())
-                    .key(keys.claims())
+                    .key(keys.taken())
+                    .key(keys.slots())
                     .arg(user.as_str())
                     .invoke_async(&mut conn)
                     .await
             })
             .await?;
-        Ok(released == 1)
+        Ok(given == 1)
     }
 
-    /// The gate's count, or `None` when the campaign's meta is missing.
-    pub async fn issued(&self, campaign: &CampaignId) -> Result<Option<i64>, RedisStateError> {
+    /// The count of slots taken, or `None` when the campaign's meta is
+    /// missing.
+    pub async fn taken(&self, campaign: &CampaignId) -> Result<Option<i64>, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
-        let (exists, issued): (bool, Option<i64>) = self
+        let (exists, taken): (bool, Option<i64>) = self
+            .client
             .run(|mut conn| async move {
                 redis::pipe()
                     .exists(keys.meta())
-                    .get(keys.issued())
+                    .get(keys.taken())
                     .query_async(&mut conn)
                     .await
             })
             .await?;
-        Ok(exists.then(|| issued.unwrap_or(0)))
+        Ok(exists.then(|| taken.unwrap_or(0)))
     }
 
-    /// The coupon id the user's admission claimed, while the user holds the
-    /// slot (a released slot's claim goes with it; `release.lua`).
-    pub async fn claim_of(
+    /// The coupon id the user's slot names, while the user has the slot (a
+    /// slot given back takes its coupon id with it; `give_back.lua`).
+    pub async fn slot_coupon(
         &self,
         campaign: &CampaignId,
         user: &UserId,
-    ) -> Result<Option<CouponId>, RedisStateError> {
+    ) -> Result<Option<CouponId>, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         let raw: Option<String> = self
-            .run(|mut conn| async move { conn.hget(keys.claims(), user.as_str()).await })
+            .client
+            .run(|mut conn| async move { conn.hget(keys.slots(), user.as_str()).await })
             .await?;
-        // A claim that does not parse is no claim: the set still answers.
+        // A coupon id that does not parse is none: the set still answers.
         Ok(raw.and_then(|s| CouponId::parse(&s).ok()))
     }
 
-    /// Whether the user holds a slot in the gate's set.
-    pub async fn holds_slot(
+    /// Whether the user has a slot.
+    pub async fn has_slot(
         &self,
         campaign: &CampaignId,
         user: &UserId,
-    ) -> Result<bool, RedisStateError> {
+    ) -> Result<bool, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
-        self.run(|mut conn| async move { conn.sismember(keys.users(), user.as_str()).await })
+        self.client
+            .run(|mut conn| async move { conn.sismember(keys.users(), user.as_str()).await })
             .await
     }
 }
@@ -237,23 +255,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn script_replies_map_to_admissions() {
+    fn script_replies_map_to_gate_replies() {
         assert_eq!(
-            Admission::from_script("admitted").unwrap(),
-            Admission::Admitted { waited: None }
+            GateReply::from_script("taken").unwrap(),
+            GateReply::Taken { waited: None }
         );
         assert_eq!(
-            Admission::from_script("admitted:1500").unwrap(),
-            Admission::Admitted {
+            GateReply::from_script("taken:1500").unwrap(),
+            GateReply::Taken {
                 waited: Some(Duration::from_millis(1500))
             }
         );
-        assert!(Admission::from_script("admitted:soon").is_err());
+        assert!(GateReply::from_script("taken:soon").is_err());
         assert_eq!(
-            Admission::from_script("missing").unwrap(),
-            Admission::Missing
+            GateReply::from_script("missing").unwrap(),
+            GateReply::Missing
         );
-        assert!(Admission::from_script("maybe").is_err());
+        assert!(GateReply::from_script("maybe").is_err());
     }
 
     #[test]
@@ -262,8 +280,8 @@ mod tests {
             assert_eq!(Refusal::from_word(refusal.as_str()), Some(refusal));
         }
         assert_eq!(
-            Admission::from_script("sold_out").unwrap(),
-            Admission::Refused(Refusal::SoldOut)
+            GateReply::from_script("sold_out").unwrap(),
+            GateReply::Refused(Refusal::SoldOut)
         );
     }
 }

@@ -1,16 +1,15 @@
-//! A campaign's waiting room: users join, see their place, and are let in
-//! at a fixed rate; the gate then admits only users let in just now. The
-//! procedures are Lua (`common/lua/room.lua`), run atomically beside the
-//! gate; this module is their typed face, and the shuffle's twin in Rust so
-//! that an audit can recompute every position from the recorded seed.
+//! A campaign's waiting room: users join, see their place, and are admitted
+//! at a fixed rate; the gate then takes a slot only for a user admitted just
+//! now. The procedures are Lua (`common/lua/room.lua`), run atomically beside
+//! the gate; this module is their typed face, and the shuffle's twin in Rust
+//! so that an audit can recompute every position from the recorded seed.
 
 use chrono::{DateTime, Utc};
 use sha1::{Digest, Sha1};
 
+use super::{RedisCallError, RedisClient};
 use crate::ids::{CampaignId, UserId};
 use crate::keys::CampaignKeys;
-pub use crate::redis_state::RoomRules;
-use crate::redis_state::{RedisState, RedisStateError};
 use crate::scripts;
 
 /// Where a user stands in a waiting room.
@@ -21,12 +20,12 @@ pub enum RoomState {
     /// In line; `position` is `None` before the start (the block of early
     /// joiners is shuffled then).
     Waiting,
-    /// Let in: may issue until `admitted_until`.
+    /// Admitted: may issue until `admitted_until`.
     Admitted,
-    /// Let in, did not issue in time; the place went to the next.
+    /// Admitted, did not issue in time; the place went to the next.
     Expired,
-    /// Holds a slot (issued, pending or queued).
-    Issued,
+    /// Has a slot (issued, pending or queued).
+    Taken,
     SoldOut,
     Closed,
 }
@@ -38,22 +37,22 @@ impl RoomState {
             Self::Waiting => "waiting",
             Self::Admitted => "admitted",
             Self::Expired => "expired",
-            Self::Issued => "issued",
+            Self::Taken => "taken",
             Self::SoldOut => "sold_out",
             Self::Closed => "closed",
         }
     }
 
-    fn parse(s: &str) -> Result<Self, RedisStateError> {
+    fn parse(s: &str) -> Result<Self, RedisCallError> {
         Ok(match s {
             "none" => Self::None,
             "waiting" => Self::Waiting,
             "admitted" => Self::Admitted,
             "expired" => Self::Expired,
-            "issued" => Self::Issued,
+            "taken" => Self::Taken,
             "sold_out" => Self::SoldOut,
             "closed" => Self::Closed,
-            other => return Err(RedisStateError::Protocol(format!("room state {other:?}"))),
+            other => return Err(RedisCallError::Protocol(format!("room state {other:?}"))),
         })
     }
 }
@@ -67,7 +66,7 @@ pub struct RoomView {
     /// 1, 2, 3, … ; `None` if the user never joined, or joined before the
     /// start and the start has not come.
     pub position: Option<u64>,
-    /// Positions ahead not yet let in (waiting only; `None` before the start).
+    /// Positions ahead not yet admitted (waiting only; `None` before the start).
     pub ahead: Option<u64>,
     pub admitted_until: Option<DateTime<Utc>>,
     /// When to ask again (waiting only).
@@ -84,40 +83,51 @@ pub enum RoomReply {
     Missing,
 }
 
-impl RedisState {
+/// The campaigns' waiting rooms.
+#[derive(Debug, Clone)]
+pub struct Rooms {
+    client: RedisClient,
+}
+
+impl Rooms {
+    pub fn new(client: RedisClient) -> Self {
+        Self { client }
+    }
+
     /// Joins the campaign's waiting room (joining again changes nothing).
-    pub async fn join_room(
+    pub async fn join(
         &self,
         campaign: &CampaignId,
         user: &UserId,
-    ) -> Result<RoomReply, RedisStateError> {
-        self.room_call(campaign, user, "join").await
+    ) -> Result<RoomReply, RedisCallError> {
+        self.call(campaign, user, "join").await
     }
 
-    /// The user's place in the campaign's waiting room. It also lets in
+    /// The user's place in the campaign's waiting room. It also admits
     /// whoever's time has come: the room advances when it is asked.
-    pub async fn look_in_room(
+    pub async fn look(
         &self,
         campaign: &CampaignId,
         user: &UserId,
-    ) -> Result<RoomReply, RedisStateError> {
-        self.room_call(campaign, user, "look").await
+    ) -> Result<RoomReply, RedisCallError> {
+        self.call(campaign, user, "look").await
     }
 
-    async fn room_call(
+    async fn call(
         &self,
         campaign: &CampaignId,
         user: &UserId,
         mode: &'static str,
-    ) -> Result<RoomReply, RedisStateError> {
+    ) -> Result<RoomReply, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         let room = keys.room();
         let reply: Vec<redis::Value> = self
+            .client
             .run(|mut conn| async move {
                 scripts::ROOM_JOIN
                     .key(keys.meta())
                     .key(keys.users())
-                    .key(keys.issued())
+                    .key(keys.taken())
                     .key(&room.all()[..])
                     .arg(user.as_str())
                     .arg(mode)
@@ -129,26 +139,26 @@ impl RedisState {
     }
 }
 
-fn parse_reply(reply: &[redis::Value]) -> Result<RoomReply, RedisStateError> {
-    let text = |v: &redis::Value| -> Result<String, RedisStateError> {
+fn parse_reply(reply: &[redis::Value]) -> Result<RoomReply, RedisCallError> {
+    let text = |v: &redis::Value| -> Result<String, RedisCallError> {
         match v {
             redis::Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
             redis::Value::SimpleString(s) => Ok(s.clone()),
-            other => Err(RedisStateError::Protocol(format!(
+            other => Err(RedisCallError::Protocol(format!(
                 "room reply field {other:?}"
             ))),
         }
     };
-    let number = |v: &redis::Value| -> Result<i64, RedisStateError> {
+    let number = |v: &redis::Value| -> Result<i64, RedisCallError> {
         match v {
             redis::Value::Int(n) => Ok(*n),
-            other => Err(RedisStateError::Protocol(format!(
+            other => Err(RedisCallError::Protocol(format!(
                 "room reply field {other:?}"
             ))),
         }
     };
     let Some(first) = reply.first() else {
-        return Err(RedisStateError::Protocol("empty room reply".into()));
+        return Err(RedisCallError::Protocol("empty room reply".into()));
     };
     let state = text(first)?;
     match state.as_str() {
@@ -157,7 +167,7 @@ fn parse_reply(reply: &[redis::Value]) -> Result<RoomReply, RedisStateError> {
         _ => {}
     }
     let [_, position, ahead, until, retry] = reply else {
-        return Err(RedisStateError::Protocol(format!(
+        return Err(RedisCallError::Protocol(format!(
             "room reply of {} fields",
             reply.len()
         )));

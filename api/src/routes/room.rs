@@ -1,14 +1,14 @@
-//! The waiting room's user endpoints: join a campaign's queue, and read
+//! The waiting room's user endpoints: join a campaign's room, and read
 //! one's place in it. The room itself (rate, windows, shuffle) is
-//! `common::room` and `common/lua/room.lua`; the issue endpoint admits
-//! only a user it has let in.
+//! `common::redis_state::room` and `common/lua/room.lua`; the issue
+//! endpoint takes a slot only for a user the room has admitted.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use common::ids::{CampaignId, UserId};
-use common::room::{RoomReply, RoomState, RoomView};
+use common::redis_state::{RoomReply, RoomState, RoomView};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -19,8 +19,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use crate::strategy::IssueError;
 
-/// Where a user stands in a waiting room: `common::room::RoomState` as the
-/// api shows it.
+/// Where a user stands in a waiting room: `RoomState` as the api shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PlaceState {
@@ -28,12 +27,12 @@ pub enum PlaceState {
     None,
     /// In line; `ahead` and `retry_after_ms` say how long.
     Waiting,
-    /// Let in until `admitted_until`.
+    /// Admitted until `admitted_until`.
     Admitted,
-    /// Let in, did not issue in time.
+    /// Admitted, did not issue in time.
     Expired,
-    /// Issued a coupon.
-    Issued,
+    /// Has a slot (issued, pending or queued).
+    Taken,
     /// Nothing left to wait for.
     SoldOut,
     Closed,
@@ -41,13 +40,13 @@ pub enum PlaceState {
 
 /// A user's place in a campaign's waiting room.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct QueueReply {
+pub struct PlaceReply {
     state: PlaceState,
     /// 1, 2, 3, …: present for every user who joined; `null` before the
     /// start, while the block of early joiners is not yet shuffled.
     #[serde(skip_serializing_if = "Option::is_none")]
     position: Option<Option<u64>>,
-    /// Positions ahead not yet let in (`waiting`).
+    /// Positions ahead not yet admitted (`waiting`).
     #[serde(skip_serializing_if = "Option::is_none")]
     ahead: Option<u64>,
     /// When to ask again (`waiting`); also as `Retry-After` in seconds.
@@ -71,14 +70,14 @@ impl PlaceState {
             RoomState::Waiting => Self::Waiting,
             RoomState::Admitted => Self::Admitted,
             RoomState::Expired => Self::Expired,
-            RoomState::Issued => Self::Issued,
+            RoomState::Taken => Self::Taken,
             RoomState::SoldOut => Self::SoldOut,
             RoomState::Closed => Self::Closed,
         }
     }
 }
 
-impl QueueReply {
+impl PlaceReply {
     fn of(view: &RoomView) -> Self {
         Self {
             state: PlaceState::of(view.state),
@@ -92,11 +91,11 @@ impl QueueReply {
     }
 }
 
-/// `POST /api/v1/campaigns/{id}/queue`: join (joining again returns the
+/// `POST /api/v1/campaigns/{id}/room`: join (joining again returns the
 /// same place).
 #[utoipa::path(
     post,
-    path = "/api/v1/campaigns/{id}/queue",
+    path = "/api/v1/campaigns/{id}/room",
     tag = "user",
     security(("user" = [])),
     params(
@@ -104,13 +103,13 @@ impl QueueReply {
         ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a retry with the same key gets the first reply again"),
     ),
     responses(
-        (status = 200, description = "admitted (issue before admitted_until), or issued (the user holds a slot)", body = QueueReply),
-        (status = 202, description = "waiting: position, ahead, retry_after_ms (and Retry-After)", body = QueueReply),
+        (status = 200, description = "admitted (issue before admitted_until), or taken (the user has a slot)", body = PlaceReply),
+        (status = 202, description = "waiting: position, ahead, retry_after_ms (and Retry-After)", body = PlaceReply),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, description = "unknown_campaign, or no_waiting_room", body = ErrorBody),
         (status = 409, description = "request_in_progress (Idempotency-Key)", body = ErrorBody),
-        (status = 410, description = "sold_out, closed, or expired (the user's admission ran out): nothing left to wait for", body = QueueReply),
+        (status = 410, description = "sold_out, closed, or expired (the user's admission ran out): nothing left to wait for", body = PlaceReply),
         (status = 422, description = "idempotency_key_reused", body = ErrorBody),
         (status = 429, body = ErrorBody),
         (status = 503, body = ErrorBody),
@@ -134,16 +133,16 @@ pub async fn join(
         .await
 }
 
-/// `GET /api/v1/campaigns/{id}/queue/me`: the caller's place. Asking also
-/// moves the room along (it lets in whoever's time has come).
+/// `GET /api/v1/campaigns/{id}/room/me`: the caller's place. Asking also
+/// moves the room along (it admits whoever's time has come).
 #[utoipa::path(
     get,
-    path = "/api/v1/campaigns/{id}/queue/me",
+    path = "/api/v1/campaigns/{id}/room/me",
     tag = "user",
     security(("user" = [])),
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     responses(
-        (status = 200, description = "The caller's place, whatever its state (none if it never joined)", body = QueueReply),
+        (status = 200, description = "The caller's place, whatever its state (none if it never joined)", body = PlaceReply),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, description = "unknown_campaign, or no_waiting_room", body = ErrorBody),
@@ -162,7 +161,7 @@ pub async fn my_place(
     let view = room_call(&state, &campaign, &user, Call::Look).await?;
     let mut reply = HttpResponse::Ok();
     retry_after(&mut reply, &view);
-    Ok(reply.json(QueueReply::of(&view)))
+    Ok(reply.json(PlaceReply::of(&view)))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -187,8 +186,8 @@ async fn room_call(
     call: Call,
 ) -> Result<RoomView, ApiError> {
     let reply = match call {
-        Call::Join => state.redis.join_room(campaign, user).await,
-        Call::Look => state.redis.look_in_room(campaign, user).await,
+        Call::Join => state.rooms.join(campaign, user).await,
+        Call::Look => state.rooms.look(campaign, user).await,
     }?;
     let label = match &reply {
         RoomReply::View(view) => view.state.as_str(),
@@ -210,13 +209,13 @@ async fn room_call(
     }
 }
 
-/// A join's status: 202 while waiting, 200 once let in (or holding a slot),
+/// A join's status: 202 while waiting, 200 once admitted (or with a slot),
 /// 410 when there is nothing left to wait for.
 fn join_reply(view: &RoomView) -> HttpResponse {
-    let mut body = QueueReply::of(view);
+    let mut body = PlaceReply::of(view);
     let status = match view.state {
         RoomState::Waiting => StatusCode::ACCEPTED,
-        RoomState::Admitted | RoomState::Issued | RoomState::None => StatusCode::OK,
+        RoomState::Admitted | RoomState::Taken | RoomState::None => StatusCode::OK,
         RoomState::SoldOut => {
             body.outcome = Some("sold_out");
             body.message = Some("the campaign's stock is exhausted");
@@ -229,8 +228,9 @@ fn join_reply(view: &RoomView) -> HttpResponse {
         }
         RoomState::Expired => {
             body.outcome = Some("expired");
-            body.message =
-                Some("this user was let in and did not issue in time; the place went to the next");
+            body.message = Some(
+                "this user was admitted and did not issue in time; the place went to the next",
+            );
             StatusCode::GONE
         }
     };
@@ -260,7 +260,7 @@ mod tests {
             RoomState::Waiting,
             RoomState::Admitted,
             RoomState::Expired,
-            RoomState::Issued,
+            RoomState::Taken,
             RoomState::SoldOut,
             RoomState::Closed,
         ] {
