@@ -187,3 +187,21 @@ impl FromRequest for Admin {
         std::future::ready(authenticator(req).and_then(|a| a.admin(req)).map(|()| Self))
     }
 }
+
+/// Extractor: the calling user. The per-address bucket comes first (a
+/// flood is answered 429 before any token is verified), then the
+/// credential (401 without a valid one).
+#[derive(Debug)]
+pub struct User(pub UserId);
+
+impl FromRequest for User {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let user = crate::rate_limit::check_client_address(req)
+            .and_then(|()| authenticator(req))
+            .and_then(|a| a.user(req));
+        std::future::ready(user.map(Self))
+    }
+}

@@ -12,8 +12,7 @@ use common::entities::{campaigns, coupons};
 use common::ids::{CampaignId, UserId};
 use common::redis_state::{CampaignMeta, CampaignMetas, Gate, RedisCallError, RoomRules};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -78,8 +77,27 @@ pub struct NewCampaign {
     pub name: String,
     pub stock: i64,
     pub starts_at: DateTime<Utc>,
+    /// The request named `starts_at` (else it is the time of validation).
+    pub starts_at_given: bool,
     pub ends_at: Option<DateTime<Utc>>,
     pub room: Option<RoomRules>,
+}
+
+impl NewCampaign {
+    /// Whether `row` is what this request makes (the same name, stock,
+    /// window and room rules; a defaulted start and the shuffle's random
+    /// seed are not compared).
+    fn made(&self, row: &campaigns::Model) -> bool {
+        let room = row.room();
+        row.name == self.name
+            && row.stock == self.stock
+            && (!self.starts_at_given || row.starts_at == self.starts_at)
+            && row.ends_at == self.ends_at
+            && room.map(|r| (r.admit_per_second, r.admission_ttl_secs))
+                == self
+                    .room
+                    .map(|r| (r.admit_per_second, r.admission_ttl_secs))
+    }
 }
 
 impl CampaignRequest {
@@ -125,6 +143,7 @@ impl CampaignRequest {
             name: name.to_owned(),
             stock: self.stock,
             starts_at,
+            starts_at_given: self.starts_at.is_some(),
             ends_at: self.ends_at,
             room,
         })
@@ -215,6 +234,10 @@ impl From<coupons::Model> for CouponView {
 pub enum StoreError {
     #[error("unknown campaign")]
     UnknownCampaign,
+    /// A create's id (from its `Idempotency-Key`) names a campaign another
+    /// request made.
+    #[error("the Idempotency-Key was used for another campaign")]
+    IdReused,
     #[error("database: {0}")]
     Database(#[from] DbErr),
     #[error("redis: {0}")]
@@ -275,13 +298,29 @@ impl CampaignStore {
             .insert(id);
     }
 
-    /// Writes the row and loads the gate meta; on any failure neither stays.
-    pub async fn create(&self, new: NewCampaign) -> Result<CampaignView, StoreError> {
-        let id = CampaignId::new();
+    /// Writes the row, then loads the gate meta. With `id` (derived from an
+    /// `Idempotency-Key`), a row already there under that id is what an
+    /// earlier try of the same request made (its reply lost): it is
+    /// answered as created, unless it is another request's
+    /// ([`StoreError::IdReused`]).
+    ///
+    /// The row comes first: a campaign is its row. If the meta cannot be
+    /// loaded after it (Redis down, the process dying in between), the
+    /// campaign reads `gate: missing` and the worker's gate keeper loads it
+    /// once Redis answers (`issuer-worker`'s `keeper`); issue requests are
+    /// 503 until then. There is never a meta without a row. If the insert's
+    /// commit times out, the caller is told 503 and does not know whether
+    /// the row exists: a retry with the same `Idempotency-Key` finds it.
+    pub async fn create(
+        &self,
+        new: NewCampaign,
+        id: Option<CampaignId>,
+    ) -> Result<CampaignView, StoreError> {
+        let id = id.unwrap_or_default();
         let now = Utc::now();
         let row = campaigns::ActiveModel {
             id: Set(id.as_uuid()),
-            name: Set(new.name),
+            name: Set(new.name.clone()),
             stock: Set(new.stock),
             persisted: Set(0),
             starts_at: Set(new.starts_at),
@@ -292,26 +331,40 @@ impl CampaignStore {
             room_admission_ttl_secs: Set(new.room.map(|r| r.admission_ttl_secs as i32)),
             room_shuffle_seed: Set(new.room.map(|r| r.shuffle_seed)),
         };
-        let txn = self.bounded("begin", self.db.begin()).await?;
-        let row = self.bounded("insert campaign", row.insert(&txn)).await?;
+        let inserted = self
+            .bounded(
+                "insert campaign",
+                campaigns::Entity::insert(row)
+                    .on_conflict(
+                        sea_orm::sea_query::OnConflict::column(campaigns::Column::Id)
+                            .do_nothing()
+                            .to_owned(),
+                    )
+                    .exec_without_returning(&self.db),
+            )
+            .await?;
+        let row = self.row(&id).await?;
+        if inserted == 0 && !new.made(&row) {
+            return Err(StoreError::IdReused);
+        }
         let meta = CampaignMeta {
             stock: row.stock,
             starts_at: row.starts_at,
             ends_at: row.ends_at,
-            closed: false,
+            closed: row.state == "closed",
             room: row.room(),
         };
-        // The transaction rolls back when dropped on an error below.
-        self.metas.load(&id, &meta).await?;
-        if let Err(e) = self.bounded("commit", txn.commit()).await {
-            if let Err(undo) = self.metas.unload(&id).await {
-                tracing::error!(campaign.id = %id, error = %undo, "gate meta left without a row");
+        let taken = match self.metas.load(&id, &meta).await {
+            Ok(()) => self.gate.taken(&id).await.ok().flatten(),
+            Err(e) => {
+                tracing::warn!(campaign.id = %id, error = %e, "campaign created without its gate meta; the gate keeper loads it");
+                None
             }
-            return Err(e);
+        };
+        if inserted == 1 {
+            tracing::info!(campaign.id = %id, stock = row.stock, "campaign created");
         }
-        self.remember(id);
-        tracing::info!(campaign.id = %id, stock = row.stock, "campaign created");
-        Ok(CampaignView::new(row, Some(0), now))
+        Ok(CampaignView::new(row, taken, now))
     }
 
     async fn row(&self, id: &CampaignId) -> Result<campaigns::Model, StoreError> {

@@ -28,6 +28,8 @@ pub enum ApiError {
     RouteNotFound,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    #[error("this method is not one this api knows")]
+    NotImplemented,
     #[error("no campaign with this id")]
     UnknownCampaign,
     #[error("this campaign has no waiting room")]
@@ -40,6 +42,8 @@ pub enum ApiError {
     RequestInProgress,
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    #[error("this caller already keeps {0} Idempotency-Key records; retry later, or without a key")]
+    TooManyKeys(u64),
     #[error("{message}")]
     Unavailable {
         message: String,
@@ -97,12 +101,13 @@ impl ApiError {
             Self::Invalid(_) => "invalid_input",
             Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::NotImplemented => "not_implemented",
             Self::UnknownCampaign => "unknown_campaign",
             Self::NoWaitingRoom => "no_waiting_room",
             Self::Refused(r) => r.as_str(),
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::RequestInProgress => "request_in_progress",
-            Self::RateLimited { .. } => "rate_limited",
+            Self::RateLimited { .. } | Self::TooManyKeys(_) => "rate_limited",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -115,6 +120,7 @@ impl ApiError {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             Self::RequestInProgress => Some(1),
+            Self::TooManyKeys(_) => Some(60),
             _ => None,
         }
     }
@@ -133,12 +139,13 @@ impl ResponseError for ApiError {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::Refused(Refusal::Duplicate) => StatusCode::CONFLICT,
             Self::Refused(Refusal::SoldOut | Refusal::Closed) => StatusCode::GONE,
             Self::Refused(Refusal::NotOpen | Refusal::NotAdmitted) => StatusCode::FORBIDDEN,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RequestInProgress => StatusCode::CONFLICT,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyKeys(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -192,6 +199,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::UnknownCampaign => Self::UnknownCampaign,
+            StoreError::IdReused => Self::IdempotencyKeyReused,
             StoreError::Database(e) => Self::unavailable(format!("database unavailable: {e}")),
             StoreError::Redis(e) => e.into(),
             StoreError::Timeout(what) => Self::unavailable(format!("{what} timed out")),

@@ -3,16 +3,21 @@
 //!
 //! - a key is 1–255 visible ASCII characters (a quoted structured-field
 //!   string is accepted too, and means its content); anything else is 400;
-//! - keys are scoped by caller: the record is found by a digest of the
-//!   caller and the key, so one caller can never reach another's replies;
+//! - keys are scoped by caller: the record is found by digests of the caller
+//!   and the key, so one caller can never reach another's replies;
 //! - the first request with a key claims it atomically (a Lua script): a
 //!   second one while it runs gets 409 `request_in_progress` with
 //!   `Retry-After`; one after it finished gets its reply again (status,
 //!   body, `Location`) with `Idempotent-Replayed: true`; one whose method,
-//!   path or body differs gets 422 `idempotency_key_reused`;
-//! - a reply that changed nothing and asks for a retry (429, 5xx) is not
-//!   kept: the key is freed, and the retry runs afresh. Any other reply is
-//!   kept for `idempotency.ttl_secs` (24 h by default);
+//!   resource or body differs gets 422 `idempotency_key_reused`;
+//! - only a reply that changed something (2xx) is kept, for
+//!   `idempotency.ttl_secs` (24 h by default); any other (a refusal, a
+//!   429, a 5xx: nothing changed) frees the key, and a retry runs afresh.
+//!   Handlers refuse what they can (a malformed path, the per-user bucket)
+//!   before they claim a key, so those keep nothing at all;
+//! - one caller keeps at most `idempotency.max_per_caller` records at once;
+//!   a new key past that is answered 429 (the bound on what one user can
+//!   make Redis hold);
 //! - a request that dies while running (a crash, a client that hangs up
 //!   before the handler finished) holds its key until its running record
 //!   expires ([`Settings::longest_request`](common::settings::Settings::longest_request)).
@@ -23,9 +28,9 @@ use actix_web::body::{BoxBody, to_bytes};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
-use common::keys;
-use common::redis_state::RedisClient;
-use common::scripts;
+use common::keys::IdempotencyKeys;
+use common::redis_state::{Claim, IdempotencyRecords, RedisClient};
+use common::settings::IdempotencySettings;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -42,9 +47,7 @@ pub const MAX_KEY_LEN: usize = 255;
 /// Where keys and replies live.
 #[derive(Debug, Clone)]
 pub struct IdempotencyStore {
-    redis: RedisClient,
-    ttl_secs: u64,
-    expiry_secs: u64,
+    records: IdempotencyRecords,
     metrics: ApiMetrics,
 }
 
@@ -72,82 +75,114 @@ struct Reply {
 }
 
 impl IdempotencyStore {
-    pub fn new(redis: RedisClient, ttl_secs: u64, expiry_secs: u64, metrics: ApiMetrics) -> Self {
+    pub fn new(
+        redis: RedisClient,
+        settings: &IdempotencySettings,
+        running_secs: u64,
+        metrics: ApiMetrics,
+    ) -> Self {
         Self {
-            redis,
-            ttl_secs: ttl_secs.max(1),
-            expiry_secs: expiry_secs.max(1),
+            records: IdempotencyRecords::new(
+                redis,
+                running_secs,
+                settings.ttl_secs,
+                settings.max_per_caller,
+            ),
             metrics,
         }
     }
 
     /// Runs `work` unless the request's `Idempotency-Key` says otherwise
-    /// (see the module's doc). Without the header, `work` just runs.
-    /// `caller` names who is asking (the user, or the admin); `body` is
-    /// the request's body as the handler understood it (empty for the
-    /// endpoints that ignore their body).
-    pub async fn run<Fut>(
+    /// (see the module's doc). Without the header, `work` just runs (with
+    /// `None`). `caller` names who is asking (the user, or the admin);
+    /// `resource` is what the request acts on, spelled canonically (a path
+    /// with the campaign id as the api prints it, so that two spellings of
+    /// one UUID are one request); `body` is the request's body as the
+    /// handler understood it (empty for the endpoints that ignore their
+    /// body). `work` gets the key's digest, which a create can derive its
+    /// new resource's id from (so that a retry of a create whose reply was
+    /// lost finds what the first made).
+    pub async fn run<F, Fut>(
         &self,
         req: &HttpRequest,
         caller: &str,
+        resource: &str,
         body: &[u8],
-        work: Fut,
+        work: F,
     ) -> Result<HttpResponse, ApiError>
     where
+        F: FnOnce(Option<KeyDigest>) -> Fut,
+        Fut: Future<Output = Result<HttpResponse, ApiError>>,
+    {
+        self.run_unless(req, caller, resource, body, Ok(()), work)
+            .await
+    }
+
+    /// As [`IdempotencyStore::run`], for a request a cheap check refused
+    /// (`refused`: the per-user bucket): it claims nothing, but a retry of
+    /// a request whose reply is kept still gets that reply (a replay spends
+    /// nothing); any other gets the refusal.
+    pub async fn run_unless<F, Fut>(
+        &self,
+        req: &HttpRequest,
+        caller: &str,
+        resource: &str,
+        body: &[u8],
+        refused: Result<(), ApiError>,
+        work: F,
+    ) -> Result<HttpResponse, ApiError>
+    where
+        F: FnOnce(Option<KeyDigest>) -> Fut,
         Fut: Future<Output = Result<HttpResponse, ApiError>>,
     {
         let Some(key) = key_of(req)? else {
-            return work.await;
+            refused?;
+            return work(None).await;
         };
-        let record_key = keys::idempotency(&digest(&[caller.as_bytes(), key.as_bytes()]));
-        let fingerprint = digest(&[
-            req.method().as_str().as_bytes(),
-            req.path().as_bytes(),
-            body,
-        ]);
+        if let Err(refusal) = refused {
+            return self
+                .replay_or(refusal, caller, &key, req, resource, body)
+                .await;
+        }
+        let caller_digest = digest(&[caller.as_bytes()]);
+        let key_digest = KeyDigest(digest(&[caller.as_bytes(), key.as_bytes()]));
+        let keys = IdempotencyKeys::new(&caller_digest, &key_digest.0);
+        let fingerprint = digest(&[req.method().as_str().as_bytes(), resource.as_bytes(), body]);
         let running = serde_json::to_string(&Record {
             fingerprint: fingerprint.clone(),
             running: Some(uuid::Uuid::now_v7().to_string()),
             reply: None,
         })
         .map_err(|e| ApiError::Internal(e.into()))?;
-        let expiry = self.expiry_secs.to_string();
-        let found: Option<String> = self
-            .redis
-            .run_script(
-                &scripts::IDEMPOTENCY_CLAIM,
-                &[record_key.as_str()],
-                &[running.as_str(), expiry.as_str()],
-            )
-            .await?;
-        if let Some(found) = found {
-            return self.answer_from(&found, &fingerprint);
+        match self.records.claim(&keys, &running).await? {
+            Claim::Claimed => {}
+            Claim::Full => {
+                self.count("caller_full");
+                return Err(ApiError::TooManyKeys(self.records.max_per_caller()));
+            }
+            Claim::Found(found) => return self.answer_from(&found, &fingerprint),
         }
 
-        let reply = work.await.unwrap_or_else(|e| e.error_response());
+        let reply = work(Some(key_digest))
+            .await
+            .unwrap_or_else(|e| e.error_response());
         let (reply, kept) = self.keep(reply).await;
         let done = match kept {
-            Some(kept) => serde_json::to_string(&Record {
-                fingerprint,
-                running: None,
-                reply: Some(kept),
-            })
-            .map_err(|e| ApiError::Internal(e.into()))?,
-            None => String::new(),
+            Some(kept) => Some(
+                serde_json::to_string(&Record {
+                    fingerprint,
+                    running: None,
+                    reply: Some(kept),
+                })
+                .map_err(|e| ApiError::Internal(e.into()))?,
+            ),
+            None => None,
         };
-        let ttl = self.ttl_secs.to_string();
-        let finished: Result<i64, _> = self
-            .redis
-            .run_script(
-                &scripts::IDEMPOTENCY_FINISH,
-                &[record_key.as_str()],
-                &[running.as_str(), done.as_str(), ttl.as_str()],
-            )
-            .await;
+        let finished = self.records.finish(&keys, &running, done.as_deref()).await;
         let result = match finished {
-            Ok(1) if done.is_empty() => "freed",
-            Ok(1) => "kept",
-            Ok(_) => "expired",
+            Ok(true) if done.is_none() => "freed",
+            Ok(true) => "kept",
+            Ok(false) => "expired",
             Err(e) => {
                 // The key stays marked running until its record expires; a
                 // retry meanwhile is told to wait (409), never run twice.
@@ -157,6 +192,33 @@ impl IdempotencyStore {
         };
         self.count(result);
         Ok(reply)
+    }
+
+    /// A kept reply of `key` for this request, else `refusal` (nothing
+    /// claimed, nothing written).
+    async fn replay_or(
+        &self,
+        refusal: ApiError,
+        caller: &str,
+        key: &str,
+        req: &HttpRequest,
+        resource: &str,
+        body: &[u8],
+    ) -> Result<HttpResponse, ApiError> {
+        let caller_digest = digest(&[caller.as_bytes()]);
+        let key_digest = digest(&[caller.as_bytes(), key.as_bytes()]);
+        let keys = IdempotencyKeys::new(&caller_digest, &key_digest);
+        let found = self.records.read(&keys).await?;
+        let fingerprint = digest(&[req.method().as_str().as_bytes(), resource.as_bytes(), body]);
+        match found {
+            Some(found)
+                if serde_json::from_str::<Record>(&found)
+                    .is_ok_and(|r| r.reply.is_some() && r.fingerprint == fingerprint) =>
+            {
+                self.answer_from(&found, &fingerprint)
+            }
+            _ => Err(refusal),
+        }
     }
 
     /// The reply to a request whose key was already claimed.
@@ -189,11 +251,11 @@ impl IdempotencyStore {
         Ok(replay.body(reply.body))
     }
 
-    /// Splits a finished reply into what is sent and what is kept. A reply
-    /// that asks for a retry (429, 5xx) is not kept.
+    /// Splits a finished reply into what is sent and what is kept. Only a
+    /// reply that changed something (2xx) is kept.
     async fn keep(&self, reply: HttpResponse) -> (HttpResponse, Option<Reply>) {
         let status = reply.status();
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        if !status.is_success() {
             return (reply, None);
         }
         let (head, body) = reply.into_parts();
@@ -248,6 +310,24 @@ fn key_of(req: &HttpRequest) -> Result<Option<String>, ApiError> {
         return Err(bad());
     }
     Ok(Some(key.to_owned()))
+}
+
+/// The digest of one caller's key (hex SHA-256): what a create derives its
+/// new resource's id from.
+#[derive(Debug, Clone)]
+pub struct KeyDigest(String);
+
+impl KeyDigest {
+    /// A UUID (version 8, RFC 9562) made of the digest: the same key of the
+    /// same caller always gives the same id.
+    pub fn uuid(&self, purpose: &str) -> uuid::Uuid {
+        let d = digest(&[purpose.as_bytes(), self.0.as_bytes()]);
+        let mut bytes = [0u8; 16];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&d[2 * i..2 * i + 2], 16).unwrap_or_default();
+        }
+        uuid::Uuid::new_v8(bytes)
+    }
 }
 
 /// Hex SHA-256 over length-prefixed parts (so that parts cannot run into

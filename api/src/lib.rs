@@ -12,6 +12,8 @@
 //! - [`auth`], [`rate_limit`] — who is calling, and how often.
 //! - [`idempotency`] — `Idempotency-Key` on the writes: replays, conflicts.
 //! - [`error`] — every error reply and its status.
+//! - [`middleware`] — what wraps every request: unknown methods refused,
+//!   request ids, metrics and access lines, the in-flight bound.
 //! - [`request_id`] — `X-Request-Id` on every reply and in every log line.
 //! - [`readiness`] — each dependency up, down or refusing this instance's
 //!   TLS or credentials (`/readyz`, the start-up log).
@@ -24,6 +26,7 @@ pub mod error;
 pub mod faults;
 pub mod idempotency;
 pub mod metrics;
+pub mod middleware;
 pub mod producer;
 pub mod rate_limit;
 pub mod readiness;

@@ -18,6 +18,8 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     common::telemetry::init(&settings.log, "coupon-api");
+    settings.log_notices();
+    settings.require_secure_dependencies(true, true)?;
     let app = Application::build(settings).await?;
     let stopped = app
         .run_until_stopped(async {

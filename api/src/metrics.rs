@@ -11,6 +11,7 @@ pub struct ApiMetrics {
     pub requests: IntCounterVec,
     pub request_seconds: HistogramVec,
     pub in_flight: IntGauge,
+    pub unknown_methods: prometheus::IntCounter,
     pub issue_outcomes: IntCounterVec,
     pub jwt_verify_seconds: Histogram,
     pub gate_seconds: Histogram,
@@ -46,6 +47,11 @@ impl ApiMetrics {
                 latency_buckets(),
             ),
             in_flight: gauge(&r, "http_requests_in_flight", "Requests being served."),
+            unknown_methods: common::metrics::counter(
+                &r,
+                "http_unknown_methods_total",
+                "Requests with a method outside the HTTP standard's, answered 501 before anything else.",
+            ),
             issue_outcomes: counter_vec(
                 &r,
                 "issue_outcomes_total",

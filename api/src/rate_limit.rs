@@ -57,6 +57,33 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     }
 }
 
+/// The per-address bucket of the request's client: its peer, or, from a
+/// trusted proxy, the address `X-Forwarded-For` names (every header line,
+/// read from the right: a client's own lines come first, the proxy's last).
+/// 429 when the bucket is empty.
+pub fn check_client_address(req: &actix_web::HttpRequest) -> Result<(), crate::error::ApiError> {
+    let Some(state) = req.app_data::<actix_web::web::Data<crate::state::AppState>>() else {
+        return Ok(());
+    };
+    if !state.ip_limiter.enabled() {
+        return Ok(());
+    }
+    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
+        return Ok(());
+    };
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let forwarded = forwarded.join(",");
+    let client = state.trusted_proxies.client_ip(peer, Some(&forwarded));
+    state
+        .ip_limiter
+        .check(&client)
+        .map_err(crate::error::ApiError::rate_limited)
+}
+
 /// Addresses and CIDR ranges of trusted proxies.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies {

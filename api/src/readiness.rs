@@ -134,3 +134,30 @@ impl Readiness {
         }
     }
 }
+
+/// How long a probe's result answers `/readyz` before it is probed again:
+/// a loop of anonymous requests costs the dependencies at most one probe
+/// of each a second.
+const REUSED_FOR: Duration = Duration::from_secs(1);
+
+/// The last probe and when it ran; concurrent requests share one probe.
+#[derive(Debug, Default)]
+pub struct Cached {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Readiness)>>,
+}
+
+impl Cached {
+    /// The last probe's result if it is under [`REUSED_FOR`] old, else a
+    /// new probe's.
+    pub async fn get(&self, state: &AppState) -> Readiness {
+        let mut last = self.last.lock().await;
+        if let Some((at, readiness)) = last.as_ref()
+            && at.elapsed() < REUSED_FOR
+        {
+            return readiness.clone();
+        }
+        let readiness = Box::pin(Readiness::probe(state)).await;
+        *last = Some((std::time::Instant::now(), readiness.clone()));
+        readiness
+    }
+}

@@ -15,12 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::{Server, Service};
+use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use common::redis_state::{CampaignMetas, Gate, RedisClient, Rooms, StatusRecords};
 use common::settings::Settings;
-use tracing::Instrument;
 
 use crate::auth::Authenticator;
 use crate::campaigns::CampaignStore;
@@ -33,7 +32,9 @@ use crate::strategy::{Issuance, Strategy};
 
 pub struct Application {
     port: u16,
+    ops_port: u16,
     server: Server,
+    ops: Server,
     state: web::Data<AppState>,
     drain_delay: Duration,
     queue_drain: Duration,
@@ -68,7 +69,11 @@ impl Application {
         )?;
         // A failure is logged with the other dependencies' below.
         let _ = redis.warm_up().await;
-        let db = common::db::connect(&settings.database).await?;
+        let db = common::db::connect(
+            &settings.database,
+            Duration::from_millis(settings.database.statement_timeout_ms),
+        )
+        .await?;
         let gate = Gate::new(redis.clone());
         let campaigns = Arc::new(CampaignStore::new(
             db,
@@ -91,7 +96,7 @@ impl Application {
             strategy: Arc::new(Strategy::build(&settings, issuance.clone(), &redis)),
             idempotency: IdempotencyStore::new(
                 redis.clone(),
-                settings.idempotency.ttl_secs,
+                &settings.idempotency,
                 settings.longest_request().as_secs(),
                 metrics.clone(),
             ),
@@ -101,12 +106,15 @@ impl Application {
             producer,
             campaigns,
             limiter: Limiter::new(&settings.rate_limit.per_user),
+            read_limiter: Limiter::new(&settings.rate_limit.per_user_reads),
             ip_limiter: Limiter::new(&settings.rate_limit.per_ip),
             trusted_proxies: TrustedProxies::parse(&settings.rate_limit.trusted_proxies)?,
             in_flight: Arc::new(tokio::sync::Semaphore::new(
                 settings.http.max_in_flight.max(1),
             )),
             metrics: metrics.clone(),
+            access_log: settings.log.access,
+            readiness: Default::default(),
             draining: AtomicBool::new(false),
         });
         // Boxed: the three probes would make this future too large to
@@ -126,6 +134,7 @@ impl Application {
                 loop {
                     tick.tick().await;
                     state.limiter.forget_idle();
+                    state.read_limiter.forget_idle();
                     state.ip_limiter.forget_idle();
                 }
             }
@@ -134,63 +143,18 @@ impl Application {
         let address = format!("{}:{}", settings.http.host, settings.http.port);
         let listener = TcpListener::bind(&address).with_context(|| format!("binding {address}"))?;
         let port = listener.local_addr()?.port();
+        let ops_address = format!("{}:{}", settings.http.host, settings.http.ops_port);
+        let ops_listener =
+            TcpListener::bind(&ops_address).with_context(|| format!("binding {ops_address}"))?;
+        let ops_port = ops_listener.local_addr()?.port();
         let body_limit = settings.http.body_limit_bytes;
         let server_state = state.clone();
-        let access_log = settings.log.access;
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap_fn(move |req, srv| {
-                    let metrics = req
-                        .app_data::<web::Data<AppState>>()
-                        .map(|s| s.metrics.clone());
-                    let method = req.method().clone();
-                    let started = Instant::now();
-                    if let Some(m) = &metrics {
-                        m.in_flight.inc();
-                    }
-                    // Every log line of the request carries its id.
-                    let request_id = crate::request_id::of(req.request());
-                    let span = crate::request_id::span(req.request(), &request_id);
-                    let response = srv.call(req).instrument(span.clone());
-                    async move {
-                        // Every route turns its errors into replies, so an
-                        // `Err` here is actix's own (it answers it itself).
-                        let mut res = response.await?;
-                        res.headers_mut()
-                            .insert(crate::request_id::X_REQUEST_ID, request_id);
-                        let route = res.request().match_pattern();
-                        let route = route.as_deref().unwrap_or("unmatched");
-                        let status = res.status();
-                        let took = started.elapsed();
-                        if let Some(m) = metrics {
-                            m.in_flight.dec();
-                            let labels = [route, method.as_str(), status.as_str()];
-                            m.requests.with_label_values(&labels).inc();
-                            m.request_seconds
-                                .with_label_values(&labels)
-                                .observe(took.as_secs_f64());
-                        }
-                        if access_log {
-                            let outcome = res
-                                .response()
-                                .extensions()
-                                .get::<crate::error::ReplyOutcome>()
-                                .map_or("-", |o| o.0);
-                            span.in_scope(|| {
-                                tracing::info!(
-                                    target: "access",
-                                    method = method.as_str(),
-                                    route,
-                                    status = status.as_u16(),
-                                    outcome,
-                                    latency_ms = took.as_secs_f64() * 1000.0,
-                                    "request served"
-                                );
-                            });
-                        }
-                        Ok(res)
-                    }
-                })
+                .wrap(actix_web::middleware::from_fn(crate::middleware::observe))
+                .wrap(actix_web::middleware::from_fn(
+                    crate::middleware::known_methods,
+                ))
                 .app_data(server_state.clone())
                 .app_data(auth.clone())
                 .configure(crate::routes::configure(body_limit))
@@ -203,11 +167,34 @@ impl Application {
             server = server.workers(settings.http.workers);
         }
         let server = server.listen(listener)?.run();
-        tracing::info!(port, strategy = settings.strategy.as_str(), "api listening");
+        // The ops listener (/healthz, /readyz, /metrics): one thread, never
+        // behind the public balancer, open until the very end of shutdown so
+        // that readiness says `draining` meanwhile.
+        let ops_state = state.clone();
+        let ops = HttpServer::new(move || {
+            App::new()
+                .wrap(actix_web::middleware::from_fn(
+                    crate::middleware::known_methods,
+                ))
+                .app_data(ops_state.clone())
+                .configure(crate::routes::ops::configure)
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(ops_listener)?
+        .run();
+        tracing::info!(
+            port,
+            ops_port,
+            strategy = settings.strategy.as_str(),
+            "api listening"
+        );
 
         Ok(Self {
             port,
+            ops_port,
             server,
+            ops,
             state,
             drain_delay: Duration::from_millis(settings.http.drain_delay_ms),
             queue_drain: Duration::from_millis(settings.queue.drain_timeout_ms),
@@ -216,17 +203,26 @@ impl Application {
         })
     }
 
+    /// The public listener's port (the API).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The ops listener's port (`/healthz`, `/readyz`, `/metrics`).
+    pub fn ops_port(&self) -> u16 {
+        self.ops_port
     }
 
     /// Serves until `shutdown` resolves, then drains (see the module docs).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
+        let ops_handle = self.ops.handle();
+        let ops = tokio::spawn(self.ops);
         let mut server = tokio::spawn(self.server);
         tokio::select! {
             result = &mut server => {
                 self.housekeeping.abort();
+                ops_handle.stop(false).await;
                 return result.context("server task")?.context("http server");
             }
             () = shutdown => {}
@@ -257,6 +253,8 @@ impl Application {
         {
             tracing::error!("background settling did not finish; reconciliation settles the rest");
         }
+        ops_handle.stop(true).await;
+        let _ = ops.await;
         tracing::info!("stopped");
         served.context("server task")?.context("http server")
     }

@@ -28,12 +28,19 @@ pub struct AppState {
     pub producer: Arc<IssueProducer>,
     pub campaigns: Arc<CampaignStore>,
     pub idempotency: IdempotencyStore,
+    /// A user's writes (`rate_limit.per_user`).
     pub limiter: Limiter<common::ids::UserId>,
+    /// A user's reads (`rate_limit.per_user_reads`).
+    pub read_limiter: Limiter<common::ids::UserId>,
     pub ip_limiter: Limiter<std::net::IpAddr>,
     pub trusted_proxies: TrustedProxies,
     /// Bounds the user requests served at once (`http.max_in_flight`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub metrics: ApiMetrics,
+    /// One `access` log line per request (`log.access`).
+    pub access_log: bool,
+    /// The last readiness probe, reused for a second (`/readyz`).
+    pub readiness: crate::readiness::Cached,
     /// Set once on SIGTERM (`Application::run_until_stopped`).
     pub(crate) draining: AtomicBool,
 }

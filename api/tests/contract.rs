@@ -459,7 +459,7 @@ async fn health_readiness_and_metrics() {
     assert_eq!(health.0, StatusCode::OK);
     let ready = reply(
         api.client
-            .get(format!("{}/readyz", api.address))
+            .get(format!("{}/readyz", api.ops_address))
             .send()
             .await
             .unwrap(),
@@ -474,7 +474,7 @@ async fn health_readiness_and_metrics() {
 
     let metrics = api
         .client
-        .get(format!("{}/metrics", api.address))
+        .get(format!("{}/metrics", api.ops_address))
         .send()
         .await
         .unwrap()

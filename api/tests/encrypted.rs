@@ -74,7 +74,7 @@ async fn use_encrypted_stores(
 async fn readyz(api: &TestApi) -> (StatusCode, serde_json::Value) {
     reply(
         api.client
-            .get(format!("{}/readyz", api.address))
+            .get(format!("{}/readyz", api.ops_address))
             .send()
             .await
             .unwrap(),
@@ -150,17 +150,20 @@ async fn every_connection_encrypted_carries_a_coupon_to_its_row() {
 /// The step that needs the refused connection, and the request that shows it.
 #[derive(Debug, Clone, Copy)]
 enum Refused {
-    /// Creating a campaign writes its row (PostgreSQL) and its gate state
-    /// (Redis): the dependency's name in `/readyz`.
-    Store(&'static str),
+    /// Creating a campaign writes its row (PostgreSQL).
+    Postgres,
+    /// Issuing takes a slot at the gate (Redis).
+    Redis,
     /// Issuing produces to Kafka.
     Kafka,
 }
 
 impl Refused {
+    /// The dependency's name in `/readyz`.
     fn dependency(&self) -> &'static str {
         match self {
-            Self::Store(name) => name,
+            Self::Postgres => "postgres",
+            Self::Redis => "redis",
             Self::Kafka => "kafka",
         }
     }
@@ -191,7 +194,7 @@ async fn a_wrong_password_or_another_authority_is_refused_without_a_hang() {
         ),
         (
             "Redis: a CA that did not sign the server's certificate",
-            Refused::Store("redis"),
+            Refused::Redis,
             Box::new(|s| {
                 s.redis.url = redis.url();
                 s.redis.tls_ca_file = Some(stranger_ca.clone());
@@ -199,7 +202,7 @@ async fn a_wrong_password_or_another_authority_is_refused_without_a_hang() {
         ),
         (
             "PostgreSQL: a CA that did not sign the server's certificate",
-            Refused::Store("postgres"),
+            Refused::Postgres,
             Box::new(|s| {
                 s.database.url = SecretString::from(format!(
                     "postgres://postgres@localhost:{}/postgres?sslmode=verify-full",
@@ -238,7 +241,14 @@ async fn a_wrong_password_or_another_authority_is_refused_without_a_hang() {
                 let within = settings.kafka.delivery_timeout() + Duration::from_secs(5);
                 (status, body, started.elapsed(), within)
             }
-            Refused::Store(_) => {
+            Refused::Redis => {
+                let started = Instant::now();
+                let (status, body) = api
+                    .issue(&common::ids::CampaignId::new(), "tls-refused")
+                    .await;
+                (status, body, started.elapsed(), Duration::from_secs(3))
+            }
+            Refused::Postgres => {
                 let started = Instant::now();
                 let (status, body) = api
                     .create_campaign(serde_json::json!({ "name": "refused", "stock": 10 }))

@@ -114,9 +114,27 @@ async fn the_per_ip_limit_uses_forwarded_for_only_from_trusted_proxies() {
             .status(),
         StatusCode::TOO_MANY_REQUESTS
     );
+    // Nor does a forged line of its own: a proxy that appends sends the
+    // client's line first and its own last (two header lines), and every
+    // line is read, from the right.
+    let two_lines = api
+        .client
+        .post(format!("{}/api/v1/campaigns/{campaign}/issue", api.address))
+        .bearer_auth(mint_jwt("two-lines", 60))
+        .header("x-forwarded-for", "1.2.3.4")
+        .header("x-forwarded-for", "198.51.100.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(two_lines.status(), StatusCode::TOO_MANY_REQUESTS);
     // The refused users spent nothing.
     let (members, _) = gate_state(&campaign).await;
-    assert!(!members.contains(&"u2".to_owned()) && !members.contains(&"sneaky".to_owned()));
+    for refused in ["u2", "sneaky", "two-lines"] {
+        assert!(
+            !members.contains(&refused.to_owned()),
+            "{refused} took a slot"
+        );
+    }
     api.stop().await;
 
     // Without trusted proxies the header is ignored: every request is 127.0.0.1.
@@ -211,8 +229,7 @@ async fn the_openapi_document_lists_every_route_and_status() {
         "/api/v1/campaigns/{id}/issue",
         "/api/v1/campaigns/{id}/coupons/me",
         "/healthz",
-        "/readyz",
-        "/metrics",
+        "/openapi.json",
     ] {
         assert!(paths.contains_key(path), "{path} missing");
     }
@@ -343,6 +360,82 @@ async fn every_reply_carries_a_request_id_taken_from_the_request_when_usable() {
             .await
             .unwrap();
         assert!(id_of(&res).is_some(), "{path}");
+    }
+    api.stop().await;
+}
+
+/// A method nobody defined is answered 501 before anything records it: no
+/// metric label, however many or long the methods (a label per made-up
+/// method once grew `/metrics` by 1.65 KB each, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn made_up_methods_are_refused_and_grow_nothing() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let before = api.metrics_text().await.len();
+    let mut methods: Vec<String> = (0..60).map(|i| format!("MADEUP{i}")).collect();
+    methods.push("X".repeat(4_000));
+    for method in &methods {
+        let res = api
+            .client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}/api/v1/campaigns", api.address),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_IMPLEMENTED, "{method:.20}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["outcome"], "not_implemented");
+    }
+    let text = api.metrics_text().await;
+    assert!(!text.contains("MADEUP"), "a made-up method became a label");
+    // The counter of unknown methods is the only growth (a few bytes).
+    assert!(
+        text.len() < before + 200,
+        "/metrics grew from {before} to {} bytes",
+        text.len()
+    );
+    let scrape = api.scrape().await;
+    assert_eq!(scrape.sum("http_unknown_methods_total", &[]), 61.0);
+    api.stop().await;
+}
+
+/// `/readyz` and `/metrics` are the ops listener's only: an anonymous
+/// client of the public port can neither read the metrics nor make the
+/// instance probe its dependencies. `/healthz` is on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_and_metrics_are_not_on_the_public_port() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    for path in ["/readyz", "/metrics"] {
+        let public = api
+            .client
+            .get(format!("{}{path}", api.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            public.status(),
+            StatusCode::NOT_FOUND,
+            "{path} on the public port"
+        );
+        let ops = api
+            .client
+            .get(format!("{}{path}", api.ops_address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ops.status(), StatusCode::OK, "{path} on the ops port");
+    }
+    for base in [&api.address, &api.ops_address] {
+        let health = api
+            .client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
     }
     api.stop().await;
 }

@@ -99,15 +99,143 @@ async fn a_retried_issue_gets_its_first_reply_again() {
         (vec!["alice".to_owned()], Some(1))
     );
 
-    // A refusal is a reply like any other: replayed too.
+    // A refusal changed nothing and keeps no record: its retry runs again
+    // (and, nothing having changed, is refused again).
     let other = api.open_campaign(0).await;
     let k2 = key();
-    let sold_out = issue(&api, &other, "bob", Some(&k2)).await;
+    let bob = format!("bob-{}", key());
+    let sold_out = issue(&api, &other, &bob, Some(&k2)).await;
     assert_eq!(sold_out.status, StatusCode::GONE);
-    let again = issue(&api, &other, "bob", Some(&k2)).await;
+    assert_eq!(records_of(&caller(&bob)).await, 0);
+    let again = issue(&api, &other, &bob, Some(&k2)).await;
     assert_eq!(again.status, StatusCode::GONE);
+    assert!(!again.replayed());
+    api.stop().await;
+}
+
+/// The caller a user's keys belong to (as the api names it).
+fn caller(user: &str) -> String {
+    format!("user:{user}")
+}
+
+/// How many records (running or kept) `caller` has in Redis: the members
+/// of its index, `idempotency:{<digest of caller>}`.
+async fn records_of(caller: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update((caller.len() as u64).to_be_bytes());
+    hasher.update(caller.as_bytes());
+    let index = format!("idempotency:{{{:x}}}", hasher.finalize());
+    redis::cmd("ZCARD")
+        .arg(index)
+        .query_async(&mut common::testkit::redis().await)
+        .await
+        .unwrap()
+}
+
+/// What refuses before the key is claimed keeps nothing: 300 requests with
+/// fresh keys on a malformed id (400) once kept 300 records for 24 h; and
+/// the per-user bucket (429) answers before the claim too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_that_change_nothing_keep_no_record() {
+    let mut settings = test_settings().await;
+    settings.rate_limit.per_user.per_second = 1;
+    settings.rate_limit.per_user.burst = 1;
+    let api = spawn_api(&settings).await;
+    let user = format!("u-{}", key());
+    for _ in 0..300 {
+        let res = api
+            .client
+            .post(format!("{}/api/v1/campaigns/not-a-uuid/issue", api.address))
+            .bearer_auth(mint_jwt(&user, 3600))
+            .header("Idempotency-Key", key())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            [StatusCode::BAD_REQUEST, StatusCode::TOO_MANY_REQUESTS].contains(&res.status()),
+            "{}",
+            res.status()
+        );
+    }
+    assert_eq!(records_of(&caller(&user)).await, 0);
+    let campaign = api.open_campaign(10).await;
+    let mut limited = 0;
+    for _ in 0..5 {
+        let r = issue(&api, &campaign, &user, Some(&key())).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 3, "{limited} limited");
+    // Only the one that took a slot is kept.
+    assert_eq!(records_of(&caller(&user)).await, 1);
+    api.stop().await;
+}
+
+/// One caller keeps at most `idempotency.max_per_caller` records: past it
+/// a new key is answered 429, a kept one still replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_caller_keeps_a_bounded_number_of_records() {
+    let mut settings = test_settings().await;
+    settings.idempotency.max_per_caller = 3;
+    let api = spawn_api(&settings).await;
+    let user = format!("u-{}", key());
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        let campaign = api.open_campaign(10).await;
+        let k = key();
+        assert_eq!(
+            issue(&api, &campaign, &user, Some(&k)).await.status,
+            StatusCode::ACCEPTED
+        );
+        keys.push((campaign, k));
+    }
+    assert_eq!(records_of(&caller(&user)).await, 3);
+    let fourth = api.open_campaign(10).await;
+    let refused = issue(&api, &fourth, &user, Some(&key())).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
+    assert!(refused.headers.get("retry-after").is_some());
+    assert_eq!(gate_state(&fourth).await.0, Vec::<String>::new());
+    let (campaign, k) = &keys[0];
+    let replay = issue(&api, campaign, &user, Some(k)).await;
+    assert!(replay.replayed());
+    // Without a key, the user is served as ever.
+    assert_eq!(
+        issue(&api, &fourth, &user, None).await.status,
+        StatusCode::ACCEPTED
+    );
+    api.stop().await;
+}
+
+/// Two spellings of one campaign id are one request: a retry in upper case
+/// replays instead of being refused as another request (422).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_in_another_spelling_of_the_id_is_the_same_request() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    let k = key();
+    let first = issue(&api, &campaign, "alice", Some(&k)).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let upper = campaign.to_string().to_uppercase();
+    let res = api
+        .client
+        .post(format!("{}/api/v1/campaigns/{upper}/issue", api.address))
+        .bearer_auth(mint_jwt("alice", 3600))
+        .header("Idempotency-Key", &k)
+        .send()
+        .await
+        .unwrap();
+    let again = Reply::of(res).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
     assert!(again.replayed());
-    assert_eq!(again.body, sold_out.body);
+    assert_eq!(again.body, first.body);
     api.stop().await;
 }
 
@@ -261,6 +389,34 @@ async fn a_retried_campaign_creation_creates_one_campaign() {
     assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(other.body["outcome"], "idempotency_key_reused");
 
+    // A create whose first try's reply was lost (its record gone, the row
+    // there, as after a 503 on a commit that did happen): the retry's id
+    // comes from the key, finds the row, and answers with it, not with a
+    // second campaign; another body under that key is still refused.
+    let lost_key = key();
+    let lost_name = format!("idem-lost-{}", key());
+    let lost_body = json!({ "name": lost_name, "stock": 7 }).to_string();
+    let made = create(&api, &lost_body, &lost_key).await;
+    assert_eq!(made.status, StatusCode::CREATED);
+    forget_records(&caller_of_admin()).await;
+    let retried = create(&api, &lost_body, &lost_key).await;
+    assert_eq!(retried.status, StatusCode::CREATED, "{}", retried.body);
+    assert!(!retried.replayed(), "the record was gone: this ran again");
+    assert_eq!(retried.body["id"], made.body["id"]);
+    forget_records(&caller_of_admin()).await;
+    let reused = create(
+        &api,
+        &json!({ "name": lost_name, "stock": 8 }).to_string(),
+        &lost_key,
+    )
+    .await;
+    assert_eq!(
+        reused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reused.body
+    );
+
     let (_, list) = {
         let res = api
             .client
@@ -278,5 +434,57 @@ async fn a_retried_campaign_creation_creates_one_campaign() {
         .filter(|c| c["name"] == name.as_str())
         .count();
     assert_eq!(named, 1, "campaigns created");
+    let lost_named = list_named(&api, &lost_name).await;
+    assert_eq!(lost_named, 1, "campaigns created after a lost reply");
     api.stop().await;
+}
+
+fn caller_of_admin() -> String {
+    "admin".to_owned()
+}
+
+/// Deletes every record of `caller` (as a reply lost with its record).
+async fn forget_records(caller: &str) {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update((caller.len() as u64).to_be_bytes());
+    hasher.update(caller.as_bytes());
+    let index = format!("idempotency:{{{:x}}}", hasher.finalize());
+    let mut conn = common::testkit::redis().await;
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&index)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for member in members {
+        let _: () = redis::cmd("DEL")
+            .arg(&member)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(&index)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+async fn list_named(api: &TestApi, name: &str) -> usize {
+    let res = api
+        .client
+        .get(format!("{}/api/v1/campaigns?limit=10000", api.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (_, list) = reply(res).await;
+    list["campaigns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == name)
+        .count()
 }

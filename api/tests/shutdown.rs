@@ -25,8 +25,10 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_accepted_issuance() {
     let campaign = admin.open_campaign(1_000).await;
 
     let port = spare_port();
+    let ops_port = spare_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_api"))
         .env("APP_HTTP__PORT", port.to_string())
+        .env("APP_HTTP__OPS_PORT", ops_port.to_string())
         .env("APP_HTTP__DRAIN_DELAY_MS", "400")
         .env("APP_DATABASE__URL", settings.database.url.expose_secret())
         .env("APP_REDIS__URL", &settings.redis.url)
@@ -40,10 +42,11 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_accepted_issuance() {
         .spawn()
         .expect("start api");
     let base = format!("http://127.0.0.1:{port}");
+    let ops = format!("http://127.0.0.1:{ops_port}");
     let client = reqwest::Client::new();
     let started = Instant::now();
     while client
-        .get(format!("{base}/readyz"))
+        .get(format!("{ops}/readyz"))
         .send()
         .await
         .map(|r| r.status())
@@ -96,7 +99,7 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_accepted_issuance() {
     assert!(term.success());
 
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let draining = client.get(format!("{base}/readyz")).send().await.unwrap();
+    let draining = client.get(format!("{ops}/readyz")).send().await.unwrap();
     assert_eq!(
         draining.status(),
         StatusCode::SERVICE_UNAVAILABLE,

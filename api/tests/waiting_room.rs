@@ -383,6 +383,7 @@ async fn the_harness_goes_through_the_room_as_a_user_would_and_the_audit_passes(
     let result = perform(&RunRequest {
         spec,
         admin_url: api.address.clone(),
+        ops_url: Some(api.ops_address.clone()),
         admin_token: ADMIN_TOKEN.into(),
         jwt_secret: JWT_SECRET.into(),
         stock: Some(100),

@@ -87,11 +87,26 @@ impl CampaignKeys {
     }
 }
 
-/// The record of one `Idempotency-Key` of one caller (STRING, JSON, with a
-/// TTL): `digest` is the hex SHA-256 of the caller and the key, so neither
-/// appears in Redis and a caller can only ever reach its own keys.
-pub fn idempotency(digest: &str) -> String {
-    format!("idempotency:{digest}")
+/// The keys of one caller's `Idempotency-Key` records, by digests (hex
+/// SHA-256) so that neither the caller nor a key appears in Redis and a
+/// caller can only ever reach its own records. Both carry the caller's
+/// digest as their hash tag (one Redis Cluster slot).
+#[derive(Debug, Clone)]
+pub struct IdempotencyKeys {
+    /// STRING, JSON, with a TTL: the record of one key.
+    pub record: String,
+    /// ZSET of the caller's records scored by when each expires: the bound
+    /// on how many one caller keeps.
+    pub caller: String,
+}
+
+impl IdempotencyKeys {
+    pub fn new(caller_digest: &str, key_digest: &str) -> Self {
+        Self {
+            record: format!("idempotency:{{{caller_digest}}}:{key_digest}"),
+            caller: format!("idempotency:{{{caller_digest}}}"),
+        }
+    }
 }
 
 /// The keys of a campaign's waiting room, in the order the scripts take them.

@@ -11,9 +11,9 @@
 //! | [`Rooms`] | [`room`] | the waiting rooms: join, look (`lua/room.lua`) |
 //! | [`LockSections`] | [`lock_section`] | the lock strategies' separate reads and fenced write |
 //! | [`Repair`] | [`repair`] | reconcile's and rebuild's reads and repairs |
+//! | [`IdempotencyRecords`] | [`idempotency`] | `Idempotency-Key` records: claim, finish, read |
 //!
-//! The locks themselves are `crate::lock`; the idempotency records are the
-//! api's (`api::idempotency`), on the same client.
+//! The locks themselves are `crate::lock`.
 //!
 //! Every call is bounded twice: by the wait for a connection (only long when
 //! one has to be opened) and by the time Redis takes to answer. A call that
@@ -22,6 +22,7 @@
 
 mod client;
 pub mod gate;
+pub mod idempotency;
 pub mod lock_section;
 pub mod meta;
 pub mod queued;
@@ -31,6 +32,7 @@ pub mod status;
 
 pub use client::{RedisCallError, RedisClient};
 pub use gate::{Gate, GateReply, Refusal, Withdrawal};
+pub use idempotency::{Claim, IdempotencyRecords};
 pub use lock_section::{FencedTake, LockSections};
 pub use meta::{CampaignMeta, CampaignMetas, RoomRules};
 pub use queued::{QueueMark, QueuedMarks};

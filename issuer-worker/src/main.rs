@@ -23,8 +23,16 @@ struct Cli {
 enum Command {
     /// Consume the issue topic (the default).
     Run,
-    /// Apply database migrations and create the Kafka topics, then exit.
+    /// Apply database migrations and create the Kafka topics (unless
+    /// `APP_KAFKA__CREATE_TOPICS=false`), grant `APP_DATABASE__SERVICE_ROLE`
+    /// its rights, then exit.
     Migrate,
+    /// The settings: `--names` prints every `APP_` variable the services
+    /// read, one per line.
+    Settings {
+        #[arg(long)]
+        names: bool,
+    },
     /// Exit 0 if this host's worker answers `/healthz` (container healthcheck).
     Healthcheck,
     /// Compare a campaign's gate with its rows; `--repair` releases leaked slots.
@@ -50,9 +58,21 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Settings { names }) = &cli.command {
+        return print_settings(*names);
+    }
     let settings = Settings::load()?;
     common::telemetry::init(&settings.log, "coupon-issuer-worker");
-    match cli.command.unwrap_or(Command::Run) {
+    settings.log_notices();
+    let command = cli.command.unwrap_or(Command::Run);
+    let (redis, kafka) = match &command {
+        Command::Run | Command::Reconcile { .. } | Command::Rebuild { .. } => (true, true),
+        Command::Migrate => (false, settings.kafka.create_topics),
+        Command::Healthcheck | Command::Settings { .. } => (false, false),
+    };
+    settings.require_secure_dependencies(redis, kafka)?;
+    match command {
+        Command::Settings { names } => print_settings(names),
         Command::Healthcheck => {
             std::process::exit(if common::healthcheck::probe(settings.worker.http_port) {
                 0
@@ -61,12 +81,19 @@ async fn main() -> anyhow::Result<()> {
             })
         }
         Command::Migrate => {
-            let db = common::db::connect(&settings.database).await?;
+            let db = common::db::connect(&settings.database, LONG_TOOL_STATEMENTS).await?;
             issuer_worker::migration::migrate(&db)
                 .await
                 .context("applying migrations")?;
-            common::kafka::ensure_topics(&settings.kafka).await?;
-            tracing::info!(topic = %settings.kafka.topic, "schema and topics ready");
+            if let Some(role) = &settings.database.service_role {
+                issuer_worker::migration::grant_service_role(&db, role)
+                    .await
+                    .with_context(|| format!("granting {role} its rights"))?;
+            }
+            if settings.kafka.create_topics {
+                common::kafka::ensure_topics(&settings.kafka).await?;
+            }
+            tracing::info!(topic = %settings.kafka.topic, topics = settings.kafka.create_topics, "schema and topics ready");
             Ok(())
         }
         Command::Reconcile {
@@ -75,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
             patience,
         } => {
             let campaign = CampaignId::parse(&campaign)?;
-            let db = common::db::connect(&settings.database).await?;
+            let db = common::db::connect(&settings.database, LONG_TOOL_STATEMENTS).await?;
             let report = issuer_worker::reconcile::run(
                 &settings,
                 &db,
@@ -88,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Rebuild { campaign, force } => {
             let campaign = CampaignId::parse(&campaign)?;
-            let db = common::db::connect(&settings.database).await?;
+            let db = common::db::connect(&settings.database, LONG_TOOL_STATEMENTS).await?;
             let report = issuer_worker::rebuild::run(&settings, &db, campaign, force).await?;
             print_json(&report)
         }
@@ -106,6 +133,25 @@ async fn main() -> anyhow::Result<()> {
             stopped
         }
     }
+}
+
+/// The server-side statement bound of the one-shot tools (migrations, and
+/// the full reads of reconcile and rebuild).
+const LONG_TOOL_STATEMENTS: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `settings --names`: every `APP_` variable, one per line (what the
+/// deployment files are checked against); without `--names`, the defaults
+/// as JSON with secrets redacted.
+#[allow(clippy::print_stdout)]
+fn print_settings(names: bool) -> anyhow::Result<()> {
+    if names {
+        for name in common::settings::known_names() {
+            println!("{name}");
+        }
+    } else {
+        println!("{}", serde_json::to_string_pretty(&Settings::default())?);
+    }
+    Ok(())
 }
 
 /// Reports of the one-shot commands go to stdout as JSON.

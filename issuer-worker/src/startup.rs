@@ -27,7 +27,11 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let db = common::db::connect(&settings.database).await?;
+        let db = common::db::connect(
+            &settings.database,
+            std::time::Duration::from_millis(settings.worker.batch_timeout_ms),
+        )
+        .await?;
         let metrics = WorkerMetrics::new();
         let ledger = tokio::spawn(crate::ledger::run(
             db.clone(),

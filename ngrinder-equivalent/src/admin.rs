@@ -192,8 +192,10 @@ impl AdminClient {
         Ok(body["state"].as_str().unwrap_or("?").to_owned())
     }
 
-    pub async fn server_info(&self) -> ServerInfo {
-        match self.http.get(format!("{}/readyz", self.base)).send().await {
+    /// What `/readyz` on the ops listener at `ops_url` says of the server.
+    pub async fn server_info(&self, ops_url: &str) -> ServerInfo {
+        let url = format!("{}/readyz", ops_url.trim_end_matches('/'));
+        match self.http.get(url).send().await {
             Ok(res) => res.json().await.unwrap_or_default(),
             Err(_) => ServerInfo::default(),
         }

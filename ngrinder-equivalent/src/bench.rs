@@ -228,6 +228,7 @@ async fn measured(
     let result = perform(&RunRequest {
         spec,
         admin_url: env.ports.instance_url(0),
+        ops_url: Some(env.ports.instance_ops_url(0)),
         admin_token,
         jwt_secret,
         stock: None,

@@ -124,7 +124,8 @@ pub struct Environment {
 }
 
 /// The ports `scripts/stack` puts its api instances, HAProxy and the worker
-/// on: its own variables and defaults, read the same way.
+/// on: its own variables and defaults, read the same way. Each instance's
+/// ops listener is its port − 1000.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackPorts {
     /// The first api instance's; the others follow it.
@@ -154,6 +155,11 @@ impl StackPorts {
 
     pub fn instance_url(&self, i: u32) -> String {
         format!("http://127.0.0.1:{}", u32::from(self.api_base) + i)
+    }
+
+    /// Instance `i`'s ops listener (`/readyz`, `/metrics`).
+    pub fn instance_ops_url(&self, i: u32) -> String {
+        format!("http://127.0.0.1:{}", u32::from(self.api_base) + i - 1000)
     }
 
     pub fn instance_urls(&self, instances: u32) -> Vec<String> {
@@ -364,6 +370,7 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                     let result = perform(&RunRequest {
                         spec,
                         admin_url: instance_urls[0].clone(),
+                        ops_url: Some(env.ports.instance_ops_url(0)),
                         admin_token: admin_token.clone(),
                         jwt_secret: jwt_secret.clone(),
                         stock: plan.stock,

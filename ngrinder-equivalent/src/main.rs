@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ngrinder_equivalent::bench::{self, BenchPlan};
-use ngrinder_equivalent::experiment::{self, Environment, Plan};
+use ngrinder_equivalent::experiment::{self, Environment, Plan, StackPorts};
 use ngrinder_equivalent::run::{RunRequest, perform};
 use ngrinder_equivalent::spec::{Endpoint, LoadModel, RoomSpec, RunSpec};
 use ngrinder_equivalent::users::UserMode;
@@ -91,6 +91,10 @@ struct RunArgs {
     /// Admin API base URL (default: the first target).
     #[arg(long)]
     admin_url: Option<String>,
+    /// An api instance's ops listener, asked which strategy runs (default:
+    /// the first instance of the local stack, its port − 1000).
+    #[arg(long)]
+    ops_url: Option<String>,
     #[arg(long, env = "APP_AUTH__ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     #[arg(long, env = "APP_AUTH__JWT_SECRET", hide_env_values = true)]
@@ -315,6 +319,9 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
             let result = perform(&RunRequest {
                 spec,
                 admin_url: a.admin_url.unwrap_or_else(|| a.urls[0].clone()),
+                ops_url: Some(a.ops_url.unwrap_or_else(|| {
+                    StackPorts::from_env().map_or_else(|_| String::new(), |p| p.instance_ops_url(0))
+                })),
                 admin_token,
                 jwt_secret,
                 stock: a.stock,

@@ -19,6 +19,9 @@ pub struct RunRequest {
     pub spec: RunSpec,
     /// Where admin calls and `/coupons/me` go (the balancer or an instance).
     pub admin_url: String,
+    /// An api instance's ops listener, where `/readyz` says which strategy
+    /// runs (`None`: not asked; the report says `?`).
+    pub ops_url: Option<String>,
     pub admin_token: String,
     pub jwt_secret: String,
     /// Create a campaign with this stock (`None`: never sells out)...
@@ -35,7 +38,10 @@ pub struct RunRequest {
 pub async fn perform(request: &RunRequest) -> anyhow::Result<RunResult> {
     let spec = &request.spec;
     let admin = AdminClient::new(&request.admin_url, &request.admin_token)?;
-    let server = admin.server_info().await;
+    let server = match &request.ops_url {
+        Some(url) => admin.server_info(url).await,
+        None => Default::default(),
+    };
     let campaign = match (&request.campaign, spec.endpoint) {
         (_, Endpoint::Trivial) => CampaignState::none(),
         (Some(id), Endpoint::Issue) => admin.campaign(id).await?,

@@ -4,7 +4,7 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
-use common::ids::UserId;
+use common::ids::{CampaignId, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -43,15 +43,26 @@ pub async fn create(
     // The body as understood, so that spacing and key order do not make
     // two requests differ.
     let fingerprint = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.into()))?;
+    // Refused before the Idempotency-Key is claimed: nothing kept for it.
+    let new = request.validate(Utc::now()).map_err(ApiError::Invalid)?;
+    let campaigns = state.campaigns.clone();
     state
         .idempotency
-        .run(&req, ADMIN_CALLER, &fingerprint, async {
-            let new = request.validate(Utc::now()).map_err(ApiError::Invalid)?;
-            let view = state.campaigns.create(new).await?;
-            Ok(HttpResponse::Created()
-                .insert_header((header::LOCATION, format!("/api/v1/campaigns/{}", view.id)))
-                .json(view))
-        })
+        .run(
+            &req,
+            ADMIN_CALLER,
+            "/api/v1/campaigns",
+            &fingerprint,
+            |key| async move {
+                // With a key, the id comes from it: a retry of a create whose
+                // reply was lost finds the campaign the first one made.
+                let id = key.map(|k| CampaignId::from(k.uuid("campaign")));
+                let view = campaigns.create(new, id).await?;
+                Ok(HttpResponse::Created()
+                    .insert_header((header::LOCATION, format!("/api/v1/campaigns/{}", view.id)))
+                    .json(view))
+            },
+        )
         .await
 }
 

@@ -2,17 +2,18 @@
 //! The user id comes only from the verified credential, never from the path
 //! or a body.
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use common::ids::UserId;
+use common::ids::{CampaignId, UserId};
 use common::redis_state::RecordedState;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::campaign_id;
-use crate::auth::Authenticator;
+use crate::auth::User;
 use crate::error::{ApiError, ErrorBody};
+use crate::middleware::InFlight;
 use crate::state::AppState;
 use crate::strategy::Acceptance;
 
@@ -73,16 +74,20 @@ pub struct IssueReply {
 pub async fn issue(
     req: HttpRequest,
     state: web::Data<AppState>,
-    auth: web::Data<Authenticator>,
+    User(user): User,
 ) -> Result<HttpResponse, ApiError> {
-    let user = check_client_ip(&req, &state)
-        .and_then(|()| auth.user(&req))
-        .inspect_err(|e| count_outcome(&state, e.outcome()))?;
+    // What refuses without changing anything comes before the
+    // Idempotency-Key is claimed, so such a request keeps no record (a
+    // retry of a kept reply is still replayed, whatever the bucket says).
+    let campaign = campaign_id(&req).inspect_err(|e| count_outcome(&state, e.outcome()))?;
+    let limited = state.limiter.check(&user).map_err(ApiError::rate_limited);
+    let in_flight = req.extensions().get::<InFlight>().cloned();
     // The body is ignored, so it is no part of the request's fingerprint.
+    let resource = format!("/api/v1/campaigns/{campaign}/issue");
     state
         .idempotency
-        .run(&req, &caller(&user), b"", async {
-            let result = issue_as(&req, &state, user).await;
+        .run_unless(&req, &caller(&user), &resource, b"", limited, |_| async {
+            let result = issue_as(&state, campaign, user, in_flight).await;
             count_outcome(
                 &state,
                 match &result {
@@ -116,41 +121,26 @@ fn count_outcome(state: &AppState, outcome: &str) {
         .inc();
 }
 
+/// Take, produce and settle run to their end on a tracked task: a slot is
+/// never left half-taken because the client went away, and the request's
+/// place among those in flight is held until the task ends.
 async fn issue_as(
-    req: &HttpRequest,
     state: &AppState,
+    campaign: CampaignId,
     user: UserId,
+    in_flight: Option<InFlight>,
 ) -> Result<Acceptance, ApiError> {
-    let campaign = campaign_id(req)?;
-    state.limiter.check(&user).map_err(ApiError::rate_limited)?;
-    // Take, produce and settle run to their end on a tracked task: a slot
-    // is never left half-taken because the client went away.
     let strategy = state.strategy.clone();
     let issued = state
         .issuance
-        .run_to_end(async move { strategy.issue(campaign, user).await })
+        .run_to_end(async move {
+            let issued = strategy.issue(campaign, user).await;
+            drop(in_flight);
+            issued
+        })
         .await
         .ok_or_else(|| ApiError::unavailable("the issue request failed; retry later"))?;
     Ok(issued?)
-}
-
-/// The per-IP bucket, checked before the token is even verified.
-pub(crate) fn check_client_ip(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    if !state.ip_limiter.enabled() {
-        return Ok(());
-    }
-    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
-        return Ok(());
-    };
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    let client = state.trusted_proxies.client_ip(peer, forwarded);
-    state
-        .ip_limiter
-        .check(&client)
-        .map_err(ApiError::rate_limited)
 }
 
 /// A user's coupon of one campaign (the schema of `MyCoupon.state`).
@@ -214,11 +204,13 @@ impl MyCoupon {
 pub async fn my_coupon(
     req: HttpRequest,
     state: web::Data<AppState>,
-    auth: web::Data<Authenticator>,
+    User(user): User,
 ) -> Result<HttpResponse, ApiError> {
-    check_client_ip(&req, &state)?;
-    let user = auth.user(&req)?;
     let campaign = campaign_id(&req)?;
+    state
+        .read_limiter
+        .check(&user)
+        .map_err(ApiError::rate_limited)?;
     if !state.campaigns.exists(&campaign).await? {
         return Err(ApiError::UnknownCampaign);
     }

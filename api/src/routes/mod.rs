@@ -4,11 +4,11 @@
 //! instead of actix's defaults.
 //!
 //! `openapi` builds the OpenAPI document from the handlers' annotations
-//! (served at `/openapi.json`, read by `/docs`).
+//! (served at `/openapi.json`, read by `/docs`). The operations endpoints
+//! (`ops`) are another listener's (`http.ops_port`), but for `/healthz`.
 
-use actix_web::dev::Service;
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::error::ApiError;
 
@@ -34,33 +34,9 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
             // Resources are tried in order: the issue endpoint, which carries
             // the load, first.
             web::scope("/api/v1/campaigns")
-                .wrap_fn(|req, srv| {
-                    // Bounded in-flight requests: past the bound, a fast 503
-                    // rather than a queue behind a slow dependency.
-                    let permit = req
-                        .app_data::<web::Data<crate::state::AppState>>()
-                        .map(|s| s.in_flight.clone().try_acquire_owned());
-                    let call = match &permit {
-                        Some(Err(_)) => Err(req),
-                        _ => Ok(srv.call(req)),
-                    };
-                    async move {
-                        // Held until the response is ready.
-                        let _permit = permit;
-                        match call {
-                            Ok(response) => response.await,
-                            // A reply, not an error: the outer middleware
-                            // counts it and gives it its request id.
-                            Err(req) => Ok(req.into_response(
-                                ApiError::Unavailable {
-                                    message: "this instance is at its limit of requests in flight; retry later".into(),
-                                    retry_after_secs: 1,
-                                }
-                                .error_response(),
-                            )),
-                        }
-                    }
-                })
+                .wrap(actix_web::middleware::from_fn(
+                    crate::middleware::in_flight_limit,
+                ))
                 .service(
                     web::resource("/{id}/issue")
                         .route(web::post().to(issue::issue))
@@ -104,9 +80,7 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
                 ),
         )
         .route("/healthz", web::get().to(ops::healthz))
-        .route("/readyz", web::get().to(ops::readyz))
-        .route("/metrics", web::get().to(ops::metrics))
-        .route("/openapi.json", web::get().to(ops::openapi))
+        .route("/openapi.json", web::get().to(openapi::serve))
         .configure(docs::configure)
         .default_service(web::to(not_found));
     }

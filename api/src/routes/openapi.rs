@@ -31,9 +31,7 @@ use crate::error::ErrorBody;
         room::join,
         room::my_place,
         ops::healthz,
-        ops::readyz,
-        ops::metrics,
-        ops::openapi,
+        serve,
     ),
     components(schemas(
         CampaignRequest,
@@ -148,4 +146,10 @@ impl Modify for ResponseHeaders {
             }
         }
     }
+}
+
+/// The OpenAPI document of this api.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "This document")))]
+pub async fn serve() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok().json(ApiDoc::openapi())
 }

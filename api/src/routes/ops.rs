@@ -1,14 +1,29 @@
-//! Operations endpoints: liveness, readiness and metrics.
+//! Operations endpoints: liveness, readiness and metrics, on a listener of
+//! their own (`http.ops_port`: not routed by the public balancer, so that
+//! an anonymous client can neither read the metrics nor make the instance
+//! probe its dependencies). `/healthz` is on the public listener too (it
+//! costs nothing and touches nothing).
 //!
 //! `/readyz` answers 200 while this instance serves, even when a shared
 //! dependency is down, and 503 while it drains or while a dependency refuses
-//! its configuration (`crate::readiness` says why).
+//! its configuration (`crate::readiness` says why). The probes' result is
+//! reused for a second.
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use crate::readiness::Readiness;
+use crate::error::ApiError;
 use crate::state::AppState;
+
+/// The ops listener's routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, ApiError>(ApiError::RouteNotFound)
+        }));
+}
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is alive")))]
 pub async fn healthz() -> HttpResponse {
@@ -25,7 +40,7 @@ pub async fn healthz() -> HttpResponse {
     )
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let readiness = Readiness::probe(&state).await;
+    let readiness = state.readiness.get(&state).await;
     let status = if state.is_draining() {
         "draining"
     } else if readiness.misconfigured() {
@@ -56,10 +71,4 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(common::metrics::render(&state.metrics.registry))
-}
-
-/// The OpenAPI document of this api.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "This document")))]
-pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(<super::openapi::ApiDoc as utoipa::OpenApi>::openapi())
 }

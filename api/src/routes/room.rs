@@ -13,8 +13,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::campaign_id;
-use super::issue::{caller, check_client_ip};
-use crate::auth::Authenticator;
+use super::issue::caller;
+use crate::auth::User;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use crate::strategy::IssueError;
@@ -118,15 +118,15 @@ impl PlaceReply {
 pub async fn join(
     req: HttpRequest,
     state: web::Data<AppState>,
-    auth: web::Data<Authenticator>,
+    User(user): User,
 ) -> Result<HttpResponse, ApiError> {
-    check_client_ip(&req, &state)?;
-    let user = auth.user(&req)?;
+    // Refused before the Idempotency-Key is claimed: nothing kept for them.
+    let campaign = campaign_id(&req)?;
+    let limited = state.limiter.check(&user).map_err(ApiError::rate_limited);
+    let resource = format!("/api/v1/campaigns/{campaign}/room");
     state
         .idempotency
-        .run(&req, &caller(&user), b"", async {
-            let campaign = campaign_id(&req)?;
-            state.limiter.check(&user).map_err(ApiError::rate_limited)?;
+        .run_unless(&req, &caller(&user), &resource, b"", limited, |_| async {
             let view = room_call(&state, &campaign, &user, Call::Join).await?;
             Ok(join_reply(&view))
         })
@@ -153,11 +153,13 @@ pub async fn join(
 pub async fn my_place(
     req: HttpRequest,
     state: web::Data<AppState>,
-    auth: web::Data<Authenticator>,
+    User(user): User,
 ) -> Result<HttpResponse, ApiError> {
-    check_client_ip(&req, &state)?;
-    let user = auth.user(&req)?;
     let campaign = campaign_id(&req)?;
+    state
+        .read_limiter
+        .check(&user)
+        .map_err(ApiError::rate_limited)?;
     let view = room_call(&state, &campaign, &user, Call::Look).await?;
     let mut reply = HttpResponse::Ok();
     retry_after(&mut reply, &view);

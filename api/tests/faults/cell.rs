@@ -33,6 +33,8 @@ pub struct Cell {
     pub db: DatabaseConnection,
     env: Vec<(String, String)>,
     pub api_ports: Vec<u16>,
+    /// Each api's ops listener (`/readyz`, `/metrics`).
+    pub ops_ports: Vec<u16>,
     apis: Vec<Option<Child>>,
     pub worker_ports: Vec<u16>,
     workers: Vec<Option<Child>>,
@@ -73,6 +75,7 @@ impl Cell {
         assert!(status.success(), "migrate failed");
         let db = db_at(&pg.url()).await;
         let api_ports: Vec<u16> = (0..apis).map(|_| spare_port()).collect();
+        let ops_ports: Vec<u16> = (0..apis).map(|_| spare_port()).collect();
         let admin = AdminClient::new(&format!("http://127.0.0.1:{}", api_ports[0]), ADMIN_TOKEN)
             .expect("admin client");
         let mut cell = Self {
@@ -82,6 +85,7 @@ impl Cell {
             db,
             env,
             api_ports,
+            ops_ports,
             apis: (0..apis).map(|_| None).collect(),
             worker_ports: (0..workers).map(|_| spare_port()).collect(),
             workers: (0..workers).map(|_| None).collect(),
@@ -94,7 +98,7 @@ impl Cell {
         for i in 0..workers {
             cell.spawn_worker(i, &[]);
         }
-        for &port in &cell.api_ports {
+        for &port in &cell.ops_ports {
             wait_ready(port).await;
         }
         cell
@@ -112,6 +116,7 @@ impl Cell {
             .envs(self.env.iter().cloned())
             .envs(extra.iter().map(|(k, v)| (*k, *v)))
             .env("APP_HTTP__PORT", self.api_ports[i].to_string())
+            .env("APP_HTTP__OPS_PORT", self.ops_ports[i].to_string())
             .stdout(Stdio::null())
             .spawn()
             .expect("start api");
@@ -234,6 +239,7 @@ impl Drop for Cell {
     }
 }
 
+/// Waits until the api whose ops listener is `port` answers `/readyz` 200.
 pub async fn wait_ready(port: u16) {
     wait_for_port(port, Duration::from_secs(30), "api");
     let started = Instant::now();

@@ -208,7 +208,7 @@ async fn f05(strategy: &'static str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cell.spawn_api(0, &fault);
-    crate::cell::wait_ready(cell.api_ports[0]).await;
+    crate::cell::wait_ready(cell.ops_ports[0]).await;
 
     let before = offer(
         &cell,
@@ -252,8 +252,9 @@ async fn f12(strategy: &'static str) {
     let servers: String = cell
         .api_ports
         .iter()
+        .zip(&cell.ops_ports)
         .enumerate()
-        .map(|(i, p)| format!("    server api{i} 127.0.0.1:{p} check\n"))
+        .map(|(i, (p, o))| format!("    server api{i} 127.0.0.1:{p} check port {o}\n"))
         .collect();
     let config = format!(
         "global\n    maxconn 4000\ndefaults\n    mode http\n    option http-keep-alive\n    option redispatch\n    retries 2\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\nfrontend f\n    bind 127.0.0.1:{port}\n    default_backend b\nbackend b\n    balance leastconn\n    option httpchk GET /readyz\n    http-check expect status 200\n    default-server inter 200ms fall 2 rise 2\n{servers}"

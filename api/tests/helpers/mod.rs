@@ -49,6 +49,8 @@ pub async fn test_settings() -> Settings {
 /// A running api instance.
 pub struct TestApi {
     pub address: String,
+    /// The ops listener (`/readyz`, `/metrics`).
+    pub ops_address: String,
     pub client: reqwest::Client,
     /// The instance's own Redis (single node or cluster), for the audit.
     pub redis: common::settings::RedisSettings,
@@ -61,6 +63,7 @@ pub async fn spawn_api(settings: &Settings) -> TestApi {
         .await
         .expect("api builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let ops_address = format!("http://127.0.0.1:{}", app.ops_port());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
@@ -76,6 +79,7 @@ pub async fn spawn_api(settings: &Settings) -> TestApi {
         .expect("client");
     TestApi {
         address,
+        ops_address,
         client,
         redis: settings.redis.clone(),
         stop: Some(tx),
@@ -140,7 +144,7 @@ impl TestApi {
     /// The `/metrics` page as text.
     pub async fn metrics_text(&self) -> String {
         self.client
-            .get(format!("{}/metrics", self.address))
+            .get(format!("{}/metrics", self.ops_address))
             .send()
             .await
             .unwrap()
@@ -375,6 +379,8 @@ pub fn process_environment(settings: &Settings) -> Vec<(String, String)> {
         ("APP_AUTH__ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ("APP_AUTH__JWT_SECRET", JWT_SECRET.to_owned()),
         ("APP_HTTP__WORKERS", "2".to_owned()),
+        // Any free port: several processes run at once.
+        ("APP_HTTP__OPS_PORT", "0".to_owned()),
         ("APP_LOG__FILTER", "warn".to_owned()),
     ]
     .into_iter()

@@ -65,6 +65,7 @@ pub fn isolated_settings() -> Settings {
     s.kafka.group_id = format!("coupon-issuer-test-{tag}");
     s.kafka.session_timeout_ms = 6_000;
     s.http.port = 0;
+    s.http.ops_port = 0;
     s.http.workers = 2;
     s.http.shutdown_timeout_secs = 10;
     s.worker.http_port = 0;

@@ -122,7 +122,9 @@ pub async fn db_at(url: &str) -> DatabaseConnection {
         url: SecretString::from(url.to_owned()),
         ..DatabaseSettings::default()
     };
-    crate::db::connect(&settings).await.unwrap()
+    crate::db::connect(&settings, Duration::from_secs(60))
+        .await
+        .unwrap()
 }
 
 /// An open campaign row written directly, for tests and benchmarks of the
@@ -209,7 +211,7 @@ pub async fn wait_for_rows(
     }
 }
 
-async fn redis() -> redis::aio::MultiplexedConnection {
+pub async fn redis() -> redis::aio::MultiplexedConnection {
     redis_at(&redis_url()).await
 }
 

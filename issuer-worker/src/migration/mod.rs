@@ -22,6 +22,26 @@ impl MigratorTrait for Migrator {
 /// runs (several test processes, or replicas starting together).
 const MIGRATION_LOCK_KEY: i64 = 0x636f_7570_6f6e;
 
+/// Grants `role` what the services need and no more (`database.service_role`):
+/// rows read and written, never the schema changed.
+pub async fn grant_service_role(db: &DatabaseConnection, role: &str) -> Result<(), DbErr> {
+    let role = quote_ident(role);
+    for statement in [
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"),
+        format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"),
+        format!("REVOKE CREATE ON SCHEMA public FROM {role}"),
+    ] {
+        db.execute_unprepared(&statement).await?;
+    }
+    Ok(())
+}
+
+/// A PostgreSQL identifier, quoted.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// Applies every pending migration, one runner at a time.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     let txn = db.begin().await?;

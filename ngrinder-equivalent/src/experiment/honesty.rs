@@ -92,6 +92,7 @@ pub(super) async fn honesty_check(env: &Environment) -> anyhow::Result<Honesty> 
             threads: env.threads,
         },
         admin_url: url.clone(),
+        ops_url: Some(env.ports.instance_ops_url(0)),
         admin_token,
         jwt_secret,
         stock: None,

@@ -1,0 +1,23 @@
+//! Test-only fault hooks (`faults.*`).
+
+use serde::{Deserialize, Serialize};
+
+/// Test-only fault hooks. Honoured by debug builds only; release builds
+/// compile the hooks out and ignore these settings.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(default)]
+pub struct FaultSettings {
+    /// Lock strategies: a request of this user, once it holds the lock and
+    /// has read the count, stops as a paused process would (its lease is no
+    /// longer renewed) for `pause_lock_holder_ms`.
+    pub pause_lock_holder_user: Option<String>,
+    pub pause_lock_holder_ms: u64,
+    /// The process aborts right after the gate admitted this user, before
+    /// its message is produced (a crash between gate and produce).
+    pub crash_after_gate_user: Option<String>,
+    /// Right after the gate admitted this user, the request stops for
+    /// `pause_after_gate_ms` (a slow step between gate and produce, during
+    /// which its client can give up).
+    pub pause_after_gate_user: Option<String>,
+    pub pause_after_gate_ms: u64,
+}

@@ -1,0 +1,42 @@
+//! The issuer-worker (`worker.*`): batches, retries, its HTTP port.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct WorkerSettings {
+    /// Messages per database transaction, at most.
+    pub batch_size: usize,
+    /// How long a batch waits to fill before it is written anyway.
+    pub batch_linger_ms: u64,
+    /// On SIGTERM, how long the current batch may take before it is abandoned
+    /// (its offsets are not stored, so it is redelivered).
+    pub shutdown_timeout_ms: u64,
+    /// Longest a batch's transaction may take. Past it the batch counts as a
+    /// database failure (nothing of it is kept; it is retried after a pause
+    /// while the consumer keeps polling), so a PostgreSQL that stops
+    /// answering without closing its connections cannot hang the batch
+    /// until the group drops the member.
+    pub batch_timeout_ms: u64,
+    /// First and largest pause between retries while PostgreSQL is down.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// `/metrics` and `/healthz` of the worker; 0 picks a free port.
+    pub http_port: u16,
+    pub http_host: String,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            batch_linger_ms: 10,
+            shutdown_timeout_ms: 10_000,
+            batch_timeout_ms: 10_000,
+            retry_initial_ms: 100,
+            retry_max_ms: 5_000,
+            http_port: 9100,
+            http_host: "127.0.0.1".into(),
+        }
+    }
+}
