@@ -38,12 +38,25 @@ pub async fn after_gate(faults: &FaultSettings, user: &UserId) {
     }
 }
 
+/// The calling thread busy for a while (`std::thread::sleep`: nothing else
+/// on it runs, the Redis connection it drives included), as a burst of
+/// other requests on two cores would keep it.
+#[allow(unused_variables)]
+pub fn busy_thread(faults: &FaultSettings, user: &UserId) {
+    #[cfg(debug_assertions)]
+    if faults.busy_thread_user.as_deref() == Some(user.as_str()) {
+        tracing::warn!(user.id = %user, "fault: thread kept busy after the gate call was sent");
+        std::thread::sleep(std::time::Duration::from_millis(faults.busy_thread_ms));
+    }
+}
+
 /// Says at start-up that fault settings are ignored by this build.
 pub fn warn_if_ignored(faults: &FaultSettings) {
     if cfg!(not(debug_assertions))
         && (faults.pause_lock_holder_user.is_some()
             || faults.crash_after_gate_user.is_some()
-            || faults.pause_after_gate_user.is_some())
+            || faults.pause_after_gate_user.is_some()
+            || faults.busy_thread_user.is_some())
     {
         tracing::warn!("APP_FAULTS__* is set but this release build has no fault hooks");
     }

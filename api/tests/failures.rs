@@ -322,3 +322,33 @@ async fn a_withdrawn_take_holds_nothing_whichever_runs_first() {
     assert_eq!(gate_state(&campaign).await, (vec![], Some(0)));
     api.stop().await;
 }
+
+/// A busy instance is not a dead Redis: when the thread that would read a
+/// gate call's reply is kept busy past the command timeout (a burst on two
+/// cores), Redis having answered at once, the call is still answered: the
+/// reply is `accepted`, not "redis did not answer in time" with the take
+/// withdrawn. (It was: the timeout fired on the late timer before the
+/// reply waiting in the socket was read.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_instance_does_not_take_itself_for_a_dead_redis() {
+    let mut settings = test_settings().await;
+    settings.faults.busy_thread_user = Some("busy".into());
+    settings.faults.busy_thread_ms = settings.redis.command_timeout_ms * 2;
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    let (status, body) = api.issue(&campaign, "busy").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["outcome"], "accepted", "{body}");
+    let scrape = api.scrape().await;
+    assert_eq!(
+        scrape.sum("gate_compensations_total", &[("result", "withdrawn")])
+            + scrape.sum("gate_compensations_total", &[("result", "voided")]),
+        0.0,
+        "the take was withdrawn"
+    );
+    assert_eq!(
+        gate_state(&campaign).await,
+        (vec!["busy".to_owned()], Some(1))
+    );
+    api.stop().await;
+}

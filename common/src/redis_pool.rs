@@ -93,8 +93,17 @@ pub enum ConnectError {
     Redis(#[from] RedisError),
 }
 
+/// An open connection, what is known of the server behind it, and how many
+/// calls completed on it.
+#[derive(Clone)]
+struct Pooled {
+    conn: RedisConn,
+    server: Arc<str>,
+    progress: Arc<AtomicU64>,
+}
+
 struct SharedPlace {
-    conn: RwLock<Option<RedisConn>>,
+    conn: RwLock<Option<Pooled>>,
     /// Serialises (re)connecting, so a burst opens one socket, not hundreds.
     connecting: tokio::sync::Mutex<()>,
 }
@@ -102,7 +111,7 @@ struct SharedPlace {
 /// The connection of one pool on the current thread.
 #[derive(Default)]
 struct LocalPlace {
-    conn: Option<RedisConn>,
+    conn: Option<Pooled>,
     connecting: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -144,6 +153,47 @@ pub fn tls_certificates(
     )
 }
 
+/// How late a timer may fire before the process counts as starved (its
+/// thread busy elsewhere) rather than the other side as silent.
+pub const STARVED: Duration = Duration::from_millis(50);
+
+/// Runs `work` within `period`, and then as long as it keeps earning
+/// another period, up to `longest` from the start: a period is earned when
+/// the timer fired at least [`STARVED`] late (this thread was busy, and the
+/// answer may be waiting to be read) or `moved()` changed since the last
+/// look (the other side is answering others). `Err(elapsed)` when it ran
+/// out.
+pub async fn within<F: Future>(
+    period: Duration,
+    longest: Duration,
+    moved: impl Fn() -> u64,
+    work: F,
+) -> Result<F::Output, Duration> {
+    let started = tokio::time::Instant::now();
+    let last = started + longest;
+    let mut seen = moved();
+    let mut deadline = started + period;
+    let mut work = std::pin::pin!(work);
+    loop {
+        match tokio::time::timeout_at(deadline, &mut work).await {
+            Ok(output) => return Ok(output),
+            Err(_) => {
+                let now = tokio::time::Instant::now();
+                let late = now.saturating_duration_since(deadline);
+                let current = moved();
+                if (late >= STARVED || current != seen) && now < last {
+                    // A fresh period from now: the answer may be in the
+                    // socket already, for this thread to read.
+                    seen = current;
+                    deadline = (now + period).min(last);
+                    continue;
+                }
+                return Err(started.elapsed());
+            }
+        }
+    }
+}
+
 pub struct RedisPool {
     id: u64,
     /// A single server's client; in cluster mode, the first node's (for
@@ -170,6 +220,15 @@ impl std::fmt::Debug for RedisPool {
 #[derive(Clone)]
 pub struct Checkout {
     pub conn: RedisConn,
+    /// The `run_id` of the Redis server behind the connection (a new one at
+    /// every start, another on a failover): what the gate's fence compares
+    /// (`redis_state::Gate`). Empty in cluster mode, where a connection
+    /// reaches several servers and the scripts ask their own.
+    pub server: Arc<str>,
+    /// Calls completed on this connection so far (any caller's): a call
+    /// that outlives its timeout while others complete is queued behind
+    /// them, not facing a dead server.
+    pub progress: Arc<AtomicU64>,
     place: Place,
 }
 
@@ -256,30 +315,32 @@ impl RedisPool {
     async fn get_shared(&self) -> Result<Checkout, ConnectError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.places.len();
         let place = &self.places[index];
-        if let Some(conn) = read(place) {
+        if let Some(pooled) = read(place) {
             self.observe(Duration::ZERO);
-            return Ok(Checkout {
-                conn,
-                place: Place::Shared(index),
-            });
+            return Ok(pooled.checkout(Place::Shared(index)));
         }
         let started = Instant::now();
-        let checked_out = tokio::time::timeout(self.connect_timeout, async {
-            let _guard = place.connecting.lock().await;
-            if let Some(conn) = read(place) {
-                return Ok(conn);
-            }
-            let conn = self
-                .runtime
-                .spawn(self.connect())
-                .await
-                .map_err(|e| RedisError::from(std::io::Error::other(e)))??;
-            *place
-                .conn
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn.clone());
-            Ok::<_, RedisError>(conn)
-        })
+        let checked_out = within(
+            self.connect_timeout,
+            self.connect_timeout * 4,
+            || 0,
+            async {
+                let _guard = place.connecting.lock().await;
+                if let Some(pooled) = read(place) {
+                    return Ok(pooled);
+                }
+                let pooled = self
+                    .runtime
+                    .spawn(self.connect())
+                    .await
+                    .map_err(|e| RedisError::from(std::io::Error::other(e)))??;
+                *place
+                    .conn
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pooled.clone());
+                Ok::<_, RedisError>(pooled)
+            },
+        )
         .await;
         self.checked_out(started, checked_out, Place::Shared(index))
     }
@@ -289,56 +350,77 @@ impl RedisPool {
             let place = local.entry(self.id).or_default();
             (place.conn.clone(), place.connecting.clone())
         });
-        if let Some(conn) = conn {
+        if let Some(pooled) = conn {
             self.observe(Duration::ZERO);
-            return Ok(Checkout {
-                conn,
-                place: Place::Local,
-            });
+            return Ok(pooled.checkout(Place::Local));
         }
         let started = Instant::now();
-        let checked_out = tokio::time::timeout(self.connect_timeout, async {
-            let _guard = connecting.lock().await;
-            let ready = LOCAL.with_borrow(|local| local.get(&self.id).and_then(|s| s.conn.clone()));
-            if let Some(conn) = ready {
-                return Ok(conn);
-            }
-            // Opened here, so its driver task runs on this thread's runtime.
-            let conn = self.connect().await?;
-            LOCAL.with_borrow_mut(|local| {
-                local.entry(self.id).or_default().conn = Some(conn.clone())
-            });
-            Ok::<_, RedisError>(conn)
-        })
+        let checked_out = within(
+            self.connect_timeout,
+            self.connect_timeout * 4,
+            || 0,
+            async {
+                let _guard = connecting.lock().await;
+                let ready =
+                    LOCAL.with_borrow(|local| local.get(&self.id).and_then(|s| s.conn.clone()));
+                if let Some(pooled) = ready {
+                    return Ok(pooled);
+                }
+                // Opened here, so its driver task runs on this thread's runtime.
+                let pooled = self.connect().await?;
+                LOCAL.with_borrow_mut(|local| {
+                    local.entry(self.id).or_default().conn = Some(pooled.clone())
+                });
+                Ok::<_, RedisError>(pooled)
+            },
+        )
         .await;
         self.checked_out(started, checked_out, Place::Local)
     }
 
-    fn connect(&self) -> impl Future<Output = Result<RedisConn, RedisError>> + Send + 'static {
+    /// Opens a connection and learns which server it reached (`INFO
+    /// server`'s `run_id`; single servers only).
+    fn connect(&self) -> impl Future<Output = Result<Pooled, RedisError>> + Send + 'static {
+        // The bound that counts is `within`'s (it tells a busy thread from a
+        // server that does not answer); this one only ends a hung socket.
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
+            .set_connection_timeout(Some(self.connect_timeout * 4))
             .set_response_timeout(None);
         let (client, cluster) = (self.client.clone(), self.cluster.clone());
         async move {
-            match cluster {
-                Some(c) => c.get_async_connection().await.map(RedisConn::Cluster),
-                None => client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-                    .map(RedisConn::Single),
-            }
+            let (conn, server) = match cluster {
+                Some(c) => (
+                    RedisConn::Cluster(c.get_async_connection().await?),
+                    Arc::from(""),
+                ),
+                None => {
+                    let mut conn = client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?;
+                    let info: String = redis::cmd("INFO")
+                        .arg("server")
+                        .query_async(&mut conn)
+                        .await?;
+                    (RedisConn::Single(conn), Arc::from(run_id(&info)))
+                }
+            };
+            Ok(Pooled {
+                conn,
+                server,
+                progress: Arc::default(),
+            })
         }
     }
 
     fn checked_out(
         &self,
         started: Instant,
-        checked_out: Result<Result<RedisConn, RedisError>, tokio::time::error::Elapsed>,
+        checked_out: Result<Result<Pooled, RedisError>, Duration>,
         place: Place,
     ) -> Result<Checkout, ConnectError> {
         self.observe(started.elapsed());
         match checked_out {
-            Ok(Ok(conn)) => Ok(Checkout { conn, place }),
+            Ok(Ok(pooled)) => Ok(pooled.checkout(place)),
             Ok(Err(e)) => Err(ConnectError::Redis(e)),
             Err(_) => Err(ConnectError::Timeout(self.connect_timeout)),
         }
@@ -385,7 +467,25 @@ impl RedisPool {
     }
 }
 
-fn read(place: &SharedPlace) -> Option<RedisConn> {
+impl Pooled {
+    fn checkout(&self, place: Place) -> Checkout {
+        Checkout {
+            conn: self.conn.clone(),
+            server: self.server.clone(),
+            progress: self.progress.clone(),
+            place,
+        }
+    }
+}
+
+/// The `run_id` of an `INFO server` reply (empty if absent).
+fn run_id(info: &str) -> &str {
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map_or("", str::trim)
+}
+
+fn read(place: &SharedPlace) -> Option<Pooled> {
     place
         .conn
         .read()

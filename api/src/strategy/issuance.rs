@@ -147,11 +147,20 @@ impl Issuance {
     ) -> Result<TakenSlot, IssueError> {
         let coupon = CouponId::new();
         let started = Instant::now();
-        let reply = traced(
+        let take = traced(
             self.gate.take(campaign, user, &coupon),
             || tracing::debug_span!("gate", campaign.id = %campaign),
-        )
-        .await;
+        );
+        let mut take = std::pin::pin!(take);
+        // The first poll sends the call; the fault keeps this thread busy
+        // while Redis answers.
+        let reply = match futures::poll!(take.as_mut()) {
+            std::task::Poll::Ready(reply) => reply,
+            std::task::Poll::Pending => {
+                crate::faults::busy_thread(&self.faults, user);
+                take.await
+            }
+        };
         self.metrics
             .gate_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -4,11 +4,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prometheus::Histogram;
 
-use crate::redis_pool::{ConnectError, RedisConn, RedisPool};
+use crate::redis_pool::{ConnectError, RedisConn, RedisPool, within};
+pub use crate::settings::LONGEST_CALL_FACTOR;
 use crate::settings::RedisSettings;
 
 /// Why a Redis call failed. A call that timed out after it was sent may
@@ -72,20 +74,56 @@ impl RedisClient {
     }
 
     /// Every call: a pooled connection (bounded by the connect timeout),
-    /// then the call (bounded by the command timeout).
+    /// then the call (bounded by the command timeout, see
+    /// [`RedisClient::run_on`]).
     pub async fn run<T, F, Fut>(&self, call: F) -> Result<T, RedisCallError>
     where
         F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        self.run_on(|conn, _| call(conn)).await
+    }
+
+    /// As [`RedisClient::run`], the call also given the `run_id` of the
+    /// server the connection reached (empty in cluster mode): what the
+    /// gate's fence compares with the campaign's epoch.
+    ///
+    /// The command timeout is there to tell a Redis that stopped answering;
+    /// it must not fire because this process was too busy to read an answer
+    /// that came in time (a burst on two cores: the reply sits in the socket
+    /// while the thread that would read it runs other requests). So when the
+    /// timeout passes, the call gets another period if the timer itself
+    /// fired late (the thread was starved) or other calls
+    /// completed on the connection meanwhile (Redis answers; this call is
+    /// queued behind them), up to [`LONGEST_CALL_FACTOR`] periods in all
+    /// ([`RedisSettings::longest_call`]). A Redis that answers nobody is
+    /// still declared gone after one timeout.
+    pub async fn run_on<T, F, Fut>(&self, call: F) -> Result<T, RedisCallError>
+    where
+        F: FnOnce(RedisConn, &str) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         let checkout = self.pool.get().await?;
-        match tokio::time::timeout(self.command_timeout, call(checkout.conn.clone())).await {
-            Ok(Ok(value)) => Ok(value),
+        let progress = checkout.progress.clone();
+        let call = call(checkout.conn.clone(), &checkout.server);
+        let longest = self.command_timeout * LONGEST_CALL_FACTOR;
+        match within(
+            self.command_timeout,
+            longest,
+            || progress.load(Ordering::Relaxed),
+            call,
+        )
+        .await
+        {
+            Ok(Ok(value)) => {
+                checkout.progress.fetch_add(1, Ordering::Relaxed);
+                Ok(value)
+            }
             Ok(Err(e)) => {
                 self.pool.report(&checkout, &e);
                 Err(RedisCallError::Redis(e))
             }
-            Err(_) => Err(RedisCallError::Timeout(self.command_timeout)),
+            Err(waited) => Err(RedisCallError::Timeout(waited)),
         }
     }
 

@@ -12,12 +12,17 @@ pub struct FaultSettings {
     /// longer renewed) for `pause_lock_holder_ms`.
     pub pause_lock_holder_user: Option<String>,
     pub pause_lock_holder_ms: u64,
-    /// The process aborts right after the gate admitted this user, before
-    /// its message is produced (a crash between gate and produce).
+    /// The process aborts right after the gate took this user's slot,
+    /// before its message is produced (a crash between gate and produce).
     pub crash_after_gate_user: Option<String>,
-    /// Right after the gate admitted this user, the request stops for
+    /// Right after the gate took this user's slot, the request stops for
     /// `pause_after_gate_ms` (a slow step between gate and produce, during
     /// which its client can give up).
     pub pause_after_gate_user: Option<String>,
     pub pause_after_gate_ms: u64,
+    /// Right after this user's gate call is sent, the thread that would
+    /// read its reply is kept busy for `busy_thread_ms` (a burst that
+    /// starves it), while Redis answers at once.
+    pub busy_thread_user: Option<String>,
+    pub busy_thread_ms: u64,
 }

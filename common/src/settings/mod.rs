@@ -310,11 +310,11 @@ impl Settings {
     }
 
     /// How long after the gate took a slot its message has reached the
-    /// broker or never will: the gate call itself, [`PRODUCE_WITHIN`], and
-    /// the delivery timeout. `reconcile` and `rebuild` wait this long before
-    /// they trust the topic and the rows.
+    /// broker or never will: the gate call itself (at its longest),
+    /// [`PRODUCE_WITHIN`], and the delivery timeout. `reconcile` and
+    /// `rebuild` wait this long before they trust the topic and the rows.
     pub fn takes_settle_within(&self) -> Duration {
-        self.redis.command_timeout() + PRODUCE_WITHIN + self.kafka.delivery_timeout()
+        self.redis.longest_call() + PRODUCE_WITHIN + self.kafka.delivery_timeout()
     }
 
     /// The longest an api request can run: a lock wait, the gate call and

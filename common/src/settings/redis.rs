@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::check_tls_files;
 
+/// How many command timeouts one Redis call may take in all
+/// ([`RedisSettings::longest_call`]).
+pub const LONGEST_CALL_FACTOR: u32 = 4;
+
 /// `Debug` hides a password in the URLs (`redis://:secret@host` prints as
 /// `redis://:***@host`).
 #[derive(Clone, Deserialize, Serialize)]
@@ -88,6 +92,14 @@ impl RedisSettings {
     }
     pub fn command_timeout(&self) -> Duration {
         Duration::from_millis(self.command_timeout_ms)
+    }
+
+    /// The longest one call can take before it is given up: the command
+    /// timeout, extended while this process was too busy to read the reply
+    /// or Redis answered other calls meanwhile
+    /// (`redis_state::RedisClient::run_on`).
+    pub fn longest_call(&self) -> Duration {
+        self.command_timeout() * LONGEST_CALL_FACTOR
     }
 
     /// The cluster's node URLs (empty: a single server at `url`).
