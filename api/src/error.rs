@@ -180,7 +180,12 @@ impl From<IssueError> for ApiError {
             IssueError::Refused(r) => Self::Refused(r),
             IssueError::UnknownCampaign => Self::UnknownCampaign,
             IssueError::StateMissing => Self::Unavailable {
-                message: "the campaign's gate state is not loaded; an operator must rebuild it"
+                message: "the campaign's gate state is not loaded; the worker's gate keeper loads it, retry shortly"
+                    .into(),
+                retry_after_secs: 5,
+            },
+            IssueError::Fenced => Self::Unavailable {
+                message: "the campaign's gate state is being rebuilt after a Redis restart; nothing was issued, retry shortly"
                     .into(),
                 retry_after_secs: 5,
             },

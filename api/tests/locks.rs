@@ -434,3 +434,83 @@ async fn the_fenced_take_stops_at_the_stock() {
     assert!(guard.release().await.unwrap());
     assert_eq!(Gate::new(redis).taken(&campaign).await.unwrap(), Some(1));
 }
+
+/// The fenced take fails closed: with the meta gone (a rebuild deleted it
+/// under a combining batch), closed, or past its end, it takes nothing,
+/// whatever the section read before. (It used to take without a stock or
+/// window check when the meta was missing, and never looked at `closed`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fenced_take_takes_nothing_without_meta_or_once_closed() {
+    use common::ids::{CampaignId, CouponId, UserId};
+    use common::keys::CampaignKeys;
+    use common::redis_state::{CampaignMeta, CampaignMetas, FencedTake, LockSections, Refusal};
+
+    let redis = redis();
+    let metas = CampaignMetas::new(redis.clone());
+    let sections = LockSections::new(redis.clone());
+    let open = |ends_at| CampaignMeta {
+        stock: 10,
+        starts_at: chrono::Utc::now() - chrono::Duration::seconds(10),
+        ends_at,
+        closed: false,
+        room: None,
+    };
+    let take = |campaign: CampaignId, user: &str| {
+        let (redis, sections) = (redis.clone(), sections.clone());
+        let user = UserId::parse(user).unwrap();
+        async move {
+            let keys = CampaignKeys::new(&campaign);
+            let lock = LeaseLock::new(redis.clone(), timing(3_000, 2_000), None);
+            let guard = lock.acquire(&keys.lock()).await.unwrap();
+            let taken = sections
+                .take(guard.key(), guard.token(), &keys, &user, &CouponId::new())
+                .await
+                .unwrap();
+            guard.release().await.unwrap();
+            taken
+        }
+    };
+
+    let missing = CampaignId::new();
+    assert_eq!(take(missing, "a").await, FencedTake::Missing);
+
+    let closed = CampaignId::new();
+    metas.load(&closed, &open(None)).await.unwrap();
+    assert_eq!(take(closed, "a").await, FencedTake::Taken);
+    metas.close(&closed).await.unwrap();
+    assert_eq!(
+        take(closed, "b").await,
+        FencedTake::Refused(Refusal::Closed)
+    );
+
+    let ended = CampaignId::new();
+    metas
+        .load(
+            &ended,
+            &open(Some(chrono::Utc::now() - chrono::Duration::seconds(1))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(take(ended, "a").await, FencedTake::Refused(Refusal::Closed));
+
+    let fenced = CampaignId::new();
+    metas.load(&fenced, &open(None)).await.unwrap();
+    metas.fence(&fenced).await.unwrap();
+    assert_eq!(take(fenced, "a").await, FencedTake::Stale);
+
+    for campaign in [missing, closed, ended, fenced] {
+        let taken: Option<i64> = redis::cmd("GET")
+            .arg(CampaignKeys::new(&campaign).taken())
+            .query_async(
+                &mut redis
+                    .client()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let expected = if campaign == closed { Some(1) } else { Some(0) };
+        assert_eq!(taken.or(Some(0)), expected, "{campaign}");
+    }
+}

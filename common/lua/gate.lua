@@ -1,7 +1,9 @@
--- The gate: take a slot for one user, atomically (after room.lua, slots.lua).
+-- The gate: take a slot for one user, atomically (after room.lua, slots.lua,
+-- fence.lua).
 --
 -- KEYS[1]  coupon:{c}:meta    HASH stock, starts_ms, ends_ms ("none" = no end), state
---          (open|closed), and wr_rate, wr_ttl_ms, wr_seed when it has a waiting room
+--          (open|closed), epoch (fence.lua), and wr_rate, wr_ttl_ms, wr_seed when
+--          it has a waiting room
 -- KEYS[2]  coupon:{c}:users   SET of users with a slot (issued, pending or queued)
 -- KEYS[3]  coupon:{c}:taken   counter of slots taken
 -- KEYS[4]  coupon:{c}:status:<user>  an earlier request's status record
@@ -12,9 +14,12 @@
 --          :room:joined_at (the waiting room, room.lua; untouched without one)
 -- ARGV[1]  user id
 -- ARGV[2]  the coupon id the slot names
+-- ARGV[3]  the run_id of the server the caller's connection reached ("" to
+--          ask it: Redis Cluster)
 --
 -- Returns one of: "taken", "duplicate", "sold_out", "not_open", "closed",
--- "missing" (no meta: the campaign's gate state is not loaded), "withdrawn"
+-- "missing" (no meta: the campaign's gate state is not loaded), "stale" (the
+-- state was loaded on another server: fenced until rebuilt), "withdrawn"
 -- (the caller gave up on this request before Redis ran it), "not_admitted"
 -- (the campaign has a waiting room that has not admitted the user just now).
 -- Behind a waiting room a slot taken answers "taken:<ms>": how long the
@@ -27,9 +32,12 @@ if redis.call('EXISTS', KEYS[6]) == 1 then
   return 'withdrawn'
 end
 local meta = redis.call('HMGET', KEYS[1], 'stock', 'starts_ms', 'ends_ms', 'state', 'wr_rate',
-  'wr_ttl_ms', 'wr_seed')
+  'wr_ttl_ms', 'wr_seed', 'epoch')
 if not meta[1] then
   return 'missing'
+end
+if not fence_holds(meta[8], ARGV[3]) then
+  return 'stale'
 end
 if meta[4] == 'closed' then
   return 'closed'

@@ -1,4 +1,5 @@
--- Load a new campaign's gate state.
+-- Load a campaign's meta (after fence.lua): what the gate checks, and the
+-- epoch that makes its state count on this server.
 --
 -- KEYS[1]  coupon:{c}:meta    HASH written here
 -- KEYS[2]  coupon:{c}:taken   counter, created at 0 if absent
@@ -9,10 +10,21 @@
 -- ARGV[5]  waiting room: positions admitted per second, or "" for none
 -- ARGV[6]  waiting room: ms an admitted user may take to issue
 -- ARGV[7]  waiting room: the shuffle's seed
+-- ARGV[8]  the run_id of the server the caller's connection reached ("" to
+--          ask it: Redis Cluster): the epoch written
+-- ARGV[9]  "" to load at once; else the run_id this load must happen on (a
+--          rebuild that started on that server): on another, nothing is
+--          written
 --
--- Returns 1. The counter is left alone when it already exists, so loading
--- meta again never resets a campaign's count.
-redis.call('HSET', KEYS[1], 'stock', ARGV[1], 'starts_ms', ARGV[2], 'ends_ms', ARGV[3], 'state', ARGV[4])
+-- Returns 1, or 0 when ARGV[9] names another server. The counter is left
+-- alone when it already exists, so loading meta again never resets a
+-- campaign's count.
+local server = fence_server(ARGV[8])
+if ARGV[9] ~= '' and ARGV[9] ~= server then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'stock', ARGV[1], 'starts_ms', ARGV[2], 'ends_ms', ARGV[3], 'state', ARGV[4],
+  'epoch', server)
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'wr_rate', ARGV[5], 'wr_ttl_ms', ARGV[6], 'wr_seed', ARGV[7])
 else

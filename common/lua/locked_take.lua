@@ -1,6 +1,6 @@
--- The write of the lock strategies' section, fenced (after room.lua,
--- slots.lua): take a slot for a user only if the caller still holds the
--- campaign's lock. The section's checks (meta, time, SISMEMBER, GET) run
+-- The write of the lock strategies' section, fenced twice (after room.lua,
+-- slots.lua, fence.lua): take a slot for a user only if the caller still
+-- holds the campaign's lock, and the campaign's state holds on this server. The section's checks (meta, time, SISMEMBER, GET) run
 -- before it as separate commands, as in the seed; this makes the write safe
 -- when a holder paused past its lease wakes up. With a waiting room, the
 -- user must be admitted just now.
@@ -12,20 +12,26 @@
 -- KEYS[4]  coupon:{c}:status:<user>  STRING, an earlier request's record
 -- KEYS[5]  coupon:{c}:slots          HASH user id -> coupon id (gate.lua)
 -- KEYS[6]  coupon:{c}:void:<coupon id>  present when the request was withdrawn
--- KEYS[7]  coupon:{c}:meta  HASH (the waiting room's wr_* fields, if any)
+-- KEYS[7]  coupon:{c}:meta  HASH (stock, window, state, epoch, the waiting
+--          room's wr_* fields if any)
 -- KEYS[8..12]  coupon:{c}:room, :room:order, :room:windows, :room:used,
 --          :room:joined_at
 -- ARGV[1]  the caller's lock token
 -- ARGV[2]  user id
 -- ARGV[3]  the coupon id the slot names
+-- ARGV[4]  the run_id of the server the caller's connection reached ("" to
+--          ask it: Redis Cluster)
 --
--- The stock is checked here too (the count below the meta's stock): the
--- section's own check before it is the seed's, and a combining holder
--- (several users in one hold) sends its users' writes in arrival order and
--- lets this check stop them at the stock.
+-- Every check of the gate is made here again (the meta present, not closed,
+-- the window open, the count below the stock): the section's own checks
+-- before it are the seed's, but a combining holder (several users in one
+-- hold) sends its users' takes in arrival order after one read of the meta,
+-- and a batch can outlive a close, the end of the window, or a rebuild that
+-- deleted the meta; none of them may take a slot then.
 --
 -- Returns "taken", "duplicate" (the user has a slot: nothing written),
--- "sold_out" (the count reached the stock: nothing written),
+-- "sold_out" (the count reached the stock: nothing written), "closed"
+-- (closed or past its end), "not_open", "missing" (no meta), "stale" (fenced),
 -- "lost" (the lock is not the caller's: nothing written), "withdrawn"
 -- (the caller gave up on this request before Redis ran it) or
 -- "not_admitted" (not admitted by the waiting room: nothing written).
@@ -46,13 +52,26 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then
   return 'duplicate'
 end
 local window = nil
-local meta = redis.call('HMGET', KEYS[7], 'starts_ms', 'wr_rate', 'wr_ttl_ms', 'wr_seed', 'stock')
-if meta[5] and tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(meta[5]) then
+local meta = redis.call('HMGET', KEYS[7], 'starts_ms', 'wr_rate', 'wr_ttl_ms', 'wr_seed', 'stock',
+  'state', 'ends_ms', 'epoch')
+if not meta[5] then
+  return 'missing'
+end
+if not fence_holds(meta[8], ARGV[4]) then
+  return 'stale'
+end
+local now = room_now()
+if meta[6] == 'closed' or (meta[7] ~= 'none' and now >= tonumber(meta[7])) then
+  return 'closed'
+end
+if now < tonumber(meta[1]) then
+  return 'not_open'
+end
+if tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(meta[5]) then
   return 'sold_out'
 end
 if meta[2] then
   local K = room_keys(KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12])
-  local now = room_now()
   local ttl_ms = tonumber(meta[3])
   local room = room_advance(K, tonumber(meta[2]), ttl_ms, tonumber(meta[1]), now, false)
   local pos = room_position(K, room, ARGV[2], meta[4])

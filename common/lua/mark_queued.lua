@@ -1,16 +1,23 @@
 -- async-queue: record that a user's request is queued, unless the user
 -- already has a slot or has a request queued or pending.
 --
--- KEYS[1]  coupon:{c}:meta            HASH (must exist: the campaign is loaded)
+-- KEYS[1]  coupon:{c}:meta            HASH (must exist: the campaign is
+--          loaded; its epoch must hold on this server, fence.lua)
 -- KEYS[2]  coupon:{c}:users           SET of users with a slot
 -- KEYS[3]  coupon:{c}:status:<user>   STRING (JSON status record)
 -- ARGV[1]  user id
 -- ARGV[2]  the queued record (JSON)
 -- ARGV[3]  its TTL in seconds
+-- ARGV[4]  the run_id of the server the caller's connection reached ("" to
+--          ask it: Redis Cluster)
 --
--- Returns "queued", "duplicate" or "missing" (no meta).
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- Returns "queued", "duplicate", "missing" (no meta) or "stale" (fenced).
+local epoch = redis.call('HMGET', KEYS[1], 'stock', 'epoch')
+if not epoch[1] then
   return 'missing'
+end
+if not fence_holds(epoch[2], ARGV[4]) then
+  return 'stale'
 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
   return 'duplicate'

@@ -1,8 +1,8 @@
--- Join a campaign's waiting room (after room.lua): a user who has not
+-- Join a campaign's waiting room (after room.lua, fence.lua): a user who has not
 -- joined gets the next join number, unless there is nothing left to wait
 -- for (closed, sold out). Joining again changes nothing.
 --
--- KEYS[1]  coupon:{c}:meta          HASH (with wr_rate, wr_ttl_ms, wr_seed)
+-- KEYS[1]  coupon:{c}:meta          HASH (with wr_rate, wr_ttl_ms, wr_seed, epoch)
 -- KEYS[2]  coupon:{c}:users         SET of users with a slot
 -- KEYS[3]  coupon:{c}:taken         counter of slots taken
 -- KEYS[4]  coupon:{c}:room          HASH, the room's counters
@@ -12,14 +12,19 @@
 -- KEYS[8]  coupon:{c}:room:joined_at  HASH user -> when it joined (ms)
 -- ARGV[1]  user id
 -- ARGV[2]  "join" or "look" (the same view, no join)
+-- ARGV[3]  the run_id of the server the caller's connection reached ("" to
+--          ask it: Redis Cluster)
 --
--- Returns {"missing"} (no meta), {"no_room"} (the campaign has no waiting
+-- Returns {"missing"} (no meta), {"stale"} (fenced), {"no_room"} (the campaign has no waiting
 -- room), or the user's view {state, position, ahead, admitted_until_ms,
 -- retry_after_ms} (room_view in room.lua).
 local meta = redis.call('HMGET', KEYS[1], 'stock', 'starts_ms', 'ends_ms', 'state', 'wr_rate',
-  'wr_ttl_ms', 'wr_seed')
+  'wr_ttl_ms', 'wr_seed', 'epoch')
 if not meta[1] then
   return { 'missing' }
+end
+if not fence_holds(meta[8], ARGV[3]) then
+  return { 'stale' }
 end
 if not meta[5] then
   return { 'no_room' }

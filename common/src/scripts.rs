@@ -4,7 +4,8 @@
 //!
 //! Procedures shared by several scripts live in library files put in front
 //! of the scripts that call them: `room.lua` (the waiting room), `slots.lua`
-//! (the writes of a slot taken), `fair_lock.lua` (the ticket lock's line).
+//! (the writes of a slot taken), `fence.lua` (a campaign's state counts only
+//! on the server it was loaded on), `fair_lock.lua` (the ticket lock's line).
 
 use std::sync::LazyLock;
 
@@ -14,6 +15,8 @@ use redis::Script;
 const ROOM: &str = include_str!("../lua/room.lua");
 /// The writes of a slot taken.
 const SLOTS: &str = include_str!("../lua/slots.lua");
+/// The fence: the gate state's epoch against the server's run_id.
+const FENCE: &str = include_str!("../lua/fence.lua");
 /// The fair lock's line: stepping past gone waiters, serving the next.
 const FAIR_LOCK: &str = include_str!("../lua/fair_lock.lua");
 
@@ -28,11 +31,11 @@ fn with(libraries: &[&str], body: &str) -> Script {
 /// The gate: take a slot for a user (dedupe, cap stock and, with a waiting
 /// room, check the user is admitted) in one atomic step.
 pub static GATE: LazyLock<Script> =
-    LazyLock::new(|| with(&[ROOM, SLOTS], include_str!("../lua/gate.lua")));
+    LazyLock::new(|| with(&[ROOM, SLOTS, FENCE], include_str!("../lua/gate.lua")));
 
 /// The waiting room: join it (`join`) or read one's place (`look`).
 pub static ROOM_JOIN: LazyLock<Script> =
-    LazyLock::new(|| with(&[ROOM], include_str!("../lua/room_join.lua")));
+    LazyLock::new(|| with(&[ROOM, FENCE], include_str!("../lua/room_join.lua")));
 
 /// Compensation: `if SREM == 1 then DECR`.
 pub static GIVE_BACK: LazyLock<Script> =
@@ -51,9 +54,17 @@ pub static IDEMPOTENCY_CLAIM: LazyLock<Script> =
 pub static IDEMPOTENCY_FINISH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/idempotency_finish.lua")));
 
-/// Load a new campaign's meta and zero counter.
+/// Load a campaign's meta (with the epoch of this server) and zero counter.
 pub static LOAD_META: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/load_meta.lua")));
+    LazyLock::new(|| with(&[FENCE], include_str!("../lua/load_meta.lua")));
+
+/// Where a campaign's gate state stands against the fence.
+pub static CAMPAIGN_EPOCH: LazyLock<Script> =
+    LazyLock::new(|| with(&[FENCE], include_str!("../lua/campaign_epoch.lua")));
+
+/// Fence a campaign before a rebuild: its epoch names no server.
+pub static FENCE_CAMPAIGN: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/fence_campaign.lua")));
 
 /// Close a campaign's gate if its meta exists.
 pub static CLOSE: LazyLock<Script> =
@@ -85,12 +96,16 @@ pub static FAIR_LOCK_RENEW: LazyLock<Script> =
 
 /// Lock strategies: the section's write, only while the lock is the
 /// caller's.
-pub static LOCKED_TAKE: LazyLock<Script> =
-    LazyLock::new(|| with(&[ROOM, SLOTS], include_str!("../lua/locked_take.lua")));
+pub static LOCKED_TAKE: LazyLock<Script> = LazyLock::new(|| {
+    with(
+        &[ROOM, SLOTS, FENCE],
+        include_str!("../lua/locked_take.lua"),
+    )
+});
 
 /// async-queue: mark a user queued unless it already has or awaits a slot.
 pub static MARK_QUEUED: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/mark_queued.lua")));
+    LazyLock::new(|| with(&[FENCE], include_str!("../lua/mark_queued.lua")));
 
 /// Reconciliation: counter := set size; returns the drift.
 pub static FIX_COUNT: LazyLock<Script> =

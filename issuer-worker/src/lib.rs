@@ -9,7 +9,9 @@
 //!   decisions (insert, duplicate, dead letter) and which errors are the
 //!   data's fault rather than an outage.
 //! - [`dlq`] — the dead-letter topic.
-//! - [`ledger`] — the issued-vs-persisted gauges per campaign.
+//! - [`ledger`] — the taken-vs-persisted gauges per campaign.
+//! - [`keeper`] — the gate keeper: rebuilds, with no operator, a gate state
+//!   Redis lost or that is fenced after a restart or failover.
 //! - [`migration`] — the schema (`issuer-worker migrate`).
 //! - [`reconcile`], [`rebuild`] — the repair tools (`issuer-worker reconcile`,
 //!   `rebuild`), one at a time per campaign under [`admin_lock`]; [`topic`]
@@ -20,6 +22,7 @@ pub mod admin_lock;
 pub mod consumer;
 pub mod dlq;
 pub mod http;
+pub mod keeper;
 pub mod ledger;
 pub mod metrics;
 pub mod migration;

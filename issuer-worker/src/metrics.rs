@@ -22,6 +22,8 @@ pub struct WorkerMetrics {
     pub rebalances: IntCounter,
     pub campaigns_taken: IntGauge,
     pub campaigns_persisted: IntGauge,
+    pub stale_campaigns: IntGauge,
+    pub rebuilds: IntCounterVec,
     pub kafka: common::metrics::KafkaClientMetrics,
 }
 
@@ -37,6 +39,15 @@ impl WorkerMetrics {
         );
         for reason in DlqReason::ALL {
             dead_lettered.with_label_values(&[reason.as_str()]);
+        }
+        let rebuilds = counter_vec(
+            &r,
+            "worker_gate_rebuilds_total",
+            "Gate states the keeper rebuilt (rebuilt), found current when it got to them (current), or failed to rebuild (failed: tried again at the next scan).",
+            &["result"],
+        );
+        for result in ["rebuilt", "current", "failed"] {
+            rebuilds.with_label_values(&[result]);
         }
         Self {
             consumed: counter(
@@ -106,6 +117,12 @@ impl WorkerMetrics {
                 "worker_campaigns_persisted",
                 "Coupon rows, summed over recent campaigns (the persisted columns).",
             ),
+            stale_campaigns: gauge(
+                &r,
+                "worker_gate_stale_campaigns",
+                "Recent campaigns whose gate state the keeper found missing or fenced at its last scan.",
+            ),
+            rebuilds,
             kafka: common::metrics::KafkaClientMetrics::new(&r),
             registry: r,
         }

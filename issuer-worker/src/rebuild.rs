@@ -1,9 +1,15 @@
-//! `issuer-worker rebuild --campaign C [--force]`: reloads a campaign's gate
-//! state after Redis lost it. The api never recreates gate state (it answers
-//! 503 while the meta is missing); this is the only writer of it besides
-//! campaign creation.
+//! Rebuilds a campaign's gate state (its slots: the users set, the count,
+//! and the meta with the current server's epoch) from the system of record,
+//! when Redis lost it or it is fenced: the meta missing (Redis restarted
+//! empty), or loaded on another server (a restart that reloaded an AOF
+//! whose last writes may be gone, a failover to a replica that may lag;
+//! `common/lua/fence.lua`). The api never recreates gate state: while it is
+//! missing or fenced, issue requests are answered 503 and take nothing.
 //!
-//! Under the campaign's admin lock, and with the meta absent (so no slot is
+//! Two callers: the gate keeper (`keeper`), which does it on its own for
+//! every such campaign, and `issuer-worker rebuild --campaign C [--force]`.
+//!
+//! Under the campaign's admin lock, with the campaign fenced (no slot is
 //! taken meanwhile):
 //! 1. wait until every take made before the loss has settled
 //!    (`Settings::takes_settle_within`), so that its message has reached
@@ -15,18 +21,25 @@
 //!    below the offsets read is in the rows read afterwards, and every
 //!    message at or above them is read from the topic. Read the other way
 //!    round, a batch committed between the two reads is in neither set;
-//! 3. write the set and the counter, then the meta from PostgreSQL (stock,
-//!    window, closed or open), which reopens the gate.
+//! 3. write the set and the count (the slots' coupon ids are dropped: a
+//!    rebuilt slot has no take a withdrawal could name), then the meta from
+//!    PostgreSQL (stock, window, closed or open) with the epoch of the
+//!    server the rebuild started on: loaded only if that server still
+//!    answers (one that restarted meanwhile would get a state built on its
+//!    predecessor), and that unfences the campaign.
 //!
-//! `--force` rebuilds a campaign whose meta is present: it first deletes the
-//! meta (stopping takes) and then proceeds as above.
+//! The waiting room's keys are left as they are: reloaded from the AOF with
+//! the rest, or gone with a Redis that restarted empty, in which case its
+//! line is empty and waiting users join again.
+//!
+//! `--force` rebuilds a campaign whose state is current: it fences it first.
 
 use std::collections::BTreeSet;
 
 use anyhow::Context;
 use common::entities::campaigns;
 use common::ids::CampaignId;
-use common::redis_state::{CampaignMeta, CampaignMetas, RedisClient, Repair};
+use common::redis_state::{CampaignMeta, CampaignMetas, EpochState, RedisClient, Repair};
 use common::settings::Settings;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use serde::Serialize;
@@ -38,6 +51,8 @@ use crate::topic;
 #[derive(Debug, Serialize)]
 pub struct RebuildReport {
     pub campaign: CampaignId,
+    /// What the state was before: `current` (forced), `stale`, `missing`.
+    pub found: &'static str,
     pub rows: u64,
     /// Users of messages not consumed yet and not already rows.
     pub in_flight: u64,
@@ -46,30 +61,57 @@ pub struct RebuildReport {
     pub closed: bool,
 }
 
+/// `issuer-worker rebuild`: refuses a campaign whose state is current
+/// unless `force`.
 pub async fn run(
     settings: &Settings,
     db: &DatabaseConnection,
     campaign: CampaignId,
     force: bool,
 ) -> anyhow::Result<RebuildReport> {
+    let redis = RedisClient::new(&settings.redis, None)?;
+    match rebuild(settings, db, &redis, campaign, force).await? {
+        Some(report) => Ok(report),
+        None => anyhow::bail!(
+            "campaign {campaign} has current gate state in Redis; rebuild only replaces it with --force"
+        ),
+    }
+}
+
+/// Rebuilds `campaign` if its state is missing or fenced (or `force`);
+/// `Ok(None)` when it is current and not forced (another keeper got there
+/// first, or nothing was wrong).
+pub async fn rebuild(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    redis: &RedisClient,
+    campaign: CampaignId,
+    force: bool,
+) -> anyhow::Result<Option<RebuildReport>> {
     let row = campaigns::Entity::find_by_id(campaign.as_uuid())
         .one(db)
         .await?
         .with_context(|| format!("no campaign {campaign} in PostgreSQL"))?;
-    let redis = RedisClient::new(&settings.redis, None)?;
     let (metas, repair) = (
         CampaignMetas::new(redis.clone()),
         Repair::new(redis.clone()),
     );
-    let lock = admin_lock::acquire(&redis, &campaign).await?;
-    if metas.is_loaded(&campaign).await? {
-        anyhow::ensure!(
-            force,
-            "campaign {campaign} has gate state in Redis; rebuild only replaces it with --force"
-        );
-        metas.unload(&campaign).await?;
-        tracing::warn!(campaign.id = %campaign, "meta deleted for a forced rebuild; takes stopped");
-    }
+    let lock = admin_lock::acquire(redis, &campaign).await?;
+    let (state, server) = metas.epoch_state(&campaign).await?;
+    let found = match state {
+        EpochState::Current if !force => {
+            lock.release().await?;
+            return Ok(None);
+        }
+        EpochState::Current => {
+            metas.fence(&campaign).await?;
+            tracing::warn!(campaign.id = %campaign, "campaign fenced for a forced rebuild; takes stopped");
+            "current"
+        }
+        EpochState::Stale => "stale",
+        EpochState::Missing => "missing",
+    };
+    tracing::warn!(campaign.id = %campaign, found, "rebuilding the gate state; takes wait for it");
     tokio::time::sleep(settings.takes_settle_within() + std::time::Duration::from_secs(1)).await;
 
     let from = topic::group_positions(&settings.kafka).await?;
@@ -92,19 +134,24 @@ pub async fn run(
         closed: row.state == "closed",
         room: row.room(),
     };
-    metas.load(&campaign, &meta).await?;
+    let loaded = metas.load_on(&campaign, &meta, &server).await?;
     lock.release().await?;
+    anyhow::ensure!(
+        loaded,
+        "Redis changed servers while campaign {campaign} was rebuilt; it stays fenced for the next rebuild"
+    );
     tracing::info!(
         campaign.id = %campaign,
         rows = rows.len(),
         in_flight = pending.len(),
         "gate state rebuilt"
     );
-    Ok(RebuildReport {
+    Ok(Some(RebuildReport {
         campaign,
+        found,
         rows: rows.len() as u64,
         in_flight: pending.len() as u64,
         users: users.len() as u64,
         closed: meta.closed,
-    })
+    }))
 }

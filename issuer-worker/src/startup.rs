@@ -14,6 +14,8 @@ pub struct Application {
     http: actix_web::dev::Server,
     http_port: u16,
     ledger: tokio::task::JoinHandle<()>,
+    keeper: tokio::task::JoinHandle<()>,
+    keeper_stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Application {
@@ -42,6 +44,13 @@ impl Application {
             metrics.campaigns_taken.clone(),
             metrics.campaigns_persisted.clone(),
         ));
+        let keeper_stop = CancellationToken::new();
+        let keeper = tokio::spawn(crate::keeper::run(
+            settings.clone(),
+            db.clone(),
+            metrics.clone(),
+            keeper_stop.clone(),
+        ));
         let worker = Worker::new(&settings, db, metrics.clone())?;
         let address = format!(
             "{}:{}",
@@ -55,6 +64,8 @@ impl Application {
             http,
             http_port,
             ledger,
+            keeper,
+            keeper_stop,
         })
     }
 
@@ -68,6 +79,10 @@ impl Application {
         let http = tokio::spawn(self.http);
         let result = self.worker.run(shutdown).await;
         self.ledger.abort();
+        // A rebuild in progress is left: the campaign stays fenced, and the
+        // next keeper rebuilds it.
+        self.keeper_stop.cancel();
+        let _ = self.keeper.await;
         handle.stop(true).await;
         let _ = http.await;
         result

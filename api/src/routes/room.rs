@@ -195,6 +195,7 @@ async fn room_call(
         RoomReply::View(view) => view.state.as_str(),
         RoomReply::NoRoom => "no_waiting_room",
         RoomReply::Missing => "missing",
+        RoomReply::Stale => "stale",
     };
     state
         .metrics
@@ -204,6 +205,7 @@ async fn room_call(
     match reply {
         RoomReply::View(view) => Ok(view),
         RoomReply::NoRoom => Err(ApiError::NoWaitingRoom),
+        RoomReply::Stale => Err(IssueError::Fenced.into()),
         RoomReply::Missing => Err(match state.issuance.classify_missing(campaign).await {
             IssueError::UnknownCampaign => ApiError::UnknownCampaign,
             other => other.into(),

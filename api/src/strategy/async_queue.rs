@@ -155,6 +155,7 @@ impl AsyncQueueStrategy {
             QueueMark::Queued => {}
             QueueMark::Duplicate => return Err(IssueError::Refused(Refusal::Duplicate)),
             QueueMark::Missing => return Err(self.issuance.classify_missing(&campaign).await),
+            QueueMark::Stale => return Err(IssueError::Fenced),
         }
         lock(&self.waiting).insert((campaign, user.clone()));
         let sender = self
@@ -296,6 +297,8 @@ fn final_label(outcome: &Result<Acceptance, IssueError>) -> &'static str {
         Err(IssueError::Refused(Refusal::Closed)) => "queued_closed",
         Err(IssueError::Refused(Refusal::NotAdmitted)) => "queued_not_admitted",
         Err(IssueError::UnknownCampaign) => "queued_unknown_campaign",
-        Err(IssueError::StateMissing | IssueError::Unavailable(_)) => "queued_unavailable",
+        Err(IssueError::StateMissing | IssueError::Fenced | IssueError::Unavailable(_)) => {
+            "queued_unavailable"
+        }
     }
 }

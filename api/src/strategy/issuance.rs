@@ -173,6 +173,7 @@ impl Issuance {
             }
             Ok(GateReply::Refused(refusal)) => Err(IssueError::Refused(refusal)),
             Ok(GateReply::Missing) => Err(self.classify_missing(campaign).await),
+            Ok(GateReply::Stale) => Err(IssueError::Fenced),
             Ok(GateReply::Withdrawn) => Err(withdrawn()),
             Err(e) => Err(self.take_failed(e, campaign, user, &coupon).await),
         }

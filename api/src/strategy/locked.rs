@@ -40,7 +40,9 @@ use common::ids::{CampaignId, CouponId, UserId};
 use common::keys::CampaignKeys;
 use common::lock::{FairLock, LeaseLock, LockError, LockGuard, LockTiming};
 use common::lock_waker::LockWaker;
-use common::redis_state::{CampaignMeta, CampaignMetas, FencedTake, LockSections, RedisClient};
+use common::redis_state::{
+    CampaignMeta, CampaignMetas, FencedTake, LockSections, Precheck, RedisClient,
+};
 use common::settings::{LockMode, LockSettings, StrategyKind};
 use tokio::sync::oneshot;
 use tracing::Instrument;
@@ -380,6 +382,8 @@ async fn fenced_take(
         Ok(FencedTake::Taken) => Ok(TakenSlot::now(coupon)),
         Ok(FencedTake::Refused(refusal)) => Err(IssueError::Refused(refusal)),
         Ok(FencedTake::Withdrawn) => Err(withdrawn()),
+        Ok(FencedTake::Missing) => Err(section.issuance.classify_missing(campaign).await),
+        Ok(FencedTake::Stale) => Err(IssueError::Fenced),
         Ok(FencedTake::Lost) => {
             guard.mark_lost();
             tracing::warn!(campaign.id = %campaign, user.id = %user, "lock lost before the section's take; nothing taken");
@@ -422,8 +426,9 @@ async fn precheck(
         .await
         .map_err(redis_unavailable)?
     {
-        Some(refusal) => Err(IssueError::Refused(refusal)),
-        None => Ok(()),
+        Precheck::Go => Ok(()),
+        Precheck::Refused(refusal) => Err(IssueError::Refused(refusal)),
+        Precheck::Stale => Err(IssueError::Fenced),
     }
 }
 

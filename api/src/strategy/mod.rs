@@ -33,6 +33,11 @@ pub enum IssueError {
     /// The campaign exists but its gate state is not in Redis.
     #[error("campaign state missing in Redis")]
     StateMissing,
+    /// The campaign's gate state was loaded on another Redis server (this
+    /// one restarted or took over): fenced until the worker's gate keeper
+    /// rebuilds it. Nothing was taken.
+    #[error("campaign state fenced after a Redis restart")]
+    Fenced,
     /// A dependency failed or a bound was hit (queue full, lock wait).
     /// No slot was taken, or a slot that could not be given back is left
     /// to reconciliation (and shows as pending).
@@ -47,7 +52,7 @@ impl IssueError {
         match self {
             Self::Refused(r) => r.as_str(),
             Self::UnknownCampaign => "unknown_campaign",
-            Self::StateMissing | Self::Unavailable(_) => "unavailable",
+            Self::StateMissing | Self::Fenced | Self::Unavailable(_) => "unavailable",
         }
     }
 }

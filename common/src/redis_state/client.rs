@@ -146,6 +146,20 @@ impl RedisClient {
             .await
     }
 
+    /// The `run_id` of the server the connection reaches now (`PING` first,
+    /// so a dead connection is reopened to the server that answers now);
+    /// empty in Redis Cluster.
+    pub async fn server(&self) -> Result<String, RedisCallError> {
+        self.run_on(|mut conn, server| {
+            let server = server.to_owned();
+            async move {
+                redis::cmd("PING").query_async::<String>(&mut conn).await?;
+                Ok(server)
+            }
+        })
+        .await
+    }
+
     /// `PING`, for readiness bodies.
     pub async fn ping(&self) -> Result<(), RedisCallError> {
         self.run(

@@ -67,6 +67,10 @@ pub enum GateReply {
     Refused(Refusal),
     /// No meta: the campaign is unknown to Redis (unknown, or its state lost).
     Missing,
+    /// The campaign's state was loaded on another Redis server (this one
+    /// restarted, or took over from another): fenced until the gate keeper
+    /// rebuilds it (`lua/fence.lua`). Nothing was written.
+    Stale,
     /// The request was withdrawn ([`Gate::withdraw`]) before Redis ran it;
     /// nothing was written.
     Withdrawn,
@@ -85,6 +89,7 @@ impl GateReply {
         Ok(match reply {
             "taken" => Self::Taken { waited: None },
             "missing" => Self::Missing,
+            "stale" => Self::Stale,
             "withdrawn" => Self::Withdrawn,
             other => match Refusal::from_word(other) {
                 Some(refusal) => Self::Refused(refusal),
@@ -131,19 +136,23 @@ impl Gate {
         let room = keys.room();
         let reply: String = self
             .client
-            .run(|mut conn| async move {
-                scripts::GATE
-                    .key(keys.meta())
-                    .key(keys.users())
-                    .key(keys.taken())
-                    .key(keys.status(user))
-                    .key(keys.slots())
-                    .key(keys.void(coupon))
-                    .key(&room.all()[..])
-                    .arg(user.as_str())
-                    .arg(coupon.to_string())
-                    .invoke_async(&mut conn)
-                    .await
+            .run_on(|mut conn, server| {
+                let server = server.to_owned();
+                async move {
+                    scripts::GATE
+                        .key(keys.meta())
+                        .key(keys.users())
+                        .key(keys.taken())
+                        .key(keys.status(user))
+                        .key(keys.slots())
+                        .key(keys.void(coupon))
+                        .key(&room.all()[..])
+                        .arg(user.as_str())
+                        .arg(coupon.to_string())
+                        .arg(server)
+                        .invoke_async(&mut conn)
+                        .await
+                }
             })
             .await?;
         GateReply::from_script(&reply)

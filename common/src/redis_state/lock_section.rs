@@ -20,6 +20,20 @@ pub enum FencedTake {
     Lost,
     /// The request was withdrawn before Redis ran it; nothing was written.
     Withdrawn,
+    /// No meta (a rebuild deleted it): nothing was written.
+    Missing,
+    /// The campaign's state is fenced (`lua/fence.lua`): nothing was written.
+    Stale,
+}
+
+/// What the look before a lock found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precheck {
+    /// Worth queueing for the lock.
+    Go,
+    Refused(Refusal),
+    /// The campaign's state is fenced (`lua/fence.lua`).
+    Stale,
 }
 
 /// The section's calls.
@@ -33,32 +47,51 @@ impl LockSections {
         Self { client }
     }
 
-    /// The look before a lock (one pipeline): `Some(Duplicate)` if the user
-    /// has a slot, `Some(SoldOut)` if the count reached the stock, `None`
-    /// otherwise (meta missing included: the section decides).
+    /// The look before a lock (one pipeline): a refusal if the user has a
+    /// slot or the count reached the stock, `Stale` if the campaign's state
+    /// is fenced (`lua/fence.lua`), else `Go` (meta missing included: the
+    /// section decides).
     pub async fn precheck(
         &self,
         campaign: &CampaignId,
         user: &UserId,
-    ) -> Result<Option<Refusal>, RedisCallError> {
+    ) -> Result<Precheck, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
-        let (member, stock, taken): (bool, Option<i64>, Option<i64>) = self
+        let (member, stock, epoch, taken, server): (
+            bool,
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+            String,
+        ) = self
             .client
-            .run(|mut conn| async move {
-                redis::pipe()
-                    .sismember(keys.users(), user.as_str())
-                    .hget(keys.meta(), "stock")
-                    .get(keys.taken())
-                    .query_async(&mut conn)
-                    .await
+            .run_on(|mut conn, server| {
+                let server = server.to_owned();
+                async move {
+                    let (member, meta, taken): (bool, (Option<i64>, Option<String>), Option<i64>) =
+                        redis::pipe()
+                            .sismember(keys.users(), user.as_str())
+                            .cmd("HMGET")
+                            .arg(keys.meta())
+                            .arg("stock")
+                            .arg("epoch")
+                            .get(keys.taken())
+                            .query_async(&mut conn)
+                            .await?;
+                    Ok((member, meta.0, meta.1, taken, server))
+                }
             })
             .await?;
+        // In Redis Cluster (no server known here) the fenced take decides.
+        if stock.is_some() && !server.is_empty() && epoch.as_deref() != Some(server.as_str()) {
+            return Ok(Precheck::Stale);
+        }
         Ok(if member {
-            Some(Refusal::Duplicate)
+            Precheck::Refused(Refusal::Duplicate)
         } else if stock.is_some_and(|s| taken.unwrap_or(0) >= s) {
-            Some(Refusal::SoldOut)
+            Precheck::Refused(Refusal::SoldOut)
         } else {
-            None
+            Precheck::Go
         })
     }
 
@@ -101,9 +134,9 @@ impl LockSections {
         let room = room.all();
         let reply: String = self
             .client
-            .run_script(
-                &scripts::LOCKED_TAKE,
-                &[
+            .run_on(|mut conn, server| {
+                let mut invocation = scripts::LOCKED_TAKE.prepare_invoke();
+                for key in [
                     lock_key,
                     &keys.users(),
                     &keys.taken(),
@@ -116,14 +149,23 @@ impl LockSections {
                     room[2],
                     room[3],
                     room[4],
-                ],
-                &[token, user.as_str(), &coupon.to_string()],
-            )
+                ] {
+                    invocation.key(key);
+                }
+                invocation
+                    .arg(token)
+                    .arg(user.as_str())
+                    .arg(coupon.to_string())
+                    .arg(server);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
             .await?;
         match reply.as_str() {
             "taken" => Ok(FencedTake::Taken),
             "withdrawn" => Ok(FencedTake::Withdrawn),
             "lost" => Ok(FencedTake::Lost),
+            "missing" => Ok(FencedTake::Missing),
+            "stale" => Ok(FencedTake::Stale),
             other => match Refusal::from_word(other) {
                 Some(refusal) => Ok(FencedTake::Refused(refusal)),
                 None => Err(RedisCallError::Protocol(format!(

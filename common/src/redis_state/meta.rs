@@ -37,6 +37,19 @@ pub struct CampaignMeta {
     pub room: Option<RoomRules>,
 }
 
+/// Where a campaign's gate state stands against the fence
+/// (`lua/fence.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochState {
+    /// Loaded on this server: it counts.
+    Current,
+    /// Loaded on another server (a restart, a failover) or fenced for a
+    /// rebuild: the scripts refuse it until it is rebuilt.
+    Stale,
+    /// No meta at all.
+    Missing,
+}
+
 /// The campaigns' meta hashes.
 #[derive(Debug, Clone)]
 pub struct CampaignMetas {
@@ -48,12 +61,26 @@ impl CampaignMetas {
         Self { client }
     }
 
-    /// Writes a campaign's meta (and a zero counter if none exists).
+    /// Writes a campaign's meta (and a zero counter if none exists), with
+    /// the epoch of the server it is written on: its gate state counts
+    /// there (`lua/fence.lua`).
     pub async fn load(
         &self,
         campaign: &CampaignId,
         meta: &CampaignMeta,
     ) -> Result<(), RedisCallError> {
+        self.load_on(campaign, meta, "").await.map(|_| ())
+    }
+
+    /// As [`CampaignMetas::load`], only on the server whose run_id is
+    /// `expected` (a rebuild that read its state there): `Ok(false)` and
+    /// nothing written on another (it restarted meanwhile). `""`: any.
+    pub async fn load_on(
+        &self,
+        campaign: &CampaignId,
+        meta: &CampaignMeta,
+        expected: &str,
+    ) -> Result<bool, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         let ends_ms = meta
             .ends_at
@@ -69,22 +96,72 @@ impl CampaignMetas {
                 ]
             },
         );
-        let _: i64 = self
+        let loaded: i64 = self
+            .client
+            .run_on(|mut conn, server| {
+                let server = server.to_owned();
+                async move {
+                    scripts::LOAD_META
+                        .key(keys.meta())
+                        .key(keys.taken())
+                        .arg(meta.stock)
+                        .arg(meta.starts_at.timestamp_millis())
+                        .arg(ends_ms)
+                        .arg(state)
+                        .arg(&room[..])
+                        .arg(server)
+                        .arg(expected)
+                        .invoke_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        Ok(loaded == 1)
+    }
+
+    /// Where a campaign's gate state stands on the server the connection
+    /// reaches, and that server's run_id.
+    pub async fn epoch_state(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<(EpochState, String), RedisCallError> {
+        let key = CampaignKeys::new(campaign).meta();
+        let (state, server): (String, String) = self
+            .client
+            .run_on(|mut conn, server| {
+                let server = server.to_owned();
+                async move {
+                    scripts::CAMPAIGN_EPOCH
+                        .key(key)
+                        .arg(server)
+                        .invoke_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        let state = match state.as_str() {
+            "current" => EpochState::Current,
+            "stale" => EpochState::Stale,
+            "missing" => EpochState::Missing,
+            other => return Err(RedisCallError::Protocol(format!("epoch state {other:?}"))),
+        };
+        Ok((state, server))
+    }
+
+    /// Fences the campaign for a rebuild (`lua/fence_campaign.lua`): its
+    /// scripts answer `stale` until [`CampaignMetas::load_on`] runs.
+    pub async fn fence(&self, campaign: &CampaignId) -> Result<bool, RedisCallError> {
+        let keys = CampaignKeys::new(campaign);
+        let fenced: i64 = self
             .client
             .run(|mut conn| async move {
-                scripts::LOAD_META
+                scripts::FENCE_CAMPAIGN
                     .key(keys.meta())
-                    .key(keys.taken())
-                    .arg(meta.stock)
-                    .arg(meta.starts_at.timestamp_millis())
-                    .arg(ends_ms)
-                    .arg(state)
-                    .arg(&room[..])
                     .invoke_async(&mut conn)
                     .await
             })
             .await?;
-        Ok(())
+        Ok(fenced == 1)
     }
 
     /// Closes the gate. `Ok(false)` when the meta is missing.

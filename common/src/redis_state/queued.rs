@@ -17,6 +17,8 @@ pub enum QueueMark {
     Duplicate,
     /// No meta: unknown campaign or lost state.
     Missing,
+    /// The campaign's state is fenced (`lua/fence.lua`).
+    Stale,
 }
 
 /// The `queued` marks, each kept `ttl_secs` unless renewed.
@@ -48,22 +50,27 @@ impl QueuedMarks {
         let ttl = self.ttl_secs;
         let reply: String = self
             .client
-            .run(|mut conn| async move {
-                scripts::MARK_QUEUED
-                    .key(keys.meta())
-                    .key(keys.users())
-                    .key(keys.status(user))
-                    .arg(user.as_str())
-                    .arg(record)
-                    .arg(ttl)
-                    .invoke_async(&mut conn)
-                    .await
+            .run_on(|mut conn, server| {
+                let server = server.to_owned();
+                async move {
+                    scripts::MARK_QUEUED
+                        .key(keys.meta())
+                        .key(keys.users())
+                        .key(keys.status(user))
+                        .arg(user.as_str())
+                        .arg(record)
+                        .arg(ttl)
+                        .arg(server)
+                        .invoke_async(&mut conn)
+                        .await
+                }
             })
             .await?;
         match reply.as_str() {
             "queued" => Ok(QueueMark::Queued),
             "duplicate" => Ok(QueueMark::Duplicate),
             "missing" => Ok(QueueMark::Missing),
+            "stale" => Ok(QueueMark::Stale),
             other => Err(RedisCallError::Protocol(other.to_owned())),
         }
     }

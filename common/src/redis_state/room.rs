@@ -81,6 +81,8 @@ pub enum RoomReply {
     NoRoom,
     /// No meta: unknown campaign, or its gate state lost.
     Missing,
+    /// The campaign's state is fenced (`lua/fence.lua`).
+    Stale,
 }
 
 /// The campaigns' waiting rooms.
@@ -123,16 +125,20 @@ impl Rooms {
         let room = keys.room();
         let reply: Vec<redis::Value> = self
             .client
-            .run(|mut conn| async move {
-                scripts::ROOM_JOIN
-                    .key(keys.meta())
-                    .key(keys.users())
-                    .key(keys.taken())
-                    .key(&room.all()[..])
-                    .arg(user.as_str())
-                    .arg(mode)
-                    .invoke_async(&mut conn)
-                    .await
+            .run_on(|mut conn, server| {
+                let server = server.to_owned();
+                async move {
+                    scripts::ROOM_JOIN
+                        .key(keys.meta())
+                        .key(keys.users())
+                        .key(keys.taken())
+                        .key(&room.all()[..])
+                        .arg(user.as_str())
+                        .arg(mode)
+                        .arg(server)
+                        .invoke_async(&mut conn)
+                        .await
+                }
             })
             .await?;
         parse_reply(&reply)
@@ -163,6 +169,7 @@ fn parse_reply(reply: &[redis::Value]) -> Result<RoomReply, RedisCallError> {
     let state = text(first)?;
     match state.as_str() {
         "missing" => return Ok(RoomReply::Missing),
+        "stale" => return Ok(RoomReply::Stale),
         "no_room" => return Ok(RoomReply::NoRoom),
         _ => {}
     }

@@ -21,6 +21,15 @@ pub struct WorkerSettings {
     /// First and largest pause between retries while PostgreSQL is down.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+    /// The gate keeper (`issuer-worker`'s `keeper`): how often it asks
+    /// which Redis server answers, and rebuilds every campaign whose gate
+    /// state is missing or was loaded on another server. Off (0): only
+    /// `issuer-worker rebuild` repairs them.
+    pub keeper_interval_ms: u64,
+    /// The keeper looks at every recent campaign at least this often, even
+    /// when the server did not change (a meta deleted by hand, Redis
+    /// Cluster where no one server's run_id is known).
+    pub keeper_scan_secs: u64,
     /// `/metrics` and `/healthz` of the worker; 0 picks a free port.
     pub http_port: u16,
     pub http_host: String,
@@ -35,6 +44,8 @@ impl Default for WorkerSettings {
             batch_timeout_ms: 10_000,
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
+            keeper_interval_ms: 1_000,
+            keeper_scan_secs: 30,
             http_port: 9100,
             http_host: "127.0.0.1".into(),
         }

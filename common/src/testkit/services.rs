@@ -192,14 +192,17 @@ pub fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill {signal} {pid}");
 }
 
-/// A Redis of the test's own on a spare port, keeping nothing on disk: a
-/// restart comes back empty, as a Redis that lost its state would.
+/// A Redis of the test's own on a spare port: keeping nothing on disk (a
+/// restart comes back empty, as a Redis that lost its state would), or with
+/// the AOF of a deployment ([`OwnRedis::start_persistent`]).
 #[derive(Debug)]
 pub struct OwnRedis {
     pub port: u16,
     child: Option<Child>,
     /// `--tls-*` arguments: TLS only (no plaintext port).
     tls: Vec<String>,
+    /// The persistence arguments (none: `--save "" --appendonly no`).
+    persistence: Vec<String>,
 }
 
 impl OwnRedis {
@@ -208,6 +211,36 @@ impl OwnRedis {
             port: spare_port(),
             child: None,
             tls: Vec::new(),
+            persistence: vec![
+                "--save".into(),
+                String::new(),
+                "--appendonly".into(),
+                "no".into(),
+            ],
+        };
+        redis.restart();
+        redis
+    }
+
+    /// A Redis with an append-only file (`appendfsync` = `fsync`: `always`
+    /// or `everysec`) in a directory of its own: a restart reloads it, as a
+    /// deployment's Redis does after a crash.
+    pub fn start_persistent(fsync: &str) -> Self {
+        let dir = temp_dir("redis");
+        let mut redis = Self {
+            port: spare_port(),
+            child: None,
+            tls: Vec::new(),
+            persistence: vec![
+                "--dir".into(),
+                dir.display().to_string(),
+                "--save".into(),
+                String::new(),
+                "--appendonly".into(),
+                "yes".into(),
+                "--appendfsync".into(),
+                fsync.into(),
+            ],
         };
         redis.restart();
         redis
@@ -231,6 +264,12 @@ impl OwnRedis {
                 "--tls-auth-clients".into(),
                 if client_auth { "yes" } else { "no" }.into(),
             ],
+            persistence: vec![
+                "--save".into(),
+                String::new(),
+                "--appendonly".into(),
+                "no".into(),
+            ],
         };
         redis.restart();
         redis
@@ -246,7 +285,7 @@ impl OwnRedis {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
-    /// (Re)starts it, empty.
+    /// (Re)starts it: empty, or reloading its append-only file.
     pub fn restart(&mut self) {
         self.kill();
         let port = self.port.to_string();
@@ -259,7 +298,7 @@ impl OwnRedis {
             .args(ports)
             .args(["--bind", "127.0.0.1"])
             .args(&self.tls)
-            .args(["--save", "", "--appendonly", "no"])
+            .args(&self.persistence)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("start redis-server");
@@ -267,6 +306,7 @@ impl OwnRedis {
         wait_for_port(self.port, Duration::from_secs(10), "redis");
     }
 
+    /// `kill -9`: what was not yet written to its file is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
