@@ -429,3 +429,53 @@ async fn a_redis_restart_fences_campaigns_until_the_gate_keeper_rebuilds_them() 
     worker.stop().await;
     api.stop().await;
 }
+
+/// A late rejection never hides a newer slot: a request's background
+/// settle gives its slot back (the broker never took its message) and
+/// records `rejected`; if the user's retry took a new slot in between, the
+/// record is left out and `/coupons/me` keeps showing the new slot
+/// (`pending` with its coupon id). (The record used to be written over it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_rejection_never_hides_a_newer_slot() {
+    use common::ids::{CouponId, UserId};
+    use common::redis_state::{
+        Gate, GateReply, RecordedState, RedisClient, StatusRecord, StatusRecords,
+    };
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    let redis = RedisClient::new(&settings.redis, None).unwrap();
+    let gate = Gate::new(redis.clone());
+    let status = StatusRecords::new(redis, settings.redis.status_ttl_secs);
+    let alice = UserId::parse("alice").unwrap();
+    let (first, second) = (CouponId::new(), CouponId::new());
+    assert!(matches!(
+        gate.take(&campaign, &alice, &first).await.unwrap(),
+        GateReply::Taken { .. }
+    ));
+    // The first request's settle: its slot given back...
+    assert!(gate.give_back(&campaign, &alice).await.unwrap());
+    // ...the retry's take...
+    assert!(matches!(
+        gate.take(&campaign, &alice, &second).await.unwrap(),
+        GateReply::Taken { .. }
+    ));
+    // ...and then the first request's record.
+    let late = StatusRecord {
+        state: RecordedState::Rejected,
+        coupon_id: Some(first),
+        outcome: Some("unavailable".into()),
+        at: chrono::Utc::now(),
+    };
+    assert!(!status.record(&campaign, &alice, &late).await.unwrap());
+    let (status_code, me) = api.my_coupon(&campaign, "alice").await;
+    assert_eq!(status_code, StatusCode::OK);
+    assert_eq!(me["state"], "pending", "{me}");
+    assert_eq!(me["coupon_id"], second.to_string(), "{me}");
+    // Without a newer slot, the rejection is recorded as before.
+    assert!(gate.give_back(&campaign, &alice).await.unwrap());
+    assert!(status.record(&campaign, &alice, &late).await.unwrap());
+    let (_, me) = api.my_coupon(&campaign, "alice").await;
+    assert_eq!(me["state"], "rejected", "{me}");
+    api.stop().await;
+}

@@ -41,6 +41,14 @@ pub static ROOM_JOIN: LazyLock<Script> =
 pub static GIVE_BACK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/give_back.lua")));
 
+/// Compensation by a repair: give back the slot it saw, not one taken since.
+pub static GIVE_BACK_IF: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/give_back_if.lua")));
+
+/// Record a request's state for `/coupons/me`, unless a newer slot is there.
+pub static RECORD_STATUS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/record_status.lua")));
+
 /// Withdraw a take whose reply was lost: give its slot back, or void it so
 /// that it never takes one.
 pub static WITHDRAW: LazyLock<Script> =

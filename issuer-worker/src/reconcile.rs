@@ -2,7 +2,8 @@
 //! gate with its rows once every message that could still land has landed.
 //!
 //! 1. Take the campaign's admin lock (one reconcile or rebuild at a time).
-//! 2. Snapshot the gate's set at t0.
+//! 2. Snapshot the gate's slots at t0: each user with the coupon id its slot
+//!    names.
 //! 3. Wait until every take of the snapshot has settled
 //!    (`Settings::takes_settle_within`: the gate call, the api's bound
 //!    between the take and produce, the delivery timeout): a message for a
@@ -19,8 +20,10 @@
 //!    an async queue keeps draining) are neither: the gate is read again for
 //!    phantoms, and the counter and the set in one transaction for drift.
 //!
-//! `--repair` gives leaked slots back with the compensation script, so that
-//! an open campaign can hand them out again, records those users as `none` for
+//! `--repair` gives back each leaked slot, so that an open campaign can
+//! hand it out again, only if it is still the slot of the snapshot (the
+//! same coupon id): a slot given back meanwhile (its broker down) and taken
+//! again is another slot, whose message may still be on its way, records those users as `none` for
 //! `/coupons/me`, gives phantoms their slot back (a row is a coupon: its user
 //! must read `duplicate`, and the count must include it), and sets the
 //! counter to the set's size.
@@ -30,8 +33,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use common::ids::{CampaignId, UserId};
-use common::redis_state::{Gate, RecordedState, RedisClient, Repair, StatusRecord, StatusRecords};
+use common::ids::{CampaignId, CouponId, UserId};
+use common::redis_state::{
+    CampaignMetas, EpochState, RecordedState, RedisClient, Repair, StatusRecord, StatusRecords,
+};
 use common::settings::Settings;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::Serialize;
@@ -82,11 +87,22 @@ pub async fn run(
     patience: Duration,
 ) -> anyhow::Result<ReconcileReport> {
     let redis = RedisClient::new(&settings.redis, None)?;
-    let (gate, repair) = (Gate::new(redis.clone()), Repair::new(redis.clone()));
+    let repair = Repair::new(redis.clone());
     let status = StatusRecords::new(redis.clone(), settings.redis.status_ttl_secs);
     let lock = admin_lock::acquire(&redis, &campaign).await?;
+    let (epoch, _) = CampaignMetas::new(redis.clone())
+        .epoch_state(&campaign)
+        .await?;
+    if epoch != EpochState::Current {
+        lock.release().await?;
+        anyhow::bail!(
+            "campaign {campaign}'s gate state is {epoch:?}: the gate keeper rebuilds it (or issuer-worker rebuild); reconcile it afterwards"
+        );
+    }
 
-    let snapshot: BTreeSet<String> = repair.users(&campaign).await?.into_iter().collect();
+    let seen: std::collections::BTreeMap<String, Option<String>> =
+        repair.slots(&campaign).await?.into_iter().collect();
+    let snapshot: BTreeSet<String> = seen.keys().cloned().collect();
     tracing::info!(campaign.id = %campaign, users = snapshot.len(), "gate snapshot taken; waiting for its takes to settle");
     tokio::time::sleep(settings.takes_settle_within() + Duration::from_secs(1)).await;
     let ends = topic::end_offsets(&settings.kafka).await?;
@@ -107,11 +123,15 @@ pub async fn run(
         }
         for user in &leaked {
             let user = UserId::parse(user).context("a gate member is not a valid user id")?;
-            if gate.give_back(&campaign, &user).await? {
+            let coupon = seen.get(user.as_str()).cloned().flatten();
+            if repair
+                .give_back_if(&campaign, user.as_str(), coupon.as_deref())
+                .await?
+            {
                 given_back += 1;
                 let record = StatusRecord {
                     state: RecordedState::None,
-                    coupon_id: None,
+                    coupon_id: coupon.as_deref().and_then(|c| CouponId::parse(c).ok()),
                     outcome: Some("given_back".into()),
                     at: Utc::now(),
                 };

@@ -329,12 +329,14 @@ impl Issuance {
                 .observe(started.elapsed().as_secs_f64());
             let (campaign, user) = (message.campaign_id, message.user_id.clone());
             if let Err(e) = issuance.settle(message, delivery).await {
+                // Recorded with its coupon id: if the user took another slot
+                // meanwhile, that slot is what /coupons/me keeps showing.
                 issuance
                     .record(
                         &campaign,
                         &user,
                         RecordedState::Rejected,
-                        None,
+                        Some(coupon_id),
                         Some(e.outcome()),
                     )
                     .await;
@@ -449,8 +451,12 @@ impl Issuance {
             outcome: outcome.map(str::to_owned),
             at: Utc::now(),
         };
-        if let Err(e) = self.status.record(campaign, user, &record).await {
-            tracing::warn!(campaign.id = %campaign, error = %e, "status not recorded");
+        match self.status.record(campaign, user, &record).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(campaign.id = %campaign, "status left out: the user took another slot since")
+            }
+            Err(e) => tracing::warn!(campaign.id = %campaign, error = %e, "status not recorded"),
         }
     }
 }

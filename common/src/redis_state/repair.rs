@@ -37,6 +37,72 @@ impl Repair {
         Ok(taken.unwrap_or(0) - members)
     }
 
+    /// Every user with a slot and the coupon id its slot names (`None` for
+    /// a rebuilt slot), for a repair that must later give back only these
+    /// very slots ([`Repair::give_back_if`]).
+    pub async fn slots(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<Vec<(String, Option<String>)>, RedisCallError> {
+        let users = self.users(campaign).await?;
+        let key = CampaignKeys::new(campaign).slots();
+        let mut named = std::collections::HashMap::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let key = key.clone();
+            let (next, batch): (u64, Vec<(String, String)>) = self
+                .client
+                .run(|mut conn| async move {
+                    redis::cmd("HSCAN")
+                        .arg(key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            named.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(users
+            .into_iter()
+            .map(|u| {
+                let coupon = named.remove(&u);
+                (u, coupon)
+            })
+            .collect())
+    }
+
+    /// Gives back the slot `user` had when [`Repair::slots`] saw it, named
+    /// `coupon`, if it is still that slot; `Ok(false)` when the user has no
+    /// slot or another one (given back and taken again since).
+    pub async fn give_back_if(
+        &self,
+        campaign: &CampaignId,
+        user: &str,
+        coupon: Option<&str>,
+    ) -> Result<bool, RedisCallError> {
+        let keys = CampaignKeys::new(campaign);
+        let given: i64 = self
+            .client
+            .run(|mut conn| async move {
+                scripts::GIVE_BACK_IF
+                    .key(keys.users())
+                    .key(keys.taken())
+                    .key(keys.slots())
+                    .arg(user)
+                    .arg(coupon.unwrap_or(""))
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(given == 1)
+    }
+
     /// Every user with a slot (`SSCAN`, so a large set does not block
     /// Redis).
     pub async fn users(&self, campaign: &CampaignId) -> Result<Vec<String>, RedisCallError> {

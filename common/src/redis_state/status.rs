@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{RedisCallError, RedisClient};
 use crate::ids::{CampaignId, CouponId, UserId};
 use crate::keys::CampaignKeys;
+use crate::scripts;
 
 /// The state of one user's request that is not yet (or never will be) a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,19 +46,36 @@ impl StatusRecords {
         Self { client, ttl_secs }
     }
 
-    /// Records the asynchronous state of a user's request, with the TTL.
+    /// Records the asynchronous state of a user's request, with the TTL,
+    /// unless the user has a slot another request took (one naming another
+    /// coupon id than `record.coupon_id`): news of an older request never
+    /// hides a newer slot (`lua/record_status.lua`). `Ok(false)`: left out.
     pub async fn record(
         &self,
         campaign: &CampaignId,
         user: &UserId,
         record: &StatusRecord,
-    ) -> Result<(), RedisCallError> {
-        let key = CampaignKeys::new(campaign).status(user);
+    ) -> Result<bool, RedisCallError> {
+        let keys = CampaignKeys::new(campaign);
         let value = serde_json::to_string(record).unwrap_or_default();
+        let coupon = record.coupon_id.map(|c| c.to_string()).unwrap_or_default();
         let ttl = self.ttl_secs;
-        self.client
-            .run(|mut conn| async move { conn.set_ex::<_, _, ()>(key, value, ttl).await })
-            .await
+        let recorded: i64 = self
+            .client
+            .run(|mut conn| async move {
+                scripts::RECORD_STATUS
+                    .key(keys.status(user))
+                    .key(keys.users())
+                    .key(keys.slots())
+                    .arg(user.as_str())
+                    .arg(coupon)
+                    .arg(value)
+                    .arg(ttl)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(recorded == 1)
     }
 
     pub async fn read(
