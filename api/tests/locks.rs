@@ -337,9 +337,39 @@ async fn two_thousand_fair_lock_waiters_are_served_in_order_or_turned_away() {
     let counter = fresh("counter");
     let lock =
         FairLock::new(redis.clone(), timing(3_000, 2_000), waker(&redis)).with_max_waiters(500);
+    // The line's length (tickets not yet served), sampled all along.
+    let longest = Arc::new(Mutex::new(0i64));
+    let sampling = tokio::spawn({
+        let (redis, keys, longest) = (redis.clone(), keys.clone(), longest.clone());
+        async move {
+            loop {
+                let (last, serving): (Option<i64>, Option<i64>) = redis
+                    .run(|mut conn| {
+                        let keys = keys.clone();
+                        async move {
+                            redis::pipe()
+                                .get(&keys.tickets)
+                                .get(&keys.serving)
+                                .query_async(&mut conn)
+                                .await
+                        }
+                    })
+                    .await
+                    .unwrap_or((None, None));
+                let line = last.unwrap_or(0) - serving.unwrap_or(1) + 1;
+                {
+                    let mut seen = longest.lock().unwrap();
+                    *seen = (*seen).max(line);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let granted_tickets = Arc::new(Mutex::new(Vec::new()));
     let outcomes = join_all((0..2_000).map(|_| async {
         match lock.acquire(&keys).await {
             Ok(guard) => {
+                granted_tickets.lock().unwrap().push(guard.ticket.unwrap());
                 unsafe_increment(&redis, &counter).await;
                 assert!(guard.release().await.unwrap());
                 "granted"
@@ -358,6 +388,21 @@ async fn two_thousand_fair_lock_waiters_are_served_in_order_or_turned_away() {
     assert!(granted > 0, "nobody got the lock");
     assert!(count("full") > 0, "the cap never turned anyone away");
     assert_eq!(read_counter(&redis, &counter).await, granted as i64);
+    sampling.abort();
+    // In order: each grant's ticket after the one before (under the lock,
+    // so the pushes are in grant order).
+    let tickets = granted_tickets.lock().unwrap().clone();
+    assert!(
+        tickets.windows(2).all(|w| w[0] < w[1]),
+        "granted out of ticket order: {tickets:?}"
+    );
+    // The cap: never more than 500 tickets unserved.
+    let longest = *longest.lock().unwrap();
+    assert!(longest <= 500, "the line reached {longest}");
+    assert!(
+        longest >= 400,
+        "the line never filled ({longest}): the cap was not tried"
+    );
     for key in keys.all() {
         assert!(!redis_exists(key).await, "{key} left behind");
     }
@@ -512,5 +557,141 @@ async fn the_fenced_take_takes_nothing_without_meta_or_once_closed() {
             .unwrap();
         let expected = if campaign == closed { Some(1) } else { Some(0) };
         assert_eq!(taken.or(Some(0)), expected, "{campaign}");
+    }
+}
+
+/// One call of the fair lock's acquire script as a waiter with `token`
+/// (`ticket` 0 on its first call): `[code, ticket, n]`.
+async fn fair_acquire_call(
+    redis: &RedisClient,
+    keys: &FairLockKeys,
+    token: &str,
+    ticket: i64,
+    wait_ms: u64,
+    max: u64,
+) -> Vec<i64> {
+    redis
+        .run_script(
+            &scripts::FAIR_LOCK_ACQUIRE,
+            &keys.all(),
+            &[
+                "5000",
+                token,
+                &wait_ms.to_string(),
+                "unused",
+                &ticket.to_string(),
+                &max.to_string(),
+            ],
+        )
+        .await
+        .unwrap()
+}
+
+/// The ticket lock never wedges on dead waiters: a holder and a full line
+/// of waiters all killed (a process with its whole line, never to ask
+/// again nor to cancel) leave tickets nobody serves; once the lock is free,
+/// the next newcomer steps past them. (Every newcomer was turned away as
+/// "line full" before anyone stepped past them: 503 for good, until keys
+/// were deleted by hand.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_line_of_dead_waiters_does_not_wedge_the_fair_lock() {
+    let redis = redis();
+    let keys = fair_keys();
+    let lock = FairLock::new(redis.clone(), timing(300, 2_000), None).with_max_waiters(5);
+    let holder = lock.acquire(&keys).await.unwrap();
+    holder.pause_renewals(true);
+    drop(holder); // dies holding the lock: its lease runs out
+    for i in 0..4 {
+        let reply = fair_acquire_call(&redis, &keys, &format!("dead-{i}"), 0, 100, 5).await;
+        assert_eq!(reply[0], 0, "dead-{i} waits: {reply:?}");
+    }
+    assert_eq!(
+        fair_acquire_call(&redis, &keys, "late", 0, 100, 5).await[0],
+        -2,
+        "the line is full"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let started = Instant::now();
+    let newcomer = lock
+        .acquire(&keys)
+        .await
+        .expect("a newcomer after the dead line");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(newcomer.release().await.unwrap());
+    for key in keys.all() {
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(
+                &mut redis
+                    .client()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// A waiter gives up by its token: a stale ticket number (another waiter's
+/// now, the counters having started again from 1) removes nothing, and a
+/// waiter whose first reply was lost (it never learnt its ticket) still
+/// leaves the line. (Cancel took a bare ticket number: the first removed
+/// another waiter, the second was impossible and left an orphan.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fair_lock_waiter_gives_up_only_its_own_place() {
+    let redis = redis();
+    let keys = fair_keys();
+    let holder = fair_acquire_call(&redis, &keys, "holder", 0, 30_000, 100).await;
+    assert_eq!(holder[0], -1);
+    let waiting = fair_acquire_call(&redis, &keys, "waiting", 0, 30_000, 100).await;
+    assert_eq!(waiting[0], 0);
+    let cancel = |ticket: i64, token: &'static str| {
+        let (redis, keys) = (redis.clone(), keys.clone());
+        async move {
+            redis
+                .run_script::<i64>(
+                    &scripts::FAIR_LOCK_CANCEL,
+                    &keys.all(),
+                    &[&ticket.to_string(), "unused", token],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // Another waiter's stale ticket number: nothing removed.
+    assert_eq!(cancel(waiting[1], "stale").await, 0);
+    assert_eq!(
+        fair_acquire_call(&redis, &keys, "waiting", waiting[1], 30_000, 100).await[0],
+        0
+    );
+    // A waiter that never learnt its ticket leaves by its token.
+    let lost = fair_acquire_call(&redis, &keys, "lost", 0, 30_000, 100).await;
+    assert_eq!(lost[0], 0);
+    assert_eq!(cancel(0, "lost").await, 1);
+    assert_eq!(
+        fair_acquire_call(&redis, &keys, "lost", lost[1], 30_000, 100).await[0],
+        -3,
+        "its place is gone"
+    );
+    // A holder whose grant reply was lost releases by its token.
+    assert_eq!(cancel(0, "holder").await, 1);
+    assert_eq!(
+        fair_acquire_call(&redis, &keys, "waiting", waiting[1], 30_000, 100).await[0],
+        -1,
+        "the next waiter is served"
+    );
+    for key in keys.all() {
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(
+                &mut redis
+                    .client()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
     }
 }

@@ -8,22 +8,41 @@
 --   KEYS[3]  the ticket being served (STRING; absent: 1)
 --   KEYS[4]  the waiters (HASH ticket -> "<deadline ms>:<token>"); a waiter
 --            whose deadline passed counts as gone
+--   KEYS[5]  the waiters by token (HASH token -> ticket): a waiter whose
+--            acquire reply was lost does not know its ticket, and one that
+--            knows it must never touch another's (the counters start again
+--            from 1 once the line is empty)
 
 local function fair_now()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A waiter's entry: its deadline and its token.
+local function fair_entry(entry)
+  local deadline, token = string.match(entry, '^(%d+):(.*)$')
+  return tonumber(deadline), token
+end
+
+-- Removes ticket's waiter from the line (both indexes).
+local function fair_forget(lock_keys, ticket, entry)
+  redis.call('HDEL', lock_keys[4], ticket)
+  if entry then
+    local _, token = fair_entry(entry)
+    redis.call('HDEL', lock_keys[5], token)
+  end
+end
+
 -- Steps `serving` past tickets up to `upto` whose waiter is gone (no entry,
 -- or its deadline passed), deleting their entries; returns the first ticket
 -- still waited for, or upto + 1. Each ticket is stepped past once.
-local function fair_step_past(waiters, serving, upto, now)
+local function fair_step_past(lock_keys, serving, upto, now)
   while serving <= upto do
-    local entry = redis.call('HGET', waiters, serving)
-    if entry and tonumber(string.match(entry, '^(%d+)')) > now then
+    local entry = redis.call('HGET', lock_keys[4], serving)
+    if entry and fair_entry(entry) > now then
       break
     end
-    redis.call('HDEL', waiters, serving)
+    fair_forget(lock_keys, serving, entry)
     serving = serving + 1
   end
   return serving
@@ -34,9 +53,9 @@ end
 -- counters (the next waiter starts again from ticket 1).
 local function fair_serve_next(lock_keys, serving, now, channel)
   local last = tonumber(redis.call('GET', lock_keys[2]) or '0')
-  serving = fair_step_past(lock_keys[4], serving, last, now)
+  serving = fair_step_past(lock_keys, serving, last, now)
   if serving > last then
-    redis.call('DEL', lock_keys[2], lock_keys[3], lock_keys[4])
+    redis.call('DEL', lock_keys[2], lock_keys[3], lock_keys[4], lock_keys[5])
   else
     redis.call('SET', lock_keys[3], serving)
     redis.call('PUBLISH', channel, tostring(serving))

@@ -7,7 +7,12 @@
 -- walks its whole queue on every acquire (ZINCRBY over every waiter), which
 -- saturated Redis at 2,000 waiters.
 --
--- KEYS[1..4]  the lock's keys (fair_lock.lua)
+-- A line that looks full is first cleared of gone waiters when the lock is
+-- free: a process killed with its whole line of waiters (or of lost
+-- replies) leaves tickets nobody will ever ask for, and without this every
+-- newcomer was turned away before anyone stepped past them, for good.
+--
+-- KEYS[1..5]  the lock's keys (fair_lock.lua)
 -- ARGV[1]  lease in ms
 -- ARGV[2]  this waiter's token
 -- ARGV[3]  how long a waiter may wait, in ms
@@ -18,13 +23,18 @@
 --
 -- Returns {code, ticket, n}: code -1 acquired; 0 waiting, n = tickets ahead;
 -- -2 the line is full (no ticket taken), n = its length; -3 the waiter's
--- place was given up (its deadline passed).
+-- place was given up (its deadline passed, or the ticket is another's).
 local now = fair_now()
 local ticket = tonumber(ARGV[5])
 local serving = tonumber(redis.call('GET', KEYS[3]) or '1')
 if ticket == 0 then
   local last = tonumber(redis.call('GET', KEYS[2]) or '0')
   local line = last - serving + 1
+  if line >= tonumber(ARGV[6]) and redis.call('EXISTS', KEYS[1]) == 0 then
+    serving = fair_step_past(KEYS, serving, last, now)
+    redis.call('SET', KEYS[3], serving)
+    line = last - serving + 1
+  end
   if line < 0 then line = 0 end
   if line >= tonumber(ARGV[6]) then
     return {-2, 0, line}
@@ -32,14 +42,19 @@ if ticket == 0 then
   ticket = redis.call('INCR', KEYS[2])
   redis.call('SET', KEYS[3], serving)
   redis.call('HSET', KEYS[4], ticket, (now + tonumber(ARGV[3])) .. ':' .. ARGV[2])
-elseif redis.call('HEXISTS', KEYS[4], ticket) == 0 then
-  return {-3, ticket, 0}
+  redis.call('HSET', KEYS[5], ARGV[2], ticket)
+else
+  local entry = redis.call('HGET', KEYS[4], ticket)
+  if not entry or select(2, fair_entry(entry)) ~= ARGV[2] then
+    return {-3, ticket, 0}
+  end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  serving = fair_step_past(KEYS[4], serving, ticket - 1, now)
+  serving = fair_step_past(KEYS, serving, ticket - 1, now)
   redis.call('SET', KEYS[3], serving)
   if serving == ticket then
     redis.call('HDEL', KEYS[4], ticket)
+    redis.call('HDEL', KEYS[5], ARGV[2])
     redis.call('HSET', KEYS[1], ARGV[2], 1)
     redis.call('PEXPIRE', KEYS[1], ARGV[1])
     return {-1, ticket, 0}

@@ -2,7 +2,7 @@
 -- serve the next ticket whose waiter is still there and wake it. O(1)
 -- amortised (each gone ticket is stepped past once).
 --
--- KEYS[1..4]  the lock's keys (fair_lock.lua)
+-- KEYS[1..5]  the lock's keys (fair_lock.lua)
 -- ARGV[1]  the releasing owner's token
 -- ARGV[2]  the lock's release channel: the message names the next ticket,
 --          the only waiter that may take the lock next

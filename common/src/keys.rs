@@ -147,6 +147,9 @@ pub struct FairLockKeys {
     pub serving: String,
     /// HASH ticket -> `"<deadline ms>:<token>"`: the waiters in line.
     pub waiting: String,
+    /// HASH token -> ticket: the waiters by token, for one that does not
+    /// know its ticket (its first reply lost).
+    pub tokens: String,
 }
 
 impl FairLockKeys {
@@ -158,16 +161,18 @@ impl FairLockKeys {
             tickets: format!("{lock}:tickets"),
             serving: format!("{lock}:serving"),
             waiting: format!("{lock}:waiting"),
+            tokens: format!("{lock}:tokens"),
         }
     }
 
     /// In the order the scripts take them.
-    pub fn all(&self) -> [&str; 4] {
+    pub fn all(&self) -> [&str; 5] {
         [
             self.lock.as_str(),
             self.tickets.as_str(),
             self.serving.as_str(),
             self.waiting.as_str(),
+            self.tokens.as_str(),
         ]
     }
 }
@@ -200,6 +205,7 @@ mod tests {
             fair.tickets,
             fair.serving,
             fair.waiting,
+            fair.tokens,
         ] {
             assert!(key.starts_with(&format!("coupon:{tag}:")), "{key}");
         }

@@ -117,6 +117,8 @@ pub struct LockGuard {
     paused: Arc<AtomicBool>,
     /// How long acquiring took.
     pub waited: Duration,
+    /// The fair lock's ticket this hold was granted on (`None`: lease lock).
+    pub ticket: Option<i64>,
 }
 
 impl LockGuard {
@@ -174,6 +176,7 @@ impl LockGuard {
             lost,
             paused,
             waited,
+            ticket: None,
         }
     }
 
@@ -377,13 +380,17 @@ impl FairLock {
             let reply = match reply {
                 Ok(reply) => reply,
                 Err(e) => {
-                    self.cancel(keys, ticket).await;
+                    // The reply may be lost, not the call: a ticket taken
+                    // (or the lock granted) without our knowing is given up
+                    // by our token.
+                    self.cancel(keys, ticket, &token).await;
                     return Err(e.into());
                 }
             };
             let ahead = match reply.as_slice() {
-                [-1, ..] => {
-                    return Ok(LockGuard::start(
+                [-1, granted, _] => {
+                    let granted = *granted;
+                    let mut guard = LockGuard::start(
                         self.redis.clone(),
                         keys.lock.clone(),
                         token,
@@ -392,7 +399,9 @@ impl FairLock {
                         script_keys.iter().map(|k| (*k).to_owned()).collect(),
                         self.timing.lease,
                         started.elapsed(),
-                    ));
+                    );
+                    guard.ticket = Some(granted);
+                    return Ok(guard);
                 }
                 [-2, _, line] => {
                     return Err(LockError::LineFull(u64::try_from(*line).unwrap_or(0)));
@@ -410,7 +419,7 @@ impl FairLock {
                 }
                 other => {
                     let e = RedisCallError::Protocol(format!("fair lock replied {other:?}"));
-                    self.cancel(keys, ticket).await;
+                    self.cancel(keys, ticket, &token).await;
                     return Err(e.into());
                 }
             };
@@ -420,23 +429,22 @@ impl FairLock {
             }
             pause(&registration, fair_poll(ahead).min(left)).await;
         }
-        self.cancel(keys, ticket).await;
+        self.cancel(keys, ticket, &token).await;
         Err(LockError::WaitTimeout(self.timing.wait))
     }
 
-    /// Leaves the line (best effort: a place left behind expires with its
-    /// wait and is stepped past).
-    async fn cancel(&self, keys: &FairLockKeys, ticket: i64) {
-        if ticket == 0 {
-            return;
-        }
+    /// Leaves the line by `token` (and `ticket`, 0 when unknown), or
+    /// releases the lock if it was granted to `token` unbeknown (best
+    /// effort: a place left behind expires with its wait and is stepped
+    /// past; a lost grant, with its lease).
+    async fn cancel(&self, keys: &FairLockKeys, ticket: i64, token: &str) {
         let channel = release_channel(&keys.lock);
         if let Err(e) = self
             .redis
             .run_script::<i64>(
                 &scripts::FAIR_LOCK_CANCEL,
                 &keys.all(),
-                &[&ticket.to_string(), channel.as_str()],
+                &[&ticket.to_string(), channel.as_str(), token],
             )
             .await
         {
