@@ -50,13 +50,35 @@ pub fn busy_thread(faults: &FaultSettings, user: &UserId) {
     }
 }
 
+/// Whether this user's request gives up its reply at once (combining).
+#[allow(unused_variables)]
+pub fn drops_its_reply(faults: &FaultSettings, user: &UserId) -> bool {
+    #[cfg(debug_assertions)]
+    if faults.drop_reply_user.as_deref() == Some(user.as_str()) {
+        tracing::warn!(user.id = %user, "fault: the request drops its reply");
+        return true;
+    }
+    false
+}
+
+/// The task serving a lock line panics when this user is in its batch.
+#[allow(unused_variables)]
+pub fn panic_in_lock_line(faults: &FaultSettings, user: &UserId) {
+    #[cfg(debug_assertions)]
+    if faults.panic_in_lock_line_user.as_deref() == Some(user.as_str()) {
+        panic!("fault: the lock line's task panics");
+    }
+}
+
 /// Says at start-up that fault settings are ignored by this build.
 pub fn warn_if_ignored(faults: &FaultSettings) {
     if cfg!(not(debug_assertions))
         && (faults.pause_lock_holder_user.is_some()
             || faults.crash_after_gate_user.is_some()
             || faults.pause_after_gate_user.is_some()
-            || faults.busy_thread_user.is_some())
+            || faults.busy_thread_user.is_some()
+            || faults.drop_reply_user.is_some()
+            || faults.panic_in_lock_line_user.is_some())
     {
         tracing::warn!("APP_FAULTS__* is set but this release build has no fault hooks");
     }

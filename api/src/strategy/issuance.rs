@@ -194,6 +194,22 @@ impl Issuance {
             return redis_unavailable(e);
         }
         tracing::warn!(campaign.id = %campaign, error = %e, "take timed out; withdrawing it");
+        self.withdraw_lost(campaign, user, coupon).await
+    }
+
+    /// Withdraws a take whose outcome this request cannot know or use (its
+    /// reply timed out, or was lost with the task that waited for it): the
+    /// slot is given back if the take ran, or the take is voided so that it
+    /// takes nothing when it runs; by its coupon id, so a slot the user has
+    /// from another request is never touched. Keeps trying for
+    /// [`WITHDRAW_WITHIN`], then leaves the slot to reconciliation. The
+    /// error to answer.
+    pub async fn withdraw_lost(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+        coupon: &CouponId,
+    ) -> IssueError {
         let deadline = Instant::now() + WITHDRAW_WITHIN;
         let mut pause = Duration::from_millis(50);
         loop {

@@ -25,4 +25,11 @@ pub struct FaultSettings {
     /// starves it), while Redis answers at once.
     pub busy_thread_user: Option<String>,
     pub busy_thread_ms: u64,
+    /// Lock strategies in `combining` mode: this user's request gives up
+    /// its reply as soon as it joined the line (as a request whose task
+    /// died), leaving its take to the server.
+    pub drop_reply_user: Option<String>,
+    /// Lock strategies in `combining` mode: the task serving the line
+    /// panics when this user's request is in its batch.
+    pub panic_in_lock_line_user: Option<String>,
 }

@@ -317,12 +317,13 @@ impl Settings {
         self.redis.longest_call() + PRODUCE_WITHIN + self.kafka.delivery_timeout()
     }
 
-    /// The longest an api request can run: a lock wait, the gate call and
-    /// its withdrawal, [`PRODUCE_WITHIN`] and the delivery timeout, plus a
-    /// margin. An `Idempotency-Key` still marked running after it belongs
+    /// The longest an api request can run: two lock waits (combining: the
+    /// wait for a batch, then the batch's wait for the lock), the gate call
+    /// and its withdrawal, [`PRODUCE_WITHIN`] and the delivery timeout, plus
+    /// a margin. An `Idempotency-Key` still marked running after it belongs
     /// to a request that died; its key is free again.
     pub fn longest_request(&self) -> Duration {
-        Duration::from_millis(self.lock.wait_ms)
+        Duration::from_millis(self.lock.wait_ms) * 2
             + self.takes_settle_within()
             + WITHDRAW_WITHIN
             + Duration::from_secs(30)

@@ -18,21 +18,15 @@
 //! `lock.mode` says how the lock is used: `naive`, one hold per request (the
 //! seed's design, and the section above); `combining`, one hold serves every
 //! request of this instance waiting for the campaign's lock at that moment
-//! ([`Combiner`]: flat combining, as a database's group commit): the holder
+//! ([`combining`]: flat combining, as a database's group commit): the holder
 //! reads the meta once, sends the users' fenced takes together in arrival
 //! order (the script stops them at the stock), releases, and answers each.
-//!
-//! A batch's work belongs to no single request: it runs in a `lock_hold` span
-//! of its own (the campaign, the batch's size), linked to the span of every
-//! request it serves (follows-from, a link in a trace), so a log line of the
-//! hold never carries the request id of whichever request started the task.
 //!
 //! The reply is `pending` without waiting for the delivery report; the report
 //! is settled in the background (see [`Issuance::produce_in_background`]).
 //! A holder paused past its lease (its checks done, its lock gone) writes
 //! nothing: the fence answers `lost` and the request gets a 503.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,8 +38,6 @@ use common::redis_state::{
     CampaignMeta, CampaignMetas, FencedTake, LockSections, Precheck, RedisClient,
 };
 use common::settings::{LockMode, LockSettings, StrategyKind};
-use tokio::sync::oneshot;
-use tracing::Instrument;
 
 use super::issuance::{TakenSlot, redis_unavailable, withdrawn};
 use super::{Acceptance, Issuance, IssueError, Refusal};
@@ -60,13 +52,13 @@ pub enum LockKind {
 }
 
 #[derive(Debug)]
-enum CampaignLock {
+pub(super) enum CampaignLock {
     Lease(LeaseLock),
     Fair(FairLock),
 }
 
 impl CampaignLock {
-    async fn acquire(&self, campaign: &CampaignId) -> Result<LockGuard, LockError> {
+    pub(super) async fn acquire(&self, campaign: &CampaignId) -> Result<LockGuard, LockError> {
         let keys = CampaignKeys::new(campaign);
         match self {
             Self::Lease(lock) => lock.acquire(&keys.lock()).await,
@@ -83,11 +75,14 @@ pub struct LockedStrategy {
     combiner: Arc<Combiner>,
 }
 
+mod combining;
+use combining::Combiner;
+
 /// What a section runs on: the issuance steps, and the section's own Redis
 /// calls (the meta and time, and the reads and the fenced take).
 #[derive(Debug)]
-struct Section {
-    issuance: Arc<Issuance>,
+pub(super) struct Section {
+    pub(super) issuance: Arc<Issuance>,
     metas: CampaignMetas,
     calls: LockSections,
 }
@@ -120,7 +115,7 @@ impl LockedStrategy {
             section,
             lock: Arc::new(lock),
             mode: settings.mode,
-            combiner: Arc::default(),
+            combiner: Arc::new(Combiner::new(settings)),
         }
     }
 
@@ -152,7 +147,10 @@ impl LockedStrategy {
                 issue_under(section, guard, campaign, user).await
             }
             LockMode::Combining => {
-                let slot = self.combined(campaign, user.clone()).await?;
+                let slot = self
+                    .combiner
+                    .take(&self.section, &self.lock, campaign, user.clone())
+                    .await?;
                 crate::faults::after_gate(&section.issuance.faults, &user).await;
                 let coupon_id = section
                     .issuance
@@ -162,168 +160,11 @@ impl LockedStrategy {
             }
         }
     }
-
-    /// `combining`: joins the campaign's waiters in this instance; the first
-    /// to find no holder serving them starts one ([`serve`]).
-    async fn combined(&self, campaign: CampaignId, user: UserId) -> Result<TakenSlot, IssueError> {
-        let (reply, answer) = oneshot::channel();
-        let start = {
-            let mut lines = self.combiner.lines();
-            let line = lines.entry(campaign).or_default();
-            line.waiting.push(Waiter {
-                user,
-                reply,
-                span: tracing::Span::current(),
-            });
-            !std::mem::replace(&mut line.serving, true)
-        };
-        if start {
-            // Its own root span: the task outlives the request that started
-            // it. At `warn`, as the request span, so that the lines it logs
-            // under the default filter carry it.
-            let line = tracing::warn_span!(parent: None, "lock_line", campaign.id = %campaign);
-            self.section.issuance.spawn(
-                serve(
-                    self.section.clone(),
-                    self.lock.clone(),
-                    self.combiner.clone(),
-                    campaign,
-                )
-                .instrument(line),
-            );
-        }
-        answer.await.unwrap_or_else(|_| {
-            Err(IssueError::Unavailable(
-                "the request was dropped before its turn; nothing was issued, retry later".into(),
-            ))
-        })
-    }
-}
-
-/// The most requests one hold serves: it bounds the hold (each user is one
-/// script call in the pipeline).
-const MOST_PER_HOLD: usize = 512;
-
-/// `combining`: the requests of this instance waiting for each campaign's
-/// lock.
-#[derive(Debug, Default)]
-struct Combiner {
-    lines: std::sync::Mutex<HashMap<CampaignId, Line>>,
-}
-
-impl Combiner {
-    fn lines(&self) -> std::sync::MutexGuard<'_, HashMap<CampaignId, Line>> {
-        self.lines
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-#[derive(Debug, Default)]
-struct Line {
-    waiting: Vec<Waiter>,
-    /// A task is serving this line (taking the lock for its batches).
-    serving: bool,
-}
-
-#[derive(Debug)]
-struct Waiter {
-    user: UserId,
-    reply: oneshot::Sender<Result<TakenSlot, IssueError>>,
-    /// The request's span, which the hold that serves it links to.
-    span: tracing::Span,
-}
-
-/// Serves a campaign's line until it is empty: takes what waits (up to
-/// [`MOST_PER_HOLD`]), holds the lock once for all of it, answers each.
-async fn serve(
-    section: Arc<Section>,
-    lock: Arc<CampaignLock>,
-    combiner: Arc<Combiner>,
-    campaign: CampaignId,
-) {
-    loop {
-        let batch: Vec<Waiter> = {
-            let mut lines = combiner.lines();
-            let Some(line) = lines.get_mut(&campaign) else {
-                return;
-            };
-            if line.waiting.is_empty() {
-                lines.remove(&campaign);
-                return;
-            }
-            let n = line.waiting.len().min(MOST_PER_HOLD);
-            line.waiting.drain(..n).collect()
-        };
-        let hold = tracing::warn_span!("lock_hold", batch = batch.len());
-        for waiter in &batch {
-            hold.follows_from(&waiter.span);
-        }
-        let results = hold_once(&section, &lock, &campaign, &batch)
-            .instrument(hold)
-            .await;
-        for (waiter, result) in batch.into_iter().zip(results) {
-            let _ = waiter.reply.send(result);
-        }
-    }
-}
-
-/// One hold for a batch: the lock, the section, the release.
-async fn hold_once(
-    section: &Section,
-    lock: &CampaignLock,
-    campaign: &CampaignId,
-    batch: &[Waiter],
-) -> Vec<Result<TakenSlot, IssueError>> {
-    let guard = match lock.acquire(campaign).await {
-        Ok(guard) => guard,
-        Err(e) => {
-            let e = lock_unavailable(e);
-            return batch.iter().map(|_| Err(e.clone())).collect();
-        }
-    };
-    let started = took(section, &guard);
-    let users: Vec<UserId> = batch.iter().map(|w| w.user.clone()).collect();
-    let results = combined_section(section, &guard, campaign, &users).await;
-    release(section, guard, campaign, started).await;
-    results
-}
-
-/// The section for a batch under one hold: the meta and window once, then
-/// every user's fenced take (`locked_take.lua`: no slot yet, the count below
-/// the stock, the lock still ours), sent together in arrival order on the
-/// shared connection. A user twice in one batch is a duplicate the second
-/// time.
-async fn combined_section(
-    section: &Section,
-    guard: &LockGuard,
-    campaign: &CampaignId,
-    users: &[UserId],
-) -> Vec<Result<TakenSlot, IssueError>> {
-    if let Err(e) = open_now(section, campaign).await {
-        return users.iter().map(|_| Err(e.clone())).collect();
-    }
-    for user in users {
-        crate::faults::pause_lock_holder(&section.issuance.faults, guard, user).await;
-    }
-    let keys = CampaignKeys::new(campaign);
-    let mut seen = HashSet::new();
-    let takes = users.iter().map(|user| {
-        let first = seen.insert(user);
-        let keys = &keys;
-        async move {
-            if !first {
-                return Err(IssueError::Refused(Refusal::Duplicate));
-            }
-            fenced_take(section, guard, keys, campaign, user).await
-        }
-    });
-    futures::future::join_all(takes).await
 }
 
 /// A lock just taken: observes how long it was waited for; returns when
 /// the section starts.
-fn took(section: &Section, guard: &LockGuard) -> Instant {
+pub(super) fn took(section: &Section, guard: &LockGuard) -> Instant {
     section
         .issuance
         .metrics
@@ -333,7 +174,12 @@ fn took(section: &Section, guard: &LockGuard) -> Instant {
 }
 
 /// The section done: observes how long it held the lock, and releases it.
-async fn release(section: &Section, guard: LockGuard, campaign: &CampaignId, started: Instant) {
+pub(super) async fn release(
+    section: &Section,
+    guard: LockGuard,
+    campaign: &CampaignId,
+    started: Instant,
+) {
     section
         .issuance
         .metrics
@@ -347,7 +193,10 @@ async fn release(section: &Section, guard: LockGuard, campaign: &CampaignId, sta
 
 /// The section's first check, as separate commands (`HMGET` meta, `TIME`):
 /// the campaign's meta, if it is known and open right now.
-async fn open_now(section: &Section, campaign: &CampaignId) -> Result<CampaignMeta, IssueError> {
+pub(super) async fn open_now(
+    section: &Section,
+    campaign: &CampaignId,
+) -> Result<CampaignMeta, IssueError> {
     let (meta, now_ms) = section
         .metas
         .read(campaign)
@@ -366,14 +215,14 @@ async fn open_now(section: &Section, campaign: &CampaignId) -> Result<CampaignMe
 }
 
 /// The section's write: a take fenced by `guard`'s lock, and its reply.
-async fn fenced_take(
+pub(super) async fn fenced_take(
     section: &Section,
     guard: &LockGuard,
     keys: &CampaignKeys,
     campaign: &CampaignId,
     user: &UserId,
+    coupon: CouponId,
 ) -> Result<TakenSlot, IssueError> {
-    let coupon = CouponId::new();
     let take = section
         .calls
         .take(guard.key(), guard.token(), keys, user, &coupon)
@@ -399,7 +248,7 @@ async fn fenced_take(
 }
 
 /// Maps a failed acquisition to a 503: nothing was taken.
-fn lock_unavailable(e: LockError) -> IssueError {
+pub(super) fn lock_unavailable(e: LockError) -> IssueError {
     match e {
         LockError::WaitTimeout(wait) => IssueError::Unavailable(format!(
             "the campaign is busy (no lock within {} ms); retry later",
@@ -471,5 +320,13 @@ async fn naive_section(
         return Err(IssueError::Refused(Refusal::SoldOut));
     }
     crate::faults::pause_lock_holder(&section.issuance.faults, guard, user).await;
-    fenced_take(section, guard, &CampaignKeys::new(campaign), campaign, user).await
+    fenced_take(
+        section,
+        guard,
+        &CampaignKeys::new(campaign),
+        campaign,
+        user,
+        CouponId::new(),
+    )
+    .await
 }
