@@ -16,6 +16,11 @@ pub const DLQ_DETAIL_HEADER: &str = "dlq.detail";
 pub const DLQ_SOURCE_TOPIC_HEADER: &str = "dlq.source.topic";
 pub const DLQ_SOURCE_PARTITION_HEADER: &str = "dlq.source.partition";
 pub const DLQ_SOURCE_OFFSET_HEADER: &str = "dlq.source.offset";
+/// Header on a dead letter whose original was too large to set aside whole:
+/// the original's size in bytes. The letter's payload is then only the
+/// original's first bytes; the whole original stays at its source position
+/// (until the topic's retention removes it) and cannot be re-driven.
+pub const DLQ_TRUNCATED_HEADER: &str = "dlq.truncated";
 
 /// One admitted issuance: the gate gave `user_id` a slot in `campaign_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
