@@ -50,15 +50,10 @@ ALERTS = "docker/prometheus/alerts.yml"
 PROMETHEUS_RULE = "docker/k8s/components/monitoring/prometheusrule.yaml"
 RUNBOOK_BASE_FILE = "docker/prometheus/runbook-base-url"
 DASHBOARD = "docker/grafana/dashboards/coupon-engine.json"
-# Names the code reads that common/src/settings.rs does not list as struct
-# fields: the file's name, and those being added alongside these manifests.
-EXTRA_SETTINGS = {
-    "APP_CONFIG_FILE",
-    "APP_HTTP__OPS_PORT",
-    "APP_KAFKA__CREATE_TOPICS",
-    "APP_DATABASE__SERVICE_ROLE",
-    "APP_ALLOW_INSECURE_DEPENDENCIES",
-}
+# Names the code reads that common/src/settings/ does not list as struct
+# fields: the settings file's name.
+EXTRA_SETTINGS = {"APP_CONFIG_FILE"}
+SETTINGS_DIR = "common/src/settings"
 ENGINE_COMPONENTS = {"api", "worker", "migrate"}
 
 
@@ -84,6 +79,13 @@ def read(path):
         return f.read()
 
 
+def settings_source():
+    """Every file of the settings module, one after another."""
+    folder = os.path.join(ROOT, SETTINGS_DIR)
+    return "\n".join(read(os.path.join(SETTINGS_DIR, name))
+                     for name in sorted(os.listdir(folder)) if name.endswith(".rs"))
+
+
 def get(doc, path, default=None):
     for part in path.split("."):
         if isinstance(doc, dict):
@@ -105,7 +107,7 @@ def run(cmd, **kw):
 
 def settings_names():
     """Every APP_* name the code reads: `issuer-worker settings --names` when
-    a built binary is there, else derived from common/src/settings.rs (each
+    a built binary is there, else derived from common/src/settings/ (each
     section's struct fields, nested structs as further levels)."""
     for target in (os.environ.get("CARGO_TARGET_DIR"), os.path.join(ROOT, "target")):
         binary = target and os.path.join(target, "debug", "issuer-worker")
@@ -114,10 +116,12 @@ def settings_names():
             names = {l.strip() for l in out.stdout.splitlines() if l.strip().startswith("APP_")}
             if out.returncode == 0 and names:
                 return names, f"`{binary} settings --names`"
-    src = read("common/src/settings.rs")
+    src = settings_source()
     structs = {}
     for name, body in re.findall(r"pub struct (\w+) \{(.*?)\n\}", src, re.S):
-        structs[name] = re.findall(r"^\s*pub (\w+): ([^,]+),", body, re.M)
+        # Fields `#[serde(skip)]` are not read from the environment.
+        structs[name] = [(f, t) for skip, f, t in re.findall(
+            r"((?:#\[serde\(skip\)\]\s*)?)pub (\w+): ([^,]+),", body) if not skip]
 
     names = set()
 
@@ -131,21 +135,21 @@ def settings_names():
                 names.add(path)
 
     walk("", "Settings")
-    return names | EXTRA_SETTINGS, "common/src/settings.rs (no issuer-worker binary built)"
+    return names | EXTRA_SETTINGS, "common/src/settings/ (no issuer-worker binary built)"
 
 
 def settings_default(struct, field):
     """The default of `field` in `impl Default for <struct>`, as an int."""
-    src = read("common/src/settings.rs")
+    src = settings_source()
     m = re.search(r"impl Default for %s \{(.*?)\n\}" % struct, src, re.S)
     v = m and re.search(r"\b%s: ([0-9_]+)," % field, m.group(1))
     if not v:
-        raise SystemExit(f"no default for {struct}.{field} in common/src/settings.rs")
+        raise SystemExit(f"no default for {struct}.{field} in common/src/settings/")
     return int(v.group(1).replace("_", ""))
 
 
 def sasl_mechanisms():
-    src = read("common/src/settings.rs")
+    src = settings_source()
     m = re.search(r"pub enum SaslMechanism \{(.*?)\}", src, re.S)
     return set(re.findall(r'rename = "([^"]+)"', m.group(1))) if m else set()
 

@@ -4,7 +4,12 @@
 //! While PostgreSQL (or the DLQ) is unavailable the loop pauses its
 //! partitions and keeps polling, so the group keeps this member and nothing
 //! new piles up in memory; it stores no offsets and dead-letters nothing
-//! until the batch is settled. On shutdown the batch in hand gets
+//! until the batch is settled. A dead-letter topic that refuses a letter for
+//! longer than `worker.dead_letter_patience_ms` (topic missing, access
+//! refused, its leader gone) does not stall the partitions for good: the
+//! batch's letters are parked in PostgreSQL (`parked_letters`, with an
+//! alert), and so is every letter for one more patience before the topic is
+//! tried again. On shutdown the batch in hand gets
 //! `worker.shutdown_timeout_ms` to settle; if it cannot, its offsets are not
 //! stored and the messages are redelivered to whoever owns the partitions next.
 
@@ -26,7 +31,7 @@ use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::dlq::{DeadLetter, DeadLetters};
+use crate::dlq::{DeadLetter, DeadLetters, Sent, park};
 use crate::metrics::WorkerMetrics;
 use crate::persist::{Decision, is_rejection, persist};
 
@@ -145,6 +150,10 @@ pub struct Worker {
     /// Where a user turned away by the stock guard is recorded as `none`.
     status: StatusRecords,
     dead_letters: DeadLetters,
+    /// Until when letters are parked in PostgreSQL without trying the
+    /// dead-letter topic, and why (set when the topic refused a letter for
+    /// `worker.dead_letter_patience_ms`).
+    parking: std::sync::Mutex<Option<(Instant, String)>>,
     metrics: WorkerMetrics,
     settings: WorkerSettings,
     topic: String,
@@ -184,6 +193,7 @@ impl Worker {
                 settings.redis.status_ttl_secs,
             ),
             dead_letters: DeadLetters::new(&settings.kafka)?,
+            parking: std::sync::Mutex::new(None),
             metrics,
             settings: settings.worker.clone(),
             topic: settings.kafka.topic.clone(),
@@ -269,6 +279,8 @@ impl Worker {
         let grace = Duration::from_millis(self.settings.shutdown_timeout_ms);
         let mut stop_by: Option<Instant> = None;
         let mut paused = false;
+        let patience = Duration::from_millis(self.settings.dead_letter_patience_ms);
+        let mut letters_refused_since: Option<Instant> = None;
         let settled = loop {
             let result = {
                 let mut attempt = pin!(self.attempt(batch));
@@ -285,11 +297,22 @@ impl Worker {
                 Some(Ok(())) => break Settled::Done,
                 None => break Settled::Abandoned,
                 Some(Err(e)) => {
-                    if matches!(
-                        e,
-                        AttemptError::Database(_) | AttemptError::DatabaseTimeout(_)
-                    ) {
-                        self.metrics.db_errors.inc();
+                    match &e {
+                        AttemptError::Database(_) | AttemptError::DatabaseTimeout(_) => {
+                            self.metrics.db_errors.inc();
+                        }
+                        AttemptError::DeadLetter(refusal) => {
+                            let since = *letters_refused_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= patience {
+                                tracing::error!(
+                                    error = %refusal,
+                                    refused_for = ?since.elapsed(),
+                                    "the dead-letter topic refuses letters; parking them in PostgreSQL"
+                                );
+                                *self.parking.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some((Instant::now() + patience, refusal.to_string()));
+                            }
+                        }
                     }
                     tracing::warn!(error = %e, retry_in = ?backoff, "batch not settled; pausing consumption");
                     if !paused {
@@ -388,25 +411,61 @@ impl Worker {
             }
         }
         for (letter, turned_away) in &letters {
-            self.dead_letters
-                .send(letter)
-                .await
-                .map_err(AttemptError::DeadLetter)?;
+            match self.parked_because() {
+                Some(refusal) => {
+                    park(&self.db, &self.topic, letter, &refusal)
+                        .await
+                        .map_err(AttemptError::Database)?;
+                    self.metrics
+                        .parked
+                        .with_label_values(&[letter.reason.as_str()])
+                        .inc();
+                    tracing::error!(
+                        reason = letter.reason.as_str(),
+                        partition = letter.partition,
+                        offset = letter.offset,
+                        "message parked in PostgreSQL (parked_letters): the dead-letter topic refuses it"
+                    );
+                }
+                None => {
+                    let sent = self
+                        .dead_letters
+                        .send(letter)
+                        .await
+                        .map_err(AttemptError::DeadLetter)?;
+                    if sent == Sent::Truncated {
+                        self.metrics.truncated_letters.inc();
+                    }
+                    self.metrics
+                        .dead_lettered
+                        .with_label_values(&[letter.reason.as_str()])
+                        .inc();
+                    tracing::warn!(
+                        reason = letter.reason.as_str(),
+                        partition = letter.partition,
+                        offset = letter.offset,
+                        "message dead-lettered"
+                    );
+                }
+            }
             if let Some(m) = turned_away {
                 self.record_turned_away(m, letter.reason).await;
             }
-            self.metrics
-                .dead_lettered
-                .with_label_values(&[letter.reason.as_str()])
-                .inc();
-            tracing::warn!(
-                reason = letter.reason.as_str(),
-                partition = letter.partition,
-                offset = letter.offset,
-                "message dead-lettered"
-            );
         }
         Ok(())
+    }
+
+    /// Why letters are parked right now, if they are (see [`Self::parking`]).
+    fn parked_because(&self) -> Option<String> {
+        let mut parking = self.parking.lock().unwrap_or_else(|p| p.into_inner());
+        match &*parking {
+            Some((until, why)) if Instant::now() < *until => Some(why.clone()),
+            Some(_) => {
+                *parking = None;
+                None
+            }
+            None => None,
+        }
     }
 
     /// The batch's messages in transactions of one, after PostgreSQL refused

@@ -12,6 +12,8 @@ pub struct WorkerMetrics {
     pub persisted: IntCounter,
     pub duplicates: IntCounter,
     pub dead_lettered: IntCounterVec,
+    pub truncated_letters: IntCounter,
+    pub parked: IntCounterVec,
     pub db_errors: IntCounter,
     pub paused: IntGauge,
     pub batch_size: Histogram,
@@ -37,8 +39,15 @@ impl WorkerMetrics {
             "Messages sent to the DLQ, by reason.",
             &["reason"],
         );
+        let parked = counter_vec(
+            &r,
+            "worker_parked_letters_total",
+            "Dead letters the DLQ topic refused for worker.dead_letter_patience_ms, kept in PostgreSQL's parked_letters instead, by reason.",
+            &["reason"],
+        );
         for reason in DlqReason::ALL {
             dead_lettered.with_label_values(&[reason.as_str()]);
+            parked.with_label_values(&[reason.as_str()]);
         }
         let rebuilds = counter_vec(
             &r,
@@ -62,6 +71,12 @@ impl WorkerMetrics {
                 "Messages whose (campaign, user) already had a row: redeliveries.",
             ),
             dead_lettered,
+            truncated_letters: counter(
+                &r,
+                "worker_truncated_letters_total",
+                "Dead letters too large for the DLQ topic, sent as a truncated copy (dlq.truncated).",
+            ),
+            parked,
             db_errors: counter(
                 &r,
                 "worker_db_errors_total",

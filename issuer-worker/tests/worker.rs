@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::ids::{CampaignId, CouponId, UserId};
-use common::message::{CouponIssued, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER};
+use common::message::{
+    CouponIssued, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER, DLQ_TRUNCATED_HEADER,
+};
 use common::settings::Settings;
 use common::testkit::*;
 use issuer_worker::startup::Application;
 use ngrinder_equivalent::scrape::Scrape;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use sea_orm::ConnectionTrait;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +67,22 @@ impl Topic {
         self.producer
             .send(
                 FutureRecord::to(&self.name).key(key).payload(payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    /// To partition 0, whatever the key: messages that must queue behind
+    /// one another.
+    async fn send_to_first(&self, key: &str, payload: &[u8]) {
+        self.producer
+            .send(
+                FutureRecord::to(&self.name)
+                    .partition(0)
+                    .key(key)
+                    .payload(payload),
                 Duration::from_secs(5),
             )
             .await
@@ -153,15 +172,17 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_the_partition_keeps_flo
     let db = db().await;
     let c = insert_campaign(&db, "worker test", 10).await;
     let topic = Topic::new(&settings);
-    // Same key, so the same partition: the poison sits between two good ones.
-    let key = format!("{c}:same");
-    topic.send(&message(c, "first")).await;
-    topic.send_raw(&key, b"{not json").await;
-    topic.send_raw(&key, br#"{"v": 9, "hello": "world"}"#).await;
+    // One partition: the poison sits between two good ones.
+    let first = message(c, "first");
+    topic.send_to_first(&first.key(), &first.encode()).await;
+    topic.send_to_first("poison", b"{not json").await;
     topic
-        .send(&message(CampaignId::new(), "nobody-knows"))
+        .send_to_first("poison", br#"{"v": 9, "hello": "world"}"#)
         .await;
-    topic.send(&message(c, "second")).await;
+    let unknown = message(CampaignId::new(), "nobody-knows");
+    topic.send_to_first(&unknown.key(), &unknown.encode()).await;
+    let second = message(c, "second");
+    topic.send_to_first(&second.key(), &second.encode()).await;
 
     let worker = start(&settings).await;
     wait_for_rows(&db, &c, 2, Duration::from_secs(30)).await;
@@ -177,6 +198,101 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_the_partition_keeps_flo
             .metric("worker_dead_lettered_total{reason=\"unparseable\"}")
             .await,
         2.0
+    );
+    worker.stop().await;
+}
+
+/// Near `message.max.bytes` the original fits the issue topic, but not the
+/// dead-letter topic once the `dlq.*` headers are added: a truncated copy
+/// goes instead, and the partition behind it keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_letter_too_large_for_the_dlq_goes_truncated_and_its_partition_flows() {
+    let settings = settings().await;
+    let db = db().await;
+    let c = insert_campaign(&db, "worker test", 10).await;
+    let topic = Topic::new(&settings);
+    // The producer's default message.max.bytes (1,000,000) counts key,
+    // payload, headers and the record's overhead.
+    let garbage = vec![b'x'; 999_900];
+    topic.send_to_first("garbage", &garbage).await;
+    let after = message(c, "after");
+    topic.send_to_first(&after.key(), &after.encode()).await;
+
+    let worker = start(&settings).await;
+    wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
+    let (letters, reasons) = dead_letters(&settings, 1).await;
+    assert_eq!(reasons, ["unparseable"]);
+    let letter = &letters[0];
+    assert_eq!(letter.header(DLQ_TRUNCATED_HEADER), Some("999907"));
+    assert_eq!(letter.header(DLQ_SOURCE_OFFSET_HEADER), Some("0"));
+    assert_eq!(
+        letter.payload.as_deref().map(<[u8]>::len),
+        Some(issuer_worker::dlq::TRUNCATED_BYTES)
+    );
+    assert_eq!(worker.metric("worker_truncated_letters_total").await, 1.0);
+    worker.stop().await;
+}
+
+/// A dead-letter topic that refuses every letter (here: it does not exist,
+/// and topics are not created on demand) holds a partition for
+/// `worker.dead_letter_patience_ms` at most: the letter is then parked in
+/// PostgreSQL, whole, and the messages behind it are persisted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dlq_that_refuses_letters_parks_them_and_the_partition_flows() {
+    let mut settings = settings().await;
+    settings.kafka.dlq_topic = format!("{}.missing", settings.kafka.dlq_topic);
+    let db = db().await;
+    let c = insert_campaign(&db, "worker test", 10).await;
+    let topic = Topic::new(&settings);
+    topic.send_to_first("poison", b"{not json").await;
+    let worker = start(&settings).await;
+    // The batch holding the poison persists its other messages before it
+    // dead-letters; what is stalled is the partition behind it.
+    let behind = message(c, "behind");
+    let joining = Instant::now();
+    while worker.metric("worker_messages_consumed_total").await < 1.0 {
+        assert!(
+            joining.elapsed() < Duration::from_secs(30),
+            "nothing consumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    topic.send_to_first(&behind.key(), &behind.encode()).await;
+
+    let patience = Duration::from_millis(settings.worker.dead_letter_patience_ms);
+    // The patience, one more delivery timeout for the attempt under way,
+    // and the retry's backoff.
+    let bound = patience
+        + settings.kafka.delivery_timeout()
+        + Duration::from_millis(settings.worker.retry_max_ms)
+        + Duration::from_secs(10);
+    wait_for_rows(&db, &c, 1, bound).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= patience - Duration::from_secs(2),
+        "the partition moved on before the patience ran out: {waited:?}"
+    );
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "SELECT reason, payload, refusal FROM parked_letters \
+             WHERE source_topic = $1 AND source_partition = 0 AND source_offset = 0",
+            [settings.kafka.topic.clone().into()],
+        ))
+        .await
+        .unwrap()
+        .expect("the letter is parked");
+    assert_eq!(row.try_get::<String>("", "reason").unwrap(), "unparseable");
+    assert_eq!(
+        row.try_get::<Vec<u8>>("", "payload").unwrap(),
+        b"{not json".to_vec()
+    );
+    assert_eq!(
+        worker
+            .metric("worker_parked_letters_total{reason=\"unparseable\"}")
+            .await,
+        1.0
     );
     worker.stop().await;
 }

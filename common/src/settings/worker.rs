@@ -18,6 +18,12 @@ pub struct WorkerSettings {
     /// answering without closing its connections cannot hang the batch
     /// until the group drops the member.
     pub batch_timeout_ms: u64,
+    /// How long the dead-letter topic may refuse a letter (missing, access
+    /// refused, no leader) before the worker parks the batch's letters in
+    /// PostgreSQL's `parked_letters` and moves on; letters then go straight
+    /// there for as long again before the topic is tried anew. A letter too
+    /// large for the topic is never retried: it goes as a truncated copy.
+    pub dead_letter_patience_ms: u64,
     /// First and largest pause between retries while PostgreSQL is down.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
@@ -42,6 +48,7 @@ impl Default for WorkerSettings {
             batch_linger_ms: 10,
             shutdown_timeout_ms: 10_000,
             batch_timeout_ms: 10_000,
+            dead_letter_patience_ms: 30_000,
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
             keeper_interval_ms: 1_000,

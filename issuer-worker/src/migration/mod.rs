@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_schema;
 mod m20261202_000001_waiting_room;
+mod m20261204_000001_parked_letters;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_create_schema::Migration),
             Box::new(m20261202_000001_waiting_room::Migration),
+            Box::new(m20261204_000001_parked_letters::Migration),
         ]
     }
 }
