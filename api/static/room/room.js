@@ -41,6 +41,7 @@
   let estimate = null; // when the user should be admitted (ms)
   let clock = null;    // {until, text(ms left)}
   let joined = false;
+  let admittedUntil = 0;
   let told = null;
 
   // --- time and numbers, in the user's locale and time zone ---
@@ -53,7 +54,7 @@
     if (s <= 1) return 'any moment';
     if (s < 60) return s + ' s';
     const m = Math.ceil(s / 60);
-    return m < 60 ? m + ' min' : Math.floor(m / 60) + ' h ' + (m % 60) + ' min';
+    return m < 60 ? m + ' min' : Math.floor(m / 60) + ' h' + (m % 60 ? ' ' + (m % 60) + ' min' : '');
   }
   const mmss = (ms) => { const s = Math.ceil(ms / 1000); return Math.floor(s / 60) + ':' + String(s % 60).padStart(2, '0'); };
 
@@ -119,10 +120,11 @@
     return Math.max(r.after, Math.round(ceiling / 2 + Math.random() * ceiling / 2));
   }
   function unavailable(r, ms) {
-    const crowded = r.status === 429;
-    view('unavailable', crowded ? 'Lots of people are here right now' : "We can't reach the sale right now",
-      (joined ? 'Your place in line is kept. ' : '') + 'This page keeps trying by itself.',
-      { figures: !ui.figures.hidden && !issuing, clock: { until: Date.now() + ms, text: (l) => 'Next try in ' + span(l) } });
+    const kept = admittedUntil > Date.now() ? "You're admitted until " + hms.format(admittedUntil) + '. '
+      : joined ? 'Your place in line is kept. ' : '';
+    view('unavailable', r.status === 429 ? 'Lots of people are here right now' : "We can't reach the sale right now",
+      kept + 'This page keeps trying by itself.', { figures: !ui.figures.hidden && !issuing,
+        clock: { until: Date.now() + ms, text: (l) => l > 0 ? 'Trying again in ' + Math.ceil(l / 1000) + ' s' : 'Trying again…' } });
   }
   // A reply that is neither a place nor a coupon: true when handled. Past
   // the known refusals, anything (no answer, 429, 5xx, a proxy's page) is
@@ -164,6 +166,7 @@
 
   // --- the room's states ---
   function place(p) {
+    admittedUntil = 0;
     if (p.admit_per_second) rate = p.admit_per_second;
     if (p.starts_at) startsAt = Date.parse(p.starts_at);
     switch (p.state) {
@@ -202,7 +205,7 @@
   }
 
   function admitted(p) {
-    const until = Date.parse(p.admitted_until) || Date.now() + 60000;
+    const until = admittedUntil = Date.parse(p.admitted_until) || Date.now() + 60000;
     const first = ui.room.dataset.state !== 'admitted';
     view('admitted', "It's your turn", 'Get your coupon before ' + hms.format(until) + '.',
       { button: true, clock: { until, text: (l) => 'Time left: ' + mmss(l) } });
@@ -248,6 +251,7 @@
   ui.issue.addEventListener('click', issue);
 
   function issued() {
+    admittedUntil = 0;
     if (mine.outcome === 'accepted') {
       view('issued', 'You got the coupon', 'Coupon ' + mine.coupon_id + ' is yours.');
     } else {
