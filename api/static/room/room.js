@@ -126,15 +126,16 @@
       kept + 'This page keeps trying by itself.', { figures: !ui.figures.hidden && !issuing,
         clock: { until: Date.now() + ms, text: (l) => l > 0 ? 'Trying again in ' + Math.ceil(l / 1000) + ' s' : 'Trying again…' } });
   }
-  // A reply that is neither a place nor a coupon: true when handled. Past
-  // the known refusals, anything (no answer, 429, 5xx, a proxy's page) is
-  // asked again later.
+  // A reply that is neither a place nor a coupon: true when handled. No
+  // answer, 429, 5xx or a proxy's page is asked again later.
   function refused(r, step) {
     if ((r.status >= 200 && r.status < 300) || (r.status === 410 && r.body.state)) return false;
     if (busy(r)) schedule(step, Math.max(r.after, 500));
     else if (r.status === 401) signin(true);
     else if (r.status === 404 || r.status === 400) notFound(r.body.outcome);
-    else { const ms = backoff(r); unavailable(r, ms); schedule(step, ms); }
+    else if (!transient(r) && r.status !== 408) {
+      end('error', "This page can't go on", 'Open the link the shop gave you again (' + r.body.outcome + ').');
+    } else { const ms = backoff(r); unavailable(r, ms); schedule(step, ms); }
     return true;
   }
 
