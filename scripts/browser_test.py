@@ -57,7 +57,7 @@ CHROMIUM = os.environ.get("ROOM_TEST_CHROMIUM", "/usr/bin/chromium")
 RUN = uuid.uuid4().hex[:6]
 # Generous: the machine may be busy building.
 WAIT_MS = 30_000
-PHONE = {"width": 390, "height": 720}
+PHONE = {"width": 390, "height": 520}
 
 
 def log(message):
@@ -197,11 +197,12 @@ def issue_requests(page):
 
 def signed_link(b):
     """Join by a signed link; the line moves; admitted; a double click issues once."""
-    # 36 ahead at 2 a second: the room asks the page back in 10 s (its
-    # longest retry_after_ms), before its turn (if the page joins within 8 s
+    # 40 ahead at 2 a second: the room asks the page back in 10 s (its
+    # longest retry_after_ms), before its turn (if the page joins within 10 s
     # of the start), so the page sees the line move.
-    c = campaign(stock=40, rate=2)
-    for i in range(36):
+    c = campaign(stock=50, rate=2)
+    created = time.monotonic()
+    for i in range(40):
         join(c, f"ahead-{RUN}-{i}")
     user = f"shopper-{RUN}"
     status, _, headers = http("GET", f"/campaigns/{c}/room")
@@ -219,9 +220,10 @@ def signed_link(b):
     keys = issue_requests(page)
     page.goto(room_url(c, user))
     state(page, "waiting")
+    log(f"signed_link: waiting {time.monotonic() - created:.1f} s after the start")
     assert "#" not in page.url, f"the token stays in the address: {page.url}"
     assert page.evaluate("sessionStorage.getItem('coupon-room:token')"), "token not kept"
-    assert text(page, "position") == "37", text(page, "position")
+    assert text(page, "position") == "41", text(page, "position")
     first = int(text(page, "ahead").replace(",", ""))
     b.shot(page, "waiting")
     assert page.get_attribute("#status", "aria-live") == "polite"

@@ -61,6 +61,7 @@
   // --- what the page shows ---
   function view(state, title, detail, o = {}) {
     ui.room.dataset.state = state;
+    document.title = title + ' · Waiting room'; // seen from other tabs too
     if (ui.title.textContent !== title) ui.title.textContent = title;
     if (ui.detail.textContent !== detail) ui.detail.textContent = detail;
     ui.figures.hidden = !o.figures;
