@@ -2,7 +2,7 @@
 //! follows it. Creating writes the row and loads the meta in one step that
 //! either does both or neither; closing closes the gate first, then the row.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::RwLock;
 use std::time::Duration;
@@ -255,6 +255,16 @@ pub struct CampaignStore {
     /// Ids known to exist in PostgreSQL. Campaigns are never deleted, so a
     /// hit never goes stale; it keeps the database off the issue path.
     known: RwLock<HashSet<CampaignId>>,
+    /// Rooms' rate and start, fixed at creation: read once per instance.
+    room_facts: RwLock<HashMap<CampaignId, RoomFacts>>,
+}
+
+/// What a waiting page needs besides the user's place: the room's rate
+/// and the campaign's start. Neither changes after creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomFacts {
+    pub admit_per_second: u32,
+    pub starts_at: DateTime<Utc>,
 }
 
 impl CampaignStore {
@@ -270,6 +280,7 @@ impl CampaignStore {
             gate,
             statement_timeout,
             known: RwLock::new(HashSet::new()),
+            room_facts: RwLock::new(HashMap::new()),
         }
     }
 
@@ -474,6 +485,35 @@ impl CampaignStore {
                 .one(&self.db),
         )
         .await
+    }
+
+    /// The campaign's room rate and start; `None` without a room (or
+    /// without its gate meta). From the meta in Redis, where the room's
+    /// script reads them too, not from the row: a room's calls never touch
+    /// PostgreSQL. Kept once read, as neither changes after creation.
+    pub async fn room_facts(&self, id: &CampaignId) -> Result<Option<RoomFacts>, StoreError> {
+        if let Some(facts) = self
+            .room_facts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+        {
+            return Ok(Some(*facts));
+        }
+        let (meta, _) = self.metas.read(id).await?;
+        let Some(facts) = meta.and_then(|meta| {
+            meta.room.map(|room| RoomFacts {
+                admit_per_second: room.admit_per_second,
+                starts_at: meta.starts_at,
+            })
+        }) else {
+            return Ok(None);
+        };
+        self.room_facts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(*id, facts);
+        Ok(Some(facts))
     }
 
     /// `SELECT 1`, for readiness bodies.

@@ -148,6 +148,7 @@ impl Application {
             TcpListener::bind(&ops_address).with_context(|| format!("binding {ops_address}"))?;
         let ops_port = ops_listener.local_addr()?.port();
         let body_limit = settings.http.body_limit_bytes;
+        let room_page = crate::routes::page::RoomPage::new(&settings.http)?;
         let server_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
@@ -157,7 +158,7 @@ impl Application {
                 ))
                 .app_data(server_state.clone())
                 .app_data(auth.clone())
-                .configure(crate::routes::configure(body_limit))
+                .configure(crate::routes::configure(body_limit, room_page.clone()))
         })
         .max_connections(settings.http.max_connections)
         .keep_alive(Duration::from_secs(settings.http.keep_alive_secs))

@@ -185,9 +185,23 @@ async fn users_are_let_in_at_the_rate_in_position_order_and_only_they_can_issue(
         (status, body["outcome"].as_str()),
         (StatusCode::NOT_FOUND, Some("unknown_campaign"))
     );
+    // A user who never joined: no position; the room's rate and start, as
+    // every reply about a campaign with a room (a waiting page's estimate).
+    let nobody = place(&api, &campaign, "nobody").await;
+    assert_eq!(nobody["state"], "none");
+    assert!(nobody.get("position").is_none(), "{nobody}");
+    assert_eq!(nobody["admit_per_second"], 4);
+    let millis = |v: &Value| {
+        v.as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<Utc>>()
+            .unwrap()
+            .timestamp_millis()
+    };
+    assert_eq!(millis(&nobody["starts_at"]), millis(&view["starts_at"]));
     assert_eq!(
-        place(&api, &campaign, "nobody").await,
-        json!({ "state": "none" })
+        join(&api, &campaign, &users[0]).await.1["admit_per_second"],
+        4
     );
     api.stop().await;
 }

@@ -3,6 +3,7 @@
 //! bodies, bad query strings) are mapped here to the contract's statuses
 //! instead of actix's defaults.
 //!
+//! `page` is the waiting room's page for shoppers (`/campaigns/{id}/room`).
 //! `openapi` builds the OpenAPI document from the handlers' annotations
 //! (served at `/openapi.json`, read by `/docs`). The operations endpoints
 //! (`ops`) are another listener's (`http.ops_port`), but for `/healthz`.
@@ -17,10 +18,14 @@ pub mod docs;
 pub mod issue;
 pub mod openapi;
 pub mod ops;
+pub mod page;
 pub mod room;
 
 /// Registers every route; `body_limit` bounds JSON bodies.
-pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone {
+pub fn configure(
+    body_limit: usize,
+    room_page: page::RoomPage,
+) -> impl Fn(&mut web::ServiceConfig) + Clone {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(
             web::JsonConfig::default()
@@ -82,6 +87,7 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
         .route("/healthz", web::get().to(ops::healthz))
         .route("/openapi.json", web::get().to(openapi::serve))
         .configure(docs::configure)
+        .configure(|cfg| room_page.configure(cfg))
         .default_service(web::to(not_found));
     }
 }

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use super::campaign_id;
 use super::issue::caller;
 use crate::auth::User;
+use crate::campaigns::RoomFacts;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use crate::strategy::IssueError;
@@ -55,6 +56,12 @@ pub struct PlaceReply {
     /// Until when the user may issue (`admitted`).
     #[serde(skip_serializing_if = "Option::is_none")]
     admitted_until: Option<DateTime<Utc>>,
+    /// Positions admitted per second: with `ahead`, the wait to expect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admit_per_second: Option<u32>,
+    /// When the sale opens: until then nobody is admitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    starts_at: Option<DateTime<Utc>>,
     /// On a 410: the error code, as in every error reply.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
@@ -78,13 +85,15 @@ impl PlaceState {
 }
 
 impl PlaceReply {
-    fn of(view: &RoomView) -> Self {
+    fn of(view: &RoomView, facts: Option<RoomFacts>) -> Self {
         Self {
             state: PlaceState::of(view.state),
             position: view.joined.then_some(view.position),
             ahead: view.ahead,
             retry_after_ms: view.retry_after_ms,
             admitted_until: view.admitted_until,
+            admit_per_second: facts.map(|f| f.admit_per_second),
+            starts_at: facts.map(|f| f.starts_at),
             outcome: None,
             message: None,
         }
@@ -127,8 +136,9 @@ pub async fn join(
     state
         .idempotency
         .run_unless(&req, &caller(&user), &resource, b"", limited, |_| async {
+            let facts = state.campaigns.room_facts(&campaign).await?;
             let view = room_call(&state, &campaign, &user, Call::Join).await?;
-            Ok(join_reply(&view))
+            Ok(join_reply(&view, facts))
         })
         .await
 }
@@ -160,10 +170,11 @@ pub async fn my_place(
         .read_limiter
         .check(&user)
         .map_err(ApiError::rate_limited)?;
+    let facts = state.campaigns.room_facts(&campaign).await?;
     let view = room_call(&state, &campaign, &user, Call::Look).await?;
     let mut reply = HttpResponse::Ok();
     retry_after(&mut reply, &view);
-    Ok(reply.json(PlaceReply::of(&view)))
+    Ok(reply.json(PlaceReply::of(&view, facts)))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -215,8 +226,8 @@ async fn room_call(
 
 /// A join's status: 202 while waiting, 200 once admitted (or with a slot),
 /// 410 when there is nothing left to wait for.
-fn join_reply(view: &RoomView) -> HttpResponse {
-    let mut body = PlaceReply::of(view);
+fn join_reply(view: &RoomView, facts: Option<RoomFacts>) -> HttpResponse {
+    let mut body = PlaceReply::of(view, facts);
     let status = match view.state {
         RoomState::Waiting => StatusCode::ACCEPTED,
         RoomState::Admitted | RoomState::Taken | RoomState::None => StatusCode::OK,

@@ -27,6 +27,11 @@ pub struct HttpSettings {
     /// User requests served at once by this instance; more answer 503 at
     /// once instead of queueing behind a slow dependency.
     pub max_in_flight: usize,
+    /// Comma-separated origins (`https://shop.example`) whose pages may
+    /// embed the waiting room's page in a frame and hand it the user's
+    /// token by `postMessage`; also its `frame-ancestors`. Empty: the page
+    /// refuses to be framed.
+    pub room_page_origins: String,
 }
 
 impl Default for HttpSettings {
@@ -42,6 +47,7 @@ impl Default for HttpSettings {
             drain_delay_ms: 0,
             body_limit_bytes: 16 * 1024,
             max_in_flight: 4_096,
+            room_page_origins: String::new(),
         }
     }
 }
