@@ -51,7 +51,10 @@ pub enum EnqueueError {
 
 /// Waits for a message's delivery report.
 #[derive(Debug)]
-pub struct DeliveryReceipt(oneshot::Receiver<Delivery>);
+pub struct DeliveryReceipt {
+    report: oneshot::Receiver<Delivery>,
+    unconfirmed: bool,
+}
 
 impl DeliveryReceipt {
     pub async fn wait(self) -> Delivery {
@@ -59,9 +62,27 @@ impl DeliveryReceipt {
         // librdkafka calls exactly once per message, also when a producer is
         // purged. If it were ever dropped without a report, the message's
         // fate would be unknown: that is `PossiblyPersisted`.
-        self.0
+        let delivery = self
+            .report
             .await
-            .unwrap_or_else(|_| Delivery::PossiblyPersisted(KafkaError::Canceled))
+            .unwrap_or_else(|_| Delivery::PossiblyPersisted(KafkaError::Canceled));
+        match delivery {
+            Delivery::Persisted if self.unconfirmed => Delivery::PossiblyPersisted(
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+            ),
+            other => other,
+        }
+    }
+
+    /// A message enqueued after its deadline: even delivered, it reached the
+    /// broker later than a repair assumes it can, and may be refused as
+    /// `late`, so its report counts as unconfirmed (the user reads
+    /// `pending`, and `/coupons/me` tells the end).
+    pub fn unconfirmed(self) -> Self {
+        Self {
+            unconfirmed: true,
+            ..self
+        }
     }
 }
 
@@ -344,7 +365,12 @@ impl IssueProducer {
                 record = record.headers(headers);
             }
             match self.producer().send(record) {
-                Ok(()) => return Ok(DeliveryReceipt(rx)),
+                Ok(()) => {
+                    return Ok(DeliveryReceipt {
+                        report: rx,
+                        unconfirmed: false,
+                    });
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     if started.elapsed() >= self.enqueue_timeout {
                         return Err(EnqueueError::BufferFull(self.enqueue_timeout));

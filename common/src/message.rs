@@ -98,6 +98,11 @@ pub enum DlqReason {
     /// PostgreSQL refused its values (a data or constraint error that
     /// persists when the message is written alone).
     RejectedByDatabase,
+    /// It reached the topic after its campaign's takes were settled without
+    /// it (`reconcile --repair` gave its slot back, or a rebuild left it out:
+    /// a cutoff in `campaign_cutoffs`). Only a message whose delivery was
+    /// never confirmed can be late, so its user was told `pending`.
+    Late,
 }
 
 impl DlqReason {
@@ -107,16 +112,17 @@ impl DlqReason {
     pub fn turns_away_an_admitted_user(&self) -> bool {
         matches!(
             self,
-            Self::OverStock | Self::CouponIdTaken | Self::RejectedByDatabase
+            Self::OverStock | Self::CouponIdTaken | Self::RejectedByDatabase | Self::Late
         )
     }
 
-    pub const ALL: [DlqReason; 5] = [
+    pub const ALL: [DlqReason; 6] = [
         Self::Unparseable,
         Self::UnknownCampaign,
         Self::OverStock,
         Self::CouponIdTaken,
         Self::RejectedByDatabase,
+        Self::Late,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -126,6 +132,7 @@ impl DlqReason {
             Self::OverStock => "over_stock",
             Self::CouponIdTaken => "coupon_id_taken",
             Self::RejectedByDatabase => "rejected_by_database",
+            Self::Late => "late",
         }
     }
 }

@@ -10,6 +10,7 @@ use chrono::Utc;
 use common::ids::{CouponId, UserId};
 use common::message::CouponIssued;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use issuer_worker::persist::Consumed;
 use sea_orm::ConnectionTrait;
 
 const BATCH: u64 = 500;
@@ -40,7 +41,15 @@ fn persist(c: &mut Criterion) {
                     )
                 })
                 .collect();
-            let refs: Vec<&CouponIssued> = batch.iter().collect();
+            let refs: Vec<Consumed<'_>> = batch
+                .iter()
+                .zip(0..)
+                .map(|(message, offset)| Consumed {
+                    message,
+                    partition: 0,
+                    offset,
+                })
+                .collect();
             issuer_worker::persist::persist(&db, &refs).await.unwrap()
         })
     });

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dlq::{DeadLetter, DeadLetters, Sent, park};
 use crate::metrics::WorkerMetrics;
-use crate::persist::{Decision, is_rejection, persist};
+use crate::persist::{Consumed, Decision, is_rejection, persist};
 
 /// Rebalance logging and consumer-lag metrics from librdkafka's statistics.
 #[derive(Debug)]
@@ -340,9 +340,15 @@ impl Worker {
 
     /// One try: persist the decodable messages, then dead-letter the rest.
     async fn attempt(&self, batch: &[Received]) -> Result<(), AttemptError> {
-        let decoded: Vec<&CouponIssued> = batch
+        let decoded: Vec<Consumed<'_>> = batch
             .iter()
-            .filter_map(|r| r.decoded.as_ref().ok())
+            .filter_map(|r| {
+                r.decoded.as_ref().ok().map(|message| Consumed {
+                    message,
+                    partition: r.partition,
+                    offset: r.offset,
+                })
+            })
             .collect();
         // One `persist` span per traced message, a child of the api's
         // context, open until the batch is written (none with tracing off).
@@ -474,11 +480,12 @@ impl Worker {
     /// meanwhile fails the attempt; what was written is then a duplicate.
     async fn persist_one_by_one(
         &self,
-        messages: &[&CouponIssued],
+        messages: &[Consumed<'_>],
     ) -> Result<Vec<Decision>, sea_orm::DbErr> {
         let mut decisions = Vec::with_capacity(messages.len());
-        for m in messages {
-            match persist(&self.db, &[*m]).await {
+        for c in messages {
+            let m = c.message;
+            match persist(&self.db, &[*c]).await {
                 Ok(mut one) => decisions.push(one.pop().unwrap_or(Decision::Duplicate)),
                 Err(e) if is_rejection(&e) => {
                     tracing::warn!(

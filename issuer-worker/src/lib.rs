@@ -20,6 +20,7 @@
 
 pub mod admin_lock;
 pub mod consumer;
+pub mod cutoff;
 pub mod dlq;
 pub mod http;
 pub mod keeper;

@@ -6,6 +6,9 @@
 //! - a pair that has a row, or appears earlier in the batch: a duplicate
 //!   (a redelivery), acknowledged and not written again;
 //! - a new pair while the campaign has stock left (`stock − persisted`): inserted;
+//! - a new pair that reached the topic after its campaign's takes were
+//!   settled without it (a cutoff of `campaign_cutoffs`, see [`Cutoffs`]):
+//!   `late`, dead-lettered;
 //! - a new pair whose coupon id is already another row's (or an earlier
 //!   message's of the batch): `coupon_id_taken`, dead-lettered;
 //! - a new pair once the campaign is full: `over_stock`, dead-lettered,
@@ -25,6 +28,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use common::ids::CampaignId;
 use common::message::{CouponIssued, DlqReason};
 use sea_orm::{
@@ -41,22 +45,69 @@ pub enum Decision {
     Dead(DlqReason),
 }
 
+/// A message as consumed: where it sits on the issue topic.
+#[derive(Debug, Clone, Copy)]
+pub struct Consumed<'a> {
+    pub message: &'a CouponIssued,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One cutoff of a campaign, recorded by `reconcile --repair` or a rebuild
+/// once the takes made before it had settled (`crate::cutoff`): a message
+/// at or beyond `end_offsets[partition]` (the topic's end then) whose
+/// `requested_at` is before `requested_before` is `late`. It reached the
+/// topic after the settle wait, so its delivery was never confirmed (its
+/// user was told `pending`), and the slot it names was given back or left
+/// out of the rebuilt gate: persisting it could take a slot twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cutoff {
+    pub requested_before: DateTime<Utc>,
+    /// Indexed by partition; a partition beyond it did not exist then (0).
+    pub end_offsets: Vec<i64>,
+}
+
+/// The cutoffs of the campaigns of a batch.
+#[derive(Debug, Clone, Default)]
+pub struct Cutoffs(HashMap<CampaignId, Vec<Cutoff>>);
+
+impl Cutoffs {
+    pub fn add(&mut self, campaign: CampaignId, cutoff: Cutoff) {
+        self.0.entry(campaign).or_default().push(cutoff);
+    }
+
+    pub fn is_late(&self, c: &Consumed<'_>) -> bool {
+        self.0.get(&c.message.campaign_id).is_some_and(|cutoffs| {
+            cutoffs.iter().any(|cutoff| {
+                let end = usize::try_from(c.partition)
+                    .ok()
+                    .and_then(|p| cutoff.end_offsets.get(p))
+                    .copied()
+                    .unwrap_or(0);
+                c.message.requested_at < cutoff.requested_before && c.offset >= end
+            })
+        })
+    }
+}
+
 /// Decides every message of a batch, given the room left in each known
-/// campaign, the (campaign, user) pairs that already have a row and the
-/// coupon ids that already have one. Pure, so that the rules can be tested
-/// without a database.
+/// campaign, the (campaign, user) pairs that already have a row, the
+/// coupon ids that already have one and the campaigns' cutoffs. Pure, so
+/// that the rules can be tested without a database.
 pub fn plan(
-    messages: &[&CouponIssued],
+    messages: &[Consumed<'_>],
     room: &HashMap<CampaignId, i64>,
     existing: &HashSet<(Uuid, String)>,
     taken_ids: &HashSet<Uuid>,
+    cutoffs: &Cutoffs,
 ) -> Vec<Decision> {
     let mut room = room.clone();
     let mut seen: HashSet<(Uuid, &str)> = HashSet::with_capacity(messages.len());
     let mut ids: HashSet<Uuid> = HashSet::with_capacity(messages.len());
     messages
         .iter()
-        .map(|m| {
+        .map(|c| {
+            let m = c.message;
             let campaign = m.campaign_id.as_uuid();
             let user = m.user_id.as_str();
             let Some(left) = room.get_mut(&m.campaign_id) else {
@@ -64,6 +115,9 @@ pub fn plan(
             };
             if existing.contains(&(campaign, user.to_owned())) || !seen.insert((campaign, user)) {
                 return Decision::Duplicate;
+            }
+            if cutoffs.is_late(c) {
+                return Decision::Dead(DlqReason::Late);
             }
             let id = m.coupon_id.as_uuid();
             if taken_ids.contains(&id) || !ids.insert(id) {
@@ -89,11 +143,12 @@ pub fn plan(
 /// 1,900 rows/s from 500-row batches on the development machine).
 pub async fn persist(
     db: &DatabaseConnection,
-    messages: &[&CouponIssued],
+    consumed: &[Consumed<'_>],
 ) -> Result<Vec<Decision>, DbErr> {
-    if messages.is_empty() {
+    if consumed.is_empty() {
         return Ok(Vec::new());
     }
+    let messages: Vec<&CouponIssued> = consumed.iter().map(|c| c.message).collect();
     let mut campaign_ids: Vec<Uuid> = messages.iter().map(|m| m.campaign_id.as_uuid()).collect();
     campaign_ids.sort_unstable();
     campaign_ids.dedup();
@@ -103,7 +158,7 @@ pub async fn persist(
     let locked = txn
         .query_all_raw(statement(
             "SELECT id, stock, persisted FROM campaigns WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            vec![Value::from(campaign_ids)],
+            vec![Value::from(campaign_ids.clone())],
         ))
         .await?;
     let mut room: HashMap<CampaignId, i64> = HashMap::with_capacity(locked.len());
@@ -164,7 +219,29 @@ pub async fn persist(
         (existing, taken_ids)
     };
 
-    let decisions = plan(messages, &room, &existing, &taken_ids);
+    // Read under the campaigns' locks: a cutoff is recorded under the same
+    // lock, so a batch either committed before it (and its rows are read
+    // by whoever recorded it) or sees it.
+    let mut cutoffs = Cutoffs::default();
+    for row in txn
+        .query_all_raw(statement(
+            "SELECT campaign_id, requested_before, end_offsets FROM campaign_cutoffs \
+             WHERE campaign_id = ANY($1)",
+            vec![Value::from(campaign_ids)],
+        ))
+        .await?
+    {
+        let campaign: Uuid = row.try_get("", "campaign_id")?;
+        cutoffs.add(
+            campaign.into(),
+            Cutoff {
+                requested_before: row.try_get("", "requested_before")?,
+                end_offsets: row.try_get("", "end_offsets")?,
+            },
+        );
+    }
+
+    let decisions = plan(consumed, &room, &existing, &taken_ids, &cutoffs);
 
     let inserts: Vec<&&CouponIssued> = messages
         .iter()
@@ -266,16 +343,73 @@ mod tests {
         )
     }
 
+    /// The batch as consumed from partition 0, offsets 0, 1, ...
+    fn consumed(batch: &[CouponIssued]) -> Vec<Consumed<'_>> {
+        batch
+            .iter()
+            .zip(0..)
+            .map(|(message, offset)| Consumed {
+                message,
+                partition: 0,
+                offset,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_message_beyond_a_cutoff_requested_before_it_is_late() {
+        let c = CampaignId::new();
+        let long_ago = |user| {
+            let mut m = msg(c, user);
+            m.requested_at = Utc::now() - chrono::Duration::seconds(60);
+            m
+        };
+        let mut cutoffs = Cutoffs::default();
+        cutoffs.add(
+            c,
+            Cutoff {
+                requested_before: Utc::now() - chrono::Duration::seconds(30),
+                end_offsets: vec![1],
+            },
+        );
+        // Offset 0 is below the end the cutoff read: it counts. Offset 1 is
+        // beyond it and was requested before the cutoff: late. Offset 2 is
+        // beyond it too, but requested since: a take made after the cutoff.
+        let batch = [long_ago("read"), long_ago("late"), msg(c, "new")];
+        let refs = consumed(&batch);
+        assert_eq!(
+            plan(
+                &refs,
+                &HashMap::from([(c, 10)]),
+                &HashSet::new(),
+                &HashSet::new(),
+                &cutoffs
+            ),
+            [
+                Decision::Insert,
+                Decision::Dead(DlqReason::Late),
+                Decision::Insert
+            ]
+        );
+        // A partition the cutoff did not know (added since) is beyond its end.
+        let elsewhere = Consumed {
+            partition: 3,
+            ..refs[0]
+        };
+        assert!(cutoffs.is_late(&elsewhere));
+    }
+
     #[test]
     fn inserts_up_to_the_room_and_dead_letters_the_rest() {
         let c = CampaignId::new();
         let batch = [msg(c, "a"), msg(c, "b"), msg(c, "c")];
-        let refs: Vec<_> = batch.iter().collect();
+        let refs = consumed(&batch);
         let decisions = plan(
             &refs,
             &HashMap::from([(c, 2)]),
             &HashSet::new(),
             &HashSet::new(),
+            &Cutoffs::default(),
         );
         assert_eq!(
             decisions,
@@ -291,9 +425,15 @@ mod tests {
     fn existing_rows_and_repeats_in_the_batch_are_duplicates_that_spend_no_room() {
         let c = CampaignId::new();
         let batch = [msg(c, "a"), msg(c, "b"), msg(c, "b"), msg(c, "d")];
-        let refs: Vec<_> = batch.iter().collect();
+        let refs = consumed(&batch);
         let existing = HashSet::from([(c.as_uuid(), "a".to_owned())]);
-        let decisions = plan(&refs, &HashMap::from([(c, 2)]), &existing, &HashSet::new());
+        let decisions = plan(
+            &refs,
+            &HashMap::from([(c, 2)]),
+            &existing,
+            &HashSet::new(),
+            &Cutoffs::default(),
+        );
         assert_eq!(
             decisions,
             [
@@ -309,10 +449,16 @@ mod tests {
     fn a_duplicate_of_a_full_campaign_is_still_a_duplicate_not_over_stock() {
         let c = CampaignId::new();
         let batch = [msg(c, "a")];
-        let refs: Vec<_> = batch.iter().collect();
+        let refs = consumed(&batch);
         let existing = HashSet::from([(c.as_uuid(), "a".to_owned())]);
         assert_eq!(
-            plan(&refs, &HashMap::from([(c, 0)]), &existing, &HashSet::new()),
+            plan(
+                &refs,
+                &HashMap::from([(c, 0)]),
+                &existing,
+                &HashSet::new(),
+                &Cutoffs::default()
+            ),
             [Decision::Duplicate]
         );
     }
@@ -321,12 +467,13 @@ mod tests {
     fn unknown_campaigns_are_dead_lettered_and_campaigns_do_not_share_room() {
         let (c1, c2, unknown) = (CampaignId::new(), CampaignId::new(), CampaignId::new());
         let batch = [msg(c1, "a"), msg(unknown, "a"), msg(c2, "a"), msg(c1, "b")];
-        let refs: Vec<_> = batch.iter().collect();
+        let refs = consumed(&batch);
         let decisions = plan(
             &refs,
             &HashMap::from([(c1, 1), (c2, 1)]),
             &HashSet::new(),
             &HashSet::new(),
+            &Cutoffs::default(),
         );
         assert_eq!(
             decisions,
@@ -348,10 +495,16 @@ mod tests {
         let elsewhere = msg(c, "c");
         let redelivered = first.clone();
         let batch = [first, reused, elsewhere.clone(), redelivered];
-        let refs: Vec<_> = batch.iter().collect();
+        let refs = consumed(&batch);
         let taken = HashSet::from([elsewhere.coupon_id.as_uuid()]);
         assert_eq!(
-            plan(&refs, &HashMap::from([(c, 10)]), &HashSet::new(), &taken),
+            plan(
+                &refs,
+                &HashMap::from([(c, 10)]),
+                &HashSet::new(),
+                &taken,
+                &Cutoffs::default()
+            ),
             [
                 Decision::Insert,
                 Decision::Dead(DlqReason::CouponIdTaken),

@@ -14,14 +14,19 @@
 //! 1. wait until every take made before the loss has settled
 //!    (`Settings::takes_settle_within`), so that its message has reached
 //!    the broker or never will;
-//! 2. users = the campaign's rows ∪ the users of messages the worker's group
-//!    has not consumed yet (from its committed offsets to the end of the
-//!    topic). The offsets are read *before* the rows: the worker commits an
-//!    offset only after the rows below it are in PostgreSQL, so every message
-//!    below the offsets read is in the rows read afterwards, and every
-//!    message at or above them is read from the topic. Read the other way
+//! 2. read the group's committed offsets and the topic's end offsets, and
+//!    record a cutoff at the end (`crate::cutoff`): a message of a take
+//!    made before the rebuild that reaches the topic after this is refused
+//!    as `late`, since the rebuilt gate will not count it;
+//! 3. users = the campaign's rows ∪ the users of messages the worker's group
+//!    has not consumed yet (from its committed offsets to the end offsets).
+//!    The offsets are read *before* the rows: the worker commits an offset
+//!    only after the rows below it are in PostgreSQL, so every message below
+//!    the committed offsets is in the rows read afterwards, every message
+//!    between them is read from the topic, and a message beyond the end that
+//!    a batch persisted before the cutoff is in the rows. Read the other way
 //!    round, a batch committed between the two reads is in neither set;
-//! 3. write the set and the count (the slots' coupon ids are dropped: a
+//! 4. write the set and the count (the slots' coupon ids are dropped: a
 //!    rebuilt slot has no take a withdrawal could name), then the meta from
 //!    PostgreSQL (stock, window, closed or open) with the epoch of the
 //!    server the rebuild started on: loaded only if that server still
@@ -45,6 +50,7 @@ use sea_orm::{DatabaseConnection, EntityTrait};
 use serde::Serialize;
 
 use crate::admin_lock;
+use crate::cutoff;
 use crate::reconcile::row_users;
 use crate::topic;
 
@@ -111,12 +117,21 @@ pub async fn rebuild(
         EpochState::Stale => "stale",
         EpochState::Missing => "missing",
     };
+    let taken_before = chrono::Utc::now();
     tracing::warn!(campaign.id = %campaign, found, "rebuilding the gate state; takes wait for it");
     tokio::time::sleep(settings.takes_settle_within() + std::time::Duration::from_secs(1)).await;
 
     let from = topic::group_positions(&settings.kafka).await?;
-    let rows = row_users(db, &campaign).await?;
     let to = topic::end_offsets(&settings.kafka).await?;
+    cutoff::record(
+        db,
+        &campaign,
+        settings.requested_before(taken_before),
+        &to,
+        "rebuild",
+    )
+    .await?;
+    let rows = row_users(db, &campaign).await?;
     let pending: BTreeSet<String> = topic::read_range(&settings.kafka, &from, &to)
         .await?
         .into_iter()

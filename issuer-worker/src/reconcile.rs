@@ -10,8 +10,10 @@
 //!    user of the snapshot has by then reached the broker or never will. The
 //!    api enforces the middle bound (it gives a slot back rather than
 //!    produce late), so this is a bound, not a guess.
-//! 4. Read the topic's end offsets and wait until the worker's group has
-//!    consumed past them.
+//! 4. Read the topic's end offsets; with `--repair`, record a cutoff there
+//!    (`crate::cutoff`: a message of the snapshot's takes that reaches the
+//!    topic after this is refused as `late`, so a slot given back never gets
+//!    a row later); wait until the worker's group has consumed past them.
 //! 5. A user of the snapshot without a row is a *leaked slot* (a crash
 //!    between gate and produce, a message the stock guard turned away, a
 //!    lost delivery); a row whose user is not in the gate once the rows
@@ -42,6 +44,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::Serialize;
 
 use crate::admin_lock;
+use crate::cutoff;
 use crate::topic;
 
 #[derive(Debug, Serialize)]
@@ -102,10 +105,23 @@ pub async fn run(
 
     let seen: std::collections::BTreeMap<String, Option<String>> =
         repair.slots(&campaign).await?.into_iter().collect();
+    let taken_before = Utc::now();
     let snapshot: BTreeSet<String> = seen.keys().cloned().collect();
     tracing::info!(campaign.id = %campaign, users = snapshot.len(), "gate snapshot taken; waiting for its takes to settle");
     tokio::time::sleep(settings.takes_settle_within() + Duration::from_secs(1)).await;
     let ends = topic::end_offsets(&settings.kafka).await?;
+    if repairing {
+        // Before the rows are read: a slot about to be given back must not
+        // get its row later (crate::cutoff).
+        cutoff::record(
+            db,
+            &campaign,
+            settings.requested_before(taken_before),
+            &ends,
+            "reconcile",
+        )
+        .await?;
+    }
     topic::wait_for_group(&settings.kafka, &ends, patience).await?;
 
     let rows = row_users(db, &campaign).await?;

@@ -762,3 +762,103 @@ async fn reconcile_gives_back_only_the_slots_it_saw() {
     assert_eq!(gate_state(&c).await, (vec!["u".to_owned()], Some(1)));
     worker.stop().await;
 }
+
+/// Loads a campaign's gate state as the api does when it creates one.
+async fn open_gate(settings: &Settings, c: &CampaignId, stock: i64) -> common::redis_state::Gate {
+    let redis = common::redis_state::RedisClient::new(&settings.redis, None).unwrap();
+    let meta = common::redis_state::CampaignMeta {
+        stock,
+        starts_at: Utc::now() - chrono::Duration::minutes(1),
+        ends_at: None,
+        closed: false,
+        room: None,
+    };
+    common::redis_state::CampaignMetas::new(redis.clone())
+        .load(c, &meta)
+        .await
+        .unwrap();
+    common::redis_state::Gate::new(redis)
+}
+
+/// A message whose delivery timed out can still be appended later (a
+/// paused broker, a follower that commits it late). Once `reconcile
+/// --repair` has given its slot back and someone else has taken it, that
+/// message must not become a coupon: it is refused as `late`, and the user
+/// who holds the slot now gets the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_landing_after_reconcile_gave_its_slot_back_is_late() {
+    let settings = settings().await;
+    let db = db().await;
+    let c = insert_campaign(&db, "late after reconcile", 1).await;
+    let gate = open_gate(&settings, &c, 1).await;
+    let slow = UserId::parse("slow").unwrap();
+    let mut stranded = message(c, "slow");
+    assert!(matches!(
+        gate.take(&c, &slow, &stranded.coupon_id).await.unwrap(),
+        common::redis_state::GateReply::Taken { .. }
+    ));
+    stranded.requested_at = Utc::now();
+
+    let worker = start(&settings).await;
+    let report = issuer_worker::reconcile::run(&settings, &db, c, true, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!((report.leaked, report.given_back), (1, 1), "{report:?}");
+    let next = message(c, "next");
+    assert!(matches!(
+        gate.take(&c, &next.user_id, &next.coupon_id).await.unwrap(),
+        common::redis_state::GateReply::Taken { .. }
+    ));
+    let topic = Topic::new(&settings);
+    topic
+        .send_to_first(&stranded.key(), &stranded.encode())
+        .await;
+    topic.send_to_first(&next.key(), &next.encode()).await;
+
+    wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
+    let (_, reasons) = dead_letters(&settings, 1).await;
+    assert_eq!(reasons, ["late"]);
+    assert_eq!(row_users(&db, &c).await, ["next"]);
+    worker.stop().await;
+}
+
+/// The same after a rebuild: a take the lost Redis state held, whose
+/// message reaches the topic after the rebuild read it, is not in the
+/// rebuilt gate, so it must not become a coupon either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_landing_after_a_rebuild_left_it_out_is_late() {
+    let settings = settings().await;
+    let db = db().await;
+    let c = insert_campaign(&db, "late after rebuild", 1).await;
+    let gate = open_gate(&settings, &c, 1).await;
+    let mut stranded = message(c, "slow");
+    assert!(matches!(
+        gate.take(&c, &stranded.user_id, &stranded.coupon_id)
+            .await
+            .unwrap(),
+        common::redis_state::GateReply::Taken { .. }
+    ));
+    stranded.requested_at = Utc::now();
+
+    let worker = start(&settings).await;
+    let report = issuer_worker::rebuild::run(&settings, &db, c, true)
+        .await
+        .unwrap();
+    assert_eq!(report.users, 0, "{report:?}");
+    let next = message(c, "next");
+    assert!(matches!(
+        gate.take(&c, &next.user_id, &next.coupon_id).await.unwrap(),
+        common::redis_state::GateReply::Taken { .. }
+    ));
+    let topic = Topic::new(&settings);
+    topic
+        .send_to_first(&stranded.key(), &stranded.encode())
+        .await;
+    topic.send_to_first(&next.key(), &next.encode()).await;
+
+    wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
+    let (_, reasons) = dead_letters(&settings, 1).await;
+    assert_eq!(reasons, ["late"]);
+    assert_eq!(row_users(&db, &c).await, ["next"]);
+    worker.stop().await;
+}

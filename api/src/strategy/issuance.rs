@@ -282,6 +282,13 @@ impl Issuance {
                 .await);
         }
         match self.producer.send(message).await {
+            // Checked again once enqueued: a process paused between the
+            // check above and the enqueue (or in a full buffer's wait) put
+            // the message on its way later than PRODUCE_WITHIN allows.
+            Ok(receipt) if slot.at.elapsed() > PRODUCE_WITHIN => {
+                tracing::warn!(campaign.id = %message.campaign_id, late = ?slot.at.elapsed(), "message enqueued past its deadline; its delivery counts as unconfirmed");
+                Ok(receipt.unconfirmed())
+            }
             Ok(receipt) => Ok(receipt),
             Err(e) => {
                 tracing::warn!(campaign.id = %message.campaign_id, error = %e, "message not enqueued");

@@ -22,6 +22,7 @@
 //! | [`log`] | `log.*` |
 //! | [`faults`] | `faults.*` (test hooks) |
 
+use chrono::{DateTime, Utc};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -310,11 +311,36 @@ impl Settings {
     }
 
     /// How long after the gate took a slot its message has reached the
-    /// broker or never will: the gate call itself (at its longest),
-    /// [`PRODUCE_WITHIN`], and the delivery timeout. `reconcile` and
-    /// `rebuild` wait this long before they trust the topic and the rows.
+    /// broker, or will be refused as `late` if it ever does: the gate call
+    /// (at its longest: the api stamps the take when the reply arrives),
+    /// [`PRODUCE_WITHIN`] twice (from the take to `requested_at`, and from
+    /// the take to the enqueue), the delivery timeout and twice the clock
+    /// skew. `reconcile` and `rebuild` wait this long after the takes they
+    /// settle stopped, then read the topic's end offsets and record a
+    /// cutoff ([`Settings::requested_before`]): a message beyond those
+    /// offsets whose `requested_at` is before the cutoff committed later
+    /// than its delivery timeout, so its user was told `pending`, and the
+    /// worker refuses it.
     pub fn takes_settle_within(&self) -> Duration {
-        self.redis.longest_call() + PRODUCE_WITHIN + self.kafka.delivery_timeout()
+        self.redis.longest_call()
+            + PRODUCE_WITHIN * 2
+            + self.kafka.delivery_timeout()
+            + self.clock_skew() * 2
+    }
+
+    /// The cutoff for takes made before `taken_before` (on this host's
+    /// clock): every such take's message has a `requested_at` before it.
+    pub fn requested_before(&self, taken_before: DateTime<Utc>) -> DateTime<Utc> {
+        taken_before
+            + chrono::Duration::from_std(
+                self.redis.longest_call() + PRODUCE_WITHIN + self.clock_skew(),
+            )
+            .unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// The most two hosts' wall clocks differ (`worker.clock_skew_ms`).
+    pub fn clock_skew(&self) -> Duration {
+        Duration::from_millis(self.worker.clock_skew_ms)
     }
 
     /// The longest an api request can run: two lock waits (combining: the

@@ -64,7 +64,9 @@ impl std::fmt::Display for StrategyKind {
 /// The longest an api lets pass between the gate taking a slot and the
 /// slot's message entering the producer's buffer. Past it (a process paused,
 /// a starved runtime) the slot is given back and the reply is 503, so that
-/// repair tools can bound how long a take stays unsettled.
+/// repair tools can bound how long a take stays unsettled; a message that
+/// entered the buffer past it anyway (paused between the check and the
+/// enqueue) counts as unconfirmed even once delivered (`pending`).
 pub const PRODUCE_WITHIN: Duration = Duration::from_secs(2);
 
 /// How long a request keeps trying to withdraw a take whose reply from

@@ -36,6 +36,13 @@ pub struct WorkerSettings {
     /// when the server did not change (a meta deleted by hand, Redis
     /// Cluster where no one server's run_id is known).
     pub keeper_scan_secs: u64,
+    /// The most the wall clocks of the api's hosts and the host running
+    /// `reconcile` or `rebuild` may differ. A message whose `requested_at`
+    /// is older than a campaign's cutoff is refused as `late`; the cutoff
+    /// and the wait before it are widened by this much (NTP keeps hosts
+    /// within milliseconds; a host off by more can see `pending` messages
+    /// turned away, never an `accepted` one).
+    pub clock_skew_ms: u64,
     /// `/metrics` and `/healthz` of the worker; 0 picks a free port.
     pub http_port: u16,
     pub http_host: String,
@@ -53,6 +60,7 @@ impl Default for WorkerSettings {
             retry_max_ms: 5_000,
             keeper_interval_ms: 1_000,
             keeper_scan_secs: 30,
+            clock_skew_ms: 1_000,
             http_port: 9100,
             http_host: "127.0.0.1".into(),
         }

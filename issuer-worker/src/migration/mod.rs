@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 mod m20261123_000001_create_schema;
 mod m20261202_000001_waiting_room;
 mod m20261204_000001_parked_letters;
+mod m20261204_000002_campaign_cutoffs;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_create_schema::Migration),
             Box::new(m20261202_000001_waiting_room::Migration),
             Box::new(m20261204_000001_parked_letters::Migration),
+            Box::new(m20261204_000002_campaign_cutoffs::Migration),
         ]
     }
 }
