@@ -78,21 +78,12 @@ fn release_channel(lock_key: &str) -> String {
     format!("{lock_key}:released")
 }
 
-async fn register(
+fn register(
     waker: &Option<Arc<LockWaker>>,
     channel: &str,
     token: Option<&str>,
 ) -> Option<Registration> {
-    match waker {
-        Some(w) => match w.register(channel, token).await {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(error = %e, "lock wake-ups unavailable; polling");
-                None
-            }
-        },
-        None => None,
-    }
+    waker.as_ref().map(|w| w.register(channel, token))
 }
 
 async fn pause(registration: &Option<Registration>, timeout: Duration) {
@@ -295,7 +286,7 @@ impl LeaseLock {
             if attempt == 0 {
                 // Registered after the first miss: a release published
                 // before this registration is caught by the retry below.
-                registration = register(&self.waker, &release_channel(key), None).await;
+                registration = register(&self.waker, &release_channel(key), None);
                 continue;
             }
             let cap = if registration.is_some() {
@@ -412,8 +403,7 @@ impl FairLock {
                         ticket = *mine;
                         // Registered once the ticket is known: a release
                         // naming it before this is caught by polling.
-                        registration =
-                            register(&self.waker, &channel, Some(&ticket.to_string())).await;
+                        registration = register(&self.waker, &channel, Some(&ticket.to_string()));
                     }
                     u32::try_from(*ahead).unwrap_or(u32::MAX)
                 }

@@ -8,6 +8,12 @@
 //! may take it). A message can be missed (it was published before the waiter
 //! registered, or the connection broke), so waiters always wait with a
 //! timeout and try again; the waker only makes the common case fast.
+//!
+//! Subscribing never holds a waiter up: the first registration of a
+//! channel subscribes on a task of its own, given [`SUBSCRIBE_WITHIN`]; a
+//! pub/sub connection that does not answer in time (half-open, a host that
+//! drops packets) is dropped and the next first registration opens another.
+//! Until then waiters poll.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +33,10 @@ struct Channel {
 }
 
 type Channels = Arc<Mutex<HashMap<String, Channel>>>;
+
+/// The longest a subscription (with the connection it may have to open)
+/// may take before its connection is given up.
+pub const SUBSCRIBE_WITHIN: Duration = Duration::from_secs(1);
 
 /// Per-process dispatcher of lock-release messages.
 pub struct LockWaker {
@@ -83,9 +93,14 @@ impl Drop for Registration {
         };
         if unsubscribe {
             let (waker, channel) = (self.waker.clone(), self.channel.clone());
-            self.waker
-                .runtime
-                .spawn(async move { waker.unsubscribe(&channel).await });
+            self.waker.runtime.spawn(async move {
+                if tokio::time::timeout(SUBSCRIBE_WITHIN, waker.unsubscribe(&channel))
+                    .await
+                    .is_err()
+                {
+                    waker.sink.lock().await.take();
+                }
+            });
         }
     }
 }
@@ -102,13 +117,10 @@ impl LockWaker {
     }
 
     /// Registers a waiter on `channel`; with a `token`, only a message naming
-    /// it wakes this waiter. Fails only if Redis cannot be reached; the
-    /// caller then falls back to polling.
-    pub async fn register(
-        self: &Arc<Self>,
-        channel: &str,
-        token: Option<&str>,
-    ) -> Result<Registration, redis::RedisError> {
+    /// it wakes this waiter. Returns at once: the channel's first
+    /// registration subscribes in the background (a message published
+    /// before that is missed, and the waiter's timeout covers it).
+    pub fn register(self: &Arc<Self>, channel: &str, token: Option<&str>) -> Registration {
         let (notify, first) = {
             let mut channels = self
                 .channels
@@ -129,19 +141,46 @@ impl LockWaker {
             notify,
         };
         if first {
-            self.subscribe(channel).await?;
+            let (waker, channel) = (self.clone(), channel.to_owned());
+            self.runtime.spawn(async move {
+                match tokio::time::timeout(SUBSCRIBE_WITHIN, waker.subscribe(&channel)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "lock wake-ups unavailable; waiters poll");
+                    }
+                    Err(_) => {
+                        // The subscription was dropped with the lock on the
+                        // sink; the connection that did not answer goes too.
+                        waker.sink.lock().await.take();
+                        tracing::warn!(
+                            within = ?SUBSCRIBE_WITHIN,
+                            "lock wake-ups: no answer from the pub/sub connection; waiters poll"
+                        );
+                    }
+                }
+            });
         }
-        Ok(registration)
+        registration
     }
 
+    /// Subscribes to `channel`; on a new connection, to every channel with
+    /// waiters (those of a connection that broke included).
     async fn subscribe(&self, channel: &str) -> Result<(), redis::RedisError> {
         let mut sink = self.sink.lock().await;
+        let mut wanted = vec![channel.to_owned()];
         if sink.is_none() {
             *sink = Some(self.connect().await?);
+            wanted = self
+                .channels
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .keys()
+                .cloned()
+                .collect();
         }
         let result = match sink.as_mut() {
-            Some(s) => s.subscribe(channel).await,
-            None => Ok(()),
+            Some(s) if !wanted.is_empty() => s.subscribe(wanted).await,
+            _ => Ok(()),
         };
         if result.is_err() {
             *sink = None;

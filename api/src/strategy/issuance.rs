@@ -180,9 +180,11 @@ impl Issuance {
     }
 
     /// The error of a take (the gate, or a lock section's fenced take) that
-    /// failed. One that timed out may have taken the slot, or may still: it
-    /// is withdrawn, so that the user's retry is not answered `duplicate`
-    /// for a slot no message will ever fill.
+    /// failed. One that may have reached Redis (it timed out, or its
+    /// connection broke after the command was written) may have taken the
+    /// slot, or may still: it is withdrawn, so that the user's retry is not
+    /// answered `duplicate` for a slot no message will ever fill. Only a
+    /// connection that was never made took nothing for sure.
     pub async fn take_failed(
         &self,
         e: RedisCallError,
@@ -190,11 +192,16 @@ impl Issuance {
         user: &UserId,
         coupon: &CouponId,
     ) -> IssueError {
-        if !matches!(e, RedisCallError::Timeout(_)) {
+        if !e.may_have_run() {
             return redis_unavailable(e);
         }
-        tracing::warn!(campaign.id = %campaign, error = %e, "take timed out; withdrawing it");
-        self.withdraw_lost(campaign, user, coupon).await
+        tracing::warn!(campaign.id = %campaign, error = %e, "take failed after it may have run; withdrawing it");
+        let why = if e.is_timeout() {
+            "redis did not answer in time"
+        } else {
+            "redis failed mid-call"
+        };
+        self.withdraw_lost(campaign, user, coupon, why).await
     }
 
     /// Withdraws a take whose outcome this request cannot know or use (its
@@ -203,12 +210,13 @@ impl Issuance {
     /// takes nothing when it runs; by its coupon id, so a slot the user has
     /// from another request is never touched. Keeps trying for
     /// [`WITHDRAW_WITHIN`], then leaves the slot to reconciliation. The
-    /// error to answer.
+    /// error to answer, which starts with `why`.
     pub async fn withdraw_lost(
         &self,
         campaign: &CampaignId,
         user: &UserId,
         coupon: &CouponId,
+        why: &str,
     ) -> IssueError {
         let deadline = Instant::now() + WITHDRAW_WITHIN;
         let mut pause = Duration::from_millis(50);
@@ -220,9 +228,9 @@ impl Issuance {
                         Withdrawal::Voided => "voided",
                     };
                     self.metrics.compensations.with_label_values(&[label]).inc();
-                    return IssueError::Unavailable(
-                        "redis did not answer in time; nothing was issued, retry later".into(),
-                    );
+                    return IssueError::Unavailable(format!(
+                        "{why}; nothing was issued, retry later"
+                    ));
                 }
                 Err(e) if Instant::now() + pause < deadline => {
                     tracing::debug!(campaign.id = %campaign, error = %e, "withdrawal failed; trying again");
@@ -235,9 +243,9 @@ impl Issuance {
                         .with_label_values(&["failed"])
                         .inc();
                     tracing::error!(campaign.id = %campaign, user.id = %user, error = %e, "take could not be withdrawn; left to reconciliation");
-                    return IssueError::Unavailable(
-                        "redis did not answer in time; if a slot was taken, it is pending until reconciliation releases it".into(),
-                    );
+                    return IssueError::Unavailable(format!(
+                        "{why}; if a slot was taken, it is pending until reconciliation releases it"
+                    ));
                 }
             }
         }

@@ -27,6 +27,26 @@ pub enum RedisCallError {
     Protocol(String),
 }
 
+impl RedisCallError {
+    /// Whether the call may have run on the server: anything but a
+    /// connection that was never made (the command was then never
+    /// written). A broken connection, a reset, a reply that never came, an
+    /// error reply: the command may have been written, and a script may
+    /// have run, so a take that failed so must be withdrawn.
+    pub fn may_have_run(&self) -> bool {
+        match self {
+            Self::ConnectTimeout(_) => false,
+            Self::Redis(e) => !e.is_connection_refusal(),
+            Self::Timeout(_) | Self::Protocol(_) => true,
+        }
+    }
+
+    /// The call was given up after its time (the server may still run it).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout(_))
+    }
+}
+
 impl From<ConnectError> for RedisCallError {
     fn from(e: ConnectError) -> Self {
         match e {
@@ -82,6 +102,12 @@ impl RedisClient {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.run_on(|conn, _| call(conn)).await
+    }
+
+    /// The longest one call can take before it is given up
+    /// ([`RedisSettings::longest_call`]).
+    pub fn longest_call(&self) -> Duration {
+        self.command_timeout * LONGEST_CALL_FACTOR
     }
 
     /// As [`RedisClient::run`], the call also given the `run_id` of the

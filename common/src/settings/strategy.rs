@@ -143,11 +143,15 @@ pub struct LockSettings {
     pub mode: LockMode,
     /// Lease; a watchdog renews it every third while the lock is held.
     pub lease_ms: u64,
-    /// How long a request waits for the lock before answering 503.
+    /// How long a request waits for the lock before answering 503. In
+    /// `combining` mode, how long it waits to be taken into a batch; the
+    /// batch then waits for the lock as long again, so a request waits
+    /// about twice this at most, plus the section.
     pub wait_ms: u64,
-    /// `fair-lock`: the most requests of one campaign in line for its lock
-    /// (across instances, the holder included); a request finding the line
-    /// full is answered 503 at once rather than after `wait_ms`.
+    /// The most requests of one campaign in line for its lock; a request
+    /// finding the line full is answered 503 at once rather than after
+    /// `wait_ms`. `fair-lock`: across instances, the holder included;
+    /// `combining` mode: this instance's line, the batch in hand included.
     pub max_waiters: u64,
 }
 

@@ -95,6 +95,7 @@ impl LockedStrategy {
         settings: &LockSettings,
     ) -> Self {
         let waker = LockWaker::new(redis.client().clone());
+        let redis_longest_call = redis.longest_call();
         let timing = LockTiming {
             lease: Duration::from_millis(settings.lease_ms),
             wait: Duration::from_millis(settings.wait_ms),
@@ -115,7 +116,7 @@ impl LockedStrategy {
             section,
             lock: Arc::new(lock),
             mode: settings.mode,
-            combiner: Arc::new(Combiner::new(settings)),
+            combiner: Arc::new(Combiner::new(settings, redis_longest_call)),
         }
     }
 
