@@ -11,8 +11,12 @@
 //! slot.
 //!
 //! On shutdown the queue stops taking requests and drains until
-//! `queue.drain_timeout_ms`; whatever is still queued then is recorded as
-//! rejected (`unavailable`), so nothing is dropped silently.
+//! `queue.drain_timeout_ms`: until every request it took is done (queued,
+//! or in a consumer's batch). Whatever is still queued then is recorded as
+//! rejected (`unavailable`), so nothing is dropped silently; a batch already
+//! in a consumer's hands runs to its end (its gate calls are sent, and each
+//! ends with its delivery report, within the delivery timeout), and the
+//! shutdown waits for it with the rest of the background work.
 //!
 //! A request's `queued` mark lives as long as the request waits: a task
 //! renews the marks of every request still in this process's queue each
@@ -25,7 +29,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::ids::{CampaignId, UserId};
@@ -57,6 +61,12 @@ pub struct AsyncQueueStrategy {
     enqueue_wait: Duration,
     /// The marks to keep alive: requests queued and not yet past the gate.
     waiting: Waiting,
+    /// Requests taken into the queue and not done yet (queued, or in a
+    /// consumer's batch): what a drain waits for. Counted before a request
+    /// enters the queue, so it never reads lower than the truth (the depth
+    /// gauge, decreased when a consumer takes a job, could, and ended a
+    /// drain early).
+    outstanding: Arc<AtomicUsize>,
     /// Stops the renewals once the queue is drained.
     renewals: CancellationToken,
 }
@@ -85,13 +95,15 @@ impl AsyncQueueStrategy {
         let receiver = Arc::new(Mutex::new(receiver));
         let stopping = Arc::new(AtomicBool::new(false));
         let waiting: Waiting = Arc::default();
+        let outstanding = Arc::new(AtomicUsize::new(0));
         let batch_size = settings.batch_size.max(1);
         for _ in 0..settings.consumers.max(1) {
-            let (issuance2, receiver, stopping, waiting) = (
+            let (issuance2, receiver, stopping, waiting, outstanding) = (
                 issuance.clone(),
                 receiver.clone(),
                 stopping.clone(),
                 waiting.clone(),
+                outstanding.clone(),
             );
             issuance.spawn(async move {
                 let mut batch = Vec::with_capacity(batch_size);
@@ -113,12 +125,14 @@ impl AsyncQueueStrategy {
                         }
                     }
                     issuance2.metrics.queue_depth.sub(batch.len() as i64);
+                    let done = batch.len();
                     futures::future::join_all(
                         batch
                             .drain(..)
                             .map(|job| process(&issuance2, job, &waiting)),
                     )
                     .await;
+                    outstanding.fetch_sub(done, Ordering::AcqRel);
                 }
             });
         }
@@ -137,6 +151,7 @@ impl AsyncQueueStrategy {
             marks,
             enqueue_wait: Duration::from_millis(settings.enqueue_wait_ms),
             waiting,
+            outstanding,
             renewals,
         }
     }
@@ -167,6 +182,9 @@ impl AsyncQueueStrategy {
             campaign,
             user: user.clone(),
         };
+        // Counted before it can be taken off the queue (see `outstanding`).
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        self.issuance.metrics.queue_depth.inc();
         let sent =
             match sender {
                 Some(sender) if self.enqueue_wait.is_zero() => {
@@ -185,11 +203,10 @@ impl AsyncQueueStrategy {
                 None => Err(NotQueued::Closed),
             };
         match sent {
-            Ok(()) => {
-                self.issuance.metrics.queue_depth.inc();
-                Ok(Acceptance::Queued)
-            }
+            Ok(()) => Ok(Acceptance::Queued),
             Err(e) => {
+                self.outstanding.fetch_sub(1, Ordering::AcqRel);
+                self.issuance.metrics.queue_depth.dec();
                 lock(&self.waiting).remove(&(campaign, user.clone()));
                 // Not queued: take the mark back so the user may retry.
                 if let Err(e) = self.marks.unmark(&campaign, &user).await {
@@ -212,8 +229,9 @@ impl AsyncQueueStrategy {
         }
     }
 
-    /// Shutdown: lets the consumers work until `deadline`, then records every
-    /// job still queued as rejected (`unavailable`).
+    /// Shutdown: lets the consumers work until every request taken is done
+    /// or `deadline`, then records every job still queued as rejected
+    /// (`unavailable`); batches in a consumer's hands run to their end.
     pub async fn drain(&self, deadline: Instant) {
         // No request arrives any more; closing the queue lets consumers end
         // once it is empty.
@@ -221,7 +239,7 @@ impl AsyncQueueStrategy {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        while self.issuance.metrics.queue_depth.get() > 0 && Instant::now() < deadline {
+        while self.outstanding.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.stopping.store(true, Ordering::Release);
@@ -230,6 +248,7 @@ impl AsyncQueueStrategy {
         let mut rejected = 0;
         while let Ok(job) = receiver.try_recv() {
             self.issuance.metrics.queue_depth.dec();
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
             self.issuance
                 .record(
                     &job.campaign,
@@ -245,6 +264,13 @@ impl AsyncQueueStrategy {
             tracing::warn!(
                 rejected,
                 "queue not drained in time; the rest recorded as rejected"
+            );
+        }
+        let running = self.outstanding.load(Ordering::Acquire);
+        if running > 0 {
+            tracing::warn!(
+                running,
+                "queued requests still in consumers' batches; shutdown waits for them with the background work"
             );
         }
     }
