@@ -479,3 +479,46 @@ async fn a_late_rejection_never_hides_a_newer_slot() {
     assert_eq!(me["state"], "rejected", "{me}");
     api.stop().await;
 }
+
+/// The api's statement bound holds on the server too: PostgreSQL itself
+/// cancels a statement past `database.statement_timeout_ms` (SQLSTATE
+/// 57014) and ends a session idle in a transaction as long (25P03), so
+/// work nobody waits for any more stops, and its locks go, even when the
+/// client's own timeout has already given up on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_itself_stops_what_the_api_stopped_waiting_for() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let settings = isolated_settings();
+    let longest = Duration::from_millis(settings.database.statement_timeout_ms);
+    let db = common::db::connect(&settings.database, longest)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let slow = db
+        .execute_unprepared("SELECT pg_sleep(30)")
+        .await
+        .expect_err("a 30 s statement outlived the statement timeout");
+    let took = started.elapsed();
+    assert!(
+        slow.to_string().contains("statement timeout"),
+        "not cancelled by the server: {slow}"
+    );
+    assert!(
+        took >= longest && took < longest + Duration::from_secs(5),
+        "cancelled after {took:?}"
+    );
+
+    let txn = db.begin().await.unwrap();
+    txn.execute_unprepared("SELECT 1").await.unwrap();
+    tokio::time::sleep(longest + Duration::from_secs(1)).await;
+    let idle = txn
+        .execute_unprepared("SELECT 1")
+        .await
+        .expect_err("a transaction idle past the bound was kept");
+    assert!(
+        idle.to_string().contains("idle-in-transaction")
+            || idle.to_string().contains("terminat")
+            || idle.to_string().contains("closed"),
+        "{idle}"
+    );
+}
