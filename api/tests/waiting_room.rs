@@ -508,3 +508,62 @@ async fn joins_are_rate_limited_replayed_by_key_and_refused_once_closed() {
     );
     api.stop().await;
 }
+
+/// A poll of a line where nothing happens writes nothing: the room's
+/// counters are written only when they move (the rate's clock once it moved
+/// a tick). Shoppers poll; each poll used to be a write to the AOF and to
+/// every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_a_line_where_nothing_happens_writes_nothing() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let (campaign, _) = room_campaign(&api, 100, 10, 120, 0).await;
+    let (status, body) = join(&api, &campaign, "in-line").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Every command Redis runs, scripts' own included, from here on.
+    let address = common::testkit::redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut monitor = tokio::net::TcpStream::connect(address).await.unwrap();
+    monitor.write_all(b"MONITOR\r\n").await.unwrap();
+    let mut lines = tokio::io::BufReader::new(monitor).lines();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("+OK"));
+    let room_key = format!("\"coupon:{{{campaign}}}:room\"");
+    let watching = tokio::spawn(async move {
+        let mut writes = 0;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("\"HSET\"") && line.contains(&room_key) {
+                writes += 1;
+            }
+            if line.contains("polls-done") {
+                break;
+            }
+        }
+        writes
+    });
+
+    let started = Instant::now();
+    let polls = 30;
+    for _ in 0..polls {
+        let view = place(&api, &campaign, "in-line").await;
+        assert_eq!(view["state"], "admitted", "{view}");
+    }
+    let took = started.elapsed();
+    let mut redis = common::testkit::redis().await;
+    let _: Option<String> = redis::cmd("GET")
+        .arg("polls-done")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let writes = watching.await.unwrap();
+    // The empty line's clock moves with time: one write a tick at most.
+    let most = took.as_millis() / 100 + 1;
+    assert!(
+        writes as u128 <= most,
+        "{writes} writes to the room for {polls} polls in {took:?} (at most {most})"
+    );
+    api.stop().await;
+}

@@ -139,9 +139,18 @@ local function room_advance(K, rate, ttl_ms, starts_ms, now, sold_out)
       room.front = hi
     end
   end
-  redis.call('HSET', K.room, 'front', room.front, 'credit_ms',
-    string.format('%.3f', room.credit_ms), 'comp', room.comp, 'expired_upto',
-    room.expired_upto)
+  -- Written only when something moved: a poll of a line where nothing
+  -- happened writes nothing (no AOF entry, nothing to replicate). The rate's
+  -- clock alone is written once it moved a tick: a clock read up to a tick
+  -- late grants at most a tick of credit, what an empty line keeps anyway.
+  local moved = room.front ~= (tonumber(f[3]) or 0) or room.comp ~= (tonumber(f[5]) or 0)
+    or room.expired_upto ~= (tonumber(f[6]) or 0) or f[4] == false
+    or math.abs(room.credit_ms - tonumber(f[4])) >= ROOM_TICK_MS
+  if moved then
+    redis.call('HSET', K.room, 'front', room.front, 'credit_ms',
+      string.format('%.3f', room.credit_ms), 'comp', room.comp, 'expired_upto',
+      room.expired_upto)
+  end
   return room
 end
 
