@@ -8,7 +8,7 @@
 //! | [`CampaignMetas`] | [`meta`] | a campaign's meta (stock, window, closed, room rules): load, close, unload, read |
 //! | [`StatusRecords`] | [`status`] | the per-user records `/coupons/me` reads |
 //! | [`QueuedMarks`] | [`queued`] | the async-queue's `queued` marks |
-//! | [`Rooms`] | [`room`] | the waiting rooms: join, look (`lua/room.lua`) |
+//! | [`Rooms`] | [`room`] | the waiting rooms: join, look (`lua/room.lua`), the line's counters |
 //! | [`LockSections`] | [`lock_section`] | the lock strategies' separate reads and fenced write |
 //! | [`Repair`] | [`repair`] | reconcile's and rebuild's reads and repairs |
 //! | [`IdempotencyRecords`] | [`idempotency`] | `Idempotency-Key` records: claim, finish, read |
@@ -37,5 +37,5 @@ pub use lock_section::{FencedTake, LockSections, Precheck};
 pub use meta::{CampaignMeta, CampaignMetas, EpochState, RoomRules};
 pub use queued::{QueueMark, QueuedMarks};
 pub use repair::Repair;
-pub use room::{RoomReply, RoomState, RoomView, Rooms, shuffled_position};
+pub use room::{RoomLine, RoomReply, RoomState, RoomView, Rooms, shuffled_position};
 pub use status::{RecordedState, StatusRecord, StatusRecords};
