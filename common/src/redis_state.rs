@@ -4,7 +4,7 @@
 //!
 //! | handle | file | what |
 //! |---|---|---|
-//! | [`Gate`] | [`gate`] | a campaign's slots: take one (`lua/gate.lua`), withdraw a take whose reply was lost, give one back, count them |
+//! | [`Gate`] | [`gate`] | a campaign's slots: take one (`lua/gate.lua`), withdraw a take whose reply was lost, give one back, count them, a dead letter's slot for its re-drive |
 //! | [`CampaignMetas`] | [`meta`] | a campaign's meta (stock, window, closed, room rules): load, close, unload, read |
 //! | [`StatusRecords`] | [`status`] | the per-user records `/coupons/me` reads |
 //! | [`QueuedMarks`] | [`queued`] | the async-queue's `queued` marks |
@@ -31,7 +31,7 @@ pub mod room;
 pub mod status;
 
 pub use client::{RedisCallError, RedisClient};
-pub use gate::{Gate, GateReply, Refusal, Withdrawal};
+pub use gate::{Gate, GateReply, RedriveSlot, Refusal, Withdrawal};
 pub use idempotency::{Claim, IdempotencyRecords};
 pub use lock_section::{FencedTake, LockSections, Precheck};
 pub use meta::{CampaignMeta, CampaignMetas, EpochState, RoomRules};
