@@ -16,7 +16,7 @@ use clap::Subcommand;
 use clap::builder::PossibleValuesParser;
 use common::message::{
     CouponIssued, DLQ_DETAIL_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER,
-    DLQ_SOURCE_PARTITION_HEADER, DLQ_SOURCE_TOPIC_HEADER, DlqReason,
+    DLQ_SOURCE_PARTITION_HEADER, DLQ_SOURCE_TOPIC_HEADER, DLQ_TRUNCATED_HEADER, DlqReason,
 };
 use common::settings::{KafkaSettings, Settings};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -26,11 +26,6 @@ use serde::Serialize;
 
 use super::redrive::{self, RedriveArgs};
 use super::{AdminError, EXIT_CODES, EXIT_OK, Output, print_json, print_text, require_secure};
-
-/// The header on a letter that holds a truncated copy of a message too
-/// large to be dead-lettered whole: its bytes are not the message (the
-/// original stays at its source coordinates), so it is never re-driven.
-pub const TRUNCATED_HEADER: &str = "coupon-dlq-truncated";
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -203,9 +198,11 @@ impl Letter {
         self.header(DLQ_REASON_HEADER)
     }
 
-    /// Whether its bytes are a truncated copy ([`TRUNCATED_HEADER`]).
+    /// Whether its bytes are only the first of a message too large to be
+    /// set aside whole ([`DLQ_TRUNCATED_HEADER`]): the original stays at
+    /// its source place, and the letter is never re-driven.
     pub fn truncated(&self) -> bool {
-        self.headers.iter().any(|(k, _)| k == TRUNCATED_HEADER)
+        self.headers.iter().any(|(k, _)| k == DLQ_TRUNCATED_HEADER)
     }
 
     /// Where the worker had read it.

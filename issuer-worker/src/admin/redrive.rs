@@ -4,8 +4,8 @@
 //!
 //! What keeps it safe, letter by letter:
 //! - Bytes that are not a message (`unparseable`, or any letter that does
-//!   not decode) and truncated copies ([`super::letters::TRUNCATED_HEADER`])
-//!   never go: the worker would only set them aside again.
+//!   not decode) and truncated copies (`dlq.truncated`) never go: the worker
+//!   would only set them aside again.
 //! - The campaign must exist, and its user must have no row (one row per
 //!   (campaign, user): a row with this coupon id means the letter was
 //!   re-driven before or redelivered; one with another id, that the user
