@@ -438,6 +438,7 @@ mod tests {
         assert_eq!(s.kafka.partitions, 12);
         assert_eq!(s.http.body_limit_bytes, 16 * 1024);
         assert!(s.auth.admin_token.is_none());
+        assert_eq!(s.admin.api_url, "http://127.0.0.1:8080");
     }
 
     #[test]

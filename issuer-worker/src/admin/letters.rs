@@ -357,10 +357,11 @@ const PATIENCE: Duration = Duration::from_secs(30);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A reader of the dead-letter topic: assigned partitions only, no group
-/// joined, nothing committed.
+/// joined, nothing committed. Its group id is under the `coupon-redrive`
+/// prefix that the deployment's `coupon-ops` Kafka user may use.
 fn reader(settings: &KafkaSettings) -> anyhow::Result<BaseConsumer> {
     common::kafka::client_config(settings)
-        .set("group.id", "coupon-dlq-reader")
+        .set("group.id", "coupon-redrive-reader")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .create()
