@@ -254,13 +254,14 @@ async fn campaigns_are_created_listed_shown_and_closed_through_the_api() {
     )
     .unwrap();
     let path = file.to_str().unwrap();
+    let key = CampaignId::new().to_string();
     let create = [
         "campaigns",
         "create",
         "--file",
         path,
         "--idempotency-key",
-        "room-sale-1",
+        &key,
         "--output",
         "json",
     ];
