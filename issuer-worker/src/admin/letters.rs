@@ -48,10 +48,11 @@ pub enum DlqCommand {
         #[arg(value_name = "PARTITION:OFFSET")]
         letter: LetterId,
     },
-    /// Put letters' original bytes back on the issue topic, one audit line
-    /// per letter. Only a letter whose message the worker can persist once
-    /// and within the stock goes: its user has no row yet, and holds the
-    /// slot its message names or takes one now through the gate.
+    /// Put letters' messages back on the issue topic (their key, coupon id,
+    /// campaign and user; requested_at set to now), one audit line per
+    /// letter. Only a letter whose message the worker can persist once and
+    /// within the stock goes: its user has no row yet, and holds the slot
+    /// its message names or takes one now through the gate.
     #[command(after_help = EXIT_CODES)]
     Redrive(RedriveArgs),
 }

@@ -4,8 +4,8 @@
 //! - [`campaigns`] — `campaigns create|list|show|close`, through the api's
 //!   admin endpoints (at `admin.api_url` or `--api`, with `auth.admin_token`).
 //! - [`letters`] — the dead-letter topic read: `dlq list|show`.
-//! - [`redrive`] — `dlq redrive`: letters' original bytes back on the issue
-//!   topic, only where the worker can persist them once and within the stock.
+//! - [`redrive`] — `dlq redrive`: letters' messages back on the issue topic,
+//!   only where the worker can persist them once and within the stock.
 //!
 //! Each command prints text for people, or with `--output json` one JSON
 //! document for scripts; `dlq redrive` prints one audit line per letter, and

@@ -1,11 +1,16 @@
-//! `issuer-worker dlq redrive`: letters' original bytes (and key) back on
-//! the issue topic, once the cause that set them aside is fixed, without
-//! ever persisting a message twice or issuing beyond the stock.
+//! `issuer-worker dlq redrive`: letters' messages back on the issue topic,
+//! once the cause that set them aside is fixed, without ever persisting a
+//! message twice or issuing beyond the stock. A re-driven message is the
+//! letter's (its key, coupon id, campaign, user, strategy) with
+//! `requested_at` set to the re-drive's time: its slot is counted then, and
+//! a cutoff that `reconcile --repair` or a rebuild recorded before it
+//! (`crate::cutoff`) settled older takes and would refuse it as `late`.
 //!
 //! What keeps it safe, letter by letter:
 //! - Bytes that are not a message (`unparseable`, or any letter that does
 //!   not decode) and truncated copies (`dlq.truncated`) never go: the worker
-//!   would only set them aside again.
+//!   would only set them aside again. Nor do `late` letters: their take was
+//!   settled without them, and their users read `none`.
 //! - The campaign must exist, and its user must have no row (one row per
 //!   (campaign, user): a row with this coupon id means the letter was
 //!   re-driven before or redelivered; one with another id, that the user
@@ -89,6 +94,8 @@ pub enum Outcome {
     /// The same message as an earlier letter of this run.
     Repeated,
     Truncated,
+    /// Its take was settled without it (a cutoff): never re-driven.
+    Late,
     NotAMessage,
     /// Read from another topic than this issue topic.
     OtherTopic,
@@ -179,6 +186,12 @@ pub fn refusal(letter: &Letter, issue_topic: &str) -> Option<(Outcome, String)> 
             format!(
                 "a truncated copy, not the message: it is never re-driven; the original was read at {original}"
             ),
+        ));
+    }
+    if letter.reason().as_deref() == Some(DlqReason::Late.as_str()) {
+        return Some((
+            Outcome::Late,
+            "late: its take was settled without it (its slot went back to the stock or to someone else) and its user reads none; it is never re-driven".into(),
         ));
     }
     if letter.reason().as_deref() == Some(DlqReason::Unparseable.as_str()) {
@@ -482,13 +495,16 @@ impl<'a> Redriver<'a> {
                 format!("would go to {}", self.settings.kafka.topic),
             ));
         };
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.settings.kafka.topic);
-        if let Some(key) = letter.key.as_deref() {
-            record = record.key(key);
-        }
-        if let Some(payload) = letter.payload.as_deref() {
-            record = record.payload(payload);
-        }
+        // Stamped now, with the slot counted and the admin lock held: a
+        // cutoff recorded before (reconcile --repair, a rebuild) settled
+        // takes made before it, and would refuse the original `late`.
+        let mut again = m.clone();
+        again.requested_at = Utc::now();
+        let payload = again.encode();
+        let key = letter.key.clone().unwrap_or_else(|| m.key().into_bytes());
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.settings.kafka.topic)
+            .key(key.as_slice())
+            .payload(payload.as_slice());
         let delivered = match producer
             .send(record, self.settings.kafka.delivery_timeout())
             .await
@@ -522,7 +538,14 @@ impl<'a> Redriver<'a> {
         {
             tracing::warn!(campaign.id = %m.campaign_id, user.id = %m.user_id, error = %e, "re-driven user's status not recorded; /coupons/me shows the letter's until the row lands");
         }
-        Ok((Outcome::Redriven, "the worker persists it".into()))
+        Ok((
+            Outcome::Redriven,
+            format!(
+                "requested at {} (first at {}); the worker persists it",
+                again.requested_at.to_rfc3339(),
+                m.requested_at.to_rfc3339()
+            ),
+        ))
     }
 
     /// The campaign's stock and rows persisted, if it exists.

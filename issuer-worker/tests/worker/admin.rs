@@ -449,12 +449,20 @@ async fn dlq_list_and_show_name_each_letter_with_its_source_and_truncated_ones_n
     assert_eq!(cli.run(&["dlq", "show", "0:999999"]).await.code, 3);
     assert_eq!(cli.run(&["dlq", "show", "zero"]).await.code, 2);
 
-    // Neither the truncated copy nor the unparseable bytes go back.
+    // Neither the truncated copy, nor the unparseable bytes, nor a message
+    // that came late (its take settled without it) goes back.
     let garbage = unparseable["letter"].as_str().unwrap().to_owned();
+    dead_letter(
+        &settings,
+        &message(CampaignId::new(), "tardy"),
+        DlqReason::Late,
+    )
+    .await;
+    let tardy = letter_of(&settings, "tardy").await;
     let before = topic_messages(&settings.kafka.brokers, &settings.kafka.topic).await;
     let redrive = cli
         .run(&[
-            "dlq", "redrive", "--letter", &place, &garbage, "--output", "json",
+            "dlq", "redrive", "--letter", &place, &garbage, &tardy, "--output", "json",
         ])
         .await;
     assert_eq!(redrive.code, 5, "{redrive:?}");
@@ -463,7 +471,10 @@ async fn dlq_list_and_show_name_each_letter_with_its_source_and_truncated_ones_n
         .iter()
         .map(|l| l["outcome"].clone())
         .collect();
-    assert_eq!(outcomes, [json!("truncated"), json!("not_a_message")]);
+    assert_eq!(
+        outcomes,
+        [json!("truncated"), json!("not_a_message"), json!("late")]
+    );
     assert_eq!(
         topic_messages(&settings.kafka.brokers, &settings.kafka.topic).await,
         before
@@ -605,6 +616,69 @@ async fn a_letter_redriven_twice_after_a_fix_is_one_row_with_its_promised_coupon
     assert_eq!(third.code, 0, "{third:?}");
     assert!(third.stdout.starts_with("already_issued"), "{third:?}");
     assert_eq!(issue_topic().await, messages + 2);
+    worker.stop().await;
+    api.stop().await;
+}
+
+/// The usual order in life: the letter first, then `reconcile --repair`
+/// (which gives its leaked slot back and records a cutoff), then the fix,
+/// then the re-drive. The re-drive takes a slot again, and its message is
+/// stamped after the cutoff, so the worker persists it rather than refuse
+/// it as `late`; the row carries the coupon id the api promised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_letter_redriven_after_reconcile_gave_its_slot_back_is_persisted_not_late() {
+    let settings = admin_settings().await;
+    let db = db().await;
+    let api = spawn_api(&settings).await;
+    let cli = Cli::new(&settings, &api.url);
+    let made = cli
+        .run(&[
+            "campaigns",
+            "create",
+            "--name",
+            "reconciled",
+            "--stock",
+            "5",
+            "--output",
+            "json",
+        ])
+        .await
+        .json();
+    let c = campaign_id(&made);
+    let constraint = format!("admin_test_refuse_{}", c.as_uuid().simple());
+    db.execute_unprepared(&format!(
+        "ALTER TABLE coupons ADD CONSTRAINT {constraint} CHECK (campaign_id <> '{c}') NOT VALID"
+    ))
+    .await
+    .unwrap();
+    let worker = start(&settings).await;
+    let (status, reply) = api.issue(&c.to_string(), "bob").await;
+    assert_eq!(status, 202, "{reply}");
+    let promised = reply["coupon_id"].as_str().unwrap().to_owned();
+    let letter = letter_of(&settings, "bob").await;
+    let report = issuer_worker::reconcile::run(&settings, &db, c, true, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(report.given_back, 1, "{report:?}");
+    assert_eq!(gate_state(&c).await, (vec![], Some(0)));
+    db.execute_unprepared(&format!("ALTER TABLE coupons DROP CONSTRAINT {constraint}"))
+        .await
+        .unwrap();
+
+    let ran = cli
+        .run(&["dlq", "redrive", "--letter", &letter, "--output", "json"])
+        .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let line = &ran.lines()[0];
+    assert_eq!(
+        (&line["outcome"], &line["slot"]),
+        (&json!("redriven"), &json!("taken"))
+    );
+    wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
+    assert_eq!(row_coupons(&db, &c).await["bob"].to_string(), promised);
+    assert_eq!(gate_state(&c).await, (vec!["bob".to_owned()], Some(1)));
+    let (_, reasons) = dead_letters(&settings, 2).await;
+    assert_eq!(reasons, ["rejected_by_database"], "re-dead-lettered");
     worker.stop().await;
     api.stop().await;
 }
