@@ -223,9 +223,13 @@ pub async fn run(
     require_secure(settings, true, true)?;
     let letters = select(settings, &args).await?;
     let redriver = Redriver::new(settings, args.dry_run).await?;
-    let mut tally: BTreeMap<bool, u64> = BTreeMap::new();
+    let (mut done, mut not) = (0u64, 0u64);
     let mut emit = |line: AuditLine| -> Result<(), AdminError> {
-        *tally.entry(line.outcome.done()).or_default() += 1;
+        if line.outcome.done() {
+            done += 1;
+        } else {
+            not += 1;
+        }
         match output {
             Output::Json => print_json_line(&line),
             Output::Text => {
@@ -235,10 +239,6 @@ pub async fn run(
         }
     };
     redriver.redrive(letters, &mut emit).await?;
-    let (done, not) = (
-        tally.get(&true).copied().unwrap_or(0),
-        tally.get(&false).copied().unwrap_or(0),
-    );
     eprintln!(
         "{done} of {} letters {}; {not} not",
         done + not,
