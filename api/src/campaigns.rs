@@ -10,7 +10,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::entities::{campaigns, coupons};
 use common::ids::{CampaignId, UserId};
-use common::redis_state::{CampaignMeta, CampaignMetas, Gate, RedisCallError, RoomRules};
+use common::redis_state::{
+    CampaignMeta, CampaignMetas, Gate, RedisCallError, RoomLine, RoomRules, Rooms,
+};
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
@@ -48,7 +50,10 @@ pub const MAX_ADMIT_PER_SECOND: i64 = 1_000_000;
 pub const MAX_ADMISSION_TTL_SECS: i64 = 86_400;
 pub const DEFAULT_ADMISSION_TTL_SECS: i64 = 120;
 
-/// A campaign's waiting room, as the admin endpoints show it.
+/// A campaign's waiting room, as the admin endpoints show it: its rules,
+/// and its line as the room's counters stand after its last move (a join,
+/// a status read or an issue moves it; `null` while the gate state is not
+/// loaded).
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct WaitingRoomView {
     pub admit_per_second: u32,
@@ -56,14 +61,23 @@ pub struct WaitingRoomView {
     /// The key of the shuffle of the users who joined before `starts_at`:
     /// with it, anyone can recompute their positions.
     pub shuffle_seed: i64,
+    /// Users who joined.
+    pub joined: Option<u64>,
+    /// Positions admitted so far (those who then issued or expired too).
+    pub admitted: Option<u64>,
+    /// Users still in line: joined, not admitted yet.
+    pub waiting: Option<u64>,
 }
 
-impl From<RoomRules> for WaitingRoomView {
-    fn from(r: RoomRules) -> Self {
+impl WaitingRoomView {
+    fn new(r: RoomRules, line: Option<RoomLine>) -> Self {
         Self {
             admit_per_second: r.admit_per_second,
             admission_ttl_secs: r.admission_ttl_secs,
             shuffle_seed: r.shuffle_seed,
+            joined: line.map(|l| l.joined),
+            admitted: line.map(|l| l.admitted),
+            waiting: line.map(|l| l.waiting()),
         }
     }
 }
@@ -185,7 +199,12 @@ pub struct CampaignView {
 }
 
 impl CampaignView {
-    fn new(row: campaigns::Model, taken: Option<i64>, now: DateTime<Utc>) -> Self {
+    fn new(
+        row: campaigns::Model,
+        taken: Option<i64>,
+        line: Option<RoomLine>,
+        now: DateTime<Utc>,
+    ) -> Self {
         let state = if row.state == "closed" || row.ends_at.is_some_and(|e| now >= e) {
             CampaignState::Closed
         } else if now < row.starts_at {
@@ -195,7 +214,7 @@ impl CampaignView {
         } else {
             CampaignState::Open
         };
-        let waiting_room = row.room().map(WaitingRoomView::from);
+        let waiting_room = row.room().map(|rules| WaitingRoomView::new(rules, line));
         Self {
             id: row.id.into(),
             name: row.name,
@@ -251,6 +270,7 @@ pub struct CampaignStore {
     db: DatabaseConnection,
     metas: CampaignMetas,
     gate: Gate,
+    rooms: Rooms,
     statement_timeout: Duration,
     /// Ids known to exist in PostgreSQL. Campaigns are never deleted, so a
     /// hit never goes stale; it keeps the database off the issue path.
@@ -272,12 +292,14 @@ impl CampaignStore {
         db: DatabaseConnection,
         metas: CampaignMetas,
         gate: Gate,
+        rooms: Rooms,
         statement_timeout: Duration,
     ) -> Self {
         Self {
             db,
             metas,
             gate,
+            rooms,
             statement_timeout,
             known: RwLock::new(HashSet::new()),
             room_facts: RwLock::new(HashMap::new()),
@@ -375,7 +397,8 @@ impl CampaignStore {
         if inserted == 1 {
             tracing::info!(campaign.id = %id, stock = row.stock, "campaign created");
         }
-        Ok(CampaignView::new(row, taken, now))
+        let line = self.line(&row, taken).await.ok().flatten();
+        Ok(CampaignView::new(row, taken, line, now))
     }
 
     async fn row(&self, id: &CampaignId) -> Result<campaigns::Model, StoreError> {
@@ -393,7 +416,21 @@ impl CampaignStore {
     pub async fn get(&self, id: &CampaignId) -> Result<CampaignView, StoreError> {
         let row = self.row(id).await?;
         let taken = self.gate.taken(id).await?;
-        Ok(CampaignView::new(row, taken, Utc::now()))
+        let line = self.line(&row, taken).await?;
+        Ok(CampaignView::new(row, taken, line, Utc::now()))
+    }
+
+    /// The line of a campaign with a waiting room whose gate state is
+    /// loaded (`taken` read).
+    async fn line(
+        &self,
+        row: &campaigns::Model,
+        taken: Option<i64>,
+    ) -> Result<Option<RoomLine>, RedisCallError> {
+        if row.room().is_none() || taken.is_none() {
+            return Ok(None);
+        }
+        self.rooms.line(&row.id.into()).await.map(Some)
     }
 
     /// Newest first.
@@ -411,7 +448,8 @@ impl CampaignStore {
         let mut views = Vec::with_capacity(rows.len());
         for row in rows {
             let taken = self.gate.taken(&row.id.into()).await?;
-            views.push(CampaignView::new(row, taken, now));
+            let line = self.line(&row, taken).await?;
+            views.push(CampaignView::new(row, taken, line, now));
         }
         Ok(views)
     }
@@ -607,7 +645,7 @@ mod tests {
     #[test]
     fn state_is_derived_from_window_closure_and_counts() {
         let now = Utc::now();
-        let state = |r, issued| CampaignView::new(r, issued, now).state;
+        let state = |r, issued| CampaignView::new(r, issued, None, now).state;
         assert_eq!(
             state(row(10, 0, "open", -5, None), Some(3)),
             CampaignState::Open

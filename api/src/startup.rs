@@ -79,6 +79,7 @@ impl Application {
             db,
             CampaignMetas::new(redis.clone()),
             gate.clone(),
+            Rooms::new(redis.clone()),
             Duration::from_millis(settings.database.statement_timeout_ms),
         ));
         crate::faults::warn_if_ignored(&settings.faults);

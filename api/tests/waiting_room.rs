@@ -567,3 +567,42 @@ async fn polling_a_line_where_nothing_happens_writes_nothing() {
     );
     api.stop().await;
 }
+
+/// The admin view of a room campaign counts its line: who joined, how many
+/// positions were admitted, how many still wait. Before the start nobody is
+/// admitted; a line with credit to spare lets joiners in at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_view_counts_the_line_of_a_room() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let (later, view) = room_campaign(&api, 10, 1_000, 120, 3_600_000).await;
+    assert_eq!(
+        (
+            &view["waiting_room"]["joined"],
+            &view["waiting_room"]["waiting"]
+        ),
+        (&json!(0), &json!(0)),
+        "{view}"
+    );
+    let (now, _) = room_campaign(&api, 10, 1_000, 120, 0).await;
+    for user in ["ann", "ben", "cid"] {
+        assert_eq!(join(&api, &later, user).await.0, StatusCode::ACCEPTED);
+        assert_eq!(join(&api, &now, user).await.0, StatusCode::OK);
+    }
+    let line = |view: &Value| {
+        let room = &view["waiting_room"];
+        (
+            room["joined"].clone(),
+            room["admitted"].clone(),
+            room["waiting"].clone(),
+        )
+    };
+    let (_, view) = api.campaign(&later).await;
+    assert_eq!(line(&view), (json!(3), json!(0), json!(3)), "{view}");
+    let (_, view) = api.campaign(&now).await;
+    assert_eq!(line(&view), (json!(3), json!(3), json!(0)), "{view}");
+    // A campaign without a room has no such figures.
+    let plain = api.open_campaign(10).await;
+    assert!(api.campaign(&plain).await.1.get("waiting_room").is_none());
+    api.stop().await;
+}

@@ -71,7 +71,7 @@ impl CampaignKeys {
         format!("{}:lock", self.prefix)
     }
 
-    /// The lock reconcile and rebuild hold (STRING holding a token).
+    /// The lock reconcile, rebuild and a re-drive hold (STRING holding a token).
     pub fn admin_lock(&self) -> String {
         format!("{}:admin", self.prefix)
     }

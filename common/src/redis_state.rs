@@ -4,11 +4,11 @@
 //!
 //! | handle | file | what |
 //! |---|---|---|
-//! | [`Gate`] | [`gate`] | a campaign's slots: take one (`lua/gate.lua`), withdraw a take whose reply was lost, give one back, count them |
+//! | [`Gate`] | [`gate`] | a campaign's slots: take one (`lua/gate.lua`), withdraw a take whose reply was lost, give one back, count them, a dead letter's slot for its re-drive |
 //! | [`CampaignMetas`] | [`meta`] | a campaign's meta (stock, window, closed, room rules): load, close, unload, read |
 //! | [`StatusRecords`] | [`status`] | the per-user records `/coupons/me` reads |
 //! | [`QueuedMarks`] | [`queued`] | the async-queue's `queued` marks |
-//! | [`Rooms`] | [`room`] | the waiting rooms: join, look (`lua/room.lua`) |
+//! | [`Rooms`] | [`room`] | the waiting rooms: join, look (`lua/room.lua`), the line's counters |
 //! | [`LockSections`] | [`lock_section`] | the lock strategies' separate reads and fenced write |
 //! | [`Repair`] | [`repair`] | reconcile's and rebuild's reads and repairs |
 //! | [`IdempotencyRecords`] | [`idempotency`] | `Idempotency-Key` records: claim, finish, read |
@@ -31,11 +31,11 @@ pub mod room;
 pub mod status;
 
 pub use client::{RedisCallError, RedisClient};
-pub use gate::{Gate, GateReply, Refusal, Withdrawal};
+pub use gate::{Gate, GateReply, RedriveSlot, Refusal, Withdrawal};
 pub use idempotency::{Claim, IdempotencyRecords};
 pub use lock_section::{FencedTake, LockSections, Precheck};
 pub use meta::{CampaignMeta, CampaignMetas, EpochState, RoomRules};
 pub use queued::{QueueMark, QueuedMarks};
 pub use repair::Repair;
-pub use room::{RoomReply, RoomState, RoomView, Rooms, shuffled_position};
+pub use room::{RoomLine, RoomReply, RoomState, RoomView, Rooms, shuffled_position};
 pub use status::{RecordedState, StatusRecord, StatusRecords};

@@ -37,6 +37,11 @@ pub static GATE: LazyLock<Script> =
 pub static ROOM_JOIN: LazyLock<Script> =
     LazyLock::new(|| with(&[ROOM, FENCE], include_str!("../lua/room_join.lua")));
 
+/// A dead letter's re-drive: the slot its message names, held or taken
+/// now within the stock (`issuer-worker dlq redrive`).
+pub static REDRIVE_TAKE: LazyLock<Script> =
+    LazyLock::new(|| with(&[SLOTS, FENCE], include_str!("../lua/redrive_take.lua")));
+
 /// Compensation: `if SREM == 1 then DECR`.
 pub static GIVE_BACK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/give_back.lua")));

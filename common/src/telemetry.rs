@@ -33,6 +33,20 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// Installs a log-only subscriber writing to stderr, for a command whose
+/// stdout is its output for scripts (`issuer-worker campaigns`, `dlq`).
+pub fn init_stderr(settings: &LogSettings) {
+    let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_writer(std::io::stderr);
+    let _ = match settings.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
 /// Installs the global subscriber (a second call, in tests, is a no-op):
 /// logs by `settings`, and spans to OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT`
 /// (or `..._TRACES_ENDPOINT`) is set, unless `OTEL_SDK_DISABLED=true` or

@@ -1,5 +1,5 @@
-//! The per-campaign lock that reconcile and rebuild hold, so that two of
-//! them never interleave on one campaign.
+//! The per-campaign lock that reconcile, rebuild and a re-drive hold, so
+//! that two of them never interleave on one campaign.
 
 use std::time::Duration;
 
@@ -19,5 +19,7 @@ pub async fn acquire(redis: &RedisClient, campaign: &CampaignId) -> anyhow::Resu
     );
     lock.acquire(&CampaignKeys::new(campaign).admin_lock())
         .await
-        .map_err(|e| anyhow::anyhow!("another reconcile or rebuild holds campaign {campaign}: {e}"))
+        .map_err(|e| {
+            anyhow::anyhow!("another reconcile, rebuild or re-drive holds campaign {campaign}: {e}")
+        })
 }

@@ -17,7 +17,10 @@
 //!   `rebuild`), one at a time per campaign under [`admin_lock`]; [`topic`]
 //!   reads the group's offsets and ranges of the topic for them.
 //! - [`metrics`], [`http`] — `/metrics` and `/healthz`.
+//! - [`admin`] — the operators' commands: `campaigns` (through the api's
+//!   admin endpoints) and `dlq` (the dead letters read and re-driven).
 
+pub mod admin;
 pub mod admin_lock;
 pub mod consumer;
 pub mod cutoff;

@@ -2,6 +2,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use common::ids::CampaignId;
 use common::settings::Settings;
+use issuer_worker::admin::AdminCommand;
 use issuer_worker::startup::Application;
 use tokio_util::sync::CancellationToken;
 
@@ -11,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Persists admitted coupon issuances from Kafka into PostgreSQL.
+/// Persists admitted coupon issuances from Kafka into PostgreSQL; and the
+/// operators' commands.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -21,6 +23,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Service(ServiceCommand),
+    #[command(flatten)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
     /// Consume the issue topic (the default).
     Run,
     /// Apply database migrations and create the Kafka topics (unless
@@ -57,30 +67,35 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    if let Some(Command::Settings { names }) = &cli.command {
-        return print_settings(*names);
+    let command = match Cli::parse().command {
+        Some(Command::Admin(admin)) => std::process::exit(issuer_worker::admin::run(admin).await),
+        Some(Command::Service(command)) => command,
+        None => ServiceCommand::Run,
+    };
+    if let ServiceCommand::Settings { names } = command {
+        return print_settings(names);
     }
     let settings = Settings::load()?;
     common::telemetry::init(&settings.log, "coupon-issuer-worker");
     settings.log_notices();
-    let command = cli.command.unwrap_or(Command::Run);
     let (redis, kafka) = match &command {
-        Command::Run | Command::Reconcile { .. } | Command::Rebuild { .. } => (true, true),
-        Command::Migrate => (false, settings.kafka.create_topics),
-        Command::Healthcheck | Command::Settings { .. } => (false, false),
+        ServiceCommand::Run | ServiceCommand::Reconcile { .. } | ServiceCommand::Rebuild { .. } => {
+            (true, true)
+        }
+        ServiceCommand::Migrate => (false, settings.kafka.create_topics),
+        ServiceCommand::Healthcheck | ServiceCommand::Settings { .. } => (false, false),
     };
     settings.require_secure_dependencies(redis, kafka)?;
     match command {
-        Command::Settings { names } => print_settings(names),
-        Command::Healthcheck => {
+        ServiceCommand::Settings { names } => print_settings(names),
+        ServiceCommand::Healthcheck => {
             std::process::exit(if common::healthcheck::probe(settings.worker.http_port) {
                 0
             } else {
                 1
             })
         }
-        Command::Migrate => {
+        ServiceCommand::Migrate => {
             let db = common::db::connect(&settings.database, LONG_TOOL_STATEMENTS).await?;
             issuer_worker::migration::migrate(&db)
                 .await
@@ -96,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(topic = %settings.kafka.topic, topics = settings.kafka.create_topics, "schema and topics ready");
             Ok(())
         }
-        Command::Reconcile {
+        ServiceCommand::Reconcile {
             campaign,
             repair,
             patience,
@@ -113,13 +128,13 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             print_json(&report)
         }
-        Command::Rebuild { campaign, force } => {
+        ServiceCommand::Rebuild { campaign, force } => {
             let campaign = CampaignId::parse(&campaign)?;
             let db = common::db::connect(&settings.database, LONG_TOOL_STATEMENTS).await?;
             let report = issuer_worker::rebuild::run(&settings, &db, campaign, force).await?;
             print_json(&report)
         }
-        Command::Run => {
+        ServiceCommand::Run => {
             let app = Application::build(settings).await?;
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();

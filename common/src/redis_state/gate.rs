@@ -108,6 +108,43 @@ pub enum Withdrawal {
     Voided,
 }
 
+/// What a re-drive's slot check found (`lua/redrive_take.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedriveSlot {
+    /// The user still holds the slot naming the message's coupon id.
+    Held,
+    /// A slot was taken for it now.
+    Taken,
+    /// (Dry run) a slot would be taken.
+    WouldTake,
+    /// The user holds a slot another request took.
+    OtherSlot,
+    /// No slot left to take.
+    SoldOut,
+    /// The user holds the slot, but the gate has taken more than the stock.
+    OverTaken,
+    /// No meta: the gate state is not loaded.
+    Missing,
+    /// The gate state is fenced until rebuilt.
+    Stale,
+}
+
+impl RedriveSlot {
+    fn from_script(reply: &str) -> Result<Self, RedisCallError> {
+        Ok(match reply {
+            "held" => Self::Held,
+            "taken" => Self::Taken,
+            "would_take" => Self::WouldTake,
+            "other_slot" => Self::OtherSlot,
+            "sold_out" => Self::SoldOut,
+            "over_taken" => Self::OverTaken,
+            "missing" => Self::Missing,
+            "stale" => Self::Stale,
+            other => return Err(RedisCallError::Protocol(other.to_owned())),
+        })
+    }
+}
+
 /// How long a void mark outlives the request it voids: far beyond any wait
 /// of a command in Redis's input buffer.
 const VOID_TTL_SECS: u64 = 600;
@@ -156,6 +193,42 @@ impl Gate {
             })
             .await?;
         GateReply::from_script(&reply)
+    }
+
+    /// A re-drive's slot: the user must hold the slot naming `coupon`, or
+    /// one is taken for it now (`dry`: only said), within the stock and
+    /// whatever the window, a close or a waiting room
+    /// (`lua/redrive_take.lua`). A timed-out call may have taken the slot:
+    /// the caller leaves it to reconciliation.
+    pub async fn redrive_take(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+        coupon: &CouponId,
+        dry: bool,
+    ) -> Result<RedriveSlot, RedisCallError> {
+        let keys = CampaignKeys::new(campaign);
+        let reply: String = self
+            .client
+            .run_on(|mut conn, server| {
+                let server = server.to_owned();
+                async move {
+                    scripts::REDRIVE_TAKE
+                        .key(keys.meta())
+                        .key(keys.users())
+                        .key(keys.taken())
+                        .key(keys.status(user))
+                        .key(keys.slots())
+                        .arg(user.as_str())
+                        .arg(coupon.to_string())
+                        .arg(server)
+                        .arg(if dry { "dry" } else { "" })
+                        .invoke_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        RedriveSlot::from_script(&reply)
     }
 
     /// Withdraws the take that named `coupon` and got no reply: gives its

@@ -85,6 +85,24 @@ pub enum RoomReply {
     Stale,
 }
 
+/// A waiting room's line as its counters stand. The room moves only when
+/// it is asked (a join, a status read, an issue), so these are as of its
+/// last move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomLine {
+    /// Users who joined.
+    pub joined: u64,
+    /// Positions admitted so far (those who issued or expired included).
+    pub admitted: u64,
+}
+
+impl RoomLine {
+    /// Users still in line: joined and not admitted yet.
+    pub fn waiting(&self) -> u64 {
+        self.joined.saturating_sub(self.admitted)
+    }
+}
+
 /// The campaigns' waiting rooms.
 #[derive(Debug, Clone)]
 pub struct Rooms {
@@ -113,6 +131,27 @@ impl Rooms {
         user: &UserId,
     ) -> Result<RoomReply, RedisCallError> {
         self.call(campaign, user, "look").await
+    }
+
+    /// The room's line: its counters read, nothing moved (zeros for a
+    /// room nobody joined).
+    pub async fn line(&self, campaign: &CampaignId) -> Result<RoomLine, RedisCallError> {
+        let key = CampaignKeys::new(campaign).room().room;
+        let (joined, front): (Option<u64>, Option<u64>) = self
+            .client
+            .run(|mut conn| async move {
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg("joined")
+                    .arg("front")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(RoomLine {
+            joined: joined.unwrap_or(0),
+            admitted: front.unwrap_or(0),
+        })
     }
 
     async fn call(

@@ -11,6 +11,7 @@
 //! |---|---|
 //! | this one | [`Settings`], loading, the checks at start-up |
 //! | [`strategy`] | `strategy`, `queue.*`, `lock.*`, the take-to-message bounds |
+//! | [`admin`] | `admin.*` (the admin commands of `issuer-worker`) |
 //! | [`http`] | `http.*` |
 //! | [`redis`] | `redis.*` |
 //! | [`database`] | `database.*` |
@@ -28,6 +29,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+mod admin;
 mod auth;
 mod database;
 mod faults;
@@ -40,6 +42,7 @@ mod redis;
 mod strategy;
 mod worker;
 
+pub use admin::*;
 pub use auth::*;
 pub use database::*;
 pub use faults::*;
@@ -78,6 +81,7 @@ pub struct Settings {
     pub idempotency: IdempotencySettings,
     pub worker: WorkerSettings,
     pub log: LogSettings,
+    pub admin: AdminSettings,
     pub faults: FaultSettings,
     /// In production, the processes refuse plaintext or unauthenticated
     /// Redis and Kafka (anything on the network could otherwise rewrite a
@@ -434,6 +438,7 @@ mod tests {
         assert_eq!(s.kafka.partitions, 12);
         assert_eq!(s.http.body_limit_bytes, 16 * 1024);
         assert!(s.auth.admin_token.is_none());
+        assert_eq!(s.admin.api_url, "http://127.0.0.1:8080");
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The worker against the real broker and PostgreSQL: dead letters with
 //! reasons, redeliveries, the stock guard, a kill -9 mid-drain, and
-//! PostgreSQL going away.
+//! PostgreSQL going away; and (`admin`) the operators' commands of its
+//! binary.
 
 #![allow(clippy::unwrap_used)]
+
+mod admin;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
