@@ -273,6 +273,22 @@ pub async fn audit(
             }
             Some(Outcome::SoldOut) => sold_out_seen = true,
             Some(o) if o.error_kind().is_none() => {}
+            // Refusals take nothing; neither does a 503 unless it says a
+            // slot may be left for reconciliation. Only those (and replies
+            // that never came, or a 500) may leave a slot held without a
+            // row or a deferred user unsettled, and relax the rules below.
+            Some(
+                Outcome::RateLimited
+                | Outcome::NotOpen
+                | Outcome::Closed
+                | Outcome::UnknownCampaign
+                | Outcome::Unexpected4xx,
+            ) => {}
+            Some(Outcome::Unavailable)
+                if !body["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("reconciliation") => {}
             _ => failures_seen = true,
         }
         if let Some(id) = body["coupon_id"].as_str() {
