@@ -188,9 +188,9 @@ fn the_harness_knows_the_default_lock_mode() {
 async fn paused_holder(strategy: StrategyKind, mode: LockMode) {
     let mut slow_settings = settings_for(strategy).await;
     slow_settings.lock.mode = mode;
-    slow_settings.lock.lease_ms = 300;
     slow_settings.faults.pause_lock_holder_user = Some("slow".into());
-    slow_settings.faults.pause_lock_holder_ms = 1_500;
+    // Past the production lease (3 s), so the lock goes to another holder.
+    slow_settings.faults.pause_lock_holder_ms = slow_settings.lock.lease_ms + 1_500;
     let mut fast_settings = slow_settings.clone();
     fast_settings.faults.pause_lock_holder_user = None;
     let slow_api = spawn_api(&slow_settings).await;
@@ -214,7 +214,9 @@ async fn paused_holder(strategy: StrategyKind, mode: LockMode) {
                 .await
             }
         });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Half a second before the paused holder's lease runs out: the
+        // other request's lock wait (2 s) spans the moment it does.
+        tokio::time::sleep(Duration::from_millis(slow_settings.lock.lease_ms - 500)).await;
         let (status, admitted) = fast_api.issue(&campaign, other).await;
         assert_eq!(
             status,
@@ -277,7 +279,6 @@ async fn a_full_queue_answers_503_and_admits_nobody() {
     let broker = OwnBroker::start();
     let mut settings = settings_for(StrategyKind::AsyncQueue).await;
     settings.kafka.brokers = broker.address();
-    settings.kafka.delivery_timeout_ms = 2_000;
     settings.queue.capacity = 3;
     settings.queue.consumers = 1;
     common::kafka::ensure_topics(&settings.kafka).await.unwrap();
@@ -364,6 +365,8 @@ async fn a_queued_mark_lives_as_long_as_its_request_waits() {
     let mut settings = settings_for(StrategyKind::AsyncQueue).await;
     settings.kafka.brokers = broker.address();
     settings.queue.consumers = 1;
+    // The property is the renewal (every third of the TTL, the same code at
+    // any TTL); a 2 s TTL shows it in seconds, the 60 s default in minutes.
     settings.queue.mark_ttl_secs = 2;
     common::kafka::ensure_topics(&settings.kafka).await.unwrap();
     let api = spawn_api(&settings).await;
@@ -403,6 +406,10 @@ async fn stopping_with_a_full_queue_settles_every_queued_request() {
     let broker = OwnBroker::start();
     let mut settings = settings_for(StrategyKind::AsyncQueue).await;
     settings.kafka.brokers = broker.address();
+    // A drain shorter than a batch's run, so that its deadline passes with
+    // requests still queued and one in a consumer's batch: at the defaults
+    // (a 10 s drain, a 5 s delivery timeout) the drain outlasts every batch
+    // and this path is not reached.
     settings.kafka.delivery_timeout_ms = 2_000;
     settings.queue.capacity = 50;
     settings.queue.consumers = 1;

@@ -67,7 +67,6 @@ pub fn isolated_settings() -> Settings {
     s.http.port = 0;
     s.http.ops_port = 0;
     s.http.workers = 2;
-    s.http.shutdown_timeout_secs = 10;
     s.worker.http_port = 0;
     s.worker.batch_linger_ms = 5;
     // The shared services hold every test's campaigns: a gate keeper would
