@@ -104,7 +104,7 @@ ensure_redis() {
   port_open $REDIS_PORT && return 0
   mkdir -p "$STATE_DIR/logs" "$STATE_DIR/redis"
   log "starting redis on $REDIS_PORT"
-  redis-server --daemonize yes --bind 127.0.0.1 --port $REDIS_PORT --save "" --appendonly no \
+  redis-server --daemonize yes --bind 127.0.0.1 --port $REDIS_PORT --save "" --appendonly yes --appendfsync everysec \
     --dir "$STATE_DIR/redis" --pidfile "$STATE_DIR/redis.pid" \
     --logfile "$STATE_DIR/logs/redis.log" >/dev/null
   wait_port $REDIS_PORT 10 redis
