@@ -93,10 +93,15 @@ impl Application {
             settings.strategy,
             settings.faults.clone(),
         ));
+        // The records' own Redis, if they have one (idempotency.redis).
+        let records_redis = match &settings.idempotency.redis {
+            Some(own) => RedisClient::new(own, None)?,
+            None => redis.clone(),
+        };
         let state = web::Data::new(AppState {
             strategy: Arc::new(Strategy::build(&settings, issuance.clone(), &redis)),
             idempotency: IdempotencyStore::new(
-                redis.clone(),
+                records_redis,
                 &settings.idempotency,
                 settings.longest_request().as_secs(),
                 metrics.clone(),

@@ -488,3 +488,51 @@ async fn list_named(api: &TestApi, name: &str) -> usize {
         .filter(|c| c["name"] == name)
         .count()
 }
+
+/// With a Redis of their own (`idempotency.redis`), the records live there
+/// and nowhere near the gate: a retry is replayed from it, and with it down
+/// a request that carries a key gets 503 while one without still issues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_can_live_in_a_redis_of_their_own() {
+    let records = common::testkit::OwnRedis::start();
+    let mut settings = test_settings().await;
+    settings.idempotency.redis = Some(common::settings::RedisSettings {
+        url: records.url(),
+        ..Default::default()
+    });
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    let k = key();
+    let first = issue(&api, &campaign, "own-records", Some(&k)).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    let again = issue(&api, &campaign, "own-records", Some(&k)).await;
+    assert!(again.replayed(), "{:?}", again.headers);
+    assert_eq!(again.body, first.body);
+
+    let mut conn = redis::Client::open(records.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let kept: Vec<String> = redis::cmd("KEYS")
+        .arg("idempotency:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 2, "a record and its caller's index: {kept:?}");
+    let (members, _) = gate_state(&campaign).await;
+    assert_eq!(members, ["own-records"]);
+
+    drop(records);
+    let keyed = issue(&api, &campaign, "keyed", Some(&key())).await;
+    assert_eq!(
+        keyed.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        keyed.body
+    );
+    let plain = issue(&api, &campaign, "plain", None).await;
+    assert_eq!(plain.status, StatusCode::ACCEPTED, "{}", plain.body);
+    assert_eq!(gate_state(&campaign).await.0.len(), 2);
+    api.stop().await;
+}

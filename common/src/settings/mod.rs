@@ -128,7 +128,10 @@ pub fn known_names() -> Vec<String> {
         }
     }
     let mut names = Vec::new();
-    if let Ok(defaults) = serde_json::to_value(Settings::default()) {
+    // Optional sections present, so that their fields are named too.
+    let mut all = Settings::default();
+    all.idempotency.redis = Some(RedisSettings::default());
+    if let Ok(defaults) = serde_json::to_value(all) {
         walk("", &defaults, &mut names);
     }
     names.sort();
@@ -259,11 +262,16 @@ impl Settings {
         }
         let mut problems = Vec::new();
         if redis {
-            if !self.redis.uses_tls() {
-                problems.push("APP_REDIS__URL is not rediss:// (TLS)".to_owned());
-            }
-            if !self.redis.authenticates() {
-                problems.push("APP_REDIS__URL carries no password (an ACL user)".to_owned());
+            let own = self.idempotency.redis.as_ref();
+            for (name, redis) in std::iter::once(("APP_REDIS__URL", &self.redis))
+                .chain(own.map(|r| ("APP_IDEMPOTENCY__REDIS__URL", r)))
+            {
+                if !redis.uses_tls() {
+                    problems.push(format!("{name} is not rediss:// (TLS)"));
+                }
+                if !redis.authenticates() {
+                    problems.push(format!("{name} carries no password (an ACL user)"));
+                }
             }
         }
         if kafka {
@@ -296,6 +304,9 @@ impl Settings {
         let mut problems = Vec::new();
         self.kafka.security_problems(&mut problems);
         self.redis.tls_problems(&mut problems);
+        if let Some(redis) = &self.idempotency.redis {
+            redis.tls_problems(&mut problems);
+        }
         let db_tls = !self
             .database
             .url
@@ -427,6 +438,57 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn production_refuses_plaintext_or_anonymous_redis_and_kafka_unless_told() {
+        let production = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![("APP_ENVIRONMENT", "production")];
+            pairs.extend_from_slice(extra);
+            Settings::load_from(None, vars(&pairs)).unwrap()
+        };
+        let err = production(&[])
+            .require_secure_dependencies(true, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("APP_REDIS__URL is not rediss://"), "{err}");
+        assert!(err.contains("APP_REDIS__URL carries no password"), "{err}");
+        assert!(
+            err.contains("APP_KAFKA__SECURITY_PROTOCOL is plaintext"),
+            "{err}"
+        );
+        // A process that talks to neither is not checked (migrate without
+        // topics).
+        production(&[])
+            .require_secure_dependencies(false, false)
+            .unwrap();
+
+        let secure = [
+            ("APP_REDIS__URL", "rediss://coupon:pw@redis:6380"),
+            ("APP_KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+            ("APP_KAFKA__SASL_USERNAME", "coupon"),
+            ("APP_KAFKA__SASL_PASSWORD", "pw"),
+        ];
+        production(&secure)
+            .require_secure_dependencies(true, true)
+            .unwrap();
+        // The records' own Redis is held to the same.
+        let mut own = secure.to_vec();
+        own.push(("APP_IDEMPOTENCY__REDIS__URL", "redis://records:6379"));
+        let err = production(&own)
+            .require_secure_dependencies(true, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("APP_IDEMPOTENCY__REDIS__URL is not rediss://"),
+            "{err}"
+        );
+        // Taking the risk, said out loud.
+        let mut allowed = own.clone();
+        allowed.push(("APP_ALLOW_INSECURE_DEPENDENCIES", "true"));
+        production(&allowed)
+            .require_secure_dependencies(true, true)
+            .unwrap();
     }
 
     #[test]
