@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::RwLock;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use common::entities::{campaigns, coupons};
 use common::ids::{CampaignId, UserId};
 use common::redis_state::{
@@ -124,10 +124,20 @@ impl CampaignRequest {
         if name.chars().count() > MAX_NAME_CHARS {
             return Err(format!("name must be at most {MAX_NAME_CHARS} characters"));
         }
+        // PostgreSQL's text refuses NUL; no control character belongs in a
+        // name shown to operators.
+        if name.chars().any(char::is_control) {
+            return Err("name must not contain control characters".into());
+        }
         if !(0..=MAX_STOCK).contains(&self.stock) {
             return Err(format!("stock must be between 0 and {MAX_STOCK}"));
         }
         let starts_at = self.starts_at.unwrap_or(now);
+        for (field, at) in [("starts_at", Some(starts_at)), ("ends_at", self.ends_at)] {
+            if at.is_some_and(|at| !(1..=9999).contains(&at.year())) {
+                return Err(format!("{field} must be in the years 1 to 9999"));
+            }
+        }
         if self.ends_at.is_some_and(|ends_at| ends_at <= starts_at) {
             return Err("ends_at must be after starts_at".into());
         }

@@ -194,9 +194,13 @@ impl From<IssueError> for ApiError {
     }
 }
 
+/// Replies name the dependency that failed, never its error text (a
+/// database's message can carry table names and values): the detail is
+/// logged, with the request's id.
 impl From<common::redis_state::RedisCallError> for ApiError {
     fn from(e: common::redis_state::RedisCallError) -> Self {
-        Self::unavailable(format!("redis unavailable: {e}"))
+        tracing::warn!(error = %e, "redis call failed");
+        Self::unavailable("redis unavailable; retry later")
     }
 }
 
@@ -205,7 +209,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::UnknownCampaign => Self::UnknownCampaign,
             StoreError::IdReused => Self::IdempotencyKeyReused,
-            StoreError::Database(e) => Self::unavailable(format!("database unavailable: {e}")),
+            StoreError::Database(e) => {
+                tracing::warn!(error = %e, "database call failed");
+                Self::unavailable("database unavailable; retry later")
+            }
             StoreError::Redis(e) => e.into(),
             StoreError::Timeout(what) => Self::unavailable(format!("{what} timed out")),
         }

@@ -224,6 +224,26 @@ async fn bad_campaign_bodies_get_their_status_and_create_nothing() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_input",
         ),
+        // What PostgreSQL cannot store is refused before it is asked (it
+        // used to answer 503, and page the 5xx alert).
+        (
+            json_body(json!({"name": format!("{name}\u{0}nul"), "stock": 1})),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        ),
+        (
+            json_body(json!({"name": name, "stock": 1, "starts_at": "-010000-01-01T00:00:00Z"})),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        ),
+        (
+            json_body(json!({"name": name, "stock": 1, "ends_at": "+200000-01-01T00:00:00Z"})),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        ),
     ];
     for (body, content_type, status, outcome) in cases {
         let got = reply(raw(body, content_type).await.unwrap()).await;

@@ -73,6 +73,64 @@ async fn rs256_tokens_need_the_right_key_issuer_and_audience() {
     api.stop().await;
 }
 
+/// Time claims are held to what they say: a token valid from later (`nbf`)
+/// or issued in the future (`iat`) is refused now, and so is one that
+/// claims to live longer than `auth.jwt_max_lifetime_secs` (a year 9999
+/// `exp`). A refusal names its kind, never the JWT library's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_are_held_to_their_time_claims_and_refusals_say_little() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    let hs256 = |claims: Value| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let now = Utc::now().timestamp();
+    let refused = [
+        (
+            json!({"sub": "later", "exp": now + 600, "nbf": now + 300}),
+            "not valid yet",
+        ),
+        (
+            json!({"sub": "future", "exp": now + 600, "iat": now + 300}),
+            "issued in the future",
+        ),
+        (
+            json!({"sub": "forever", "exp": 253_402_300_799_i64}),
+            "longer than",
+        ),
+        (json!({"sub": "expired", "exp": now - 600}), "expired"),
+    ];
+    for (claims, says) in &refused {
+        let (status, body) = api
+            .issue_with_token(&campaign, &hs256(claims.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{claims}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(says), "{claims}: {body}");
+        assert!(
+            !message.contains("Error") && !message.contains("Kind"),
+            "{body}"
+        );
+    }
+    let (status, body) = api.issue_with_token(&campaign, "not.a.token").await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid token"))
+    );
+    // Valid now, issued now, living an hour: fine.
+    let fine = hs256(json!({"sub": "fine", "exp": now + 3600, "iat": now, "nbf": now}));
+    let (status, body) = api.issue_with_token(&campaign, &fine).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(gate_state(&campaign).await.0, ["fine"]);
+    api.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_per_ip_limit_uses_forwarded_for_only_from_trusted_proxies() {
     let mut settings = test_settings().await;

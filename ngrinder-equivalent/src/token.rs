@@ -13,6 +13,9 @@ pub struct Minter {
     key: Hmac<Sha256>,
     header: String,
     exp: i64,
+    /// `,"iss":…,"aud":…` when the api checks them (`APP_AUTH__JWT_ISSUER`,
+    /// `APP_AUTH__JWT_AUDIENCE`, read as the api reads them), else empty.
+    service: String,
 }
 
 impl std::fmt::Debug for Minter {
@@ -27,10 +30,20 @@ impl Minter {
     pub fn new(secret: &str, ttl_secs: i64) -> anyhow::Result<Self> {
         let key = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
             .map_err(|e| anyhow::anyhow!("JWT secret: {e}"))?;
+        let mut service = String::new();
+        for (claim, var) in [
+            ("iss", "APP_AUTH__JWT_ISSUER"),
+            ("aud", "APP_AUTH__JWT_AUDIENCE"),
+        ] {
+            if let Ok(value) = std::env::var(var) {
+                service.push_str(&format!(",\"{claim}\":{}", serde_json::Value::from(value)));
+            }
+        }
         Ok(Self {
             key,
             header: URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
             exp: chrono::Utc::now().timestamp() + ttl_secs,
+            service,
         })
     }
 
@@ -42,7 +55,7 @@ impl Minter {
         let start = out.len();
         out.push_str(&self.header);
         out.push('.');
-        let claims = format!(r#"{{"sub":"{user}","exp":{}}}"#, self.exp);
+        let claims = format!(r#"{{"sub":"{user}","exp":{}{}}}"#, self.exp, self.service);
         URL_SAFE_NO_PAD.encode_string(claims.as_bytes(), out);
         let mut mac = self.key.clone();
         mac.update(&out.as_bytes()[start..]);

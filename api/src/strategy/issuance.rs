@@ -260,7 +260,12 @@ impl Issuance {
                 tracing::warn!(campaign.id = %campaign, "campaign has no gate state in Redis");
                 IssueError::StateMissing
             }
-            Err(e) => IssueError::Unavailable(format!("could not look the campaign up: {e}")),
+            Err(e) => {
+                tracing::warn!(campaign.id = %campaign, error = %e, "campaign lookup failed");
+                IssueError::Unavailable(
+                    "could not look the campaign up; nothing was issued, retry later".into(),
+                )
+            }
         }
     }
 
@@ -499,5 +504,8 @@ pub fn withdrawn() -> IssueError {
 }
 
 pub fn redis_unavailable(e: RedisCallError) -> IssueError {
-    IssueError::Unavailable(format!("redis unavailable: {e}"))
+    // The reply says what failed, not how: the detail is logged, with the
+    // request's id.
+    tracing::warn!(error = %e, "redis call failed");
+    IssueError::Unavailable("redis unavailable; nothing was issued, retry later".into())
 }

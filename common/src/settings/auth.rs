@@ -30,12 +30,16 @@ pub struct AuthSettings {
     pub jwt_public_key: Option<String>,
     /// ...or in a file.
     pub jwt_public_key_file: Option<String>,
-    /// When set, tokens must carry this `iss`.
+    /// When set, tokens must carry this `iss` (required in production).
     pub jwt_issuer: Option<String>,
-    /// When set, tokens must carry this `aud`.
+    /// When set, tokens must carry this `aud` (required in production).
     pub jwt_audience: Option<String>,
-    /// Clock skew tolerated on `exp`/`nbf`.
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
     pub jwt_leeway_secs: u64,
+    /// The longest a token may still be valid for (`exp` − now): a token
+    /// that claims to live longer (a year 9999 `exp`) is refused, so a
+    /// stolen one cannot outlive this.
+    pub jwt_max_lifetime_secs: u64,
     /// Header read in `trusted-header` mode.
     pub user_header: String,
 }
@@ -60,6 +64,7 @@ impl Default for AuthSettings {
             jwt_issuer: None,
             jwt_audience: None,
             jwt_leeway_secs: 5,
+            jwt_max_lifetime_secs: 86_400,
             user_header: "X-User-Id".into(),
         }
     }

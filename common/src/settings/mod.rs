@@ -397,6 +397,16 @@ impl Settings {
                 }
                 JwtAlgorithm::RS256 => {}
             }
+            // A token minted for another service of the same issuer, or by
+            // another issuer sharing the key, must not pass in production.
+            if self.environment == Environment::Production {
+                if self.auth.jwt_issuer.is_none() {
+                    problems.push("APP_AUTH__JWT_ISSUER not set".to_owned());
+                }
+                if self.auth.jwt_audience.is_none() {
+                    problems.push("APP_AUTH__JWT_AUDIENCE not set".to_owned());
+                }
+            }
         }
         if problems.is_empty() {
             return Ok(());
@@ -547,6 +557,8 @@ mod tests {
         let err = s.require_api_secrets().unwrap_err().to_string();
         assert!(err.contains("APP_AUTH__ADMIN_TOKEN not set"), "{err}");
         assert!(err.contains("APP_AUTH__JWT_SECRET not set"), "{err}");
+        assert!(err.contains("APP_AUTH__JWT_ISSUER not set"), "{err}");
+        assert!(err.contains("APP_AUTH__JWT_AUDIENCE not set"), "{err}");
 
         let long = "k".repeat(MIN_SECRET_BYTES);
         let s = Settings::load_from(
@@ -599,6 +611,8 @@ mod tests {
                     ("APP_ENVIRONMENT", environment),
                     ("APP_AUTH__ADMIN_TOKEN", long.as_str()),
                     ("APP_AUTH__JWT_SECRET", long.as_str()),
+                    ("APP_AUTH__JWT_ISSUER", "https://id.example"),
+                    ("APP_AUTH__JWT_AUDIENCE", "coupons"),
                 ]),
             )
             .unwrap();
