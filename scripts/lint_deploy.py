@@ -37,9 +37,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import jsonschema
 import yaml
@@ -167,6 +169,94 @@ def worker_drain_ms():
     return settings_default("WorkerSettings", "shutdown_timeout_ms") + 5000
 
 
+# --- Redis ACL: what the engine sends must be allowed ----------------------
+
+def engine_redis_commands():
+    """Every Redis command the engine sends, read from the code (commands
+    built with `redis::cmd`, and those its Lua scripts call), with the ones
+    the client library sends itself: (command, sample arguments)."""
+    names = set()
+    for base in ("common/src", "api/src", "issuer-worker/src"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, base)):
+            for f in files:
+                if f.endswith(".rs") and "testkit" not in dirpath:
+                    names |= set(re.findall(r'cmd\("([A-Z]+)"\)', read(os.path.relpath(os.path.join(dirpath, f), ROOT))))
+    for f in os.listdir(os.path.join(ROOT, "common/lua")):
+        names |= set(re.findall(r"redis\.call\('([A-Z]+)'", read(f"common/lua/{f}")))
+    samples = {
+        "INFO": ["server"], "TIME": [], "PING": [],
+        "PUBLISH": ["coupon:{c}:lock:released", "t"],
+        "HSCAN": ["coupon:{c}:slots", "0"], "SSCAN": ["coupon:{c}:users", "0"],
+        "EXPIRE": ["coupon:{c}:meta", "1"], "PEXPIRE": ["coupon:{c}:meta", "1"],
+        "PEXPIREAT": ["idempotency:{d}", "1"], "SET": ["coupon:{c}:meta", "1"],
+        "PTTL": ["coupon:{c}:meta"],
+    }
+    commands = [(n, samples.get(n)) for n in sorted(names)]
+    # Scripts, the lock's wake-ups, and what the client sends on connect.
+    commands += [
+        ("EVALSHA", ["0" * 40, "2", "coupon:{c}:meta", "idempotency:{d}"]),
+        ("EVAL", ["return 1", "1", "coupon:{c}:meta"]),
+        ("SCRIPT", ["LOAD", "return 1"]),
+        ("SUBSCRIBE", ["coupon:{c}:lock:released"]),
+        ("UNSUBSCRIBE", ["coupon:{c}:lock:released"]),
+        ("HELLO", ["3"]),
+        ("CLIENT", ["SETNAME", "x"]),
+    ]
+    return commands
+
+
+def acl_rules(cmd, user):
+    """The ACL rules of `--user <user> ...` in a redis-server command line."""
+    rules, i = [], 0
+    while i < len(cmd) - 1:
+        if cmd[i] == "--user" and cmd[i + 1] == user:
+            j = i + 2
+            while j < len(cmd) and not cmd[j].startswith("--"):
+                rules.append(cmd[j])
+                j += 1
+            return rules
+        i += 1
+    return rules
+
+
+def check_redis_acl(r, where, cmd, user="coupon"):
+    """Loads the engine user's ACL rules on a throwaway redis-server and asks
+    (ACL DRYRUN) whether each command the engine sends is allowed."""
+    rules = [re.sub(r"^>.*", ">lint-password", x) for x in acl_rules(cmd, user)]
+    if not rules:
+        r.fail(f"{where}: no ACL user {user}")
+        return
+    if not shutil.which("redis-server"):
+        r.fail("redis-server is not installed: the ACL check needs one")
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--user", user, *rules],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if run(["redis-cli", "-p", str(port), "PING"]).stdout.strip() == "PONG":
+                break
+            time.sleep(0.05)
+        refused = []
+        for name, args in engine_redis_commands():
+            if args is None:
+                # A key of the engine's, then as many arguments as the
+                # command's arity asks (DRYRUN checks it first).
+                info = run(["redis-cli", "-p", str(port), "COMMAND", "INFO", name]).stdout.split()
+                n = abs(int(info[1])) if len(info) > 1 and re.fullmatch(r"-?\d+", info[1]) else 2
+                args = ["coupon:{c}:meta"] + ["1"] * max(0, n - 2)
+            out = run(["redis-cli", "-p", str(port), "ACL", "DRYRUN", user, name, *args]).stdout.strip()
+            if out != "OK" and "not found" not in out:
+                refused.append(f"{name}: {out}")
+        r.check(not refused, f"{where}: Redis ACL user {user} may not run what the engine sends: {refused}")
+    finally:
+        server.terminate()
+        server.wait()
+
+
 # --- compose ----------------------------------------------------------------
 
 def duration_ms(value):
@@ -266,6 +356,7 @@ def check_compose(r, schema_path, names):
     r.check(re.search(r"--user \w+ on >\$\{REDIS_PASSWORD", joined),
             "Redis has no ACL user with the password of docker/.env")
     r.check(arg("--port") == "0" and arg("--tls-port"), "Redis accepts plaintext connections")
+    check_redis_acl(r, "compose", cmd)
     # The services' connections: authenticated and encrypted.
     for name in ("api", "worker"):
         env = services.get(name, {}).get("environment") or {}
@@ -833,6 +924,10 @@ def check_dev(r, docs):
     r.check(ignored, f"{where}: secrets.env is not git-ignored")
     kust = read("docker/k8s/overlays/dev/kustomization.yaml")
     r.check("literals" not in kust, f"{where}: the kustomization carries literal secrets")
+    redis = find(docs, "StatefulSet", "redis") or find(docs, "Deployment", "redis")
+    r.check(redis is not None, f"{where}: no Redis")
+    for c in get(redis or {}, "spec.template.spec.containers") or []:
+        check_redis_acl(r, where, [str(x) for x in (c.get("command") or []) + (c.get("args") or [])])
 
 
 def check_kubernetes(r, args, names, registered):
