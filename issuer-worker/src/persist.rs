@@ -32,8 +32,8 @@ use chrono::{DateTime, Utc};
 use common::ids::CampaignId;
 use common::message::{CouponIssued, DlqReason};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement, TransactionTrait,
-    Value,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, RuntimeErr,
+    Statement, TransactionTrait, Value,
 };
 use uuid::Uuid;
 
@@ -154,11 +154,38 @@ pub async fn persist(
     campaign_ids.dedup();
 
     let txn = db.begin().await?;
+    let room = lock_campaigns(&txn, &campaign_ids).await?;
+    let known: Vec<&CouponIssued> = messages
+        .iter()
+        .copied()
+        .filter(|m| room.contains_key(&m.campaign_id))
+        .collect();
+    let (existing, taken_ids) = existing_rows(&txn, &known).await?;
+    let cutoffs = read_cutoffs(&txn, &campaign_ids).await?;
 
+    let decisions = plan(consumed, &room, &existing, &taken_ids, &cutoffs);
+    let inserts: Vec<&CouponIssued> = messages
+        .iter()
+        .zip(&decisions)
+        .filter(|(_, d)| **d == Decision::Insert)
+        .map(|(m, _)| *m)
+        .collect();
+    insert_rows(&txn, &inserts).await?;
+    txn.commit().await?;
+    Ok(decisions)
+}
+
+/// Locks the batch's campaigns (`FOR UPDATE`, in id order, so that two
+/// workers never deadlock) and returns the room each has left
+/// (`stock − persisted`); a campaign missing here does not exist.
+async fn lock_campaigns(
+    txn: &DatabaseTransaction,
+    campaign_ids: &[Uuid],
+) -> Result<HashMap<CampaignId, i64>, DbErr> {
     let locked = txn
         .query_all_raw(statement(
             "SELECT id, stock, persisted FROM campaigns WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            vec![Value::from(campaign_ids.clone())],
+            vec![Value::from(campaign_ids.to_vec())],
         ))
         .await?;
     let mut room: HashMap<CampaignId, i64> = HashMap::with_capacity(locked.len());
@@ -168,66 +195,71 @@ pub async fn persist(
         let persisted: i64 = row.try_get("", "persisted")?;
         room.insert(id.into(), stock - persisted);
     }
+    Ok(room)
+}
 
-    let known: Vec<&&CouponIssued> = messages
-        .iter()
-        .filter(|m| room.contains_key(&m.campaign_id))
-        .collect();
-    let (existing, taken_ids): (HashSet<(Uuid, String)>, HashSet<Uuid>) = if known.is_empty() {
-        (HashSet::new(), HashSet::new())
-    } else {
-        let rows = txn
-            .query_all_raw(statement(
-                "SELECT c.campaign_id, c.user_id FROM coupons c \
-                 JOIN UNNEST($1::uuid[], $2::text[]) AS b(campaign_id, user_id) \
-                 ON c.campaign_id = b.campaign_id AND c.user_id = b.user_id",
-                vec![
-                    Value::from(
-                        known
-                            .iter()
-                            .map(|m| m.campaign_id.as_uuid())
-                            .collect::<Vec<_>>(),
-                    ),
-                    Value::from(
-                        known
-                            .iter()
-                            .map(|m| m.user_id.as_str().to_owned())
-                            .collect::<Vec<_>>(),
-                    ),
-                ],
-            ))
-            .await?;
-        let existing = rows
-            .iter()
-            .map(|r| Ok((r.try_get("", "campaign_id")?, r.try_get("", "user_id")?)))
-            .collect::<Result<_, DbErr>>()?;
-        let taken = txn
-            .query_all_raw(statement(
-                "SELECT id FROM coupons WHERE id = ANY($1)",
-                vec![Value::from(
+/// The (campaign, user) pairs of `known` that already have a row, and the
+/// coupon ids of `known` that are already some row's.
+async fn existing_rows(
+    txn: &DatabaseTransaction,
+    known: &[&CouponIssued],
+) -> Result<(HashSet<(Uuid, String)>, HashSet<Uuid>), DbErr> {
+    if known.is_empty() {
+        return Ok((HashSet::new(), HashSet::new()));
+    }
+    let rows = txn
+        .query_all_raw(statement(
+            "SELECT c.campaign_id, c.user_id FROM coupons c \
+             JOIN UNNEST($1::uuid[], $2::text[]) AS b(campaign_id, user_id) \
+             ON c.campaign_id = b.campaign_id AND c.user_id = b.user_id",
+            vec![
+                Value::from(
                     known
                         .iter()
-                        .map(|m| m.coupon_id.as_uuid())
+                        .map(|m| m.campaign_id.as_uuid())
                         .collect::<Vec<_>>(),
-                )],
-            ))
-            .await?;
-        let taken_ids = taken
-            .iter()
-            .map(|r| r.try_get("", "id"))
-            .collect::<Result<_, DbErr>>()?;
-        (existing, taken_ids)
-    };
+                ),
+                Value::from(
+                    known
+                        .iter()
+                        .map(|m| m.user_id.as_str().to_owned())
+                        .collect::<Vec<_>>(),
+                ),
+            ],
+        ))
+        .await?;
+    let existing = rows
+        .iter()
+        .map(|r| Ok((r.try_get("", "campaign_id")?, r.try_get("", "user_id")?)))
+        .collect::<Result<_, DbErr>>()?;
+    let taken = txn
+        .query_all_raw(statement(
+            "SELECT id FROM coupons WHERE id = ANY($1)",
+            vec![Value::from(
+                known
+                    .iter()
+                    .map(|m| m.coupon_id.as_uuid())
+                    .collect::<Vec<_>>(),
+            )],
+        ))
+        .await?;
+    let taken_ids = taken
+        .iter()
+        .map(|r| r.try_get("", "id"))
+        .collect::<Result<_, DbErr>>()?;
+    Ok((existing, taken_ids))
+}
 
-    // Read under the campaigns' locks: a cutoff is recorded under the same
-    // lock, so a batch either committed before it (and its rows are read
-    // by whoever recorded it) or sees it.
+/// The campaigns' cutoffs, read under their locks: a cutoff is recorded
+/// under the same lock, so a batch either committed before it (and its rows
+/// are read by whoever recorded it) or sees it.
+async fn read_cutoffs(txn: &DatabaseTransaction, campaign_ids: &[Uuid]) -> Result<Cutoffs, DbErr> {
     let mut cutoffs = Cutoffs::default();
     for row in txn
         .query_all_raw(statement(
             "SELECT campaign_id, requested_before, end_offsets FROM campaign_cutoffs \
              WHERE campaign_id = ANY($1)",
-            vec![Value::from(campaign_ids)],
+            vec![Value::from(campaign_ids.to_vec())],
         ))
         .await?
     {
@@ -240,72 +272,68 @@ pub async fn persist(
             },
         );
     }
+    Ok(cutoffs)
+}
 
-    let decisions = plan(consumed, &room, &existing, &taken_ids, &cutoffs);
-
-    let inserts: Vec<&&CouponIssued> = messages
-        .iter()
-        .zip(&decisions)
-        .filter(|(_, d)| **d == Decision::Insert)
-        .map(|(m, _)| m)
-        .collect();
-    if !inserts.is_empty() {
-        let expected = inserts.len() as u64;
-        let inserted = txn
-            .execute_raw(statement(
-                "INSERT INTO coupons (id, campaign_id, user_id, issued_at) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[]) \
-                 ON CONFLICT DO NOTHING",
-                vec![
-                    Value::from(
-                        inserts
-                            .iter()
-                            .map(|m| m.coupon_id.as_uuid())
-                            .collect::<Vec<_>>(),
-                    ),
-                    Value::from(
-                        inserts
-                            .iter()
-                            .map(|m| m.campaign_id.as_uuid())
-                            .collect::<Vec<_>>(),
-                    ),
-                    Value::from(
-                        inserts
-                            .iter()
-                            .map(|m| m.user_id.as_str().to_owned())
-                            .collect::<Vec<_>>(),
-                    ),
-                    Value::from(inserts.iter().map(|m| m.requested_at).collect::<Vec<_>>()),
-                ],
-            ))
-            .await?
-            .rows_affected();
-        if inserted != expected {
-            // Under the campaign locks nobody else inserts these pairs, and
-            // taken ids were decided above, so a shortfall means a row came
-            // in through another door; roll back and retry rather than count
-            // rows that do not exist.
-            return Err(DbErr::Custom(format!(
-                "inserted {inserted} of {expected} coupon rows"
-            )));
-        }
-        let mut added: BTreeMap<Uuid, i64> = BTreeMap::new();
-        for m in &inserts {
-            *added.entry(m.campaign_id.as_uuid()).or_default() += 1;
-        }
-        txn.execute_raw(statement(
-            "UPDATE campaigns c SET persisted = c.persisted + v.n \
-             FROM UNNEST($1::uuid[], $2::bigint[]) AS v(id, n) WHERE c.id = v.id",
+/// Inserts the rows decided `Insert` and advances their campaigns'
+/// `persisted`, in the caller's transaction.
+async fn insert_rows(txn: &DatabaseTransaction, inserts: &[&CouponIssued]) -> Result<(), DbErr> {
+    if inserts.is_empty() {
+        return Ok(());
+    }
+    let expected = inserts.len() as u64;
+    let inserted = txn
+        .execute_raw(statement(
+            "INSERT INTO coupons (id, campaign_id, user_id, issued_at) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[]) \
+             ON CONFLICT DO NOTHING",
             vec![
-                Value::from(added.keys().copied().collect::<Vec<_>>()),
-                Value::from(added.values().copied().collect::<Vec<_>>()),
+                Value::from(
+                    inserts
+                        .iter()
+                        .map(|m| m.coupon_id.as_uuid())
+                        .collect::<Vec<_>>(),
+                ),
+                Value::from(
+                    inserts
+                        .iter()
+                        .map(|m| m.campaign_id.as_uuid())
+                        .collect::<Vec<_>>(),
+                ),
+                Value::from(
+                    inserts
+                        .iter()
+                        .map(|m| m.user_id.as_str().to_owned())
+                        .collect::<Vec<_>>(),
+                ),
+                Value::from(inserts.iter().map(|m| m.requested_at).collect::<Vec<_>>()),
             ],
         ))
-        .await?;
+        .await?
+        .rows_affected();
+    if inserted != expected {
+        // Under the campaign locks nobody else inserts these pairs, and
+        // taken ids were decided above, so a shortfall means a row came in
+        // through another door; roll back and retry rather than count rows
+        // that do not exist.
+        return Err(DbErr::Custom(format!(
+            "inserted {inserted} of {expected} coupon rows"
+        )));
     }
-
-    txn.commit().await?;
-    Ok(decisions)
+    let mut added: BTreeMap<Uuid, i64> = BTreeMap::new();
+    for m in inserts {
+        *added.entry(m.campaign_id.as_uuid()).or_default() += 1;
+    }
+    txn.execute_raw(statement(
+        "UPDATE campaigns c SET persisted = c.persisted + v.n \
+         FROM UNNEST($1::uuid[], $2::bigint[]) AS v(id, n) WHERE c.id = v.id",
+        vec![
+            Value::from(added.keys().copied().collect::<Vec<_>>()),
+            Value::from(added.values().copied().collect::<Vec<_>>()),
+        ],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// Whether PostgreSQL refused the statement for the values it was given

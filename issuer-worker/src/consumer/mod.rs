@@ -12,92 +12,31 @@
 //! tried again. On shutdown the batch in hand gets
 //! `worker.shutdown_timeout_ms` to settle; if it cannot, its offsets are not
 //! stored and the messages are redelivered to whoever owns the partitions next.
+//!
+//! Here: the loop (collect, settle, pause and resume, store offsets);
+//! `attempt`: one attempt at a batch (write, account, set letters aside);
+//! `context`: the librdkafka context (rebalances, lag, commits).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::Utc;
-use common::message::{CouponIssued, DlqReason};
-use common::redis_state::{RecordedState, RedisClient, StatusRecord, StatusRecords};
+use common::message::CouponIssued;
+use common::redis_state::{RedisClient, StatusRecords};
 use common::settings::{Settings, WorkerSettings};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::error::KafkaResult;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::dlq::{DeadLetter, DeadLetters, Sent, park};
+use crate::dlq::DeadLetters;
 use crate::metrics::WorkerMetrics;
-use crate::persist::{Consumed, Decision, is_rejection, persist};
 
-/// Rebalance logging and consumer-lag metrics from librdkafka's statistics.
-#[derive(Debug)]
-pub struct WorkerContext {
-    metrics: WorkerMetrics,
-    topic: String,
-}
+mod attempt;
+mod context;
 
-impl ClientContext for WorkerContext {
-    fn stats(&self, statistics: Statistics) {
-        let lag: i64 = statistics
-            .topics
-            .get(&self.topic)
-            .map(|t| {
-                t.partitions
-                    .values()
-                    .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                    .map(|p| p.consumer_lag)
-                    .sum()
-            })
-            .unwrap_or(0);
-        self.metrics.consumer_lag.set(lag);
-        self.metrics.kafka.observe("consumer", &statistics);
-    }
-}
-
-impl ConsumerContext for WorkerContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        tracing::info!(rebalance = ?describe(rebalance), "partitions being rebalanced");
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _: &Rebalance<'_>) {
-        self.metrics.rebalances.inc();
-        if let Ok(assignment) = consumer.assignment() {
-            self.metrics
-                .assigned_partitions
-                .set(assignment.count() as i64);
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            // A commit for a partition this member no longer owns fails; the
-            // new owner resumes from the last commit, so this only means
-            // some messages are delivered again (and deduplicated).
-            tracing::debug!(error = %e, "offset commit failed");
-        }
-    }
-}
-
-fn describe(rebalance: &Rebalance<'_>) -> String {
-    let list = |tpl: &TopicPartitionList| {
-        tpl.elements()
-            .iter()
-            .map(|e| e.partition().to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    match rebalance {
-        Rebalance::Assign(tpl) => format!("assign [{}]", list(tpl)),
-        Rebalance::Revoke(tpl) => format!("revoke [{}]", list(tpl)),
-        Rebalance::Error(e) => format!("error {e}"),
-    }
-}
+pub use context::WorkerContext;
 
 /// One message as it came off the topic, decoded if it could be.
 #[derive(Debug)]
@@ -336,202 +275,6 @@ impl Worker {
             self.resume();
         }
         settled
-    }
-
-    /// One try: persist the decodable messages, then dead-letter the rest.
-    async fn attempt(&self, batch: &[Received]) -> Result<(), AttemptError> {
-        let decoded: Vec<Consumed<'_>> = batch
-            .iter()
-            .filter_map(|r| {
-                r.decoded.as_ref().ok().map(|message| Consumed {
-                    message,
-                    partition: r.partition,
-                    offset: r.offset,
-                })
-            })
-            .collect();
-        // One `persist` span per traced message, a child of the api's
-        // context, open until the batch is written (none with tracing off).
-        let _spans: Vec<tracing::Span> = batch
-            .iter()
-            .filter_map(|r| r.trace.clone())
-            .map(|parent| {
-                use tracing_opentelemetry::OpenTelemetrySpanExt;
-                let span = tracing::debug_span!("persist", batch.size = batch.len());
-                let _ = span.set_parent(parent);
-                span
-            })
-            .collect();
-        let started = Instant::now();
-        let timeout = Duration::from_millis(self.settings.batch_timeout_ms);
-        let written = tokio::time::timeout(timeout, async {
-            match persist(&self.db, &decoded).await {
-                Err(e) if is_rejection(&e) => {
-                    tracing::warn!(error = %e, size = decoded.len(), "batch refused for its values; writing its messages one by one");
-                    self.persist_one_by_one(&decoded).await
-                }
-                other => other,
-            }
-        })
-        .await;
-        let decisions = written.map_err(|_| AttemptError::DatabaseTimeout(timeout))??;
-        self.metrics
-            .batch_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.batch_size.observe(batch.len() as f64);
-
-        let now = Utc::now();
-        let mut decisions = decisions.into_iter();
-        let mut letters = Vec::new();
-        for r in batch {
-            match &r.decoded {
-                Err(e) => letters.push((self.letter(r, DlqReason::Unparseable, e.clone()), None)),
-                Ok(m) => match decisions.next() {
-                    Some(Decision::Insert) => {
-                        self.metrics.persisted.inc();
-                        let lag = (now - m.requested_at)
-                            .num_microseconds()
-                            .unwrap_or(0)
-                            .max(0);
-                        self.metrics
-                            .end_to_end_lag_seconds
-                            .observe(lag as f64 / 1e6);
-                    }
-                    Some(Decision::Duplicate) => self.metrics.duplicates.inc(),
-                    Some(Decision::Dead(reason)) => {
-                        if reason == DlqReason::OverStock {
-                            tracing::error!(
-                                campaign.id = %m.campaign_id,
-                                user.id = %m.user_id,
-                                "message over the campaign's stock: the gate took too many slots"
-                            );
-                        }
-                        let turned_away = reason.turns_away_an_admitted_user().then_some(m);
-                        letters.push((
-                            self.letter(r, reason, format!("campaign {}", m.campaign_id)),
-                            turned_away,
-                        ));
-                    }
-                    None => {}
-                },
-            }
-        }
-        for (letter, turned_away) in &letters {
-            match self.parked_because() {
-                Some(refusal) => {
-                    park(&self.db, &self.topic, letter, &refusal)
-                        .await
-                        .map_err(AttemptError::Database)?;
-                    self.metrics
-                        .parked
-                        .with_label_values(&[letter.reason.as_str()])
-                        .inc();
-                    tracing::error!(
-                        reason = letter.reason.as_str(),
-                        partition = letter.partition,
-                        offset = letter.offset,
-                        "message parked in PostgreSQL (parked_letters): the dead-letter topic refuses it"
-                    );
-                }
-                None => {
-                    let sent = self
-                        .dead_letters
-                        .send(letter)
-                        .await
-                        .map_err(AttemptError::DeadLetter)?;
-                    if sent == Sent::Truncated {
-                        self.metrics.truncated_letters.inc();
-                    }
-                    self.metrics
-                        .dead_lettered
-                        .with_label_values(&[letter.reason.as_str()])
-                        .inc();
-                    tracing::warn!(
-                        reason = letter.reason.as_str(),
-                        partition = letter.partition,
-                        offset = letter.offset,
-                        "message dead-lettered"
-                    );
-                }
-            }
-            if let Some(m) = turned_away {
-                self.record_turned_away(m, letter.reason).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// Why letters are parked right now, if they are (see [`Self::parking`]).
-    fn parked_because(&self) -> Option<String> {
-        let mut parking = self.parking.lock().unwrap_or_else(|p| p.into_inner());
-        match &*parking {
-            Some((until, why)) if Instant::now() < *until => Some(why.clone()),
-            Some(_) => {
-                *parking = None;
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// The batch's messages in transactions of one, after PostgreSQL refused
-    /// the batch for its values: a message refused alone is dead-lettered
-    /// (`rejected_by_database`), the others are decided as usual. An outage
-    /// meanwhile fails the attempt; what was written is then a duplicate.
-    async fn persist_one_by_one(
-        &self,
-        messages: &[Consumed<'_>],
-    ) -> Result<Vec<Decision>, sea_orm::DbErr> {
-        let mut decisions = Vec::with_capacity(messages.len());
-        for c in messages {
-            let m = c.message;
-            match persist(&self.db, &[*c]).await {
-                Ok(mut one) => decisions.push(one.pop().unwrap_or(Decision::Duplicate)),
-                Err(e) if is_rejection(&e) => {
-                    tracing::warn!(
-                        campaign.id = %m.campaign_id,
-                        user.id = %m.user_id,
-                        error = %e,
-                        "message refused by PostgreSQL"
-                    );
-                    decisions.push(Decision::Dead(DlqReason::RejectedByDatabase));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(decisions)
-    }
-
-    /// An admitted user turned away (the stock guard, a taken coupon id, a
-    /// value PostgreSQL refused): its request was answered, and it ends with
-    /// no coupon. Recorded for `/coupons/me` (best effort: a Redis failure
-    /// must not stall the partition; the user then shows pending until
-    /// reconciliation).
-    async fn record_turned_away(&self, m: &CouponIssued, reason: DlqReason) {
-        let record = StatusRecord {
-            state: RecordedState::None,
-            coupon_id: Some(m.coupon_id),
-            outcome: Some(reason.as_str().to_owned()),
-            at: Utc::now(),
-        };
-        if let Err(e) = self
-            .status
-            .record(&m.campaign_id, &m.user_id, &record)
-            .await
-        {
-            tracing::warn!(campaign.id = %m.campaign_id, error = %e, "turned-away user not recorded");
-        }
-    }
-
-    fn letter<'a>(&self, r: &'a Received, reason: DlqReason, detail: String) -> DeadLetter<'a> {
-        DeadLetter {
-            reason,
-            detail,
-            partition: r.partition,
-            offset: r.offset,
-            key: r.key.as_deref(),
-            payload: r.payload.as_deref(),
-        }
     }
 
     fn pause(&self) {
