@@ -446,3 +446,8 @@ pub async fn create_campaign_at(base: &str, stock: i64) -> CampaignId {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     CampaignId::parse(body["id"].as_str().expect("id")).expect("uuid")
 }
+
+/// One burst at a time: two at once on two cores starve the api's workers
+/// (the lock waiters poll Redis), and actix then answers a connection
+/// whose request it could not read within 5 s with 408.
+pub static BURSTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

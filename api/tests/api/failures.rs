@@ -2,16 +2,12 @@
 //! admitted that is not promised, never `accepted` without the broker's
 //! word. Each test that breaks a service breaks one of its own.
 
-#![allow(clippy::unwrap_used)]
-
-mod helpers;
-
 use std::time::{Duration, Instant};
 
 use common::entities::campaigns;
 use common::ids::CampaignId;
 use common::keys::CampaignKeys;
-use helpers::*;
+use crate::helpers::*;
 use reqwest::StatusCode;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use secrecy::SecretString;

@@ -1,10 +1,6 @@
 //! The Redis locks on real Redis: mutual exclusion, ownership, expiry, and
 //! the fair lock's order, cleanup and give-up.
 
-#![allow(clippy::unwrap_used)]
-
-mod helpers;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +10,7 @@ use common::lock_waker::LockWaker;
 use common::redis_state::RedisClient;
 use common::scripts;
 use futures::future::join_all;
-use helpers::*;
+use crate::helpers::*;
 
 fn redis() -> RedisClient {
     let settings = common::settings::RedisSettings {

@@ -2,14 +2,10 @@
 //! reused for another request, keys scoped by caller, replies that ask for
 //! a retry not kept, and racing retries that never both run.
 
-#![allow(clippy::unwrap_used)]
-
-mod helpers;
-
 use std::time::Duration;
 
 use common::ids::CampaignId;
-use helpers::*;
+use crate::helpers::*;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};

@@ -1,22 +1,18 @@
 //! Auth hardening (RS256, `iss`/`aud`), per-IP limits behind trusted
 //! proxies, the bound on requests in flight, and the OpenAPI document.
 
-#![allow(clippy::unwrap_used)]
-
-mod helpers;
-
 use std::time::Duration;
 
 use chrono::Utc;
 use common::settings::JwtAlgorithm;
 use futures::future::join_all;
-use helpers::*;
+use crate::helpers::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const PRIVATE_PEM: &str = include_str!("fixtures/rs256-test-private.pem");
-const PUBLIC_PEM: &str = include_str!("fixtures/rs256-test-public.pem");
+const PRIVATE_PEM: &str = include_str!("../fixtures/rs256-test-private.pem");
+const PUBLIC_PEM: &str = include_str!("../fixtures/rs256-test-public.pem");
 
 fn rs256(claims: Value) -> String {
     encode(

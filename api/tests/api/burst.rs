@@ -2,15 +2,11 @@
 //! broker, the worker and PostgreSQL: exactly the stock is issued, never
 //! twice to one user, and every accepted user gets a row.
 
-#![allow(clippy::unwrap_used)]
-
-mod helpers;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::future::join_all;
-use helpers::*;
+use crate::helpers::*;
 use rand::seq::SliceRandom;
 use reqwest::StatusCode;
 
@@ -18,6 +14,7 @@ const EXPECTED_REFUSALS: [&str; 3] = ["duplicate", "sold_out", "rate_limited"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_2000_requests_from_500_users_issues_exactly_the_stock() {
+    let _alone = BURSTS.lock().await;
     let settings = test_settings().await;
     let apis = [spawn_api(&settings).await, spawn_api(&settings).await];
     let worker = spawn_worker(&settings).await;
@@ -76,6 +73,7 @@ async fn a_burst_of_2000_requests_from_500_users_issues_exactly_the_stock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_user_firing_200_concurrent_requests_gets_one_coupon() {
+    let _alone = BURSTS.lock().await;
     let settings = test_settings().await;
     let api = spawn_api(&settings).await;
     let worker = spawn_worker(&settings).await;

@@ -2,15 +2,11 @@
 //! the same burst, the same audit. And what only some of them have: the
 //! paused lock holder, the full queue, the queue at shutdown.
 
-#![allow(clippy::unwrap_used)]
-
-mod helpers;
-
 use std::time::Duration;
 
 use common::settings::{LockMode, Settings, StrategyKind};
 use futures::future::join_all;
-use helpers::*;
+use crate::helpers::*;
 use rand::seq::SliceRandom;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -24,10 +20,6 @@ async fn settings_for(strategy: StrategyKind) -> Settings {
     s
 }
 
-/// One burst at a time: two at once on two cores starve the api's workers
-/// (the lock waiters poll Redis), and actix then answers a connection
-/// whose request it could not read within 5 s with 408.
-static BURSTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Stock 100, 2,000 requests from 500 users (repeats included), spread over
 /// two instances; then the audit.

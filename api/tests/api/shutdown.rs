@@ -2,15 +2,11 @@
 //! 503, the listener closes, the in-flight requests complete, and every one
 //! of them that was accepted has its row.
 
-#![allow(clippy::unwrap_used)]
-
-mod helpers;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use helpers::*;
+use crate::helpers::*;
 use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 

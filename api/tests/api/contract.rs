@@ -1,17 +1,13 @@
 //! Every error row of the contract, each with its status and `outcome`, and
 //! with Redis, the topic and the table left as they were.
 
-#![allow(clippy::unwrap_used)]
-
-mod helpers;
-
 use std::time::Duration;
 
 use chrono::Utc;
 use common::entities::campaigns;
 use common::ids::CampaignId;
 use common::settings::{AuthMode, Settings};
-use helpers::*;
+use crate::helpers::*;
 use reqwest::StatusCode;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};

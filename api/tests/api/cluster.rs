@@ -3,10 +3,6 @@
 //! compensation and both locks (scripts touching several keys) work there,
 //! with the api and the worker in cluster mode.
 
-#![allow(clippy::unwrap_used)]
-
-mod helpers;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +12,7 @@ use common::lock_waker::LockWaker;
 use common::redis_state::RedisClient;
 use common::settings::{Settings, StrategyKind};
 use futures::future::join_all;
-use helpers::*;
+use crate::helpers::*;
 use reqwest::StatusCode;
 
 async fn cluster_settings(cluster: &OwnRedisCluster) -> Settings {

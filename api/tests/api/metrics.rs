@@ -2,12 +2,8 @@
 //! with its type (process and librdkafka families too), the counts move with
 //! the requests that were made, and no label carries a campaign or user id.
 
-#![allow(clippy::unwrap_used)]
-
-mod helpers;
-
 use common::settings::StrategyKind;
-use helpers::*;
+use crate::helpers::*;
 use reqwest::StatusCode;
 
 const ISSUE_ROUTE: &str = "/api/v1/campaigns/{id}/issue";

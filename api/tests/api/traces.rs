@@ -4,16 +4,12 @@
 //! export for the request carries the trace id the caller sent in its
 //! `traceparent` header.
 
-#![allow(clippy::unwrap_used)]
-
-mod helpers;
-
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
-use helpers::*;
+use crate::helpers::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

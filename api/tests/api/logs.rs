@@ -2,14 +2,10 @@
 //! api's own output, carrying the request's id, route, status, outcome and
 //! latency.
 
-#![allow(clippy::unwrap_used)]
-
-mod helpers;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use helpers::*;
+use crate::helpers::*;
 use reqwest::StatusCode;
 use serde_json::Value;
 

@@ -6,15 +6,11 @@
 //! password or a certificate from another authority is refused without a
 //! hang.
 
-#![allow(clippy::unwrap_used)]
-
-mod helpers;
-
 use std::time::{Duration, Instant};
 
 use common::settings::{KafkaSecurityProtocol, SaslMechanism, Settings};
 use common::testkit::tls::TestCa;
-use helpers::*;
+use crate::helpers::*;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 

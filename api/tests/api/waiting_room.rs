@@ -4,16 +4,12 @@
 //! now, expired places go to the next, and a sold-out campaign ends every
 //! wait at once.
 
-#![allow(clippy::unwrap_used)]
-
-mod helpers;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::ids::CampaignId;
-use helpers::*;
+use crate::helpers::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
