@@ -5,8 +5,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use futures::future::join_all;
 use crate::helpers::*;
+use futures::future::join_all;
 use rand::seq::SliceRandom;
 use reqwest::StatusCode;
 

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::helpers::*;
 use common::ids::CampaignId;
 use common::lock::{FairLock, LeaseLock, LockTiming};
 use common::lock_waker::LockWaker;
 use common::redis_state::RedisClient;
 use common::settings::{Settings, StrategyKind};
 use futures::future::join_all;
-use crate::helpers::*;
 use reqwest::StatusCode;
 
 async fn cluster_settings(cluster: &OwnRedisCluster) -> Settings {

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use crate::helpers::*;
 use chrono::Utc;
 use common::entities::campaigns;
 use common::ids::CampaignId;
 use common::settings::{AuthMode, Settings};
-use crate::helpers::*;
 use reqwest::StatusCode;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};

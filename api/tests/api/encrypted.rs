@@ -8,9 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::helpers::*;
 use common::settings::{KafkaSecurityProtocol, SaslMechanism, Settings};
 use common::testkit::tls::TestCa;
-use crate::helpers::*;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 

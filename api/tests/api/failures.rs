@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::helpers::*;
 use common::entities::campaigns;
 use common::ids::CampaignId;
 use common::keys::CampaignKeys;
-use crate::helpers::*;
 use reqwest::StatusCode;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use secrecy::SecretString;

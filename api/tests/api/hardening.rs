@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use crate::helpers::*;
 use chrono::Utc;
 use common::settings::JwtAlgorithm;
 use futures::future::join_all;
-use crate::helpers::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use common::ids::CampaignId;
 use crate::helpers::*;
+use common::ids::CampaignId;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};

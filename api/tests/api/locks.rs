@@ -4,13 +4,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::helpers::*;
 use common::keys::FairLockKeys;
 use common::lock::{FairLock, LeaseLock, LockError, LockTiming};
 use common::lock_waker::LockWaker;
 use common::redis_state::RedisClient;
 use common::scripts;
 use futures::future::join_all;
-use crate::helpers::*;
 
 fn redis() -> RedisClient {
     let settings = common::settings::RedisSettings {

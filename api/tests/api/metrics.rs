@@ -2,8 +2,8 @@
 //! with its type (process and librdkafka families too), the counts move with
 //! the requests that were made, and no label carries a campaign or user id.
 
-use common::settings::StrategyKind;
 use crate::helpers::*;
+use common::settings::StrategyKind;
 use reqwest::StatusCode;
 
 const ISSUE_ROUTE: &str = "/api/v1/campaigns/{id}/issue";

@@ -5,8 +5,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use crate::helpers::*;
+use futures::future::join_all;
 use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 

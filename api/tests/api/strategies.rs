@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use crate::helpers::*;
 use common::settings::{LockMode, Settings, StrategyKind};
 use futures::future::join_all;
-use crate::helpers::*;
 use rand::seq::SliceRandom;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -19,7 +19,6 @@ async fn settings_for(strategy: StrategyKind) -> Settings {
     // nobody (the audit checks it).
     s
 }
-
 
 /// Stock 100, 2,000 requests from 500 users (repeats included), spread over
 /// two instances; then the audit.

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::helpers::*;
 use chrono::Utc;
 use common::ids::CampaignId;
-use crate::helpers::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -26,9 +26,11 @@ use crate::settings::Settings;
 pub mod reads;
 pub mod services;
 pub mod tls;
+pub mod topics;
 
 pub use reads::*;
 pub use services::*;
+pub use topics::*;
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())

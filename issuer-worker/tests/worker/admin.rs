@@ -371,7 +371,7 @@ async fn campaigns_are_created_listed_shown_and_closed_through_the_api() {
 async fn dlq_list_and_show_name_each_letter_with_its_source_and_truncated_ones_never_go() {
     let settings = admin_settings().await;
     let cli = Cli::new(&settings, "http://127.0.0.1:1");
-    let topic = Topic::new(&settings);
+    let topic = IssueTopic::new(&settings.kafka);
     topic.send_raw("garbage", b"{not json").await;
     topic.send(&message(CampaignId::new(), "stray")).await;
     // A message of an unknown campaign near message.max.bytes: it fits the
@@ -381,7 +381,7 @@ async fn dlq_list_and_show_name_each_letter_with_its_source_and_truncated_ones_n
     big.strategy = "x".repeat(999_850 - big.encode().len());
     topic.send_to_first(&big.key(), &big.encode()).await;
     let worker = start(&settings).await;
-    dead_letters(&settings, 3).await;
+    dead_letters(&settings.kafka, 3).await;
     worker.stop().await;
 
     let all = cli.run(&["dlq", "list", "--output", "json"]).await;
@@ -677,7 +677,7 @@ async fn a_letter_redriven_after_reconcile_gave_its_slot_back_is_persisted_not_l
     wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
     assert_eq!(row_coupons(&db, &c).await["bob"].to_string(), promised);
     assert_eq!(gate_state(&c).await, (vec!["bob".to_owned()], Some(1)));
-    let (_, reasons) = dead_letters(&settings, 2).await;
+    let (_, reasons) = dead_letters(&settings.kafka, 2).await;
     assert_eq!(reasons, ["rejected_by_database"], "re-dead-lettered");
     worker.stop().await;
     api.stop().await;

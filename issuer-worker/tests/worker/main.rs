@@ -19,7 +19,6 @@ use common::settings::Settings;
 use common::testkit::*;
 use issuer_worker::startup::Application;
 use ngrinder_equivalent::scrape::Scrape;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use sea_orm::ConnectionTrait;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
@@ -49,53 +48,6 @@ fn message(campaign: CampaignId, user: &str) -> CouponIssued {
         Utc::now(),
         "sync",
     )
-}
-
-struct Topic {
-    producer: FutureProducer,
-    name: String,
-}
-
-impl Topic {
-    fn new(settings: &Settings) -> Self {
-        Self {
-            producer: common::kafka::producer_config(&settings.kafka)
-                .create()
-                .unwrap(),
-            name: settings.kafka.topic.clone(),
-        }
-    }
-
-    async fn send_raw(&self, key: &str, payload: &[u8]) {
-        self.producer
-            .send(
-                FutureRecord::to(&self.name).key(key).payload(payload),
-                Duration::from_secs(5),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-
-    /// To partition 0, whatever the key: messages that must queue behind
-    /// one another.
-    async fn send_to_first(&self, key: &str, payload: &[u8]) {
-        self.producer
-            .send(
-                FutureRecord::to(&self.name)
-                    .partition(0)
-                    .key(key)
-                    .payload(payload),
-                Duration::from_secs(5),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-
-    async fn send(&self, m: &CouponIssued) {
-        self.send_raw(&m.key(), &m.encode()).await;
-    }
 }
 
 struct Running {
@@ -150,31 +102,12 @@ async fn reqwest_get(port: u16, path: &str) -> String {
     }
 }
 
-/// The dead letters once there are `n` (or after 20 s), with their reasons
-/// sorted.
-async fn dead_letters(settings: &Settings, n: usize) -> (Vec<ReadMessage>, Vec<String>) {
-    let started = Instant::now();
-    let letters = loop {
-        let letters = read_topic(&settings.kafka.brokers, &settings.kafka.dlq_topic).await;
-        if letters.len() >= n || started.elapsed() > Duration::from_secs(20) {
-            break letters;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let mut reasons: Vec<_> = letters
-        .iter()
-        .map(|l| l.header(DLQ_REASON_HEADER).unwrap_or("?").to_owned())
-        .collect();
-    reasons.sort();
-    (letters, reasons)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_messages_go_to_the_dlq_with_a_reason_and_the_partition_keeps_flowing() {
     let settings = settings().await;
     let db = db().await;
     let c = insert_campaign(&db, "worker test", 10).await;
-    let topic = Topic::new(&settings);
+    let topic = IssueTopic::new(&settings.kafka);
     // One partition: the poison sits between two good ones.
     let first = message(c, "first");
     topic.send_to_first(&first.key(), &first.encode()).await;
@@ -189,7 +122,7 @@ async fn poison_messages_go_to_the_dlq_with_a_reason_and_the_partition_keeps_flo
 
     let worker = start(&settings).await;
     wait_for_rows(&db, &c, 2, Duration::from_secs(30)).await;
-    let (letters, reasons) = dead_letters(&settings, 3).await;
+    let (letters, reasons) = dead_letters(&settings.kafka, 3).await;
     assert_eq!(reasons, ["unknown_campaign", "unparseable", "unparseable"]);
     let raw = letters
         .iter()
@@ -213,7 +146,7 @@ async fn a_letter_too_large_for_the_dlq_goes_truncated_and_its_partition_flows()
     let settings = settings().await;
     let db = db().await;
     let c = insert_campaign(&db, "worker test", 10).await;
-    let topic = Topic::new(&settings);
+    let topic = IssueTopic::new(&settings.kafka);
     // The producer's default message.max.bytes (1,000,000) counts key,
     // payload, headers and the record's overhead.
     let garbage = vec![b'x'; 999_900];
@@ -223,7 +156,7 @@ async fn a_letter_too_large_for_the_dlq_goes_truncated_and_its_partition_flows()
 
     let worker = start(&settings).await;
     wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
-    let (letters, reasons) = dead_letters(&settings, 1).await;
+    let (letters, reasons) = dead_letters(&settings.kafka, 1).await;
     assert_eq!(reasons, ["unparseable"]);
     let letter = &letters[0];
     assert_eq!(letter.header(DLQ_TRUNCATED_HEADER), Some("999907"));
@@ -246,7 +179,7 @@ async fn a_dlq_that_refuses_letters_parks_them_and_the_partition_flows() {
     settings.kafka.dlq_topic = format!("{}.missing", settings.kafka.dlq_topic);
     let db = db().await;
     let c = insert_campaign(&db, "worker test", 10).await;
-    let topic = Topic::new(&settings);
+    let topic = IssueTopic::new(&settings.kafka);
     topic.send_to_first("poison", b"{not json").await;
     let worker = start(&settings).await;
     // The batch holding the poison persists its other messages before it
@@ -305,7 +238,7 @@ async fn a_message_delivered_twice_leaves_one_row_and_the_guard_keeps_the_stock(
     let settings = settings().await;
     let db = db().await;
     let c = insert_campaign(&db, "worker test", 2).await;
-    let topic = Topic::new(&settings);
+    let topic = IssueTopic::new(&settings.kafka);
     // One key, so one partition and this order.
     let key = format!("{c}:ordered");
     let once = message(c, "alice");
@@ -344,7 +277,7 @@ async fn a_message_the_database_will_not_take_is_dead_lettered_and_the_partition
     let settings = settings().await;
     let db = db().await;
     let c = insert_campaign(&db, "worker test", 10).await;
-    let topic = Topic::new(&settings);
+    let topic = IssueTopic::new(&settings.kafka);
     let key = format!("{c}:one-partition");
     let owner = message(c, "owner");
     topic.send_raw(&key, &owner.encode()).await;
@@ -364,7 +297,7 @@ async fn a_message_the_database_will_not_take_is_dead_lettered_and_the_partition
     topic.send_raw(&key, &message(c, "after-2").encode()).await;
 
     wait_for_rows(&db, &c, 3, Duration::from_secs(30)).await;
-    let (_, reasons) = dead_letters(&settings, 2).await;
+    let (_, reasons) = dead_letters(&settings.kafka, 2).await;
     assert_eq!(reasons, ["coupon_id_taken", "rejected_by_database"]);
     let mut users = row_users(&db, &c).await;
     users.sort();
@@ -390,7 +323,7 @@ async fn a_rebuild_beside_a_draining_worker_misses_nobody() {
     settings.worker.batch_size = 5;
     let db = db().await;
     let c = insert_campaign(&db, "rebuild test", USERS as i64).await;
-    let topic = Topic::new(&settings);
+    let topic = IssueTopic::new(&settings.kafka);
     let everyone: Vec<String> = (0..USERS).map(|i| format!("u{i:05}")).collect();
     for chunk in everyone.chunks(2_000) {
         let batch: Vec<CouponIssued> = chunk.iter().map(|u| message(c, u)).collect();
@@ -457,7 +390,7 @@ async fn reconcile_repairs_leaked_slots_and_phantom_rows() {
         common::redis_state::GateReply::Taken { waited: None }
     );
     // A row whose slot the gate lost.
-    let topic = Topic::new(&settings);
+    let topic = IssueTopic::new(&settings.kafka);
     topic.send(&message(c, "ghost")).await;
     let worker = start(&settings).await;
     wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
@@ -495,7 +428,7 @@ async fn a_worker_killed_mid_drain_and_restarted_loses_nothing_and_duplicates_no
     let db = db().await;
     const N: u64 = 10_000;
     let c = insert_campaign(&db, "worker test", N as i64).await;
-    let topic = Topic::new(&settings);
+    let topic = IssueTopic::new(&settings.kafka);
     let sends: Vec<_> = (0..N).map(|i| message(c, &format!("user-{i}"))).collect();
     futures::future::join_all(sends.iter().map(|m| topic.send(m))).await;
 
@@ -542,7 +475,7 @@ async fn while_postgres_is_down_the_worker_pauses_dead_letters_nothing_and_resum
     let db = db_at(&pg.url()).await;
     issuer_worker::migration::migrate(&db).await.unwrap();
     let c = insert_campaign(&db, "worker test", 100).await;
-    let topic = Topic::new(&settings);
+    let topic = IssueTopic::new(&settings.kafka);
     let worker = start(&settings).await;
 
     topic.send(&message(c, "before")).await;
@@ -589,7 +522,7 @@ async fn a_postgres_that_stops_answering_pauses_the_worker_which_keeps_its_parti
     let db = db_at(&pg.url()).await;
     issuer_worker::migration::migrate(&db).await.unwrap();
     let c = insert_campaign(&db, "worker test", 100).await;
-    let topic = Topic::new(&settings);
+    let topic = IssueTopic::new(&settings.kafka);
     let worker = start(&settings).await;
     topic.send(&message(c, "before")).await;
     wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
@@ -645,7 +578,7 @@ async fn metrics_are_exported_with_their_types_and_counts_move() {
     let settings = settings().await;
     let db = db().await;
     let c = insert_campaign(&db, "worker test", 10).await;
-    let topic = Topic::new(&settings);
+    let topic = IssueTopic::new(&settings.kafka);
     let key = format!("{c}:metrics");
     let alice = message(c, "alice");
     topic.send_raw(&key, &alice.encode()).await;
@@ -760,7 +693,7 @@ async fn reconcile_gives_back_only_the_slots_it_saw() {
     // Its message lands: one row, counted.
     let mut late = message(c, "u");
     late.coupon_id = second;
-    Topic::new(&settings).send(&late).await;
+    IssueTopic::new(&settings.kafka).send(&late).await;
     wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
     assert_eq!(gate_state(&c).await, (vec!["u".to_owned()], Some(1)));
     worker.stop().await;
@@ -812,14 +745,14 @@ async fn a_message_landing_after_reconcile_gave_its_slot_back_is_late() {
         gate.take(&c, &next.user_id, &next.coupon_id).await.unwrap(),
         common::redis_state::GateReply::Taken { .. }
     ));
-    let topic = Topic::new(&settings);
+    let topic = IssueTopic::new(&settings.kafka);
     topic
         .send_to_first(&stranded.key(), &stranded.encode())
         .await;
     topic.send_to_first(&next.key(), &next.encode()).await;
 
     wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
-    let (_, reasons) = dead_letters(&settings, 1).await;
+    let (_, reasons) = dead_letters(&settings.kafka, 1).await;
     assert_eq!(reasons, ["late"]);
     assert_eq!(row_users(&db, &c).await, ["next"]);
     worker.stop().await;
@@ -853,14 +786,14 @@ async fn a_message_landing_after_a_rebuild_left_it_out_is_late() {
         gate.take(&c, &next.user_id, &next.coupon_id).await.unwrap(),
         common::redis_state::GateReply::Taken { .. }
     ));
-    let topic = Topic::new(&settings);
+    let topic = IssueTopic::new(&settings.kafka);
     topic
         .send_to_first(&stranded.key(), &stranded.encode())
         .await;
     topic.send_to_first(&next.key(), &next.encode()).await;
 
     wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
-    let (_, reasons) = dead_letters(&settings, 1).await;
+    let (_, reasons) = dead_letters(&settings.kafka, 1).await;
     assert_eq!(reasons, ["late"]);
     assert_eq!(row_users(&db, &c).await, ["next"]);
     worker.stop().await;
