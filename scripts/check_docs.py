@@ -22,7 +22,10 @@ worker's own commands: `reconcile`, `rebuild`, `dlq`, `campaigns`). Then:
               after `--`): each subcommand exists, and each flag appears in
               the `--help` of that subcommand path, run on the built binary;
   cargo       `-p <package>` names a workspace package; `--bench`/`--test`
-              name one of its targets.
+              name one of its targets;
+  settings    docs/DEPLOY.md's settings table (its "## Settings" section)
+              names every variable `issuer-worker settings --names` prints,
+              and nothing else (`APP_X__*` covers a prefix; APP_CONFIG_FILE).
 
 Placeholders are allowed wherever an argument goes: `<id>`, `$C`, `N`,
 `[--flag V]` (brackets and `(a | b)` alternatives are synopsis), `a|b|c`
@@ -711,6 +714,41 @@ def check_compose_run(where, words, ctx):
         ctx["binaries"].check(where, ctx["compose"][words[i]], words[i + 1 :])
 
 
+def check_settings(path, binary, failures):
+    """The settings table of docs/DEPLOY.md against the binary's names."""
+    run = subprocess.run([binary, "settings", "--names"], capture_output=True, text=True, timeout=30,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("APP_")})
+    if run.returncode != 0:
+        failures.add(rel(path), f"issuer-worker settings --names failed: {run.stderr.strip()}")
+        return
+    known = set(run.stdout.split())
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    start = next((i for i, l in enumerate(lines) if l.strip() == "## Settings"), None)
+    if start is None:
+        failures.add(f"{rel(path)}:1", "no \"## Settings\" section")
+        return
+    named, prefixes = {}, {}
+    for i in range(start + 1, len(lines)):
+        line = lines[i]
+        if line.startswith("## "):
+            break
+        if not line.startswith("|"):
+            continue
+        first = line.split("|")[1]
+        for name in re.findall(r"`(APP_[A-Z0-9_]*\*?)`", first):
+            if name.endswith("*"):
+                prefixes[name[:-1]] = i + 1
+            else:
+                named.setdefault(name, i + 1)
+    for name, line in sorted(named.items()):
+        if name not in known and name != "APP_CONFIG_FILE":
+            failures.add(f"{rel(path)}:{line}", f"{name} is not a setting (issuer-worker settings --names)")
+    for name in sorted(known):
+        if name not in named and not any(name.startswith(p) for p in prefixes):
+            failures.add(f"{rel(path)}:{start + 1}", f"{name} is missing from the settings table")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--issuer-worker", help="the built issuer-worker binary")
@@ -748,6 +786,10 @@ def main():
                     if args.list:
                         print(f"{name}:{line}: {' '.join(alt)}")
                     check_command(f"{name}:{line}", list(alt), variables, ctx)
+    deploy = os.path.join(ROOT, "docs", "DEPLOY.md")
+    if "issuer-worker" in paths and any(os.path.abspath(f) == deploy for f in doc_files(args.files)):
+        check_settings(deploy, paths["issuer-worker"], failures)
+
     def place(item):
         file, line, _ = item.split(":", 2)
         return (file, int(line))
