@@ -22,7 +22,9 @@ worker's own commands: `reconcile`, `rebuild`, `dlq`, `campaigns`). Then:
               after `--`): each subcommand exists, and each flag appears in
               the `--help` of that subcommand path, run on the built binary;
   cargo       `-p <package>` names a workspace package; `--bench`/`--test`
-              name one of its targets;
+              name one of its targets; a `cargo bench --bench X -- FILTER`'s
+              filter (a regex, as criterion reads it) matches one of X's
+              benchmark names;
   settings    docs/DEPLOY.md's settings table (its "## Settings" section)
               names every variable `issuer-worker settings --names` prints,
               and nothing else (`APP_X__*` covers a prefix; APP_CONFIG_FILE).
@@ -591,6 +593,7 @@ def workspace_packages():
                     elif os.path.isfile(os.path.join(d, entry, "main.rs")):
                         targets[kind].add(entry)
         targets["bin"].add(name.group(1) if name else member)
+        targets["dir"] = os.path.join(ROOT, member)
         packages[name.group(1) if name else member] = targets
     return packages
 
@@ -630,6 +633,29 @@ def check_cargo(where, words, packages, binaries, failures):
         binary = bin_name or package
         if binary in BINARIES:
             binaries.check(where, binary, rest)
+    bench = next((args[k + 1] for k in range(len(args) - 1) if args[k] == "--bench"), None)
+    filters = [a for a in rest if not a.startswith("-")]
+    if sub == "bench" and bench and filters and package in packages:
+        check_bench_filter(where, packages[package]["dir"], bench, filters[0], failures)
+
+
+def check_bench_filter(where, crate_dir, bench, pattern, failures):
+    """criterion runs the benchmarks whose id (`group/function/input`)
+    matches the filter as a regex: one that matches none runs nothing."""
+    source = os.path.join(crate_dir, "benches", f"{bench}.rs")
+    if not os.path.isfile(source) or is_placeholder(pattern):
+        return
+    with open(source, encoding="utf-8") as f:
+        names = set(re.findall(r'"([\w./ -]+)"', f.read()))
+    ids = names | {f"{a}/{b}" for a in names for b in names}
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        failures.add(where, f"cargo bench --bench {bench}: filter `{pattern}` is not a regex ({e})")
+        return
+    if not any(regex.search(i) for i in ids):
+        hint = " (criterion reads a regex: `a|b`, not `a\\|b`)" if "\\|" in pattern else ""
+        failures.add(where, f"cargo bench --bench {bench}: filter `{pattern}` matches no benchmark of {os.path.relpath(source, ROOT)}{hint}")
 
 
 # --- Putting it together -----------------------------------------------------------
