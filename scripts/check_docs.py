@@ -138,9 +138,19 @@ def inline_commands(prose):
     for m in re.finditer(r"(?<!`)`([^`\n]+(?:\n[^`\n]+)*)`(?!`)", text):
         content = " ".join(m.group(1).split())
         line = line_at(starts, m.start())
+        if prose_line(prose, line).lstrip().startswith("|"):
+            # A table cell: `\|` is GitHub's escape for a pipe in a cell.
+            content = content.replace("\\|", "|")
         if is_command_span(content):
             out.append((line, content, "inline"))
     return out
+
+
+def prose_line(prose, line):
+    for n, text in prose:
+        if n == line:
+            return text
+    return ""
 
 
 def line_at(starts, pos):
@@ -184,6 +194,15 @@ def script_mentions(path):
 # --- Splitting a command line ----------------------------------------------------
 
 
+class Word(str):
+    """A word of a command, and whether any of it was quoted."""
+
+    def __new__(cls, text, quoted=False):
+        word = super().__new__(cls, text)
+        word.quoted = quoted
+        return word
+
+
 def tokenize(text):
     """Shell-like words and operators: quotes removed (a quoted word keeps
     its text), `$(...)` and backquotes kept whole as one word (their inside is
@@ -196,7 +215,7 @@ def tokenize(text):
     def flush():
         nonlocal word, quoted
         if word or quoted:
-            words.append(word)
+            words.append(Word(word, quoted))
         word, quoted = "", False
 
     while i < n:
@@ -288,6 +307,12 @@ def simple_commands(text):
     """The simple commands of a line: lists of words, split on pipes and
     lists; a subshell's inside is its own commands; redirections dropped;
     synopsis brackets, parentheses and alternatives' bars removed."""
+    # A synopsis' alternatives in brackets, `[--a | --b]`, are no pipe.
+    while True:
+        joined = re.sub(r"(\[[^\]|]*)\s\|\s([^\]]*\])", r"\1 \2", text)
+        if joined == text:
+            break
+        text = joined
     words, nested = tokenize(text)
     out = []
     for inner in nested:
@@ -352,6 +377,9 @@ def split_subshell(words):
     for w in words:
         if w in ("(", ")", "|", ";", "&&", "&", ";;", "...", "…"):
             continue
+        if getattr(w, "quoted", False):
+            cleaned.append(w)
+            continue
         w = w.strip("[]")
         w = re.sub(r"(\.\.\.|…)$", "", w)
         if w.startswith("(") and not w.startswith("$("):
@@ -364,7 +392,7 @@ def split_subshell(words):
 def alternatives(words):
     """Every command a synopsis with `a|b` words stands for."""
     for i, w in enumerate(words):
-        if "|" in w and re.match(r"^[\w.-]+(\|[\w.-]+)+$", w):
+        if "|" in w and not getattr(w, "quoted", False) and re.match(r"^[\w.-]+(\|[\w.-]+)+$", w):
             out = []
             for alt in w.split("|"):
                 out.extend(alternatives(words[:i] + [alt] + words[i + 1 :]))
