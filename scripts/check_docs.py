@@ -113,7 +113,7 @@ def block_commands(body):
                 current = [n, m.group(1).strip()]
                 out.append(current)
             else:
-                current = None if not text.startswith(" ") else current
+                current = None  # output
             continue
         if not stripped or stripped.startswith("#"):
             continue
