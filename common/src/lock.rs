@@ -1,4 +1,4 @@
-//! Redis locks: a plain lease lock and Redisson's fair lock.
+//! Redis locks: a plain lease lock and a fair ticket lock.
 //!
 //! Both hand out a [`LockGuard`] with a unique token. A watchdog task extends
 //! the lease every third of it while the guard is held, so a slow holder

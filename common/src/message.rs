@@ -22,7 +22,7 @@ pub const DLQ_SOURCE_OFFSET_HEADER: &str = "dlq.source.offset";
 /// (until the topic's retention removes it) and cannot be re-driven.
 pub const DLQ_TRUNCATED_HEADER: &str = "dlq.truncated";
 
-/// One admitted issuance: the gate gave `user_id` a slot in `campaign_id`.
+/// One issuance: the gate gave `user_id` a slot in `campaign_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CouponIssued {
     pub v: u32,
@@ -106,9 +106,9 @@ pub enum DlqReason {
 }
 
 impl DlqReason {
-    /// A message dead-lettered for this reason was admitted and answered
-    /// (`accepted`, `pending` or `queued`) but ends without a coupon; the
-    /// worker records that for `/coupons/me`.
+    /// A message dead-lettered for this reason had its slot taken and was
+    /// answered (`accepted`, `pending` or `queued`) but ends without a
+    /// coupon; the worker records that for `/coupons/me`.
     pub fn turns_away_an_admitted_user(&self) -> bool {
         matches!(
             self,

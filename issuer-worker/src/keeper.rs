@@ -12,7 +12,7 @@
 //! So after a Redis restart the campaigns answer 503 (`unavailable`, nothing
 //! taken) for at most: the tick that notices (1 s), the rebuild's wait for
 //! the takes made before the restart to settle (`takes_settle_within` + 1 s:
-//! 10 s at the defaults), and the rebuild itself (reading the rows and the
+//! 14 s at the defaults), and the rebuild itself (reading the rows and the
 //! unconsumed part of the topic). Every worker runs a keeper; the
 //! campaign's admin lock makes one of them rebuild it, the others find it
 //! current.

@@ -1,5 +1,5 @@
-//! The issuer-worker: a Kafka consumer group that persists admitted
-//! issuances to PostgreSQL.
+//! The issuer-worker: a Kafka consumer group that persists the issuances
+//! whose slots the gate took to PostgreSQL.
 //!
 //! - [`startup`] — `Application::build(settings)` wires the pieces; `main.rs`
 //!   and the tests start exactly this.

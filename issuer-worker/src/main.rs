@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Persists admitted coupon issuances from Kafka into PostgreSQL; and the
+/// Persists coupon issuances (slots the gate took) from Kafka into PostgreSQL; and the
 /// operators' commands.
 #[derive(Debug, Parser)]
 #[command(version)]

@@ -1,4 +1,4 @@
-//! Writing a batch of admitted issuances in one transaction.
+//! Writing a batch of issuances (slots the gate took) in one transaction.
 //!
 //! The transaction locks the campaigns of the batch (`FOR UPDATE`, in id
 //! order so that two workers never deadlock), reads which (campaign, user)
@@ -12,7 +12,7 @@
 //! - a new pair whose coupon id is already another row's (or an earlier
 //!   message's of the batch): `coupon_id_taken`, dead-lettered;
 //! - a new pair once the campaign is full: `over_stock`, dead-lettered,
-//!   because it means the gate admitted more than the stock;
+//!   because it means the gate took more slots than the stock;
 //! - a campaign that does not exist: `unknown_campaign`, dead-lettered.
 //!
 //! A batch PostgreSQL refuses for its values (SQLSTATE class 22 or 23, see

@@ -24,7 +24,7 @@ pub struct KafkaSettings {
     /// Replication factor when `migrate` creates topics (3 on a real cluster).
     pub replication_factor: i32,
     /// `message.timeout.ms`: how long a request may wait for its delivery
-    /// report once the gate admitted it.
+    /// report once the gate took its slot.
     pub delivery_timeout_ms: u64,
     pub linger_ms: u64,
     /// How the api spreads messages over the topic's partitions.

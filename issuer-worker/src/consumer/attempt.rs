@@ -3,7 +3,7 @@
 //! message became ([`Worker::account`]: a row, a duplicate, or a letter),
 //! then sets the letters aside ([`Worker::set_aside`]: to the dead-letter
 //! topic, or parked in PostgreSQL while the topic refuses them), recording
-//! for `/coupons/me` each admitted user turned away.
+//! for `/coupons/me` each user with a slot turned away.
 
 use std::time::{Duration, Instant};
 
@@ -72,8 +72,8 @@ impl Worker {
     }
 
     /// What each message became: rows and duplicates are counted; the
-    /// undecodable and the dead are letters, each with the admitted user it
-    /// turns away, if any.
+    /// undecodable and the dead are letters, each with the user with a slot
+    /// it turns away, if any.
     fn account<'a>(
         &self,
         batch: &'a [Received],
@@ -211,7 +211,7 @@ impl Worker {
         Ok(decisions)
     }
 
-    /// An admitted user turned away (the stock guard, a taken coupon id, a
+    /// A user with a slot turned away (the stock guard, a taken coupon id, a
     /// value PostgreSQL refused): its request was answered, and it ends with
     /// no coupon. Recorded for `/coupons/me` (best effort: a Redis failure
     /// must not stall the partition; the user then shows pending until
