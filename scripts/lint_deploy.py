@@ -5,7 +5,7 @@ scripts/lint-deploy installs the tools and calls `check`; `rules` rewrites
 what is derived from docker/prometheus/alerts.yml (see below).
 
   lint_deploy.py check --compose-schema F --kustomize B --kubeconform B
-                       --k8s-schemas D [--k8s-version V]
+                       --hadolint B --kubernetes-validate B [--k8s-version V]
   lint_deploy.py rules [--write]
 
 Checks, each a function below, every failure listed before the exit:

@@ -44,7 +44,7 @@ end
 
 -- The keyed permutation of 1..n at j: four Feistel rounds over the smallest
 -- square power of two >= n, cycle-walked back into range.
--- (common/src/room.rs computes the same, for audits.)
+-- (common/src/redis_state/room.rs computes the same, for audits.)
 local function room_shuffle(j, n, seed)
   local half = 1
   while (2 ^ half) * (2 ^ half) < n do

@@ -109,7 +109,7 @@ impl DlqReason {
     /// A message dead-lettered for this reason had its slot taken and was
     /// answered (`accepted`, `pending` or `queued`) but ends without a
     /// coupon; the worker records that for `/coupons/me`.
-    pub fn turns_away_an_admitted_user(&self) -> bool {
+    pub fn turns_away_a_promised_user(&self) -> bool {
         matches!(
             self,
             Self::OverStock | Self::CouponIdTaken | Self::RejectedByDatabase | Self::Late

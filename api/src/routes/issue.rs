@@ -68,7 +68,7 @@ pub struct IssueReply {
         (status = 410, description = "sold_out or closed", body = ErrorBody),
         (status = 422, description = "idempotency_key_reused: the key was used for another request", body = ErrorBody),
         (status = 429, description = "rate_limited; no stock spent", body = ErrorBody),
-        (status = 503, description = "unavailable: nothing admitted (or, rarely, pending until reconciliation)", body = ErrorBody),
+        (status = 503, description = "unavailable: nothing taken (or, rarely, a slot left to reconciliation)", body = ErrorBody),
     )
 )]
 pub async fn issue(

@@ -105,7 +105,7 @@ impl Worker {
                                 "message over the campaign's stock: the gate took too many slots"
                             );
                         }
-                        let turned_away = reason.turns_away_an_admitted_user().then_some(m);
+                        let turned_away = reason.turns_away_a_promised_user().then_some(m);
                         letters.push((
                             self.letter(r, reason, format!("campaign {}", m.campaign_id)),
                             turned_away,
