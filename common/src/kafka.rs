@@ -68,6 +68,10 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
         // The Java client's partitioner, so keys land where Kafka tools expect.
         .set("partitioner", "murmur2_random")
         .set("socket.keepalive.enable", "true")
+        // Produce requests go out at once, not behind an unacknowledged one:
+        // about 5% more issues a second at 100 connections (one instance,
+        // interleaved runs, 2026-12-04), nothing lost alone.
+        .set("socket.nagle.disable", "true")
         // librdkafka checks message timeouts from the broker's thread, which
         // sleeps up to this backoff while the broker is unreachable: the
         // 10 s default stretched a 3 s delivery timeout to about 9 s.
