@@ -267,7 +267,28 @@ impl LeaseLock {
         let lease_ms = self.timing.lease.as_millis() as u64;
         let mut registration = None;
         for attempt in 0.. {
-            if set_nx_px(&self.redis, key, &token, lease_ms).await? {
+            let set = match set_nx_px(&self.redis, key, &token, lease_ms).await {
+                Ok(set) => set,
+                Err(e) => {
+                    // The SET may have run with its reply lost (a connection
+                    // a Redis restart broke): a lock nobody knows it holds
+                    // would block every taker for a whole lease. Give it
+                    // back (its token is ours alone) before failing; if that
+                    // fails too, the lease bounds it.
+                    if e.may_have_run() {
+                        let _ = self
+                            .redis
+                            .run_script::<i64>(
+                                &scripts::LOCK_RELEASE,
+                                &[key],
+                                &[token.as_str(), release_channel(key).as_str()],
+                            )
+                            .await;
+                    }
+                    return Err(e.into());
+                }
+            };
+            if set {
                 return Ok(LockGuard::start(
                     self.redis.clone(),
                     key.to_owned(),

@@ -21,9 +21,13 @@
 //! missing): the next keeper's scan rebuilds it. What if Redis restarts
 //! again mid-rebuild? The rebuild's last step loads the meta only on the
 //! server it started on (`CampaignMetas::load_on`); it fails and the
-//! campaign stays fenced for the next scan.
+//! campaign stays fenced for the next scan. A failed rebuild (a connection
+//! the restart broke, a broker that did not answer) brings the next scan
+//! forward to [`RETRY_AFTER`], not the full `keeper_scan_secs`: the
+//! campaign's outage is bounded by the retry, not by the periodic scan.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +44,8 @@ use crate::metrics::WorkerMetrics;
 const RECENT_DAYS: i32 = 30;
 /// The most campaigns rebuilt at once (each mostly waits).
 const AT_ONCE: usize = 16;
+/// How soon the next scan comes after a rebuild failed.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// Runs until `stop`.
 pub async fn run(
@@ -63,6 +69,8 @@ pub async fn run(
     let scan_every = Duration::from_secs(settings.worker.keeper_scan_secs.max(1));
     let settings = Arc::new(settings);
     let rebuilding: Arc<Mutex<HashSet<CampaignId>>> = Arc::default();
+    // Set by a rebuild that failed: the next scan comes after RETRY_AFTER.
+    let failed = Arc::new(AtomicBool::new(false));
     let mut last_server: Option<String> = None;
     let mut last_scan: Option<Instant> = None;
     let mut tick = tokio::time::interval(every);
@@ -80,7 +88,12 @@ pub async fn run(
             }
         };
         let changed = last_server.as_deref() != Some(server.as_str());
-        if !changed && last_scan.is_some_and(|at| at.elapsed() < scan_every) {
+        let due = match last_scan {
+            None => true,
+            Some(at) if failed.load(Ordering::Relaxed) => at.elapsed() >= RETRY_AFTER,
+            Some(at) => at.elapsed() >= scan_every,
+        };
+        if !changed && !due {
             continue;
         }
         let campaigns = match recent_campaigns(&db).await {
@@ -114,6 +127,7 @@ pub async fn run(
         }
         last_server = Some(server);
         last_scan = Some(Instant::now());
+        failed.store(false, Ordering::Relaxed);
         metrics.stale_campaigns.set(broken.len() as i64);
         for (campaign, state) in broken {
             if rebuilding
@@ -132,12 +146,13 @@ pub async fn run(
                 continue;
             }
             tracing::info!(campaign.id = %campaign, ?state, "gate keeper rebuilding");
-            let (settings, db, redis, metrics, rebuilding) = (
+            let (settings, db, redis, metrics, rebuilding, failed) = (
                 settings.clone(),
                 db.clone(),
                 redis.clone(),
                 metrics.clone(),
                 rebuilding.clone(),
+                failed.clone(),
             );
             tokio::spawn(async move {
                 let result = crate::rebuild::rebuild(&settings, &db, &redis, campaign, false).await;
@@ -146,6 +161,7 @@ pub async fn run(
                     Ok(None) => "current",
                     Err(e) => {
                         tracing::warn!(campaign.id = %campaign, error = %e, "gate keeper: rebuild failed; the next scan tries again");
+                        failed.store(true, Ordering::Relaxed);
                         "failed"
                     }
                 };

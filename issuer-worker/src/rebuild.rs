@@ -98,17 +98,33 @@ pub async fn rebuild(
         .one(db)
         .await?
         .with_context(|| format!("no campaign {campaign} in PostgreSQL"))?;
+    let lock = admin_lock::acquire(redis, &campaign).await?;
+    let result = rebuild_locked(settings, db, redis, &row, campaign, force).await;
+    // Released on every path: a rebuild that failed (a connection a Redis
+    // restart broke) must not keep the next attempt waiting for the lease.
+    // If the release fails too, the lease (30 s) bounds the wait.
+    if let Err(e) = lock.release().await {
+        tracing::warn!(campaign.id = %campaign, error = %e, "admin lock not released; its lease ends it");
+    }
+    result
+}
+
+/// The rebuild proper, under the campaign's admin lock.
+async fn rebuild_locked(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    redis: &RedisClient,
+    row: &campaigns::Model,
+    campaign: CampaignId,
+    force: bool,
+) -> anyhow::Result<Option<RebuildReport>> {
     let (metas, repair) = (
         CampaignMetas::new(redis.clone()),
         Repair::new(redis.clone()),
     );
-    let lock = admin_lock::acquire(redis, &campaign).await?;
     let (state, server) = metas.epoch_state(&campaign).await?;
     let found = match state {
-        EpochState::Current if !force => {
-            lock.release().await?;
-            return Ok(None);
-        }
+        EpochState::Current if !force => return Ok(None),
         EpochState::Current => {
             metas.fence(&campaign).await?;
             tracing::warn!(campaign.id = %campaign, "campaign fenced for a forced rebuild; takes stopped");
@@ -150,7 +166,6 @@ pub async fn rebuild(
         room: row.room(),
     };
     let loaded = metas.load_on(&campaign, &meta, &server).await?;
-    lock.release().await?;
     anyhow::ensure!(
         loaded,
         "Redis changed servers while campaign {campaign} was rebuilt; it stays fenced for the next rebuild"

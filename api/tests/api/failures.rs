@@ -361,10 +361,18 @@ async fn a_busy_instance_does_not_take_itself_for_a_dead_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_restart_fences_campaigns_until_the_gate_keeper_rebuilds_them() {
     let mut redis = common::testkit::OwnRedis::start_persistent("everysec");
+    // Its own PostgreSQL too: the keeper rebuilds every recent campaign it
+    // finds in the database, and the shared one holds every other test's
+    // campaigns (missing on this Redis): rebuilding those kept the keeper
+    // busy past the bound below, and recorded cutoffs in their campaigns.
+    let pg = common::testkit::OwnPostgres::start();
+    let db = common::testkit::db_at(&pg.url()).await;
+    issuer_worker::migration::migrate(&db).await.unwrap();
     let mut settings = test_settings().await;
     settings.redis.url = redis.url();
-    // This test's own Redis holds only its campaign: the keeper runs, at
-    // its production cadence.
+    settings.database.url = SecretString::from(pg.url());
+    // This test's own Redis and PostgreSQL hold only its campaign: the
+    // keeper runs, at its production cadence.
     settings.worker.keeper_interval_ms =
         common::settings::WorkerSettings::default().keeper_interval_ms;
     let api = spawn_api(&settings).await;
@@ -374,7 +382,6 @@ async fn a_redis_restart_fences_campaigns_until_the_gate_keeper_rebuilds_them() 
         let (status, body) = api.issue(&campaign, user).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     }
-    let db = db().await;
     wait_for_rows(&db, &campaign, 3, Duration::from_secs(30)).await;
 
     redis.kill();

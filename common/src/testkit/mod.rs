@@ -75,7 +75,7 @@ pub fn isolated_settings() -> Settings {
     // rebuild the gate state of campaigns other tests left without one on
     // purpose. Tests of the keeper turn it on, on services of their own.
     s.worker.keeper_interval_ms = 0;
-    s.log.filter = "warn".into();
+    s.log.filter = std::env::var("COUPON_TEST_LOG").unwrap_or_else(|_| "warn".into());
     s
 }
 
