@@ -18,7 +18,7 @@ async fn footprint(cell: &Cell, campaign: &str) -> (Value, i64, u64) {
     let id = common::ids::CampaignId::parse(campaign).unwrap();
     let state = cell.admin.campaign(campaign).await.unwrap();
     (
-        json!([state.issued, state.persisted, state.state]),
+        json!([state.taken, state.persisted, state.state]),
         common::testkit::topic_messages(&cell.broker.address(), "coupon.issue.v1").await,
         common::testkit::rows(&cell.db, &id).await,
     )
@@ -341,7 +341,7 @@ async fn f11_rate_limiting() {
         .map(|o| o.summary.outcomes.get("accepted").copied().unwrap_or(0))
         .sum();
     assert_eq!(
-        state.issued,
+        state.taken,
         Some(1 + polite_accepted as i64),
         "the hammer spent stock"
     );
