@@ -29,6 +29,7 @@ macro_rules! per_strategy {
     };
 }
 
+mod campaign;
 mod cell;
 mod input;
 mod request_path;
