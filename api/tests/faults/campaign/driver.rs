@@ -237,7 +237,13 @@ async fn run_round(
             room: r.campaign(which).room,
             stop: stop.clone(),
         });
-        for i in 0..config.clients {
+        // A room's client spends most of its time in line with one user:
+        // twice as many of them.
+        let n = match which {
+            Which::Plain => config.clients,
+            Which::Room => config.clients * 2,
+        };
+        for i in 0..n {
             clients.push(tokio::spawn(traffic::client(ctx.clone(), i)));
         }
     }

@@ -248,11 +248,17 @@ impl Injector {
         })
         .await;
         match out {
-            Ok(out) if out.status.success() => (
-                true,
-                serde_json::from_slice(&out.stdout)
-                    .unwrap_or_else(|_| json!({"stdout": String::from_utf8_lossy(&out.stdout)})),
-            ),
+            Ok(out) if out.status.success() => {
+                // The report is the JSON at the end of stdout; a log line may
+                // come before it (rebuild --force warns on stdout).
+                let text = String::from_utf8_lossy(&out.stdout);
+                let report = text
+                    .find("\n{")
+                    .map(|i| &text[i + 1..])
+                    .or_else(|| text.starts_with('{').then_some(&text[..]))
+                    .and_then(|json| serde_json::from_str(json).ok());
+                (true, report.unwrap_or_else(|| json!({"stdout": text})))
+            }
             Ok(out) => {
                 // The error and its causes, without the backtrace.
                 let err = String::from_utf8_lossy(&out.stderr);

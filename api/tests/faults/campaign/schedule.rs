@@ -145,6 +145,7 @@ impl FaultKind {
             Self::ApiKill | Self::ApiPause => 3,
             Self::BrokerStop | Self::BrokerKill | Self::PostgresStop => 1,
             Self::Rebuild | Self::Oversized => 1,
+            Self::Reconcile => 3,
             _ => 2,
         }
     }
@@ -392,8 +393,10 @@ fn draw_round(
     // About four new users a second per client task.
     let demand = (config.clients as f64 * 4.0 * window_s).max(20.0);
     let plain_stock = (demand * rng.random_range(0.5..1.3)).round().max(10.0) as u64;
-    let rate: u32 = rng.random_range(5..=25);
-    let ttl: u32 = rng.random_range(3..=8);
+    // Slow enough that the room's clients (twice as many as the plain
+    // campaign's) make a line.
+    let rate: u32 = rng.random_range(3..=12);
+    let ttl: u32 = rng.random_range(2..=6);
     // Behind the room the stock is bounded by what the line lets through
     // (and by what the top-up can fill at the rate afterwards).
     let room_stock = (f64::from(rate) * window_s.min(30.0) * rng.random_range(0.3..0.9))

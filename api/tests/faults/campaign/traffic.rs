@@ -62,6 +62,9 @@ struct Client {
     keys: u64,
     /// The tasks following this client's deferred replies.
     followers: Vec<tokio::task::JoinHandle<()>>,
+    /// A reply said `sold_out` or `closed` since the last pause: the next
+    /// pause is longer (users give up for a while).
+    gone: AtomicBool,
 }
 
 /// Deferred replies one client follows at once.
@@ -69,10 +72,14 @@ const FOLLOWS_AT_ONCE: usize = 6;
 
 /// Reads `/coupons/me` after a deferred reply (`deferred`, its request's
 /// id) until its state is final, or the window ends (the final reads take
-/// over then).
+/// over then). A user turned away for a failure (`rejected` or `none` with
+/// `unavailable` or `given_back`) asks again at once, as an app would
+/// (twice at most), and follows that reply in turn.
 async fn follow(ctx: Arc<Ctx>, client: String, mut rng: StdRng, user: String, deferred: u64) {
     let instances = ctx.api.instances();
     let mut instance = rng.random_range(0..instances);
+    let mut deferred = deferred;
+    let mut retries = 0;
     for _ in 0..100 {
         if ctx.stopped() {
             return;
@@ -96,8 +103,31 @@ async fn follow(ctx: Arc<Ctx>, client: String, mut rng: StdRng, user: String, de
             instance = (instance + 1) % instances;
             continue;
         }
-        if matches!(r.state.as_deref(), Some("issued" | "rejected" | "none")) {
-            return;
+        let failed = matches!(r.outcome.as_deref(), Some("unavailable" | "given_back"));
+        match r.state.as_deref() {
+            Some("rejected" | "none") if failed && retries < 2 && rng.random_bool(0.7) => {
+                retries += 1;
+                let again = ctx
+                    .api
+                    .send(&Call {
+                        client: &client,
+                        round: ctx.round,
+                        campaign: &ctx.campaign,
+                        kind: Kind::Issue,
+                        user: Some(&user),
+                        key: None,
+                        instance,
+                        timeout: PATIENT,
+                        follows: None,
+                    })
+                    .await;
+                if !again.deferred() {
+                    return;
+                }
+                deferred = again.id;
+            }
+            Some("issued" | "rejected" | "none") => return,
+            _ => {}
         }
     }
 }
@@ -126,6 +156,7 @@ impl Client {
             users: 0,
             keys: 0,
             followers: Vec::new(),
+            gone: AtomicBool::new(false),
         }
     }
 
@@ -164,6 +195,11 @@ impl Client {
     }
 
     async fn pause(&mut self, lo: u64, hi: u64) {
+        let (lo, hi) = if self.gone.swap(false, Ordering::Relaxed) {
+            (lo.max(200), hi.max(700))
+        } else {
+            (lo, hi)
+        };
         let ms = self.rng.random_range(lo..=hi);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -177,7 +213,8 @@ impl Client {
         timeout: Duration,
         follows: Option<u64>,
     ) -> Req {
-        self.ctx
+        let r = self
+            .ctx
             .api
             .send(&Call {
                 client: &self.name,
@@ -190,7 +227,11 @@ impl Client {
                 timeout,
                 follows,
             })
-            .await
+            .await;
+        if r.status == Some(410) {
+            self.gone.store(true, Ordering::Relaxed);
+        }
+        r
     }
 
     /// Issues for `user` and retries as a client would: the same request on
