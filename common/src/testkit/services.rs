@@ -648,7 +648,10 @@ impl OwnPostgres {
             .output()
             .expect("pgrep");
         for pid in String::from_utf8_lossy(&children.stdout).split_whitespace() {
-            let _ = Command::new("kill").args([sig, pid]).status();
+            let _ = Command::new("kill")
+                .args([sig, pid])
+                .stderr(std::process::Stdio::null())
+                .status();
         }
         self.frozen
             .store(frozen, std::sync::atomic::Ordering::Release);

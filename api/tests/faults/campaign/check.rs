@@ -542,14 +542,20 @@ fn idempotency(h: &History, out: &mut Vec<Violation>) {
             text,
             span: None,
         };
+        // A request ran when its reply came from the handler behind the
+        // key's claim: a 2xx, or a refusal that is kept (403, 404, 409
+        // `duplicate`, 410). Not a replay, a 409 `request_in_progress`, a
+        // 429 or a 5xx (not kept), nor what is answered before the claim
+        // (400 for a bad key, 401) or by the HTTP server itself (408: the
+        // request did not arrive in time, as after its instance was frozen).
         let ran: Vec<&&Req> = reqs
             .iter()
             .filter(|r| {
                 let Some(s) = r.status else { return false };
-                !r.replayed
-                    && s != 429
-                    && s < 500
-                    && !(s == 409 && r.outcome.as_deref() == Some("request_in_progress"))
+                let kept = (200..300).contains(&s)
+                    || matches!(s, 403 | 404 | 410)
+                    || (s == 409 && r.outcome.as_deref() != Some("request_in_progress"));
+                !r.replayed && kept
             })
             .collect();
         if ran.len() > 1 {
@@ -1377,6 +1383,9 @@ mod tests {
         keyed(&mut h, 200, 409, "request_in_progress", None, false);
         keyed(&mut h, 300, 202, "accepted", Some("A"), false);
         keyed(&mut h, 400, 202, "accepted", Some("A"), true);
+        // The HTTP server's own 408 (the request arrived too late, its
+        // instance frozen): the handler never ran.
+        keyed(&mut h, 450, 408, "", None, false);
         h.rows(&[("a", "A")]);
         assert_eq!(h.rules(), Vec::<u8>::new());
         // Ran a second time (a duplicate, not a replay).

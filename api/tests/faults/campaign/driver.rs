@@ -19,7 +19,7 @@ use super::evidence;
 use super::history::{self, CampaignEvidence, Kind, Phases, Recorder, RoundEvidence};
 use super::inject::{Injector, ready};
 use super::report;
-use super::schedule::{Config, FORMS, FaultKind, Plan, RoundPlan, Which};
+use super::schedule::{Config, FORMS, Plan, RoundPlan, Which};
 use super::traffic::{self, Ctx};
 use crate::cell::{ADMIN_TOKEN, Cell, CellOptions};
 use crate::support::strategy_env;
@@ -375,15 +375,19 @@ async fn run_round(
 }
 
 /// Reads `/coupons/me` of every user of the round who got a deferred
-/// reply. Under async-queue, a user still `queued` whose instance was
-/// killed meanwhile is read again once the queue's marks have expired
-/// (60 s after the kill): the contract lets them expire, not vanish.
+/// reply. A user who still reads `queued` (async-queue) is read again once
+/// its queued mark can have expired (60 s after its last `queued` reply):
+/// a request whose instance died with it, or whose refusal could not be
+/// recorded, reads `queued` until then.
 async fn final_reads(api: &Api, rec: &Recorder, r: &RoundPlan) {
     let reqs = rec.requests_of_round(r.index);
-    let mut last: std::collections::BTreeMap<(String, String), u64> = Default::default();
-    for q in reqs.iter().filter(|q| q.deferred()) {
+    let mut last: std::collections::BTreeMap<(String, String), (u64, u64)> = Default::default();
+    for q in reqs
+        .iter()
+        .filter(|q| q.deferred() && q.client != history::by::TOPUP)
+    {
         if let Some(u) = &q.user {
-            last.insert((q.campaign.clone(), u.clone()), q.id);
+            last.insert((q.campaign.clone(), u.clone()), (q.id, q.end_ms));
         }
     }
     let read = |items: Vec<((String, String), u64)>| {
@@ -394,19 +398,8 @@ async fn final_reads(api: &Api, rec: &Recorder, r: &RoundPlan) {
             .buffer_unordered(16)
             .collect::<Vec<()>>()
     };
-    read(last.clone().into_iter().collect()).await;
-    if r.form != "async-queue" {
-        return;
-    }
-    let killed = rec
-        .snapshot()
-        .faults
-        .iter()
-        .filter(|f| f.round == r.index && f.kind == Some(FaultKind::ApiKill))
-        .map(|f| f.start_ms)
-        .max();
-    let Some(killed) = killed else { return };
-    let queued: Vec<((String, String), u64)> = rec
+    read(last.iter().map(|(k, (id, _))| (k.clone(), *id)).collect()).await;
+    let queued: Vec<((String, String), (u64, u64))> = rec
         .requests_of_round(r.index)
         .iter()
         .filter(|q| {
@@ -416,24 +409,23 @@ async fn final_reads(api: &Api, rec: &Recorder, r: &RoundPlan) {
         })
         .filter_map(|q| {
             let key = (q.campaign.clone(), q.user.clone()?);
-            last.get(&key).map(|id| (key, *id))
+            last.get(&key).map(|v| (key, *v))
         })
         .collect();
-    if queued.is_empty() {
+    let Some(expired) = queued.iter().map(|(_, (_, end))| end + 61_000).max() else {
         return;
-    }
-    let expired = killed + 62_000;
+    };
     let now = rec.now();
     if expired > now {
         println!(
-            "round {}: {} users still queued after an api kill; waiting {:.0} s for their marks to expire",
+            "round {}: {} users still queued; reading them again in {:.0} s, when their marks can have expired",
             r.index,
             queued.len(),
             (expired - now) as f64 / 1000.0
         );
         tokio::time::sleep(Duration::from_millis(expired - now)).await;
     }
-    read(queued).await;
+    read(queued.into_iter().map(|(k, (id, _))| (k, id)).collect()).await;
 }
 
 /// Tops a campaign up to its stock (unless it was closed), drains, and
