@@ -372,22 +372,47 @@ fn deferred_ends(
                 });
                 if !excused {
                     out.push(one(format!(
-                        "{user} was answered {} (#{}) and ended none without an outcome (#{})",
+                        "{user} was answered {} (#{}) and ended none without an outcome (#{}); {}",
                         last_deferred.outcome.as_deref().unwrap_or("?"),
                         last_deferred.id,
-                        last.id
+                        last.id,
+                        gate_view(&f.c.after_repair, user),
                     )));
                 }
             }
             state => out.push(one(format!(
-                "{user} was answered {} (#{}) and still reads {} after heal, settle and reconcile --repair (#{})",
+                "{user} was answered {} (#{}) and still reads {} after heal, settle and reconcile --repair (#{}); {}",
                 last_deferred.outcome.as_deref().unwrap_or("?"),
                 last_deferred.id,
                 state.unwrap_or("?"),
-                last.id
+                last.id,
+                gate_view(&f.c.after_repair, user),
             ))),
         }
     }
+}
+
+/// What the gate held for `user` after the repair, in words.
+fn gate_view(s: &Snapshot, user: &str) -> String {
+    if s.redis.error.is_some() {
+        return "the gate could not be read".into();
+    }
+    format!(
+        "after the repair the user {} the gate's set, its slot names {}, its status record is {}, it has {}",
+        if s.redis.users.iter().any(|u| u == user) {
+            "is in"
+        } else {
+            "is not in"
+        },
+        s.redis.slots.get(user).map_or("nothing", String::as_str),
+        s.redis
+            .unsettled
+            .get(user)
+            .map_or("not pending or queued", String::as_str),
+        s.row_map()
+            .get(user)
+            .map_or("no row".to_owned(), |c| format!("row {c}")),
+    )
 }
 
 /// Rule 4.
@@ -850,7 +875,10 @@ fn worker(h: &History, out: &mut Vec<Violation>) {
 /// Rule 12.
 fn drains(h: &History, out: &mut Vec<Violation>) {
     for f in &h.faults {
+        // (An instance that was not running had nothing to drain.)
+        let ran = f.detail.get("ran").and_then(|r| r.as_bool()) != Some(false);
         if f.kind == Some(FaultKind::ApiTerm)
+            && ran
             && f.detail.get("exit_code").and_then(|c| c.as_i64()) != Some(0)
         {
             out.push(Violation {

@@ -157,22 +157,20 @@ pub async fn run(config: Config) -> Outcome {
 }
 
 /// Stops both api instances with SIGTERM (they must drain and exit 0) and
-/// starts them with `env`; each one's exit code.
+/// starts them with `env`; each running one's exit code (`None`: killed
+/// by a signal).
 async fn roll_apis(cell: &Arc<Cell>, env: &[(String, String)]) -> Vec<(usize, Option<i32>)> {
     let stops: Vec<_> = (0..cell.api_ports.len())
         .map(|i| {
             let cell = cell.clone();
             tokio::task::spawn_blocking(move || {
-                (
-                    i,
-                    cell.stop_api_if_running(i, "-TERM").and_then(|s| s.code()),
-                )
+                cell.stop_api_if_running(i, "-TERM").map(|s| (i, s.code()))
             })
         })
         .collect();
     let mut rolled = Vec::new();
     for s in stops {
-        if let Ok(r) = s.await {
+        if let Ok(Some(r)) = s.await {
             rolled.push(r);
         }
     }
@@ -428,8 +426,10 @@ async fn final_reads(api: &Api, rec: &Recorder, r: &RoundPlan) {
     read(queued.into_iter().map(|(k, (id, _))| (k, id)).collect()).await;
 }
 
-/// Tops a campaign up to its stock (unless it was closed), drains, and
-/// reads it again: the snapshot, whether `sold_out` was seen, the users.
+/// Tops a campaign up to its stock (unless it was closed): fresh users for
+/// what the gate has left, a drain, a read; again (three passes at most)
+/// while the gate counts less than the stock (slots given back meanwhile).
+/// The snapshot, whether the campaign ended sold out, the users sent.
 async fn top_up(
     cell: &Arc<Cell>,
     rec: &Recorder,
@@ -442,14 +442,30 @@ async fn top_up(
     }
     let mut users = 0;
     let mut sold_out = false;
-    let mut after = None;
-    for pass in 0..2 {
-        let t = traffic::top_up(api, round, c.which, &c.id, pass, Duration::from_secs(45)).await;
+    let mut s = c.after_repair.clone();
+    for pass in 0..3 {
+        let left = c
+            .stock
+            .saturating_sub(s.api_taken.unwrap_or(0).max(0) as u64);
+        if left == 0 && pass > 0 {
+            break;
+        }
+        // A few more than is left: one of them meets the sold out.
+        let t = traffic::top_up(
+            api,
+            round,
+            c.which,
+            &c.id,
+            pass,
+            left + 4,
+            Duration::from_secs(60),
+        )
+        .await;
         users += t.users;
         sold_out |= t.sold_out;
         let _ = evidence::settle(cell, rec, Duration::from_secs(15)).await;
         // Rows land after the drain; give the last ones a moment.
-        let mut s = evidence::snapshot(cell, rec, &c.id).await;
+        s = evidence::snapshot(cell, rec, &c.id).await;
         for _ in 0..10 {
             let in_flight = s.api_taken.is_some_and(|t| t > s.rows.len() as i64);
             if !in_flight {
@@ -458,11 +474,10 @@ async fn top_up(
             tokio::time::sleep(Duration::from_millis(500)).await;
             s = evidence::snapshot(cell, rec, &c.id).await;
         }
-        let full = s.api_taken.is_some_and(|t| t as u64 >= c.stock);
-        after = Some(s);
-        if full || !t.sold_out {
+        sold_out |= s.api_state.as_deref() == Some("sold_out");
+        if s.api_taken.is_some_and(|t| t as u64 >= c.stock) {
             break;
         }
     }
-    (after, sold_out, users)
+    (Some(s), sold_out, users)
 }

@@ -277,6 +277,7 @@ pub async fn redis_state(url: &str, id: &str) -> redis::RedisResult<RedisState> 
         .query_async(&mut conn)
         .await?;
     let time: (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+    let unsettled = unsettled_records(&mut conn, &p).await?;
     Ok(RedisState {
         meta: cmd("HGETALL", format!("{p}:meta"))
             .query_async(&mut conn)
@@ -320,8 +321,52 @@ pub async fn redis_state(url: &str, id: &str) -> redis::RedisResult<RedisState> 
             .query_async(&mut conn)
             .await?,
         redis_now_ms: Some(time.0 * 1000 + time.1 / 1000),
+        unsettled,
         error: None,
     })
+}
+
+/// The campaign's status records that say `pending` or `queued`.
+async fn unsettled_records(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> redis::RedisResult<BTreeMap<String, String>> {
+    let pattern = format!("{prefix}:status:*");
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut out = BTreeMap::new();
+    for chunk in keys.chunks(500) {
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query_async(conn).await?;
+        for (key, value) in chunk.iter().zip(values) {
+            let Some(value) = value else { continue };
+            let state = serde_json::from_str::<Value>(&value)
+                .ok()
+                .and_then(|v| v["state"].as_str().map(str::to_owned));
+            if matches!(state.as_deref(), Some("pending" | "queued")) {
+                let user = key
+                    .strip_prefix(&format!("{prefix}:status:"))
+                    .unwrap_or(key)
+                    .to_owned();
+                out.insert(user, value);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Every dead letter on the DLQ topic.

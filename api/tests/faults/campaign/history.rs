@@ -308,6 +308,10 @@ pub struct RedisState {
     pub admin_lock: Option<String>,
     /// Redis's own clock when read (ms), for the fair lock's deadlines.
     pub redis_now_ms: Option<u64>,
+    /// The status records (`coupon:{c}:status:<user>`) that say `pending`
+    /// or `queued`: user → the record.
+    #[serde(default)]
+    pub unsettled: BTreeMap<String, String>,
     /// Set when the keys could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

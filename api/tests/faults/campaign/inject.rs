@@ -114,12 +114,19 @@ impl Injector {
                 let began = Instant::now();
                 let exit = blocking(move || c.stop_api_if_running(i, "-TERM")).await;
                 let drained_ms = began.elapsed().as_millis() as u64;
-                let code = exit.as_ref().ok().and_then(|e| e.and_then(|s| s.code()));
+                // `None`: it was not running (nothing to drain).
+                let status = exit.as_ref().ok().copied().flatten();
                 tokio::time::sleep(hold).await;
                 let back = self.respawn_api(i).await;
                 (
-                    back.is_ok() && code.is_some(),
-                    json!({"exit_code": code, "exit": format!("{exit:?}"), "drained_ms": drained_ms, "restart": back.err()}),
+                    back.is_ok() && status.is_some(),
+                    json!({
+                        "exit_code": status.and_then(|s| s.code()),
+                        "exit_signal": status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
+                        "ran": status.is_some(),
+                        "drained_ms": drained_ms,
+                        "restart": back.err(),
+                    }),
                 )
             }
             (FaultKind::WorkerKill, _) => {

@@ -638,7 +638,7 @@ pub async fn final_read(api: &Api, round: usize, campaign: &str, user: &str, fol
     }
 }
 
-/// What a top-up did.
+/// What a top-up pass did.
 #[derive(Debug, Default)]
 pub struct TopUp {
     pub users: u64,
@@ -646,22 +646,24 @@ pub struct TopUp {
     pub sold_out: bool,
 }
 
-/// Fresh users issue until a reply says `sold_out` (behind a room: join,
-/// wait to be admitted, issue), 8 at a time, for at most `within`. A
-/// `queued` reply is followed until final (its `sold_out` comes there).
+/// Fresh users issue, 16 at a time, `wanted` of them (behind a room: each
+/// joins, waits to be admitted, then issues), until a reply says `sold_out`
+/// or `within` passes. Deferred replies are not followed: the rows after
+/// the drain answer for them.
 pub async fn top_up(
     api: &Api,
     round: usize,
     which: Which,
     campaign: &str,
     pass: usize,
+    wanted: u64,
     within: Duration,
 ) -> TopUp {
     let done = Arc::new(AtomicBool::new(false));
     let users = Arc::new(AtomicU64::new(0));
     let deadline = tokio::time::Instant::now() + within;
     let letter = if which == Which::Plain { 'p' } else { 'q' };
-    let tasks: Vec<_> = (0..8)
+    let tasks: Vec<_> = (0..16)
         .map(|task| {
             let (api, done, users, campaign) = (
                 api.clone(),
@@ -672,8 +674,11 @@ pub async fn top_up(
             tokio::spawn(async move {
                 while !done.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
                     let n = users.fetch_add(1, Ordering::Relaxed);
+                    if n >= wanted {
+                        users.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
                     let user = format!("r{round}{letter}t{pass}x{n:05}");
-                    let instance = task;
                     if which == Which::Room
                         && !admitted(&api, round, &campaign, &user, &done, deadline).await
                     {
@@ -687,19 +692,14 @@ pub async fn top_up(
                             &campaign,
                             Kind::Issue,
                             Some(&user),
-                            instance + attempt,
+                            task + attempt,
                             PATIENT,
                             None,
                         )
                         .await;
-                        match (r.status, r.outcome.as_deref()) {
-                            (Some(410), _) => done.store(true, Ordering::Relaxed),
-                            (Some(202), Some("queued")) => {
-                                if queued_sold_out(&api, round, &campaign, &user, &r).await {
-                                    done.store(true, Ordering::Relaxed);
-                                }
-                            }
-                            (Some(429 | 500..=599), _) | (None, _) => {
+                        match r.status {
+                            Some(410) => done.store(true, Ordering::Relaxed),
+                            Some(429 | 500..=599) | None => {
                                 tokio::time::sleep(Duration::from_millis(200)).await;
                                 continue;
                             }
@@ -763,40 +763,6 @@ async fn admitted(
                 kind = Kind::RoomJoin;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-        }
-    }
-    false
-}
-
-/// Follows a top-up's `queued` reply; whether it ended `sold_out`.
-async fn queued_sold_out(
-    api: &Api,
-    round: usize,
-    campaign: &str,
-    user: &str,
-    queued: &Req,
-) -> bool {
-    for attempt in 0..100 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let r = driver_send(
-            api,
-            by::TOPUP,
-            round,
-            campaign,
-            Kind::CouponsMe,
-            Some(user),
-            attempt,
-            PATIENT,
-            Some(queued.id),
-        )
-        .await;
-        match r.state.as_deref() {
-            Some("rejected" | "none") => {
-                return matches!(r.outcome.as_deref(), Some("sold_out" | "closed"));
-            }
-            // Past the gate with a slot: the row comes with the drain.
-            Some("issued" | "pending") => return false,
-            _ => {}
         }
     }
     false
