@@ -803,10 +803,11 @@ fn worker(h: &History, out: &mut Vec<Violation>) {
                 campaign: None,
                 users: Vec::new(),
                 text: format!(
-                    "the worker group's lag did not return to 0 within {:.0} s of the heal (last {:?}, worker_paused {:?}{})",
+                    "the worker group's lag did not return to 0 within {:.0} s of the heal (last {:?}, worker_paused {:?}, worker_assigned_partitions {:?}{})",
                     round.settle.waited_ms as f64 / 1000.0,
                     round.settle.group_lag,
                     round.settle.paused,
+                    round.settle.assigned,
                     round.settle.error.as_ref().map(|e| format!(", {e}")).unwrap_or_default()
                 ),
                 span: Some((round.phases.traffic_start, round.phases.settled)),

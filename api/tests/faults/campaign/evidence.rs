@@ -154,6 +154,7 @@ pub async fn settle(cell: &Cell, rec: &Recorder, within: Duration) -> Settle {
     }
     s.waited_ms = started.elapsed().as_millis() as u64;
     s.paused = cell.worker_metric(0, "worker_paused").await;
+    s.assigned = cell.worker_metric(0, "worker_assigned_partitions").await;
     s
 }
 

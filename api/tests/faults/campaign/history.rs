@@ -365,6 +365,9 @@ pub struct Settle {
     pub waited_ms: u64,
     /// `worker_paused` at the end of the wait.
     pub paused: Option<f64>,
+    /// `worker_assigned_partitions` at the end of the wait.
+    #[serde(default)]
+    pub assigned: Option<f64>,
     /// Why a read failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -399,6 +402,10 @@ pub struct Letter {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
     pub seed: u64,
+    /// When the run's clock started (UTC, RFC 3339): the processes' logs
+    /// are stamped with the wall clock.
+    #[serde(default)]
+    pub started_at: String,
     pub requests: Vec<Req>,
     pub faults: Vec<FaultRecord>,
     pub samples: Vec<Sample>,
@@ -420,6 +427,7 @@ impl Recorder {
             clock: Clock::start(),
             inner: Arc::new(Mutex::new(History {
                 seed,
+                started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 ..History::default()
             })),
             next_id: Arc::default(),
@@ -498,6 +506,7 @@ pub fn write(dir: &Path, h: &History) -> std::io::Result<()> {
     lines("samples.jsonl", &mut h.samples.iter().map(json))?;
     let final_json = serde_json::json!({
         "seed": h.seed,
+        "started_at": h.started_at,
         "rounds": h.rounds,
         "dead_letters": h.letters,
     });
@@ -519,6 +528,8 @@ pub fn read(dir: &Path) -> std::io::Result<History> {
     #[derive(Deserialize)]
     struct Final {
         seed: u64,
+        #[serde(default)]
+        started_at: String,
         rounds: Vec<RoundEvidence>,
         dead_letters: Vec<Letter>,
     }
@@ -526,6 +537,7 @@ pub fn read(dir: &Path) -> std::io::Result<History> {
         .map_err(std::io::Error::other)?;
     Ok(History {
         seed: f.seed,
+        started_at: f.started_at,
         requests: lines(&dir.join("history.jsonl"))?,
         faults: lines(&dir.join("faults.jsonl"))?,
         samples: lines(&dir.join("samples.jsonl"))?,

@@ -102,7 +102,23 @@ pub fn markdown(
                 .join(", ")
         );
     }
+    let _ = writeln!(
+        out,
+        "The run's clock started at {} (the processes' logs under `logs/` carry the wall clock).\n",
+        h.started_at
+    );
     let _ = writeln!(out, "## Rounds\n");
+    for r in &h.rounds {
+        let s = &r.settle;
+        if !s.lag_zero {
+            let _ = writeln!(
+                out,
+                "- Round {} ({}): the worker did not drain after the heal (group lag {:?}, worker_paused {:?}, partitions assigned {:?}): its rows-based findings (rules 2, 3, 5, 6) may all follow from that.",
+                r.round, r.form, s.group_lag, s.paused, s.assigned
+            );
+        }
+    }
+    let _ = writeln!(out);
     let _ = writeln!(
         out,
         "| round | form | campaign | stock | rows after repair | taken after repair | rows after top-up | issue replies |"
