@@ -52,7 +52,7 @@ pub const LONGEST_MS: u64 = 15_000;
 const MARGIN_MS: u64 = 5_000;
 
 /// One broken promise.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Violation {
     pub rule: u8,
     pub round: Option<usize>,
@@ -814,36 +814,34 @@ fn worker(h: &History, out: &mut Vec<Violation>) {
             });
         }
     }
-    let samples: Vec<(u64, Option<f64>)> = h
-        .samples
-        .iter()
-        .filter(|s| s.source == "worker")
-        .map(|s| (s.t_ms, s.values.get("worker_paused").copied()))
-        .collect();
-    let mut episodes: Vec<(u64, u64, bool)> = Vec::new();
-    let mut open: Option<(u64, u64)> = None;
-    for (t, paused) in &samples {
-        match (paused, open) {
-            (Some(p), None) if *p >= 1.0 => open = Some((*t, *t)),
-            (Some(p), Some((a, _))) if *p >= 1.0 => open = Some((a, *t)),
-            (Some(_), Some((a, b))) => {
-                episodes.push((a, b, false));
-                open = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some((a, b)) = open {
-        episodes.push((a, b, true));
-    }
-    for (a, b, unended) in episodes {
-        let causes: Vec<&FaultRecord> = h
-            .faults
+    // Not consuming: paused (a dependency down), or in the group without
+    // partitions (after a rebalance).
+    let stalls: [(&str, fn(f64) -> bool, &str); 2] = [
+        ("worker_paused", |v| v >= 1.0, "paused"),
+        (
+            "worker_assigned_partitions",
+            |v| v < 1.0,
+            "without partitions",
+        ),
+    ];
+    for (metric, stalled, what) in stalls {
+        let samples: Vec<(u64, Option<f64>)> = h
+            .samples
             .iter()
-            .filter(|f| f.start_ms <= a + 1_000 && f.end_ms + PAUSE_BOUND_MS >= a)
+            .filter(|s| s.source == "worker")
+            .map(|s| (s.t_ms, s.values.get(metric).copied()))
             .collect();
-        let allowed = causes.iter().map(|f| f.end_ms).max().unwrap_or(a).max(a) + PAUSE_BOUND_MS;
-        if b > allowed || unended {
+        for (a, b, unended) in episodes(&samples, stalled) {
+            let causes: Vec<&FaultRecord> = h
+                .faults
+                .iter()
+                .filter(|f| f.start_ms <= a + 1_000 && f.end_ms + PAUSE_BOUND_MS >= a)
+                .collect();
+            let allowed =
+                causes.iter().map(|f| f.end_ms).max().unwrap_or(a).max(a) + PAUSE_BOUND_MS;
+            if b <= allowed && !unended {
+                continue;
+            }
             let round = h
                 .rounds
                 .iter()
@@ -855,10 +853,10 @@ fn worker(h: &History, out: &mut Vec<Violation>) {
                 campaign: None,
                 users: Vec::new(),
                 text: format!(
-                    "the worker was paused from {:.1} s to {:.1} s{} ({:.0} s); the faults that could cause it ({}) allow it until {:.1} s",
+                    "the worker was {what} from {:.1} s to {:.1} s{} ({:.0} s); the faults that could cause it ({}) allow it until {:.1} s",
                     a as f64 / 1000.0,
                     b as f64 / 1000.0,
-                    if unended { ", still paused at the last sample" } else { "" },
+                    if unended { ", still at the last sample" } else { "" },
                     (b - a) as f64 / 1000.0,
                     if causes.is_empty() {
                         "none".to_owned()
@@ -871,6 +869,29 @@ fn worker(h: &History, out: &mut Vec<Violation>) {
             });
         }
     }
+}
+
+/// The spans (first, last sample, whether it lasted to the last sample)
+/// over which `stalled` held; a sample that could not be read neither
+/// starts nor ends one.
+fn episodes(samples: &[(u64, Option<f64>)], stalled: fn(f64) -> bool) -> Vec<(u64, u64, bool)> {
+    let mut episodes = Vec::new();
+    let mut open: Option<(u64, u64)> = None;
+    for (t, value) in samples {
+        match (value.map(stalled), open) {
+            (Some(true), None) => open = Some((*t, *t)),
+            (Some(true), Some((a, _))) => open = Some((a, *t)),
+            (Some(false), Some((a, b))) => {
+                episodes.push((a, b, false));
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some((a, b)) = open {
+        episodes.push((a, b, true));
+    }
+    episodes
 }
 
 /// Rule 12.
@@ -1521,6 +1542,27 @@ mod tests {
             sample(1_500, 1.0),
             sample(30_000, 1.0),
             sample(30_500, 0.0),
+        ];
+        assert_eq!(h.rules(), vec![11]);
+        // In the group without partitions for as long: the same.
+        let parts = |t, n: f64| super::super::history::Sample {
+            t_ms: t,
+            source: "worker".into(),
+            values: BTreeMap::from([("worker_assigned_partitions".to_owned(), n)]),
+            error: None,
+        };
+        h.h.samples = vec![
+            parts(500, 6.0),
+            parts(1_500, 0.0),
+            parts(20_000, 0.0),
+            parts(20_500, 6.0),
+        ];
+        assert_eq!(h.rules(), Vec::<u8>::new());
+        h.h.samples = vec![
+            parts(500, 6.0),
+            parts(1_500, 0.0),
+            parts(30_000, 0.0),
+            parts(30_500, 6.0),
         ];
         assert_eq!(h.rules(), vec![11]);
         h.h.samples.clear();

@@ -143,6 +143,8 @@ pub async fn run(config: Config) -> Outcome {
         report::markdown(&config, &plan, &history, &violations, seconds),
     )
     .expect("report.md");
+    std::fs::write(dir.join("violations.jsonl"), report::jsonl(&violations))
+        .expect("violations.jsonl");
     print!(
         "{}",
         report::summary(

@@ -21,8 +21,8 @@
 //! Everything lands in `target/faults/campaign-<seed>/`: `history.jsonl`
 //! (every request), `faults.jsonl`, `samples.jsonl` (metrics every
 //! ~500 ms), `final.json` (each round's end state, the dead letters),
-//! `report.md`, `schedule.txt`, `config.json`, and `logs/` (the processes'
-//! output).
+//! `report.md`, `violations.jsonl` (every violation), `schedule.txt`,
+//! `config.json`, and `logs/` (the processes' output).
 //!
 //! | module | what |
 //! |---|---|
@@ -152,6 +152,11 @@ async fn rejudge() {
         report::markdown(&config, &plan, &history, &violations, 0.0),
     )
     .expect("report-rejudged.md");
+    std::fs::write(
+        dir.join("violations-rejudged.jsonl"),
+        report::jsonl(&violations),
+    )
+    .expect("violations-rejudged.jsonl");
     print!(
         "{}",
         report::summary(&config, &history, &violations, &path.display().to_string())

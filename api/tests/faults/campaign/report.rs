@@ -175,6 +175,14 @@ pub fn markdown(
     out
 }
 
+/// Every violation, one JSON line each (`violations.jsonl`).
+pub fn jsonl(violations: &[Violation]) -> String {
+    violations
+        .iter()
+        .map(|v| serde_json::to_string(v).unwrap_or_default() + "\n")
+        .collect()
+}
+
 /// One violation on one line.
 pub fn line(v: &Violation) -> String {
     format!(
