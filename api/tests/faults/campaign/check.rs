@@ -152,7 +152,7 @@ pub fn judge(h: &History) -> Vec<Violation> {
     worker(h, &mut out);
     drains(h, &mut out);
     bounded(h, &mut out);
-    out.sort_by(|a, b| (a.rule, a.round).cmp(&(b.rule, b.round)));
+    out.sort_by_key(|v| (v.rule, v.round));
     out
 }
 
@@ -278,21 +278,21 @@ fn deferred_ends(
                 .filter(|r| r.named() == Some(x))
                 .map(|r| r.end_ms)
                 .min();
-            if let Some(named_at) = named_at {
-                if let Some(read) = reqs.iter().find(|r| {
+            if let Some(named_at) = named_at
+                && let Some(read) = reqs.iter().find(|r| {
                     r.kind() == Kind::CouponsMe
                         && r.status == Some(200)
                         && matches!(r.state.as_deref(), Some("rejected" | "none"))
                         && r.start_ms > named_at
-                }) {
-                    out.push(one(format!(
+                })
+            {
+                out.push(one(format!(
                         "#{} read {} ({}) after the reply naming {x} was received, yet {x} is {user}'s row",
                         read.id,
                         read.state.as_deref().unwrap_or("?"),
                         read.outcome.as_deref().unwrap_or("no outcome"),
                     )));
-                    continue;
-                }
+                continue;
             }
         }
         // An `issued` read names the row for good.
@@ -657,9 +657,10 @@ fn room(id: &str, f: &CampaignFacts<'_>, h: &History, v: &Make<'_>, out: &mut Ve
             }
             a += 1;
         }
-        if let Some(b) = best {
-            if w.position < b.position {
-                out.push(v(
+        if let Some(b) = best
+            && w.position < b.position
+        {
+            out.push(v(
                     9,
                     vec![b.user.clone().unwrap_or_default(), w.user.clone().unwrap_or_default()],
                     format!(
@@ -672,8 +673,7 @@ fn room(id: &str, f: &CampaignFacts<'_>, h: &History, v: &Make<'_>, out: &mut Ve
                         w.user.as_deref().unwrap_or("?"),
                     ),
                 ));
-                break;
-            }
+            break;
         }
     }
     for (when, s) in [
@@ -816,7 +816,8 @@ fn worker(h: &History, out: &mut Vec<Violation>) {
     }
     // Not consuming: paused (a dependency down), or in the group without
     // partitions (after a rebalance).
-    let stalls: [(&str, fn(f64) -> bool, &str); 2] = [
+    type Stall = (&'static str, fn(f64) -> bool, &'static str);
+    let stalls: [Stall; 2] = [
         ("worker_paused", |v| v >= 1.0, "paused"),
         (
             "worker_assigned_partitions",

@@ -518,47 +518,51 @@ pub async fn client(ctx: Arc<Ctx>, index: usize) {
     }
 }
 
-/// A request of the driver's own (no RNG: the same every run).
-async fn driver_send(
-    api: &Api,
-    client: &str,
+/// Requests of one of the driver's phases (no RNG: the same every run),
+/// about one campaign.
+struct Driver<'a> {
+    api: &'a Api,
+    client: &'a str,
     round: usize,
-    campaign: &str,
-    kind: Kind,
-    user: Option<&str>,
-    instance: usize,
-    timeout: Duration,
-    follows: Option<u64>,
-) -> Req {
-    api.send(&Call {
-        client,
-        round,
-        campaign,
-        kind,
-        user,
-        key: None,
-        instance,
-        timeout,
-        follows,
-    })
-    .await
+    campaign: &'a str,
+}
+
+impl Driver<'_> {
+    async fn send(
+        &self,
+        kind: Kind,
+        user: Option<&str>,
+        instance: usize,
+        timeout: Duration,
+        follows: Option<u64>,
+    ) -> Req {
+        self.api
+            .send(&Call {
+                client: self.client,
+                round: self.round,
+                campaign: self.campaign,
+                kind,
+                user,
+                key: None,
+                instance,
+                timeout,
+                follows,
+            })
+            .await
+    }
 }
 
 /// The admin close: retried on both instances until it is answered 200 (at
 /// most 8 tries).
 pub async fn close(api: &Api, round: usize, campaign: &str) -> Option<Req> {
     for attempt in 0..8 {
-        let r = driver_send(
+        let r = Driver {
             api,
-            by::ADMIN,
+            client: by::ADMIN,
             round,
             campaign,
-            Kind::Close,
-            None,
-            attempt,
-            Duration::from_secs(10),
-            None,
-        )
+        }
+        .send(Kind::Close, None, attempt, Duration::from_secs(10), None)
         .await;
         if r.status == Some(200) {
             return Some(r);
@@ -585,11 +589,13 @@ pub async fn probe(api: &Api, round: usize, which: Which, campaign: &str) {
     let mut attempt = 0;
     while started.elapsed() < Duration::from_secs(12) {
         let left = Duration::from_secs(12).saturating_sub(started.elapsed());
-        let r = driver_send(
+        let r = Driver {
             api,
-            by::PROBE,
+            client: by::PROBE,
             round,
             campaign,
+        }
+        .send(
             kind,
             Some(&user),
             attempt,
@@ -619,11 +625,13 @@ pub fn definite(kind: Kind, r: &Req) -> bool {
 /// deferred reply.
 pub async fn final_read(api: &Api, round: usize, campaign: &str, user: &str, follows: u64) {
     for attempt in 0..6 {
-        let r = driver_send(
+        let r = Driver {
             api,
-            by::FINAL,
+            client: by::FINAL,
             round,
             campaign,
+        }
+        .send(
             Kind::CouponsMe,
             Some(user),
             attempt,
@@ -685,17 +693,13 @@ pub async fn top_up(
                         continue;
                     }
                     for attempt in 0..4 {
-                        let r = driver_send(
-                            &api,
-                            by::TOPUP,
+                        let r = Driver {
+                            api: &api,
+                            client: by::TOPUP,
                             round,
-                            &campaign,
-                            Kind::Issue,
-                            Some(&user),
-                            task + attempt,
-                            PATIENT,
-                            None,
-                        )
+                            campaign: &campaign,
+                        }
+                        .send(Kind::Issue, Some(&user), task + attempt, PATIENT, None)
                         .await;
                         match r.status {
                             Some(410) => done.store(true, Ordering::Relaxed),
@@ -733,17 +737,13 @@ async fn admitted(
     let mut kind = Kind::RoomJoin;
     let mut attempt = 0;
     while tokio::time::Instant::now() < deadline && !done.load(Ordering::Relaxed) {
-        let r = driver_send(
+        let r = Driver {
             api,
-            by::TOPUP,
+            client: by::TOPUP,
             round,
             campaign,
-            kind,
-            Some(user),
-            attempt,
-            PATIENT,
-            None,
-        )
+        }
+        .send(kind, Some(user), attempt, PATIENT, None)
         .await;
         attempt += 1;
         match r.state.as_deref() {
