@@ -210,6 +210,7 @@ fn accepted_rows(
 ) {
     let rows = f.last().row_map();
     let mut reported = BTreeSet::new();
+    let (mut lost, mut wrong) = (Vec::new(), Vec::new());
     for r in h.requests.iter().filter(|r| r.campaign == id) {
         if !(r.took() && r.outcome.as_deref() == Some("accepted")) {
             continue;
@@ -221,23 +222,40 @@ fn accepted_rows(
             continue;
         }
         match rows.get(user) {
-            None => out.push(v(
-                2,
-                vec![user.to_owned()],
-                format!(
-                    "#{} was answered accepted {coupon}, and {user} has no row",
-                    r.id
-                ),
+            None => lost.push(format!(
+                "#{} was answered accepted {coupon}, and {user} has no row",
+                r.id
             )),
-            Some(row) if *row != coupon => out.push(v(
-                2,
-                vec![user.to_owned()],
-                format!(
-                    "#{} was answered accepted {coupon}, and {user}'s row is {row}",
-                    r.id
-                ),
+            Some(row) if *row != coupon => wrong.push(format!(
+                "#{} was answered accepted {coupon}, and {user}'s row is {row}",
+                r.id
             )),
             Some(_) => {}
+        }
+    }
+    // A few one by one; many (a worker that stopped writing) as one.
+    for (found, what) in [(lost, "have no row"), (wrong, "have another row")] {
+        let user_of = |t: &String| {
+            t.split(", and ")
+                .nth(1)
+                .and_then(|rest| rest.split([' ', '\'']).next())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        if found.len() <= 3 {
+            for t in &found {
+                out.push(v(2, vec![user_of(t)], t.clone()));
+            }
+        } else {
+            out.push(v(
+                2,
+                found.iter().take(2).map(user_of).collect(),
+                format!(
+                    "{} users who were answered accepted {what}: {}",
+                    found.len(),
+                    examples(&found)
+                ),
+            ));
         }
     }
 }
