@@ -247,6 +247,21 @@ async fn run_round(
             clients.push(tokio::spawn(traffic::client(ctx.clone(), i)));
         }
     }
+    let burst = r.burst.map(|b| {
+        let ctx = Arc::new(Ctx {
+            api: api.clone(),
+            seed: config.seed,
+            round: r.index,
+            which: Which::Plain,
+            campaign: campaigns[0].clone(),
+            room: None,
+            stop: stop.clone(),
+        });
+        tokio::spawn(async move {
+            tokio::time::sleep_until(t0 + Duration::from_millis(b.at_ms)).await;
+            traffic::burst(ctx, b).await;
+        })
+    });
     let close = r.close.map(|(which, at)| {
         let (api, id, round) = (api.clone(), campaigns[which as usize].clone(), r.index);
         tokio::spawn(async move {
@@ -292,6 +307,9 @@ async fn run_round(
     phases.traffic_end = rec.now();
     if let Some(close) = close {
         let _ = close.await;
+    }
+    if let Some(burst) = burst {
+        let _ = burst.await;
     }
     for f in faults {
         let _ = f.await;

@@ -272,7 +272,23 @@ pub struct RoundPlan {
     pub campaigns: [CampaignPlan; 2],
     /// An admin close of one campaign at an instant of the window.
     pub close: Option<(Which, u64)>,
+    /// A flash crowd on the plain campaign.
+    #[serde(default)]
+    pub burst: Option<Burst>,
     pub faults: Vec<PlannedFault>,
+}
+
+/// A flash crowd: `users` new users issue at once on the plain campaign,
+/// most of them through one instance (a skewed balancer), some hanging up
+/// after 50 ms to 2 s. Half the time it comes just before an api fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Burst {
+    pub at_ms: u64,
+    pub users: u64,
+    /// The instance that gets three quarters of it.
+    pub instance: usize,
+    /// The share of its users who hang up early, in percent.
+    pub hang_up_percent: u32,
 }
 
 impl RoundPlan {
@@ -349,7 +365,7 @@ impl Plan {
             let (rate, ttl) = room.room.unwrap_or_default();
             let _ = writeln!(
                 out,
-                "round {} [{}] window {:.1} s; plain stock {}; room stock {} ({} admitted/s, {} s to issue){}",
+                "round {} [{}] window {:.1} s; plain stock {}; room stock {} ({} admitted/s, {} s to issue){}{}",
                 r.index,
                 r.form,
                 r.window_ms as f64 / 1000.0,
@@ -359,6 +375,15 @@ impl Plan {
                 ttl,
                 r.close
                     .map(|(w, at)| format!("; close {} at {:.1} s", w.as_str(), at as f64 / 1000.0))
+                    .unwrap_or_default(),
+                r.burst
+                    .map(|b| format!(
+                        "; a burst of {} users at {:.1} s (three quarters via api{}, {}% hang up)",
+                        b.users,
+                        b.at_ms as f64 / 1000.0,
+                        b.instance,
+                        b.hang_up_percent
+                    ))
                     .unwrap_or_default()
             );
             for f in &r.faults {
@@ -434,6 +459,28 @@ fn draw_round(
         }
         t += rng.random_range(400..2_500);
     }
+    let burst = rng.random_bool(0.6).then(|| {
+        let api_faults: Vec<&PlannedFault> = faults
+            .iter()
+            .filter(|f| matches!(f.target, Target::Api(_)))
+            .collect();
+        let before_fault = !api_faults.is_empty() && rng.random_bool(0.5);
+        let at_ms = if before_fault {
+            let f = api_faults[rng.random_range(0..api_faults.len())];
+            f.at_ms.saturating_sub(rng.random_range(0..1_000))
+        } else {
+            rng.random_range(window_ms / 10..window_ms * 8 / 10)
+        };
+        Burst {
+            at_ms,
+            users: rng.random_range(200..=1_500),
+            instance: rng.random_range(0..2),
+            hang_up_percent: rng.random_range(10..=50),
+        }
+    });
+    // The crowd wants more than the stock, but not by much more.
+    let plain_stock =
+        plain_stock + burst.map_or(0, |b| (b.users as f64 * rng.random_range(0.2..0.8)) as u64);
     RoundPlan {
         index,
         form,
@@ -451,6 +498,7 @@ fn draw_round(
             },
         ],
         close,
+        burst,
         faults,
     }
 }

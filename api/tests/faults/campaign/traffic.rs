@@ -518,6 +518,58 @@ pub async fn client(ctx: Arc<Ctx>, index: usize) {
     }
 }
 
+/// A flash crowd (`schedule::Burst`) on `ctx`'s campaign: every user
+/// issues once, all at once; three quarters through one instance, some
+/// hanging up after 50 ms to 2 s, some with an `Idempotency-Key`. Their
+/// deferred replies are not followed (the final reads cover them).
+pub async fn burst(ctx: Arc<Ctx>, b: super::schedule::Burst) {
+    let tasks: Vec<_> = (0..b.users)
+        .map(|n| {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let mut rng = rng_for(ctx.seed, &format!("burst-{}-{n}", ctx.round));
+                let user = format!("r{}{}b{n:05}", ctx.round, ctx.letter());
+                let key = rng
+                    .random_bool(0.3)
+                    .then(|| format!("k-{}-burst-{n}", ctx.round));
+                let mut instance = if rng.random_bool(0.75) {
+                    b.instance
+                } else {
+                    1 - b.instance.min(1)
+                };
+                let timeout = if rng.random_bool(f64::from(b.hang_up_percent) / 100.0) {
+                    Duration::from_millis(rng.random_range(50..2_000))
+                } else {
+                    PATIENT
+                };
+                for _ in 0..2 {
+                    let r = ctx
+                        .api
+                        .send(&Call {
+                            client: "burst",
+                            round: ctx.round,
+                            campaign: &ctx.campaign,
+                            kind: Kind::Issue,
+                            user: Some(&user),
+                            key: key.as_deref(),
+                            instance,
+                            timeout,
+                            follows: None,
+                        })
+                        .await;
+                    if !not_sent(&r) {
+                        break;
+                    }
+                    instance = (instance + 1) % ctx.api.instances();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 /// Requests of one of the driver's phases (no RNG: the same every run),
 /// about one campaign.
 struct Driver<'a> {
