@@ -140,7 +140,7 @@ pub fn judge(h: &History) -> Vec<Violation> {
         deferred_ends(id, f, &by_user, &h.faults, &v, &mut out);
         rows_promised(id, f, &by_user, &v, &mut out);
         counts(f, &v, &mut out);
-        topped_up(f, &v, &mut out);
+        topped_up(id, f, h, &v, &mut out);
         closed(id, h, &v, &mut out);
         if f.c.which == Which::Room {
             room(id, f, h, &v, &mut out);
@@ -509,22 +509,50 @@ fn counts(f: &CampaignFacts<'_>, v: &Make<'_>, out: &mut Vec<Violation>) {
 }
 
 /// Rule 6.
-fn topped_up(f: &CampaignFacts<'_>, v: &Make<'_>, out: &mut Vec<Violation>) {
+fn topped_up(id: &str, f: &CampaignFacts<'_>, h: &History, v: &Make<'_>, out: &mut Vec<Violation>) {
     let Some(s) = &f.c.after_topup else { return };
-    if s.rows.len() as u64 != f.c.stock {
-        out.push(v(
-            6,
-            Vec::new(),
-            format!(
-                "after topping up ({} fresh users{}) the campaign has {} rows for a stock of {} (the gate counts {})",
-                f.c.topup_users,
-                if f.c.topup_sold_out { ", sold out seen" } else { ", sold out never seen" },
-                s.rows.len(),
-                f.c.stock,
-                s.api_taken.map_or("?".to_owned(), |t| t.to_string()),
-            ),
-        ));
+    let rows = s.rows.len() as u64;
+    if rows == f.c.stock {
+        return;
     }
+    let taken = s.api_taken;
+    let leak = taken != Some(rows as i64) || taken.is_some_and(|t| t as u64 >= f.c.stock);
+    // A gate that still has slots, none held without a row: the top-up's
+    // own slots were given back after failed deliveries (rule 10 says so),
+    // or it ran out of time.
+    if !leak && !topup_failures(id, f, h).is_empty() {
+        return;
+    }
+    out.push(v(
+        6,
+        Vec::new(),
+        format!(
+            "after topping up ({} fresh users{}) the campaign has {rows} rows for a stock of {} (the gate counts {}){}",
+            f.c.topup_users,
+            if f.c.topup_sold_out { ", sold out seen" } else { ", sold out never seen" },
+            f.c.stock,
+            taken.map_or("?".to_owned(), |t| t.to_string()),
+            if leak { "" } else { ": no slot is held without a row, the top-up could not fill the rest" },
+        ),
+    ));
+}
+
+/// The top-up's replies that took a slot (`accepted`, `pending`) whose
+/// user has no row after the drain.
+fn topup_failures<'h>(id: &str, f: &CampaignFacts<'_>, h: &'h History) -> Vec<&'h Req> {
+    let Some(s) = &f.c.after_topup else {
+        return Vec::new();
+    };
+    let rows = s.row_map();
+    h.requests
+        .iter()
+        .filter(|r| {
+            r.campaign == id
+                && r.client == by::TOPUP
+                && r.named().is_some()
+                && r.user.as_deref().is_some_and(|u| !rows.contains_key(u))
+        })
+        .collect()
 }
 
 /// Rule 7.
@@ -749,6 +777,25 @@ fn liveness(id: &str, f: &CampaignFacts<'_>, h: &History, out: &mut Vec<Violatio
         .iter()
         .filter(|r| r.campaign == id && r.client == by::PROBE && r.kind() == kind)
         .collect();
+    let failed = topup_failures(id, f, h);
+    if !failed.is_empty() {
+        let healed = f.round.phases.healed;
+        let took = h
+            .requests
+            .iter()
+            .filter(|r| r.campaign == id && r.client == by::TOPUP && r.named().is_some())
+            .count();
+        out.push(Violation {
+            users: failed.iter().filter_map(|r| r.user.clone()).take(2).collect(),
+            ..v(format!(
+                "{} of the top-up's {took} replies that took a slot, sent {:.0}–{:.0} s after the heal, never became rows (their deliveries failed and the slots were given back, or the worker never wrote them): e.g. {}",
+                failed.len(),
+                failed.iter().map(|r| r.start_ms).min().unwrap_or(healed).saturating_sub(healed) as f64 / 1000.0,
+                failed.iter().map(|r| r.start_ms).max().unwrap_or(healed).saturating_sub(healed) as f64 / 1000.0,
+                examples(&failed.iter().map(|r| r.id).collect::<Vec<_>>()),
+            ))
+        });
+    }
     let Some(first) = probes.first() else {
         out.push(v("no liveness probe was sent".into()));
         return;
@@ -1398,6 +1445,17 @@ mod tests {
         let mut after = h.campaign().after_repair.clone();
         h.campaign().after_topup = Some(after.clone());
         assert_eq!(h.rules(), vec![6]);
+        // The top-up took a slot that never became a row (a delivery that
+        // failed after the heal): rule 10, not a leak.
+        let t = h.issue("f", 60_000, 202, "pending", Some("F"));
+        h.h.requests.iter_mut().find(|r| r.id == t).unwrap().client = by::TOPUP.into();
+        h.read("f", 40_000, "pending", Some("F"), by::FINAL);
+        assert_eq!(h.rules(), vec![10]);
+        h.h.requests.retain(|r| r.user.as_deref() != Some("f"));
+        // The gate full and a row missing: a leak.
+        h.campaign().after_topup.as_mut().unwrap().api_taken = Some(2);
+        assert_eq!(h.rules(), vec![6]);
+        h.campaign().after_topup.as_mut().unwrap().api_taken = Some(1);
         h.issue("t", 60_000, 202, "accepted", Some("T"));
         after.rows.push(("t".into(), "T".into()));
         h.campaign().after_topup = Some(after);

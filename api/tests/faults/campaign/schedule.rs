@@ -676,6 +676,26 @@ mod tests {
     }
 
     #[test]
+    fn most_rounds_have_a_burst_and_half_of_them_just_before_an_api_fault() {
+        let (mut rounds, mut bursts, mut before) = (0, 0, 0);
+        for seed in 0..100 {
+            for r in Plan::draw(&config(seed, 3.0)).rounds {
+                rounds += 1;
+                let Some(b) = r.burst else { continue };
+                bursts += 1;
+                assert!((200..=1_500).contains(&b.users));
+                before += usize::from(r.faults.iter().any(|f| {
+                    matches!(f.target, Target::Api(_))
+                        && f.at_ms >= b.at_ms
+                        && f.at_ms < b.at_ms + 1_000
+                }));
+            }
+        }
+        assert!(bursts * 2 > rounds, "{bursts} of {rounds}");
+        assert!(before * 4 > bursts, "{before} of {bursts}");
+    }
+
+    #[test]
     fn skipped_kinds_are_never_drawn() {
         let mut c = config(7, 3.0);
         c.skip = vec![FaultKind::Oversized, FaultKind::BrokerKill];
