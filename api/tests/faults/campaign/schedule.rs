@@ -1,8 +1,8 @@
 //! The plan of a campaign, drawn from its seed before anything runs: the
 //! rounds (one strategy form each, two campaigns each: one plain, one
 //! behind a waiting room), each round's stocks and room settings, its
-//! admin close (some rounds), and its faults — each with a start, a
-//! duration and a target, alone or overlapping (at most
+//! admin close and its flash crowd (some rounds), and its faults — each
+//! with a start, a duration and a target, alone or overlapping (at most
 //! [`MOST_AT_ONCE`] at once, never two on one target).
 //!
 //! The plan is a pure function of the [`Config`]: the same seed, minutes,

@@ -11,7 +11,8 @@
 //! deferred reply (`pending`, `queued`) with `/coupons/me` until it is final.
 //! A room campaign's clients join, poll `/room/me` as `retry_after_ms` says,
 //! issue once admitted (or dawdle past their admission), and some try to
-//! issue without joining.
+//! issue without joining. A flash crowd ([`burst`]) sends hundreds of new
+//! users at the plain campaign at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
