@@ -174,7 +174,14 @@ impl Cell {
         (file.try_clone().expect("a log file").into(), file.into())
     }
 
+    /// Starts api `i`. One still running in its place is killed first: a
+    /// process the cell lost track of would keep its port, and every later
+    /// start would fail to bind.
     pub fn spawn_api(&self, i: usize, extra: &[(&str, &str)]) {
+        if let Some(mut old) = lock(&self.apis[i]).take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
         let (stdout, stderr) = self.output(&format!("api-{i}"));
         let child = Command::new(env!("CARGO_BIN_EXE_api"))
             .envs(self.env.iter().cloned())
@@ -221,10 +228,16 @@ impl Cell {
         }
     }
 
+    /// Starts worker `i` (one still running in its place is killed first,
+    /// as for [`Cell::spawn_api`]).
     pub fn spawn_worker(&self, i: usize, extra: &[(&str, &str)]) {
         let mut workers = lock(&self.workers);
         if i >= workers.len() {
             workers.resize_with(i + 1, || (spare_port(), None));
+        }
+        if let Some(mut old) = workers[i].1.take() {
+            let _ = old.kill();
+            let _ = old.wait();
         }
         let (stdout, stderr) = self.output(&format!("worker-{i}"));
         let child = Command::new(binary("issuer-worker"))

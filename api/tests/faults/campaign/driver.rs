@@ -220,6 +220,7 @@ async fn run_round(
         round: r.index,
         api_env: env.clone(),
         campaigns: campaigns.clone(),
+        busy: Arc::default(),
     };
 
     // The window: traffic, the close, the faults.
@@ -327,6 +328,9 @@ async fn run_round(
     );
     let settle = evidence::settle(cell, rec, Duration::from_secs(30)).await;
     phases.settled = rec.now();
+    // A worker that did not drain will not catch up for reconcile either:
+    // its patience is then short (the round's findings say why).
+    let patience = if settle.lag_zero { "30" } else { "10" };
     let reconcile = |id: String| {
         let injector = injector.clone();
         async move {
@@ -337,7 +341,7 @@ async fn run_round(
                     &id,
                     "--repair",
                     "--patience",
-                    "30",
+                    patience,
                 ])
                 .await
         }
@@ -372,7 +376,10 @@ async fn run_round(
             topup_users: 0,
         });
     }
-    let topups = evidence.iter().map(|c| top_up(cell, rec, api, r.index, c));
+    let drained = settle.lag_zero;
+    let topups = evidence
+        .iter()
+        .map(|c| top_up(cell, rec, api, r.index, c, drained));
     let topped: Vec<_> = futures::future::join_all(topups).await;
     for (c, (after, sold_out, users)) in evidence.iter_mut().zip(topped) {
         c.after_topup = after;
@@ -447,15 +454,17 @@ async fn final_reads(api: &Api, rec: &Recorder, r: &RoundPlan) {
 }
 
 /// Tops a campaign up to its stock (unless it was closed): fresh users for
-/// what the gate has left, a drain, a read; again (three passes at most)
-/// while the gate counts less than the stock (slots given back meanwhile).
-/// The snapshot, whether the campaign ended sold out, the users sent.
+/// what the gate has left, a drain, a read; again (three passes at most;
+/// one when the worker did not drain after the heal) while the gate counts
+/// less than the stock (slots given back meanwhile). The snapshot, whether
+/// the campaign ended sold out, the users sent.
 async fn top_up(
     cell: &Arc<Cell>,
     rec: &Recorder,
     api: &Api,
     round: usize,
     c: &CampaignEvidence,
+    drained: bool,
 ) -> (Option<history::Snapshot>, bool, u64) {
     if c.after_repair.api_state.as_deref() == Some("closed") {
         return (None, false, 0);
@@ -463,7 +472,8 @@ async fn top_up(
     let mut users = 0;
     let mut sold_out = false;
     let mut s = c.after_repair.clone();
-    for pass in 0..3 {
+    let passes = if drained { 3 } else { 1 };
+    for pass in 0..passes {
         let left = c
             .stock
             .saturating_sub(s.api_taken.unwrap_or(0).max(0) as u64);
@@ -478,15 +488,16 @@ async fn top_up(
             &c.id,
             pass,
             left + 4,
-            Duration::from_secs(60),
+            Duration::from_secs(if drained { 60 } else { 20 }),
         )
         .await;
         users += t.users;
         sold_out |= t.sold_out;
-        let _ = evidence::settle(cell, rec, Duration::from_secs(15)).await;
+        let within = Duration::from_secs(if drained { 15 } else { 3 });
+        let _ = evidence::settle(cell, rec, within).await;
         // Rows land after the drain; give the last ones a moment.
         s = evidence::snapshot(cell, rec, &c.id).await;
-        for _ in 0..10 {
+        for _ in 0..if drained { 10 } else { 1 } {
             let in_flight = s.api_taken.is_some_and(|t| t > s.rows.len() as i64);
             if !in_flight {
                 break;

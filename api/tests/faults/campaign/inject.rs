@@ -39,6 +39,33 @@ pub struct Injector {
     pub api_env: Vec<(String, String)>,
     /// The round's campaigns: (plain, room) ids.
     pub campaigns: [String; 2],
+    /// One lock per target, held while a fault acts on it: the plan keeps
+    /// two faults on one target apart, but a fault can outlast its planned
+    /// end (a drain, a slow restart), and two faults restarting one process
+    /// at once would leave one of its processes untracked.
+    pub busy: Arc<Targets>,
+}
+
+/// The per-target locks of [`Injector::busy`].
+#[derive(Debug, Default)]
+pub struct Targets {
+    locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Targets {
+    fn of(&self, target: Target) -> Arc<tokio::sync::Mutex<()>> {
+        // Both campaigns' tools share one slot, as in the plan.
+        let name = match target {
+            Target::Campaign(_) => "campaign".to_owned(),
+            t => t.to_string(),
+        };
+        self.locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(name)
+            .or_default()
+            .clone()
+    }
 }
 
 /// Runs `f` on the blocking pool; its result, or the panic's message.
@@ -86,6 +113,10 @@ impl Injector {
 
     /// Carries out `f` (whose start the caller has waited for) and records it.
     pub async fn run(&self, f: PlannedFault) -> FaultRecord {
+        // Waits for a fault still acting on the same target; the record's
+        // start is when this one really began.
+        let target = self.busy.of(f.target);
+        let _busy = target.lock().await;
         let start_ms = self.rec.now();
         let hold = Duration::from_millis(f.for_ms);
         let cell = self.cell.clone();
