@@ -11,6 +11,12 @@
 //! (the lock strategies in both lock modes), each on a cell of its own;
 //! `COUPON_FAULTS_STRATEGIES` (comma-separated) narrows them. The worker's faults and the input checks do not depend on
 //! the strategy and run once.
+//!
+//! `campaign` is the fault campaign (`scripts/faults --campaign`): seeded
+//! traffic under faults injected at random instants, alone and
+//! overlapping, over every strategy form, judged afterwards from the
+//! recorded history; `scripts/faults` alone skips it (`--skip
+//! campaign::run`) and runs its checker's unit tests.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -29,6 +35,7 @@ macro_rules! per_strategy {
     };
 }
 
+mod campaign;
 mod cell;
 mod input;
 mod request_path;

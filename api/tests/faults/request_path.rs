@@ -42,7 +42,7 @@ per_strategy!(f03_broker_stopped_under_load => f03);
 
 async fn f03(strategy: &'static str) {
     let started = Instant::now();
-    let mut cell = Cell::start(2, 1, &strategy_env(strategy, &[])).await;
+    let cell = Cell::start(2, 1, &strategy_env(strategy, &[])).await;
     let campaign = cell.campaign(1_000_000).await;
     let outage = Duration::from_secs(pick(5, 20));
     let run = spec(
@@ -57,9 +57,9 @@ async fn f03(strategy: &'static str) {
         tokio::spawn(async move { load::execute(&spec, &campaign, minter).await.unwrap() })
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
-    cell.broker.kill();
+    cell.broker.sigkill();
     tokio::time::sleep(outage).await;
-    cell.broker.restart();
+    cell.broker.launch();
     let out = load.await.unwrap();
     let report = cell.tool(&["reconcile", "--campaign", &campaign, "--repair"]);
     let a = audit_of(&cell, &campaign, &[&out], &UserMode::Unique).await;
@@ -108,7 +108,7 @@ per_strategy!(f04_redis_restarted_empty => f04);
 
 async fn f04(strategy: &'static str) {
     let started = Instant::now();
-    let mut cell = Cell::start(2, 1, &strategy_env(strategy, &[])).await;
+    let cell = Cell::start(2, 1, &strategy_env(strategy, &[])).await;
     let stock = pick(300, 3_000);
     let campaign = cell.campaign(stock as i64).await;
     let id = common::ids::CampaignId::parse(&campaign).unwrap();
@@ -119,7 +119,7 @@ async fn f04(strategy: &'static str) {
     )
     .await;
 
-    cell.redis.restart();
+    cell.redis.launch();
     let during = offer(
         &cell,
         &campaign,
@@ -199,7 +199,7 @@ per_strategy!(f05_crash_between_gate_and_produce => f05);
 async fn f05(strategy: &'static str) {
     let started = Instant::now();
     let fault = strategy_env(strategy, &[("APP_FAULTS__CRASH_AFTER_GATE_USER", "victim")]);
-    let mut cell = Cell::start(1, 1, &fault).await;
+    let cell = Cell::start(1, 1, &fault).await;
     let stock = pick(20, 200);
     let campaign = cell.campaign(stock as i64).await;
     let mut token = String::new();
@@ -254,7 +254,7 @@ per_strategy!(f12_sigterm_behind_haproxy => f12);
 
 async fn f12(strategy: &'static str) {
     let started = Instant::now();
-    let mut cell = Cell::start(
+    let cell = Cell::start(
         3,
         1,
         &strategy_env(strategy, &[("APP_HTTP__DRAIN_DELAY_MS", "1500")]),

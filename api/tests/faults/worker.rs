@@ -14,7 +14,7 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn f02_worker_killed_while_draining() {
     let started = Instant::now();
-    let mut cell = Cell::start(1, 0, &[]).await;
+    let cell = Cell::start(1, 0, &[]).await;
     let n = pick(10_000, 50_000);
     let (campaign, out) = backlog(&cell, n).await;
     assert_eq!(out.summary.outcomes.get("accepted"), Some(&n));
@@ -155,7 +155,7 @@ async fn f06_postgres_stopped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn f07_rebalance_while_draining() {
     let started = Instant::now();
-    let mut cell = Cell::start(1, 0, &[]).await;
+    let cell = Cell::start(1, 0, &[]).await;
     let n = pick(10_000, 50_000);
     let (campaign, out) = backlog(&cell, n).await;
     cell.spawn_worker(0, &[]);

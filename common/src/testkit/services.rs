@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{spare_cluster_port, spare_port, temp_dir, wait_for_port, wait_for_port_or};
@@ -16,7 +17,9 @@ pub struct OwnBroker {
     pub port: u16,
     controller_port: u16,
     dir: PathBuf,
-    child: Option<Child>,
+    /// Behind a lock so that a fault campaign can stop and start it from
+    /// several tasks ([`OwnBroker::launch`], [`OwnBroker::sigkill`], …).
+    child: Mutex<Option<Child>>,
     /// `Some` for [`OwnBroker::start_secured`].
     pub secured: Option<SecuredListeners>,
 }
@@ -39,7 +42,7 @@ impl OwnBroker {
             port: spare_port(),
             controller_port: spare_port(),
             dir: temp_dir("broker"),
-            child: None,
+            child: Mutex::new(None),
             secured: None,
         };
         broker.restart();
@@ -59,7 +62,7 @@ impl OwnBroker {
             port: spare_port(),
             controller_port: spare_port(),
             dir: temp_dir("broker"),
-            child: None,
+            child: Mutex::new(None),
             secured: Some(secured),
         };
         let (p, c) = (broker.port, broker.controller_port);
@@ -98,6 +101,14 @@ impl OwnBroker {
 
     /// (Re)starts the broker process on the same ports and data.
     pub fn restart(&mut self) {
+        self.launch();
+    }
+
+    /// [`OwnBroker::restart`] through a shared reference: stops a process
+    /// still running first (kill -9), then starts one on the same ports and
+    /// data and waits until it listens.
+    pub fn launch(&self) {
+        self.sigkill();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -130,16 +141,19 @@ impl OwnBroker {
             .stderr(log)
             .spawn()
             .expect("start the broker (scripts/kafka run)");
-        self.child = Some(child);
+        *lock(&self.child) = Some(child);
         self.wait_listening(Duration::from_secs(90));
     }
 
     /// Waits for the broker's port; fails at once, with its log, if the
     /// process exits first (a bad config or data directory).
-    fn wait_listening(&mut self, within: Duration) {
+    fn wait_listening(&self, within: Duration) {
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            let exited = lock(&self.child)
+                .as_mut()
+                .and_then(|c| c.try_wait().unwrap());
+            if let Some(status) = exited {
                 let log = std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default();
                 panic!("the broker exited ({status}) before it listened:\n{log}");
             }
@@ -153,17 +167,45 @@ impl OwnBroker {
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        self.sigkill();
+    }
+
+    /// [`OwnBroker::kill`] through a shared reference: kill -9, reaped.
+    pub fn sigkill(&self) {
+        let child = lock(&self.child).take();
+        if let Some(mut child) = child {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
+    /// SIGTERM (a controlled shutdown), then waits for the process to exit;
+    /// its exit status, or `None` if it was not running. A frozen broker is
+    /// thawed first, or it would never see the signal.
+    pub fn terminate(&self) -> Option<std::process::ExitStatus> {
+        let child = lock(&self.child).take();
+        child.map(|mut child| {
+            signal_quietly(child.id(), "-CONT");
+            signal_quietly(child.id(), "-TERM");
+            child.wait().unwrap()
+        })
+    }
+
+    /// Whether the broker process runs (reaping it if it exited).
+    pub fn is_running(&self) -> bool {
+        running(&self.child)
+    }
+
     /// SIGSTOP / SIGCONT: the broker keeps its connections but answers nothing.
     pub fn freeze(&self, frozen: bool) {
-        if let Some(child) = &self.child {
-            signal(child.id(), if frozen { "-STOP" } else { "-CONT" });
+        if let Some(child) = lock(&self.child).as_ref() {
+            signal_quietly(child.id(), if frozen { "-STOP" } else { "-CONT" });
         }
+    }
+
+    /// The broker's data and log directory (its log is `broker.log`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 }
 
@@ -192,44 +234,72 @@ pub fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill {signal} {pid}");
 }
 
-/// A Redis of the test's own on a spare port: keeping nothing on disk (a
-/// restart comes back empty, as a Redis that lost its state would), or with
-/// the AOF of a deployment ([`OwnRedis::start_persistent`]).
+/// [`signal`] to a process that may have exited meanwhile: whether it was
+/// delivered.
+pub fn signal_quietly(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether the child in `slot` still runs; an exited one is reaped and
+/// removed.
+fn running(slot: &Mutex<Option<Child>>) -> bool {
+    let mut slot = lock(slot);
+    match slot.as_mut().map(Child::try_wait) {
+        Some(Ok(None)) => true,
+        Some(_) => {
+            *slot = None;
+            false
+        }
+        None => false,
+    }
+}
+
+/// A Redis of the test's own on a spare port. [`OwnRedis::start`] keeps
+/// nothing on disk: a restart comes back empty, as a Redis that lost its
+/// state would. [`OwnRedis::start_persistent`] runs as a deployment does,
+/// with its append-only file: a restart (after kill -9 too) reloads it.
 #[derive(Debug)]
 pub struct OwnRedis {
     pub port: u16,
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
     /// `--tls-*` arguments: TLS only (no plaintext port).
     tls: Vec<String>,
-    /// The persistence arguments (none: `--save "" --appendonly no`).
+    /// The persistence arguments (`--save "" --appendonly no` without).
     persistence: Vec<String>,
+    /// The data directory of a persistent Redis, removed on drop.
+    dir: Option<PathBuf>,
 }
 
 impl OwnRedis {
     pub fn start() -> Self {
-        let mut redis = Self {
+        let redis = Self {
             port: spare_port(),
-            child: None,
+            child: Mutex::new(None),
             tls: Vec::new(),
-            persistence: vec![
-                "--save".into(),
-                String::new(),
-                "--appendonly".into(),
-                "no".into(),
-            ],
+            persistence: not_persistent(),
+            dir: None,
         };
-        redis.restart();
+        redis.launch();
         redis
     }
 
-    /// A Redis with an append-only file (`appendfsync` = `fsync`: `always`
-    /// or `everysec`) in a directory of its own: a restart reloads it, as a
-    /// deployment's Redis does after a crash.
+    /// A Redis with the persistence of a deployment: AOF on
+    /// (`appendonly yes`), `appendfsync` = `fsync` (`always`, `everysec`,
+    /// `no`), in a data directory of its own; a restart reloads the AOF.
+    /// With `everysec` a kill -9 can lose the last second of writes.
     pub fn start_persistent(fsync: &str) -> Self {
         let dir = temp_dir("redis");
-        let mut redis = Self {
+        let redis = Self {
             port: spare_port(),
-            child: None,
+            child: Mutex::new(None),
             tls: Vec::new(),
             persistence: vec![
                 "--dir".into(),
@@ -241,8 +311,9 @@ impl OwnRedis {
                 "--appendfsync".into(),
                 fsync.into(),
             ],
+            dir: Some(dir),
         };
-        redis.restart();
+        redis.launch();
         redis
     }
 
@@ -251,9 +322,11 @@ impl OwnRedis {
     pub fn start_tls(ca: &super::tls::TestCa, client_auth: bool) -> Self {
         let server = ca.issue("redis");
         let path = |p: &std::path::Path| p.display().to_string();
-        let mut redis = Self {
+        let redis = Self {
             port: spare_port(),
-            child: None,
+            child: Mutex::new(None),
+            persistence: not_persistent(),
+            dir: None,
             tls: vec![
                 "--tls-cert-file".into(),
                 path(&server.cert),
@@ -264,14 +337,8 @@ impl OwnRedis {
                 "--tls-auth-clients".into(),
                 if client_auth { "yes" } else { "no" }.into(),
             ],
-            persistence: vec![
-                "--save".into(),
-                String::new(),
-                "--appendonly".into(),
-                "no".into(),
-            ],
         };
-        redis.restart();
+        redis.launch();
         redis
     }
 
@@ -285,9 +352,15 @@ impl OwnRedis {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
-    /// (Re)starts it: empty, or reloading its append-only file.
+    /// (Re)starts it: empty, or from its AOF when persistent.
     pub fn restart(&mut self) {
-        self.kill();
+        self.launch();
+    }
+
+    /// [`OwnRedis::restart`] through a shared reference: kill -9 of a
+    /// process still running, then a new one on the same port.
+    pub fn launch(&self) {
+        self.sigkill();
         let port = self.port.to_string();
         let ports = if self.tls.is_empty() {
             vec!["--port", &port]
@@ -302,22 +375,53 @@ impl OwnRedis {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("start redis-server");
-        self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(10), "redis");
+        *lock(&self.child) = Some(child);
+        // A persistent Redis opens its port before it has loaded the AOF
+        // (it answers LOADING meanwhile): the port is enough for the
+        // clients, which retry.
+        wait_for_port(self.port, Duration::from_secs(30), "redis");
     }
 
     /// `kill -9`: what was not yet written to its file is gone.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        self.sigkill();
+    }
+
+    /// [`OwnRedis::kill`] through a shared reference: kill -9, reaped.
+    pub fn sigkill(&self) {
+        let child = lock(&self.child).take();
+        if let Some(mut child) = child {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+
+    /// SIGSTOP / SIGCONT: connections stay open, nothing is answered.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = lock(&self.child).as_ref() {
+            signal_quietly(child.id(), if frozen { "-STOP" } else { "-CONT" });
+        }
+    }
+
+    /// Whether the server process runs (reaping it if it exited).
+    pub fn is_running(&self) -> bool {
+        running(&self.child)
+    }
+}
+
+fn not_persistent() -> Vec<String> {
+    ["--save", "", "--appendonly", "no"]
+        .map(str::to_owned)
+        .to_vec()
 }
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
-        self.kill();
+        self.freeze(false);
+        self.sigkill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -424,6 +528,8 @@ pub struct OwnPostgres {
     dir: PathBuf,
     bin: PathBuf,
     frozen: std::sync::atomic::AtomicBool,
+    /// Started (not fast-stopped) by [`OwnPostgres::set_running`].
+    running: std::sync::atomic::AtomicBool,
     /// Serves TLS with `server.crt` / `server.key` in its directory.
     tls: bool,
 }
@@ -452,6 +558,7 @@ impl OwnPostgres {
             dir,
             bin,
             frozen: std::sync::atomic::AtomicBool::new(false),
+            running: std::sync::atomic::AtomicBool::new(false),
             tls: ca.is_some(),
         };
         if let Some(ca) = ca {
@@ -542,10 +649,23 @@ impl OwnPostgres {
             .output()
             .expect("pgrep");
         for pid in String::from_utf8_lossy(&children.stdout).split_whitespace() {
-            let _ = Command::new("kill").args([sig, pid]).status();
+            let _ = Command::new("kill")
+                .args([sig, pid])
+                .stderr(std::process::Stdio::null())
+                .status();
         }
         self.frozen
             .store(frozen, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether it was frozen by [`OwnPostgres::freeze`] and not thawed.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether it was started and not stopped by [`OwnPostgres::set_running`].
+    pub fn is_running(&self) -> bool {
+        self.running.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Starts (`true`) or fast-stops (`false`) the server.
@@ -580,6 +700,8 @@ impl OwnPostgres {
         } else {
             self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
         }
+        self.running
+            .store(running, std::sync::atomic::Ordering::Release);
     }
 }
 
