@@ -11,6 +11,11 @@
 //!
 //! Connections are opened on first use, so a process starts while Redis is
 //! down; a connection that breaks is dropped and reopened by the next call.
+//! One broken connection retires all the others opened before it (a
+//! generation count): they reach the same server, and a Redis that
+//! restarted broke them all. Without that, the first call on each of them
+//! (every thread's own and every shared one) failed after a restart, each
+//! a take to withdraw or a status record not written.
 //!
 //! With `redis.cluster_nodes` set, the pool holds one Redis Cluster
 //! connection instead (itself multiplexed over a connection per node): every
@@ -100,6 +105,9 @@ struct Pooled {
     conn: RedisConn,
     server: Arc<str>,
     progress: Arc<AtomicU64>,
+    /// The pool's generation when it was opened: older than the pool's
+    /// now, it is retired (reopened by the next call).
+    generation: u64,
 }
 
 struct SharedPlace {
@@ -202,6 +210,8 @@ pub struct RedisPool {
     cluster: Option<ClusterClient>,
     places: Vec<SharedPlace>,
     next: AtomicUsize,
+    /// Bumped when a connection of the current generation breaks.
+    generation: Arc<AtomicU64>,
     connect_timeout: Duration,
     connect_wait: Option<Histogram>,
     runtime: tokio::runtime::Handle,
@@ -230,6 +240,7 @@ pub struct Checkout {
     /// them, not facing a dead server.
     pub progress: Arc<AtomicU64>,
     place: Place,
+    generation: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -286,6 +297,7 @@ impl RedisPool {
                 })
                 .collect(),
             next: AtomicUsize::new(0),
+            generation: Arc::default(),
             connect_timeout,
             connect_wait: None,
         })
@@ -315,7 +327,7 @@ impl RedisPool {
     async fn get_shared(&self) -> Result<Checkout, ConnectError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.places.len();
         let place = &self.places[index];
-        if let Some(pooled) = read(place) {
+        if let Some(pooled) = self.current(read(place)) {
             self.observe(Duration::ZERO);
             return Ok(pooled.checkout(Place::Shared(index)));
         }
@@ -326,7 +338,7 @@ impl RedisPool {
             || 0,
             async {
                 let _guard = place.connecting.lock().await;
-                if let Some(pooled) = read(place) {
+                if let Some(pooled) = self.current(read(place)) {
                     return Ok(pooled);
                 }
                 let pooled = self
@@ -350,7 +362,7 @@ impl RedisPool {
             let place = local.entry(self.id).or_default();
             (place.conn.clone(), place.connecting.clone())
         });
-        if let Some(pooled) = conn {
+        if let Some(pooled) = self.current(conn) {
             self.observe(Duration::ZERO);
             return Ok(pooled.checkout(Place::Local));
         }
@@ -363,7 +375,7 @@ impl RedisPool {
                 let _guard = connecting.lock().await;
                 let ready =
                     LOCAL.with_borrow(|local| local.get(&self.id).and_then(|s| s.conn.clone()));
-                if let Some(pooled) = ready {
+                if let Some(pooled) = self.current(ready) {
                     return Ok(pooled);
                 }
                 // Opened here, so its driver task runs on this thread's runtime.
@@ -387,6 +399,8 @@ impl RedisPool {
             .set_connection_timeout(Some(self.connect_timeout * 4))
             .set_response_timeout(None);
         let (client, cluster) = (self.client.clone(), self.cluster.clone());
+        // Read before connecting: a break reported meanwhile retires it.
+        let generation = self.generation.load(Ordering::Acquire);
         async move {
             let (conn, server) = match cluster {
                 Some(c) => (
@@ -408,6 +422,7 @@ impl RedisPool {
                 conn,
                 server,
                 progress: Arc::default(),
+                generation,
             })
         }
     }
@@ -444,6 +459,14 @@ impl RedisPool {
         {
             return;
         }
+        // Only a connection of the current generation retires the others: a
+        // late failure on one already retired leaves the new ones alone.
+        let _ = self.generation.compare_exchange(
+            checkout.generation,
+            checkout.generation + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         match checkout.place {
             Place::Shared(index) => {
                 *self.places[index]
@@ -460,6 +483,11 @@ impl RedisPool {
         }
     }
 
+    /// `pooled` if it is of the current generation.
+    fn current(&self, pooled: Option<Pooled>) -> Option<Pooled> {
+        pooled.filter(|p| p.generation >= self.generation.load(Ordering::Acquire))
+    }
+
     fn observe(&self, waited: Duration) {
         if let Some(h) = &self.connect_wait {
             h.observe(waited.as_secs_f64());
@@ -474,6 +502,7 @@ impl Pooled {
             server: self.server.clone(),
             progress: self.progress.clone(),
             place,
+            generation: self.generation,
         }
     }
 }

@@ -525,3 +525,33 @@ async fn postgres_itself_stops_what_the_api_stopped_waiting_for() {
         "{idle}"
     );
 }
+
+/// After a Redis restart, one call finds the broken connection, not one
+/// per connection: the pool retires every connection opened before the
+/// break. (Each pooled connection used to fail its first call after a
+/// restart: a take to withdraw, a status record or a give-back lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_redis_restart_one_call_finds_the_broken_connections() {
+    use common::redis_state::RedisClient;
+    let mut redis = common::testkit::OwnRedis::start();
+    let mut settings = test_settings().await.redis;
+    settings.url = redis.url();
+    settings.pool_size = 4;
+    let client = RedisClient::new(&settings, None).unwrap();
+    client.warm_up().await.unwrap();
+    for _ in 0..8 {
+        client.ping().await.unwrap();
+    }
+    redis.kill();
+    redis.restart();
+    let mut failed = 0;
+    for _ in 0..8 {
+        if client.ping().await.is_err() {
+            failed += 1;
+        }
+    }
+    assert!(
+        failed <= 1,
+        "{failed} of 8 calls failed on connections broken by the restart"
+    );
+}
