@@ -18,12 +18,18 @@
 --
 -- Returns 1, or 0 when ARGV[9] names another server. The counter is left
 -- alone when it already exists, so loading meta again never resets a
--- campaign's count.
+-- campaign's count. A meta that says `closed` stays closed: a close is
+-- final, and one answered while a rebuild waited (close.lua writes it, the
+-- row after) must not be undone by the row the rebuild read before it.
 local server = fence_server(ARGV[8])
 if ARGV[9] ~= '' and ARGV[9] ~= server then
   return 0
 end
-redis.call('HSET', KEYS[1], 'stock', ARGV[1], 'starts_ms', ARGV[2], 'ends_ms', ARGV[3], 'state', ARGV[4],
+local state = ARGV[4]
+if redis.call('HGET', KEYS[1], 'state') == 'closed' then
+  state = 'closed'
+end
+redis.call('HSET', KEYS[1], 'stock', ARGV[1], 'starts_ms', ARGV[2], 'ends_ms', ARGV[3], 'state', state,
   'epoch', server)
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'wr_rate', ARGV[5], 'wr_ttl_ms', ARGV[6], 'wr_seed', ARGV[7])

@@ -555,3 +555,46 @@ async fn after_a_redis_restart_one_call_finds_the_broken_connections() {
         "{failed} of 8 calls failed on connections broken by the restart"
     );
 }
+
+/// A close answered while a rebuild waits holds: the rebuild read the
+/// campaign's row (open) before the close, and used to load the meta from
+/// it, reopening the gate (the fault campaign's finding: users answered
+/// `pending` after the close reply got coupons). The close written to the
+/// fenced meta now survives the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_close_answered_during_a_rebuild_stays_closed() {
+    use common::redis_state::RedisClient;
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    let (status, body) = api.issue(&campaign, "before").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let rebuild = tokio::spawn({
+        let settings = settings.clone();
+        async move {
+            let db = db().await;
+            let redis = RedisClient::new(&settings.redis, None).unwrap();
+            issuer_worker::rebuild::rebuild(&settings, &db, &redis, campaign, true).await
+        }
+    });
+    // The rebuild has fenced the campaign and waits for takes to settle.
+    let started = Instant::now();
+    loop {
+        let (status, body) = api.issue(&campaign, "probe").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never fenced: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = api.close_campaign(&campaign).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    rebuild.await.unwrap().unwrap();
+    let (status, body) = api.issue(&campaign, "after-close").await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::GONE, Some("closed")),
+        "{body}"
+    );
+    api.stop().await;
+}
