@@ -40,6 +40,7 @@
 //! `--force` rebuilds a campaign whose state is current: it fences it first.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use anyhow::Context;
 use common::entities::campaigns;
@@ -109,6 +110,36 @@ pub async fn rebuild(
     result
 }
 
+/// Waits `wait` for the takes made before the loss to settle, giving up as
+/// soon as Redis answers from another server than `server` (it restarted
+/// again, or failed over): the load at the end would be refused there, and
+/// the next rebuild (the keeper's, which noticed the change too) should not
+/// wait behind this one's admin lock for the rest of the wait.
+async fn settle(
+    redis: &RedisClient,
+    campaign: &CampaignId,
+    server: &str,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let until = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep_until(until.min(tokio::time::Instant::now() + Duration::from_secs(1)))
+            .await;
+        // A Redis that does not answer now may answer by the end: only an
+        // answer from another server ends the wait early. (In Redis
+        // Cluster the pool knows no server, "": the load decides.)
+        if let Ok(now) = redis.server().await
+            && !now.is_empty()
+            && now != server
+        {
+            anyhow::bail!(
+                "Redis changed servers while campaign {campaign} was rebuilt; it stays fenced for the next rebuild"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The rebuild proper, under the campaign's admin lock.
 async fn rebuild_locked(
     settings: &Settings,
@@ -135,7 +166,13 @@ async fn rebuild_locked(
     };
     let taken_before = chrono::Utc::now();
     tracing::warn!(campaign.id = %campaign, found, "rebuilding the gate state; takes wait for it");
-    tokio::time::sleep(settings.takes_settle_within() + std::time::Duration::from_secs(1)).await;
+    settle(
+        redis,
+        &campaign,
+        &server,
+        settings.takes_settle_within() + Duration::from_secs(1),
+    )
+    .await?;
 
     let from = topic::group_positions(&settings.kafka).await?;
     let to = topic::end_offsets(&settings.kafka).await?;

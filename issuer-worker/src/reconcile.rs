@@ -90,14 +90,33 @@ pub async fn run(
     patience: Duration,
 ) -> anyhow::Result<ReconcileReport> {
     let redis = RedisClient::new(&settings.redis, None)?;
+    let lock = admin_lock::acquire(&redis, &campaign).await?;
+    let result = reconcile_locked(settings, db, &redis, campaign, repairing, patience).await;
+    // Released on every path: a reconcile that failed (a broken connection,
+    // a worker group behind) must not hold off the gate keeper's rebuild or
+    // the next reconcile for the lock's lease. If the release fails too,
+    // the lease (30 s) ends it.
+    if let Err(e) = lock.release().await {
+        tracing::warn!(campaign.id = %campaign, error = %e, "admin lock not released; its lease ends it");
+    }
+    result
+}
+
+/// The reconcile proper, under the campaign's admin lock.
+async fn reconcile_locked(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    redis: &RedisClient,
+    campaign: CampaignId,
+    repairing: bool,
+    patience: Duration,
+) -> anyhow::Result<ReconcileReport> {
     let repair = Repair::new(redis.clone());
     let status = StatusRecords::new(redis.clone(), settings.redis.status_ttl_secs);
-    let lock = admin_lock::acquire(&redis, &campaign).await?;
     let (epoch, _) = CampaignMetas::new(redis.clone())
         .epoch_state(&campaign)
         .await?;
     if epoch != EpochState::Current {
-        lock.release().await?;
         anyhow::bail!(
             "campaign {campaign}'s gate state is {epoch:?}: the gate keeper rebuilds it (or issuer-worker rebuild); reconcile it afterwards"
         );
@@ -159,7 +178,6 @@ pub async fn run(
             tracing::warn!(campaign.id = %campaign, drift, "gate counter corrected to the set's size");
         }
     }
-    lock.release().await?;
 
     let examples = |v: &[&String]| v.iter().take(5).map(|s| (*s).clone()).collect();
     Ok(ReconcileReport {

@@ -584,7 +584,10 @@ async fn a_close_answered_during_a_rebuild_stays_closed() {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "never fenced: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never fenced: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, body) = api.close_campaign(&campaign).await;

@@ -40,6 +40,14 @@ pub const PAUSE_BOUND_MS: u64 = 20_000;
 /// How long a fresh user may wait for a definite answer after the heal.
 pub const LIVENESS_MS: u64 = 10_000;
 
+/// How long after a Redis restart a campaign may answer 503 while the
+/// gate keeper rebuilds it (issuer-worker keeper.rs): the keeper's tick
+/// (1 s), a rebuild under way that gives up on the new server (1 s), the
+/// retry (2 s), the rebuild's wait for the takes to settle
+/// (`takes_settle_within` + 1 s: 14 s) and its reads (2 s), and 5 s for
+/// the machine.
+pub const REBUILD_MS: u64 = 25_000;
+
 /// The longest a request may take: the longest an api request can run at
 /// the defaults (`Settings::longest_request` without its 30 s margin: a
 /// lock wait of 2 s, the gate call and its withdrawal, 0.5 + 3 s, the
@@ -613,22 +621,42 @@ fn idempotency(h: &History, out: &mut Vec<Violation>) {
             text,
             span: None,
         };
-        // A request ran when its reply came from the handler behind the
-        // key's claim: a 2xx, or a refusal that is kept (403, 404, 409
-        // `duplicate`, 410). Not a replay, a 409 `request_in_progress`, a
-        // 429 or a 5xx (not kept), nor what is answered before the claim
-        // (400 for a bad key, 401) or by the HTTP server itself (408: the
-        // request did not arrive in time, as after its instance was frozen).
+        // A request ran, and its reply was kept, when it changed something:
+        // a 2xx that is not a replay (docs/CONTRACT.md, Idempotency-Key).
+        // Any other first reply (a refusal such as 409 `duplicate` or 410,
+        // a 409 `request_in_progress`, a 429, a 5xx) frees the key, and a
+        // retry runs afresh; what is answered before the claim (400, 401)
+        // or by the HTTP server itself (408) never held it.
         let ran: Vec<&&Req> = reqs
             .iter()
-            .filter(|r| {
-                let Some(s) = r.status else { return false };
-                let kept = (200..300).contains(&s)
-                    || matches!(s, 403 | 404 | 410)
-                    || (s == 409 && r.outcome.as_deref() != Some("request_in_progress"));
-                !r.replayed && kept
-            })
+            .filter(|r| r.status.is_some_and(|s| (200..300).contains(&s)) && !r.replayed)
             .collect();
+        // Once a reply was kept, a request sent after it is replayed: one
+        // the handler answered afresh (a refusal included) means the key's
+        // record was not kept.
+        let afresh: Vec<&&Req> = ran.first().map_or_else(Vec::new, |kept| {
+            reqs.iter()
+                .filter(|r| {
+                    let handled = r.status.is_some_and(|s| {
+                        matches!(s, 403 | 404 | 410)
+                            || (s == 409 && r.outcome.as_deref() != Some("request_in_progress"))
+                    });
+                    handled && !r.replayed && r.start_ms > kept.end_ms
+                })
+                .collect()
+        });
+        if let (Some(kept), Some(again)) = (ran.first(), afresh.first()) {
+            out.push(v(format!(
+                "key {key} of {user}: #{} {} {} was kept, yet #{} sent after it was answered afresh: {} {}",
+                kept.id,
+                kept.status.unwrap_or(0),
+                kept.outcome.as_deref().unwrap_or(""),
+                again.id,
+                again.status.unwrap_or(0),
+                again.outcome.as_deref().unwrap_or("")
+            )));
+            continue;
+        }
         if ran.len() > 1 {
             out.push(v(format!(
                 "key {key} of {user} ran {} times: {}",
@@ -800,9 +828,19 @@ fn liveness(id: &str, f: &CampaignFacts<'_>, h: &History, out: &mut Vec<Violatio
         out.push(v("no liveness probe was sent".into()));
         return;
     };
+    // A Redis restart fences every campaign until the keeper rebuilds it:
+    // the probe may wait for that after the round's last restart.
+    let rebuilt_by = h
+        .faults
+        .iter()
+        .filter(|x| x.round == f.round.round && x.kind == Some(FaultKind::RedisKill))
+        .map(|x| x.end_ms + REBUILD_MS)
+        .max()
+        .unwrap_or(0);
+    let deadline = (first.start_ms + LIVENESS_MS).max(rebuilt_by);
     let answered = probes
         .iter()
-        .find(|r| super::traffic::definite(kind, r) && r.end_ms <= first.start_ms + LIVENESS_MS);
+        .find(|r| super::traffic::definite(kind, r) && r.end_ms <= deadline);
     if answered.is_none() {
         let replies: Vec<String> = probes
             .iter()
@@ -1515,8 +1553,20 @@ mod tests {
         keyed(&mut h, 450, 408, "", None, false);
         h.rows(&[("a", "A")]);
         assert_eq!(h.rules(), Vec::<u8>::new());
-        // Ran a second time (a duplicate, not a replay).
+        // Answered afresh after its reply was kept (a duplicate, not a
+        // replay).
         keyed(&mut h, 500, 409, "duplicate", None, false);
+        assert_eq!(h.rules(), vec![8]);
+        // Refusals free the key: two of them, then a run, are fine.
+        let mut h = H::new(5);
+        keyed(&mut h, 100, 410, "sold_out", None, false);
+        keyed(&mut h, 200, 410, "sold_out", None, false);
+        assert_eq!(h.rules(), Vec::<u8>::new());
+        // Two runs.
+        let mut h = H::new(5);
+        keyed(&mut h, 300, 202, "accepted", Some("A"), false);
+        keyed(&mut h, 400, 202, "accepted", Some("A"), false);
+        h.rows(&[("a", "A")]);
         assert_eq!(h.rules(), vec![8]);
         // A replay that differs.
         let mut h = H::new(5);
