@@ -115,7 +115,8 @@ pub async fn rebuild(
 /// again, or failed over): the load at the end would be refused there, and
 /// the next rebuild (the keeper's, which noticed the change too) should not
 /// wait behind this one's admin lock for the rest of the wait.
-async fn settle(
+/// Reconcile waits the same way, for the same reason.
+pub(crate) async fn settle(
     redis: &RedisClient,
     campaign: &CampaignId,
     server: &str,
@@ -133,7 +134,7 @@ async fn settle(
             && now != server
         {
             anyhow::bail!(
-                "Redis changed servers while campaign {campaign} was rebuilt; it stays fenced for the next rebuild"
+                "Redis changed servers while campaign {campaign}'s takes settled; it stays fenced until the gate keeper rebuilds it"
             );
         }
     }

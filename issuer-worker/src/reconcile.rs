@@ -113,7 +113,7 @@ async fn reconcile_locked(
 ) -> anyhow::Result<ReconcileReport> {
     let repair = Repair::new(redis.clone());
     let status = StatusRecords::new(redis.clone(), settings.redis.status_ttl_secs);
-    let (epoch, _) = CampaignMetas::new(redis.clone())
+    let (epoch, server) = CampaignMetas::new(redis.clone())
         .epoch_state(&campaign)
         .await?;
     if epoch != EpochState::Current {
@@ -127,7 +127,16 @@ async fn reconcile_locked(
     let taken_before = Utc::now();
     let snapshot: BTreeSet<String> = seen.keys().cloned().collect();
     tracing::info!(campaign.id = %campaign, users = snapshot.len(), "gate snapshot taken; waiting for its takes to settle");
-    tokio::time::sleep(settings.takes_settle_within() + Duration::from_secs(1)).await;
+    // Given up as soon as Redis answers from another server: the campaign
+    // is fenced there, and the gate keeper's rebuild must not wait behind
+    // this reconcile's admin lock.
+    crate::rebuild::settle(
+        redis,
+        &campaign,
+        &server,
+        settings.takes_settle_within() + Duration::from_secs(1),
+    )
+    .await?;
     let ends = topic::end_offsets(&settings.kafka).await?;
     if repairing {
         // Before the rows are read: a slot about to be given back must not

@@ -48,6 +48,11 @@ pub const LIVENESS_MS: u64 = 10_000;
 /// the machine.
 pub const REBUILD_MS: u64 = 25_000;
 
+/// The admin lock's lease (issuer-worker admin_lock.rs): a worker killed
+/// or frozen while its keeper rebuilt leaves the lock to run out before
+/// the next keeper's rebuild can start.
+pub const ADMIN_LEASE_MS: u64 = 30_000;
+
 /// The longest a request may take: the longest an api request can run at
 /// the defaults (`Settings::longest_request` without its 30 s margin: a
 /// lock wait of 2 s, the gate call and its withdrawal, 0.5 + 3 s, the
@@ -830,13 +835,24 @@ fn liveness(id: &str, f: &CampaignFacts<'_>, h: &History, out: &mut Vec<Violatio
     };
     // A Redis restart fences every campaign until the keeper rebuilds it:
     // the probe may wait for that after the round's last restart.
-    let rebuilt_by = h
-        .faults
-        .iter()
-        .filter(|x| x.round == f.round.round && x.kind == Some(FaultKind::RedisKill))
+    let in_round = |kind| {
+        h.faults
+            .iter()
+            .filter(move |x| x.round == f.round.round && x.kind == Some(kind))
+    };
+    let mut rebuilt_by = in_round(FaultKind::RedisKill)
         .map(|x| x.end_ms + REBUILD_MS)
         .max()
         .unwrap_or(0);
+    // The worker (its keeper) killed or frozen while it rebuilt.
+    if let Some(hit) = in_round(FaultKind::WorkerKill)
+        .chain(in_round(FaultKind::WorkerPause))
+        .filter(|x| x.start_ms < rebuilt_by && x.end_ms + REBUILD_MS > rebuilt_by)
+        .map(|x| x.end_ms)
+        .max()
+    {
+        rebuilt_by = hit + ADMIN_LEASE_MS + REBUILD_MS;
+    }
     let deadline = (first.start_ms + LIVENESS_MS).max(rebuilt_by);
     let answered = probes
         .iter()
@@ -1634,6 +1650,51 @@ mod tests {
         assert_eq!(h.rules(), Vec::<u8>::new());
         h.h.rounds[0].not_ready = vec!["api1: not ready".into()];
         assert_eq!(h.rules(), vec![10]);
+    }
+
+    #[test]
+    fn after_a_redis_restart_the_probe_may_wait_for_the_keepers_rebuild() {
+        let fault = |kind, start_ms, end_ms| FaultRecord {
+            round: 0,
+            index: Some(0),
+            kind: Some(kind),
+            action: None,
+            target: "x".into(),
+            start_ms,
+            end_ms,
+            ok: true,
+            detail: json!(null),
+        };
+        let probe = |h: &mut H, at, status, outcome: &str| {
+            h.req(Req {
+                client: by::PROBE.into(),
+                user: Some("probe".into()),
+                start_ms: at,
+                end_ms: at + 10,
+                status: Some(status),
+                outcome: Some(outcome.into()),
+                coupon_id: (status == 202).then(|| "P".into()),
+                ..Req::default()
+            });
+        };
+        let mut h = H::new(5);
+        h.h.requests[0].status = Some(503);
+        h.h.requests[0].outcome = Some("unavailable".into());
+        probe(&mut h, 50_000, 503, "unavailable");
+        probe(&mut h, 62_000, 202, "accepted");
+        h.rows(&[("probe", "P")]);
+        assert_eq!(h.rules(), vec![10]);
+        // Redis restarted at 40 s: fenced until 65 s at most.
+        h.h.faults.push(fault(FaultKind::RedisKill, 39_000, 40_000));
+        assert_eq!(h.rules(), Vec::<u8>::new());
+        h.h.requests.last_mut().unwrap().start_ms = 66_000;
+        h.h.requests.last_mut().unwrap().end_ms = 66_010;
+        assert_eq!(h.rules(), vec![10]);
+        // The worker killed while its keeper rebuilt: its admin lock's lease
+        // runs out first.
+        h.h.faults
+            .push(fault(FaultKind::WorkerKill, 45_000, 47_000));
+        assert_eq!(h.rules(), Vec::<u8>::new());
     }
 
     #[test]

@@ -627,9 +627,10 @@ pub async fn close(api: &Api, round: usize, campaign: &str) -> Option<Req> {
 
 /// After the heal, a fresh user asks until a definite answer comes (an
 /// issue: any 2xx, 403, 404, 409, 410; a join: anything but 429, 5xx or
-/// no reply), for at most 30 s (a Redis restart late in the round leaves
-/// the campaigns fenced until the gate keeper rebuilds them:
-/// `check::REBUILD_MS`). Whether it came in time is the checker's to say.
+/// no reply), for at most 60 s (a Redis restart late in the round leaves
+/// the campaigns fenced until the gate keeper rebuilds them, longer if the
+/// worker was killed meanwhile: `check::REBUILD_MS`, `check::ADMIN_LEASE_MS`).
+/// Whether it came in time is the checker's to say.
 pub async fn probe(api: &Api, round: usize, which: Which, campaign: &str) {
     let user = format!(
         "r{round}{}probe",
@@ -641,7 +642,8 @@ pub async fn probe(api: &Api, round: usize, which: Which, campaign: &str) {
     };
     let started = std::time::Instant::now();
     let mut attempt = 0;
-    let within = Duration::from_millis(super::check::REBUILD_MS + 5_000);
+    let within =
+        Duration::from_millis(super::check::ADMIN_LEASE_MS + super::check::REBUILD_MS + 5_000);
     while started.elapsed() < within {
         let left = within.saturating_sub(started.elapsed());
         let r = Driver {
