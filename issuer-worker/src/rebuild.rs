@@ -26,7 +26,9 @@
 //!    between them is read from the topic, and a message beyond the end that
 //!    a batch persisted before the cutoff is in the rows. Read the other way
 //!    round, a batch committed between the two reads is in neither set;
-//! 4. write the set and the count (the slots' coupon ids are dropped: a
+//! 4. record `none` (`given_back`) for the users of the state found whose
+//!    slot is not in that set (`record_dropped`), then
+//!    write the set and the count (the slots' coupon ids are dropped: a
 //!    rebuilt slot has no take a withdrawal could name), then the meta from
 //!    PostgreSQL (stock, window, closed or open) with the epoch of the
 //!    server the rebuild started on: loaded only if that server still
@@ -45,7 +47,11 @@ use std::time::Duration;
 use anyhow::Context;
 use common::entities::campaigns;
 use common::ids::CampaignId;
-use common::redis_state::{CampaignMeta, CampaignMetas, EpochState, RedisClient, Repair};
+use common::ids::{CouponId, UserId};
+use common::redis_state::{
+    CampaignMeta, CampaignMetas, EpochState, RecordedState, RedisClient, Repair, StatusRecord,
+    StatusRecords,
+};
 use common::settings::Settings;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use serde::Serialize;
@@ -141,6 +147,43 @@ pub(crate) async fn settle(
     Ok(())
 }
 
+/// Records `none` (outcome `given_back`) for every user whose slot the
+/// rebuild drops: a slot in the state found (what a Redis restart kept, or
+/// the current state of a forced rebuild) with neither a row nor a message
+/// in the topic. Such a user was answered `pending` or `queued` by a take
+/// whose message never reached the broker (or reaches it past the cutoff,
+/// refused as `late`); without this record `/coupons/me` kept reading
+/// `pending` for the record's lifetime. Written before the set is
+/// replaced, so a rebuild that fails here finds the same users next time;
+/// a user with a slot of another coupon is left alone (`record_status.lua`).
+async fn record_dropped(
+    settings: &Settings,
+    redis: &RedisClient,
+    campaign: &CampaignId,
+    users: &[String],
+) -> anyhow::Result<u64> {
+    let kept: BTreeSet<&str> = users.iter().map(String::as_str).collect();
+    let status = StatusRecords::new(redis.clone(), settings.redis.status_ttl_secs);
+    let mut dropped = 0;
+    for (user, coupon) in Repair::new(redis.clone()).slots(campaign).await? {
+        if kept.contains(user.as_str()) {
+            continue;
+        }
+        let Ok(user) = UserId::parse(&user) else {
+            continue;
+        };
+        let record = StatusRecord {
+            state: RecordedState::None,
+            coupon_id: coupon.as_deref().and_then(|c| CouponId::parse(c).ok()),
+            outcome: Some("given_back".into()),
+            at: chrono::Utc::now(),
+        };
+        status.record(campaign, &user, &record).await?;
+        dropped += 1;
+    }
+    Ok(dropped)
+}
+
 /// The rebuild proper, under the campaign's admin lock.
 async fn rebuild_locked(
     settings: &Settings,
@@ -195,6 +238,7 @@ async fn rebuild_locked(
         .collect();
     let users: Vec<String> = rows.iter().chain(pending.iter()).cloned().collect();
 
+    let dropped = record_dropped(settings, redis, &campaign, &users).await?;
     repair.replace(&campaign, &users).await?;
     let meta = CampaignMeta {
         stock: row.stock,
@@ -212,6 +256,7 @@ async fn rebuild_locked(
         campaign.id = %campaign,
         rows = rows.len(),
         in_flight = pending.len(),
+        dropped,
         "gate state rebuilt"
     );
     Ok(Some(RebuildReport {

@@ -601,3 +601,55 @@ async fn a_close_answered_during_a_rebuild_stays_closed() {
     );
     api.stop().await;
 }
+
+/// A slot the rebuild drops (no row, no message in the topic: its take's
+/// message never reached the broker) ends `none` with outcome
+/// `given_back` in `/coupons/me`. The user used to read the `pending`
+/// record of its take for the record's 7 days (the fault campaign's
+/// finding, after `rebuild --force` beside a broker kill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_a_rebuild_drops_ends_none_not_pending() {
+    use common::ids::{CouponId, UserId};
+    use common::redis_state::{
+        Gate, GateReply, RecordedState, RedisClient, StatusRecord, StatusRecords,
+    };
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    let redis = RedisClient::new(&settings.redis, None).unwrap();
+    // A take whose message never reached the broker, answered `pending`.
+    let (user, coupon) = (UserId::parse("lost").unwrap(), CouponId::new());
+    assert!(matches!(
+        Gate::new(redis.clone())
+            .take(&campaign, &user, &coupon)
+            .await
+            .unwrap(),
+        GateReply::Taken { .. }
+    ));
+    let pending = StatusRecord {
+        state: RecordedState::Pending,
+        coupon_id: Some(coupon),
+        outcome: None,
+        at: chrono::Utc::now(),
+    };
+    StatusRecords::new(redis.clone(), settings.redis.status_ttl_secs)
+        .record(&campaign, &user, &pending)
+        .await
+        .unwrap();
+    let (_, body) = api.my_coupon(&campaign, "lost").await;
+    assert_eq!(body["state"], "pending", "{body}");
+
+    let report = issuer_worker::rebuild::rebuild(&settings, &db().await, &redis, campaign, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.users, 0);
+    let (status, body) = api.my_coupon(&campaign, "lost").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["state"].as_str(), body["outcome"].as_str()),
+        (Some("none"), Some("given_back")),
+        "{body}"
+    );
+    api.stop().await;
+}
