@@ -19,8 +19,9 @@
 -- Returns 1, or 0 when ARGV[9] names another server. The counter is left
 -- alone when it already exists, so loading meta again never resets a
 -- campaign's count. A meta that says `closed` stays closed: a close is
--- final, and one answered while a rebuild waited (close.lua writes it, the
--- row after) must not be undone by the row the rebuild read before it.
+-- final, and one answered while a rebuild waited (close.lua writes it on
+-- the fenced meta, the row after) must not be undone by the row the
+-- rebuild read before it.
 local server = fence_server(ARGV[8])
 if ARGV[9] ~= '' and ARGV[9] ~= server then
   return 0

@@ -101,12 +101,14 @@ pub async fn rebuild(
     campaign: CampaignId,
     force: bool,
 ) -> anyhow::Result<Option<RebuildReport>> {
-    let row = campaigns::Entity::find_by_id(campaign.as_uuid())
+    // An unknown campaign fails before the lock (the row is read again
+    // before the load).
+    campaigns::Entity::find_by_id(campaign.as_uuid())
         .one(db)
         .await?
         .with_context(|| format!("no campaign {campaign} in PostgreSQL"))?;
     let lock = admin_lock::acquire(redis, &campaign).await?;
-    let result = rebuild_locked(settings, db, redis, &row, campaign, force).await;
+    let result = rebuild_locked(settings, db, redis, campaign, force).await;
     // Released on every path: a rebuild that failed (a connection a Redis
     // restart broke) must not keep the next attempt waiting for the lease.
     // If the release fails too, the lease (30 s) bounds the wait.
@@ -189,7 +191,6 @@ async fn rebuild_locked(
     settings: &Settings,
     db: &DatabaseConnection,
     redis: &RedisClient,
-    row: &campaigns::Model,
     campaign: CampaignId,
     force: bool,
 ) -> anyhow::Result<Option<RebuildReport>> {
@@ -240,6 +241,14 @@ async fn rebuild_locked(
 
     let dropped = record_dropped(settings, redis, &campaign, &users).await?;
     repair.replace(&campaign, &users).await?;
+    // The row again, just before the load: a close answered while the
+    // rebuild waited is in it. (On a fenced meta the close is also kept by
+    // the load itself, load_meta.lua; on a missing one, close.lua writes
+    // nothing and only the row has it.)
+    let row = campaigns::Entity::find_by_id(campaign.as_uuid())
+        .one(db)
+        .await?
+        .with_context(|| format!("no campaign {campaign} in PostgreSQL"))?;
     let meta = CampaignMeta {
         stock: row.stock,
         starts_at: row.starts_at,

@@ -560,7 +560,8 @@ async fn after_a_redis_restart_one_call_finds_the_broken_connections() {
 /// campaign's row (open) before the close, and used to load the meta from
 /// it, reopening the gate (the fault campaign's finding: users answered
 /// `pending` after the close reply got coupons). The close written to the
-/// fenced meta now survives the load.
+/// fenced meta now survives the load, and the rebuild reads the row again
+/// just before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_close_answered_during_a_rebuild_stays_closed() {
     use common::redis_state::RedisClient;

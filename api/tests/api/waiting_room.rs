@@ -517,7 +517,9 @@ async fn polling_a_line_where_nothing_happens_writes_nothing() {
     // From before the campaign exists: the clock's last write (at the join)
     // is then within the time measured, whatever the wait before the polls.
     let started = Instant::now();
-    let (campaign, _) = room_campaign(&api, 100, 10, 120, 0).await;
+    // Started a second ago: the rate has credit for the first joiner at
+    // once (a start this instant has none for its first tick).
+    let (campaign, _) = room_campaign(&api, 100, 10, 120, -1_000).await;
     let (status, body) = join(&api, &campaign, "in-line").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 

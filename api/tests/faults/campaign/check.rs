@@ -1199,7 +1199,7 @@ pub fn window(h: &History, v: &Violation) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::history::{Phases, RedisState, Settle};
+    use super::super::history::{Phases, RedisSnapshot, Settle};
     use super::*;
     use serde_json::json;
 
@@ -1216,9 +1216,9 @@ mod tests {
             let snap = Snapshot {
                 api_taken: Some(0),
                 api_persisted: Some(0),
-                redis: RedisState {
+                redis: RedisSnapshot {
                     taken: Some(0),
-                    ..RedisState::default()
+                    ..RedisSnapshot::default()
                 },
                 ..Snapshot::default()
             };

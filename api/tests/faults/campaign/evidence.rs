@@ -16,7 +16,7 @@ use common::settings::KafkaSettings;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::Value;
 
-use super::history::{Letter, Recorder, RedisState, Sample, Settle, Snapshot};
+use super::history::{Letter, Recorder, RedisSnapshot, Sample, Settle, Snapshot};
 use crate::cell::{ADMIN_TOKEN, Cell};
 
 /// The metrics sampled, by their name before any label.
@@ -252,15 +252,15 @@ pub async fn snapshot(cell: &Cell, rec: &Recorder, id: &str) -> Snapshot {
     }
     s.redis = redis_state(&cell.redis.url(), id)
         .await
-        .unwrap_or_else(|e| RedisState {
+        .unwrap_or_else(|e| RedisSnapshot {
             error: Some(e.to_string()),
-            ..RedisState::default()
+            ..RedisSnapshot::default()
         });
     s
 }
 
 /// Every key of campaign `id` in Redis.
-pub async fn redis_state(url: &str, id: &str) -> redis::RedisResult<RedisState> {
+pub async fn redis_state(url: &str, id: &str) -> redis::RedisResult<RedisSnapshot> {
     let mut conn = redis::Client::open(url)?
         .get_multiplexed_async_connection()
         .await?;
@@ -279,7 +279,7 @@ pub async fn redis_state(url: &str, id: &str) -> redis::RedisResult<RedisState> 
         .await?;
     let time: (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
     let unsettled = unsettled_records(&mut conn, &p).await?;
-    Ok(RedisState {
+    Ok(RedisSnapshot {
         meta: cmd("HGETALL", format!("{p}:meta"))
             .query_async(&mut conn)
             .await?,

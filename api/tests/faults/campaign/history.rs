@@ -267,7 +267,7 @@ pub struct Snapshot {
     pub rows: Vec<(String, String)>,
     /// The campaign row's `persisted` column.
     pub persisted_column: Option<i64>,
-    pub redis: RedisState,
+    pub redis: RedisSnapshot,
 }
 
 impl Snapshot {
@@ -281,7 +281,7 @@ impl Snapshot {
 
 /// A campaign's keys in Redis.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RedisState {
+pub struct RedisSnapshot {
     /// `coupon:{c}:meta`
     pub meta: BTreeMap<String, String>,
     /// `coupon:{c}:users`
