@@ -26,10 +26,9 @@ pub enum ApiError {
     Invalid(String),
     #[error("no such route")]
     RouteNotFound,
-    #[error("method not allowed on this route")]
+    /// Another method on a known route, or a method outside HTTP's own.
+    #[error("method not allowed here")]
     MethodNotAllowed,
-    #[error("this method is not one this api knows")]
-    NotImplemented,
     #[error("no campaign with this id")]
     UnknownCampaign,
     #[error("this campaign has no waiting room")]
@@ -101,7 +100,6 @@ impl ApiError {
             Self::Invalid(_) => "invalid_input",
             Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
-            Self::NotImplemented => "not_implemented",
             Self::UnknownCampaign => "unknown_campaign",
             Self::NoWaitingRoom => "no_waiting_room",
             Self::Refused(r) => r.as_str(),
@@ -139,7 +137,6 @@ impl ResponseError for ApiError {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::Refused(Refusal::Duplicate) => StatusCode::CONFLICT,
             Self::Refused(Refusal::SoldOut | Refusal::Closed) => StatusCode::GONE,
             Self::Refused(Refusal::NotOpen | Refusal::NotAdmitted) => StatusCode::FORBIDDEN,

@@ -50,7 +50,7 @@ impl ApiMetrics {
             unknown_methods: common::metrics::counter(
                 &r,
                 "http_unknown_methods_total",
-                "Requests with a method outside the HTTP standard's, answered 501 before anything else.",
+                "Requests with a method outside the HTTP standard's, answered 405 before anything else.",
             ),
             issue_outcomes: counter_vec(
                 &r,

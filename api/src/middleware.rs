@@ -1,8 +1,8 @@
 //! What wraps every request, outermost first:
 //!
 //! 1. [`known_methods`]: a method outside the HTTP standard's (a made-up
-//!    `FOO`, a 4,000-character one) is answered 501 at once, before anything
-//!    records it, so no label or log line carries what a client made up.
+//!    `FOO`, a 4,000-character one) is answered 405 at once, before anything
+//!    records it (a 4xx: what a client makes up never pages the 5xx alert), so no label or log line carries what a client made up.
 //! 2. [`observe`]: the request's id (`X-Request-Id`) and its `request` span,
 //!    the request metrics (route pattern, method, status: bounded labels) and
 //!    the optional access log line.
@@ -59,7 +59,7 @@ pub fn method_label(method: &Method) -> &'static str {
         })
 }
 
-/// 501 for a method outside the standard's, before [`observe`] sees it (it
+/// 405 for a method outside the standard's, before [`observe`] sees it (it
 /// is counted once, as `other`, in `http_unknown_methods_total`).
 pub async fn known_methods(
     req: ServiceRequest,
@@ -69,7 +69,7 @@ pub async fn known_methods(
         if let Some(state) = req.app_data::<web::Data<AppState>>() {
             state.metrics.unknown_methods.inc();
         }
-        let reply = ApiError::NotImplemented.error_response();
+        let reply = ApiError::MethodNotAllowed.error_response();
         return Ok(req.into_response(reply));
     }
     next.call(req)

@@ -418,7 +418,7 @@ async fn every_reply_carries_a_request_id_taken_from_the_request_when_usable() {
     api.stop().await;
 }
 
-/// A method nobody defined is answered 501 before anything records it: no
+/// A method nobody defined is answered 405 before anything records it: no
 /// metric label, however many or long the methods (a label per made-up
 /// method once grew `/metrics` by 1.65 KB each, for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -438,9 +438,9 @@ async fn made_up_methods_are_refused_and_grow_nothing() {
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), StatusCode::NOT_IMPLEMENTED, "{method:.20}");
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED, "{method:.20}");
         let body: Value = res.json().await.unwrap();
-        assert_eq!(body["outcome"], "not_implemented");
+        assert_eq!(body["outcome"], "method_not_allowed");
     }
     let text = api.metrics_text().await;
     assert!(!text.contains("MADEUP"), "a made-up method became a label");
