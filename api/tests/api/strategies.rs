@@ -699,11 +699,12 @@ async fn breaking_proxy(
                         .as_ref()
                         .is_some_and(|needles| needles.iter().all(|n| has(n)))
                         && !fired.swap(true, Ordering::SeqCst);
-                    if to_server.write_all(chunk).await.is_err() {
-                        return;
-                    }
+                    // Told before the command is written: the reply can
+                    // then never be forwarded ahead of the cut.
                     if cutting {
                         cut_up.notify_one();
+                    }
+                    if to_server.write_all(chunk).await.is_err() || cutting {
                         return;
                     }
                 }
@@ -714,6 +715,9 @@ async fn breaking_proxy(
                 tokio::pin!(cut);
                 loop {
                     tokio::select! {
+                        // The cut first: a reply read in the same poll is
+                        // never forwarded.
+                        biased;
                         _ = &mut cut => {
                             // Let the command run, then drop both sides
                             // before its reply reaches the client.
