@@ -397,7 +397,17 @@ impl CampaignStore {
             closed: row.state == "closed",
             room: row.room(),
         };
-        let taken = match self.metas.load(&id, &meta).await {
+        // Only the create that inserted the row loads the gate: a retry
+        // whose first try did (its record lost, with Redis perhaps
+        // restarted empty since) must not load a meta over a state that
+        // only a rebuild can restore. A first try whose load failed leaves
+        // the meta missing, and the gate keeper rebuilds it.
+        let loaded = if inserted == 1 {
+            self.metas.load(&id, &meta).await.map(|_| ())
+        } else {
+            Ok(())
+        };
+        let taken = match loaded {
             Ok(()) => self.gate.taken(&id).await.ok().flatten(),
             Err(e) => {
                 tracing::warn!(campaign.id = %id, error = %e, "campaign created without its gate meta; the gate keeper loads it");

@@ -76,6 +76,19 @@ impl CampaignKeys {
         format!("{}:admin", self.prefix)
     }
 
+    /// STRING (with a TTL): the token of the rebuild under way; a rebuild
+    /// installs its state only while the token is its own
+    /// (`lua/rebuild_install.lua`).
+    pub fn rebuild(&self) -> String {
+        format!("{}:rebuild", self.prefix)
+    }
+
+    /// SET (with a TTL): the users a rebuild staged under `token`, renamed
+    /// into [`CampaignKeys::users`] when it installs them.
+    pub fn rebuild_users(&self, token: &str) -> String {
+        format!("{}:rebuild:{token}", self.prefix)
+    }
+
     /// The campaign's fair lock (`fair-lock`).
     pub fn fair_lock(&self) -> FairLockKeys {
         FairLockKeys::new(&format!("{}:fairlock", self.prefix))

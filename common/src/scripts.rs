@@ -5,7 +5,7 @@
 //! Procedures shared by several scripts live in library files put in front
 //! of the scripts that call them: `room.lua` (the waiting room), `slots.lua`
 //! (the writes of a slot taken), `fence.lua` (a campaign's state counts only
-//! on the server it was loaded on), `fair_lock.lua` (the ticket lock's line).
+//! on the server it was loaded on), `meta.lua` (writing a campaign's meta), `fair_lock.lua` (the ticket lock's line).
 
 use std::sync::LazyLock;
 
@@ -17,6 +17,8 @@ const ROOM: &str = include_str!("../lua/room.lua");
 const SLOTS: &str = include_str!("../lua/slots.lua");
 /// The fence: the gate state's epoch against the server's run_id.
 const FENCE: &str = include_str!("../lua/fence.lua");
+/// Writing a campaign's meta.
+const META: &str = include_str!("../lua/meta.lua");
 /// The fair lock's line: stepping past gone waiters, serving the next.
 const FAIR_LOCK: &str = include_str!("../lua/fair_lock.lua");
 
@@ -69,7 +71,12 @@ pub static IDEMPOTENCY_FINISH: LazyLock<Script> =
 
 /// Load a campaign's meta (with the epoch of this server) and zero counter.
 pub static LOAD_META: LazyLock<Script> =
-    LazyLock::new(|| with(&[FENCE], include_str!("../lua/load_meta.lua")));
+    LazyLock::new(|| with(&[FENCE, META], include_str!("../lua/load_meta.lua")));
+
+/// A rebuild's last step: its staged users, the count and the meta, at
+/// once, if it is still the rebuild the campaign waits for.
+pub static REBUILD_INSTALL: LazyLock<Script> =
+    LazyLock::new(|| with(&[FENCE, META], include_str!("../lua/rebuild_install.lua")));
 
 /// Where a campaign's gate state stands against the fence.
 pub static CAMPAIGN_EPOCH: LazyLock<Script> =

@@ -23,3 +23,22 @@ pub async fn acquire(redis: &RedisClient, campaign: &CampaignId) -> anyhow::Resu
             anyhow::anyhow!("another reconcile, rebuild or re-drive holds campaign {campaign}: {e}")
         })
 }
+
+/// Runs `work` holding the campaign's admin lock, which is released on
+/// every path: a rebuild or reconcile that failed (a connection a Redis
+/// restart broke, a worker group behind) must not keep the next one (the
+/// gate keeper's) waiting for the lease. If the release fails too, the
+/// lease (30 s) ends it. (`work` is a future: it starts once the lock is
+/// held.)
+pub async fn holding<T>(
+    redis: &RedisClient,
+    campaign: &CampaignId,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let lock = acquire(redis, campaign).await?;
+    let result = work.await;
+    if let Err(e) = lock.release().await {
+        tracing::warn!(campaign.id = %campaign, error = %e, "admin lock not released; its lease ends it");
+    }
+    result
+}

@@ -26,14 +26,30 @@
 //!    between them is read from the topic, and a message beyond the end that
 //!    a batch persisted before the cutoff is in the rows. Read the other way
 //!    round, a batch committed between the two reads is in neither set;
-//! 4. record `none` (`given_back`) for the users of the state found whose
-//!    slot is not in that set (`record_dropped`), then
-//!    write the set and the count (the slots' coupon ids are dropped: a
-//!    rebuilt slot has no take a withdrawal could name), then the meta from
-//!    PostgreSQL (stock, window, closed or open) with the epoch of the
-//!    server the rebuild started on: loaded only if that server still
-//!    answers (one that restarted meanwhile would get a state built on its
-//!    predecessor), and that unfences the campaign.
+//! 4. stage those users beside the campaign's set, then install them in one
+//!    atomic step (`common/lua/rebuild_install.lua`): the set and the count
+//!    replaced (the slots' coupon ids dropped: a rebuilt slot has no take a
+//!    withdrawal could name), `none` (`given_back`) recorded for the users
+//!    whose slot it drops, and the meta loaded from PostgreSQL (stock,
+//!    window, closed or open) with the epoch of the server the rebuild
+//!    started on, which unfences the campaign.
+//!
+//! The install writes nothing unless the rebuild is still the one the
+//! campaign waits for: the same server (one that restarted meanwhile would
+//! get a state built on its predecessor), the campaign's rebuild token its
+//! own (each rebuild writes a new one when it starts), and the meta still
+//! fenced or missing. The admin lock alone does not ensure that: a Redis
+//! restart wipes it, and a rebuild paused past its lease loses it, while
+//! the rebuild goes on; such a rebuild used to replace the set after the
+//! next one had unfenced the campaign, dropping the slots taken since.
+//!
+//! Where it can stop: a rebuild that dies (or fails) before the install
+//! leaves the campaign fenced, its staged users deleted (or, if it died,
+//! expiring with its token: `REBUILD_TTL`), and the gate keeper's next
+//! attempt starts over; one
+//! that dies after it has done all of it. A lost install reply leaves the
+//! rebuild unsure: it reports a failure, and the next attempt finds the
+//! campaign current (or rebuilds it again, harmlessly).
 //!
 //! The waiting room's keys are left as they are: reloaded from the AOF with
 //! the rest, or gone with a Redis that restarted empty, in which case its
@@ -49,8 +65,8 @@ use common::entities::campaigns;
 use common::ids::CampaignId;
 use common::ids::{CouponId, UserId};
 use common::redis_state::{
-    CampaignMeta, CampaignMetas, EpochState, RecordedState, RedisClient, Repair, StatusRecord,
-    StatusRecords,
+    CampaignMeta, CampaignMetas, DroppedSlot, EpochState, Installed, RebuildTicket, RecordedState,
+    RedisClient, Repair, StatusRecord,
 };
 use common::settings::Settings;
 use sea_orm::{DatabaseConnection, EntityTrait};
@@ -107,15 +123,13 @@ pub async fn rebuild(
         .one(db)
         .await?
         .with_context(|| format!("no campaign {campaign} in PostgreSQL"))?;
-    let lock = admin_lock::acquire(redis, &campaign).await?;
-    let result = rebuild_locked(settings, db, redis, campaign, force).await;
-    // Released on every path: a rebuild that failed (a connection a Redis
-    // restart broke) must not keep the next attempt waiting for the lease.
-    // If the release fails too, the lease (30 s) bounds the wait.
-    if let Err(e) = lock.release().await {
-        tracing::warn!(campaign.id = %campaign, error = %e, "admin lock not released; its lease ends it");
-    }
-    result
+    let work = Box::pin(async {
+        match plan(settings, db, redis, campaign, force).await? {
+            Some(plan) => install(settings, db, redis, plan).await.map(Some),
+            None => Ok(None),
+        }
+    });
+    admin_lock::holding(redis, &campaign, work).await
 }
 
 /// Waits `wait` for the takes made before the loss to settle, giving up as
@@ -149,24 +163,23 @@ pub(crate) async fn settle(
     Ok(())
 }
 
-/// Records `none` (outcome `given_back`) for every user whose slot the
-/// rebuild drops: a slot in the state found (what a Redis restart kept, or
-/// the current state of a forced rebuild) with neither a row nor a message
-/// in the topic. Such a user was answered `pending` or `queued` by a take
-/// whose message never reached the broker (or reaches it past the cutoff,
-/// refused as `late`); without this record `/coupons/me` kept reading
-/// `pending` for the record's lifetime. Written before the set is
-/// replaced, so a rebuild that fails here finds the same users next time;
-/// a user with a slot of another coupon is left alone (`record_status.lua`).
-async fn record_dropped(
-    settings: &Settings,
+/// The slots the rebuild drops, each with the record its user gets: a
+/// slot in the state found (what a Redis restart kept, or the current
+/// state of a forced rebuild) with neither a row nor a message in the
+/// topic. Such a user was answered `pending` or `queued` by a take whose
+/// message never reached the broker (or reaches it past the cutoff,
+/// refused as `late`); without a record `/coupons/me` kept reading
+/// `pending` for the record's lifetime. The records are written by the
+/// install, with the state, for the users whose slot is still the one seen
+/// here (a user with a slot of another coupon since is left alone).
+async fn dropped_slots(
     redis: &RedisClient,
     campaign: &CampaignId,
     users: &[String],
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Vec<DroppedSlot>> {
     let kept: BTreeSet<&str> = users.iter().map(String::as_str).collect();
-    let status = StatusRecords::new(redis.clone(), settings.redis.status_ttl_secs);
-    let mut dropped = 0;
+    let at = chrono::Utc::now();
+    let mut dropped = Vec::new();
     for (user, coupon) in Repair::new(redis.clone()).slots(campaign).await? {
         if kept.contains(user.as_str()) {
             continue;
@@ -178,29 +191,57 @@ async fn record_dropped(
             state: RecordedState::None,
             coupon_id: coupon.as_deref().and_then(|c| CouponId::parse(c).ok()),
             outcome: Some("given_back".into()),
-            at: chrono::Utc::now(),
+            at,
         };
-        status.record(campaign, &user, &record).await?;
-        dropped += 1;
+        dropped.push(DroppedSlot {
+            user,
+            coupon,
+            record: serde_json::to_string(&record)?,
+        });
     }
     Ok(dropped)
 }
 
-/// The rebuild proper, under the campaign's admin lock.
-async fn rebuild_locked(
+/// A rebuild read and ready to install: what [`plan`] found, to be written
+/// by [`install`].
+#[derive(Debug)]
+pub struct Plan {
+    campaign: CampaignId,
+    found: &'static str,
+    /// This rebuild's token (`CampaignKeys::rebuild`).
+    token: String,
+    /// The run_id of the server the rebuild started on.
+    server: String,
+    rows: u64,
+    in_flight: u64,
+    users: Vec<String>,
+}
+
+/// The rebuild's reads, under the campaign's admin lock: takes over the
+/// campaign (its token), fences it, waits for the takes made before to
+/// settle, records the cutoff, reads the rows and the topic, and stages the
+/// users found. `Ok(None)` when the state is current and not `force`.
+pub async fn plan(
     settings: &Settings,
     db: &DatabaseConnection,
     redis: &RedisClient,
     campaign: CampaignId,
     force: bool,
-) -> anyhow::Result<Option<RebuildReport>> {
+) -> anyhow::Result<Option<Plan>> {
     let (metas, repair) = (
         CampaignMetas::new(redis.clone()),
         Repair::new(redis.clone()),
     );
+    // First of all: from here on a rebuild that started earlier (and lost
+    // its admin lock) installs nothing, so a state read as fenced below
+    // stays fenced until this rebuild installs (or a later one takes over).
+    let token = uuid::Uuid::now_v7().to_string();
+    repair.begin_rebuild(&campaign, &token).await?;
     let (state, server) = metas.epoch_state(&campaign).await?;
+    if state == EpochState::Current && !force {
+        return Ok(None);
+    }
     let found = match state {
-        EpochState::Current if !force => return Ok(None),
         EpochState::Current => {
             metas.fence(&campaign).await?;
             tracing::warn!(campaign.id = %campaign, "campaign fenced for a forced rebuild; takes stopped");
@@ -221,6 +262,13 @@ async fn rebuild_locked(
 
     let from = topic::group_positions(&settings.kafka).await?;
     let to = topic::end_offsets(&settings.kafka).await?;
+    // A rebuild that a later one took over records no cutoff: the later
+    // one records its own, and this one's could come after it read the
+    // topic.
+    anyhow::ensure!(
+        repair.is_rebuilding(&campaign, &token).await?,
+        "campaign {campaign}'s rebuild was taken over by a later one; it stops"
+    );
     cutoff::record(
         db,
         &campaign,
@@ -238,13 +286,56 @@ async fn rebuild_locked(
         .filter(|u| !rows.contains(u))
         .collect();
     let users: Vec<String> = rows.iter().chain(pending.iter()).cloned().collect();
+    if let Err(e) = repair.stage(&campaign, &token, &users).await {
+        repair.unstage(&campaign, &token).await;
+        return Err(e.into());
+    }
+    Ok(Some(Plan {
+        campaign,
+        found,
+        token,
+        server,
+        rows: rows.len() as u64,
+        in_flight: pending.len() as u64,
+        users,
+    }))
+}
 
-    let dropped = record_dropped(settings, redis, &campaign, &users).await?;
-    repair.replace(&campaign, &users).await?;
-    // The row again, just before the load: a close answered while the
-    // rebuild waited is in it. (On a fenced meta the close is also kept by
-    // the load itself, load_meta.lua; on a missing one, close.lua writes
-    // nothing and only the row has it.)
+/// The rebuild's write: the staged users, the count, the dropped slots'
+/// records and the meta from the campaign's row, in one atomic step
+/// (`Repair::install`), which unfences the campaign. Refused, with nothing
+/// written, when the rebuild is no longer the one the campaign waits for:
+/// Redis changed servers, a later rebuild took over, or one finished first.
+///
+/// The row is read again just before: a close answered while the rebuild
+/// waited is in it. (On a fenced meta the close is also kept by the install
+/// itself, `lua/meta.lua`; on a missing one, close.lua writes nothing and
+/// only the row has it.)
+pub async fn install(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    redis: &RedisClient,
+    plan: Plan,
+) -> anyhow::Result<RebuildReport> {
+    let result = install_staged(settings, db, redis, &plan).await;
+    if result.is_err() {
+        // A refusal deleted the staged users already; any other failure
+        // leaves them to this, or to their TTL if Redis does not answer.
+        Repair::new(redis.clone())
+            .unstage(&plan.campaign, &plan.token)
+            .await;
+    }
+    result
+}
+
+async fn install_staged(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    redis: &RedisClient,
+    plan: &Plan,
+) -> anyhow::Result<RebuildReport> {
+    let campaign = plan.campaign;
+    let dropped = dropped_slots(redis, &campaign, &plan.users).await?;
     let row = campaigns::Entity::find_by_id(campaign.as_uuid())
         .one(db)
         .await?
@@ -256,24 +347,38 @@ async fn rebuild_locked(
         closed: row.state == "closed",
         room: row.room(),
     };
-    let loaded = metas.load_on(&campaign, &meta, &server).await?;
-    anyhow::ensure!(
-        loaded,
-        "Redis changed servers while campaign {campaign} was rebuilt; it stays fenced for the next rebuild"
-    );
+    let ticket = RebuildTicket {
+        token: &plan.token,
+        server: &plan.server,
+    };
+    let installed = Repair::new(redis.clone())
+        .install(
+            &campaign,
+            &ticket,
+            &meta,
+            &dropped,
+            settings.redis.status_ttl_secs,
+        )
+        .await?;
+    let recorded = match installed {
+        Installed::Done { recorded } => recorded,
+        Installed::Refused(why) => {
+            anyhow::bail!("campaign {campaign}'s rebuild installed nothing: {why}")
+        }
+    };
     tracing::info!(
         campaign.id = %campaign,
-        rows = rows.len(),
-        in_flight = pending.len(),
-        dropped,
+        rows = plan.rows,
+        in_flight = plan.in_flight,
+        dropped = recorded,
         "gate state rebuilt"
     );
-    Ok(Some(RebuildReport {
+    Ok(RebuildReport {
         campaign,
-        found,
-        rows: rows.len() as u64,
-        in_flight: pending.len() as u64,
-        users: users.len() as u64,
+        found: plan.found,
+        rows: plan.rows,
+        in_flight: plan.in_flight,
+        users: plan.users.len() as u64,
         closed: meta.closed,
-    }))
+    })
 }

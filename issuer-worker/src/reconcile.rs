@@ -90,16 +90,14 @@ pub async fn run(
     patience: Duration,
 ) -> anyhow::Result<ReconcileReport> {
     let redis = RedisClient::new(&settings.redis, None)?;
-    let lock = admin_lock::acquire(&redis, &campaign).await?;
-    let result = reconcile_locked(settings, db, &redis, campaign, repairing, patience).await;
-    // Released on every path: a reconcile that failed (a broken connection,
-    // a worker group behind) must not hold off the gate keeper's rebuild or
-    // the next reconcile for the lock's lease. If the release fails too,
-    // the lease (30 s) ends it.
-    if let Err(e) = lock.release().await {
-        tracing::warn!(campaign.id = %campaign, error = %e, "admin lock not released; its lease ends it");
-    }
-    result
+    admin_lock::holding(
+        &redis,
+        &campaign,
+        Box::pin(reconcile_locked(
+            settings, db, &redis, campaign, repairing, patience,
+        )),
+    )
+    .await
 }
 
 /// The reconcile proper, under the campaign's admin lock.

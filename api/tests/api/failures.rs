@@ -654,3 +654,53 @@ async fn a_slot_a_rebuild_drops_ends_none_not_pending() {
     );
     api.stop().await;
 }
+
+/// A rebuild that lost its admin lock and went on (a Redis restart wipes
+/// the lock; a pause past the lease ends it) installs nothing once a
+/// rebuild that started after it has finished: it used to replace the set
+/// the other had unfenced, dropping the slots taken since, so that the
+/// stock was handed out again past users answered `pending`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_overtaken_by_a_later_one_installs_nothing() {
+    use common::redis_state::RedisClient;
+    use issuer_worker::rebuild;
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(2).await;
+    let (status, body) = api.issue(&campaign, "before").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (db, redis) = (db().await, RedisClient::new(&settings.redis, None).unwrap());
+
+    // The first rebuild reads and stages, then stalls before its install
+    // (its admin lock gone); the second runs to the end and unfences.
+    let overtaken = rebuild::plan(&settings, &db, &redis, campaign, true)
+        .await
+        .unwrap()
+        .expect("forced");
+    let report = rebuild::rebuild(&settings, &db, &redis, campaign, true)
+        .await
+        .unwrap()
+        .expect("forced");
+    assert_eq!(report.users, 1, "{report:?}");
+    let (status, body) = api.issue(&campaign, "after").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+
+    let refused = rebuild::install(&settings, &db, &redis, overtaken)
+        .await
+        .expect_err("the overtaken rebuild installed its state");
+    assert!(
+        refused.to_string().contains("took the campaign over"),
+        "{refused:#}"
+    );
+    let (mut users, taken) = gate_state(&campaign).await;
+    users.sort();
+    assert_eq!(
+        (users, taken),
+        (vec!["after".to_owned(), "before".to_owned()], Some(2))
+    );
+    let (status, body) = api.issue(&campaign, "one-too-many").await;
+    assert_eq!(body["outcome"], "sold_out", "{status}: {body}");
+    let (_, body) = api.my_coupon(&campaign, "after").await;
+    assert_ne!(body["state"], "none", "{body}");
+    api.stop().await;
+}

@@ -435,6 +435,43 @@ async fn a_retried_campaign_creation_creates_one_campaign() {
     api.stop().await;
 }
 
+/// A create retried after Redis lost the campaign (a restart that came back
+/// empty wipes the create's record too, so the retry runs again) leaves the
+/// gate alone: it used to load the meta on the empty state, unfencing the
+/// campaign with a count of 0 while its users held slots, so that a user
+/// with a coupon got a second one. The gate keeper rebuilds the campaign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_retried_after_redis_lost_the_campaign_leaves_it_fenced() {
+    use common::keys::CampaignKeys;
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let k = key();
+    let body = json!({ "name": format!("idem-gate-{}", key()), "stock": 5 }).to_string();
+    let made = create(&api, &body, &k).await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    let campaign = CampaignId::parse(made.body["id"].as_str().unwrap()).unwrap();
+    let holder = format!("holder-{}", key());
+    let first = issue(&api, &campaign, &holder, None).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+
+    // Redis came back empty: the campaign's gate state and the record gone.
+    let keys = CampaignKeys::new(&campaign);
+    redis_del(&[keys.meta(), keys.users(), keys.taken(), keys.slots()]).await;
+    forget_records(&caller_of_admin()).await;
+    let retried = create(&api, &body, &k).await;
+    assert_eq!(retried.status, StatusCode::CREATED, "{}", retried.body);
+    assert!(!retried.replayed(), "the record was gone: this ran again");
+
+    let again = issue(&api, &campaign, &holder, None).await;
+    assert_eq!(
+        again.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the retried create reopened the gate: {}",
+        again.body
+    );
+    api.stop().await;
+}
+
 fn caller_of_admin() -> String {
     "admin".to_owned()
 }

@@ -37,6 +37,35 @@ pub struct CampaignMeta {
     pub room: Option<RoomRules>,
 }
 
+/// A meta as the arguments of `lua/meta.lua`'s `write_meta`: stock,
+/// start, end, state, and the waiting room's rate, admission TTL (ms) and
+/// seed (three empty strings without a room).
+pub(super) fn meta_args(meta: &CampaignMeta) -> [String; 7] {
+    let ends_ms = meta
+        .ends_at
+        .map_or_else(|| NO_END.to_owned(), |t| t.timestamp_millis().to_string());
+    let state = if meta.closed { "closed" } else { "open" };
+    let [rate, ttl_ms, seed] = meta.room.map_or_else(
+        || [String::new(), String::new(), String::new()],
+        |r| {
+            [
+                r.admit_per_second.to_string(),
+                (u64::from(r.admission_ttl_secs) * 1000).to_string(),
+                r.shuffle_seed.to_string(),
+            ]
+        },
+    );
+    [
+        meta.stock.to_string(),
+        meta.starts_at.timestamp_millis().to_string(),
+        ends_ms,
+        state.to_owned(),
+        rate,
+        ttl_ms,
+        seed,
+    ]
+}
+
 /// Where a campaign's gate state stands against the fence
 /// (`lua/fence.lua`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,41 +90,18 @@ impl CampaignMetas {
         Self { client }
     }
 
-    /// Writes a campaign's meta (and a zero counter if none exists), with
-    /// the epoch of the server it is written on: its gate state counts
-    /// there (`lua/fence.lua`).
+    /// Writes a new campaign's meta (and a zero counter if none exists),
+    /// with the epoch of the server it is written on: its gate state counts
+    /// there (`lua/fence.lua`). `Ok(false)`, with nothing written, when the
+    /// campaign has a meta already (`lua/load_meta.lua`): only a rebuild
+    /// replaces a campaign's state (`Repair::install`).
     pub async fn load(
         &self,
         campaign: &CampaignId,
         meta: &CampaignMeta,
-    ) -> Result<(), RedisCallError> {
-        self.load_on(campaign, meta, "").await.map(|_| ())
-    }
-
-    /// As [`CampaignMetas::load`], only on the server whose run_id is
-    /// `expected` (a rebuild that read its state there): `Ok(false)` and
-    /// nothing written on another (it restarted meanwhile). `""`: any.
-    pub async fn load_on(
-        &self,
-        campaign: &CampaignId,
-        meta: &CampaignMeta,
-        expected: &str,
     ) -> Result<bool, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
-        let ends_ms = meta
-            .ends_at
-            .map_or_else(|| NO_END.to_owned(), |t| t.timestamp_millis().to_string());
-        let state = if meta.closed { "closed" } else { "open" };
-        let room = meta.room.map_or_else(
-            || [String::new(), String::new(), String::new()],
-            |r| {
-                [
-                    r.admit_per_second.to_string(),
-                    (u64::from(r.admission_ttl_secs) * 1000).to_string(),
-                    r.shuffle_seed.to_string(),
-                ]
-            },
-        );
+        let args = meta_args(meta);
         let loaded: i64 = self
             .client
             .run_on(|mut conn, server| {
@@ -104,13 +110,8 @@ impl CampaignMetas {
                     scripts::LOAD_META
                         .key(keys.meta())
                         .key(keys.taken())
-                        .arg(meta.stock)
-                        .arg(meta.starts_at.timestamp_millis())
-                        .arg(ends_ms)
-                        .arg(state)
-                        .arg(&room[..])
+                        .arg(&args[..])
                         .arg(server)
-                        .arg(expected)
                         .invoke_async(&mut conn)
                         .await
                 }
@@ -149,7 +150,7 @@ impl CampaignMetas {
     }
 
     /// Fences the campaign for a rebuild (`lua/fence_campaign.lua`): its
-    /// scripts answer `stale` until [`CampaignMetas::load_on`] runs.
+    /// scripts answer `stale` until the rebuild's `Repair::install` runs.
     pub async fn fence(&self, campaign: &CampaignId) -> Result<bool, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         let fenced: i64 = self

@@ -3,8 +3,11 @@
 
 use redis::AsyncCommands;
 
-use super::{RedisCallError, RedisClient};
-use crate::ids::CampaignId;
+use std::time::Duration;
+
+use super::meta::meta_args;
+use super::{CampaignMeta, RedisCallError, RedisClient};
+use crate::ids::{CampaignId, UserId};
 use crate::keys::CampaignKeys;
 use crate::scripts;
 
@@ -165,39 +168,195 @@ impl Repair {
         Ok(added)
     }
 
-    /// Rebuild, step one: replaces the set and the counter with `users`,
-    /// and drops the slots' coupon ids (a rebuilt slot has no take a
-    /// withdrawal could name). The meta must be absent meanwhile (the api
-    /// takes no slot without it); `CampaignMetas::load` comes last.
-    pub async fn replace(
+    /// Rebuild, first step: makes `token` the campaign's rebuild under
+    /// way, replacing any other's (one that lost its admin lock to a Redis
+    /// restart or a pause past the lease can then no longer install
+    /// anything). Kept `REBUILD_TTL` at most: a rebuild that dies leaves
+    /// nothing for ever.
+    pub async fn begin_rebuild(
         &self,
         campaign: &CampaignId,
+        token: &str,
+    ) -> Result<(), RedisCallError> {
+        let key = CampaignKeys::new(campaign).rebuild();
+        self.client
+            .run(|mut conn| async move {
+                conn.set_ex::<_, _, ()>(key, token, REBUILD_TTL.as_secs())
+                    .await
+            })
+            .await
+    }
+
+    /// Whether `token` is still the campaign's rebuild under way.
+    pub async fn is_rebuilding(
+        &self,
+        campaign: &CampaignId,
+        token: &str,
+    ) -> Result<bool, RedisCallError> {
+        let key = CampaignKeys::new(campaign).rebuild();
+        let current: Option<String> = self
+            .client
+            .run(|mut conn| async move { conn.get(key).await })
+            .await?;
+        Ok(current.as_deref() == Some(token))
+    }
+
+    /// Deletes what a rebuild that failed staged (best effort: its TTL
+    /// ends it otherwise).
+    pub async fn unstage(&self, campaign: &CampaignId, token: &str) {
+        let key = CampaignKeys::new(campaign).rebuild_users(token);
+        if let Err(e) = self
+            .client
+            .run(|mut conn| async move { conn.del::<_, ()>(key).await })
+            .await
+        {
+            tracing::debug!(campaign.id = %campaign, error = %e, "staged users not deleted; their TTL ends them");
+        }
+    }
+
+    /// Rebuild, second step: stages the users it keeps under its token,
+    /// beside the campaign's set (which the api may still read).
+    pub async fn stage(
+        &self,
+        campaign: &CampaignId,
+        token: &str,
         users: &[String],
     ) -> Result<(), RedisCallError> {
-        let keys = CampaignKeys::new(campaign);
-        let (set, counter, slots) = (keys.users(), keys.taken(), keys.slots());
-        self.client
-            .run(|mut conn| {
-                let (set, counter) = (set.clone(), counter.clone());
-                async move {
+        let staged = CampaignKeys::new(campaign).rebuild_users(token);
+        for chunk in users.chunks(1000) {
+            let staged = staged.clone();
+            self.client
+                .run(|mut conn| async move {
                     redis::pipe()
-                        .del(&set)
-                        .del(&counter)
-                        .del(&slots)
+                        .sadd(&staged, chunk)
+                        .ignore()
+                        .expire(&staged, REBUILD_TTL.as_secs() as i64)
+                        .ignore()
                         .query_async::<()>(&mut conn)
                         .await
-                }
-            })
-            .await?;
-        for chunk in users.chunks(1000) {
-            let set = set.clone();
-            self.client
-                .run(|mut conn| async move { conn.sadd::<_, _, ()>(set, chunk).await })
+                })
                 .await?;
         }
-        let count = users.len() as i64;
-        self.client
-            .run(|mut conn| async move { conn.set::<_, _, ()>(counter, count).await })
-            .await
+        Ok(())
+    }
+
+    /// Rebuild, last step (`lua/rebuild_install.lua`), at once: the staged
+    /// users become the set, the count their number, the slots' coupon ids
+    /// are dropped (a rebuilt slot has no take a withdrawal could name),
+    /// each of `dropped` whose slot is still the one the rebuild saw gets
+    /// its record, and `meta` is loaded with this server's epoch, which
+    /// unfences the campaign. Refused, with nothing written, unless the
+    /// server is still `server` (the one the rebuild started on), the
+    /// campaign's rebuild token is still `token`, and its meta is still
+    /// fenced or missing.
+    pub async fn install(
+        &self,
+        campaign: &CampaignId,
+        rebuild: &RebuildTicket<'_>,
+        meta: &CampaignMeta,
+        dropped: &[DroppedSlot],
+        status_ttl_secs: u64,
+    ) -> Result<Installed, RedisCallError> {
+        let keys = CampaignKeys::new(campaign);
+        let args = meta_args(meta);
+        let reply: (String, redis::Value) = self
+            .client
+            .run_on(|mut conn, known| {
+                let known = known.to_owned();
+                let mut call = scripts::REBUILD_INSTALL.key(keys.meta());
+                call.key(keys.users())
+                    .key(keys.taken())
+                    .key(keys.slots())
+                    .key(keys.rebuild())
+                    .key(keys.rebuild_users(rebuild.token));
+                for slot in dropped {
+                    call.key(keys.status(&slot.user));
+                }
+                call.arg(&args[..])
+                    .arg(known)
+                    .arg(rebuild.server)
+                    .arg(rebuild.token)
+                    .arg(status_ttl_secs);
+                for slot in dropped {
+                    call.arg(slot.user.as_str())
+                        .arg(slot.coupon.as_deref().unwrap_or(""))
+                        .arg(&slot.record);
+                }
+                async move { call.invoke_async(&mut conn).await }
+            })
+            .await?;
+        match reply {
+            (done, redis::Value::Int(recorded)) if done == "installed" => Ok(Installed::Done {
+                recorded: recorded.max(0) as u64,
+            }),
+            (refused, redis::Value::BulkString(why)) if refused == "refused" => {
+                Ok(Installed::Refused(match why.as_slice() {
+                    b"server" => Refusal::Server,
+                    b"superseded" => Refusal::Superseded,
+                    _ => Refusal::Current,
+                }))
+            }
+            other => Err(RedisCallError::Protocol(format!(
+                "rebuild install replied {other:?}"
+            ))),
+        }
+    }
+}
+
+/// How long a rebuild's token and staged users are kept at most: far past
+/// any rebuild (the settle wait, a topic read of up to 5 minutes, a slow
+/// database), short enough that one that died leaves nothing for long. A
+/// rebuild that outlives it is refused as `Superseded` and the next
+/// attempt starts over.
+pub const REBUILD_TTL: Duration = Duration::from_secs(3600);
+
+/// A rebuild under way: its token and the server it started on.
+#[derive(Debug, Clone, Copy)]
+pub struct RebuildTicket<'a> {
+    pub token: &'a str,
+    pub server: &'a str,
+}
+
+/// A slot a rebuild drops, as it saw it, and the record its user gets.
+#[derive(Debug, Clone)]
+pub struct DroppedSlot {
+    pub user: UserId,
+    /// The coupon id the slot named; `None` for a rebuilt slot.
+    pub coupon: Option<String>,
+    /// The record (JSON) for `/coupons/me`.
+    pub record: String,
+}
+
+/// What became of a rebuild's install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installed {
+    /// The state is in place; `recorded` users got their record.
+    Done { recorded: u64 },
+    /// Nothing was written.
+    Refused(Refusal),
+}
+
+/// Why a rebuild's install wrote nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Redis answers from another server than the one the rebuild started
+    /// on: its state would be built on that server's predecessor.
+    Server,
+    /// A rebuild that started after this one took over the campaign (or
+    /// this one outlived `REBUILD_TTL`).
+    Superseded,
+    /// The campaign is unfenced already (a rebuild that started later
+    /// finished first is `Superseded`; this is a state loaded some other
+    /// way), and takes counted on its state since.
+    Current,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Server => "Redis changed servers while the rebuild ran",
+            Self::Superseded => "a rebuild that started later took the campaign over",
+            Self::Current => "the campaign was unfenced meanwhile",
+        })
     }
 }
