@@ -467,16 +467,28 @@ impl RedisPool {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
+        // The place is cleared only if it still holds a connection of the
+        // failed one's generation: one opened since (after another break
+        // retired the failed one) is left alone.
+        let stale = |held: &Option<Pooled>| {
+            held.as_ref()
+                .is_some_and(|p| p.generation == checkout.generation)
+        };
         match checkout.place {
             Place::Shared(index) => {
-                *self.places[index]
+                let mut held = self.places[index]
                     .conn
                     .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if stale(&held) {
+                    *held = None;
+                }
             }
             // The reporting thread's own connection; its next call reopens it.
             Place::Local => LOCAL.with_borrow_mut(|local| {
-                if let Some(place) = local.get_mut(&self.id) {
+                if let Some(place) = local.get_mut(&self.id)
+                    && stale(&place.conn)
+                {
                     place.conn = None;
                 }
             }),

@@ -19,15 +19,17 @@
 //!
 //! What if the keeper dies mid-rebuild? The campaign stays fenced (or
 //! missing): the next keeper's scan rebuilds it. What if Redis restarts
-//! again mid-rebuild? The rebuild's last step loads the meta only on the
-//! server it started on (`CampaignMetas::load_on`); it fails and the
-//! campaign stays fenced for the next scan. A failed rebuild (a connection
-//! the restart broke, a broker that did not answer) brings the next scan
-//! forward to [`RETRY_AFTER`], not the full `keeper_scan_secs`: the
-//! campaign's outage is bounded by the retry, not by the periodic scan.
+//! again mid-rebuild? The rebuild's install writes only on the server it
+//! started on (`Repair::install`); it fails and the campaign stays fenced
+//! for the next scan. A failed rebuild (a connection the restart broke, a
+//! broker that did not answer) brings that campaign's next attempt forward
+//! to [`RETRY_AFTER`], not the full `keeper_scan_secs`: the campaign's
+//! outage is bounded by the retry, not by the periodic scan. Each further
+//! failure doubles the wait, up to `keeper_scan_secs`, so a campaign whose
+//! rebuild keeps failing (a broker down for minutes) does not hold its
+//! admin lock almost all the time.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,8 +46,47 @@ use crate::metrics::WorkerMetrics;
 const RECENT_DAYS: i32 = 30;
 /// The most campaigns rebuilt at once (each mostly waits).
 const AT_ONCE: usize = 16;
-/// How soon the next scan comes after a rebuild failed.
+/// How soon a campaign's rebuild is tried again after it failed once;
+/// doubled by each further failure, up to `keeper_scan_secs`.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// The campaigns whose last rebuild failed: how often in a row, and when
+/// the next attempt is due.
+#[derive(Debug, Default)]
+struct Retries(HashMap<CampaignId, (u32, Instant)>);
+
+impl Retries {
+    fn failed(&mut self, campaign: CampaignId, cap: Duration) {
+        let (failures, due) = self.0.entry(campaign).or_insert((0, Instant::now()));
+        *failures += 1;
+        let wait = RETRY_AFTER
+            .saturating_mul(1 << (*failures - 1).min(16))
+            .min(cap);
+        *due = Instant::now() + wait;
+    }
+
+    fn succeeded(&mut self, campaign: &CampaignId) {
+        self.0.remove(campaign);
+    }
+
+    /// Whether the campaign may be tried now.
+    fn is_due(&self, campaign: &CampaignId) -> bool {
+        self.0
+            .get(campaign)
+            .is_none_or(|(_, due)| Instant::now() >= *due)
+    }
+
+    /// Forgets the campaigns no longer broken (another worker rebuilt them).
+    fn keep_only(&mut self, broken: &[(CampaignId, EpochState)]) {
+        let broken: HashSet<&CampaignId> = broken.iter().map(|(c, _)| c).collect();
+        self.0.retain(|c, _| broken.contains(c));
+    }
+
+    /// The earliest retry due, if any.
+    fn next_due(&self) -> Option<Instant> {
+        self.0.values().map(|(_, due)| *due).min()
+    }
+}
 
 /// Runs until `stop`.
 pub async fn run(
@@ -69,8 +110,8 @@ pub async fn run(
     let scan_every = Duration::from_secs(settings.worker.keeper_scan_secs.max(1));
     let settings = Arc::new(settings);
     let rebuilding: Arc<Mutex<HashSet<CampaignId>>> = Arc::default();
-    // Set by a rebuild that failed: the next scan comes after RETRY_AFTER.
-    let failed = Arc::new(AtomicBool::new(false));
+    // Campaigns whose rebuild failed: a scan comes when the first is due.
+    let retries: Arc<Mutex<Retries>> = Arc::default();
     let mut last_server: Option<String> = None;
     let mut last_scan: Option<Instant> = None;
     let mut tick = tokio::time::interval(every);
@@ -88,11 +129,12 @@ pub async fn run(
             }
         };
         let changed = last_server.as_deref() != Some(server.as_str());
-        let due = match last_scan {
-            None => true,
-            Some(at) if failed.load(Ordering::Relaxed) => at.elapsed() >= RETRY_AFTER,
-            Some(at) => at.elapsed() >= scan_every,
-        };
+        let retry_due = retries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .next_due()
+            .is_some_and(|due| Instant::now() >= due);
+        let due = retry_due || last_scan.is_none_or(|at| at.elapsed() >= scan_every);
         if !changed && !due {
             continue;
         }
@@ -127,9 +169,22 @@ pub async fn run(
         }
         last_server = Some(server);
         last_scan = Some(Instant::now());
-        failed.store(false, Ordering::Relaxed);
         metrics.stale_campaigns.set(broken.len() as i64);
+        retries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keep_only(&broken);
         for (campaign, state) in broken {
+            // A campaign that failed lately waits for its turn, unless
+            // Redis changed servers (a new start for every campaign).
+            if !changed
+                && !retries
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .is_due(&campaign)
+            {
+                continue;
+            }
             if rebuilding
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -146,25 +201,32 @@ pub async fn run(
                 continue;
             }
             tracing::info!(campaign.id = %campaign, ?state, "gate keeper rebuilding");
-            let (settings, db, redis, metrics, rebuilding, failed) = (
+            let (settings, db, redis, metrics, rebuilding, retries) = (
                 settings.clone(),
                 db.clone(),
                 redis.clone(),
                 metrics.clone(),
                 rebuilding.clone(),
-                failed.clone(),
+                retries.clone(),
             );
             tokio::spawn(async move {
                 let result = crate::rebuild::rebuild(&settings, &db, &redis, campaign, false).await;
+                let mut retries = retries
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let label = match &result {
                     Ok(Some(_)) => "rebuilt",
                     Ok(None) => "current",
                     Err(e) => {
-                        tracing::warn!(campaign.id = %campaign, error = %e, "gate keeper: rebuild failed; the next scan tries again");
-                        failed.store(true, Ordering::Relaxed);
+                        tracing::warn!(campaign.id = %campaign, error = %e, "gate keeper: rebuild failed; tried again after a back-off");
+                        retries.failed(campaign, scan_every);
                         "failed"
                     }
                 };
+                if result.is_ok() {
+                    retries.succeeded(&campaign);
+                }
+                drop(retries);
                 metrics.rebuilds.with_label_values(&[label]).inc();
                 rebuilding
                     .lock()
