@@ -267,10 +267,6 @@ fn persistence_status(message: &BorrowedMessage<'_>) -> rdkafka::bindings::rd_ka
 
 type Inner = ThreadedProducer<DeliveryContext, StickyPartitioner>;
 
-/// Messages a request may find in flight on the quick lane and still take
-/// it (see [`IssueProducer`]).
-pub const QUICK_LANE_DEPTH: i32 = 8;
-
 /// One producer, replaced when its idempotence state breaks.
 struct Lane {
     current: RwLock<Arc<Inner>>,
@@ -288,13 +284,14 @@ struct Lane {
 /// connections) no linger cost a third of the throughput (9.0k/s against
 /// 13k/s), the broker then answering a produce request per message. So a
 /// request takes the *quick* lane (no linger) while fewer than
-/// [`QUICK_LANE_DEPTH`] messages are in flight on both, and the *batching*
+/// `kafka.quick_lane_depth` messages are in flight on both, and the *batching*
 /// lane (`kafka.linger_ms`) otherwise: alone or lightly loaded, nothing
 /// waits for a batch to fill; under load, batches fill as before. Nothing
 /// needs one order across the lanes (docs/CONTRACT.md, the message). With
-/// `kafka.linger_ms = 0` there is one lane.
+/// `kafka.linger_ms = 0` or `kafka.quick_lane_depth = 0` there is one lane.
 pub struct IssueProducer {
     lanes: Vec<Lane>,
+    quick_lane_depth: i32,
     metrics: common::metrics::KafkaClientMetrics,
     sticky: Option<Duration>,
     topic: String,
@@ -319,7 +316,7 @@ impl IssueProducer {
         let mut batching = common::kafka::producer_config(settings);
         batching.set("statistics.interval.ms", "5000");
         let mut configs = Vec::new();
-        if settings.linger_ms > 0 {
+        if settings.linger_ms > 0 && settings.quick_lane_depth > 0 {
             let mut quick = batching.clone();
             quick.set("linger.ms", "0");
             configs.push(quick);
@@ -347,6 +344,7 @@ impl IssueProducer {
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             lanes,
+            quick_lane_depth: i32::try_from(settings.quick_lane_depth).unwrap_or(i32::MAX),
             metrics,
             sticky,
             topic: settings.topic.clone(),
@@ -403,7 +401,7 @@ impl IssueProducer {
     }
 
     /// The producer a message goes to now: the quick lane's while fewer
-    /// than [`QUICK_LANE_DEPTH`] messages are in flight in all, else the
+    /// than `kafka.quick_lane_depth` messages are in flight in all, else the
     /// batching lane's (under load every message batches: a quick lane kept
     /// full cost a fifth of the throughput at 100 connections).
     fn pick(&self) -> Arc<Inner> {
@@ -412,7 +410,7 @@ impl IssueProducer {
             return first;
         };
         let batching = self.producer(batching);
-        if first.in_flight_count() + batching.in_flight_count() < QUICK_LANE_DEPTH {
+        if first.in_flight_count() + batching.in_flight_count() < self.quick_lane_depth {
             first
         } else {
             batching

@@ -89,7 +89,13 @@ pub struct KafkaClientMetrics {
     outbuf_requests: IntGaugeVec,
     request_errors: IntCounterVec,
     request_timeouts: IntCounterVec,
+    requests: IntCounterVec,
+    messages_sent: IntCounterVec,
 }
+
+/// The request types counted by `kafka_broker_requests_total`: what the
+/// broker is asked to do on the issue path (a bounded label set).
+const COUNTED_REQUESTS: [&str; 2] = ["Produce", "Fetch"];
 
 impl KafkaClientMetrics {
     /// `client` (`producer`, `consumer`) labels every series too.
@@ -125,6 +131,18 @@ impl KafkaClientMetrics {
                 "Requests to each broker that timed out.",
                 labels,
             ),
+            requests: counter_vec(
+                registry,
+                "kafka_broker_requests_total",
+                "Produce and Fetch requests sent to each broker (messages per produce request: kafka_client_messages_sent_total over these).",
+                &["client", "broker", "type"],
+            ),
+            messages_sent: counter_vec(
+                registry,
+                "kafka_client_messages_sent_total",
+                "Messages sent to the brokers (librdkafka's txmsgs).",
+                &["client"],
+            ),
         }
     }
 
@@ -151,7 +169,17 @@ impl KafkaClientMetrics {
             };
             catch_up(&self.request_errors, broker.txerrs);
             catch_up(&self.request_timeouts, broker.req_timeouts);
+            for kind in COUNTED_REQUESTS {
+                if let Some(&sent) = broker.req.get(kind) {
+                    let c = self
+                        .requests
+                        .with_label_values(&[client, broker.name.as_str(), kind]);
+                    c.inc_by((sent.max(0) as u64).saturating_sub(c.get()));
+                }
+            }
         }
+        let sent = self.messages_sent.with_label_values(&[client]);
+        sent.inc_by((statistics.txmsgs.max(0) as u64).saturating_sub(sent.get()));
     }
 }
 

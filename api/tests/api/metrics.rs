@@ -129,6 +129,20 @@ async fn every_family_is_exported_and_counts_move_with_requests() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     };
     assert!(rtt > 0.0 && rtt < 5.0, "round trip {rtt} s");
+    // What the broker was asked: the two messages in at least one produce
+    // request (over both producer lanes).
+    let started = std::time::Instant::now();
+    loop {
+        let (now, text) = scrape(&api).await;
+        let sent = now.sum("kafka_client_messages_sent_total", &[]);
+        let produces = now.sum("kafka_broker_requests_total", &[("type", "Produce")]);
+        if sent >= 2.0 || started.elapsed() > std::time::Duration::from_secs(20) {
+            assert_eq!(sent, 2.0, "{text}");
+            assert!((1.0..=2.0).contains(&produces), "{text}");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
     // Bounded labels: no id of a campaign or user anywhere.
     for id in [campaign.to_string(), "m-alice".into()] {
         assert!(!text.contains(&id), "{id} leaked into a label");

@@ -27,6 +27,11 @@ pub struct KafkaSettings {
     /// report once the gate took its slot.
     pub delivery_timeout_ms: u64,
     pub linger_ms: u64,
+    /// The api's quick lane (no linger) takes a message while fewer than
+    /// this many are in flight on both lanes; the batching lane
+    /// (`linger_ms`) the rest (`api/src/producer.rs`). 0: every message
+    /// batches.
+    pub quick_lane_depth: u32,
     /// How the api spreads messages over the topic's partitions.
     pub partitioning: Partitioning,
     /// `sticky` partitioning: how long a producer stays on one partition.
@@ -137,6 +142,7 @@ impl Default for KafkaSettings {
             replication_factor: 1,
             delivery_timeout_ms: 5_000,
             linger_ms: 1,
+            quick_lane_depth: 8,
             partitioning: Partitioning::Sticky,
             sticky_partition_ms: 10,
             compression: "none".into(),
