@@ -190,6 +190,7 @@ def engine_redis_commands():
         "EXPIRE": ["coupon:{c}:meta", "1"], "PEXPIRE": ["coupon:{c}:meta", "1"],
         "PEXPIREAT": ["idempotency:{d}", "1"], "SET": ["coupon:{c}:meta", "1"],
         "PTTL": ["coupon:{c}:meta"],
+        "RENAME": ["coupon:{c}:rebuild:t", "coupon:{c}:users"],
     }
     commands = [(n, samples.get(n)) for n in sorted(names)]
     # Scripts, the lock's wake-ups, and what the client sends on connect.
