@@ -3,6 +3,7 @@
 --
 -- KEYS[1]  coupon:{c}:meta    HASH written here
 -- KEYS[2]  coupon:{c}:taken   counter, created at 0 if absent
+-- KEYS[3]  coupon:{c}:closed  STRING, close.lua's mark (read)
 -- ARGV[1..7]  the meta (meta.lua's `args`)
 -- ARGV[8]  the run_id of the server the caller's connection reached ("" to
 --          ask it: Redis Cluster): the epoch written
@@ -15,5 +16,5 @@
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
-write_meta(KEYS[1], KEYS[2], ARGV, fence_server(ARGV[8]))
+write_meta(KEYS[1], KEYS[2], KEYS[3], ARGV, fence_server(ARGV[8]))
 return 1

@@ -7,13 +7,15 @@
 -- no room), ms an admitted user may take to issue, and shuffle seed.
 --
 -- The counter is created at 0 only when absent, so loading a meta again
--- never resets a campaign's count. A meta that says `closed` stays closed:
--- a close is final, and one answered while a rebuild waited (close.lua
--- writes it on the fenced meta, the row after) must not be undone by the
--- row the rebuild read before it.
-local function write_meta(meta_key, taken_key, args, epoch)
+-- never resets a campaign's count. A campaign closed in Redis stays closed
+-- (its meta says so, or close.lua's mark, `closed_key`, is there): a close is
+-- final, and one answered while a rebuild waited (close.lua writes it on the
+-- fenced meta, or only its mark on a missing one, and the row after) must
+-- not be undone by the row the rebuild read before it.
+local function write_meta(meta_key, taken_key, closed_key, args, epoch)
   local state = args[4]
-  if redis.call('HGET', meta_key, 'state') == 'closed' then
+  if redis.call('HGET', meta_key, 'state') == 'closed'
+      or redis.call('EXISTS', closed_key) == 1 then
     state = 'closed'
   end
   redis.call('HSET', meta_key, 'stock', args[1], 'starts_ms', args[2], 'ends_ms', args[3],

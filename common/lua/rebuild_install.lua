@@ -19,7 +19,8 @@
 -- KEYS[4]  coupon:{c}:slots            HASH, deleted
 -- KEYS[5]  coupon:{c}:rebuild          STRING, the token of the rebuild under way
 -- KEYS[6]  coupon:{c}:rebuild:<token>  SET, the users staged (may be absent: none)
--- KEYS[7..]  coupon:{c}:status:<user>  the record of each user ARGV names below
+-- KEYS[7]  coupon:{c}:closed           STRING, close.lua's mark (read)
+-- KEYS[8..]  coupon:{c}:status:<user>  the record of each user ARGV names below
 -- ARGV[1..7]  the meta (meta.lua's `args`)
 -- ARGV[8]  the run_id of the server the caller's connection reached ("" to
 --          ask it: Redis Cluster)
@@ -28,7 +29,7 @@
 -- ARGV[11] the status records' TTL in seconds
 -- ARGV[12..]  per user whose slot the rebuild drops, as it saw it: user id,
 --          the coupon id its slot named ("" none), the `none` record (JSON);
---          in the order of KEYS[7..]
+--          in the order of KEYS[8..]
 --
 -- Returns {"installed", records written}, or {"refused", why}: "server",
 -- "superseded" or "current". The staged set is deleted either way.
@@ -48,8 +49,8 @@ end
 -- The records first, while the set found is still there: a user whose slot
 -- is still the one the rebuild saw and not staged.
 local recorded = 0
-for i = 7, #KEYS do
-  local at = 12 + (i - 7) * 3
+for i = 8, #KEYS do
+  local at = 12 + (i - 8) * 3
   local user, coupon = ARGV[at], ARGV[at + 1]
   if redis.call('SISMEMBER', KEYS[2], user) == 1
       and redis.call('SISMEMBER', KEYS[6], user) == 0
@@ -64,5 +65,5 @@ if redis.call('EXISTS', KEYS[6]) == 1 then
   redis.call('PERSIST', KEYS[2])
 end
 redis.call('SET', KEYS[3], redis.call('SCARD', KEYS[2]))
-write_meta(KEYS[1], KEYS[3], ARGV, server)
+write_meta(KEYS[1], KEYS[3], KEYS[7], ARGV, server)
 return { 'installed', recorded }

@@ -25,6 +25,12 @@ impl CampaignKeys {
         format!("{}:meta", self.prefix)
     }
 
+    /// STRING: the campaign was closed (`lua/close.lua`), written even when
+    /// its meta is missing, so that a rebuild's load keeps the close.
+    pub fn closed(&self) -> String {
+        format!("{}:closed", self.prefix)
+    }
+
     /// SET of the users with a slot (issued, pending or queued).
     pub fn users(&self) -> String {
         format!("{}:users", self.prefix)

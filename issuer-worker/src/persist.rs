@@ -253,9 +253,12 @@ async fn existing_rows(
 /// The campaigns' cutoffs, read under their locks: a cutoff is recorded
 /// under the same lock, so a batch either committed before it (and its rows
 /// are read by whoever recorded it) or sees it.
-async fn read_cutoffs(txn: &DatabaseTransaction, campaign_ids: &[Uuid]) -> Result<Cutoffs, DbErr> {
+pub(crate) async fn read_cutoffs(
+    db: &impl ConnectionTrait,
+    campaign_ids: &[Uuid],
+) -> Result<Cutoffs, DbErr> {
     let mut cutoffs = Cutoffs::default();
-    for row in txn
+    for row in db
         .query_all_raw(statement(
             "SELECT campaign_id, requested_before, end_offsets FROM campaign_cutoffs \
              WHERE campaign_id = ANY($1)",

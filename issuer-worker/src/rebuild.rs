@@ -25,7 +25,9 @@
 //!    the committed offsets is in the rows read afterwards, every message
 //!    between them is read from the topic, and a message beyond the end that
 //!    a batch persisted before the cutoff is in the rows. Read the other way
-//!    round, a batch committed between the two reads is in neither set;
+//!    round, a batch committed between the two reads is in neither set.
+//!    A message an earlier cutoff makes `late` is left out: the worker
+//!    dead-letters it, and its user would keep a slot with no row;
 //! 4. stage those users beside the campaign's set, then install them in one
 //!    atomic step (`common/lua/rebuild_install.lua`): the set and the count
 //!    replaced (the slots' coupon ids dropped: a rebuilt slot has no take a
@@ -74,6 +76,7 @@ use serde::Serialize;
 
 use crate::admin_lock;
 use crate::cutoff;
+use crate::persist::{self, Consumed};
 use crate::reconcile::row_users;
 use crate::topic;
 
@@ -278,11 +281,21 @@ pub async fn plan(
     )
     .await?;
     let rows = row_users(db, &campaign).await?;
+    // A message an earlier cutoff makes `late` is dead-lettered by the
+    // worker, never a row: its user is left out, as the worker will.
+    let cutoffs = persist::read_cutoffs(db, &[campaign.as_uuid()]).await?;
     let pending: BTreeSet<String> = topic::read_range(&settings.kafka, &from, &to)
         .await?
         .into_iter()
-        .filter(|m| m.campaign_id == campaign)
-        .map(|m| m.user_id.as_str().to_owned())
+        .filter(|(partition, offset, m)| {
+            m.campaign_id == campaign
+                && !cutoffs.is_late(&Consumed {
+                    message: m,
+                    partition: *partition,
+                    offset: *offset,
+                })
+        })
+        .map(|(_, _, m)| m.user_id.as_str().to_owned())
         .filter(|u| !rows.contains(u))
         .collect();
     let users: Vec<String> = rows.iter().chain(pending.iter()).cloned().collect();

@@ -111,7 +111,7 @@ pub async fn read_range(
     settings: &KafkaSettings,
     from: &Offsets,
     to: &Offsets,
-) -> anyhow::Result<Vec<CouponIssued>> {
+) -> anyhow::Result<Vec<(i32, i64, CouponIssued)>> {
     let settings = settings.clone();
     let (from, to) = (from.clone(), to.clone());
     tokio::task::spawn_blocking(move || {
@@ -145,7 +145,7 @@ pub async fn read_range(
             }
             remaining -= 1;
             if let Some(Ok(issued)) = m.payload().map(CouponIssued::decode) {
-                messages.push(issued);
+                messages.push((m.partition(), m.offset(), issued));
             }
         }
         Ok(messages)

@@ -704,3 +704,69 @@ async fn a_rebuild_overtaken_by_a_later_one_installs_nothing() {
     assert_ne!(body["state"], "none", "{body}");
     api.stop().await;
 }
+
+/// A close answered while the campaign's meta is missing (Redis restarted
+/// empty, the rebuild under way) is kept by the rebuild's install, whatever
+/// row it read: `close.lua` had no meta to write on, and the install loaded
+/// the meta `open` from a row read before the close (found by a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_close_answered_while_the_meta_is_missing_survives_the_rebuild() {
+    use common::ids::{CouponId, UserId};
+    use common::redis_state::{
+        CampaignMeta, CampaignMetas, EpochState, Gate, GateReply, Installed, RebuildTicket,
+        RedisClient, Refusal, Repair,
+    };
+    let settings = test_settings().await;
+    let redis = RedisClient::new(&settings.redis, None).unwrap();
+    let (metas, repair) = (
+        CampaignMetas::new(redis.clone()),
+        Repair::new(redis.clone()),
+    );
+    let campaign = CampaignId::new();
+    let (state, server) = metas.epoch_state(&campaign).await.unwrap();
+    assert_eq!(state, EpochState::Missing);
+    let token = "a-rebuild";
+    repair.begin_rebuild(&campaign, token).await.unwrap();
+    repair
+        .stage(&campaign, token, &["before".to_owned()])
+        .await
+        .unwrap();
+    // The rebuild has read the row (open); the close is answered now.
+    assert!(
+        !metas.close(&campaign).await.unwrap(),
+        "the meta was missing"
+    );
+    let read_before_the_close = CampaignMeta {
+        stock: 10,
+        starts_at: chrono::Utc::now() - chrono::Duration::minutes(1),
+        ends_at: None,
+        closed: false,
+        room: None,
+    };
+    let ticket = RebuildTicket {
+        token,
+        server: &server,
+    };
+    let installed = repair
+        .install(&campaign, &ticket, &read_before_the_close, &[], 60)
+        .await
+        .unwrap();
+    assert_eq!(installed, Installed::Done { recorded: 0 });
+    let taken = Gate::new(redis.clone())
+        .take(
+            &campaign,
+            &UserId::parse("after").unwrap(),
+            &CouponId::new(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(taken, GateReply::Refused(Refusal::Closed)),
+        "a slot was taken after the close: {taken:?}"
+    );
+    redis_del(&[
+        CampaignKeys::new(&campaign).meta(),
+        CampaignKeys::new(&campaign).closed(),
+    ])
+    .await;
+}

@@ -110,6 +110,7 @@ impl CampaignMetas {
                     scripts::LOAD_META
                         .key(keys.meta())
                         .key(keys.taken())
+                        .key(keys.closed())
                         .arg(&args[..])
                         .arg(server)
                         .invoke_async(&mut conn)
@@ -165,7 +166,8 @@ impl CampaignMetas {
         Ok(fenced == 1)
     }
 
-    /// Closes the gate. `Ok(false)` when the meta is missing.
+    /// Closes the gate, and marks the close so that a later load (a
+    /// rebuild's) keeps it. `Ok(false)` when the meta is missing.
     pub async fn close(&self, campaign: &CampaignId) -> Result<bool, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         let closed: i64 = self
@@ -173,6 +175,7 @@ impl CampaignMetas {
             .run(|mut conn| async move {
                 scripts::CLOSE
                     .key(keys.meta())
+                    .key(keys.closed())
                     .invoke_async(&mut conn)
                     .await
             })

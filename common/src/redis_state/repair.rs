@@ -268,7 +268,8 @@ impl Repair {
                     .key(keys.taken())
                     .key(keys.slots())
                     .key(keys.rebuild())
-                    .key(keys.rebuild_users(rebuild.token));
+                    .key(keys.rebuild_users(rebuild.token))
+                    .key(keys.closed());
                 for slot in dropped {
                     call.key(keys.status(&slot.user));
                 }
@@ -291,9 +292,9 @@ impl Repair {
             }),
             (refused, redis::Value::BulkString(why)) if refused == "refused" => {
                 Ok(Installed::Refused(match why.as_slice() {
-                    b"server" => Refusal::Server,
-                    b"superseded" => Refusal::Superseded,
-                    _ => Refusal::Current,
+                    b"server" => NotInstalled::Server,
+                    b"superseded" => NotInstalled::Superseded,
+                    _ => NotInstalled::Current,
                 }))
             }
             other => Err(RedisCallError::Protocol(format!(
@@ -333,12 +334,12 @@ pub enum Installed {
     /// The state is in place; `recorded` users got their record.
     Done { recorded: u64 },
     /// Nothing was written.
-    Refused(Refusal),
+    Refused(NotInstalled),
 }
 
 /// Why a rebuild's install wrote nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum NotInstalled {
     /// Redis answers from another server than the one the rebuild started
     /// on: its state would be built on that server's predecessor.
     Server,
@@ -351,7 +352,7 @@ pub enum Refusal {
     Current,
 }
 
-impl std::fmt::Display for Refusal {
+impl std::fmt::Display for NotInstalled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Server => "Redis changed servers while the rebuild ran",

@@ -798,3 +798,39 @@ async fn a_message_landing_after_a_rebuild_left_it_out_is_late() {
     assert_eq!(row_users(&db, &c).await, ["next"]);
     worker.stop().await;
 }
+
+/// A rebuild leaves out the user of a message an earlier cutoff makes
+/// `late`: the worker dead-letters it, so a slot kept for it would have no
+/// row (the user read `pending` until a reconcile gave the slot back;
+/// found by a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_leaves_out_a_message_an_earlier_cutoff_makes_late() {
+    let settings = settings().await;
+    let db = db().await;
+    let c = insert_campaign(&db, "late before a rebuild", 1).await;
+    let gate = open_gate(&settings, &c, 1).await;
+    let mut stranded = message(c, "slow");
+    assert!(matches!(
+        gate.take(&c, &stranded.user_id, &stranded.coupon_id)
+            .await
+            .unwrap(),
+        common::redis_state::GateReply::Taken { .. }
+    ));
+    stranded.requested_at = Utc::now();
+    // No worker: the message stays unconsumed for the second rebuild.
+    let first = issuer_worker::rebuild::run(&settings, &db, c, true)
+        .await
+        .unwrap();
+    assert_eq!(first.users, 0, "{first:?}");
+    IssueTopic::new(&settings.kafka)
+        .send_to_first(&stranded.key(), &stranded.encode())
+        .await;
+    let second = issuer_worker::rebuild::run(&settings, &db, c, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.in_flight, second.users),
+        (0, 0),
+        "the late message's user kept a slot: {second:?}"
+    );
+}
