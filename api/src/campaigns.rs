@@ -474,7 +474,17 @@ impl CampaignStore {
         Ok(views)
     }
 
-    /// Closes the gate (if loaded), then the row. Idempotent.
+    /// Closes the gate (if loaded), then the row, then the gate again.
+    /// Idempotent.
+    ///
+    /// The gate first, so that no slot is taken once the row says closed.
+    /// The gate again after the row, before the reply: a Redis that lost the
+    /// first close (restarted, failed over) while this request stalled may
+    /// have a rebuild under way that read the row before it was closed; the
+    /// second close reaches that server, and its mark (or the meta it
+    /// closes) is kept by the rebuild's install. A rebuild that starts after
+    /// it reads the closed row. Each step that fails answers 503, the close
+    /// not confirmed; a retry does it again.
     pub async fn close(&self, id: &CampaignId) -> Result<CampaignView, StoreError> {
         self.row(id).await?;
         self.metas.close(id).await?;
@@ -486,6 +496,7 @@ impl CampaignStore {
                 .exec(&self.db),
         )
         .await?;
+        self.metas.close(id).await?;
         tracing::info!(campaign.id = %id, "campaign closed");
         self.get(id).await
     }

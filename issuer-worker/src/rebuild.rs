@@ -321,9 +321,9 @@ pub async fn plan(
 /// Redis changed servers, a later rebuild took over, or one finished first.
 ///
 /// The row is read again just before: a close answered while the rebuild
-/// waited is in it. (On a fenced meta the close is also kept by the install
-/// itself, `lua/meta.lua`; on a missing one, close.lua writes nothing and
-/// only the row has it.)
+/// waited is in it. (The install keeps a close itself too: on a fenced
+/// meta close.lua wrote it there, and on a missing one its mark,
+/// `lua/meta.lua`.)
 pub async fn install(
     settings: &Settings,
     db: &DatabaseConnection,
