@@ -758,6 +758,24 @@ async fn a_message_landing_after_reconcile_gave_its_slot_back_is_late() {
     worker.stop().await;
 }
 
+/// A take of `user`'s slot whose message has not reached the topic yet:
+/// the message, requested now, to be sent later.
+async fn stranded_take(
+    gate: &common::redis_state::Gate,
+    c: CampaignId,
+    user: &str,
+) -> CouponIssued {
+    let mut stranded = message(c, user);
+    assert!(matches!(
+        gate.take(&c, &stranded.user_id, &stranded.coupon_id)
+            .await
+            .unwrap(),
+        common::redis_state::GateReply::Taken { .. }
+    ));
+    stranded.requested_at = Utc::now();
+    stranded
+}
+
 /// The same after a rebuild: a take the lost Redis state held, whose
 /// message reaches the topic after the rebuild read it, is not in the
 /// rebuilt gate, so it must not become a coupon either.
@@ -767,14 +785,7 @@ async fn a_message_landing_after_a_rebuild_left_it_out_is_late() {
     let db = db().await;
     let c = insert_campaign(&db, "late after rebuild", 1).await;
     let gate = open_gate(&settings, &c, 1).await;
-    let mut stranded = message(c, "slow");
-    assert!(matches!(
-        gate.take(&c, &stranded.user_id, &stranded.coupon_id)
-            .await
-            .unwrap(),
-        common::redis_state::GateReply::Taken { .. }
-    ));
-    stranded.requested_at = Utc::now();
+    let stranded = stranded_take(&gate, c, "slow").await;
 
     let worker = start(&settings).await;
     let report = issuer_worker::rebuild::run(&settings, &db, c, true)
@@ -809,14 +820,7 @@ async fn a_rebuild_leaves_out_a_message_an_earlier_cutoff_makes_late() {
     let db = db().await;
     let c = insert_campaign(&db, "late before a rebuild", 1).await;
     let gate = open_gate(&settings, &c, 1).await;
-    let mut stranded = message(c, "slow");
-    assert!(matches!(
-        gate.take(&c, &stranded.user_id, &stranded.coupon_id)
-            .await
-            .unwrap(),
-        common::redis_state::GateReply::Taken { .. }
-    ));
-    stranded.requested_at = Utc::now();
+    let stranded = stranded_take(&gate, c, "slow").await;
     // No worker: the message stays unconsumed for the second rebuild.
     let first = issuer_worker::rebuild::run(&settings, &db, c, true)
         .await
