@@ -200,6 +200,31 @@ impl LockGuard {
     /// Releases the lock if still ours. `Ok(false)`: it was not (any more).
     pub async fn release(self) -> Result<bool, RedisCallError> {
         self.watchdog.abort();
+        self.try_release().await
+    }
+
+    /// [`LockGuard::release`], tried again every 250 ms while it fails, for
+    /// up to `within`: a release that a Redis restart refused would
+    /// otherwise leave the lock (persisted before the restart) to its whole
+    /// lease, keeping every other taker waiting after Redis is back. The
+    /// release is compare-and-delete on this hold's token, so a late try
+    /// never deletes another holder's lock.
+    pub async fn release_within(self, within: Duration) -> Result<bool, RedisCallError> {
+        self.watchdog.abort();
+        let started = Instant::now();
+        loop {
+            match self.try_release().await {
+                Err(e) if started.elapsed() < within => {
+                    tracing::debug!(lock = %self.key, error = %e, "lock release failed; trying again");
+                    tokio::time::sleep(RELEASE_RETRY.min(within.saturating_sub(started.elapsed())))
+                        .await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn try_release(&self) -> Result<bool, RedisCallError> {
         let keys: Vec<&str> = self.release_keys.iter().map(String::as_str).collect();
         let released: i64 = self
             .redis
@@ -214,6 +239,42 @@ impl LockGuard {
         }
         Ok(released == 1)
     }
+}
+
+/// How soon a failed release or give-back is tried again.
+const RELEASE_RETRY: Duration = Duration::from_millis(250);
+
+/// Gives back a lease lock whose `SET NX` may have run with its reply lost
+/// (a timeout, a connection a Redis restart broke): a lock nobody knows it
+/// holds would keep every taker out for a whole lease. The give-back is
+/// compare-and-delete on a token no one else has, so it runs in the
+/// background, tried again after 250 ms, then 500 ms, 1 s… until it deletes
+/// the lock or the lease has passed: a `SET` that a paused Redis runs after
+/// the first try (it may come on another connection) is undone by a later
+/// one. A `SET` run later than the lease after the failure lives its lease
+/// out: either way the lock is orphaned for at most about one lease. (The
+/// doubling keeps a Redis outage that fails many acquires from being
+/// answered with several give-backs a second each.)
+fn give_back_in_background(redis: RedisClient, key: String, token: String, lease: Duration) {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let channel = release_channel(&key);
+        let mut wait = RELEASE_RETRY;
+        loop {
+            let given_back = redis
+                .run_script::<i64>(
+                    &scripts::LOCK_RELEASE,
+                    &[key.as_str()],
+                    &[token.as_str(), channel.as_str()],
+                )
+                .await;
+            if matches!(given_back, Ok(1)) || started.elapsed() >= lease {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
+    });
 }
 
 impl Drop for LockGuard {
@@ -270,20 +331,13 @@ impl LeaseLock {
             let set = match set_nx_px(&self.redis, key, &token, lease_ms).await {
                 Ok(set) => set,
                 Err(e) => {
-                    // The SET may have run with its reply lost (a connection
-                    // a Redis restart broke): a lock nobody knows it holds
-                    // would block every taker for a whole lease. Give it
-                    // back (its token is ours alone) before failing; if that
-                    // fails too, the lease bounds it.
                     if e.may_have_run() {
-                        let _ = self
-                            .redis
-                            .run_script::<i64>(
-                                &scripts::LOCK_RELEASE,
-                                &[key],
-                                &[token.as_str(), release_channel(key).as_str()],
-                            )
-                            .await;
+                        give_back_in_background(
+                            self.redis.clone(),
+                            key.to_owned(),
+                            token.clone(),
+                            self.timing.lease,
+                        );
                     }
                     return Err(e.into());
                 }

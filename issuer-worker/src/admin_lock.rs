@@ -8,11 +8,18 @@ use common::keys::CampaignKeys;
 use common::lock::{LeaseLock, LockGuard, LockTiming};
 use common::redis_state::RedisClient;
 
+/// The admin lock's lease. Its holder's watchdog renews it every third, so
+/// a long rebuild keeps it; a worker killed or frozen while it held the
+/// lock keeps the next taker (another worker's gate keeper) out for at
+/// most this long. Losing it to a pause is safe: a rebuild installs only
+/// with its own rebuild token (`rebuild::install`).
+pub const LEASE: Duration = Duration::from_secs(10);
+
 pub async fn acquire(redis: &RedisClient, campaign: &CampaignId) -> anyhow::Result<LockGuard> {
     let lock = LeaseLock::new(
         redis.clone(),
         LockTiming {
-            lease: Duration::from_secs(30),
+            lease: LEASE,
             wait: Duration::from_secs(30),
         },
         None,
@@ -27,9 +34,11 @@ pub async fn acquire(redis: &RedisClient, campaign: &CampaignId) -> anyhow::Resu
 /// Runs `work` holding the campaign's admin lock, which is released on
 /// every path: a rebuild or reconcile that failed (a connection a Redis
 /// restart broke, a worker group behind) must not keep the next one (the
-/// gate keeper's) waiting for the lease. If the release fails too, the
-/// lease (30 s) ends it. (`work` is a future: it starts once the lock is
-/// held.)
+/// gate keeper's) waiting for the lease. A release that fails (Redis
+/// restarting: the lock may have been persisted before) is tried again
+/// until the lease would have ended it anyway, so the next taker gets in as
+/// soon as Redis answers again. (`work` is a future: it starts once the
+/// lock is held.)
 pub async fn holding<T>(
     redis: &RedisClient,
     campaign: &CampaignId,
@@ -37,7 +46,7 @@ pub async fn holding<T>(
 ) -> anyhow::Result<T> {
     let lock = acquire(redis, campaign).await?;
     let result = work.await;
-    if let Err(e) = lock.release().await {
+    if let Err(e) = lock.release_within(LEASE).await {
         tracing::warn!(campaign.id = %campaign, error = %e, "admin lock not released; its lease ends it");
     }
     result

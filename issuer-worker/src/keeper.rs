@@ -2,8 +2,10 @@
 //! no operator.
 //!
 //! Every `worker.keeper_interval_ms` (1 s) it asks which Redis server
-//! answers (the `run_id` its connection reached). When that changed (Redis
-//! restarted, or another server took over), and at least every
+//! answers (the `run_id` its connection reached) and which campaigns a
+//! forced rebuild fenced (`keys::FENCED_CAMPAIGNS`). When the server
+//! changed (Redis restarted, or another server took over), when a fenced
+//! campaign has no rebuild under way here, and at least every
 //! `worker.keeper_scan_secs` (30 s) anyway, it looks at every recent
 //! campaign's gate state: one that is missing (a Redis that restarted
 //! empty) or fenced (its meta's epoch names another server:
@@ -134,7 +136,27 @@ pub async fn run(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .next_due()
             .is_some_and(|due| Instant::now() >= due);
-        let due = retry_due || last_scan.is_none_or(|at| at.elapsed() >= scan_every);
+        // A forced rebuild's campaign that no rebuild here is under way for
+        // (it failed, or its process died): scan now, not at the full scan.
+        let hints = match metas.fenced_hints().await {
+            Ok(hints) => hints,
+            Err(e) => {
+                tracing::debug!(error = %e, "gate keeper: hints not read");
+                Vec::new()
+            }
+        };
+        let hinted = {
+            let rebuilding = rebuilding
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let retries = retries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            hints
+                .iter()
+                .any(|c| !rebuilding.contains(c) && retries.is_due(c))
+        };
+        let due = retry_due || hinted || last_scan.is_none_or(|at| at.elapsed() >= scan_every);
         if !changed && !due {
             continue;
         }
@@ -160,6 +182,16 @@ pub async fn run(
         }
         if unread {
             continue;
+        }
+        // Hints whose campaign is current now (rebuilt), or not a recent
+        // one, are done. (A hint added between the reads above and this is
+        // taken out with them: that campaign waits for the full scan.)
+        let done: Vec<CampaignId> = hints
+            .into_iter()
+            .filter(|c| !broken.iter().any(|(b, _)| b == c))
+            .collect();
+        if let Err(e) = metas.clear_hints(&done).await {
+            tracing::debug!(error = %e, "gate keeper: hints not cleared");
         }
         if changed && last_server.is_some() {
             tracing::warn!(

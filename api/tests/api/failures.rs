@@ -433,6 +433,117 @@ async fn a_redis_restart_fences_campaigns_until_the_gate_keeper_rebuilds_them() 
     api.stop().await;
 }
 
+/// A forced rebuild that fails after it fenced its campaign (here the
+/// broker cannot be reached) leaves the campaign answering 503. The gate
+/// keeper finds it by the hint the fence leaves (`keys::FENCED_CAMPAIGNS`)
+/// at its next tick and rebuilds it: the campaign accepts again within a
+/// tick, the rebuild's settle wait and its reads. The keeper's full scan is
+/// set out of reach here: before the hint, the campaign stayed fenced until
+/// that scan (30 s at the defaults, the fault campaign's rule 10 findings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_campaign_a_failed_forced_rebuild_fenced_is_rebuilt_within_a_tick() {
+    use common::redis_state::RedisClient;
+    let redis = common::testkit::OwnRedis::start();
+    let pg = common::testkit::OwnPostgres::start();
+    let db = common::testkit::db_at(&pg.url()).await;
+    issuer_worker::migration::migrate(&db).await.unwrap();
+    let mut settings = test_settings().await;
+    settings.redis.url = redis.url();
+    settings.database.url = SecretString::from(pg.url());
+    settings.worker.keeper_interval_ms =
+        common::settings::WorkerSettings::default().keeper_interval_ms;
+    settings.worker.keeper_scan_secs = 3_600;
+    let api = spawn_api(&settings).await;
+    let worker = spawn_worker(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    let (status, body) = api.issue(&campaign, "before").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_for_rows(&db, &campaign, 1, Duration::from_secs(30)).await;
+    // The keeper's first (full) scan has run by now: the next is an hour off.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut no_broker = settings.clone();
+    no_broker.kafka.brokers = format!("127.0.0.1:{}", common::testkit::spare_port());
+    let redis_client = RedisClient::new(&settings.redis, None).unwrap();
+    let failed =
+        issuer_worker::rebuild::rebuild(&no_broker, &db, &redis_client, campaign, true).await;
+    assert!(failed.is_err(), "the rebuild did not fail: {failed:?}");
+    let (status, body) = api.issue(&campaign, "fenced").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    let failed_at = Instant::now();
+    let bound = settings.takes_settle_within() + Duration::from_secs(10);
+    issue_until_accepted(&api, &campaign, "after", bound).await;
+    eprintln!(
+        "accepting again {:?} after the failed rebuild",
+        failed_at.elapsed()
+    );
+    worker.stop().await;
+    api.stop().await;
+}
+
+/// The admin lock is given back as soon as Redis answers again after a
+/// restart refused its release: the lock was persisted (`appendfsync
+/// always`), so a release tried once left it to its whole lease, and the
+/// next rebuild (the gate keeper's, healing that very restart) waited for
+/// it (the fault campaign's rule 10 findings: campaigns fenced 26–60 s
+/// after a Redis restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_lock_whose_release_a_redis_restart_refused_is_released_after_it() {
+    use common::redis_state::RedisClient;
+    let redis = std::sync::Arc::new(common::testkit::OwnRedis::start_persistent("always"));
+    let mut settings = test_settings().await;
+    settings.redis.url = redis.url();
+    let client = RedisClient::new(&settings.redis, None).unwrap();
+    let campaign = CampaignId::new();
+    let restarted = tokio::spawn({
+        let redis = redis.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::task::spawn_blocking(move || redis.launch())
+                .await
+                .unwrap();
+            Instant::now()
+        }
+    });
+    issuer_worker::admin_lock::holding(&client, &campaign, async {
+        // Redis dies while the lock is held: its release is refused.
+        redis.sigkill();
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let restarted = restarted.await.unwrap();
+    let key = CampaignKeys::new(&campaign).admin_lock();
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let held: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!held, "the admin lock outlived the restart");
+    assert!(
+        restarted.elapsed() < Duration::from_secs(3),
+        "released {:?} after the restart",
+        restarted.elapsed()
+    );
+    // The next taker gets it at once.
+    let taken = Instant::now();
+    let lock = issuer_worker::admin_lock::acquire(&client, &campaign)
+        .await
+        .unwrap();
+    assert!(
+        taken.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        taken.elapsed()
+    );
+    lock.release().await.unwrap();
+}
+
 /// A late rejection never hides a newer slot: a request's background
 /// settle gives its slot back (the broker never took its message) and
 /// records `rejected`; if the user's retry took a new slot in between, the

@@ -7,7 +7,7 @@ use redis::AsyncCommands;
 
 use super::{RedisCallError, RedisClient};
 use crate::ids::CampaignId;
-use crate::keys::CampaignKeys;
+use crate::keys::{CampaignKeys, FENCED_CAMPAIGNS};
 use crate::scripts;
 
 /// A campaign's waiting room, as configured at its creation.
@@ -152,7 +152,15 @@ impl CampaignMetas {
 
     /// Fences the campaign for a rebuild (`lua/fence_campaign.lua`): its
     /// scripts answer `stale` until the rebuild's `Repair::install` runs.
+    ///
+    /// The campaign is added to the gate keeper's hint
+    /// ([`FENCED_CAMPAIGNS`]) first, so a rebuild that dies after the fence
+    /// leaves it there.
     pub async fn fence(&self, campaign: &CampaignId) -> Result<bool, RedisCallError> {
+        let id = campaign.to_string();
+        self.client
+            .run(|mut conn| async move { conn.sadd::<_, _, i64>(FENCED_CAMPAIGNS, id).await })
+            .await?;
         let keys = CampaignKeys::new(campaign);
         let fenced: i64 = self
             .client
@@ -164,6 +172,27 @@ impl CampaignMetas {
             })
             .await?;
         Ok(fenced == 1)
+    }
+
+    /// The campaigns in the gate keeper's hint ([`FENCED_CAMPAIGNS`]).
+    pub async fn fenced_hints(&self) -> Result<Vec<CampaignId>, RedisCallError> {
+        let ids: Vec<String> = self
+            .client
+            .run(|mut conn| async move { conn.smembers(FENCED_CAMPAIGNS).await })
+            .await?;
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    /// Takes campaigns out of the hint (the keeper found them current).
+    pub async fn clear_hints(&self, campaigns: &[CampaignId]) -> Result<(), RedisCallError> {
+        if campaigns.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = campaigns.iter().map(ToString::to_string).collect();
+        self.client
+            .run(|mut conn| async move { conn.srem::<_, _, i64>(FENCED_CAMPAIGNS, ids).await })
+            .await?;
+        Ok(())
     }
 
     /// Closes the gate, and marks the close so that a later load (a

@@ -48,10 +48,11 @@ pub const LIVENESS_MS: u64 = 10_000;
 /// the machine.
 pub const REBUILD_MS: u64 = 25_000;
 
-/// The admin lock's lease (issuer-worker admin_lock.rs): a worker killed
-/// or frozen while its keeper rebuilt leaves the lock to run out before
-/// the next keeper's rebuild can start.
-pub const ADMIN_LEASE_MS: u64 = 30_000;
+/// The admin lock's lease (issuer-worker admin_lock.rs `LEASE`): a worker
+/// killed or frozen while its keeper rebuilt leaves the lock to run out
+/// before the next keeper's rebuild can start; 2 s for the samples and the
+/// machine.
+pub const ADMIN_LEASE_MS: u64 = 12_000;
 
 /// The longest a request may take: the longest an api request can run at
 /// the defaults (`Settings::longest_request` without its 30 s margin: a
@@ -844,6 +845,16 @@ fn liveness(id: &str, f: &CampaignFacts<'_>, h: &History, out: &mut Vec<Violatio
         .map(|x| x.end_ms + REBUILD_MS)
         .max()
         .unwrap_or(0);
+    // A forced rebuild of this campaign that failed left it fenced: the
+    // keeper's hint brings its rebuild within the same bound.
+    let this_campaign = format!("campaign:{}", f.c.which.as_str());
+    if let Some(failed) = in_round(FaultKind::Rebuild)
+        .filter(|x| !x.ok && x.target == this_campaign)
+        .map(|x| x.end_ms + REBUILD_MS)
+        .max()
+    {
+        rebuilt_by = rebuilt_by.max(failed);
+    }
     // The worker (its keeper) killed or frozen while it rebuilt.
     if let Some(hit) = in_round(FaultKind::WorkerKill)
         .chain(in_round(FaultKind::WorkerPause))
@@ -952,13 +963,26 @@ fn worker(h: &History, out: &mut Vec<Violation>) {
             .map(|s| (s.t_ms, s.values.get(metric).copied()))
             .collect();
         for (a, b, unended) in episodes(&samples, stalled) {
-            let causes: Vec<&FaultRecord> = h
-                .faults
-                .iter()
-                .filter(|f| f.start_ms <= a + 1_000 && f.end_ms + PAUSE_BOUND_MS >= a)
-                .collect();
-            let allowed =
-                causes.iter().map(|f| f.end_ms).max().unwrap_or(a).max(a) + PAUSE_BOUND_MS;
+            // The faults under way as it began, and then every fault that
+            // began while it was still allowed: a broker killed while the
+            // worker waits for its partitions keeps it waiting.
+            let mut allowed = a + PAUSE_BOUND_MS;
+            let causes: Vec<&FaultRecord> = loop {
+                let causes: Vec<&FaultRecord> = h
+                    .faults
+                    .iter()
+                    .filter(|f| {
+                        f.start_ms <= (a + 1_000).max(allowed.min(b))
+                            && f.end_ms + PAUSE_BOUND_MS >= a
+                    })
+                    .collect();
+                let next =
+                    causes.iter().map(|f| f.end_ms).max().unwrap_or(a).max(a) + PAUSE_BOUND_MS;
+                if next <= allowed {
+                    break causes;
+                }
+                allowed = next;
+            };
             if b <= allowed && !unended {
                 continue;
             }
@@ -1698,6 +1722,46 @@ mod tests {
     }
 
     #[test]
+    fn after_a_failed_forced_rebuild_the_probe_may_wait_for_the_keepers_rebuild() {
+        let rebuild = |target: &str, ok| FaultRecord {
+            round: 0,
+            index: Some(0),
+            kind: Some(FaultKind::Rebuild),
+            action: None,
+            target: target.into(),
+            start_ms: 30_000,
+            end_ms: 40_000,
+            ok,
+            detail: json!(null),
+        };
+        let mut h = H::new(5);
+        h.h.requests[0].status = Some(503);
+        h.h.requests[0].outcome = Some("unavailable".into());
+        for (at, status, outcome) in [(50_000, 503, "unavailable"), (62_000, 202, "accepted")] {
+            h.req(Req {
+                client: by::PROBE.into(),
+                user: Some("probe".into()),
+                start_ms: at,
+                end_ms: at + 10,
+                status: Some(status),
+                outcome: Some(outcome.into()),
+                coupon_id: (status == 202).then(|| "P".into()),
+                ..Req::default()
+            });
+        }
+        h.rows(&[("probe", "P")]);
+        assert_eq!(h.rules(), vec![10]);
+        // Another campaign's, or one that did its work: no allowance.
+        h.h.faults.push(rebuild("campaign:room", false));
+        assert_eq!(h.rules(), vec![10]);
+        h.h.faults.push(rebuild("campaign:plain", true));
+        assert_eq!(h.rules(), vec![10]);
+        // This campaign's, failed: fenced until 65 s at most.
+        h.h.faults.push(rebuild("campaign:plain", false));
+        assert_eq!(h.rules(), Vec::<u8>::new());
+    }
+
+    #[test]
     fn a_pause_longer_than_its_cause_a_lag_left_or_a_line_left_fails_rule_11() {
         let sample = |t, paused: f64| super::super::history::Sample {
             t_ms: t,
@@ -1753,6 +1817,25 @@ mod tests {
             parts(30_500, 6.0),
         ];
         assert_eq!(h.rules(), vec![11]);
+        // A broker killed while the stall was still allowed (until 25 s)
+        // keeps the worker waiting: allowed until 20 s after it.
+        let broker = |start_ms, end_ms| FaultRecord {
+            round: 0,
+            index: Some(1),
+            kind: Some(FaultKind::BrokerKill),
+            action: None,
+            target: "broker".into(),
+            start_ms,
+            end_ms,
+            ok: true,
+            detail: json!(null),
+        };
+        h.h.faults.push(broker(27_000, 29_000));
+        assert_eq!(h.rules(), vec![11]);
+        h.h.faults.pop();
+        h.h.faults.push(broker(20_000, 24_000));
+        assert_eq!(h.rules(), Vec::<u8>::new());
+        h.h.faults.pop();
         h.h.samples.clear();
         h.h.rounds[0].settle.lag_zero = false;
         assert_eq!(h.rules(), vec![11]);
