@@ -1,5 +1,8 @@
 //! The consumer's librdkafka context: rebalances logged and counted, the
-//! consumer lag from librdkafka's statistics, commit failures.
+//! consumer lag from librdkafka's statistics, commit failures, and the
+//! loop's pause applied to every partition a rebalance assigns.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
@@ -12,6 +15,15 @@ use crate::metrics::WorkerMetrics;
 pub struct WorkerContext {
     pub(super) metrics: WorkerMetrics,
     pub(super) topic: String,
+    /// Whether the loop has paused consumption (a batch it cannot settle).
+    /// librdkafka keeps an application's pause on a partition across a
+    /// revoke and a later assign, and the loop pauses and resumes the
+    /// assignment it sees: a partition paused, revoked in a rebalance while
+    /// the loop resumed the rest, then assigned again came back paused for
+    /// good, with nothing to say so (the fault campaign's seed 953359013:
+    /// the worker assigned, not paused, its lag never moving). So every
+    /// assignment is set to this state as it arrives.
+    pub(super) paused: AtomicBool,
 }
 
 impl ClientContext for WorkerContext {
@@ -37,12 +49,22 @@ impl ConsumerContext for WorkerContext {
         tracing::info!(rebalance = ?describe(rebalance), "partitions being rebalanced");
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.metrics.rebalances.inc();
         if let Ok(assignment) = consumer.assignment() {
             self.metrics
                 .assigned_partitions
                 .set(assignment.count() as i64);
+            if matches!(rebalance, Rebalance::Assign(_)) && assignment.count() > 0 {
+                let applied = if self.paused.load(Ordering::SeqCst) {
+                    consumer.pause(&assignment)
+                } else {
+                    consumer.resume(&assignment)
+                };
+                if let Err(e) = applied {
+                    tracing::warn!(error = %e, "setting the assigned partitions' pause");
+                }
+            }
         }
     }
 

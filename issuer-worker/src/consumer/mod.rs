@@ -115,6 +115,7 @@ impl Worker {
         let context = WorkerContext {
             metrics: metrics.clone(),
             topic: settings.kafka.topic.clone(),
+            paused: std::sync::atomic::AtomicBool::new(false),
         };
         let consumer: StreamConsumer<WorkerContext> =
             common::kafka::consumer_config(&settings.kafka)
@@ -279,6 +280,10 @@ impl Worker {
 
     fn pause(&self) {
         self.metrics.paused.set(1);
+        self.consumer
+            .context()
+            .paused
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         match self.consumer.assignment() {
             Ok(tpl) => {
                 if let Err(e) = self.consumer.pause(&tpl) {
@@ -291,6 +296,12 @@ impl Worker {
 
     fn resume(&self) {
         self.metrics.paused.set(0);
+        // Before the assignment is read: a rebalance that assigns after
+        // this store resumes what it assigns (`WorkerContext::paused`).
+        self.consumer
+            .context()
+            .paused
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         match self.consumer.assignment() {
             Ok(tpl) => {
                 if let Err(e) = self.consumer.resume(&tpl) {

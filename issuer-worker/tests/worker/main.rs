@@ -509,6 +509,87 @@ async fn while_postgres_is_down_the_worker_pauses_dead_letters_nothing_and_resum
     worker.stop().await;
 }
 
+/// The worker pauses its partitions while PostgreSQL is down; a second
+/// member joins meanwhile and takes some of them; PostgreSQL comes back and
+/// the first worker resumes the partitions it holds; the second leaves and
+/// its partitions come back to the first. They must be consumed: librdkafka
+/// keeps a paused partition paused across a revoke and an assign, and the
+/// worker, resumed already, never resumed them (the fault campaign's seed
+/// 953359013: assigned, not paused, its lag never moving, for minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_paused_and_reassigned_in_a_rebalance_is_consumed_again() {
+    let pg = OwnPostgres::start();
+    let mut settings = settings().await;
+    settings.database.url = SecretString::from(pg.url());
+    settings.database.connect_timeout_ms = 500;
+    settings.worker.retry_max_ms = 500;
+    let db = db_at(&pg.url()).await;
+    issuer_worker::migration::migrate(&db).await.unwrap();
+    let c = insert_campaign(&db, "paused through a rebalance", 1_000).await;
+    let partitions = issuer_worker::topic::end_offsets(&settings.kafka)
+        .await
+        .unwrap()
+        .len() as f64;
+    let topic = IssueTopic::new(&settings.kafka);
+    let first = start(&settings).await;
+    topic.send(&message(c, "before")).await;
+    wait_for_rows(&db, &c, 1, Duration::from_secs(30)).await;
+
+    pg.set_running(false);
+    topic.send(&message(c, "during")).await;
+    wait_for(
+        Duration::from_secs(20),
+        "the first worker pauses",
+        || async { first.metric("worker_paused").await == 1.0 },
+    )
+    .await;
+    let second = start(&settings).await;
+    wait_for(
+        Duration::from_secs(60),
+        "the second member gets partitions",
+        || async {
+            second.metric("worker_assigned_partitions").await > 0.0
+                && first.metric("worker_assigned_partitions").await < partitions
+        },
+    )
+    .await;
+    pg.set_running(true);
+    let db = db_at(&pg.url()).await;
+    wait_for_rows(&db, &c, 2, Duration::from_secs(30)).await;
+    wait_for(
+        Duration::from_secs(20),
+        "the first worker resumes",
+        || async { first.metric("worker_paused").await == 0.0 },
+    )
+    .await;
+
+    second.stop().await;
+    wait_for(
+        Duration::from_secs(60),
+        "the first worker gets every partition back",
+        || async { first.metric("worker_assigned_partitions").await == partitions },
+    )
+    .await;
+    for i in 0..30 {
+        topic.send(&message(c, &format!("after-{i}"))).await;
+    }
+    wait_for_rows(&db, &c, 32, Duration::from_secs(30)).await;
+    first.stop().await;
+}
+
+/// Polls `done` every 200 ms until it holds; fails after `within`.
+async fn wait_for<F, Fut>(within: Duration, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// PostgreSQL stops answering without closing anything (SIGSTOP of the
 /// server and its backends) for 30 s, at the production settings: the batch
 /// times out instead of hanging, the worker pauses and keeps polling (so it
