@@ -16,6 +16,16 @@
 //! (the lock every worker batch takes), and only then read the rows. A
 //! batch that persisted a message beyond the offsets committed before the
 //! cutoff, so its rows are read; every batch after sees the cutoff.
+//!
+//! A cutoff recorded late is as harmful as none: a rebuild or reconcile
+//! that lost its admin lock (paused past the lease) and then records its
+//! cutoff after a later rebuild read the cutoffs makes `late` a message
+//! that rebuild counted (its slot then has no row: `pending` until a
+//! reconcile gives it back). So each tool takes a [`ticket`] as it starts
+//! (from one PostgreSQL sequence: later starts, larger tickets, whatever
+//! the hosts' clocks), and [`record`] refuses a cutoff whose ticket is
+//! older than one the campaign already has: that tool was overtaken, and
+//! stops.
 
 use chrono::{DateTime, Utc};
 use common::ids::CampaignId;
@@ -23,12 +33,32 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Transac
 
 use crate::topic::Offsets;
 
+/// A tool's place in the order of repairs: taken as it starts, before it
+/// reads anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(i64);
+
+/// Takes the next [`Ticket`] (`nextval('cutoff_tickets')`).
+pub async fn ticket(db: &DatabaseConnection) -> anyhow::Result<Ticket> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT nextval('cutoff_tickets') AS ticket",
+        ))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("nextval returned no row"))?;
+    Ok(Ticket(row.try_get::<i64>("", "ticket")?))
+}
+
 /// Records a cutoff for `campaign`: messages at or beyond `ends` whose
 /// `requested_at` is before `requested_before` are `late`. `by` names the
-/// tool (`reconcile`, `rebuild`).
+/// tool (`reconcile`, `rebuild`). Fails, recording nothing, when the
+/// campaign has a cutoff of a later `ticket` (a tool that started after
+/// this one and may have read the cutoffs already).
 pub async fn record(
     db: &DatabaseConnection,
     campaign: &CampaignId,
+    ticket: Ticket,
     requested_before: DateTime<Utc>,
     ends: &Offsets,
     by: &str,
@@ -47,15 +77,32 @@ pub async fn record(
         [campaign.as_uuid().into()],
     ))
     .await?;
+    // Under the row lock: a later tool's cutoff is either here, or is
+    // recorded after this one (and reads it).
+    let latest = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT coalesce(max(ticket), 0) AS latest FROM campaign_cutoffs WHERE campaign_id = $1",
+            [campaign.as_uuid().into()],
+        ))
+        .await?
+        .map(|row| row.try_get::<i64>("", "latest"))
+        .transpose()?
+        .unwrap_or(0);
+    anyhow::ensure!(
+        latest <= ticket.0,
+        "a later reconcile or rebuild of campaign {campaign} recorded its cutoff first; this {by} was overtaken and stops"
+    );
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "INSERT INTO campaign_cutoffs (campaign_id, requested_before, end_offsets, recorded_by) \
-         VALUES ($1, $2, $3, $4)",
+        "INSERT INTO campaign_cutoffs (campaign_id, requested_before, end_offsets, recorded_by, ticket) \
+         VALUES ($1, $2, $3, $4, $5)",
         [
             campaign.as_uuid().into(),
             requested_before.into(),
             Value::from(end_offsets),
             by.into(),
+            ticket.0.into(),
         ],
     ))
     .await?;

@@ -238,6 +238,7 @@ pub async fn plan(
     // First of all: from here on a rebuild that started earlier (and lost
     // its admin lock) installs nothing, so a state read as fenced below
     // stays fenced until this rebuild installs (or a later one takes over).
+    let ticket = cutoff::ticket(db).await?;
     let token = uuid::Uuid::now_v7().to_string();
     repair.begin_rebuild(&campaign, &token).await?;
     let (state, server) = metas.epoch_state(&campaign).await?;
@@ -267,7 +268,8 @@ pub async fn plan(
     let to = topic::end_offsets(&settings.kafka).await?;
     // A rebuild that a later one took over records no cutoff: the later
     // one records its own, and this one's could come after it read the
-    // topic.
+    // topic. (The token check here is the common case; the ticket in the
+    // record is what holds when this rebuild pauses between the two.)
     anyhow::ensure!(
         repair.is_rebuilding(&campaign, &token).await?,
         "campaign {campaign}'s rebuild was taken over by a later one; it stops"
@@ -275,6 +277,7 @@ pub async fn plan(
     cutoff::record(
         db,
         &campaign,
+        ticket,
         settings.requested_before(taken_before),
         &to,
         "rebuild",

@@ -111,6 +111,9 @@ async fn reconcile_locked(
 ) -> anyhow::Result<ReconcileReport> {
     let repair = Repair::new(redis.clone());
     let status = StatusRecords::new(redis.clone(), settings.redis.status_ttl_secs);
+    // Before anything is read: a rebuild or reconcile that starts after
+    // this one (this one paused past its lease) overtakes its cutoff.
+    let ticket = cutoff::ticket(db).await?;
     let (epoch, server) = CampaignMetas::new(redis.clone())
         .epoch_state(&campaign)
         .await?;
@@ -142,6 +145,7 @@ async fn reconcile_locked(
         cutoff::record(
             db,
             &campaign,
+            ticket,
             settings.requested_before(taken_before),
             &ends,
             "reconcile",

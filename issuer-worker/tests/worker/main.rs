@@ -780,6 +780,51 @@ async fn reconcile_gives_back_only_the_slots_it_saw() {
     worker.stop().await;
 }
 
+/// A reconcile that a later rebuild overtook (its admin lock lapsed while
+/// it waited for the takes to settle) records no cutoff once the later
+/// one has: that rebuild may have read the cutoffs already and counted a
+/// message this cutoff would make `late` (its slot then without a row).
+/// Before the tickets, the reconcile recorded its cutoff after the later
+/// one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repair_overtaken_by_a_later_one_records_no_cutoff() {
+    use issuer_worker::{cutoff, topic};
+    let settings = settings().await;
+    let db = db().await;
+    let c = insert_campaign(&db, "overtaken repair", 10).await;
+    open_gate(&settings, &c, 10).await;
+    let worker = start(&settings).await;
+    let reconcile = tokio::spawn({
+        let (settings, db) = (settings.clone(), db.clone());
+        async move {
+            issuer_worker::reconcile::run(&settings, &db, c, true, Duration::from_secs(60)).await
+        }
+    });
+    // The reconcile has its ticket and waits for the takes to settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!reconcile.is_finished());
+    let later = cutoff::ticket(&db).await.unwrap();
+    let ends = topic::end_offsets(&settings.kafka).await.unwrap();
+    cutoff::record(&db, &c, later, Utc::now(), &ends, "rebuild")
+        .await
+        .unwrap();
+    let refused = reconcile.await.unwrap().unwrap_err();
+    assert!(refused.to_string().contains("overtaken"), "{refused:#}");
+    let recorded: Vec<String> = db
+        .query_all_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "SELECT recorded_by FROM campaign_cutoffs WHERE campaign_id = $1",
+            [c.as_uuid().into()],
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get::<String>("", "recorded_by").unwrap())
+        .collect();
+    assert_eq!(recorded, ["rebuild"]);
+    worker.stop().await;
+}
+
 /// Loads a campaign's gate state as the api does when it creates one.
 async fn open_gate(settings: &Settings, c: &CampaignId, stock: i64) -> common::redis_state::Gate {
     let redis = common::redis_state::RedisClient::new(&settings.redis, None).unwrap();
