@@ -8,22 +8,29 @@
 -- KEYS[3]  coupon:{c}:taken   counter of slots taken
 -- KEYS[4]  coupon:{c}:status:<user>  the user's status record
 -- KEYS[5]  coupon:{c}:slots   HASH user id -> the coupon id its slot names
+-- KEYS[6]  coupon:{c}:admin   the admin lock (admin_fence.lua)
 -- ARGV[1]  user id
 -- ARGV[2]  the coupon id of the letter's message
 -- ARGV[3]  the run_id of the server the caller's connection reached ("" to
 --          ask it: Redis Cluster)
 -- ARGV[4]  "dry" to decide without writing, "" to take
+-- ARGV[5]  the re-drive's admin lock token ("" for a dry run: no lock)
 --
 -- Returns one of: "held" (the user still holds the slot naming this coupon id:
 -- nothing to take), "taken" (a slot was taken for it now), "would_take" (dry:
 -- one would be), "other_slot" (the user holds a slot another request took),
 -- "sold_out" (no slot left to take), "over_taken" (the user holds this slot
 -- but the gate has taken more slots than the stock: re-driving it could
--- take a row from another held slot), "missing" (no meta), "stale" (fenced).
+-- take a row from another held slot), "missing" (no meta), "stale" (fenced);
+-- the error ADMINLOST when the lock is not the re-drive's.
 --
 -- Unlike gate.lua it takes no notice of the window, a close or a waiting
 -- room: a re-drive keeps a promise made when they allowed it. It keeps the
 -- gate's two rules: one slot per user, never more slots than the stock.
+local lost = admin_fence(KEYS[6], ARGV[5])
+if lost then
+  return lost
+end
 local meta = redis.call('HMGET', KEYS[1], 'stock', 'epoch')
 if not meta[1] then
   return 'missing'

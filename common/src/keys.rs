@@ -6,13 +6,14 @@
 
 use crate::ids::{CampaignId, CouponId, UserId};
 
-/// SET of campaign ids a forced rebuild fenced on a server that did not
-/// change: the gate keeper's hint, read every tick, so that a forced
-/// rebuild that fails (or is killed) leaves its campaign fenced for one
-/// keeper tick and a rebuild, not until the keeper's full scan. Not a
-/// campaign's key (no hash tag): written and read on its own, never from a
-/// script. Lost with the rest when Redis restarts empty; the keeper then
-/// looks at every campaign anyway (its server changed).
+/// ZSET of campaign ids a forced rebuild fenced on a server that did not
+/// change, each scored with Redis's time (ms) of its last add: the gate
+/// keeper's hint, read every tick, so that a forced rebuild that fails (or
+/// is killed) leaves its campaign fenced for one keeper tick and a
+/// rebuild, not until the keeper's full scan. Not a campaign's key (no
+/// hash tag): written and read on its own (`lua/fenced_hint*.lua`). Lost
+/// with the rest when Redis restarts empty; the keeper then looks at every
+/// campaign anyway (its server changed).
 pub const FENCED_CAMPAIGNS: &str = "coupon:fenced";
 
 /// The keys of one campaign.

@@ -36,6 +36,6 @@ pub use idempotency::{Claim, IdempotencyRecords};
 pub use lock_section::{FencedTake, LockSections, Precheck};
 pub use meta::{CampaignMeta, CampaignMetas, EpochState, RoomRules};
 pub use queued::{QueueMark, QueuedMarks};
-pub use repair::{DroppedSlot, Installed, NotInstalled, RebuildTicket, Repair};
+pub use repair::{AdminHold, DroppedSlot, Installed, NotInstalled, RebuildId, Repair};
 pub use room::{RoomLine, RoomReply, RoomState, RoomView, Rooms, shuffled_position};
 pub use status::{RecordedState, StatusRecord, StatusRecords};

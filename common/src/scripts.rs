@@ -5,7 +5,9 @@
 //! Procedures shared by several scripts live in library files put in front
 //! of the scripts that call them: `room.lua` (the waiting room), `slots.lua`
 //! (the writes of a slot taken), `fence.lua` (a campaign's state counts only
-//! on the server it was loaded on), `meta.lua` (writing a campaign's meta), `fair_lock.lua` (the ticket lock's line).
+//! on the server it was loaded on), `admin_fence.lua` (a repair writes only while it
+//! holds the campaign's admin lock), `meta.lua` (writing a campaign's meta),
+//! `fair_lock.lua` (the ticket lock's line).
 
 use std::sync::LazyLock;
 
@@ -17,6 +19,8 @@ const ROOM: &str = include_str!("../lua/room.lua");
 const SLOTS: &str = include_str!("../lua/slots.lua");
 /// The fence: the gate state's epoch against the server's run_id.
 const FENCE: &str = include_str!("../lua/fence.lua");
+/// The admin lock's fence: a repair writes only while it holds the lock.
+const ADMIN_FENCE: &str = include_str!("../lua/admin_fence.lua");
 /// Writing a campaign's meta.
 const META: &str = include_str!("../lua/meta.lua");
 /// The fair lock's line: stepping past gone waiters, serving the next.
@@ -41,8 +45,12 @@ pub static ROOM_JOIN: LazyLock<Script> =
 
 /// A dead letter's re-drive: the slot its message names, held or taken
 /// now within the stock (`issuer-worker dlq redrive`).
-pub static REDRIVE_TAKE: LazyLock<Script> =
-    LazyLock::new(|| with(&[SLOTS, FENCE], include_str!("../lua/redrive_take.lua")));
+pub static REDRIVE_TAKE: LazyLock<Script> = LazyLock::new(|| {
+    with(
+        &[SLOTS, FENCE, ADMIN_FENCE],
+        include_str!("../lua/redrive_take.lua"),
+    )
+});
 
 /// Compensation: `if SREM == 1 then DECR`.
 pub static GIVE_BACK: LazyLock<Script> =
@@ -50,7 +58,11 @@ pub static GIVE_BACK: LazyLock<Script> =
 
 /// Compensation by a repair: give back the slot it saw, not one taken since.
 pub static GIVE_BACK_IF: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/give_back_if.lua")));
+    LazyLock::new(|| with(&[ADMIN_FENCE], include_str!("../lua/give_back_if.lua")));
+
+/// Reconciliation: phantoms' slots restored, under the admin lock.
+pub static RESTORE: LazyLock<Script> =
+    LazyLock::new(|| with(&[ADMIN_FENCE], include_str!("../lua/restore.lua")));
 
 /// Record a request's state for `/coupons/me`, unless a newer slot is there.
 pub static RECORD_STATUS: LazyLock<Script> =
@@ -85,6 +97,18 @@ pub static CAMPAIGN_EPOCH: LazyLock<Script> =
 /// Fence a campaign before a rebuild: its epoch names no server.
 pub static FENCE_CAMPAIGN: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/fence_campaign.lua")));
+
+/// The gate keeper's hint: add a fenced campaign, scored with Redis's time.
+pub static FENCED_HINT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/fenced_hint.lua")));
+
+/// The gate keeper's hint, read with Redis's time.
+pub static FENCED_HINTS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/fenced_hints.lua")));
+
+/// The gate keeper's hint: take out campaigns not added since a time.
+pub static FENCED_HINTS_CLEAR: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/fenced_hints_clear.lua")));
 
 /// Close a campaign's gate if its meta exists.
 pub static CLOSE: LazyLock<Script> =
@@ -129,4 +153,4 @@ pub static MARK_QUEUED: LazyLock<Script> =
 
 /// Reconciliation: counter := set size; returns the drift.
 pub static FIX_COUNT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/fix_count.lua")));
+    LazyLock::new(|| with(&[ADMIN_FENCE], include_str!("../lua/fix_count.lua")));

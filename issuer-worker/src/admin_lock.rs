@@ -6,13 +6,15 @@ use std::time::Duration;
 use common::ids::CampaignId;
 use common::keys::CampaignKeys;
 use common::lock::{LeaseLock, LockGuard, LockTiming};
-use common::redis_state::RedisClient;
+use common::redis_state::{AdminHold, RedisClient};
 
 /// The admin lock's lease. Its holder's watchdog renews it every third, so
 /// a long rebuild keeps it; a worker killed or frozen while it held the
 /// lock keeps the next taker (another worker's gate keeper) out for at
-/// most this long. Losing it to a pause is safe: a rebuild installs only
-/// with its own rebuild token (`rebuild::install`).
+/// most this long. Losing it to a pause writes nothing stale: a rebuild
+/// installs only with its own rebuild token (`rebuild::install`), and the
+/// writes of a reconcile's repair and a re-drive's take are fenced on the
+/// lock itself (`AdminHold`, `lua/admin_fence.lua`).
 pub const LEASE: Duration = Duration::from_secs(10);
 
 pub async fn acquire(redis: &RedisClient, campaign: &CampaignId) -> anyhow::Result<LockGuard> {
@@ -31,21 +33,32 @@ pub async fn acquire(redis: &RedisClient, campaign: &CampaignId) -> anyhow::Resu
         })
 }
 
+/// The hold a repair's fenced writes name.
+pub fn hold_of(lock: &LockGuard) -> AdminHold {
+    AdminHold {
+        key: lock.key().to_owned(),
+        token: lock.token().to_owned(),
+    }
+}
+
 /// Runs `work` holding the campaign's admin lock, which is released on
 /// every path: a rebuild or reconcile that failed (a connection a Redis
 /// restart broke, a worker group behind) must not keep the next one (the
 /// gate keeper's) waiting for the lease. A release that fails (Redis
 /// restarting: the lock may have been persisted before) is tried again
 /// until the lease would have ended it anyway, so the next taker gets in as
-/// soon as Redis answers again. (`work` is a future: it starts once the
-/// lock is held.)
-pub async fn holding<T>(
+/// soon as Redis answers again. `work` gets the hold its writes are fenced
+/// on; it starts once the lock is held.
+pub async fn holding<T, Fut>(
     redis: &RedisClient,
     campaign: &CampaignId,
-    work: impl Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
+    work: impl FnOnce(AdminHold) -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: Future<Output = anyhow::Result<T>>,
+{
     let lock = acquire(redis, campaign).await?;
-    let result = work.await;
+    let result = work(hold_of(&lock)).await;
     if let Err(e) = lock.release_within(LEASE).await {
         tracing::warn!(campaign.id = %campaign, error = %e, "admin lock not released; its lease ends it");
     }

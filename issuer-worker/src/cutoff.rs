@@ -21,11 +21,14 @@
 //! that lost its admin lock (paused past the lease) and then records its
 //! cutoff after a later rebuild read the cutoffs makes `late` a message
 //! that rebuild counted (its slot then has no row: `pending` until a
-//! reconcile gives it back). So each tool takes a [`ticket`] as it starts
-//! (from one PostgreSQL sequence: later starts, larger tickets, whatever
-//! the hosts' clocks), and [`record`] refuses a cutoff whose ticket is
-//! older than one the campaign already has: that tool was overtaken, and
-//! stops.
+//! reconcile gives it back). So each tool takes a [`serial`] as it starts,
+//! before it reads anything, and [`record`] stores each cutoff with a serial
+//! taken as it is recorded (from one PostgreSQL sequence: later, larger,
+//! whatever the hosts' clocks). A tool whose campaign has a cutoff recorded
+//! since it started refuses to record its own, and stops: another tool ran
+//! beside it (one of them lost its lock), and either order of their reads
+//! could make the other's view stale. The tool recorded first keeps its
+//! cutoff; the later one reads it if it starts again.
 
 use chrono::{DateTime, Utc};
 use common::ids::CampaignId;
@@ -33,32 +36,33 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Transac
 
 use crate::topic::Offsets;
 
-/// A tool's place in the order of repairs: taken as it starts, before it
-/// reads anything.
+/// A place in the order of repairs: a tool takes one as it starts, before
+/// it reads anything; each cutoff is stored with one taken as it is
+/// recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Ticket(i64);
+pub struct Serial(i64);
 
-/// Takes the next [`Ticket`] (`nextval('cutoff_tickets')`).
-pub async fn ticket(db: &DatabaseConnection) -> anyhow::Result<Ticket> {
+/// Takes the next [`Serial`] (`nextval('cutoff_serials')`).
+pub async fn serial(db: &DatabaseConnection) -> anyhow::Result<Serial> {
     let row = db
         .query_one_raw(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT nextval('cutoff_tickets') AS ticket",
+            "SELECT nextval('cutoff_serials') AS serial",
         ))
         .await?
         .ok_or_else(|| anyhow::anyhow!("nextval returned no row"))?;
-    Ok(Ticket(row.try_get::<i64>("", "ticket")?))
+    Ok(Serial(row.try_get::<i64>("", "serial")?))
 }
 
 /// Records a cutoff for `campaign`: messages at or beyond `ends` whose
 /// `requested_at` is before `requested_before` are `late`. `by` names the
-/// tool (`reconcile`, `rebuild`). Fails, recording nothing, when the
-/// campaign has a cutoff of a later `ticket` (a tool that started after
-/// this one and may have read the cutoffs already).
+/// tool (`reconcile`, `rebuild`); `started` is the serial it took as it
+/// started. Fails, recording nothing, when the campaign has a cutoff
+/// recorded since then (by a tool that ran beside this one).
 pub async fn record(
     db: &DatabaseConnection,
     campaign: &CampaignId,
-    ticket: Ticket,
+    started: Serial,
     requested_before: DateTime<Utc>,
     ends: &Offsets,
     by: &str,
@@ -77,12 +81,12 @@ pub async fn record(
         [campaign.as_uuid().into()],
     ))
     .await?;
-    // Under the row lock: a later tool's cutoff is either here, or is
-    // recorded after this one (and reads it).
+    // Under the row lock: a cutoff recorded since this tool started is
+    // here, or is recorded after this one and refused in its turn.
     let latest = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT coalesce(max(ticket), 0) AS latest FROM campaign_cutoffs WHERE campaign_id = $1",
+            "SELECT coalesce(max(serial), 0) AS latest FROM campaign_cutoffs WHERE campaign_id = $1",
             [campaign.as_uuid().into()],
         ))
         .await?
@@ -90,19 +94,18 @@ pub async fn record(
         .transpose()?
         .unwrap_or(0);
     anyhow::ensure!(
-        latest <= ticket.0,
-        "a later reconcile or rebuild of campaign {campaign} recorded its cutoff first; this {by} was overtaken and stops"
+        latest < started.0,
+        "another reconcile or rebuild of campaign {campaign} recorded a cutoff since this {by} started; it was overtaken and stops"
     );
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "INSERT INTO campaign_cutoffs (campaign_id, requested_before, end_offsets, recorded_by, ticket) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO campaign_cutoffs (campaign_id, requested_before, end_offsets, recorded_by, serial) \
+         VALUES ($1, $2, $3, $4, nextval('cutoff_serials'))",
         [
             campaign.as_uuid().into(),
             requested_before.into(),
             Value::from(end_offsets),
             by.into(),
-            ticket.0.into(),
         ],
     ))
     .await?;

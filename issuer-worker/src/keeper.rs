@@ -138,11 +138,11 @@ pub async fn run(
             .is_some_and(|due| Instant::now() >= due);
         // A forced rebuild's campaign that no rebuild here is under way for
         // (it failed, or its process died): scan now, not at the full scan.
-        let hints = match metas.fenced_hints().await {
+        let (hints_read_at, hints) = match metas.fenced_hints().await {
             Ok(hints) => hints,
             Err(e) => {
                 tracing::debug!(error = %e, "gate keeper: hints not read");
-                Vec::new()
+                (0, Vec::new())
             }
         };
         let hinted = {
@@ -184,13 +184,13 @@ pub async fn run(
             continue;
         }
         // Hints whose campaign is current now (rebuilt), or not a recent
-        // one, are done. (A hint added between the reads above and this is
-        // taken out with them: that campaign waits for the full scan.)
+        // one, are done, unless a fence added them again since the hints
+        // were read (before the epochs).
         let done: Vec<CampaignId> = hints
             .into_iter()
             .filter(|c| !broken.iter().any(|(b, _)| b == c))
             .collect();
-        if let Err(e) = metas.clear_hints(&done).await {
+        if let Err(e) = metas.clear_hints(&done, hints_read_at).await {
             tracing::debug!(error = %e, "gate keeper: hints not cleared");
         }
         if changed && last_server.is_some() {

@@ -67,7 +67,7 @@ use common::entities::campaigns;
 use common::ids::CampaignId;
 use common::ids::{CouponId, UserId};
 use common::redis_state::{
-    CampaignMeta, CampaignMetas, DroppedSlot, EpochState, Installed, RebuildTicket, RecordedState,
+    CampaignMeta, CampaignMetas, DroppedSlot, EpochState, Installed, RebuildId, RecordedState,
     RedisClient, Repair, StatusRecord,
 };
 use common::settings::Settings;
@@ -132,7 +132,7 @@ pub async fn rebuild(
             None => Ok(None),
         }
     });
-    admin_lock::holding(redis, &campaign, work).await
+    admin_lock::holding(redis, &campaign, |_| work).await
 }
 
 /// Waits `wait` for the takes made before the loss to settle, giving up as
@@ -238,7 +238,7 @@ pub async fn plan(
     // First of all: from here on a rebuild that started earlier (and lost
     // its admin lock) installs nothing, so a state read as fenced below
     // stays fenced until this rebuild installs (or a later one takes over).
-    let ticket = cutoff::ticket(db).await?;
+    let serial = cutoff::serial(db).await?;
     let token = uuid::Uuid::now_v7().to_string();
     repair.begin_rebuild(&campaign, &token).await?;
     let (state, server) = metas.epoch_state(&campaign).await?;
@@ -268,7 +268,7 @@ pub async fn plan(
     let to = topic::end_offsets(&settings.kafka).await?;
     // A rebuild that a later one took over records no cutoff: the later
     // one records its own, and this one's could come after it read the
-    // topic. (The token check here is the common case; the ticket in the
+    // topic. (The token check here is the common case; the serial in the
     // record is what holds when this rebuild pauses between the two.)
     anyhow::ensure!(
         repair.is_rebuilding(&campaign, &token).await?,
@@ -277,7 +277,7 @@ pub async fn plan(
     cutoff::record(
         db,
         &campaign,
-        ticket,
+        serial,
         settings.requested_before(taken_before),
         &to,
         "rebuild",
@@ -363,14 +363,14 @@ async fn install_staged(
         closed: row.state == "closed",
         room: row.room(),
     };
-    let ticket = RebuildTicket {
+    let rebuild = RebuildId {
         token: &plan.token,
         server: &plan.server,
     };
     let installed = Repair::new(redis.clone())
         .install(
             &campaign,
-            &ticket,
+            &rebuild,
             &meta,
             &dropped,
             settings.redis.status_ttl_secs,

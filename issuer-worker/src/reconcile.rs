@@ -37,7 +37,8 @@ use anyhow::Context;
 use chrono::Utc;
 use common::ids::{CampaignId, CouponId, UserId};
 use common::redis_state::{
-    CampaignMetas, EpochState, RecordedState, RedisClient, Repair, StatusRecord, StatusRecords,
+    AdminHold, CampaignMetas, EpochState, RecordedState, RedisClient, Repair, StatusRecord,
+    StatusRecords,
 };
 use common::settings::Settings;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
@@ -90,17 +91,17 @@ pub async fn run(
     patience: Duration,
 ) -> anyhow::Result<ReconcileReport> {
     let redis = RedisClient::new(&settings.redis, None)?;
-    admin_lock::holding(
-        &redis,
-        &campaign,
+    admin_lock::holding(&redis, &campaign, |hold| {
         Box::pin(reconcile_locked(
-            settings, db, &redis, campaign, repairing, patience,
-        )),
-    )
+            settings, db, &redis, campaign, repairing, patience, hold,
+        ))
+    })
     .await
 }
 
-/// The reconcile proper, under the campaign's admin lock.
+/// The reconcile proper, under the campaign's admin lock: its repairs of
+/// the slots are fenced on `hold`, so one that lost the lock (paused past
+/// its lease) writes nothing and fails.
 async fn reconcile_locked(
     settings: &Settings,
     db: &DatabaseConnection,
@@ -108,12 +109,13 @@ async fn reconcile_locked(
     campaign: CampaignId,
     repairing: bool,
     patience: Duration,
+    hold: AdminHold,
 ) -> anyhow::Result<ReconcileReport> {
     let repair = Repair::new(redis.clone());
     let status = StatusRecords::new(redis.clone(), settings.redis.status_ttl_secs);
     // Before anything is read: a rebuild or reconcile that starts after
     // this one (this one paused past its lease) overtakes its cutoff.
-    let ticket = cutoff::ticket(db).await?;
+    let serial = cutoff::serial(db).await?;
     let (epoch, server) = CampaignMetas::new(redis.clone())
         .epoch_state(&campaign)
         .await?;
@@ -145,7 +147,7 @@ async fn reconcile_locked(
         cutoff::record(
             db,
             &campaign,
-            ticket,
+            serial,
             settings.requested_before(taken_before),
             &ends,
             "reconcile",
@@ -163,7 +165,7 @@ async fn reconcile_locked(
     let mut given_back = 0;
     let mut restored = 0;
     if repairing {
-        restored = repair.restore(&campaign, &phantoms).await?;
+        restored = repair.restore(&campaign, &phantoms, &hold).await?;
         if restored > 0 {
             tracing::warn!(campaign.id = %campaign, restored, "phantom rows given their slot back");
         }
@@ -171,7 +173,7 @@ async fn reconcile_locked(
             let user = UserId::parse(user).context("a gate member is not a valid user id")?;
             let coupon = seen.get(user.as_str()).cloned().flatten();
             if repair
-                .give_back_if(&campaign, user.as_str(), coupon.as_deref())
+                .give_back_if(&campaign, user.as_str(), coupon.as_deref(), &hold)
                 .await?
             {
                 given_back += 1;
@@ -184,7 +186,7 @@ async fn reconcile_locked(
                 status.record(&campaign, &user, &record).await?;
             }
         }
-        let drift = repair.fix_count(&campaign).await?;
+        let drift = repair.fix_count(&campaign, &hold).await?;
         if drift != 0 {
             tracing::warn!(campaign.id = %campaign, drift, "gate counter corrected to the set's size");
         }

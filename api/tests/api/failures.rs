@@ -506,7 +506,7 @@ async fn an_admin_lock_whose_release_a_redis_restart_refused_is_released_after_i
             Instant::now()
         }
     });
-    issuer_worker::admin_lock::holding(&client, &campaign, async {
+    issuer_worker::admin_lock::holding(&client, &campaign, |_| async {
         // Redis dies while the lock is held: its release is refused.
         redis.sigkill();
         Ok(())
@@ -542,6 +542,71 @@ async fn an_admin_lock_whose_release_a_redis_restart_refused_is_released_after_i
         taken.elapsed()
     );
     lock.release().await.unwrap();
+}
+
+/// A reconcile whose admin lock another repair took while it waited for
+/// the takes to settle (its lease ran out: a pause, or a Redis that lost
+/// the key) gives nothing back: the slots it saw may have changed under the
+/// other repair (a re-drive keeping a slot for its message). Its repair's
+/// writes are fenced on the lock (`lua/admin_fence.lua`); before, it gave
+/// the leaked slot back regardless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reconcile_that_lost_its_admin_lock_gives_nothing_back() {
+    use common::ids::{CouponId, UserId};
+    use common::redis_state::{Gate, GateReply, RedisClient};
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let worker = spawn_worker(&settings).await;
+    let campaign = api.open_campaign(10).await;
+    let redis_client = RedisClient::new(&settings.redis, None).unwrap();
+    // A leaked slot: taken, its message never sent.
+    let leaked = UserId::parse("leaked").unwrap();
+    assert!(matches!(
+        Gate::new(redis_client)
+            .take(&campaign, &leaked, &CouponId::new())
+            .await
+            .unwrap(),
+        GateReply::Taken { .. }
+    ));
+    let reconcile = tokio::spawn({
+        let settings = settings.clone();
+        async move {
+            issuer_worker::reconcile::run(
+                &settings,
+                &db().await,
+                campaign,
+                true,
+                Duration::from_secs(60),
+            )
+            .await
+        }
+    });
+    // It holds the lock and waits for the takes to settle; then another
+    // repair has the lock.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!reconcile.is_finished());
+    let mut conn = redis::Client::open(settings.redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(CampaignKeys::new(&campaign).admin_lock())
+        .arg("another-repair")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let refused = reconcile.await.unwrap().unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("admin lock is no longer"),
+        "{refused:#}"
+    );
+    assert_eq!(
+        gate_state(&campaign).await,
+        (vec!["leaked".to_owned()], Some(1))
+    );
+    worker.stop().await;
+    api.stop().await;
 }
 
 /// A late rejection never hides a newer slot: a request's background
@@ -824,7 +889,7 @@ async fn a_rebuild_overtaken_by_a_later_one_installs_nothing() {
 async fn a_close_answered_while_the_meta_is_missing_survives_the_rebuild() {
     use common::ids::{CouponId, UserId};
     use common::redis_state::{
-        CampaignMeta, CampaignMetas, EpochState, Gate, GateReply, Installed, RebuildTicket,
+        CampaignMeta, CampaignMetas, EpochState, Gate, GateReply, Installed, RebuildId,
         RedisClient, Refusal, Repair,
     };
     let settings = test_settings().await;
@@ -854,12 +919,12 @@ async fn a_close_answered_while_the_meta_is_missing_survives_the_rebuild() {
         closed: false,
         room: None,
     };
-    let ticket = RebuildTicket {
+    let rebuild = RebuildId {
         token,
         server: &server,
     };
     let installed = repair
-        .install(&campaign, &ticket, &read_before_the_close, &[], 60)
+        .install(&campaign, &rebuild, &read_before_the_close, &[], 60)
         .await
         .unwrap();
     assert_eq!(installed, Installed::Done { recorded: 0 });

@@ -25,6 +25,12 @@ pub enum RedisCallError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply from Redis: {0:?}")]
     Protocol(String),
+    /// A repair's script refused to write: the campaign's admin lock is no
+    /// longer the repair's (`lua/admin_fence.lua`). It stops.
+    #[error(
+        "the campaign's admin lock is no longer this repair's (its lease ran out, or Redis lost it): nothing was written, it stops"
+    )]
+    AdminLockLost,
 }
 
 impl RedisCallError {
@@ -35,9 +41,17 @@ impl RedisCallError {
     /// have run, so a take that failed so must be withdrawn.
     pub fn may_have_run(&self) -> bool {
         match self {
-            Self::ConnectTimeout(_) => false,
+            Self::ConnectTimeout(_) | Self::AdminLockLost => false,
             Self::Redis(e) => !e.is_connection_refusal(),
             Self::Timeout(_) | Self::Protocol(_) => true,
+        }
+    }
+
+    /// [`RedisCallError::AdminLockLost`] for the fence's error reply.
+    pub(crate) fn or_admin_lock_lost(self) -> Self {
+        match &self {
+            Self::Redis(e) if e.code() == Some("ADMINLOST") => Self::AdminLockLost,
+            _ => self,
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use super::{RedisCallError, RedisClient};
+use super::{AdminHold, RedisCallError, RedisClient};
 use crate::ids::{CampaignId, CouponId, UserId};
 use crate::keys::CampaignKeys;
 use crate::scripts;
@@ -196,18 +196,24 @@ impl Gate {
     }
 
     /// A re-drive's slot: the user must hold the slot naming `coupon`, or
-    /// one is taken for it now (`dry`: only said), within the stock and
-    /// whatever the window, a close or a waiting room
-    /// (`lua/redrive_take.lua`). A timed-out call may have taken the slot:
-    /// the caller leaves it to reconciliation.
+    /// one is taken for it now (`hold: None`, a dry run: only said), within
+    /// the stock and whatever the window, a close or a waiting room
+    /// (`lua/redrive_take.lua`), fenced on the re-drive's admin lock
+    /// (`hold`). A timed-out call may have taken the slot: the caller
+    /// leaves it to reconciliation.
     pub async fn redrive_take(
         &self,
         campaign: &CampaignId,
         user: &UserId,
         coupon: &CouponId,
-        dry: bool,
+        hold: Option<&AdminHold>,
     ) -> Result<RedriveSlot, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
+        let dry = hold.is_none();
+        let (admin, token) = match hold {
+            Some(hold) => (hold.key.clone(), hold.token.clone()),
+            None => (keys.admin_lock(), String::new()),
+        };
         let reply: String = self
             .client
             .run_on(|mut conn, server| {
@@ -219,15 +225,18 @@ impl Gate {
                         .key(keys.taken())
                         .key(keys.status(user))
                         .key(keys.slots())
+                        .key(admin)
                         .arg(user.as_str())
                         .arg(coupon.to_string())
                         .arg(server)
                         .arg(if dry { "dry" } else { "" })
+                        .arg(token)
                         .invoke_async(&mut conn)
                         .await
                 }
             })
-            .await?;
+            .await
+            .map_err(RedisCallError::or_admin_lock_lost)?;
         RedriveSlot::from_script(&reply)
     }
 

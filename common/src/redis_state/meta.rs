@@ -154,13 +154,14 @@ impl CampaignMetas {
     /// scripts answer `stale` until the rebuild's `Repair::install` runs.
     ///
     /// The campaign is added to the gate keeper's hint
-    /// ([`FENCED_CAMPAIGNS`]) first, so a rebuild that dies after the fence
-    /// leaves it there.
+    /// ([`FENCED_CAMPAIGNS`]) before the fence, so a rebuild that dies
+    /// after the fence leaves it there, and again after it, so that a
+    /// keeper that read the epoch just before the fence and clears the
+    /// first add keeps the second (`lua/fenced_hints_clear.lua`). (A rebuild
+    /// that dies between its fence and the second add, while a keeper
+    /// clears the first, leaves the campaign to the keeper's full scan.)
     pub async fn fence(&self, campaign: &CampaignId) -> Result<bool, RedisCallError> {
-        let id = campaign.to_string();
-        self.client
-            .run(|mut conn| async move { conn.sadd::<_, _, i64>(FENCED_CAMPAIGNS, id).await })
-            .await?;
+        self.hint_fenced(campaign).await?;
         let keys = CampaignKeys::new(campaign);
         let fenced: i64 = self
             .client
@@ -171,26 +172,68 @@ impl CampaignMetas {
                     .await
             })
             .await?;
+        self.hint_fenced(campaign).await?;
         Ok(fenced == 1)
     }
 
-    /// The campaigns in the gate keeper's hint ([`FENCED_CAMPAIGNS`]).
-    pub async fn fenced_hints(&self) -> Result<Vec<CampaignId>, RedisCallError> {
-        let ids: Vec<String> = self
-            .client
-            .run(|mut conn| async move { conn.smembers(FENCED_CAMPAIGNS).await })
+    async fn hint_fenced(&self, campaign: &CampaignId) -> Result<(), RedisCallError> {
+        let id = campaign.to_string();
+        self.client
+            .run(|mut conn| async move {
+                scripts::FENCED_HINT
+                    .key(FENCED_CAMPAIGNS)
+                    .arg(id)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
             .await?;
-        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+        Ok(())
     }
 
-    /// Takes campaigns out of the hint (the keeper found them current).
-    pub async fn clear_hints(&self, campaigns: &[CampaignId]) -> Result<(), RedisCallError> {
+    /// The campaigns in the gate keeper's hint ([`FENCED_CAMPAIGNS`]), and
+    /// Redis's time (ms) as it read them.
+    pub async fn fenced_hints(&self) -> Result<(i64, Vec<CampaignId>), RedisCallError> {
+        let mut reply: Vec<String> = self
+            .client
+            .run(|mut conn| async move {
+                scripts::FENCED_HINTS
+                    .key(FENCED_CAMPAIGNS)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if reply.is_empty() {
+            return Err(RedisCallError::Protocol("fenced_hints: no time".into()));
+        }
+        let ids = reply.split_off(1);
+        let now = reply[0]
+            .parse()
+            .map_err(|_| RedisCallError::Protocol(format!("fenced_hints: time {:?}", reply[0])))?;
+        Ok((now, ids.iter().filter_map(|id| id.parse().ok()).collect()))
+    }
+
+    /// Takes campaigns out of the hint (the keeper found them current),
+    /// unless a fence added them again at or after `read_at` (Redis's time
+    /// of the keeper's [`CampaignMetas::fenced_hints`], before it read the
+    /// epochs).
+    pub async fn clear_hints(
+        &self,
+        campaigns: &[CampaignId],
+        read_at: i64,
+    ) -> Result<(), RedisCallError> {
         if campaigns.is_empty() {
             return Ok(());
         }
         let ids: Vec<String> = campaigns.iter().map(ToString::to_string).collect();
         self.client
-            .run(|mut conn| async move { conn.srem::<_, _, i64>(FENCED_CAMPAIGNS, ids).await })
+            .run(|mut conn| async move {
+                scripts::FENCED_HINTS_CLEAR
+                    .key(FENCED_CAMPAIGNS)
+                    .arg(read_at)
+                    .arg(ids)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
             .await?;
         Ok(())
     }

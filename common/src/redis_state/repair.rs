@@ -11,6 +11,14 @@ use crate::ids::{CampaignId, UserId};
 use crate::keys::CampaignKeys;
 use crate::scripts;
 
+/// The admin lock a repair holds (`coupon:{c}:admin` and its token): the
+/// repair's writes to the slots are fenced on it (`lua/admin_fence.lua`).
+#[derive(Debug, Clone)]
+pub struct AdminHold {
+    pub key: String,
+    pub token: String,
+}
+
 /// The repairs of a campaign's gate.
 #[derive(Debug, Clone)]
 pub struct Repair {
@@ -82,12 +90,14 @@ impl Repair {
 
     /// Gives back the slot `user` had when [`Repair::slots`] saw it, named
     /// `coupon`, if it is still that slot; `Ok(false)` when the user has no
-    /// slot or another one (given back and taken again since).
+    /// slot or another one (given back and taken again since). Fenced on
+    /// the repair's admin lock (`hold`).
     pub async fn give_back_if(
         &self,
         campaign: &CampaignId,
         user: &str,
         coupon: Option<&str>,
+        hold: &AdminHold,
     ) -> Result<bool, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         let given: i64 = self
@@ -97,12 +107,15 @@ impl Repair {
                     .key(keys.users())
                     .key(keys.taken())
                     .key(keys.slots())
+                    .key(&hold.key)
                     .arg(user)
                     .arg(coupon.unwrap_or(""))
+                    .arg(&hold.token)
                     .invoke_async(&mut conn)
                     .await
             })
-            .await?;
+            .await
+            .map_err(RedisCallError::or_admin_lock_lost)?;
         Ok(given == 1)
     }
 
@@ -135,26 +148,36 @@ impl Repair {
     }
 
     /// Sets the counter to the set's size; returns the drift corrected.
-    pub async fn fix_count(&self, campaign: &CampaignId) -> Result<i64, RedisCallError> {
+    /// Fenced on the repair's admin lock (`hold`).
+    pub async fn fix_count(
+        &self,
+        campaign: &CampaignId,
+        hold: &AdminHold,
+    ) -> Result<i64, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         self.client
             .run(|mut conn| async move {
                 scripts::FIX_COUNT
                     .key(keys.users())
                     .key(keys.taken())
+                    .key(&hold.key)
+                    .arg(&hold.token)
                     .invoke_async(&mut conn)
                     .await
             })
             .await
+            .map_err(RedisCallError::or_admin_lock_lost)
     }
 
     /// Reconcile's repair of phantoms: users with a row but no slot get
-    /// their slot back (`SADD`; the counter is fixed afterwards with
-    /// [`Repair::fix_count`]). Returns how many were added.
+    /// their slot back (the counter is fixed afterwards with
+    /// [`Repair::fix_count`]). Returns how many were added. Fenced on the
+    /// repair's admin lock (`hold`).
     pub async fn restore(
         &self,
         campaign: &CampaignId,
         users: &[&String],
+        hold: &AdminHold,
     ) -> Result<u64, RedisCallError> {
         let set = CampaignKeys::new(campaign).users();
         let mut added = 0;
@@ -162,8 +185,17 @@ impl Repair {
             let set = set.clone();
             added += self
                 .client
-                .run(|mut conn| async move { conn.sadd::<_, _, u64>(set, chunk).await })
-                .await?;
+                .run(|mut conn| async move {
+                    scripts::RESTORE
+                        .key(set)
+                        .key(&hold.key)
+                        .arg(&hold.token)
+                        .arg(chunk)
+                        .invoke_async::<u64>(&mut conn)
+                        .await
+                })
+                .await
+                .map_err(RedisCallError::or_admin_lock_lost)?;
         }
         Ok(added)
     }
@@ -252,7 +284,7 @@ impl Repair {
     pub async fn install(
         &self,
         campaign: &CampaignId,
-        rebuild: &RebuildTicket<'_>,
+        rebuild: &RebuildId<'_>,
         meta: &CampaignMeta,
         dropped: &[DroppedSlot],
         status_ttl_secs: u64,
@@ -311,9 +343,9 @@ impl Repair {
 /// attempt starts over.
 pub const REBUILD_TTL: Duration = Duration::from_secs(3600);
 
-/// A rebuild under way: its token and the server it started on.
+/// Which rebuild this is: its token and the server it started on.
 #[derive(Debug, Clone, Copy)]
-pub struct RebuildTicket<'a> {
+pub struct RebuildId<'a> {
     pub token: &'a str,
     pub server: &'a str,
 }

@@ -29,7 +29,10 @@
 //!   (a re-drive run twice before the worker caught up) is one row.
 //! - Per campaign, the re-drive holds the admin lock that `reconcile` and
 //!   `rebuild` hold, so a reconcile never gives back a slot between its
-//!   check here and its message reaching the topic.
+//!   check here and its message reaching the topic. The take is fenced on
+//!   that lock, and the message stamped before it: a re-drive paused past
+//!   the lock's lease takes nothing, or its message is `late` for the tool
+//!   that overtook it (`Redrive::check`).
 //!
 //! After the produce, the user's status record says `pending` with the
 //! coupon id (it said `none` with the letter's reason), until the row
@@ -49,7 +52,7 @@ use clap::Args;
 use common::ids::{CampaignId, CouponId, UserId};
 use common::message::{CouponIssued, DlqReason};
 use common::redis_state::{
-    Gate, RecordedState, RedisClient, RedriveSlot, StatusRecord, StatusRecords,
+    AdminHold, Gate, RecordedState, RedisClient, RedriveSlot, StatusRecord, StatusRecords,
 };
 use common::settings::Settings;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -388,12 +391,13 @@ impl<'a> Redriver<'a> {
                     line.message = format!("the same message as letter {earlier}, above");
                 } else {
                     first.insert(key, letter.id);
-                    self.decide(letter, message, &mut line).await;
+                    let hold = lock.as_ref().map(admin_lock::hold_of);
+                    self.decide(letter, message, hold.as_ref(), &mut line).await;
                 }
                 emit(line)?;
             }
             if let Some(lock) = lock
-                && let Err(e) = lock.release().await
+                && let Err(e) = lock.release_within(admin_lock::LEASE).await
             {
                 tracing::warn!(campaign.id = %campaign, error = %e, "admin lock not released; its lease runs out");
             }
@@ -403,8 +407,14 @@ impl<'a> Redriver<'a> {
 
     /// Decides one letter whose bytes are a message, and re-drives it if it
     /// may go: the outcome, slot, destination and message into `line`.
-    async fn decide(&self, letter: &Letter, m: &CouponIssued, line: &mut AuditLine) {
-        let (outcome, message) = match self.check(letter, m, line).await {
+    async fn decide(
+        &self,
+        letter: &Letter,
+        m: &CouponIssued,
+        hold: Option<&AdminHold>,
+        line: &mut AuditLine,
+    ) {
+        let (outcome, message) = match self.check(letter, m, hold, line).await {
             Ok(decided) => decided,
             Err(e) => (Outcome::Failed, format!("{e:#}")),
         };
@@ -412,10 +422,19 @@ impl<'a> Redriver<'a> {
         line.message = message;
     }
 
+    /// What if this re-drive pauses past its admin lock's lease? Its take
+    /// is fenced on the lock (`hold`): taken over before it, it takes
+    /// nothing and fails. Taken over after it (a reconcile or rebuild that
+    /// then reads the slots and the topic without this message), the
+    /// message is stamped before the take, so it is older than that
+    /// tool's cutoff: landing beyond the cutoff's offsets it is refused
+    /// `late`, never a row the gate does not count; landing before, the
+    /// tool reads it (or its row).
     async fn check(
         &self,
         letter: &Letter,
         m: &CouponIssued,
+        hold: Option<&AdminHold>,
         line: &mut AuditLine,
     ) -> anyhow::Result<(Outcome, String)> {
         let Some((stock, persisted)) = self.campaign(&m.campaign_id).await? else {
@@ -453,9 +472,16 @@ impl<'a> Redriver<'a> {
                 format!("the rows reached the stock ({persisted} of {stock})"),
             ));
         }
+        // Stamped now, before the take, with the admin lock held: a cutoff
+        // recorded before (reconcile --repair, a rebuild) settled takes made
+        // before it, and would refuse the original `late`; one recorded
+        // after the take (by a tool that overtook this re-drive) refuses
+        // this message if it lands beyond its offsets.
+        let mut again = m.clone();
+        again.requested_at = Utc::now();
         let slot = self
             .gate
-            .redrive_take(&m.campaign_id, &m.user_id, &m.coupon_id, self.dry)
+            .redrive_take(&m.campaign_id, &m.user_id, &m.coupon_id, hold)
             .await
             .context(
                 "the gate did not answer (a slot may have been taken: reconcile --repair gives back one without a row)",
@@ -495,11 +521,6 @@ impl<'a> Redriver<'a> {
                 format!("would go to {}", self.settings.kafka.topic),
             ));
         };
-        // Stamped now, with the slot counted and the admin lock held: a
-        // cutoff recorded before (reconcile --repair, a rebuild) settled
-        // takes made before it, and would refuse the original `late`.
-        let mut again = m.clone();
-        again.requested_at = Utc::now();
         let payload = again.encode();
         let key = letter.key.clone().unwrap_or_else(|| m.key().into_bytes());
         let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.settings.kafka.topic)

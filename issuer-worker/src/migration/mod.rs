@@ -7,7 +7,7 @@ mod m20261123_000001_create_schema;
 mod m20261202_000001_waiting_room;
 mod m20261204_000001_parked_letters;
 mod m20261204_000002_campaign_cutoffs;
-mod m20261205_000001_cutoff_tickets;
+mod m20261205_000001_cutoff_serials;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -19,7 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_waiting_room::Migration),
             Box::new(m20261204_000001_parked_letters::Migration),
             Box::new(m20261204_000002_campaign_cutoffs::Migration),
-            Box::new(m20261205_000001_cutoff_tickets::Migration),
+            Box::new(m20261205_000001_cutoff_serials::Migration),
         ]
     }
 }

@@ -784,7 +784,7 @@ async fn reconcile_gives_back_only_the_slots_it_saw() {
 /// it waited for the takes to settle) records no cutoff once the later
 /// one has: that rebuild may have read the cutoffs already and counted a
 /// message this cutoff would make `late` (its slot then without a row).
-/// Before the tickets, the reconcile recorded its cutoff after the later
+/// Before the serials, the reconcile recorded its cutoff after the later
 /// one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_repair_overtaken_by_a_later_one_records_no_cutoff() {
@@ -800,10 +800,10 @@ async fn a_repair_overtaken_by_a_later_one_records_no_cutoff() {
             issuer_worker::reconcile::run(&settings, &db, c, true, Duration::from_secs(60)).await
         }
     });
-    // The reconcile has its ticket and waits for the takes to settle.
+    // The reconcile has its serial and waits for the takes to settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!reconcile.is_finished());
-    let later = cutoff::ticket(&db).await.unwrap();
+    let later = cutoff::serial(&db).await.unwrap();
     let ends = topic::end_offsets(&settings.kafka).await.unwrap();
     cutoff::record(&db, &c, later, Utc::now(), &ends, "rebuild")
         .await

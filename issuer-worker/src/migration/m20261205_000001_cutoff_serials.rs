@@ -1,8 +1,8 @@
-//! Cutoff tickets: each `reconcile --repair` and rebuild takes a ticket
-//! from one sequence as it starts, and records its cutoff with it; a cutoff
-//! whose ticket is older than one already recorded for the campaign is
-//! refused (`issuer-worker`'s `cutoff` module). Cutoffs recorded before
-//! have no ticket, which counts as older than every ticket.
+//! Cutoff serials: each `reconcile --repair` and rebuild takes a serial
+//! from one sequence as it starts, and each cutoff is stored with one taken
+//! as it is recorded; a tool whose campaign has a cutoff recorded since it
+//! started records none (`issuer-worker`'s `cutoff` module). Cutoffs
+//! recorded before have no serial, which counts as older than every one.
 
 use sea_orm_migration::prelude::*;
 
@@ -16,8 +16,8 @@ impl MigrationTrait for Migration {
             .get_connection()
             .execute_unprepared(
                 r#"
-CREATE SEQUENCE cutoff_tickets;
-ALTER TABLE campaign_cutoffs ADD COLUMN ticket bigint;
+CREATE SEQUENCE cutoff_serials;
+ALTER TABLE campaign_cutoffs ADD COLUMN serial bigint;
 "#,
             )
             .await?;
@@ -28,7 +28,7 @@ ALTER TABLE campaign_cutoffs ADD COLUMN ticket bigint;
         manager
             .get_connection()
             .execute_unprepared(
-                "ALTER TABLE campaign_cutoffs DROP COLUMN ticket; DROP SEQUENCE cutoff_tickets;",
+                "ALTER TABLE campaign_cutoffs DROP COLUMN serial; DROP SEQUENCE cutoff_serials;",
             )
             .await?;
         Ok(())
