@@ -11,13 +11,18 @@
 -- ARGV[4]  the run_id of the server the caller's connection reached ("" to
 --          ask it: Redis Cluster)
 --
--- Returns "queued", "duplicate", "missing" (no meta) or "stale" (fenced).
-local epoch = redis.call('HMGET', KEYS[1], 'stock', 'epoch')
+-- Returns "queued", "duplicate", "closed" (closed by an admin: a request
+-- after the close is refused at once, never queued to be refused later),
+-- "missing" (no meta) or "stale" (fenced).
+local epoch = redis.call('HMGET', KEYS[1], 'stock', 'epoch', 'state')
 if not epoch[1] then
   return 'missing'
 end
 if not fence_holds(epoch[2], ARGV[4]) then
   return 'stale'
+end
+if epoch[3] == 'closed' then
+  return 'closed'
 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
   return 'duplicate'

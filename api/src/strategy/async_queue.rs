@@ -171,6 +171,7 @@ impl AsyncQueueStrategy {
             QueueMark::Duplicate => return Err(IssueError::Refused(Refusal::Duplicate)),
             QueueMark::Missing => return Err(self.issuance.classify_missing(&campaign).await),
             QueueMark::Stale => return Err(IssueError::Fenced),
+            QueueMark::Closed => return Err(IssueError::Refused(Refusal::Closed)),
         }
         lock(&self.waiting).insert((campaign, user.clone()));
         let sender = self

@@ -263,6 +263,28 @@ async fn a_paused_combining_holder_cannot_over_issue() {
     paused_holder(StrategyKind::FairLock, LockMode::Combining).await;
 }
 
+/// async-queue after an admin's close: a request is refused `closed` at
+/// once, as `sync` refuses it, never answered `queued` to be refused later
+/// (the fault campaign's rule 7: 2,737 `queued` replies after one close in
+/// seed 174430510, each ending `rejected: closed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn async_queue_refuses_at_once_after_a_close() {
+    let settings = settings_for(StrategyKind::AsyncQueue).await;
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(100).await;
+    let (status, body) = api.close_campaign(&campaign).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api.issue(&campaign, "after-close").await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::GONE, Some("closed")),
+        "{body}"
+    );
+    let (_, me) = api.my_coupon(&campaign, "after-close").await;
+    assert_eq!(me["state"], "none", "{me}");
+    api.stop().await;
+}
+
 /// A queue whose consumer is stuck (the broker is frozen) fills up; the next
 /// request gets 503 and nobody is admitted for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

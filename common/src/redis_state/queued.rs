@@ -19,6 +19,8 @@ pub enum QueueMark {
     Missing,
     /// The campaign's state is fenced (`lua/fence.lua`).
     Stale,
+    /// Closed by an admin: refused now rather than queued.
+    Closed,
 }
 
 /// The `queued` marks, each kept `ttl_secs` unless renewed.
@@ -71,6 +73,7 @@ impl QueuedMarks {
             "duplicate" => Ok(QueueMark::Duplicate),
             "missing" => Ok(QueueMark::Missing),
             "stale" => Ok(QueueMark::Stale),
+            "closed" => Ok(QueueMark::Closed),
             other => Err(RedisCallError::Protocol(other.to_owned())),
         }
     }

@@ -855,14 +855,38 @@ fn liveness(id: &str, f: &CampaignFacts<'_>, h: &History, out: &mut Vec<Violatio
     {
         rebuilt_by = rebuilt_by.max(failed);
     }
-    // The worker (its keeper) killed or frozen while it rebuilt.
-    if let Some(hit) = in_round(FaultKind::WorkerKill)
-        .chain(in_round(FaultKind::WorkerPause))
-        .filter(|x| x.start_ms < rebuilt_by && x.end_ms + REBUILD_MS > rebuilt_by)
-        .map(|x| x.end_ms)
-        .max()
-    {
-        rebuilt_by = hit + ADMIN_LEASE_MS + REBUILD_MS;
+    // A fault that begins while the rebuild is still allowed delays it:
+    // the worker (its keeper) killed or frozen (its admin lock runs out its
+    // lease, then the rebuild starts over), or a dependency the rebuild
+    // reads (the broker's offsets, the rows, Redis) down; each such fault
+    // gives the rebuild its bound again from its end.
+    if rebuilt_by > 0 {
+        loop {
+            let next = h
+                .faults
+                .iter()
+                .filter(|x| x.round == f.round.round && x.start_ms < rebuilt_by)
+                .filter_map(|x| {
+                    let extra = match x.kind? {
+                        FaultKind::WorkerKill | FaultKind::WorkerPause => {
+                            ADMIN_LEASE_MS + REBUILD_MS
+                        }
+                        FaultKind::BrokerStop
+                        | FaultKind::BrokerKill
+                        | FaultKind::BrokerPause
+                        | FaultKind::PostgresStop
+                        | FaultKind::PostgresPause
+                        | FaultKind::RedisPause => REBUILD_MS,
+                        _ => return None,
+                    };
+                    Some(x.end_ms + extra)
+                })
+                .fold(rebuilt_by, u64::max);
+            if next == rebuilt_by {
+                break;
+            }
+            rebuilt_by = next;
+        }
     }
     let deadline = (first.start_ms + LIVENESS_MS).max(rebuilt_by);
     let answered = probes
@@ -1718,6 +1742,17 @@ mod tests {
         // runs out first.
         h.h.faults
             .push(fault(FaultKind::WorkerKill, 45_000, 47_000));
+        assert_eq!(h.rules(), Vec::<u8>::new());
+        // Later still: only a fault that began while the rebuild was
+        // allowed (until 84 s) delays it further.
+        h.h.requests.last_mut().unwrap().start_ms = 100_000;
+        h.h.requests.last_mut().unwrap().end_ms = 100_010;
+        assert_eq!(h.rules(), vec![10]);
+        h.h.faults
+            .push(fault(FaultKind::BrokerKill, 90_000, 95_000));
+        assert_eq!(h.rules(), vec![10]);
+        h.h.faults
+            .push(fault(FaultKind::BrokerKill, 80_000, 88_000));
         assert_eq!(h.rules(), Vec::<u8>::new());
     }
 
