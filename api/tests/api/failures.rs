@@ -349,6 +349,31 @@ async fn a_busy_instance_does_not_take_itself_for_a_dead_redis() {
     api.stop().await;
 }
 
+/// Settings for a test of the gate keeper: `redis` and a PostgreSQL of the
+/// test's own (migrated; kept alive by the returned handle), the keeper at
+/// its production cadence. Its own PostgreSQL because the keeper rebuilds
+/// every recent campaign it finds in the database, and the shared one holds
+/// every other test's campaigns (missing on this Redis): rebuilding those
+/// kept the keeper busy past the tests' bounds, and recorded cutoffs in
+/// their campaigns.
+async fn keeper_cell(
+    redis: &common::testkit::OwnRedis,
+) -> (
+    common::testkit::OwnPostgres,
+    sea_orm::DatabaseConnection,
+    common::settings::Settings,
+) {
+    let pg = common::testkit::OwnPostgres::start();
+    let db = common::testkit::db_at(&pg.url()).await;
+    issuer_worker::migration::migrate(&db).await.unwrap();
+    let mut settings = test_settings().await;
+    settings.redis.url = redis.url();
+    settings.database.url = SecretString::from(pg.url());
+    settings.worker.keeper_interval_ms =
+        common::settings::WorkerSettings::default().keeper_interval_ms;
+    (pg, db, settings)
+}
+
 /// Redis killed (-9) and restarted on its append-only file, which may have
 /// lost its last writes (`appendfsync everysec` keeps up to a second in
 /// memory): the take of `lost` is made to be one of those lost writes. No
@@ -361,20 +386,7 @@ async fn a_busy_instance_does_not_take_itself_for_a_dead_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_restart_fences_campaigns_until_the_gate_keeper_rebuilds_them() {
     let mut redis = common::testkit::OwnRedis::start_persistent("everysec");
-    // Its own PostgreSQL too: the keeper rebuilds every recent campaign it
-    // finds in the database, and the shared one holds every other test's
-    // campaigns (missing on this Redis): rebuilding those kept the keeper
-    // busy past the bound below, and recorded cutoffs in their campaigns.
-    let pg = common::testkit::OwnPostgres::start();
-    let db = common::testkit::db_at(&pg.url()).await;
-    issuer_worker::migration::migrate(&db).await.unwrap();
-    let mut settings = test_settings().await;
-    settings.redis.url = redis.url();
-    settings.database.url = SecretString::from(pg.url());
-    // This test's own Redis and PostgreSQL hold only its campaign: the
-    // keeper runs, at its production cadence.
-    settings.worker.keeper_interval_ms =
-        common::settings::WorkerSettings::default().keeper_interval_ms;
+    let (_pg, db, settings) = keeper_cell(&redis).await;
     let api = spawn_api(&settings).await;
     let worker = spawn_worker(&settings).await;
     let campaign = api.open_campaign(10).await;
@@ -444,14 +456,7 @@ async fn a_redis_restart_fences_campaigns_until_the_gate_keeper_rebuilds_them() 
 async fn a_campaign_a_failed_forced_rebuild_fenced_is_rebuilt_within_a_tick() {
     use common::redis_state::RedisClient;
     let redis = common::testkit::OwnRedis::start();
-    let pg = common::testkit::OwnPostgres::start();
-    let db = common::testkit::db_at(&pg.url()).await;
-    issuer_worker::migration::migrate(&db).await.unwrap();
-    let mut settings = test_settings().await;
-    settings.redis.url = redis.url();
-    settings.database.url = SecretString::from(pg.url());
-    settings.worker.keeper_interval_ms =
-        common::settings::WorkerSettings::default().keeper_interval_ms;
+    let (_pg, db, mut settings) = keeper_cell(&redis).await;
     settings.worker.keeper_scan_secs = 3_600;
     let api = spawn_api(&settings).await;
     let worker = spawn_worker(&settings).await;

@@ -1251,6 +1251,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A fault of round 0 that did what it meant to.
+    fn fault(kind: FaultKind, target: &str, start_ms: u64, end_ms: u64) -> FaultRecord {
+        FaultRecord {
+            round: 0,
+            index: Some(0),
+            kind: Some(kind),
+            action: None,
+            target: target.into(),
+            start_ms,
+            end_ms,
+            ok: true,
+            detail: json!(null),
+        }
+    }
+
     const C: &str = "c1";
 
     /// A history builder: one round, one plain campaign of `stock`.
@@ -1702,17 +1717,6 @@ mod tests {
 
     #[test]
     fn after_a_redis_restart_the_probe_may_wait_for_the_keepers_rebuild() {
-        let fault = |kind, start_ms, end_ms| FaultRecord {
-            round: 0,
-            index: Some(0),
-            kind: Some(kind),
-            action: None,
-            target: "x".into(),
-            start_ms,
-            end_ms,
-            ok: true,
-            detail: json!(null),
-        };
         let probe = |h: &mut H, at, status, outcome: &str| {
             h.req(Req {
                 client: by::PROBE.into(),
@@ -1733,7 +1737,8 @@ mod tests {
         h.rows(&[("probe", "P")]);
         assert_eq!(h.rules(), vec![10]);
         // Redis restarted at 40 s: fenced until 65 s at most.
-        h.h.faults.push(fault(FaultKind::RedisKill, 39_000, 40_000));
+        h.h.faults
+            .push(fault(FaultKind::RedisKill, "x", 39_000, 40_000));
         assert_eq!(h.rules(), Vec::<u8>::new());
         h.h.requests.last_mut().unwrap().start_ms = 66_000;
         h.h.requests.last_mut().unwrap().end_ms = 66_010;
@@ -1741,7 +1746,7 @@ mod tests {
         // The worker killed while its keeper rebuilt: its admin lock's lease
         // runs out first.
         h.h.faults
-            .push(fault(FaultKind::WorkerKill, 45_000, 47_000));
+            .push(fault(FaultKind::WorkerKill, "x", 45_000, 47_000));
         assert_eq!(h.rules(), Vec::<u8>::new());
         // Later still: only a fault that began while the rebuild was
         // allowed (until 84 s) delays it further.
@@ -1749,25 +1754,18 @@ mod tests {
         h.h.requests.last_mut().unwrap().end_ms = 100_010;
         assert_eq!(h.rules(), vec![10]);
         h.h.faults
-            .push(fault(FaultKind::BrokerKill, 90_000, 95_000));
+            .push(fault(FaultKind::BrokerKill, "x", 90_000, 95_000));
         assert_eq!(h.rules(), vec![10]);
         h.h.faults
-            .push(fault(FaultKind::BrokerKill, 80_000, 88_000));
+            .push(fault(FaultKind::BrokerKill, "x", 80_000, 88_000));
         assert_eq!(h.rules(), Vec::<u8>::new());
     }
 
     #[test]
     fn after_a_failed_forced_rebuild_the_probe_may_wait_for_the_keepers_rebuild() {
         let rebuild = |target: &str, ok| FaultRecord {
-            round: 0,
-            index: Some(0),
-            kind: Some(FaultKind::Rebuild),
-            action: None,
-            target: target.into(),
-            start_ms: 30_000,
-            end_ms: 40_000,
             ok,
-            detail: json!(null),
+            ..fault(FaultKind::Rebuild, target, 30_000, 40_000)
         };
         let mut h = H::new(5);
         h.h.requests[0].status = Some(503);
@@ -1806,17 +1804,8 @@ mod tests {
         };
         let mut h = H::new(5);
         h.rows(&[]);
-        h.h.faults.push(FaultRecord {
-            round: 0,
-            index: Some(0),
-            kind: Some(FaultKind::PostgresPause),
-            action: None,
-            target: "postgres".into(),
-            start_ms: 1_000,
-            end_ms: 5_000,
-            ok: true,
-            detail: json!(null),
-        });
+        h.h.faults
+            .push(fault(FaultKind::PostgresPause, "postgres", 1_000, 5_000));
         h.h.samples = vec![
             sample(500, 0.0),
             sample(1_500, 1.0),
@@ -1854,17 +1843,7 @@ mod tests {
         assert_eq!(h.rules(), vec![11]);
         // A broker killed while the stall was still allowed (until 25 s)
         // keeps the worker waiting: allowed until 20 s after it.
-        let broker = |start_ms, end_ms| FaultRecord {
-            round: 0,
-            index: Some(1),
-            kind: Some(FaultKind::BrokerKill),
-            action: None,
-            target: "broker".into(),
-            start_ms,
-            end_ms,
-            ok: true,
-            detail: json!(null),
-        };
+        let broker = |start_ms, end_ms| fault(FaultKind::BrokerKill, "broker", start_ms, end_ms);
         h.h.faults.push(broker(27_000, 29_000));
         assert_eq!(h.rules(), vec![11]);
         h.h.faults.pop();
