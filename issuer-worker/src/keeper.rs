@@ -11,8 +11,8 @@
 //! empty) or fenced (its meta's epoch names another server:
 //! `common/lua/fence.lua`) is rebuilt (`rebuild::rebuild`), several at once.
 //!
-//! So after a Redis restart the campaigns answer 503 (`unavailable`, nothing
-//! taken) for at most: the tick that notices (1 s), the rebuild's wait for
+//! So after a Redis restart, with PostgreSQL and the broker answering, the
+//! campaigns answer 503 (`unavailable`, nothing taken) for at most: the tick that notices (1 s), the rebuild's wait for
 //! the takes made before the restart to settle (`takes_settle_within` + 1 s:
 //! 14 s at the defaults), and the rebuild itself (reading the rows and the
 //! unconsumed part of the topic). Every worker runs a keeper; the
@@ -28,8 +28,23 @@
 //! to [`RETRY_AFTER`], not the full `keeper_scan_secs`: the campaign's
 //! outage is bounded by the retry, not by the periodic scan. Each further
 //! failure doubles the wait, up to `keeper_scan_secs`, so a campaign whose
-//! rebuild keeps failing (a broker down for minutes) does not hold its
-//! admin lock almost all the time.
+//! rebuild keeps failing for a cause of its own does not hold its admin
+//! lock almost all the time.
+//!
+//! While a rebuild waits for its retry, the keeper also asks every tick
+//! whether what a rebuild reads answers (the *probe*: PostgreSQL, and the
+//! broker's partitions and end offsets, each within [`PROBE_WITHIN`]; Redis
+//! answered the tick). After two ticks or more in a row without an answer,
+//! the first tick that gets one again makes every waiting rebuild due at
+//! once, its back-off forgotten: the failures were that outage's, and a
+//! broker back just after the fourth failure no longer waits out a 16 s
+//! back-off before a rebuild even begins (the fault campaign's long run,
+//! rule 10). The probe only brings retries forward, never holds anything
+//! back: a probe that cannot pass (a slow broker, a busy pool) leaves the
+//! keeper doing what it did without it. What if the probe hangs? PostgreSQL's
+//! part gives up after [`PROBE_WITHIN`], the broker's after three times that
+//! (`topic::answers`), and a stop ends the wait at once. Each probe opens
+//! a client of its own: one connection a tick, only while a rebuild waits.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -51,6 +66,9 @@ const AT_ONCE: usize = 16;
 /// How soon a campaign's rebuild is tried again after it failed once;
 /// doubled by each further failure, up to `keeper_scan_secs`.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// How long each part of the keeper's probe of PostgreSQL and the broker
+/// may take before it counts as not answering.
+const PROBE_WITHIN: Duration = Duration::from_secs(2);
 
 /// The campaigns whose last rebuild failed: how often in a row, and when
 /// the next attempt is due.
@@ -82,6 +100,19 @@ impl Retries {
     fn keep_only(&mut self, broken: &[(CampaignId, EpochState)]) {
         let broken: HashSet<&CampaignId> = broken.iter().map(|(c, _)| c).collect();
         self.0.retain(|c, _| broken.contains(c));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Makes every waiting rebuild due now, its back-off forgotten (the
+    /// outage that failed it is over).
+    fn all_due_now(&mut self) {
+        let now = Instant::now();
+        for entry in self.0.values_mut() {
+            *entry = (0, now);
+        }
     }
 
     /// The earliest retry due, if any.
@@ -116,6 +147,8 @@ pub async fn run(
     let retries: Arc<Mutex<Retries>> = Arc::default();
     let mut last_server: Option<String> = None;
     let mut last_scan: Option<Instant> = None;
+    // Ticks in a row whose probe went unanswered while a rebuild waited.
+    let mut unanswered = 0u32;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -127,13 +160,30 @@ pub async fn run(
             Ok(server) => server,
             Err(e) => {
                 tracing::debug!(error = %e, "gate keeper: Redis does not answer");
+                if !lock(&retries).is_empty() {
+                    unanswered += 1;
+                }
                 continue;
             }
         };
+        if lock(&retries).is_empty() {
+            unanswered = 0;
+        } else {
+            let answered = tokio::select! {
+                _ = stop.cancelled() => return,
+                answered = dependencies_answer(&settings, &db) => answered,
+            };
+            if !answered {
+                unanswered += 1;
+            } else if std::mem::take(&mut unanswered) >= 2 {
+                tracing::info!(
+                    "gate keeper: PostgreSQL, Redis and the broker answer again; failed rebuilds are tried now"
+                );
+                lock(&retries).all_due_now();
+            }
+        }
         let changed = last_server.as_deref() != Some(server.as_str());
-        let retry_due = retries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        let retry_due = lock(&retries)
             .next_due()
             .is_some_and(|due| Instant::now() >= due);
         // A forced rebuild's campaign that no rebuild here is under way for
@@ -146,12 +196,8 @@ pub async fn run(
             }
         };
         let hinted = {
-            let rebuilding = rebuilding
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let retries = retries
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let rebuilding = lock(&rebuilding);
+            let retries = lock(&retries);
             hints
                 .iter()
                 .any(|c| !rebuilding.contains(c) && retries.is_due(c))
@@ -202,34 +248,17 @@ pub async fn run(
         last_server = Some(server);
         last_scan = Some(Instant::now());
         metrics.stale_campaigns.set(broken.len() as i64);
-        retries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keep_only(&broken);
+        lock(&retries).keep_only(&broken);
         for (campaign, state) in broken {
             // A campaign that failed lately waits for its turn, unless
             // Redis changed servers (a new start for every campaign).
-            if !changed
-                && !retries
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .is_due(&campaign)
-            {
+            if !changed && !lock(&retries).is_due(&campaign) {
                 continue;
             }
-            if rebuilding
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .len()
-                >= AT_ONCE
-            {
+            if lock(&rebuilding).len() >= AT_ONCE {
                 break;
             }
-            if !rebuilding
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(campaign)
-            {
+            if !lock(&rebuilding).insert(campaign) {
                 continue;
             }
             tracing::info!(campaign.id = %campaign, ?state, "gate keeper rebuilding");
@@ -243,9 +272,7 @@ pub async fn run(
             );
             tokio::spawn(async move {
                 let result = crate::rebuild::rebuild(&settings, &db, &redis, campaign, false).await;
-                let mut retries = retries
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut retries = lock(&retries);
                 let label = match &result {
                     Ok(Some(_)) => "rebuilt",
                     Ok(None) => "current",
@@ -260,13 +287,23 @@ pub async fn run(
                 }
                 drop(retries);
                 metrics.rebuilds.with_label_values(&[label]).inc();
-                rebuilding
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&campaign);
+                lock(&rebuilding).remove(&campaign);
             });
         }
     }
+}
+
+/// Whether PostgreSQL and the broker (the end offsets a rebuild reads)
+/// answer, each within [`PROBE_WITHIN`].
+async fn dependencies_answer(settings: &Settings, db: &DatabaseConnection) -> bool {
+    let database = tokio::time::timeout(PROBE_WITHIN, db.ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    database && crate::topic::answers(&settings.kafka, PROBE_WITHIN).await
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Campaigns created within [`RECENT_DAYS`] whose window has not ended more

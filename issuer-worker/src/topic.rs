@@ -27,8 +27,8 @@ fn reader(settings: &KafkaSettings) -> anyhow::Result<BaseConsumer> {
         .context("creating a topic reader")
 }
 
-fn partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
-    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+fn partitions(consumer: &BaseConsumer, topic: &str, within: Duration) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer.fetch_metadata(Some(topic), within)?;
     let t = metadata
         .topics()
         .first()
@@ -41,14 +41,37 @@ pub async fn end_offsets(settings: &KafkaSettings) -> anyhow::Result<Offsets> {
     let settings = settings.clone();
     tokio::task::spawn_blocking(move || {
         let consumer = reader(&settings)?;
-        let mut ends = Offsets::new();
-        for p in partitions(&consumer, &settings.topic)? {
-            let (_, high) = consumer.fetch_watermarks(&settings.topic, p, TIMEOUT)?;
-            ends.insert(p, high);
-        }
-        Ok(ends)
+        ends_of(&consumer, &settings.topic, TIMEOUT)
     })
     .await?
+}
+
+/// Whether the broker answers the topic's partitions and their end offsets,
+/// each request within `within` (the gate keeper's probe). Not the group's
+/// committed offsets, which a rebuild reads too: a probe that passes does
+/// not promise a rebuild that succeeds. Its client joins no group, so it
+/// has no coordinator to look for and closes at once, whatever state the
+/// broker is in.
+pub async fn answers(settings: &KafkaSettings, within: Duration) -> bool {
+    let settings = settings.clone();
+    let probe = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = common::kafka::client_config(&settings)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        ends_of(&consumer, &settings.topic, within)
+    });
+    // A client stuck past its own timeouts (it should not be) costs the
+    // caller no more than a few of them: the blocking thread is left to end.
+    matches!(tokio::time::timeout(within * 3, probe).await, Ok(Ok(Ok(_))))
+}
+
+fn ends_of(consumer: &BaseConsumer, topic: &str, within: Duration) -> anyhow::Result<Offsets> {
+    let mut ends = Offsets::new();
+    for p in partitions(consumer, topic, within)? {
+        let (_, high) = consumer.fetch_watermarks(topic, p, within)?;
+        ends.insert(p, high);
+    }
+    Ok(ends)
 }
 
 /// Where the worker's group will resume on every partition: its committed
@@ -58,7 +81,7 @@ pub async fn group_positions(settings: &KafkaSettings) -> anyhow::Result<Offsets
     tokio::task::spawn_blocking(move || {
         let consumer = reader(&settings)?;
         let mut tpl = TopicPartitionList::new();
-        let all = partitions(&consumer, &settings.topic)?;
+        let all = partitions(&consumer, &settings.topic, TIMEOUT)?;
         for &p in &all {
             tpl.add_partition(&settings.topic, p);
         }

@@ -1,13 +1,14 @@
-//! The worker's faults (2, 6, 7, 8): they do not depend on the strategy and
-//! run once.
+//! The worker's faults (2, 6, 7, 8, 13): they do not depend on the strategy
+//! and run once.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::testkit::read_topic;
 use ngrinder_equivalent::load::{self};
 use ngrinder_equivalent::users::UserMode;
 
-use crate::cell::Cell;
+use crate::cell::{Cell, CellOptions};
 use crate::support::*;
 
 /// 2. kill -9 of the worker, again and again, while it drains.
@@ -231,4 +232,87 @@ async fn f08_poison_messages() {
     assert!(a.passed, "{a:?}");
     assert_eq!(letters.len() as u64, poison);
     assert_eq!(unparseable as u64, poison);
+}
+
+/// 13. The broker frozen through four of the gate keeper's failed rebuilds
+/// (a Redis restart lost the gate state meanwhile), then thawed at once:
+/// the campaign is rebuilt within a tick, the rebuild's settle wait and its
+/// reads of the thaw, at the production defaults, whatever back-off the
+/// failures built. Before, each failure doubled the keeper's wait for the
+/// next attempt (2, 4, 8, 16 s), and nothing brought it forward: thawed
+/// just after the fourth failure, the broker waited out 16 s more before a
+/// rebuild even began (rebuilt 31 s after the thaw; the fault campaign's
+/// long run, rule 10: a campaign answering 503 for 25 s after the broker
+/// came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn f13_broker_down_through_failed_rebuilds() {
+    let started = Instant::now();
+    let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/faults/13-logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    let cell = Cell::start_with(CellOptions {
+        apis: 1,
+        workers: 1,
+        logs: Some(logs),
+        ..CellOptions::default()
+    })
+    .await;
+    let campaign = cell.campaign(1_000).await;
+    cell.wait_assigned(0).await;
+    // The worker's count of failed rebuilds (scraped until it answers).
+    let failed = || async {
+        for _ in 0..40 {
+            if let Some(n) = cell
+                .worker_metric(0, "worker_gate_rebuilds_total{result=\"failed\"}")
+                .await
+            {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("the worker's metrics did not answer for 10 s");
+    };
+    let failed_before = failed().await;
+    cell.broker.freeze(true);
+    // An empty Redis: the campaign's gate state is missing until rebuilt.
+    cell.redis.launch();
+    let frozen = Instant::now();
+    // Each attempt waits 14 s for the takes to settle, then fails its
+    // first read of the broker after 10 s; the waits between them are 2, 4
+    // and 8 s: the fourth failure comes about 115 s after the freeze.
+    while failed().await < failed_before + 4.0 {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(240),
+            "the keeper's rebuilds did not fail four times within 240 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let failures_after = frozen.elapsed();
+    cell.broker.freeze(false);
+    let thawed = Instant::now();
+    while cell
+        .admin
+        .campaign(&campaign)
+        .await
+        .map(|c| c.taken.is_none())
+        .unwrap_or(true)
+    {
+        assert!(
+            thawed.elapsed() < Duration::from_secs(90),
+            "the gate keeper did not rebuild the campaign within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rebuilt_after = thawed.elapsed();
+    Figures::new("13-broker-down-through-failed-rebuilds")
+        .note("four_failures_after_secs", failures_after.as_secs_f64())
+        .note("rebuilt_after_thaw_secs", rebuilt_after.as_secs_f64())
+        .report(started);
+    // A tick (1 s) and a probe, the rebuild's settle (`takes_settle_within`
+    // + 1 s: 14 s) and its reads, with 8 s for the machine.
+    let bound =
+        common::settings::Settings::default().takes_settle_within() + Duration::from_secs(11);
+    assert!(
+        rebuilt_after < bound,
+        "rebuilt {rebuilt_after:?} after the broker came back (bound {bound:?})"
+    );
 }
