@@ -12,6 +12,8 @@
 --            acquire reply was lost does not know its ticket, and one that
 --            knows it must never touch another's (the counters start again
 --            from 1 once the line is empty)
+--   KEYS[4] and KEYS[5] expire a wait and a lease after the last ticket
+--   taken (fair_lock_acquire.lua); the counters and the lock do not
 
 local function fair_now()
   local t = redis.call('TIME')

@@ -11,6 +11,7 @@
 -- free: a process killed with its whole line of waiters (or of lost
 -- replies) leaves tickets nobody will ever ask for, and without this every
 -- newcomer was turned away before anyone stepped past them, for good.
+-- A line nobody comes back to expires: see the TTL below.
 --
 -- KEYS[1..5]  the lock's keys (fair_lock.lua)
 -- ARGV[1]  lease in ms
@@ -43,6 +44,17 @@ if ticket == 0 then
   redis.call('SET', KEYS[3], serving)
   redis.call('HSET', KEYS[4], ticket, (now + tonumber(ARGV[3])) .. ':' .. ARGV[2])
   redis.call('HSET', KEYS[5], ARGV[2], ticket)
+  -- The line's places outlive the last one's deadline by a lease, no
+  -- longer: a line nobody comes back to (its holder and waiters died with
+  -- Redis or their process, and the campaign was then fenced, closed or
+  -- sold out, so no acquire, release or cancel runs again) would otherwise
+  -- be kept for good. Only ever lengthened (PTTL is -1 on a new key), so
+  -- every place still waiting is inside it. The counters keep no TTL: a
+  -- holder past it would serve the wrong next ticket on release.
+  local keep = tonumber(ARGV[3]) + tonumber(ARGV[1])
+  for _, k in ipairs({KEYS[4], KEYS[5]}) do
+    if redis.call('PTTL', k) < keep then redis.call('PEXPIRE', k, keep) end
+  end
 else
   local entry = redis.call('HGET', KEYS[4], ticket)
   if not entry or select(2, fair_entry(entry)) ~= ARGV[2] then

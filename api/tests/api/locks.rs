@@ -629,6 +629,70 @@ async fn a_line_of_dead_waiters_does_not_wedge_the_fair_lock() {
     }
 }
 
+/// A holder and a waiter that die together (Redis killed under them: no
+/// release, no give-up) on a lock nobody takes again (the campaign fenced,
+/// then closed) leave no line behind once the wait and a lease are over,
+/// at the production settings; a newcomer is still served at once. (The
+/// dead place was kept for good: the 60-minute fault campaign of seed
+/// 84950045 found one, rule 11.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_waiter_on_a_lock_nobody_takes_again_leaves_no_line() {
+    let redis = redis();
+    let keys = fair_keys();
+    let s = common::settings::LockSettings::default();
+    let (lease, wait, max) = (
+        s.lease_ms.to_string(),
+        s.wait_ms.to_string(),
+        s.max_waiters.to_string(),
+    );
+    let call = |token: &'static str| {
+        let args = [
+            lease.as_str(),
+            token,
+            wait.as_str(),
+            "unused",
+            "0",
+            max.as_str(),
+        ];
+        let (redis, keys) = (redis.clone(), keys.clone());
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            redis
+                .run_script::<Vec<i64>>(&scripts::FAIR_LOCK_ACQUIRE, &keys.all(), &args)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(call("holder").await[0], -1, "the holder is granted");
+    assert_eq!(call("dead").await[0], 0, "the dead waiter waits");
+    assert_eq!(queue(&redis, &keys).await, ["dead"]);
+    tokio::time::sleep(Duration::from_millis(s.wait_ms + s.lease_ms + 500)).await;
+    assert!(
+        queue(&redis, &keys).await.is_empty(),
+        "a line left behind after its last deadline and a lease"
+    );
+    let lock = FairLock::new(redis.clone(), timing(s.lease_ms, s.wait_ms), None)
+        .with_max_waiters(s.max_waiters);
+    let started = Instant::now();
+    let newcomer = lock.acquire(&keys).await.expect("a newcomer is served");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(newcomer.release().await.unwrap());
+    for key in keys.all() {
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(
+                &mut redis
+                    .client()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
 /// A waiter gives up by its token: a stale ticket number (another waiter's
 /// now, the counters having started again from 1) removes nothing, and a
 /// waiter whose first reply was lost (it never learnt its ticket) still
