@@ -557,7 +557,7 @@ async fn the_fenced_take_takes_nothing_without_meta_or_once_closed() {
 }
 
 /// One call of the fair lock's acquire script as a waiter with `token`
-/// (`ticket` 0 on its first call): `[code, ticket, n]`.
+/// (`ticket` 0 on its first call), with a 5 s lease: `[code, ticket, n]`.
 async fn fair_acquire_call(
     redis: &RedisClient,
     keys: &FairLockKeys,
@@ -566,12 +566,25 @@ async fn fair_acquire_call(
     wait_ms: u64,
     max: u64,
 ) -> Vec<i64> {
+    fair_acquire_call_leased(redis, keys, token, ticket, 5_000, wait_ms, max).await
+}
+
+/// `fair_acquire_call` with the lease given.
+async fn fair_acquire_call_leased(
+    redis: &RedisClient,
+    keys: &FairLockKeys,
+    token: &str,
+    ticket: i64,
+    lease_ms: u64,
+    wait_ms: u64,
+    max: u64,
+) -> Vec<i64> {
     redis
         .run_script(
             &scripts::FAIR_LOCK_ACQUIRE,
             &keys.all(),
             &[
-                "5000",
+                &lease_ms.to_string(),
                 token,
                 &wait_ms.to_string(),
                 "unused",
@@ -581,6 +594,22 @@ async fn fair_acquire_call(
         )
         .await
         .unwrap()
+}
+
+/// Deletes every key of a fair lock a test used.
+async fn drop_fair_keys(redis: &RedisClient, keys: &FairLockKeys) {
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for key in keys.all() {
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 }
 
 /// The ticket lock never wedges on dead waiters: a holder and a full line
@@ -614,19 +643,7 @@ async fn a_line_of_dead_waiters_does_not_wedge_the_fair_lock() {
         .expect("a newcomer after the dead line");
     assert!(started.elapsed() < Duration::from_secs(1));
     assert!(newcomer.release().await.unwrap());
-    for key in keys.all() {
-        let _: () = redis::cmd("DEL")
-            .arg(key)
-            .query_async(
-                &mut redis
-                    .client()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-    }
+    drop_fair_keys(&redis, &keys).await;
 }
 
 /// A holder and a waiter that die together (Redis killed under them: no
@@ -640,29 +657,16 @@ async fn a_dead_waiter_on_a_lock_nobody_takes_again_leaves_no_line() {
     let redis = redis();
     let keys = fair_keys();
     let s = common::settings::LockSettings::default();
-    let (lease, wait, max) = (
-        s.lease_ms.to_string(),
-        s.wait_ms.to_string(),
-        s.max_waiters.to_string(),
-    );
-    let call = |token: &'static str| {
-        let args = [
-            lease.as_str(),
+    let call = |token| {
+        fair_acquire_call_leased(
+            &redis,
+            &keys,
             token,
-            wait.as_str(),
-            "unused",
-            "0",
-            max.as_str(),
-        ];
-        let (redis, keys) = (redis.clone(), keys.clone());
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            redis
-                .run_script::<Vec<i64>>(&scripts::FAIR_LOCK_ACQUIRE, &keys.all(), &args)
-                .await
-                .unwrap()
-        }
+            0,
+            s.lease_ms,
+            s.wait_ms,
+            s.max_waiters,
+        )
     };
     assert_eq!(call("holder").await[0], -1, "the holder is granted");
     assert_eq!(call("dead").await[0], 0, "the dead waiter waits");
@@ -678,19 +682,7 @@ async fn a_dead_waiter_on_a_lock_nobody_takes_again_leaves_no_line() {
     let newcomer = lock.acquire(&keys).await.expect("a newcomer is served");
     assert!(started.elapsed() < Duration::from_millis(500));
     assert!(newcomer.release().await.unwrap());
-    for key in keys.all() {
-        let _: () = redis::cmd("DEL")
-            .arg(key)
-            .query_async(
-                &mut redis
-                    .client()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-    }
+    drop_fair_keys(&redis, &keys).await;
 }
 
 /// A waiter gives up by its token: a stale ticket number (another waiter's
@@ -741,17 +733,5 @@ async fn a_fair_lock_waiter_gives_up_only_its_own_place() {
         -1,
         "the next waiter is served"
     );
-    for key in keys.all() {
-        let _: () = redis::cmd("DEL")
-            .arg(key)
-            .query_async(
-                &mut redis
-                    .client()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-    }
+    drop_fair_keys(&redis, &keys).await;
 }
