@@ -21,6 +21,8 @@ pub struct WorkerMetrics {
     pub end_to_end_lag_seconds: Histogram,
     pub consumer_lag: IntGauge,
     pub assigned_partitions: IntGauge,
+    pub unstarted_partitions: IntGauge,
+    pub partition_restarts: IntCounter,
     pub rebalances: IntCounter,
     pub campaigns_taken: IntGauge,
     pub campaigns_persisted: IntGauge,
@@ -116,6 +118,16 @@ impl WorkerMetrics {
                 &r,
                 "worker_assigned_partitions",
                 "Partitions this member holds (0 when it left or lost the group).",
+            ),
+            unstarted_partitions: gauge(
+                &r,
+                "worker_unstarted_partitions",
+                "Partitions this member holds but has not started fetching (no committed offset read yet), as of the last statistics.",
+            ),
+            partition_restarts: counter(
+                &r,
+                "worker_partition_restarts_total",
+                "Times this member gave back and took again partitions it held without fetching for 10 s, 30 s with an eager assignment strategy (librdkafka never retried their committed-offset read).",
             ),
             rebalances: counter(
                 &r,

@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use common::message::CouponIssued;
 use common::redis_state::{RedisClient, StatusRecords};
+use common::settings::KafkaSettings;
 use common::settings::{Settings, WorkerSettings};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{CommitMode, Consumer, RebalanceProtocol, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,16 @@ mod attempt;
 mod context;
 
 pub use context::WorkerContext;
+
+/// How often librdkafka reports its statistics (lag, unstarted partitions).
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a partition may be held without its fetch starting before the
+/// loop takes it again (`restart_unstarted`). Reading a committed offset
+/// takes milliseconds, and a rebalance seconds; the bound the fault
+/// campaign allows a stalled worker (20 s after its cause) is longer than
+/// this plus a statistics interval.
+const UNSTARTED_PATIENCE: Duration = Duration::from_secs(10);
 
 /// One message as it came off the topic, decoded if it could be.
 #[derive(Debug)]
@@ -112,21 +124,8 @@ impl Worker {
         db: DatabaseConnection,
         metrics: WorkerMetrics,
     ) -> anyhow::Result<Self> {
-        let context = WorkerContext {
-            metrics: metrics.clone(),
-            topic: settings.kafka.topic.clone(),
-            paused: std::sync::atomic::AtomicBool::new(false),
-        };
-        let consumer: StreamConsumer<WorkerContext> =
-            common::kafka::consumer_config(&settings.kafka)
-                .set("statistics.interval.ms", "5000")
-                .create_with_context(context)
-                .context("creating the Kafka consumer")?;
-        consumer
-            .subscribe(&[&settings.kafka.topic])
-            .with_context(|| format!("subscribing to {}", settings.kafka.topic))?;
         Ok(Self {
-            consumer,
+            consumer: subscribe(&settings.kafka, metrics.clone())?,
             db,
             status: StatusRecords::new(
                 RedisClient::new(&settings.redis, None)?,
@@ -145,8 +144,10 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(topic = %self.topic, "worker consuming");
         let mut carry = VecDeque::new();
+        let mut watch = tokio::time::interval(STATISTICS_INTERVAL);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let batch = self.collect(&mut carry, &shutdown).await;
+            let batch = self.collect(&mut carry, &mut watch, &shutdown).await;
             if !batch.is_empty() {
                 match self.settle(&batch, &mut carry, &shutdown).await {
                     Settled::Done => self.store_offsets(&batch),
@@ -174,9 +175,12 @@ impl Worker {
 
     /// Fills a batch: up to `batch_size` messages, waiting at most
     /// `batch_linger_ms` after the first one; returns early on shutdown.
+    /// At every `watch` tick it takes again the partitions held without
+    /// fetching (`restart_unstarted`).
     async fn collect(
         &self,
         carry: &mut VecDeque<Received>,
+        watch: &mut tokio::time::Interval,
         shutdown: &CancellationToken,
     ) -> Vec<Received> {
         let size = self.settings.batch_size.max(1);
@@ -189,6 +193,10 @@ impl Worker {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = sleep_until_or_forever(deadline) => break,
+                _ = watch.tick() => {
+                    restart_unstarted(&self.consumer, &self.topic);
+                    continue;
+                }
                 m = self.consumer.recv() => m,
             };
             match received {
@@ -348,9 +356,144 @@ impl Worker {
     }
 }
 
+/// The group's consumer, subscribed to the issue topic, with statistics
+/// every `STATISTICS_INTERVAL`.
+fn subscribe(
+    settings: &KafkaSettings,
+    metrics: WorkerMetrics,
+) -> anyhow::Result<StreamConsumer<WorkerContext>> {
+    let context = WorkerContext {
+        metrics,
+        topic: settings.topic.clone(),
+        paused: std::sync::atomic::AtomicBool::new(false),
+        unstarted: Default::default(),
+    };
+    let consumer: StreamConsumer<WorkerContext> = common::kafka::consumer_config(settings)
+        .set(
+            "statistics.interval.ms",
+            STATISTICS_INTERVAL.as_millis().to_string(),
+        )
+        .create_with_context(context)
+        .context("creating the Kafka consumer")?;
+    consumer
+        .subscribe(&[&settings.topic])
+        .with_context(|| format!("subscribing to {}", settings.topic))?;
+    Ok(consumer)
+}
+
+/// Gives back and takes again the partitions this member has held for
+/// `UNSTARTED_PATIENCE` without starting to fetch them (`context::Unstarted`
+/// says why librdkafka can leave them so), which makes librdkafka read their
+/// committed offsets anew. Returns the partitions it took again.
+///
+/// Only partitions still in the assignment, and only while the group is
+/// settled and this member has had no rebalance for the patience: a
+/// rebalance under way is librdkafka's, and an assignment call while
+/// librdkafka waits for the application's answer to one would be taken for
+/// it (the statistics can be 5 s old, so that stays possible: the
+/// partitions a rebalance takes away are then fetched a moment longer, and
+/// their messages may be delivered twice; the rows' key keeps one).
+///
+/// With the cooperative protocol (the default) only those partitions are
+/// taken again. With an eager one librdkafka takes only whole assignments,
+/// so the whole one is, and every partition restarts from its committed
+/// offset (its messages since delivered twice); the patience is then three
+/// times as long, to spare the healthy partitions while a slow coordinator
+/// loads the group's offsets.
+///
+/// Nothing is lost either way: a partition's offsets are stored only after
+/// its batch is settled, and both giving back and taking again reset them.
+/// If taking again fails after the giving back succeeded (librdkafka
+/// refuses assignment calls only once the consumer has a fatal error or is
+/// closing), the partitions stay with nobody in this member until the next
+/// rebalance, which the worker's restart brings; that is logged as an error.
+/// Giving back while librdkafka still retries a read drops that read: the
+/// partition is read again when taken again, and a stale answer that sticks
+/// it once more is met at the next patience.
+fn restart_unstarted(consumer: &StreamConsumer<WorkerContext>, topic: &str) -> Vec<i32> {
+    let context = consumer.context();
+    let protocol = consumer.rebalance_protocol();
+    let patience = match protocol {
+        RebalanceProtocol::Cooperative => UNSTARTED_PATIENCE,
+        _ => 3 * UNSTARTED_PATIENCE,
+    };
+    let overdue = context.unstarted().overdue(patience, Instant::now());
+    if overdue.is_empty() {
+        return overdue;
+    }
+    let assignment = match consumer.assignment() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the assignment");
+            return Vec::new();
+        }
+    };
+    let assigned: Vec<i32> = assignment
+        .elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition())
+        .collect();
+    // Statistics older than a rebalance may name partitions gone since.
+    let overdue: Vec<i32> = overdue
+        .into_iter()
+        .filter(|p| assigned.contains(p))
+        .collect();
+    if overdue.is_empty() {
+        return overdue;
+    }
+    let list = |partitions: &[i32]| {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            // No offset: librdkafka reads the committed one.
+            tpl.add_partition(topic, *p);
+        }
+        tpl
+    };
+    tracing::warn!(
+        partitions = ?overdue,
+        held_for = ?patience,
+        "partitions held without fetching; giving them back and taking them again"
+    );
+    let again = match protocol {
+        RebalanceProtocol::Cooperative => list(&overdue),
+        _ => list(&assigned),
+    };
+    let taken = match protocol {
+        RebalanceProtocol::Cooperative => consumer
+            .incremental_unassign(&again)
+            .map_err(|e| (e, false))
+            .and_then(|()| consumer.incremental_assign(&again).map_err(|e| (e, true))),
+        // An eager assignment call clears the assignment first.
+        _ => consumer.assign(&again).map_err(|e| (e, true)),
+    };
+    match taken {
+        Ok(()) => {
+            context.unstarted().forget(&overdue);
+            context.apply_pause(consumer, &again);
+            context.metrics.partition_restarts.inc();
+            overdue
+        }
+        Err((e, true)) => {
+            tracing::error!(
+                error = %e,
+                partitions = ?overdue,
+                "partitions given back could not be taken again; they return at the next rebalance"
+            );
+            Vec::new()
+        }
+        Err((e, false)) => {
+            tracing::warn!(error = %e, "giving back the unstarted partitions");
+            Vec::new()
+        }
+    }
+}
+
 async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;

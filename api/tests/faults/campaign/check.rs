@@ -968,15 +968,21 @@ fn worker(h: &History, out: &mut Vec<Violation>) {
             });
         }
     }
-    // Not consuming: paused (a dependency down), or in the group without
-    // partitions (after a rebalance).
+    // Not consuming: paused (a dependency down), in the group without
+    // partitions (after a rebalance), or holding partitions it never
+    // started fetching (seed 84950045: a committed-offset read refused).
     type Stall = (&'static str, fn(f64) -> bool, &'static str);
-    let stalls: [Stall; 2] = [
+    let stalls: [Stall; 3] = [
         ("worker_paused", |v| v >= 1.0, "paused"),
         (
             "worker_assigned_partitions",
             |v| v < 1.0,
             "without partitions",
+        ),
+        (
+            "worker_unstarted_partitions",
+            |v| v >= 1.0,
+            "holding partitions it did not fetch",
         ),
     ];
     for (metric, stalled, what) in stalls {

@@ -20,11 +20,12 @@ use super::history::{Letter, Recorder, RedisSnapshot, Sample, Settle, Snapshot};
 use crate::cell::{ADMIN_TOKEN, Cell};
 
 /// The metrics sampled, by their name before any label.
-const WORKER_METRICS: [&str; 7] = [
+const WORKER_METRICS: [&str; 8] = [
     "worker_paused",
     "worker_consumer_lag_offsets",
     "worker_dead_lettered_total",
     "worker_assigned_partitions",
+    "worker_unstarted_partitions",
     "worker_coupons_persisted_total",
     "worker_db_errors_total",
     "worker_rebalances_total",
