@@ -44,11 +44,16 @@ pub use context::WorkerContext;
 const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How long a partition may be held without its fetch starting before the
-/// loop takes it again (`restart_unstarted`). Reading a committed offset
-/// takes milliseconds, and a rebalance seconds; the bound the fault
-/// campaign allows a stalled worker (20 s after its cause) is longer than
-/// this plus a statistics interval.
+/// loop takes it again (`restart_unstarted`), as the statistics see it.
+/// Reading a committed offset takes milliseconds, and a rebalance seconds.
+/// The statistics come every 5 s, the loop looks every `WATCH_INTERVAL`:
+/// a partition is taken again 10–11 s after the first report that shows
+/// it unstarted, and the next report, 5 s later, shows it started; the
+/// fault campaign allows a stalled worker 20 s after its cause.
 const UNSTARTED_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How often the loop looks for partitions to take again.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One message as it came off the topic, decoded if it could be.
 #[derive(Debug)]
@@ -140,14 +145,24 @@ impl Worker {
     }
 
     /// Consumes until `shutdown` is cancelled, then settles or abandons the
-    /// batch in hand, commits the stored offsets and returns.
+    /// batch in hand, commits the stored offsets and returns. Returns an
+    /// error, after the same commit, if partitions it gave back could not
+    /// be taken again (`restart_unstarted`): only a new consumer gets them
+    /// back, so the process exits to be restarted.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(topic = %self.topic, "worker consuming");
         let mut carry = VecDeque::new();
-        let mut watch = tokio::time::interval(STATISTICS_INTERVAL);
+        let mut watch = tokio::time::interval(WATCH_INTERVAL);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failure = None;
         loop {
-            let batch = self.collect(&mut carry, &mut watch, &shutdown).await;
+            let batch = match self.collect(&mut carry, &mut watch, &shutdown).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
             if !batch.is_empty() {
                 match self.settle(&batch, &mut carry, &shutdown).await {
                     Settled::Done => self.store_offsets(&batch),
@@ -170,19 +185,19 @@ impl Worker {
         }
         self.dead_letters.flush(Duration::from_secs(5));
         tracing::info!("worker stopped");
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     /// Fills a batch: up to `batch_size` messages, waiting at most
     /// `batch_linger_ms` after the first one; returns early on shutdown.
     /// At every `watch` tick it takes again the partitions held without
-    /// fetching (`restart_unstarted`).
+    /// fetching (`restart_unstarted`), and fails if it lost them doing so.
     async fn collect(
         &self,
         carry: &mut VecDeque<Received>,
         watch: &mut tokio::time::Interval,
         shutdown: &CancellationToken,
-    ) -> Vec<Received> {
+    ) -> anyhow::Result<Vec<Received>> {
         let size = self.settings.batch_size.max(1);
         let linger = Duration::from_millis(self.settings.batch_linger_ms);
         let take = carry.len().min(size);
@@ -194,7 +209,7 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 _ = sleep_until_or_forever(deadline) => break,
                 _ = watch.tick() => {
-                    restart_unstarted(&self.consumer, &self.topic);
+                    restart_unstarted(&self.consumer, &self.topic)?;
                     continue;
                 }
                 m = self.consumer.recv() => m,
@@ -211,7 +226,7 @@ impl Worker {
             }
         }
         self.metrics.consumed.inc_by(batch.len() as u64);
-        batch
+        Ok(batch)
     }
 
     /// Retries the batch until it is persisted and dead-lettered, pausing
@@ -410,22 +425,28 @@ fn subscribe(
 /// Giving back while librdkafka still retries a read drops that read: the
 /// partition is read again when taken again, and a stale answer that sticks
 /// it once more is met at the next patience.
-fn restart_unstarted(consumer: &StreamConsumer<WorkerContext>, topic: &str) -> Vec<i32> {
+fn restart_unstarted(
+    consumer: &StreamConsumer<WorkerContext>,
+    topic: &str,
+) -> anyhow::Result<Vec<i32>> {
     let context = consumer.context();
     let protocol = consumer.rebalance_protocol();
     let patience = match protocol {
         RebalanceProtocol::Cooperative => UNSTARTED_PATIENCE,
         _ => 3 * UNSTARTED_PATIENCE,
     };
-    let overdue = context.unstarted().overdue(patience, Instant::now());
+    let fresh_for = STATISTICS_INTERVAL + Duration::from_secs(2);
+    let overdue = context
+        .unstarted()
+        .overdue(patience, fresh_for, Instant::now());
     if overdue.is_empty() {
-        return overdue;
+        return Ok(overdue);
     }
     let assignment = match consumer.assignment() {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(error = %e, "reading the assignment");
-            return Vec::new();
+            return Ok(Vec::new());
         }
     };
     let assigned: Vec<i32> = assignment
@@ -439,7 +460,7 @@ fn restart_unstarted(consumer: &StreamConsumer<WorkerContext>, topic: &str) -> V
         .filter(|p| assigned.contains(p))
         .collect();
     if overdue.is_empty() {
-        return overdue;
+        return Ok(overdue);
     }
     let list = |partitions: &[i32]| {
         let mut tpl = TopicPartitionList::new();
@@ -471,19 +492,15 @@ fn restart_unstarted(consumer: &StreamConsumer<WorkerContext>, topic: &str) -> V
             context.unstarted().forget(&overdue);
             context.apply_pause(consumer, &again);
             context.metrics.partition_restarts.inc();
-            overdue
+            Ok(overdue)
         }
-        Err((e, true)) => {
-            tracing::error!(
-                error = %e,
-                partitions = ?overdue,
-                "partitions given back could not be taken again; they return at the next rebalance"
-            );
-            Vec::new()
-        }
+        Err((e, true)) => Err(anyhow::anyhow!(
+            "partitions {overdue:?} given back could not be taken again ({e}); \
+             only a new consumer gets them back"
+        )),
         Err((e, false)) => {
             tracing::warn!(error = %e, "giving back the unstarted partitions");
-            Vec::new()
+            Ok(Vec::new())
         }
     }
 }

@@ -55,11 +55,12 @@ fn worker_on(
 async fn collect_for(worker: &Worker, within: Duration) -> BTreeSet<i32> {
     let shutdown = CancellationToken::new();
     let mut carry = VecDeque::new();
-    let mut watch = tokio::time::interval(STATISTICS_INTERVAL);
+    let mut watch = tokio::time::interval(WATCH_INTERVAL);
     let mut seen = BTreeSet::new();
     let _ = tokio::time::timeout(within, async {
         while seen.len() < PARTITIONS as usize {
-            for r in worker.collect(&mut carry, &mut watch, &shutdown).await {
+            let batch = worker.collect(&mut carry, &mut watch, &shutdown).await;
+            for r in batch.expect("no partitions lost") {
                 seen.insert(r.partition);
             }
         }
