@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use common::message::CouponIssued;
 use common::redis_state::{RedisClient, StatusRecords};
-use common::settings::KafkaSettings;
-use common::settings::{Settings, WorkerSettings};
+use common::settings::{KafkaSettings, Settings, WorkerSettings};
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer, RebalanceProtocol, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -399,7 +398,7 @@ fn subscribe(
 /// Gives back and takes again the partitions this member has held for
 /// `UNSTARTED_PATIENCE` without starting to fetch them (`context::Unstarted`
 /// says why librdkafka can leave them so), which makes librdkafka read their
-/// committed offsets anew. Returns the partitions it took again.
+/// committed offsets anew.
 ///
 /// Only partitions still in the assignment, and only while the group is
 /// settled and this member has had no rebalance for the patience: a
@@ -420,15 +419,13 @@ fn subscribe(
 /// its batch is settled, and both giving back and taking again reset them.
 /// If taking again fails after the giving back succeeded (librdkafka
 /// refuses assignment calls only once the consumer has a fatal error or is
-/// closing), the partitions stay with nobody in this member until the next
-/// rebalance, which the worker's restart brings; that is logged as an error.
+/// closing), only a new consumer gets the partitions back: this returns an
+/// error, and the worker exits to be restarted (`Worker::run`). A failed
+/// giving back leaves them assigned, to be tried at the next tick.
 /// Giving back while librdkafka still retries a read drops that read: the
 /// partition is read again when taken again, and a stale answer that sticks
 /// it once more is met at the next patience.
-fn restart_unstarted(
-    consumer: &StreamConsumer<WorkerContext>,
-    topic: &str,
-) -> anyhow::Result<Vec<i32>> {
+fn restart_unstarted(consumer: &StreamConsumer<WorkerContext>, topic: &str) -> anyhow::Result<()> {
     let context = consumer.context();
     let protocol = consumer.rebalance_protocol();
     let patience = match protocol {
@@ -440,13 +437,13 @@ fn restart_unstarted(
         .unstarted()
         .overdue(patience, fresh_for, Instant::now());
     if overdue.is_empty() {
-        return Ok(overdue);
+        return Ok(());
     }
     let assignment = match consumer.assignment() {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(error = %e, "reading the assignment");
-            return Ok(Vec::new());
+            return Ok(());
         }
     };
     let assigned: Vec<i32> = assignment
@@ -460,7 +457,7 @@ fn restart_unstarted(
         .filter(|p| assigned.contains(p))
         .collect();
     if overdue.is_empty() {
-        return Ok(overdue);
+        return Ok(());
     }
     let list = |partitions: &[i32]| {
         let mut tpl = TopicPartitionList::new();
@@ -492,7 +489,7 @@ fn restart_unstarted(
             context.unstarted().forget(&overdue);
             context.apply_pause(consumer, &again);
             context.metrics.partition_restarts.inc();
-            Ok(overdue)
+            Ok(())
         }
         Err((e, true)) => Err(anyhow::anyhow!(
             "partitions {overdue:?} given back could not be taken again ({e}); \
@@ -500,7 +497,7 @@ fn restart_unstarted(
         )),
         Err((e, false)) => {
             tracing::warn!(error = %e, "giving back the unstarted partitions");
-            Ok(Vec::new())
+            Ok(())
         }
     }
 }

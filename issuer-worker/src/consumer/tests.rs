@@ -50,6 +50,17 @@ fn worker_on(
     .expect("a worker")
 }
 
+/// A worker at the production defaults that has fetched each partition's
+/// message.
+async fn fetching_worker(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+) -> Worker {
+    let worker = worker_on(cluster, &Settings::default().kafka.assignment_strategy);
+    let seen = collect_for(&worker, Duration::from_secs(30)).await;
+    assert_eq!(seen.len(), PARTITIONS as usize, "delivered: {seen:?}");
+    worker
+}
+
 /// Collects as the loop does, for `within`, and returns the partitions
 /// whose message arrived.
 async fn collect_for(worker: &Worker, within: Duration) -> BTreeSet<i32> {
@@ -116,9 +127,7 @@ async fn unstarted_partitions_are_taken_again(strategy: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_fetched_before_and_assigned_again_unread_are_taken_again() {
     let cluster = MockCluster::new(1).expect("a mock cluster");
-    let worker = worker_on(&cluster, &Settings::default().kafka.assignment_strategy);
-    let seen = collect_for(&worker, Duration::from_secs(30)).await;
-    assert_eq!(seen.len(), PARTITIONS as usize, "delivered: {seen:?}");
+    let worker = fetching_worker(&cluster).await;
     // What a rebalance that takes the partitions away and gives them back
     // does, with the read of their offsets refused as it gives them back.
     let mut all = TopicPartitionList::new();
@@ -150,9 +159,7 @@ async fn partitions_fetched_before_and_assigned_again_unread_are_taken_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_being_fetched_are_never_taken_again() {
     let cluster = MockCluster::new(1).expect("a mock cluster");
-    let worker = worker_on(&cluster, &Settings::default().kafka.assignment_strategy);
-    let seen = collect_for(&worker, Duration::from_secs(30)).await;
-    assert_eq!(seen.len(), PARTITIONS as usize, "delivered: {seen:?}");
+    let worker = fetching_worker(&cluster).await;
     // Past the patience with the partitions started and nothing to read.
     let _ = collect_for(&worker, UNSTARTED_PATIENCE + 2 * STATISTICS_INTERVAL).await;
     assert_eq!(worker.metrics.partition_restarts.get(), 0);
