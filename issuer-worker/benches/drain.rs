@@ -4,6 +4,9 @@
 //! row to its last, with the time to the first row (joining the group)
 //! reported beside it.
 //!
+//! `COUPON_DRAIN_BATCH_SIZE` sets `worker.batch_size` (default: the
+//! production default).
+//!
 //! `cargo bench -p issuer-worker --bench drain` against the broker of
 //! `COUPON_TEST_BROKERS` and the database of `COUPON_TEST_DATABASE_URL`
 //! (`scripts/bench` sets both).
@@ -34,6 +37,12 @@ async fn main() {
         http_port: 0,
         ..Default::default()
     };
+    if let Some(size) = std::env::var("COUPON_DRAIN_BATCH_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        settings.worker.batch_size = size;
+    }
     let db = db().await;
     issuer_worker::migration::migrate(&db).await.unwrap();
     common::kafka::ensure_topics(&settings.kafka).await.unwrap();

@@ -8,6 +8,7 @@ mod m20261202_000001_waiting_room;
 mod m20261204_000001_parked_letters;
 mod m20261204_000002_campaign_cutoffs;
 mod m20261205_000001_cutoff_serials;
+mod m20261206_000001_coupons_campaign_check;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000001_parked_letters::Migration),
             Box::new(m20261204_000002_campaign_cutoffs::Migration),
             Box::new(m20261205_000001_cutoff_serials::Migration),
+            Box::new(m20261206_000001_coupons_campaign_check::Migration),
         ]
     }
 }

@@ -282,6 +282,41 @@ async fn a_message_delivered_twice_leaves_one_row_and_the_guard_keeps_the_stock(
     worker.stop().await;
 }
 
+/// `coupons.campaign_id` has no foreign key (the batch checks it under the
+/// campaign's lock); the trigger that replaced it still refuses to delete
+/// or renumber a campaign that has coupons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_campaign_that_has_coupons_cannot_be_deleted_or_renumbered() {
+    let _settings = settings().await;
+    let db = db().await;
+    let c = insert_campaign(&db, "worker test", 2).await;
+    db.execute_unprepared(&format!(
+        "INSERT INTO coupons (id, campaign_id, user_id, issued_at) \
+         VALUES ('{}', '{c}', 'alice', now())",
+        CouponId::new()
+    ))
+    .await
+    .unwrap();
+    for refused in [
+        format!("DELETE FROM campaigns WHERE id = '{c}'"),
+        format!(
+            "UPDATE campaigns SET id = '{}' WHERE id = '{c}'",
+            CampaignId::new()
+        ),
+    ] {
+        let e = db.execute_unprepared(&refused).await.unwrap_err();
+        assert!(e.to_string().contains("has coupons"), "{refused}: {e}");
+    }
+    assert_eq!(rows(&db, &c).await, 1);
+    db.execute_unprepared(&format!(
+        "UPDATE campaigns SET name = 'renamed' WHERE id = '{c}'; \
+         DELETE FROM coupons WHERE campaign_id = '{c}'; \
+         DELETE FROM campaigns WHERE id = '{c}'"
+    ))
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_the_database_will_not_take_is_dead_lettered_and_the_partition_keeps_flowing() {
     let settings = settings().await;
