@@ -22,7 +22,9 @@
 //!
 //! The inserts (`ON CONFLICT DO NOTHING`) and the advance of `persisted` commit
 //! together, and the table's own constraints (`UNIQUE(campaign_id, user_id)`,
-//! `persisted <= stock`) stay the last fence. The entities in
+//! `persisted <= stock`) stay the last fence. This is the only writer of
+//! `coupons`, and `coupons.campaign_id` has no foreign key: the campaign
+//! locked above is the check (migration `m20261206_000001`). The entities in
 //! `common::entities` describe these tables; the statements here are written
 //! out because they take whole columns as arrays (see [`persist`]).
 

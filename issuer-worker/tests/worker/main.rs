@@ -19,7 +19,7 @@ use common::settings::Settings;
 use common::testkit::*;
 use issuer_worker::startup::Application;
 use ngrinder_equivalent::scrape::Scrape;
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -284,7 +284,9 @@ async fn a_message_delivered_twice_leaves_one_row_and_the_guard_keeps_the_stock(
 
 /// `coupons.campaign_id` has no foreign key (the batch checks it under the
 /// campaign's lock); the trigger that replaced it still refuses to delete
-/// or renumber a campaign that has coupons.
+/// or renumber a campaign that has coupons, also a delete that waited for a
+/// batch's lock. (A `TRUNCATE` is not tried: the shared database holds
+/// every test's campaigns.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_campaign_that_has_coupons_cannot_be_deleted_or_renumbered() {
     let _settings = settings().await;
@@ -309,9 +311,44 @@ async fn a_campaign_that_has_coupons_cannot_be_deleted_or_renumbered() {
     }
     assert_eq!(rows(&db, &c).await, 1);
     db.execute_unprepared(&format!(
-        "UPDATE campaigns SET name = 'renamed' WHERE id = '{c}'; \
-         DELETE FROM coupons WHERE campaign_id = '{c}'; \
-         DELETE FROM campaigns WHERE id = '{c}'"
+        "UPDATE campaigns SET id = id, name = 'renamed' WHERE id = '{c}'"
+    ))
+    .await
+    .unwrap();
+
+    // A delete that waits on a batch's lock sees the batch's rows once it
+    // commits.
+    let racing = insert_campaign(&db, "worker test", 2).await;
+    let batch = db.begin().await.unwrap();
+    batch
+        .execute_unprepared(&format!(
+            "SELECT id FROM campaigns WHERE id = '{racing}' FOR UPDATE; \
+             INSERT INTO coupons (id, campaign_id, user_id, issued_at) \
+             VALUES ('{}', '{racing}', 'bob', now()); \
+             UPDATE campaigns SET persisted = persisted + 1 WHERE id = '{racing}'",
+            CouponId::new()
+        ))
+        .await
+        .unwrap();
+    let deleter = db.clone();
+    let delete = tokio::spawn(async move {
+        deleter
+            .execute_unprepared(&format!("DELETE FROM campaigns WHERE id = '{racing}'"))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !delete.is_finished(),
+        "the delete did not wait for the batch's lock"
+    );
+    batch.commit().await.unwrap();
+    let e = delete.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("has coupons"), "{e}");
+    assert_eq!(rows(&db, &racing).await, 1);
+
+    db.execute_unprepared(&format!(
+        "DELETE FROM coupons WHERE campaign_id IN ('{c}', '{racing}'); \
+         DELETE FROM campaigns WHERE id IN ('{c}', '{racing}')"
     ))
     .await
     .unwrap();
