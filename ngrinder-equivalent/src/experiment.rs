@@ -213,12 +213,24 @@ fn strategy_and_mode(strategy: &str) -> (&str, &str) {
         .unwrap_or((strategy, DEFAULT_LOCK_MODE))
 }
 
+/// How many connections at once the stack's HAProxy lets one source address
+/// hold while the harness drives it (`COUPON_LB_CONN_PER_SOURCE`). The load
+/// client is one address sending every vuser's connection; at the stack's
+/// own cap (200) a run through HAProxy at 1,000 vusers had most of its
+/// connections refused. Above the largest vusers any plan sends.
+pub const LOAD_CLIENT_CONNECTIONS: u32 = 10_000;
+
 /// `scripts/stack up` with the cell's instances and strategy; the lock mode
 /// is always passed, so a cell means the same whatever the stack's own
-/// default.
+/// default. HAProxy's per-source cap is raised to [`LOAD_CLIENT_CONNECTIONS`]
+/// and stays so until the stack is brought up again without it.
 pub fn stack_up(env: &Environment, instances: u32, strategy: &str) -> anyhow::Result<()> {
     let (strategy, lock_mode) = strategy_and_mode(strategy);
     let mut cmd = std::process::Command::new(&env.stack);
+    cmd.env(
+        "COUPON_LB_CONN_PER_SOURCE",
+        LOAD_CLIENT_CONNECTIONS.to_string(),
+    );
     cmd.args([
         "up",
         "--instances",
