@@ -112,7 +112,10 @@ impl Issuance {
         &self,
         work: impl Future<Output = T> + Send + 'static,
     ) -> Option<T> {
-        self.tasks.spawn(work.in_current_span()).await.ok()
+        self.tasks
+            .spawn(Box::pin(work).in_current_span())
+            .await
+            .ok()
     }
 
     /// Shutdown: waits (until `deadline`) for background work to finish.
