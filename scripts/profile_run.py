@@ -15,7 +15,9 @@ instances, vusers spread by the client) and, while it is measured:
 
 Usage: profile_run.py OUT_DIR HARNESS LEVEL[,LEVEL...]
 
-A level is VUSERS@one (instance 1 alone) or VUSERS@three (the three).
+A level is VUSERS@one (the stack scaled to one api instance) or
+VUSERS@three (to three); each instance runs its share of the cores' threads
+(scripts/stack), and the stack is left with three.
 """
 
 import json
@@ -30,6 +32,7 @@ from pathlib import Path
 INSTANCES = ["http://127.0.0.1:8081", "http://127.0.0.1:8082", "http://127.0.0.1:8083"]
 OPS = ["http://127.0.0.1:7081", "http://127.0.0.1:7082", "http://127.0.0.1:7083"]
 WORKER_OPS = "http://127.0.0.1:" + os.environ.get("COUPON_WORKER_PORT", "9100")
+STACK = Path(__file__).resolve().parent / "stack"
 # /proc/<pid>/comm -> component (Apache Kafka is the JVM running kafka.Kafka).
 # HAProxy is not on this path: the harness spreads vusers over the instances.
 COMPONENTS = {
@@ -133,6 +136,7 @@ def fold(data, out_svg, title):
 def level(out, harness, vusers, spread):
     name = f"{vusers}-{spread}"
     urls = INSTANCES[:1] if spread == "one" else INSTANCES
+    scale(len(urls))
     run_dir = out / f"run-{name}"
     run = subprocess.Popen(
         [harness, "run", "--url", ",".join(urls), "--vusers", str(vusers),
@@ -201,6 +205,11 @@ def level(out, harness, vusers, spread):
     }
 
 
+def scale(instances):
+    subprocess.run([str(STACK), "up", "--instances", str(instances)],
+                   stdout=subprocess.DEVNULL, check=True)
+
+
 def main():
     out, harness, levels = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     out.mkdir(parents=True, exist_ok=True)
@@ -208,6 +217,7 @@ def main():
     for item in levels.split(","):
         vusers, spread = item.split("@")
         results.append(level(out, harness, int(vusers), spread))
+    scale(len(INSTANCES))
     (out / "profile.json").write_text(json.dumps(results, indent=2))
     order = ["api", "broker", "redis", "postgresql", "worker", "load client"]
     print("vusers | instances | TPS (window) | audit | " + " | ".join(f"{c} µs/issue" for c in order)

@@ -12,7 +12,8 @@ pub struct HttpSettings {
     /// The operations listener: `/healthz`, `/readyz`, `/metrics`, never
     /// routed by the public balancer. 0 picks a free port (tests).
     pub ops_port: u16,
-    /// actix worker threads; 0 means one per core.
+    /// actix worker threads; 0 means one per core this process may use (a
+    /// CPU quota counts). Instances sharing cores should share them out.
     pub workers: usize,
     /// Open connections per worker thread before the server stops accepting.
     pub max_connections: usize,
