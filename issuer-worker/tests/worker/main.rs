@@ -782,6 +782,15 @@ async fn metrics_are_exported_with_their_types_and_counts_move() {
     assert_eq!(scrape.sum("worker_batch_size_sum", &[]), 4.0);
     assert_eq!(scrape.sum("worker_end_to_end_lag_seconds_count", &[]), 2.0);
     assert!(scrape.sum("worker_end_to_end_lag_seconds_sum", &[]) > 0.0);
+    // The lag target's bound is a bucket edge, so its p99 is read, not
+    // interpolated across a doubling.
+    assert!(
+        scrape
+            .samples
+            .contains_key("worker_end_to_end_lag_seconds_bucket{le=\"0.25\"}"),
+        "no 250 ms bucket: {:?}",
+        scrape.histogram("worker_end_to_end_lag_seconds")
+    );
     assert!(scrape.sum("worker_assigned_partitions", &[]) >= 1.0);
     assert_eq!(scrape.sum("worker_paused", &[]), 0.0);
     worker.stop().await;
