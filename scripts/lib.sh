@@ -7,6 +7,11 @@ CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/coupon-engine"
 STATE_DIR="${COUPON_STATE_DIR:-$ROOT/target/stack}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 
+# What the local stack runs (its strategy, lock mode, instances), kept in
+# $STATE_DIR by scripts/stack and read by scripts/bench.
+state_get() { cat "$STATE_DIR/$1" 2>/dev/null || echo "$2"; }
+state_set() { mkdir -p "$STATE_DIR"; echo "$2" >"$STATE_DIR/$1"; }
+
 # Apache Kafka, the broker (scripts/kafka fetches and runs it).
 KAFKA_VERSION=4.1.1
 
