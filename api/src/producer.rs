@@ -275,6 +275,23 @@ struct Lane {
     client: &'static str,
 }
 
+/// Whether a reply waits for a message's delivery report. Only then is the
+/// quick lane worth its small produce requests: a lock form's burst of
+/// replies (each message enqueued as its take returns) sent through it went
+/// out about 4 messages a produce request against about 10 through the
+/// batching lane, and the forms served more without it (docs/PERFORMANCE.md,
+/// "The quick lane, only where a reply waits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportWait {
+    /// A client's reply waits for the report (`sync`): the quick lane while
+    /// the producer is lightly loaded.
+    Reply,
+    /// No reply waits for it, the client was answered before (async-queue's
+    /// consumers; the lock forms, whose reports are settled in the
+    /// background): the batching lane.
+    Background,
+}
+
 /// The issue producer: two lanes, each an idempotent producer of its own.
 ///
 /// librdkafka's `linger.ms` trades a request's latency for batches: at
@@ -286,7 +303,8 @@ struct Lane {
 /// request takes the *quick* lane (no linger) while fewer than
 /// `kafka.quick_lane_depth` messages are in flight on both, and the *batching*
 /// lane (`kafka.linger_ms`) otherwise: alone or lightly loaded, nothing
-/// waits for a batch to fill; under load, batches fill as before. Nothing
+/// waits for a batch to fill; under load, batches fill as before. A message
+/// no reply waits for always takes the batching lane ([`ReportWait`]). Nothing
 /// needs one order across the lanes (docs/CONTRACT.md, the message). With
 /// `kafka.linger_ms = 0` or `kafka.quick_lane_depth = 0` there is one lane.
 pub struct IssueProducer {
@@ -400,18 +418,22 @@ impl IssueProducer {
         slot.clone()
     }
 
-    /// The producer a message goes to now: the quick lane's while fewer
-    /// than `kafka.quick_lane_depth` messages are in flight in all, else the
-    /// batching lane's (under load every message batches: a quick lane kept
-    /// full cost a fifth of the throughput at 100 connections).
-    fn pick(&self) -> Arc<Inner> {
-        let first = self.producer(&self.lanes[0]);
+    /// The producer a message goes to now: for a reply that waits, the
+    /// quick lane's while fewer than `kafka.quick_lane_depth` messages are
+    /// in flight in all; else the batching lane's (under load every message
+    /// batches: a quick lane kept full cost a fifth of the throughput at
+    /// 100 connections).
+    fn pick(&self, wait: ReportWait) -> Arc<Inner> {
         let Some(batching) = self.lanes.get(1) else {
-            return first;
+            return self.producer(&self.lanes[0]);
         };
         let batching = self.producer(batching);
-        if first.in_flight_count() + batching.in_flight_count() < self.quick_lane_depth {
-            first
+        if wait == ReportWait::Background {
+            return batching;
+        }
+        let quick = self.producer(&self.lanes[0]);
+        if quick.in_flight_count() + batching.in_flight_count() < self.quick_lane_depth {
+            quick
         } else {
             batching
         }
@@ -419,8 +441,13 @@ impl IssueProducer {
 
     /// Puts the message in the producer's buffer. Fails, without the message
     /// having left this process, when the buffer stays full for
-    /// `kafka.enqueue_timeout_ms` or librdkafka refuses it.
-    pub async fn send(&self, message: &CouponIssued) -> Result<DeliveryReceipt, EnqueueError> {
+    /// `kafka.enqueue_timeout_ms` or librdkafka refuses it. `wait` picks
+    /// the lane.
+    pub async fn send(
+        &self,
+        message: &CouponIssued,
+        wait: ReportWait,
+    ) -> Result<DeliveryReceipt, EnqueueError> {
         let key = message.key();
         let payload = message.encode();
         let started = Instant::now();
@@ -432,7 +459,7 @@ impl IssueProducer {
             if let Some(headers) = common::telemetry::trace_headers() {
                 record = record.headers(headers);
             }
-            match self.pick().send(record) {
+            match self.pick(wait).send(record) {
                 Ok(()) => {
                     return Ok(DeliveryReceipt {
                         report: rx,
@@ -499,6 +526,50 @@ impl IssueProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Creating a producer connects to nothing: no broker is needed.
+    fn producer(settings: &KafkaSettings) -> IssueProducer {
+        let metrics = common::metrics::KafkaClientMetrics::new(&prometheus::Registry::new());
+        IssueProducer::new(settings, metrics).expect("a producer")
+    }
+
+    #[test]
+    fn only_a_message_a_reply_waits_for_takes_the_quick_lane() {
+        let settings = KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            linger_ms: 1,
+            quick_lane_depth: 8,
+            ..KafkaSettings::default()
+        };
+        let lanes = producer(&settings);
+        assert_eq!(
+            lanes.pick(ReportWait::Reply).context().client,
+            "producer_quick"
+        );
+        // Nobody waits for its report: it batches, however idle the producer.
+        assert_eq!(
+            lanes.pick(ReportWait::Background).context().client,
+            "producer"
+        );
+        // One lane: everything takes it.
+        for one in [
+            KafkaSettings {
+                quick_lane_depth: 0,
+                ..settings.clone()
+            },
+            KafkaSettings {
+                linger_ms: 0,
+                ..settings.clone()
+            },
+        ] {
+            let one = producer(&one);
+            assert_eq!(one.pick(ReportWait::Reply).context().client, "producer");
+            assert_eq!(
+                one.pick(ReportWait::Background).context().client,
+                "producer"
+            );
+        }
+    }
 
     #[test]
     fn sticky_partitioner_stays_for_the_interval_then_moves_on() {

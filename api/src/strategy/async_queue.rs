@@ -3,7 +3,8 @@
 //! queue and answered 202 `queued` at once. Background consumers take the
 //! queue in batches (up to `queue.batch_size` requests each), run the `sync`
 //! path for every request of a batch together (their gate calls pipelined on
-//! the shared Redis connection, their messages in one producer batch) and
+//! the shared Redis connection, their messages in one producer batch: the
+//! batching lane, since no reply waits for them) and
 //! record each final state for `/coupons/me`: issued, pending, or rejected
 //! with its outcome. A request that finds the queue full
 //! waits for space up to `queue.enqueue_wait_ms` (back-pressure: the client
@@ -40,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::issuance::redis_unavailable;
 use super::{Acceptance, Issuance, IssueError, Refusal};
+use crate::producer::ReportWait;
 
 #[derive(Debug)]
 struct Job {
@@ -300,9 +302,15 @@ async fn renew_marks(marks: QueuedMarks, waiting: Waiting, ttl_secs: u64, stop: 
 async fn process(issuance: &Issuance, job: Job, waiting: &Waiting) {
     let Job { campaign, user } = job;
     let outcome = issuance
-        .issue_now(campaign, user.clone(), || {
-            lock(waiting).remove(&(campaign, user.clone()));
-        })
+        .issue_now(
+            campaign,
+            user.clone(),
+            || {
+                lock(waiting).remove(&(campaign, user.clone()));
+            },
+            // The client was answered `queued`: its message batches.
+            ReportWait::Background,
+        )
         .await;
     issuance
         .metrics

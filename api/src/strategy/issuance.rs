@@ -33,7 +33,7 @@ use tracing::Instrument;
 use super::{Acceptance, IssueError};
 use crate::campaigns::CampaignStore;
 use crate::metrics::ApiMetrics;
-use crate::producer::{Delivery, DeliveryReceipt, IssueProducer};
+use crate::producer::{Delivery, DeliveryReceipt, IssueProducer, ReportWait};
 
 /// A slot the gate has just taken: the coupon id it names, and when. Its
 /// message must enter the producer's buffer within [`PRODUCE_WITHIN`] of it,
@@ -128,18 +128,20 @@ impl Issuance {
     /// The `sync` path, in one place: take a slot, produce, and wait for the
     /// delivery report (`accepted` only once the broker has the message).
     /// async-queue's consumers run it for each queued request; `decided`
-    /// runs as soon as the gate has answered.
+    /// runs as soon as the gate has answered. `wait`: whether a client's
+    /// reply waits for this (the producer's lane).
     pub async fn issue_now(
         &self,
         campaign: CampaignId,
         user: UserId,
         decided: impl FnOnce(),
+        wait: ReportWait,
     ) -> Result<Acceptance, IssueError> {
         let take = self.take_slot(&campaign, &user).await;
         decided();
         let slot = take?;
         crate::faults::after_gate(&self.faults, &user).await;
-        self.produce_and_settle(slot, campaign, user).await
+        self.produce_and_settle(slot, campaign, user, wait).await
     }
 
     /// Runs the gate script. Only `Ok` means the user has a new slot.
@@ -289,6 +291,7 @@ impl Issuance {
         &self,
         slot: TakenSlot,
         message: &CouponIssued,
+        wait: ReportWait,
     ) -> Result<DeliveryReceipt, IssueError> {
         let late = slot.at.elapsed();
         if late > PRODUCE_WITHIN {
@@ -297,7 +300,7 @@ impl Issuance {
                 .give_back(message, "the request stalled between the gate and produce")
                 .await);
         }
-        match self.producer.send(message).await {
+        match self.producer.send(message, wait).await {
             // Checked again once enqueued: a process paused between the
             // check above and the enqueue (or in a full buffer's wait) put
             // the message on its way later than PRODUCE_WITHIN allows.
@@ -321,11 +324,12 @@ impl Issuance {
         slot: TakenSlot,
         campaign: CampaignId,
         user: UserId,
+        wait: ReportWait,
     ) -> Result<Acceptance, IssueError> {
         let message = self.message(slot, campaign, user);
         let started = Instant::now();
         let produce = async {
-            let receipt = self.enqueue(slot, &message).await?;
+            let receipt = self.enqueue(slot, &message, wait).await?;
             Ok::<_, IssueError>(receipt.wait().await)
         };
         let delivery = traced(
@@ -355,7 +359,7 @@ impl Issuance {
         let coupon_id = message.coupon_id;
         let started = Instant::now();
         let receipt = traced(
-            self.enqueue(slot, &message),
+            self.enqueue(slot, &message, ReportWait::Background),
             || tracing::debug_span!("produce", coupon.id = %coupon_id),
         )
         .await?;

@@ -17,6 +17,8 @@ use common::redis_state::RedisClient;
 pub use common::redis_state::Refusal;
 use common::settings::{Settings, StrategyKind};
 
+use crate::producer::ReportWait;
+
 pub mod async_queue;
 pub mod issuance;
 pub mod locked;
@@ -143,7 +145,11 @@ impl Strategy {
         user: UserId,
     ) -> Result<Acceptance, IssueError> {
         match self {
-            Self::Sync(issuance) => issuance.issue_now(campaign, user, || {}).await,
+            Self::Sync(issuance) => {
+                issuance
+                    .issue_now(campaign, user, || {}, ReportWait::Reply)
+                    .await
+            }
             Self::AsyncQueue(s) => s.issue(campaign, user).await,
             Self::Locked(s) => s.issue(campaign, user).await,
         }

@@ -27,10 +27,11 @@ pub struct KafkaSettings {
     /// report once the gate took its slot.
     pub delivery_timeout_ms: u64,
     pub linger_ms: u64,
-    /// The api's quick lane (no linger) takes a message while fewer than
-    /// this many are in flight on both lanes; the batching lane
-    /// (`linger_ms`) the rest (`api/src/producer.rs`). 0: every message
-    /// batches.
+    /// The api's quick lane (no linger) takes a message whose reply waits
+    /// for its delivery report (`sync`) while fewer than this many are in
+    /// flight on both lanes; the batching lane (`linger_ms`) takes the rest,
+    /// and every message no reply waits for (`api/src/producer.rs`). 0: one
+    /// lane, the batching one.
     pub quick_lane_depth: u32,
     /// How the api spreads messages over the topic's partitions.
     pub partitioning: Partitioning,

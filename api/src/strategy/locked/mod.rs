@@ -23,7 +23,8 @@
 //! order (the script stops them at the stock), releases, and answers each.
 //!
 //! The reply is `pending` without waiting for the delivery report; the report
-//! is settled in the background (see [`Issuance::produce_in_background`]).
+//! is settled in the background (see [`Issuance::produce_in_background`]),
+//! and the message takes the producer's batching lane.
 //! A holder paused past its lease (its checks done, its lock gone) writes
 //! nothing: the fence answers `lost` and the request gets a 503.
 
