@@ -292,7 +292,8 @@ pub enum ReportWait {
     Background,
 }
 
-/// The issue producer: two lanes, each an idempotent producer of its own.
+/// The issue producer: one or two lanes, each an idempotent producer of its
+/// own.
 ///
 /// librdkafka's `linger.ms` trades a request's latency for batches: at
 /// the default (1 ms) a request alone waited about 1.8 ms for its delivery
@@ -306,7 +307,10 @@ pub enum ReportWait {
 /// waits for a batch to fill; under load, batches fill as before. A message
 /// no reply waits for always takes the batching lane ([`ReportWait`]). Nothing
 /// needs one order across the lanes (docs/CONTRACT.md, the message). With
-/// `kafka.linger_ms = 0` or `kafka.quick_lane_depth = 0` there is one lane.
+/// `kafka.linger_ms = 0` or `kafka.quick_lane_depth = 0` there is one lane,
+/// and so there is for a strategy whose replies never wait for a report
+/// (built with [`ReportWait::Background`]): a quick lane would be a second
+/// client, its threads and connections, carrying nothing.
 pub struct IssueProducer {
     lanes: Vec<Lane>,
     quick_lane_depth: i32,
@@ -327,14 +331,17 @@ impl std::fmt::Debug for IssueProducer {
 
 impl IssueProducer {
     /// `metrics`: where librdkafka's per-broker statistics go (every 5 s).
+    /// `replies`: whether any reply waits for this producer's reports
+    /// ([`ReportWait::Reply`]: `sync`); only then is there a quick lane.
     pub fn new(
         settings: &KafkaSettings,
         metrics: common::metrics::KafkaClientMetrics,
+        replies: ReportWait,
     ) -> anyhow::Result<Self> {
         let mut batching = common::kafka::producer_config(settings);
         batching.set("statistics.interval.ms", "5000");
         let mut configs = Vec::new();
-        if settings.linger_ms > 0 && settings.quick_lane_depth > 0 {
+        if replies == ReportWait::Reply && settings.linger_ms > 0 && settings.quick_lane_depth > 0 {
             let mut quick = batching.clone();
             quick.set("linger.ms", "0");
             configs.push(quick);
@@ -477,7 +484,7 @@ impl IssueProducer {
         }
     }
 
-    /// Messages waiting in the buffers or in flight, both lanes.
+    /// Messages waiting in the buffers or in flight, every lane.
     pub fn in_flight(&self) -> i32 {
         self.lanes
             .iter()
@@ -511,7 +518,7 @@ impl IssueProducer {
         })
     }
 
-    /// Waits for every buffered message's delivery report, both lanes,
+    /// Waits for every buffered message's delivery report, every lane,
     /// within `timeout` in all (blocking).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         let deadline = Instant::now() + timeout;
@@ -528,9 +535,9 @@ mod tests {
     use super::*;
 
     /// Creating a producer connects to nothing: no broker is needed.
-    fn producer(settings: &KafkaSettings) -> IssueProducer {
+    fn producer(settings: &KafkaSettings, replies: ReportWait) -> IssueProducer {
         let metrics = common::metrics::KafkaClientMetrics::new(&prometheus::Registry::new());
-        IssueProducer::new(settings, metrics).expect("a producer")
+        IssueProducer::new(settings, metrics, replies).expect("a producer")
     }
 
     #[test]
@@ -541,7 +548,8 @@ mod tests {
             quick_lane_depth: 8,
             ..KafkaSettings::default()
         };
-        let lanes = producer(&settings);
+        let lanes = producer(&settings, ReportWait::Reply);
+        assert_eq!(lanes.lanes.len(), 2);
         assert_eq!(
             lanes.pick(ReportWait::Reply).context().client,
             "producer_quick"
@@ -551,18 +559,27 @@ mod tests {
             lanes.pick(ReportWait::Background).context().client,
             "producer"
         );
-        // One lane: everything takes it.
-        for one in [
-            KafkaSettings {
-                quick_lane_depth: 0,
-                ..settings.clone()
-            },
-            KafkaSettings {
-                linger_ms: 0,
-                ..settings.clone()
-            },
+        // One lane: everything takes it. So it is for a strategy whose
+        // replies never wait for a report: no quick lane is built for it.
+        for (one, replies) in [
+            (
+                KafkaSettings {
+                    quick_lane_depth: 0,
+                    ..settings.clone()
+                },
+                ReportWait::Reply,
+            ),
+            (
+                KafkaSettings {
+                    linger_ms: 0,
+                    ..settings.clone()
+                },
+                ReportWait::Reply,
+            ),
+            (settings.clone(), ReportWait::Background),
         ] {
-            let one = producer(&one);
+            let one = producer(&one, replies);
+            assert_eq!(one.lanes.len(), 1);
             assert_eq!(one.pick(ReportWait::Reply).context().client, "producer");
             assert_eq!(
                 one.pick(ReportWait::Background).context().client,

@@ -83,7 +83,11 @@ impl Application {
             Duration::from_millis(settings.database.statement_timeout_ms),
         ));
         crate::faults::warn_if_ignored(&settings.faults);
-        let producer = Arc::new(IssueProducer::new(&settings.kafka, metrics.kafka.clone())?);
+        let producer = Arc::new(IssueProducer::new(
+            &settings.kafka,
+            metrics.kafka.clone(),
+            crate::strategy::report_wait(settings.strategy),
+        )?);
         let issuance = Arc::new(Issuance::new(
             gate,
             StatusRecords::new(redis.clone(), settings.redis.status_ttl_secs),

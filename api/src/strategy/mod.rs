@@ -25,6 +25,19 @@ pub mod locked;
 
 pub use issuance::Issuance;
 
+/// Whether a reply of `kind` waits for its message's delivery report: only
+/// `sync`'s does. async-queue answers `queued` before its consumers produce,
+/// the lock forms answer `pending` before the report; the producer builds its
+/// quick lane only for the first (`IssueProducer::new`).
+pub fn report_wait(kind: StrategyKind) -> ReportWait {
+    match kind {
+        StrategyKind::Sync => ReportWait::Reply,
+        StrategyKind::AsyncQueue | StrategyKind::DistributedLock | StrategyKind::FairLock => {
+            ReportWait::Background
+        }
+    }
+}
+
 /// Why an issue request got no coupon.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IssueError {
@@ -161,6 +174,25 @@ impl Strategy {
         match self {
             Self::AsyncQueue(s) => s.drain(deadline).await,
             Self::Sync(_) | Self::Locked(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only `sync`'s replies wait for a delivery report, so only its
+    /// producer builds a quick lane.
+    #[test]
+    fn only_sync_replies_wait_for_the_report() {
+        for kind in StrategyKind::ALL {
+            let expected = if kind == StrategyKind::Sync {
+                ReportWait::Reply
+            } else {
+                ReportWait::Background
+            };
+            assert_eq!(report_wait(kind), expected, "{}", kind.as_str());
         }
     }
 }

@@ -130,7 +130,7 @@ async fn every_family_is_exported_and_counts_move_with_requests() {
     };
     assert!(rtt > 0.0 && rtt < 5.0, "round trip {rtt} s");
     // What the broker was asked: the two messages in at least one produce
-    // request (over both producer lanes).
+    // request (over the producer's lanes).
     let started = std::time::Instant::now();
     loop {
         let (now, text) = scrape(&api).await;

@@ -30,8 +30,9 @@ pub struct KafkaSettings {
     /// The api's quick lane (no linger) takes a message whose reply waits
     /// for its delivery report (`sync`) while fewer than this many are in
     /// flight on both lanes; the batching lane (`linger_ms`) takes the rest,
-    /// and every message no reply waits for (`api/src/producer.rs`). 0: one
-    /// lane, the batching one.
+    /// and every message no reply waits for (`api/src/producer.rs`). Only
+    /// `sync`'s replies wait: the other strategies build no quick lane, and
+    /// this setting does nothing for them. 0: one lane, the batching one.
     pub quick_lane_depth: u32,
     /// How the api spreads messages over the topic's partitions.
     pub partitioning: Partitioning,
