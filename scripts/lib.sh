@@ -244,3 +244,20 @@ build_binaries() {
   esac
   export BIN_DIR
 }
+
+# Redis's append-only file rewrites, read before and after a measured run: a
+# rewrite forks and writes the whole dataset, a load on the machine the run
+# did not ask for (docs/PERFORMANCE.md, "Where the CPU goes"). Prints the
+# rewrites started and whether one runs (0 or 1); "0 0" if Redis does not
+# answer on the stack's port.
+redis_rewrites() {
+  redis-cli -p "$REDIS_PORT" INFO persistence 2>/dev/null | tr -d '\r' |
+    awk -F: '$1 == "aof_rewrites" {n = $2} $1 == "aof_rewrite_in_progress" {p = $2} END {print n + 0, p + 0}'
+}
+# The words a run's line carries when a rewrite ran during it.
+rewrote_between() { # before after (each redis_rewrites' output)
+  local before=($1) after=($2)
+  if [ "${before[1]}" = 1 ] || [ "${after[1]}" = 1 ] || [ "${before[0]}" != "${after[0]}" ]; then
+    echo "; Redis rewrote its append-only file meanwhile"
+  fi
+}
