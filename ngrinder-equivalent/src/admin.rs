@@ -143,6 +143,16 @@ impl AdminClient {
         Ok(serde_json::from_value(body)?)
     }
 
+    /// Closes a campaign: nothing more can be taken from it.
+    pub async fn close_campaign(&self, id: &str) -> anyhow::Result<()> {
+        self.json(
+            self.http
+                .post(format!("{}/api/v1/campaigns/{id}/close", self.base)),
+        )
+        .await?;
+        Ok(())
+    }
+
     pub async fn campaign(&self, id: &str) -> anyhow::Result<CampaignState> {
         let body = self
             .read_json(

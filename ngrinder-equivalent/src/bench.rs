@@ -229,7 +229,7 @@ async fn measured(
         spec,
         admin_url: env.ports.instance_url(0),
         ops_url: Some(env.ports.instance_ops_url(0)),
-        admin_token,
+        admin_token: admin_token.clone(),
         jwt_secret,
         stock: None,
         campaign: None,
@@ -242,7 +242,13 @@ async fn measured(
     let procs = sampler.await.unwrap_or_default();
     let result = result?;
     if endpoint == Endpoint::Issue {
-        let _ = crate::experiment::delete_campaign_keys(&env.redis_url, &result.campaign_id).await;
+        crate::experiment::release_campaign(
+            &env.ports.instance_url(0),
+            &admin_token,
+            &env.redis_url,
+            &result.campaign_id,
+        )
+        .await;
     }
     eprintln!(
         "   {kind} at {vusers}: TPS {:.0}, p99 {:.1} ms, errors {}, audit {}",

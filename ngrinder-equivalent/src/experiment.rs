@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::admin::AdminClient;
 use crate::procs;
 use crate::report::RunResult;
 use crate::run::{RunRequest, perform};
@@ -249,8 +250,39 @@ pub fn stack_up(env: &Environment, instances: u32, strategy: &str) -> anyhow::Re
     Ok(())
 }
 
-/// Deletes every Redis key of a campaign (`coupon:{<id>}:*`).
-pub async fn delete_campaign_keys(redis_url: &str, campaign: &str) -> anyhow::Result<u64> {
+/// Once a run's campaign is audited: closes it (the admin API), then
+/// releases its gate state but the meta, the close mark and the counter
+/// (`release_gate_keys`), so that the runs after it share the machine with
+/// neither a Redis that grows by every run's users (and the append-only
+/// file's rewrites of it) nor the gate keeper rebuilding it. A campaign
+/// whose keys were all deleted, as before, is *missing* to the gate keeper,
+/// which read every row of it back during the next runs. Best effort: a
+/// failure is said, and the campaign's state is kept (an open campaign's
+/// always: its users set is what refuses a second slot).
+pub async fn release_campaign(admin_url: &str, admin_token: &str, redis_url: &str, campaign: &str) {
+    let closed = match AdminClient::new(admin_url, admin_token) {
+        Ok(admin) => admin.close_campaign(campaign).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = closed {
+        eprintln!("   campaign not closed; its Redis keys kept: {e}");
+        return;
+    }
+    match release_gate_keys(redis_url, campaign).await {
+        Ok(n) => eprintln!("   campaign closed; {n} of its Redis keys released"),
+        Err(e) => eprintln!("   campaign closed; its Redis keys not released: {e}"),
+    }
+}
+
+/// Deletes a closed campaign's Redis keys (`coupon:{<id>}:*`) but its meta,
+/// close mark and counter: what is left reads `closed` to every script, and
+/// `loaded` and current to the gate keeper. Returns how many it deleted.
+pub async fn release_gate_keys(redis_url: &str, campaign: &str) -> anyhow::Result<u64> {
+    let kept = [
+        format!("coupon:{{{campaign}}}:meta"),
+        format!("coupon:{{{campaign}}}:closed"),
+        format!("coupon:{{{campaign}}}:taken"),
+    ];
     let mut conn = redis::Client::open(redis_url)?
         .get_multiplexed_async_connection()
         .await?;
@@ -266,6 +298,7 @@ pub async fn delete_campaign_keys(redis_url: &str, campaign: &str) -> anyhow::Re
             .arg(1000)
             .query_async(&mut conn)
             .await?;
+        let keys: Vec<String> = keys.into_iter().filter(|k| !kept.contains(k)).collect();
         if !keys.is_empty() {
             deleted += redis::cmd("UNLINK")
                 .arg(&keys)
@@ -400,10 +433,13 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                         println!("{}", result.render());
                     }
                     result.write(&out.join("runs"), &label)?;
-                    match delete_campaign_keys(&env.redis_url, &result.campaign_id).await {
-                        Ok(n) => eprintln!("   cleaned up {n} Redis keys"),
-                        Err(e) => eprintln!("   Redis keys not cleaned up: {e}"),
-                    }
+                    release_campaign(
+                        &instance_urls[0],
+                        &admin_token,
+                        &env.redis_url,
+                        &result.campaign_id,
+                    )
+                    .await;
                     // An interrupted grid leaves the report of what it ran,
                     // in this sitting and earlier ones, wherever in the plan.
                     write_tables(out, plan, &finished_runs(plan, out), &honesty)?;
