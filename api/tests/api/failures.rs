@@ -951,3 +951,41 @@ async fn a_close_answered_while_the_meta_is_missing_survives_the_rebuild() {
     ])
     .await;
 }
+
+/// The release docs/RUNBOOK.md gives for a closed campaign's memory (and
+/// the harness does after each run): its users set and slots hash removed,
+/// its meta, close mark and counter kept. Every request is still answered
+/// 410 `closed` (the scripts read the meta before the users), `/coupons/me`
+/// answers from the row, and the counter still counts the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_closed_campaign_whose_users_and_slots_were_released_still_answers_closed() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let worker = spawn_worker(&settings).await;
+    let db = db().await;
+    let campaign = api.open_campaign(10).await;
+    let (status, body) = api.issue(&campaign, "holder").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_for_rows(&db, &campaign, 1, Duration::from_secs(30)).await;
+    let (status, body) = api.close_campaign(&campaign).await;
+    assert!(status.is_success(), "{status}: {body}");
+    let keys = CampaignKeys::new(&campaign);
+    redis_del(&[keys.users(), keys.slots()]).await;
+
+    for user in ["holder", "newcomer"] {
+        let (status, body) = api.issue(&campaign, user).await;
+        assert_eq!(
+            (status, body["outcome"].as_str()),
+            (StatusCode::GONE, Some("closed")),
+            "{user}: {body}"
+        );
+    }
+    let (_, body) = api.my_coupon(&campaign, "holder").await;
+    assert_eq!(body["state"], "issued", "{body}");
+    let (_, body) = api.campaign(&campaign).await;
+    assert_eq!(body["taken"], 1, "{body}");
+    assert_eq!(gate_state(&campaign).await, (Vec::new(), Some(1)));
+    redis_del(&[keys.meta(), keys.closed(), keys.taken()]).await;
+    worker.stop().await;
+    api.stop().await;
+}
