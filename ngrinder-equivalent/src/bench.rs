@@ -241,7 +241,7 @@ async fn measured(
     stop.cancel();
     let procs = sampler.await.unwrap_or_default();
     let result = result?;
-    if endpoint == Endpoint::Issue {
+    if endpoint == Endpoint::Issue && result.passed() {
         crate::experiment::release_campaign(
             &env.ports.instance_url(0),
             &admin_token,

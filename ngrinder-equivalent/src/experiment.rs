@@ -250,9 +250,9 @@ pub fn stack_up(env: &Environment, instances: u32, strategy: &str) -> anyhow::Re
     Ok(())
 }
 
-/// Once a run's campaign is audited: closes it (the admin API), then
-/// releases its gate state but the meta, the close mark and the counter
-/// (`release_gate_keys`), so that the runs after it share the machine with
+/// Once a run's campaign passed its audit (every accepted user has a row,
+/// nothing is in flight): closes it (the admin API), then releases its
+/// users set and slots hash (`release_gate_keys`), so that the runs after it share the machine with
 /// neither a Redis that grows by every run's users (and the append-only
 /// file's rewrites of it) nor the gate keeper rebuilding it. A campaign
 /// whose keys were all deleted, as before, is *missing* to the gate keeper,
@@ -274,42 +274,21 @@ pub async fn release_campaign(admin_url: &str, admin_token: &str, redis_url: &st
     }
 }
 
-/// Deletes a closed campaign's Redis keys (`coupon:{<id>}:*`) but its meta,
-/// close mark and counter: what is left reads `closed` to every script, and
-/// `loaded` and current to the gate keeper. Returns how many it deleted.
+/// Deletes a closed campaign's users set and slots hash, the keys that grow
+/// with its slots (docs/RUNBOOK.md, "Releasing a closed campaign's Redis
+/// memory"); its meta, close mark and counter stay: the meta reads `closed`
+/// to the scripts, and `loaded` and current to the gate keeper. Every other
+/// key stays too (a rebuild's or a repair's token among them). Returns how
+/// many it deleted.
 pub async fn release_gate_keys(redis_url: &str, campaign: &str) -> anyhow::Result<u64> {
-    let kept = [
-        format!("coupon:{{{campaign}}}:meta"),
-        format!("coupon:{{{campaign}}}:closed"),
-        format!("coupon:{{{campaign}}}:taken"),
-    ];
     let mut conn = redis::Client::open(redis_url)?
         .get_multiplexed_async_connection()
         .await?;
-    let pattern = format!("coupon:{{{campaign}}}:*");
-    let mut cursor: u64 = 0;
-    let mut deleted = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await?;
-        let keys: Vec<String> = keys.into_iter().filter(|k| !kept.contains(k)).collect();
-        if !keys.is_empty() {
-            deleted += redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async::<u64>(&mut conn)
-                .await?;
-        }
-        if next == 0 {
-            return Ok(deleted);
-        }
-        cursor = next;
-    }
+    Ok(redis::cmd("UNLINK")
+        .arg(format!("coupon:{{{campaign}}}:users"))
+        .arg(format!("coupon:{{{campaign}}}:slots"))
+        .query_async::<u64>(&mut conn)
+        .await?)
 }
 
 /// Runs the plan; writes the report into `out`. Returns whether every
@@ -433,13 +412,17 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                         println!("{}", result.render());
                     }
                     result.write(&out.join("runs"), &label)?;
-                    release_campaign(
-                        &instance_urls[0],
-                        &admin_token,
-                        &env.redis_url,
-                        &result.campaign_id,
-                    )
-                    .await;
+                    if result.passed() {
+                        release_campaign(
+                            &instance_urls[0],
+                            &admin_token,
+                            &env.redis_url,
+                            &result.campaign_id,
+                        )
+                        .await;
+                    } else {
+                        eprintln!("   the audit did not pass: the campaign and its keys are kept");
+                    }
                     // An interrupted grid leaves the report of what it ran,
                     // in this sitting and earlier ones, wherever in the plan.
                     write_tables(out, plan, &finished_runs(plan, out), &honesty)?;

@@ -121,6 +121,13 @@ struct RunArgs {
     /// Where the audit reads a waiting room's state.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
+    /// Once the audit passed, close the campaign the run created and
+    /// release its users and slots from Redis (`--redis-url`), as the
+    /// experiment does after each cell: the runs after it share the machine
+    /// with neither a Redis grown by this run's users nor its rewrites. A
+    /// campaign whose audit failed is kept, to look at.
+    #[arg(long, conflicts_with_all = ["campaign", "trivial", "no_audit"])]
+    release: bool,
     /// Directory for `<label>.json`, `.csv`, `.hlog` and the charts.
     #[arg(long, default_value = "target/ngrinder")]
     out: PathBuf,
@@ -316,9 +323,11 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
                 stop_zero_tps_secs: a.stop_zero_tps_secs,
                 threads,
             };
+            let admin_url = a.admin_url.unwrap_or_else(|| a.urls[0].clone());
+            let release = a.release.then(|| (admin_url.clone(), admin_token.clone()));
             let result = perform(&RunRequest {
                 spec,
-                admin_url: a.admin_url.unwrap_or_else(|| a.urls[0].clone()),
+                admin_url,
                 ops_url: Some(a.ops_url.unwrap_or_else(|| {
                     StackPorts::from_env().map_or_else(|_| String::new(), |p| p.instance_ops_url(0))
                 })),
@@ -334,6 +343,19 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
             result.write(&a.out, &label)?;
             println!("{}", result.render());
             println!("results: {}", a.out.join(format!("{label}.json")).display());
+            if let Some((admin_url, admin_token)) = release {
+                if result.passed() {
+                    experiment::release_campaign(
+                        &admin_url,
+                        &admin_token,
+                        &a.redis_url,
+                        &result.campaign_id,
+                    )
+                    .await;
+                } else {
+                    eprintln!("   the audit did not pass: the campaign and its keys are kept");
+                }
+            }
             Ok(result.passed())
         }
         Command::Experiment(a) => {

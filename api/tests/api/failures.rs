@@ -955,8 +955,9 @@ async fn a_close_answered_while_the_meta_is_missing_survives_the_rebuild() {
 /// The release docs/RUNBOOK.md gives for a closed campaign's memory (and
 /// the harness does after each run): its users set and slots hash removed,
 /// its meta, close mark and counter kept. Every request is still answered
-/// 410 `closed` (the scripts read the meta before the users), `/coupons/me`
-/// answers from the row, and the counter still counts the slot.
+/// 410 `closed` (`sync`'s gate reads the meta before the users), the
+/// holder's too, `/coupons/me` answers from the row, and the counter still
+/// counts the slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_closed_campaign_whose_users_and_slots_were_released_still_answers_closed() {
     let settings = test_settings().await;
