@@ -77,16 +77,19 @@ def cpu_ticks(pids):
 
 
 def redis_rewrites():
-    """Redis's append-only file rewrites started, and whether one runs: a
-    rewrite forks and writes the whole dataset, a load the run did not ask
-    for. (0, 0) if the stack's Redis does not answer."""
+    """Redis's append-only file rewrites started, and whether one runs
+    (`redis_rewrites` in scripts/lib.sh): a rewrite forks and writes the
+    whole dataset, a load the run did not ask for. (0, 0) if the stack's
+    Redis does not answer."""
     try:
-        text = subprocess.run(["redis-cli", "-p", "6379", "INFO", "persistence"],
-                              capture_output=True, text=True, timeout=5).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        text = subprocess.run(
+            ["bash", "-c", 'source "$1"; redis_rewrites', "bash", str(STACK.parent / "lib.sh")],
+            capture_output=True, text=True, timeout=5,
+        ).stdout
+        started, running = text.split()
+        return (int(started), int(running))
+    except (OSError, subprocess.TimeoutExpired, ValueError):
         return (0, 0)
-    info = dict(line.split(":", 1) for line in text.replace("\r", "").splitlines() if ":" in line)
-    return (int(info.get("aof_rewrites", 0)), int(info.get("aof_rewrite_in_progress", 0)))
 
 
 def scrape(url):

@@ -241,12 +241,12 @@ async fn measured(
     stop.cancel();
     let procs = sampler.await.unwrap_or_default();
     let result = result?;
-    if endpoint == Endpoint::Issue && result.passed() {
+    if endpoint == Endpoint::Issue {
         crate::experiment::release_campaign(
             &env.ports.instance_url(0),
             &admin_token,
             &env.redis_url,
-            &result.campaign_id,
+            &result,
         )
         .await;
     }

@@ -250,16 +250,27 @@ pub fn stack_up(env: &Environment, instances: u32, strategy: &str) -> anyhow::Re
     Ok(())
 }
 
-/// Once a run's campaign passed its audit (every accepted user has a row,
-/// nothing is in flight): closes it (the admin API), then releases its
-/// users set and slots hash (`release_gate_keys`), so that the runs after it share the machine with
-/// neither a Redis that grows by every run's users (and the append-only
-/// file's rewrites of it) nor the gate keeper rebuilding it. A campaign
-/// whose keys were all deleted, as before, is *missing* to the gate keeper,
-/// which read every row of it back during the next runs. Best effort: a
-/// failure is said, and the campaign's state is kept (an open campaign's
-/// always: its users set is what refuses a second slot).
-pub async fn release_campaign(admin_url: &str, admin_token: &str, redis_url: &str, campaign: &str) {
+/// If a run passed its audit (every accepted user has a row, nothing is in
+/// flight): closes its campaign (the admin API), then releases its users
+/// set and slots hash (`release_gate_keys`), so that the runs after it share
+/// the machine with neither a Redis that grows by every run's users (and the
+/// append-only file's rewrites of it) nor the gate keeper rebuilding it. A
+/// campaign whose keys were all deleted is *missing* to the gate keeper,
+/// which read every row of it back during the next runs. A failed audit's
+/// campaign is kept, to look at. Best effort: a failure is said, and the
+/// campaign's state is kept (an open campaign's always: its users set is
+/// what refuses a second slot).
+pub async fn release_campaign(
+    admin_url: &str,
+    admin_token: &str,
+    redis_url: &str,
+    result: &RunResult,
+) {
+    if !result.passed() {
+        eprintln!("   the audit did not pass: the campaign and its keys are kept");
+        return;
+    }
+    let campaign = result.campaign_id.as_str();
     let closed = match AdminClient::new(admin_url, admin_token) {
         Ok(admin) => admin.close_campaign(campaign).await,
         Err(e) => Err(e),
@@ -280,7 +291,7 @@ pub async fn release_campaign(admin_url: &str, admin_token: &str, redis_url: &st
 /// to the scripts, and `loaded` and current to the gate keeper. Every other
 /// key stays too (a rebuild's or a repair's token among them). Returns how
 /// many it deleted.
-pub async fn release_gate_keys(redis_url: &str, campaign: &str) -> anyhow::Result<u64> {
+async fn release_gate_keys(redis_url: &str, campaign: &str) -> anyhow::Result<u64> {
     let mut conn = redis::Client::open(redis_url)?
         .get_multiplexed_async_connection()
         .await?;
@@ -412,17 +423,8 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                         println!("{}", result.render());
                     }
                     result.write(&out.join("runs"), &label)?;
-                    if result.passed() {
-                        release_campaign(
-                            &instance_urls[0],
-                            &admin_token,
-                            &env.redis_url,
-                            &result.campaign_id,
-                        )
+                    release_campaign(&instance_urls[0], &admin_token, &env.redis_url, &result)
                         .await;
-                    } else {
-                        eprintln!("   the audit did not pass: the campaign and its keys are kept");
-                    }
                     // An interrupted grid leaves the report of what it ran,
                     // in this sitting and earlier ones, wherever in the plan.
                     write_tables(out, plan, &finished_runs(plan, out), &honesty)?;

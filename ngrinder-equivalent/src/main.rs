@@ -344,17 +344,7 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
             println!("{}", result.render());
             println!("results: {}", a.out.join(format!("{label}.json")).display());
             if let Some((admin_url, admin_token)) = release {
-                if result.passed() {
-                    experiment::release_campaign(
-                        &admin_url,
-                        &admin_token,
-                        &a.redis_url,
-                        &result.campaign_id,
-                    )
-                    .await;
-                } else {
-                    eprintln!("   the audit did not pass: the campaign and its keys are kept");
-                }
+                experiment::release_campaign(&admin_url, &admin_token, &a.redis_url, &result).await;
             }
             Ok(result.passed())
         }
