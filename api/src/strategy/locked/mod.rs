@@ -20,7 +20,8 @@
 //! request of this instance waiting for the campaign's lock at that moment
 //! ([`combining`]: flat combining, as a database's group commit): the holder
 //! reads the meta once, sends the users' fenced takes together in arrival
-//! order (the script stops them at the stock), releases, and answers each.
+//! order (the script stops them at the stock) with the release right behind
+//! them, and answers each.
 //!
 //! The reply is `pending` without waiting for the delivery report; the report
 //! is settled in the background (see [`Issuance::produce_in_background`]),
@@ -182,12 +183,22 @@ pub(super) async fn release(
     campaign: &CampaignId,
     started: Instant,
 ) {
+    section_done(section, started);
+    let_go(&guard, campaign).await;
+}
+
+/// Observes how long the section's Redis calls took.
+pub(super) fn section_done(section: &Section, started: Instant) {
     section
         .issuance
         .metrics
         .gate_seconds
         .observe(started.elapsed().as_secs_f64());
-    if let Err(e) = guard.release().await {
+}
+
+/// Releases the lock if still ours ([`LockGuard::release_behind`]).
+pub(super) async fn let_go(guard: &LockGuard, campaign: &CampaignId) {
+    if let Err(e) = guard.release_behind().await {
         // The lease runs out by itself; the next holder waits for it.
         tracing::warn!(campaign.id = %campaign, error = %e, "lock not released");
     }
@@ -238,9 +249,13 @@ pub(super) async fn fenced_take(
         Ok(FencedTake::Lost) => {
             guard.mark_lost();
             tracing::warn!(campaign.id = %campaign, user.id = %user, "lock lost before the section's take; nothing taken");
-            Err(IssueError::Unavailable(
-                "the campaign lock was lost; nothing was issued, retry later".into(),
-            ))
+            // This run took nothing; a first attempt that a Redis Cluster
+            // client sent again after an I/O error may have: withdrawn by
+            // its coupon id (voided if it never ran).
+            Err(section
+                .issuance
+                .withdraw_lost(campaign, user, &coupon, "the campaign lock was lost")
+                .await)
         }
         Err(e) => Err(section
             .issuance
