@@ -199,19 +199,6 @@ impl LockGuard {
 
     /// Releases the lock if still ours. `Ok(false)`: it was not (any more).
     pub async fn release(self) -> Result<bool, RedisCallError> {
-        self.release_behind().await
-    }
-
-    /// [`LockGuard::release`] without giving the guard up, for a holder
-    /// whose fenced calls may still be in flight: sent after them on the
-    /// same connection (a current-thread runtime's own,
-    /// `common::redis_pool`), the release runs in Redis after every one of
-    /// them, so the lock is free as soon as the last of them has run instead
-    /// of a round trip after its reply. Out of order (the calls on another
-    /// connection, one reopened between them, a script reloaded after a
-    /// Redis restart), a fenced call that runs after it finds the lock gone
-    /// and writes nothing. The renewals stop here.
-    pub async fn release_behind(&self) -> Result<bool, RedisCallError> {
         self.watchdog.abort();
         self.try_release().await
     }

@@ -99,16 +99,6 @@ impl Issuance {
         self.tasks.spawn_on(work.in_current_span(), &self.runtime);
     }
 
-    /// Runs `work` in the background on the caller's runtime, tracked for
-    /// shutdown as [`Issuance::run_to_end`]'s tasks are: on an actix worker
-    /// thread it keeps that thread's own Redis connection, so its calls reach
-    /// Redis in the order it makes them while that connection lasts (a lock's
-    /// release behind the takes it fences: `locked/combining.rs`). It ends
-    /// with its thread when the server stops.
-    pub fn spawn_here(&self, work: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.spawn(work.in_current_span());
-    }
-
     /// Runs `work` to its end on a tracked task and returns its result. The
     /// caller's future may be dropped (a client that hangs up, a server that
     /// cancels its handler) without stopping `work` half-way. The task runs

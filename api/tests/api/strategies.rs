@@ -68,13 +68,6 @@ async fn burst_with(strategy: StrategyKind, mode: LockMode) {
                 !message.contains("did not answer in time"),
                 "{strategy}: a busy instance took itself for a dead Redis: {body}"
             );
-            // Nobody paused a holder past its lease: a take that found the
-            // lock gone ran after its own hold's release (combining sends
-            // the release behind the batch's takes, on the same connection).
-            assert!(
-                !message.contains("lock was lost"),
-                "{strategy}: a take ran after its hold let the lock go: {body}"
-            );
             continue;
         }
         assert!(

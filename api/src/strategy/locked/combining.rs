@@ -5,8 +5,7 @@
 //! line starts a task that serves it ([`serve`]) until it is empty: it takes
 //! what waits into a batch, holds the lock once for all of it, sends the
 //! users' fenced takes together in arrival order (`locked_take.lua` stops
-//! them at the stock) with the release right behind them, and answers each
-//! as its take returns.
+//! them at the stock), answers each as its take returns, and releases.
 //!
 //! The bounds a request keeps, as in `naive` mode:
 //! - the line: at most `lock.max_waiters` requests of one campaign are in
@@ -29,20 +28,10 @@
 //!   leaves its slot to `reconcile`, as a crash between the gate and the
 //!   produce does in every strategy.
 //!
-//! The serving task runs on the thread of the request that started it
-//! ([`Issuance::spawn_here`](crate::strategy::Issuance::spawn_here)): its
-//! calls share that thread's Redis connection, so the release it sends
-//! behind a batch's takes runs after them. A task that stops with its
-//! thread (a server stopped past its shutdown timeout) leaves the slots its
-//! batch took for requests that stopped with it to `reconcile`, as a
-//! request's own task does.
-//!
-//! What if the serving task dies (a panic, or its thread stopping with the
-//! server)? Its guard marks the line served by nobody and answers every
-//! request still waiting 503 (nothing taken for them); the requests of the
-//! batch in hand find their reply gone and withdraw their takes; the lock,
-//! if it was held, runs out with its lease (no renewal); the next request
-//! starts a new server.
+//! What if the serving task dies (a panic)? Its guard marks the line served
+//! by nobody and answers every request still waiting 503 (nothing taken for
+//! them); the requests of the batch in hand find their reply gone and
+//! withdraw their takes; the next request starts a new server.
 //!
 //! A user twice in one batch waits for the next: its first request's take
 //! decides what the second is (a duplicate if it took a slot, another try if
@@ -61,15 +50,12 @@ use std::time::Duration;
 
 use common::ids::{CampaignId, CouponId, UserId};
 use common::keys::CampaignKeys;
-use common::lock::LockGuard;
 use common::settings::LockSettings;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{
-    CampaignLock, Section, fenced_take, let_go, lock_unavailable, open_now, section_done, took,
-};
+use super::{CampaignLock, Section, fenced_take, lock_unavailable, open_now, release, took};
 use crate::strategy::IssueError;
 use crate::strategy::issuance::TakenSlot;
 use common::settings::WITHDRAW_WITHIN;
@@ -216,10 +202,8 @@ impl Combiner {
                 campaign,
                 done: false,
             };
-            // On this thread: its calls share this thread's connection, in
-            // the order they are made.
             let work = serve(section.clone(), lock.clone(), serving);
-            span.in_scope(|| section.issuance.spawn_here(work));
+            span.in_scope(|| section.issuance.spawn(work));
         }
         if crate::faults::drops_its_reply(&section.issuance.faults, &user) {
             drop(answer);
@@ -411,7 +395,7 @@ fn next_batch(line: &mut Line) -> Vec<Waiter> {
 }
 
 /// One hold for a batch: the lock, the section (which answers each
-/// waiter) and the release. Returns the takes whose request was gone.
+/// waiter), the release. Returns the takes whose request was gone.
 async fn hold_once(
     section: &Section,
     lock: &CampaignLock,
@@ -429,99 +413,44 @@ async fn hold_once(
         }
     };
     let started = took(section, &guard);
-    combined_section(section, &guard, campaign, batch, started).await
+    let lost = combined_section(section, &guard, campaign, batch).await;
+    release(section, guard, campaign, started).await;
+    lost
 }
 
 /// The section for a batch under one hold: the meta and window once, then
 /// every user's fenced take (`locked_take.lua`: no slot yet, the count below
 /// the stock, the lock still ours, the campaign open and its state current),
-/// sent together in arrival order on this thread's connection, and the
-/// release sent right behind them ([`LockGuard::release_behind`]): Redis
-/// runs it after the last take, so the next holder does not wait a round
-/// trip more for it. Each waiter is answered as soon as its own take returns
-/// (a committed take needs no lock to be produced), so one slow take does
-/// not age the others' slots. Returns the takes whose request was gone.
-///
-/// The order holds on a thread's own connection (an actix worker thread,
-/// where [`Issuance::spawn_here`] runs the serving task); elsewhere the
-/// release waits for the takes' replies. If the release overtakes a take
-/// anyway (the connection retired and reopened between the two, a script
-/// reloaded after a Redis restart, a Redis Cluster client's retry), that
-/// take finds the lock gone and writes nothing; it is withdrawn by its
-/// coupon id (a retry's first attempt may have run) and answered 503.
-/// Renewals stop when the release is sent: one sent later would run behind
-/// the takes anyway.
-///
-/// [`Issuance::spawn_here`]: crate::strategy::Issuance::spawn_here
+/// sent together in arrival order on the shared connection. Each waiter is
+/// answered as soon as its own take returns (a committed take needs no lock
+/// to be produced), so one slow take does not age the others' slots.
+/// Returns the takes whose request was gone.
 async fn combined_section(
     section: &Section,
-    guard: &LockGuard,
+    guard: &common::lock::LockGuard,
     campaign: &CampaignId,
     batch: Vec<Waiter>,
-    started: std::time::Instant,
 ) -> Vec<(UserId, CouponId)> {
     if let Err(e) = open_now(section, campaign).await {
         for waiter in batch {
             let _ = waiter.reply.send(Err(e.clone()));
         }
-        section_done(section, started);
-        let_go(guard, campaign).await;
         return Vec::new();
     }
     for waiter in &batch {
         crate::faults::pause_lock_holder(&section.issuance.faults, guard, &waiter.user).await;
     }
     let keys = &CampaignKeys::new(campaign);
-    let mut takes: Vec<_> = batch
+    let takes = batch.into_iter().map(|waiter| async move {
+        let result = fenced_take(section, guard, keys, campaign, &waiter.user, waiter.coupon).await;
+        match waiter.reply.send(result) {
+            Err(Ok(slot)) => Some((waiter.user, slot.coupon_id)),
+            _ => None,
+        }
+    });
+    futures::future::join_all(takes)
+        .await
         .into_iter()
-        .map(|waiter| {
-            Box::pin(futures::future::maybe_done(tokio::task::unconstrained(
-                async move {
-                    let result =
-                        fenced_take(section, guard, keys, campaign, &waiter.user, waiter.coupon)
-                            .await;
-                    match waiter.reply.send(result) {
-                        Err(Ok(slot)) => Some((waiter.user, slot.coupon_id)),
-                        _ => None,
-                    }
-                },
-            )))
-        })
-        .collect();
-    // One poll each, in arrival order: each puts its take in the
-    // connection's queue (a call is queued on its first poll; a full queue
-    // lines callers up in order), so the release, polled next, goes behind
-    // all of them. Unconstrained: once the runtime's budget for this task's
-    // poll ran out, a call would wait for the next poll instead of queuing,
-    // and the release could pass it.
-    for take in &mut takes {
-        let _ = futures::poll!(take.as_mut());
-    }
-    let answered = async {
-        futures::future::join_all(takes.iter_mut().map(|take| take.as_mut())).await;
-        section_done(section, started);
-    };
-    if on_own_connection() {
-        futures::join!(
-            answered,
-            tokio::task::unconstrained(let_go(guard, campaign))
-        );
-    } else {
-        // Calls from a multi-threaded runtime take the pool's shared
-        // connections in turn: nothing orders the release behind the takes.
-        answered.await;
-        let_go(guard, campaign).await;
-    }
-    takes
-        .iter_mut()
-        .filter_map(|take| take.as_mut().take_output().flatten())
+        .flatten()
         .collect()
-}
-
-/// Whether this thread's calls go on its own Redis connection, in the order
-/// they are made (`common::redis_pool`: a current-thread runtime, as an
-/// actix worker thread's).
-fn on_own_connection() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
 }

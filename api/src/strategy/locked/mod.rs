@@ -20,8 +20,7 @@
 //! request of this instance waiting for the campaign's lock at that moment
 //! ([`combining`]: flat combining, as a database's group commit): the holder
 //! reads the meta once, sends the users' fenced takes together in arrival
-//! order (the script stops them at the stock) with the release right behind
-//! them, and answers each.
+//! order (the script stops them at the stock), releases, and answers each.
 //!
 //! The reply is `pending` without waiting for the delivery report; the report
 //! is settled in the background (see [`Issuance::produce_in_background`]),
@@ -183,22 +182,12 @@ pub(super) async fn release(
     campaign: &CampaignId,
     started: Instant,
 ) {
-    section_done(section, started);
-    let_go(&guard, campaign).await;
-}
-
-/// Observes how long the section's Redis calls took.
-pub(super) fn section_done(section: &Section, started: Instant) {
     section
         .issuance
         .metrics
         .gate_seconds
         .observe(started.elapsed().as_secs_f64());
-}
-
-/// Releases the lock if still ours ([`LockGuard::release_behind`]).
-pub(super) async fn let_go(guard: &LockGuard, campaign: &CampaignId) {
-    if let Err(e) = guard.release_behind().await {
+    if let Err(e) = guard.release().await {
         // The lease runs out by itself; the next holder waits for it.
         tracing::warn!(campaign.id = %campaign, error = %e, "lock not released");
     }
