@@ -238,13 +238,9 @@ pub(super) async fn fenced_take(
         Ok(FencedTake::Lost) => {
             guard.mark_lost();
             tracing::warn!(campaign.id = %campaign, user.id = %user, "lock lost before the section's take; nothing taken");
-            // This run took nothing; a first attempt that a Redis Cluster
-            // client sent again after an I/O error may have: withdrawn by
-            // its coupon id (voided if it never ran).
-            Err(section
-                .issuance
-                .withdraw_lost(campaign, user, &coupon, "the campaign lock was lost")
-                .await)
+            Err(IssueError::Unavailable(
+                "the campaign lock was lost; nothing was issued, retry later".into(),
+            ))
         }
         Err(e) => Err(section
             .issuance
