@@ -28,6 +28,17 @@
 local now = fair_now()
 local ticket = tonumber(ARGV[5])
 local serving = tonumber(redis.call('GET', KEYS[3]) or '1')
+-- A first call run again (a Redis Cluster client sends a call again when the
+-- connection it went out on broke before the reply came back): the first
+-- run's grant or ticket is the caller's, never a second ticket behind its own
+-- lock. Its lease runs from the first run, which the caller's clock covers.
+if ticket == 0 then
+  if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
+    -- Granted: the ticket served now is the one it was granted.
+    return {-1, serving, 0}
+  end
+  ticket = tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0')
+end
 if ticket == 0 then
   local last = tonumber(redis.call('GET', KEYS[2]) or '0')
   local line = last - serving + 1
@@ -58,6 +69,11 @@ if ticket == 0 then
 else
   local entry = redis.call('HGET', KEYS[4], ticket)
   if not entry or select(2, fair_entry(entry)) ~= ARGV[2] then
+    -- A poll run again whose first run was granted: the lock is the
+    -- caller's.
+    if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
+      return {-1, ticket, 0}
+    end
     return {-3, ticket, 0}
   end
 end

@@ -25,6 +25,11 @@
 -- Behind a waiting room a slot taken answers "taken:<ms>": how long the
 -- user waited between joining and being admitted.
 --
+-- Run again with the coupon id of the slot it took (slots.lua,
+-- slot_is_own), it answers "taken" and writes nothing: a Redis Cluster client
+-- re-sends a call whose reply a broken connection lost. (Behind a waiting
+-- room without the wait: that run did not admit the user.)
+--
 -- Every check runs before the first write, so a refused user changes nothing;
 -- a sold-out user is not added to the set. Time comes from the Redis server,
 -- so api instances with skewed clocks agree on the sale window.
@@ -39,17 +44,23 @@ end
 if not fence_holds(meta[8], ARGV[3]) then
   return 'stale'
 end
-if meta[4] == 'closed' then
-  return 'closed'
-end
 local now_ms = room_now()
-if now_ms < tonumber(meta[2]) then
-  return 'not_open'
+local shut = nil
+if meta[4] == 'closed' or (meta[3] ~= 'none' and now_ms >= tonumber(meta[3])) then
+  shut = 'closed'
+elseif now_ms < tonumber(meta[2]) then
+  shut = 'not_open'
 end
-if meta[3] ~= 'none' and now_ms >= tonumber(meta[3]) then
-  return 'closed'
+if shut then
+  if slot_is_own(KEYS[5], ARGV[1], ARGV[2]) then
+    return 'taken'
+  end
+  return shut
 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  if slot_is_own(KEYS[5], ARGV[1], ARGV[2]) then
+    return 'taken'
+  end
   return 'duplicate'
 end
 if tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(meta[1]) then

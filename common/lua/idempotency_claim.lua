@@ -12,6 +12,12 @@
 -- the caller already has ARGV[3] records, else the record found (running or
 -- done). Two racing requests never both get nil.
 local found = redis.call('GET', KEYS[1])
+-- This very request's record (it holds the request's own token): a Redis
+-- Cluster client re-sent the call after a broken connection lost the first
+-- run's reply. The key is this request's, as that run said.
+if found == ARGV[1] then
+  return false
+end
 if found then
   return found
 end

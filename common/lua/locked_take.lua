@@ -29,6 +29,10 @@
 -- and a batch can outlive a close, the end of the window, or a rebuild that
 -- deleted the meta; none of them may take a slot then.
 --
+-- Run again with the coupon id of the slot it took (a Redis Cluster client
+-- re-sends a call whose reply a broken connection lost, slots.lua,
+-- slot_is_own), it answers "taken" and writes nothing, the lock held or not.
+--
 -- Returns "taken", "duplicate" (the user has a slot: nothing written),
 -- "sold_out" (the count reached the stock: nothing written), "closed"
 -- (closed or past its end), "not_open", "missing" (no meta), "stale" (fenced),
@@ -45,10 +49,24 @@ if kind == 'string' then
 elseif kind == 'hash' then
   held = redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
 end
+-- The answer of a run again whose first run took the slot: 'taken', unless
+-- the state was since fenced (this server took over: its rebuild decides).
+local function own_slot()
+  if not fence_holds(redis.call('HGET', KEYS[7], 'epoch'), ARGV[4]) then
+    return 'stale'
+  end
+  return 'taken'
+end
 if not held then
+  if slot_is_own(KEYS[5], ARGV[2], ARGV[3]) then
+    return own_slot()
+  end
   return 'lost'
 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then
+  if slot_is_own(KEYS[5], ARGV[2], ARGV[3]) then
+    return own_slot()
+  end
   return 'duplicate'
 end
 local window = nil

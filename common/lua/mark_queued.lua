@@ -14,6 +14,18 @@
 -- Returns "queued", "duplicate", "closed" (closed by an admin: a request
 -- after the close is refused at once, never queued to be refused later),
 -- "missing" (no meta) or "stale" (fenced).
+--
+-- Run again (a Redis Cluster client sends a call again when the connection it
+-- went out on broke before the reply came back), it finds this very request's
+-- record (ARGV[2]: its time has nanoseconds) and answers what the first run
+-- did, "queued", before any other check: a close or a fence since then would
+-- otherwise refuse a request whose mark stays (a 409 to the user's retry for
+-- a mark with nothing queued behind it). The queue's take then meets the
+-- close or the fence, as any queued request's does.
+local current = redis.call('GET', KEYS[3])
+if current == ARGV[2] then
+  return 'queued'
+end
 local epoch = redis.call('HMGET', KEYS[1], 'stock', 'epoch', 'state')
 if not epoch[1] then
   return 'missing'
@@ -27,7 +39,6 @@ end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
   return 'duplicate'
 end
-local current = redis.call('GET', KEYS[3])
 if current then
   local state = cjson.decode(current)['state']
   if state == 'queued' or state == 'pending' or state == 'issued' then

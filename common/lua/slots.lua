@@ -17,3 +17,15 @@ local function slot_take(users, taken, status, slots, user, coupon, room_used, w
     redis.call('HINCRBY', room_used, window, 1)
   end
 end
+
+-- Whether the user's slot names `coupon`: this very request took it. A take
+-- can run twice: a Redis Cluster client sends a call again when the
+-- connection it went out on broke before its reply came back, and the call
+-- may have run. The run again must then answer what the first one did
+-- ('taken'), writing nothing, not refuse the slot the request holds (a 409
+-- "already has one" for a slot no message would fill, or a 503 "nothing was
+-- issued" beside it). Asked only on the paths that refuse, so a take that
+-- succeeds pays nothing for it.
+local function slot_is_own(slots, user, coupon)
+  return redis.call('HGET', slots, user) == coupon
+end

@@ -283,26 +283,33 @@ impl Drop for LockGuard {
     }
 }
 
-/// `SET key value NX PX ms`: `true` when set.
+/// `SET key value NX PX ms`: `true` when set. On Redis Cluster with `GET`
+/// too, and also `true` when the key already holds `value`: the cluster
+/// client sends a call again when the connection it went out on broke before
+/// the reply came back, and this second run must find the caller's own lock
+/// held, not wait out its lease behind it (`NX` with `GET` needs Redis 7.0).
+/// A single Redis's connection never sends a call twice: it keeps the plain
+/// `SET`.
 async fn set_nx_px(
     redis: &RedisClient,
     key: &str,
     value: &str,
     ms: u64,
 ) -> Result<bool, RedisCallError> {
-    let reply: Option<String> = redis
+    redis
         .run(|mut conn| async move {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("NX")
-                .arg("PX")
-                .arg(ms)
-                .query_async(&mut conn)
-                .await
+            let mut set = redis::cmd("SET");
+            set.arg(key).arg(value).arg("NX").arg("PX").arg(ms);
+            if !conn.is_cluster() {
+                // `OK` when set, nil when not.
+                let reply: Option<String> = set.query_async(&mut conn).await?;
+                return Ok(reply.is_some());
+            }
+            // With `GET`: nil when set, else what the key holds (not set).
+            let held: Option<String> = set.arg("GET").query_async(&mut conn).await?;
+            Ok(held.is_none_or(|held| held == value))
         })
-        .await?;
-    Ok(reply.is_some())
+        .await
 }
 
 /// `SET key token NX PX lease` with bounded waiting.

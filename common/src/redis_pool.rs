@@ -62,6 +62,14 @@ impl std::fmt::Debug for RedisConn {
     }
 }
 
+impl RedisConn {
+    /// A Redis Cluster connection: its client sends a call again when the
+    /// connection the call went out on broke before the reply came back.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

@@ -450,7 +450,7 @@ impl Issuance {
     pub async fn give_back(&self, message: &CouponIssued, why: &str) -> IssueError {
         match self
             .gate
-            .give_back(&message.campaign_id, &message.user_id)
+            .give_back(&message.campaign_id, &message.user_id, &message.coupon_id)
             .await
         {
             Ok(_) => {

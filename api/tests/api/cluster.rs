@@ -11,7 +11,8 @@ use common::ids::CampaignId;
 use common::lock::{FairLock, LeaseLock, LockTiming};
 use common::lock_waker::LockWaker;
 use common::redis_state::RedisClient;
-use common::settings::{Settings, StrategyKind};
+use common::scripts;
+use common::settings::{LockMode, Settings, StrategyKind};
 use futures::future::join_all;
 use reqwest::StatusCode;
 
@@ -162,4 +163,195 @@ async fn both_locks_exclude_on_a_cluster() {
             .unwrap();
         assert!(!exists, "{key} left behind");
     }
+}
+
+/// A take whose reply a broken connection lost, on a cluster: the cluster
+/// client sends it again, and the run again answers what the first did (the
+/// slot is the request's own) — the user gets the coupon, not a 409 for a
+/// slot no message would fill (with async-queue: a 202 whose coupon never
+/// came). Every strategy, both lock modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_take_sent_again_after_its_reply_was_lost_issues_once() {
+    let cluster = OwnRedisCluster::start_behind_proxies();
+    let db = db().await;
+    let gate = || Cut::script(&scripts::GATE).naming_the_user();
+    let locked = || Cut::script(&scripts::LOCKED_TAKE).naming_the_user();
+    let cases = [
+        (StrategyKind::Sync, LockMode::Combining, gate()),
+        (StrategyKind::AsyncQueue, LockMode::Combining, gate()),
+        (StrategyKind::DistributedLock, LockMode::Naive, locked()),
+        (StrategyKind::DistributedLock, LockMode::Combining, locked()),
+        (StrategyKind::FairLock, LockMode::Naive, locked()),
+        (StrategyKind::FairLock, LockMode::Combining, locked()),
+    ];
+    let mut refused = Vec::new();
+    for (strategy, mode, cut) in cases {
+        if let Err(e) = issues_once_through_a_cut(&cluster, &db, strategy, mode, cut).await {
+            refused.push(e);
+        }
+    }
+    assert!(refused.is_empty(), "{refused:#?}");
+}
+
+/// The other calls of the request path a cluster client may send again
+/// after a lost reply answer as once too: the async-queue's mark (it used to
+/// find its own record and answer 409 with nothing queued), the lease lock's
+/// `SET NX` and the fair lock's first acquire (they used to find their own
+/// lock and wait it out: 503 busy), and an `Idempotency-Key`'s claim (it
+/// used to find its own claim: 409 in progress, the key blocked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_call_sent_again_after_its_reply_was_lost_acts_once() {
+    let cluster = OwnRedisCluster::start_behind_proxies();
+    let db = db().await;
+    let lease = || Cut {
+        needles: vec![b"SET".to_vec(), b":lock\r\n".to_vec(), b"NX".to_vec()],
+        key: None,
+    };
+    let fair = || Cut::script(&scripts::FAIR_LOCK_ACQUIRE);
+    let cases = [
+        (
+            StrategyKind::AsyncQueue,
+            LockMode::Combining,
+            Cut::script(&scripts::MARK_QUEUED).naming_the_user(),
+        ),
+        (StrategyKind::DistributedLock, LockMode::Naive, lease()),
+        (StrategyKind::DistributedLock, LockMode::Combining, lease()),
+        (StrategyKind::FairLock, LockMode::Naive, fair()),
+        (StrategyKind::FairLock, LockMode::Combining, fair()),
+        (
+            StrategyKind::Sync,
+            LockMode::Combining,
+            Cut {
+                key: Some("one-key"),
+                ..Cut::script(&scripts::IDEMPOTENCY_CLAIM)
+            },
+        ),
+    ];
+    let mut refused = Vec::new();
+    for (strategy, mode, cut) in cases {
+        if let Err(e) = issues_once_through_a_cut(&cluster, &db, strategy, mode, cut).await {
+            refused.push(e);
+        }
+    }
+    assert!(refused.is_empty(), "{refused:#?}");
+}
+
+/// Where [`issues_once_through_a_cut`] cuts: after the first chunk sent to
+/// the cluster that holds every needle; `key`, the request's
+/// `Idempotency-Key`.
+struct Cut {
+    needles: Vec<Vec<u8>>,
+    key: Option<&'static str>,
+}
+
+impl Cut {
+    /// After a call of `script` (by its hash: no other script's call, and
+    /// no `NOSCRIPT` answer, since the warm-up loaded it).
+    fn script(script: &redis::Script) -> Self {
+        Self {
+            needles: vec![script.get_hash().as_bytes().to_vec()],
+            key: None,
+        }
+    }
+
+    /// Only a call naming the request's user.
+    fn naming_the_user(mut self) -> Self {
+        self.needles.push(b"victim".to_vec());
+        self
+    }
+}
+
+/// One issue request of "victim" (after one of "warm-up"), cut after the
+/// call `cut` names ran: the request succeeds, and exactly one coupon is
+/// made for it. `Err` names the form whose request was refused (the others'
+/// checks panic).
+///
+/// The Redis command timeout is 5 s here, not the production 500 ms: what is
+/// tested is the call sent again; a reconnection slower than the timeout on
+/// a loaded machine would take the withdraw's path (a 503, nothing taken,
+/// tested in `strategies.rs`) and fail the case for nothing.
+async fn issues_once_through_a_cut(
+    cluster: &OwnRedisCluster,
+    db: &sea_orm::DatabaseConnection,
+    strategy: StrategyKind,
+    mode: LockMode,
+    cut: Cut,
+) -> Result<(), String> {
+    let mut settings = cluster_settings(cluster).await;
+    settings.strategy = strategy;
+    settings.lock.mode = mode;
+    settings.redis.command_timeout_ms = 5_000;
+    let api = spawn_api(&settings).await;
+    let worker = spawn_worker(&settings).await;
+    let campaign = api.open_campaign(5).await;
+    let issue = |user: &'static str, key: Option<&'static str>| {
+        let (api, campaign) = (&api, &campaign);
+        async move {
+            let mut request = api
+                .client
+                .post(format!("{}/api/v1/campaigns/{campaign}/issue", api.address))
+                .bearer_auth(mint_jwt(user, 3600));
+            if let Some(key) = key {
+                request = request.header("Idempotency-Key", key);
+            }
+            let reply = request.send().await.unwrap();
+            let status = reply.status();
+            (
+                status,
+                reply.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    // Every script the request sends is loaded on the node first: a cut
+    // after an `EVALSHA` the node answers `NOSCRIPT` would cut a call that
+    // did not run. The campaign's scripts by a first request on it (its
+    // `Idempotency-Key` claim too, on the warm-up user's node)...
+    let (status, warm_up) = issue("warm-up", cut.key).await;
+    assert!(status.is_success(), "{strategy} {mode:?}: {warm_up}");
+    // ...and the key's claim on every node (a key hashes by its caller).
+    for port in &cluster.ports {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(include_str!("../../../common/lua/idempotency_claim.lua"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let needles: Vec<&[u8]> = cut.needles.iter().map(Vec::as_slice).collect();
+    cluster.cut_after(&needles);
+    let (status, body) = issue("victim", cut.key).await;
+    let form = format!(
+        "{strategy} {mode:?}, cut after {:?}",
+        needles
+            .iter()
+            .map(|n| String::from_utf8_lossy(n))
+            .collect::<Vec<_>>()
+    );
+    let first_run = cluster.cut_reply();
+    assert!(
+        first_run
+            .as_ref()
+            .is_some_and(|reply| !reply.starts_with('-')),
+        "{form}: no call that ran was cut ({first_run:?}): {body}"
+    );
+    if !status.is_success() {
+        worker.stop().await;
+        api.stop().await;
+        return Err(format!(
+            "{form}: a call sent again refused its own first run ({first_run:?}): {status} {body}"
+        ));
+    }
+    let replies = [("warm-up".to_owned(), warm_up), ("victim".to_owned(), body)];
+    let audit = audit(&api, &campaign, &replies).await;
+    assert!(audit.passed, "{form}: {audit:?}");
+    assert_eq!(rows(db, &campaign).await, 2, "{form}");
+    let (_, view) = api.campaign(&campaign).await;
+    assert_eq!(view["taken"], 2, "{form}: {view}");
+    let (status, body) = api.issue(&campaign, "victim").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{form}: {body}");
+    worker.stop().await;
+    api.stop().await;
+    Ok(())
 }

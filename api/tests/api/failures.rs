@@ -614,6 +614,116 @@ async fn a_reconcile_that_lost_its_admin_lock_gives_nothing_back() {
     api.stop().await;
 }
 
+/// Every write of the request path, run twice with the same arguments,
+/// answers as once: a Redis Cluster client sends a call again when the
+/// connection it went out on broke before the reply came back, and the first
+/// run may have happened. (A take run again used to answer `duplicate` or
+/// `lost` for its own slot, a give-back to take the user's newer slot, a
+/// withdraw's give-back to let the take run again take it once more.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_take_and_give_back_run_twice_acts_once() {
+    use common::ids::{CouponId, UserId};
+    use common::lock::{LeaseLock, LockTiming};
+    use common::redis_state::{
+        CampaignMeta, CampaignMetas, FencedTake, Gate, GateReply, LockSections, RedisClient,
+        Refusal, Withdrawal,
+    };
+    let settings = test_settings().await;
+    let redis = RedisClient::new(&settings.redis, None).unwrap();
+    let (gate, metas) = (Gate::new(redis.clone()), CampaignMetas::new(redis.clone()));
+    let sections = LockSections::new(redis.clone());
+    let open = || CampaignMeta {
+        stock: 10,
+        starts_at: chrono::Utc::now() - chrono::Duration::seconds(1),
+        ends_at: None,
+        closed: false,
+        room: None,
+    };
+    let user = UserId::parse("twice").unwrap();
+    let taken = |reply: &GateReply| matches!(reply, GateReply::Taken { .. });
+
+    // The gate: its own slot answers `taken`, another request's `duplicate`,
+    // and after a close its own slot is still `taken`.
+    let campaign = CampaignId::new();
+    metas.load(&campaign, &open()).await.unwrap();
+    let coupon = CouponId::new();
+    assert!(taken(&gate.take(&campaign, &user, &coupon).await.unwrap()));
+    assert!(taken(&gate.take(&campaign, &user, &coupon).await.unwrap()));
+    assert_eq!(
+        gate.take(&campaign, &user, &CouponId::new()).await.unwrap(),
+        GateReply::Refused(Refusal::Duplicate)
+    );
+    metas.close(&campaign).await.unwrap();
+    assert!(taken(&gate.take(&campaign, &user, &coupon).await.unwrap()));
+    assert_eq!(
+        gate_state(&campaign).await,
+        (vec!["twice".to_owned()], Some(1))
+    );
+
+    // The give-back: only the request's own slot.
+    let campaign = CampaignId::new();
+    metas.load(&campaign, &open()).await.unwrap();
+    let (first, second) = (CouponId::new(), CouponId::new());
+    assert!(taken(&gate.take(&campaign, &user, &first).await.unwrap()));
+    assert!(gate.give_back(&campaign, &user, &first).await.unwrap());
+    assert!(taken(&gate.take(&campaign, &user, &second).await.unwrap()));
+    assert!(!gate.give_back(&campaign, &user, &first).await.unwrap());
+    assert_eq!(
+        gate_state(&campaign).await,
+        (vec!["twice".to_owned()], Some(1))
+    );
+
+    // A withdraw that gave the slot back voids the take too.
+    let campaign = CampaignId::new();
+    metas.load(&campaign, &open()).await.unwrap();
+    let coupon = CouponId::new();
+    assert!(taken(&gate.take(&campaign, &user, &coupon).await.unwrap()));
+    assert_eq!(
+        gate.withdraw(&campaign, &user, &coupon).await.unwrap(),
+        Withdrawal::GivenBack
+    );
+    assert_eq!(
+        gate.take(&campaign, &user, &coupon).await.unwrap(),
+        GateReply::Withdrawn
+    );
+    assert_eq!(gate_state(&campaign).await, (vec![], Some(0)));
+
+    // The fenced take: its own slot is `taken`, the lock held or released.
+    let campaign = CampaignId::new();
+    metas.load(&campaign, &open()).await.unwrap();
+    let keys = CampaignKeys::new(&campaign);
+    let timing = LockTiming {
+        lease: Duration::from_secs(3),
+        wait: Duration::from_secs(2),
+    };
+    let lock = LeaseLock::new(redis.clone(), timing, None);
+    let guard = lock.acquire(&keys.lock()).await.unwrap();
+    let (key, token) = (guard.key().to_owned(), guard.token().to_owned());
+    let coupon = CouponId::new();
+    let take = |coupon: CouponId| {
+        let (sections, keys, user, key, token) = (&sections, &keys, &user, &key, &token);
+        async move {
+            sections
+                .take(key, token, keys, user, &coupon)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(take(coupon).await, FencedTake::Taken);
+    assert_eq!(take(coupon).await, FencedTake::Taken);
+    assert_eq!(
+        take(CouponId::new()).await,
+        FencedTake::Refused(Refusal::Duplicate)
+    );
+    assert!(guard.release().await.unwrap());
+    assert_eq!(take(coupon).await, FencedTake::Taken);
+    assert_eq!(take(CouponId::new()).await, FencedTake::Lost);
+    assert_eq!(
+        gate_state(&campaign).await,
+        (vec!["twice".to_owned()], Some(1))
+    );
+}
+
 /// A late rejection never hides a newer slot: a request's background
 /// settle gives its slot back (the broker never took its message) and
 /// records `rejected`; if the user's retry took a new slot in between, the
@@ -638,7 +748,7 @@ async fn a_late_rejection_never_hides_a_newer_slot() {
         GateReply::Taken { .. }
     ));
     // The first request's settle: its slot given back...
-    assert!(gate.give_back(&campaign, &alice).await.unwrap());
+    assert!(gate.give_back(&campaign, &alice, &first).await.unwrap());
     // ...the retry's take...
     assert!(matches!(
         gate.take(&campaign, &alice, &second).await.unwrap(),
@@ -657,7 +767,7 @@ async fn a_late_rejection_never_hides_a_newer_slot() {
     assert_eq!(me["state"], "pending", "{me}");
     assert_eq!(me["coupon_id"], second.to_string(), "{me}");
     // Without a newer slot, the rejection is recorded as before.
-    assert!(gate.give_back(&campaign, &alice).await.unwrap());
+    assert!(gate.give_back(&campaign, &alice, &second).await.unwrap());
     assert!(status.record(&campaign, &alice, &late).await.unwrap());
     let (_, me) = api.my_coupon(&campaign, "alice").await;
     assert_eq!(me["state"], "rejected", "{me}");

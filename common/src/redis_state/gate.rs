@@ -273,11 +273,14 @@ impl Gate {
         }
     }
 
-    /// Compensation: gives the user's slot back. `Ok(false)` if it had none.
+    /// Compensation: gives back the user's slot that names `coupon` (the
+    /// request's own). `Ok(false)` if the user has none, or another
+    /// request's.
     pub async fn give_back(
         &self,
         campaign: &CampaignId,
         user: &UserId,
+        coupon: &CouponId,
     ) -> Result<bool, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         let given: i64 = self
@@ -288,6 +291,7 @@ impl Gate {
                     .key(keys.taken())
                     .key(keys.slots())
                     .arg(user.as_str())
+                    .arg(coupon.to_string())
                     .invoke_async(&mut conn)
                     .await
             })

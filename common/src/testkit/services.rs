@@ -2,9 +2,12 @@
 //! that stopping, freezing or restarting one affects no other test.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{spare_cluster_port, spare_port, temp_dir, wait_for_port, wait_for_port_or};
@@ -431,16 +434,43 @@ pub struct OwnRedisCluster {
     pub ports: Vec<u16>,
     dir: PathBuf,
     children: Vec<Child>,
+    /// [`OwnRedisCluster::start_behind_proxies`]: one proxy per node, the
+    /// port each node announces to clients.
+    proxies: Vec<CuttingProxy>,
+    cut: Arc<CutSwitch>,
 }
 
 impl OwnRedisCluster {
     pub fn start() -> Self {
+        Self::launch(false)
+    }
+
+    /// As [`OwnRedisCluster::start`], each node behind a TCP proxy whose port
+    /// it announces (`cluster-announce-port`): clients that follow the
+    /// cluster's topology talk to the nodes through the proxies, and
+    /// [`OwnRedisCluster::cut_after`] can lose one command's reply.
+    pub fn start_behind_proxies() -> Self {
+        Self::launch(true)
+    }
+
+    fn launch(behind_proxies: bool) -> Self {
         let dir = temp_dir("redis-cluster");
         let ports: Vec<u16> = (0..3).map(|_| spare_cluster_port()).collect();
+        let cut = Arc::new(CutSwitch::default());
+        let proxies: Vec<CuttingProxy> = if behind_proxies {
+            ports
+                .iter()
+                .map(|port| CuttingProxy::start(*port, cut.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut cluster = Self {
             ports: ports.clone(),
             dir: dir.clone(),
             children: Vec::new(),
+            proxies,
+            cut,
         };
         // Pushed one by one into `cluster`, so that a node that fails to
         // start does not leave the others running (its drop kills them).
@@ -458,6 +488,7 @@ impl OwnRedisCluster {
                     ])
                     .args(["--save", "", "--appendonly", "no"])
                     .args(["--logfile", "node.log"])
+                    .args(cluster.announced(*port))
                     .current_dir(&node_dir)
                     .spawn()
                     .expect("start a cluster node")
@@ -500,13 +531,175 @@ impl OwnRedisCluster {
         cluster
     }
 
-    /// `redis.cluster_nodes`: every node's URL, comma-separated.
+    /// The arguments that make the node on `port` announce its proxy.
+    fn announced(&self, port: u16) -> Vec<String> {
+        let Some(i) = self.ports.iter().position(|p| *p == port) else {
+            return Vec::new();
+        };
+        let Some(proxy) = self.proxies.get(i) else {
+            return Vec::new();
+        };
+        [
+            "--cluster-announce-ip".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--cluster-announce-port".to_owned(),
+            proxy.port.to_string(),
+            "--cluster-announce-bus-port".to_owned(),
+            (port + 10_000).to_string(),
+        ]
+        .into()
+    }
+
+    /// `redis.cluster_nodes`: every node's URL (its proxy's, behind
+    /// proxies), comma-separated.
     pub fn nodes(&self) -> String {
-        self.ports
+        let ports: Vec<u16> = if self.proxies.is_empty() {
+            self.ports.clone()
+        } else {
+            self.proxies.iter().map(|p| p.port).collect()
+        };
+        ports
             .iter()
             .map(|p| format!("redis://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Behind proxies: the first chunk a client sends through any of them
+    /// that holds every needle (case-insensitive) is forwarded, then its
+    /// connection is cut before the reply comes back: the command ran on
+    /// the node, its reply is lost. Once.
+    pub fn cut_after(&self, needles: &[&[u8]]) {
+        assert!(!self.proxies.is_empty(), "not started behind proxies");
+        *self.cut.needles.lock().unwrap() = Some(needles.iter().map(|n| n.to_vec()).collect());
+    }
+
+    /// The reply [`OwnRedisCluster::cut_after`]'s cut kept from the client
+    /// (what the node answered the first run), once it was made.
+    pub fn cut_reply(&self) -> Option<String> {
+        self.cut
+            .dropped
+            .lock()
+            .unwrap()
+            .as_deref()
+            .map(|reply| String::from_utf8_lossy(reply).into_owned())
+    }
+}
+
+/// The one cut the proxies of a cluster share (armed with needles, made
+/// once), and the reply it kept from the client.
+#[derive(Debug, Default)]
+struct CutSwitch {
+    needles: Mutex<Option<Vec<Vec<u8>>>>,
+    dropped: Mutex<Option<Vec<u8>>>,
+}
+
+impl CutSwitch {
+    /// Whether `chunk` is the one to cut after (and disarms it if so).
+    fn takes(&self, chunk: &[u8]) -> bool {
+        let mut needles = self.needles.lock().unwrap();
+        let hit = needles.as_ref().is_some_and(|needles| {
+            needles.iter().all(|needle| {
+                chunk
+                    .windows(needle.len())
+                    .any(|w| w.eq_ignore_ascii_case(needle))
+            })
+        });
+        if hit {
+            *needles = None;
+        }
+        hit
+    }
+}
+
+/// A TCP proxy on a spare port in front of `upstream` (threads, no
+/// runtime: it serves while a test's runtime thread blocks), that cuts a
+/// connection after the chunk its [`CutSwitch`] takes.
+#[derive(Debug)]
+struct CuttingProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl CuttingProxy {
+    fn start(upstream: u16, cut: Arc<CutSwitch>) -> Self {
+        let port = spare_port();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                Self::serve(client, server, cut.clone());
+            }
+        });
+        Self { port, stop }
+    }
+
+    /// Forwards both ways; after the chunk `cut` takes, no byte of the
+    /// server's comes back and both sides are shut.
+    fn serve(client: TcpStream, server: TcpStream, cut: Arc<CutSwitch>) {
+        let cutting = Arc::new(AtomicBool::new(false));
+        let kept = cut.clone();
+        let (Ok(mut from_client), Ok(mut to_server)) = (client.try_clone(), server.try_clone())
+        else {
+            return;
+        };
+        let up_cutting = cutting.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0_u8; 1 << 16];
+            loop {
+                let n = match from_client.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                // Marked before the command is written: its reply can then
+                // never be forwarded.
+                let last = cut.takes(&buf[..n]);
+                if last {
+                    up_cutting.store(true, Ordering::SeqCst);
+                }
+                if to_server.write_all(&buf[..n]).is_err() || last {
+                    break;
+                }
+            }
+            let _ = to_server.shutdown(std::net::Shutdown::Write);
+        });
+        std::thread::spawn(move || {
+            let (mut from_server, mut to_client) = (server, client);
+            let mut buf = vec![0_u8; 1 << 16];
+            loop {
+                let n = match from_server.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if cutting.load(Ordering::SeqCst) {
+                    *kept.dropped.lock().unwrap() = Some(buf[..n].to_vec());
+                    break;
+                }
+                if to_client.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = to_client.shutdown(std::net::Shutdown::Both);
+            let _ = from_server.shutdown(std::net::Shutdown::Both);
+        });
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the stop.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 

@@ -836,7 +836,7 @@ async fn reconcile_gives_back_only_the_slots_it_saw() {
     });
     // The snapshot is taken at once; the repair comes after the settle wait.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(gate.give_back(&c, &u).await.unwrap());
+    assert!(gate.give_back(&c, &u, &first).await.unwrap());
     let second = CouponId::new();
     assert!(matches!(
         gate.take(&c, &u, &second).await.unwrap(),
