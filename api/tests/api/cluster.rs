@@ -302,23 +302,30 @@ async fn issues_once_through_a_cut(
             )
         }
     };
-    // Every script the request sends is loaded on the node first: a cut
-    // after an `EVALSHA` the node answers `NOSCRIPT` would cut a call that
-    // did not run. The campaign's scripts by a first request on it (its
-    // `Idempotency-Key` claim too, on the warm-up user's node)...
-    let (status, warm_up) = issue("warm-up", cut.key).await;
-    assert!(status.is_success(), "{strategy} {mode:?}: {warm_up}");
-    // ...and the key's claim on every node (a key hashes by its caller).
+    // Every script a request sends is loaded on every node first: a cut
+    // after an `EVALSHA` a node answers `NOSCRIPT` would cut a call that did
+    // not run.
     for port in &cluster.ports {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let _: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(include_str!("../../../common/lua/idempotency_claim.lua"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        for script in [
+            &scripts::GATE,
+            &scripts::LOCKED_TAKE,
+            &scripts::MARK_QUEUED,
+            &scripts::RECORD_STATUS,
+            &scripts::IDEMPOTENCY_CLAIM,
+            &scripts::IDEMPOTENCY_FINISH,
+            &scripts::FAIR_LOCK_ACQUIRE,
+            &scripts::FAIR_LOCK_RELEASE,
+            &scripts::FAIR_LOCK_RENEW,
+            &scripts::LOCK_RELEASE,
+            &scripts::LOCK_RENEW,
+        ] {
+            let _: String = script.prepare_invoke().load_async(&mut conn).await.unwrap();
+        }
     }
+    let (status, warm_up) = issue("warm-up", cut.key).await;
+    assert!(status.is_success(), "{strategy} {mode:?}: {warm_up}");
     let needles: Vec<&[u8]> = cut.needles.iter().map(Vec::as_slice).collect();
     cluster.cut_after(&needles);
     let (status, body) = issue("victim", cut.key).await;
@@ -329,6 +336,12 @@ async fn issues_once_through_a_cut(
             .map(|n| String::from_utf8_lossy(n))
             .collect::<Vec<_>>()
     );
+    // async-queue answers before its queue's take runs: the cut may come
+    // after the reply.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster.cut_reply().is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let first_run = cluster.cut_reply();
     assert!(
         first_run

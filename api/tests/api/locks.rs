@@ -596,6 +596,52 @@ async fn fair_acquire_call_leased(
         .unwrap()
 }
 
+/// The fair lock's acquire run again (a Redis Cluster client sends a call
+/// again when its connection broke before the reply came back) answers as
+/// its first run: a first call granted is granted again, not given a second
+/// ticket behind its own lock; a first call that waits keeps its ticket; a
+/// poll granted is granted again, not told its place was given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fair_lock_acquire_run_again_answers_as_its_first_run() {
+    let redis = redis();
+    let keys = fair_keys();
+    let granted = fair_acquire_call(&redis, &keys, "holder", 0, 2_000, 10).await;
+    assert_eq!(granted[0], -1, "{granted:?}");
+    assert_eq!(
+        fair_acquire_call(&redis, &keys, "holder", 0, 2_000, 10).await,
+        granted,
+        "a granted first call run again"
+    );
+    let waiting = fair_acquire_call(&redis, &keys, "waiter", 0, 2_000, 10).await;
+    assert_eq!(waiting[0], 0, "{waiting:?}");
+    assert_eq!(
+        fair_acquire_call(&redis, &keys, "waiter", 0, 2_000, 10).await,
+        waiting,
+        "a waiting first call run again"
+    );
+    // The holder's lock gone (released without serving anyone): the
+    // waiter's poll takes it, and that poll run again is granted too.
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys.lock)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ticket = waiting[1];
+    let polled = fair_acquire_call(&redis, &keys, "waiter", ticket, 2_000, 10).await;
+    assert_eq!(polled, vec![-1, ticket, 0]);
+    assert_eq!(
+        fair_acquire_call(&redis, &keys, "waiter", ticket, 2_000, 10).await,
+        polled,
+        "a granted poll run again"
+    );
+    drop_fair_keys(&redis, &keys).await;
+}
+
 /// Deletes every key of a fair lock a test used.
 async fn drop_fair_keys(redis: &RedisClient, keys: &FairLockKeys) {
     let mut conn = redis

@@ -571,11 +571,12 @@ impl OwnRedisCluster {
     /// the node, its reply is lost. Once.
     pub fn cut_after(&self, needles: &[&[u8]]) {
         assert!(!self.proxies.is_empty(), "not started behind proxies");
+        *self.cut.dropped.lock().unwrap() = None;
         *self.cut.needles.lock().unwrap() = Some(needles.iter().map(|n| n.to_vec()).collect());
     }
 
-    /// The reply [`OwnRedisCluster::cut_after`]'s cut kept from the client
-    /// (what the node answered the first run), once it was made.
+    /// The reply [`OwnRedisCluster::cut_after`]'s last cut kept from the
+    /// client (what the node answered the first run), once it was made.
     pub fn cut_reply(&self) -> Option<String> {
         self.cut
             .dropped
