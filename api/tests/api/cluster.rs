@@ -284,24 +284,6 @@ async fn issues_once_through_a_cut(
     let api = spawn_api(&settings).await;
     let worker = spawn_worker(&settings).await;
     let campaign = api.open_campaign(5).await;
-    let issue = |user: &'static str, key: Option<&'static str>| {
-        let (api, campaign) = (&api, &campaign);
-        async move {
-            let mut request = api
-                .client
-                .post(format!("{}/api/v1/campaigns/{campaign}/issue", api.address))
-                .bearer_auth(mint_jwt(user, 3600));
-            if let Some(key) = key {
-                request = request.header("Idempotency-Key", key);
-            }
-            let reply = request.send().await.unwrap();
-            let status = reply.status();
-            (
-                status,
-                reply.json::<serde_json::Value>().await.unwrap_or_default(),
-            )
-        }
-    };
     // Every script a request sends is loaded on every node first: a cut
     // after an `EVALSHA` a node answers `NOSCRIPT` would cut a call that did
     // not run.
@@ -324,11 +306,11 @@ async fn issues_once_through_a_cut(
             let _: String = script.prepare_invoke().load_async(&mut conn).await.unwrap();
         }
     }
-    let (status, warm_up) = issue("warm-up", cut.key).await;
+    let (status, warm_up) = api.issue_keyed(&campaign, "warm-up", cut.key).await;
     assert!(status.is_success(), "{strategy} {mode:?}: {warm_up}");
     let needles: Vec<&[u8]> = cut.needles.iter().map(Vec::as_slice).collect();
     cluster.cut_after(&needles);
-    let (status, body) = issue("victim", cut.key).await;
+    let (status, body) = api.issue_keyed(&campaign, "victim", cut.key).await;
     let form = format!(
         "{strategy} {mode:?}, cut after {:?}",
         needles

@@ -693,8 +693,8 @@ async fn every_take_and_give_back_run_twice_acts_once() {
     metas.load(&campaign, &open()).await.unwrap();
     let keys = CampaignKeys::new(&campaign);
     let timing = LockTiming {
-        lease: Duration::from_secs(3),
-        wait: Duration::from_secs(2),
+        lease: Duration::from_millis(settings.lock.lease_ms),
+        wait: Duration::from_millis(settings.lock.wait_ms),
     };
     let lock = LeaseLock::new(redis.clone(), timing, None);
     let guard = lock.acquire(&keys.lock()).await.unwrap();

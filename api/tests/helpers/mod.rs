@@ -167,17 +167,37 @@ impl TestApi {
         campaign: &CampaignId,
         token: &str,
     ) -> (StatusCode, Value) {
-        let res = self
+        self.issue_request(campaign, token, None).await
+    }
+
+    /// As `issue`, with an `Idempotency-Key` when `key` is given.
+    pub async fn issue_keyed(
+        &self,
+        campaign: &CampaignId,
+        user: &str,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        self.issue_request(campaign, &mint_jwt(user, 3600), key)
+            .await
+    }
+
+    async fn issue_request(
+        &self,
+        campaign: &CampaignId,
+        token: &str,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
             .client
             .post(format!(
                 "{}/api/v1/campaigns/{campaign}/issue",
                 self.address
             ))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("request");
-        reply(res).await
+            .bearer_auth(token);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        reply(request.send().await.expect("request")).await
     }
 
     pub async fn my_coupon(&self, campaign: &CampaignId, user: &str) -> (StatusCode, Value) {
