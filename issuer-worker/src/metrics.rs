@@ -157,7 +157,7 @@ impl WorkerMetrics {
             stale_campaigns: gauge(
                 &r,
                 "worker_gate_stale_campaigns",
-                "Recent campaigns whose gate state the keeper found missing or fenced at its last scan.",
+                "Kept campaigns whose gate state the keeper found missing or fenced at its last scan.",
             ),
             rebuilds,
             kafka: common::metrics::KafkaClientMetrics::new(&r),

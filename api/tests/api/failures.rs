@@ -445,6 +445,165 @@ async fn a_redis_restart_fences_campaigns_until_the_gate_keeper_rebuilds_them() 
     api.stop().await;
 }
 
+/// After a Redis restart the gate keeper rebuilds 16 campaigns at a time
+/// (`keeper::AT_ONCE`): a sale on now first, whatever was created after
+/// it, then those still to open (the soonest first), then the closed ones,
+/// each wave following the one before as soon as it ends. Here the sale
+/// comes before 47 newer campaigns: 31 opening within the next hours
+/// (created in an order that is neither their opening order nor its
+/// reverse) and 16 closed ones among them, so the waves are the sale and
+/// the 15 opening soonest, the other 16 still to open, then the closed.
+/// Before, the newest went first and each further wave waited for the
+/// keeper's full scan: the sale answered 503 for 78 s at the defaults (two
+/// full scans and a wave) while closed campaigns were rebuilt; it now
+/// accepts after about 16 s, and all 48 are rebuilt after about 46 s. The
+/// full scan is set out of reach, as in the test below, so that only the
+/// waves' own pace can rebuild the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sale_on_now_is_rebuilt_first_and_the_rest_follow_in_waves() {
+    use common::redis_state::{CampaignMetas, EpochState, RedisClient};
+    let mut redis = common::testkit::OwnRedis::start_persistent("everysec");
+    let (_pg, db, mut settings) = keeper_cell(&redis).await;
+    settings.worker.keeper_scan_secs = 3_600;
+    let api = spawn_api(&settings).await;
+    let worker = spawn_worker(&settings).await;
+    let sale = api.open_campaign(10).await;
+    let (status, body) = api.issue(&sale, "before").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_for_rows(&db, &sale, 1, Duration::from_secs(30)).await;
+    // Opening i minutes after the first, i a permutation of 0..31 (7 is
+    // prime to 31); every third created is closed instead.
+    let first_opening = chrono::Utc::now() + chrono::Duration::hours(1);
+    let mut opening: Vec<(i64, CampaignId)> = Vec::new();
+    let mut closed = Vec::new();
+    for n in 0..47 {
+        if n % 3 == 0 {
+            let id = api.open_campaign(10).await;
+            let (status, body) = api.close_campaign(&id).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            closed.push(id);
+        } else {
+            let minute = (opening.len() as i64 * 7) % 31;
+            let starts_at = (first_opening + chrono::Duration::minutes(minute)).to_rfc3339();
+            let (status, body) = api
+                .create_campaign(json!({ "name": "later", "stock": 10, "starts_at": starts_at }))
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            opening.push((
+                minute,
+                CampaignId::parse(body["id"].as_str().unwrap()).unwrap(),
+            ));
+        }
+    }
+    assert_eq!((opening.len(), closed.len()), (31, 16));
+    opening.sort();
+    let mut waves: Vec<Vec<CampaignId>> = vec![vec![sale]];
+    waves[0].extend(opening[..15].iter().map(|(_, id)| *id));
+    waves.push(opening[15..].iter().map(|(_, id)| *id).collect());
+    waves.push(closed);
+
+    redis.kill();
+    redis.restart();
+    let restarted = Instant::now();
+    let metas = CampaignMetas::new(RedisClient::new(&settings.redis, None).unwrap());
+    let mut accepted = false;
+    loop {
+        // How many of each wave are rebuilt (an unanswered read counts as
+        // not): a wave may begin only once the one before has ended.
+        let mut rebuilt = Vec::new();
+        for wave in &waves {
+            let mut n = 0;
+            for campaign in wave {
+                if matches!(
+                    metas.epoch_state(campaign).await,
+                    Ok((EpochState::Current, _))
+                ) {
+                    n += 1;
+                }
+            }
+            rebuilt.push(n);
+        }
+        for k in 1..waves.len() {
+            assert!(
+                rebuilt[k] == 0 || rebuilt[k - 1] == waves[k - 1].len(),
+                "wave {k} began before wave {} ended: {rebuilt:?} of 16 each, {:?} after the restart",
+                k - 1,
+                restarted.elapsed()
+            );
+        }
+        if !accepted {
+            let (status, body) = api.issue(&sale, "after").await;
+            accepted = body["outcome"] == "accepted";
+            if accepted {
+                eprintln!(
+                    "the sale accepts {:?} after the restart",
+                    restarted.elapsed()
+                );
+            } else {
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+                // The bound of a lone campaign: the sale is in the first wave.
+                assert!(
+                    restarted.elapsed() < Duration::from_secs(30),
+                    "the sale not accepted within 30 s: {body}"
+                );
+            }
+        }
+        if accepted && rebuilt.iter().sum::<usize>() == 48 {
+            break;
+        }
+        // Three waves back to back (each the settle wait of 14 s and the
+        // reads), none waiting for the full scan.
+        assert!(
+            restarted.elapsed() < Duration::from_secs(90),
+            "{rebuilt:?} of 16 each rebuilt within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "every campaign rebuilt {:?} after the restart",
+        restarted.elapsed()
+    );
+    worker.stop().await;
+    api.stop().await;
+}
+
+/// A sale created longer ago than the keeper's 30 days of closed campaigns
+/// (`keeper::RECENT_DAYS`) is still on sale, and the keeper rebuilds it
+/// after a Redis restart. Before, the keeper looked only at campaigns
+/// created within those 30 days: an open-ended sale created 40 days ago
+/// answered 503 after a restart until an operator ran `issuer-worker
+/// rebuild`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sale_created_long_ago_is_rebuilt_after_a_redis_restart() {
+    use sea_orm::ConnectionTrait;
+    let mut redis = common::testkit::OwnRedis::start_persistent("everysec");
+    let (_pg, db, settings) = keeper_cell(&redis).await;
+    let api = spawn_api(&settings).await;
+    let worker = spawn_worker(&settings).await;
+    let sale = api.open_campaign(10).await;
+    let (status, body) = api.issue(&sale, "before").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_for_rows(&db, &sale, 1, Duration::from_secs(30)).await;
+    db.execute_unprepared(&format!(
+        "UPDATE campaigns SET created_at = now() - interval '40 days' WHERE id = '{sale}'"
+    ))
+    .await
+    .unwrap();
+
+    redis.kill();
+    redis.restart();
+    let restarted = Instant::now();
+    issue_until_accepted(&api, &sale, "after", Duration::from_secs(30)).await;
+    eprintln!(
+        "the sale accepts {:?} after the restart",
+        restarted.elapsed()
+    );
+    let (status, body) = api.issue(&sale, "before").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    worker.stop().await;
+    api.stop().await;
+}
+
 /// A forced rebuild that fails after it fenced its campaign (here the
 /// broker cannot be reached) leaves the campaign answering 503. The gate
 /// keeper finds it by the hint the fence leaves (`keys::FENCED_CAMPAIGNS`)

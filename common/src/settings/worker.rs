@@ -32,7 +32,7 @@ pub struct WorkerSettings {
     /// state is missing or was loaded on another server. Off (0): only
     /// `issuer-worker rebuild` repairs them.
     pub keeper_interval_ms: u64,
-    /// The keeper looks at every recent campaign at least this often, even
+    /// The keeper looks at every campaign it keeps at least this often, even
     /// when the server did not change (a meta deleted by hand, Redis
     /// Cluster where no one server's run_id is known).
     pub keeper_scan_secs: u64,
