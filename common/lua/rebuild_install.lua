@@ -32,7 +32,7 @@
 --          in the order of KEYS[8..]
 --
 -- Returns {"installed", records written}, or {"refused", why}: "server",
--- "superseded" or "current". The staged set is deleted either way.
+-- "superseded" or "current". The staged set is deleted (unlinked) either way.
 local server = fence_server(ARGV[8])
 local refused = nil
 if server ~= ARGV[9] then
@@ -43,7 +43,7 @@ elseif fence_holds(redis.call('HGET', KEYS[1], 'epoch'), ARGV[8]) then
   refused = 'current'
 end
 if refused then
-  redis.call('DEL', KEYS[6])
+  redis.call('UNLINK', KEYS[6])
   return { 'refused', refused }
 end
 -- The records first, while the set found is still there: a user whose slot
@@ -59,7 +59,11 @@ for i = 8, #KEYS do
     recorded = recorded + 1
   end
 end
-redis.call('DEL', KEYS[2], KEYS[4], KEYS[5])
+-- UNLINK, not DEL: a large campaign's set and hash are freed on Redis's
+-- background thread. Freed here, a million users held Redis past the
+-- 500 ms command timeout: every campaign's gate calls waited behind it,
+-- and the install's own call timed out.
+redis.call('UNLINK', KEYS[2], KEYS[4], KEYS[5])
 if redis.call('EXISTS', KEYS[6]) == 1 then
   redis.call('RENAME', KEYS[6], KEYS[2])
   redis.call('PERSIST', KEYS[2])
