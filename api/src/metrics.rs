@@ -15,6 +15,7 @@ pub struct ApiMetrics {
     pub issue_outcomes: IntCounterVec,
     pub jwt_verify_seconds: Histogram,
     pub gate_seconds: Histogram,
+    pub gate_batch_takes: Histogram,
     pub produce_seconds: Histogram,
     pub redis_pool_wait_seconds: Histogram,
     pub compensations: IntCounterVec,
@@ -69,6 +70,12 @@ impl ApiMetrics {
                 "gate_duration_seconds",
                 "Time of the gate decision (pool wait included): the gate script, or the Redis calls of the locked section under a lock strategy.",
                 latency_buckets(),
+            ),
+            gate_batch_takes: histogram(
+                &r,
+                "gate_batch_takes",
+                "Takes one gate call carried (gate.batch_size; 1: a take alone). Its count is the gate calls made.",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
             ),
             produce_seconds: histogram(
                 &r,

@@ -28,6 +28,7 @@ use crate::metrics::ApiMetrics;
 use crate::producer::IssueProducer;
 use crate::rate_limit::{Limiter, TrustedProxies};
 use crate::state::AppState;
+use crate::strategy::gate_batch::GateBatches;
 use crate::strategy::{Issuance, Strategy};
 
 pub struct Application {
@@ -88,8 +89,14 @@ impl Application {
             metrics.kafka.clone(),
             crate::strategy::report_wait(settings.strategy),
         )?);
-        let issuance = Arc::new(Issuance::new(
+        let gate_batches = GateBatches::new(
             gate,
+            metrics.gate_batch_takes.clone(),
+            settings.gate.batch_size,
+            settings.redis.longest_call(),
+        );
+        let issuance = Arc::new(Issuance::new(
+            gate_batches,
             StatusRecords::new(redis.clone(), settings.redis.status_ttl_secs),
             producer.clone(),
             campaigns.clone(),

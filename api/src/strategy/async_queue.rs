@@ -2,7 +2,7 @@
 //! already holds or awaits a slot: `duplicate`), put in a bounded in-process
 //! queue and answered 202 `queued` at once. Background consumers take the
 //! queue in batches (up to `queue.batch_size` requests each), run the `sync`
-//! path for every request of a batch together (their gate calls pipelined on
+//! path for every request of a batch together (their gate calls in the gate's batches, on
 //! the shared Redis connection, their messages in one producer batch: the
 //! batching lane, since no reply waits for them) and
 //! record each final state for `/coupons/me`: issued, pending, or rejected

@@ -30,6 +30,7 @@ use common::telemetry::traced;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::gate_batch::GateBatches;
 use super::{Acceptance, IssueError};
 use crate::campaigns::CampaignStore;
 use crate::metrics::ApiMetrics;
@@ -60,6 +61,8 @@ impl TakenSlot {
 #[derive(Debug)]
 pub struct Issuance {
     pub gate: Gate,
+    /// The gate's takes, in batches while a call is out (`gate.batch_size`).
+    pub gate_batches: std::sync::Arc<GateBatches>,
     pub status: StatusRecords,
     pub producer: std::sync::Arc<IssueProducer>,
     pub campaigns: std::sync::Arc<CampaignStore>,
@@ -73,7 +76,7 @@ pub struct Issuance {
 impl Issuance {
     /// Must be called on the runtime that background work should run on.
     pub fn new(
-        gate: Gate,
+        gate_batches: std::sync::Arc<GateBatches>,
         status: StatusRecords,
         producer: std::sync::Arc<IssueProducer>,
         campaigns: std::sync::Arc<CampaignStore>,
@@ -82,7 +85,8 @@ impl Issuance {
         faults: FaultSettings,
     ) -> Self {
         Self {
-            gate,
+            gate: gate_batches.gate().clone(),
+            gate_batches,
             status,
             producer,
             campaigns,
@@ -153,7 +157,7 @@ impl Issuance {
         let coupon = CouponId::new();
         let started = Instant::now();
         let take = traced(
-            self.gate.take(campaign, user, &coupon),
+            self.gate_batches.take(campaign, user, &coupon),
             || tracing::debug_span!("gate", campaign.id = %campaign),
         );
         let mut take = std::pin::pin!(take);

@@ -20,6 +20,7 @@ use common::settings::{Settings, StrategyKind};
 use crate::producer::ReportWait;
 
 pub mod async_queue;
+pub mod gate_batch;
 pub mod issuance;
 pub mod locked;
 

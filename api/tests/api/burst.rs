@@ -64,6 +64,17 @@ async fn a_burst_of_2000_requests_from_500_users_issues_exactly_the_stock() {
     assert_eq!(view["taken"], 100);
     assert_eq!(view["persisted"], 100);
     assert_eq!(view["state"], "sold_out");
+    // The takes that arrived while a gate call was out went together
+    // (`gate.batch_size`, its default): fewer calls than takes.
+    for api in &apis {
+        let scrape = api.scrape().await;
+        let calls = scrape.sum("gate_batch_takes_count", &[]);
+        let takes = scrape.sum("gate_batch_takes_sum", &[]);
+        assert!(
+            takes > 0.0 && calls < takes,
+            "{calls} calls for {takes} takes"
+        );
+    }
 
     worker.stop().await;
     for api in apis {

@@ -319,6 +319,189 @@ async fn a_withdrawn_take_holds_nothing_whichever_runs_first() {
     api.stop().await;
 }
 
+/// The gate's batch, script by script: its takes run in order as calls of
+/// their own would (a user twice: `duplicate`; the stock counted across the
+/// batch; a withdrawn take writes nothing), and the same batch sent again
+/// (a cluster client after a lost reply) answers what it did and writes
+/// nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_batch_runs_its_takes_in_order_and_again_acts_once() {
+    use common::ids::{CouponId, UserId};
+    use common::redis_state::{Gate, GateReply, RedisClient, Refusal, Withdrawal};
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(2).await;
+    let gate = Gate::new(RedisClient::new(&settings.redis, None).unwrap());
+    let user = |u: &str| UserId::parse(u).unwrap();
+    let (alice, bob, carol, dave) = (user("alice"), user("bob"), user("carol"), user("dave"));
+    let coupons: Vec<CouponId> = (0..5).map(|_| CouponId::new()).collect();
+    // Carol's take is withdrawn before the batch runs.
+    assert_eq!(
+        gate.withdraw(&campaign, &carol, &coupons[1]).await.unwrap(),
+        Withdrawal::Voided
+    );
+    let batch = [
+        (&alice, &coupons[0]),
+        (&carol, &coupons[1]),
+        (&alice, &coupons[2]),
+        (&bob, &coupons[3]),
+        (&dave, &coupons[4]),
+    ];
+    let taken = GateReply::Taken { waited: None };
+    let expected = vec![
+        taken,
+        GateReply::Withdrawn,
+        GateReply::Refused(Refusal::Duplicate),
+        taken,
+        GateReply::Refused(Refusal::SoldOut),
+    ];
+    assert_eq!(gate.take_batch(&campaign, &batch).await.unwrap(), expected);
+    let state = (vec!["alice".to_owned(), "bob".to_owned()], Some(2));
+    assert_eq!(gate_state(&campaign).await, state);
+    assert_eq!(gate.take_batch(&campaign, &batch).await.unwrap(), expected);
+    assert_eq!(gate_state(&campaign).await, state);
+    api.stop().await;
+}
+
+/// Takes that wait in the gate's line behind a call that hangs (Redis
+/// stalled past the command timeout, `gate.batch_size` at its default) are
+/// answered 503 "nothing was issued" and withdrawn, each by its own coupon
+/// id: when Redis resumes and runs their batch, nobody is left with a slot
+/// no message fills, and a retry is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn takes_waiting_behind_a_gate_call_that_hangs_are_withdrawn() {
+    let redis = OwnRedis::start();
+    let mut settings = test_settings().await;
+    settings.redis.url = redis.url();
+    let api = spawn_api(&settings).await;
+    let campaign = api.open_campaign(100).await;
+    issue_until_accepted(&api, &campaign, "before", Duration::from_secs(20)).await;
+    let before = api.scrape().await;
+
+    let stall = settings.redis.command_timeout() * 3;
+    let mut admin = redis_at(&redis.url()).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(stall.as_millis() as u64)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let users: Vec<String> = (0..20).map(|i| format!("user-{i}")).collect();
+    let replies =
+        futures::future::join_all(users.iter().map(|user| api.issue(&campaign, user))).await;
+    for (status, body) in &replies {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was issued"),
+            "{body}"
+        );
+    }
+    // Every command sent during the stall has run by now.
+    let _: String = redis::cmd("PING").query_async(&mut admin).await.unwrap();
+    assert_eq!(
+        gate_state_at(&redis.url(), &campaign).await,
+        (vec!["before".to_owned()], Some(1)),
+        "a take that waited in line left a slot behind"
+    );
+    // (Each take was withdrawn or voided, but one sent on a connection its
+    // thread opened during the stall, which never left: a 503 with nothing
+    // to withdraw. So the count of compensations is not the promise; the
+    // gate's state above is.)
+    let scrape = api.scrape().await;
+    let since = |name: &str| scrape.sum(name, &[]) - before.sum(name, &[]);
+    let (calls, takes) = (
+        since("gate_batch_takes_count"),
+        since("gate_batch_takes_sum"),
+    );
+    assert_eq!(takes, users.len() as f64);
+    assert!(calls < takes, "no take waited in line: {calls} calls");
+    let (status, body) = api.issue(&campaign, "user-0").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    api.stop().await;
+}
+
+/// The gate's line, step by step, on a Redis stalled by `CLIENT PAUSE`: a
+/// take waiting behind the call out for longer than its wait leaves the line
+/// unsent (`NotSent`: nothing to withdraw, and it never runs); a line that
+/// fills a whole batch sends it at once, beside the call out. (The line's
+/// wait is given a short `longest_call` here, the client its production
+/// timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_that_waits_in_the_gate_line_too_long_leaves_it_unsent() {
+    use api::strategy::gate_batch::GateBatches;
+    use common::ids::{CouponId, UserId};
+    use common::redis_state::{
+        CampaignMeta, CampaignMetas, Gate, GateReply, RedisCallError, RedisClient,
+    };
+    let redis = OwnRedis::start();
+    let mut settings = test_settings().await;
+    settings.redis.url = redis.url();
+    settings.redis.command_timeout_ms = 5_000;
+    let client = RedisClient::new(&settings.redis, None).unwrap();
+    let campaign = CampaignId::new();
+    let meta = CampaignMeta {
+        stock: 100,
+        starts_at: chrono::Utc::now() - chrono::Duration::minutes(1),
+        ends_at: None,
+        closed: false,
+        room: None,
+    };
+    CampaignMetas::new(client.clone())
+        .load(&campaign, &meta)
+        .await
+        .unwrap();
+    let takes = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
+    let gate = Gate::new(client.clone());
+    let user = |i: usize| UserId::parse(&format!("user-{i}")).unwrap();
+    let users: Vec<UserId> = (0..6).map(user).collect();
+    let coupons: Vec<CouponId> = users.iter().map(|_| CouponId::new()).collect();
+    // Every connection of the pool opened before the stall (a connection
+    // opened during it would time out: another test's path).
+    for _ in 0..2 * settings.redis.pool_size {
+        client.server().await.unwrap();
+    }
+    let mut admin = redis_at(&redis.url()).await;
+    let pause = |ms: u64| redis::cmd("CLIENT").arg("PAUSE").arg(ms).arg("ALL").clone();
+
+    // A wait of 200 ms: the second take leaves while the first is out.
+    let line = GateBatches::new(gate.clone(), takes.clone(), 64, Duration::from_millis(100));
+    let _: () = pause(1_000).query_async(&mut admin).await.unwrap();
+    let (first, second) = tokio::join!(
+        line.take(&campaign, &users[0], &coupons[0]),
+        line.take(&campaign, &users[1], &coupons[1]),
+    );
+    assert_eq!(first.unwrap(), GateReply::Taken { waited: None });
+    let second = second.unwrap_err();
+    assert!(matches!(second, RedisCallError::NotSent(_)), "{second}");
+    assert!(!second.may_have_run());
+    let _: String = redis::cmd("PING").query_async(&mut admin).await.unwrap();
+    assert_eq!(
+        gate_state_at(&redis.url(), &campaign).await,
+        (vec!["user-0".to_owned()], Some(1)),
+        "the take that left the line ran"
+    );
+    assert_eq!(takes.get_sample_count(), 1);
+
+    // Batches of 2: behind the call out, each pair goes at once.
+    let line = GateBatches::new(gate, takes.clone(), 2, Duration::from_secs(20));
+    let _: () = pause(500).query_async(&mut admin).await.unwrap();
+    let replies =
+        futures::future::join_all((1..6).map(|i| line.take(&campaign, &users[i], &coupons[i])))
+            .await;
+    for reply in replies {
+        assert_eq!(reply.unwrap(), GateReply::Taken { waited: None });
+    }
+    // One alone, then two pairs: with the first part's call, four calls
+    // and six takes.
+    assert_eq!(takes.get_sample_count(), 4);
+    assert_eq!(takes.get_sample_sum(), 6.0);
+    assert_eq!(gate_state_at(&redis.url(), &campaign).await.1, Some(6));
+}
+
 /// A busy instance is not a dead Redis: when the thread that would read a
 /// gate call's reply is kept busy past the command timeout (a burst on two
 /// cores), Redis having answered at once, the call is still answered: the

@@ -41,6 +41,7 @@ async fn every_family_is_exported_and_counts_move_with_requests() {
         ("issue_outcomes_total", "counter"),
         ("jwt_verify_duration_seconds", "histogram"),
         ("gate_duration_seconds", "histogram"),
+        ("gate_batch_takes", "histogram"),
         ("produce_duration_seconds", "histogram"),
         ("redis_pool_wait_seconds", "histogram"),
         ("gate_compensations_total", "counter"),

@@ -21,6 +21,10 @@ pub enum RedisCallError {
     ConnectTimeout(Duration),
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// A take that waited this long in the gate's line for its turn and
+    /// left it: it was never sent.
+    #[error("the call waited {0:?} for its turn and was never sent")]
+    NotSent(Duration),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply from Redis: {0:?}")]
@@ -41,9 +45,24 @@ impl RedisCallError {
     /// have run, so a take that failed so must be withdrawn.
     pub fn may_have_run(&self) -> bool {
         match self {
-            Self::ConnectTimeout(_) | Self::AdminLockLost => false,
+            Self::ConnectTimeout(_) | Self::NotSent(_) | Self::AdminLockLost => false,
             Self::Redis(e) => !e.is_connection_refusal(),
             Self::Timeout(_) | Self::Protocol(_) => true,
+        }
+    }
+
+    /// The error one take of a batch (`Gate::take_batch`) gets when the
+    /// batch's call failed with this one: the same error, so that each take
+    /// is withdrawn if and only if the call may have run
+    /// ([`RedisCallError::may_have_run`]).
+    pub fn for_each_take(&self) -> Self {
+        match self {
+            Self::ConnectTimeout(d) => Self::ConnectTimeout(*d),
+            Self::Timeout(d) => Self::Timeout(*d),
+            Self::NotSent(d) => Self::NotSent(*d),
+            Self::Protocol(s) => Self::Protocol(s.clone()),
+            Self::AdminLockLost => Self::AdminLockLost,
+            Self::Redis(e) => Self::Redis(e.clone()),
         }
     }
 

@@ -160,7 +160,7 @@ impl Gate {
         Self { client }
     }
 
-    /// Runs the gate script: a slot taken names `coupon`. On
+    /// Runs the gate script for one take: a slot taken names `coupon`. On
     /// `Err(RedisCallError::Timeout)` the slot may have been taken (or may
     /// still be): [`Gate::withdraw`] settles which.
     pub async fn take(
@@ -169,30 +169,52 @@ impl Gate {
         user: &UserId,
         coupon: &CouponId,
     ) -> Result<GateReply, RedisCallError> {
+        let mut replies = self.take_batch(campaign, &[(user, coupon)]).await?;
+        replies
+            .pop()
+            .ok_or_else(|| RedisCallError::Protocol("the gate answered no take".into()))
+    }
+
+    /// Runs the gate script for a batch of takes of one campaign, in order,
+    /// in one call: one reply per take, in the same order (a later take sees
+    /// what the earlier ones wrote). On an error every take of the batch is
+    /// as one take's call that failed so: on `Err(RedisCallError::Timeout)`
+    /// each may have taken its slot, and is withdrawn by its own coupon id.
+    pub async fn take_batch(
+        &self,
+        campaign: &CampaignId,
+        takes: &[(&UserId, &CouponId)],
+    ) -> Result<Vec<GateReply>, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         let room = keys.room();
-        let reply: String = self
+        let mut invocation = scripts::GATE.prepare_invoke();
+        invocation
+            .key(keys.meta())
+            .key(keys.users())
+            .key(keys.taken())
+            .key(keys.slots())
+            .key(&room.all()[..]);
+        for (user, coupon) in takes {
+            invocation.key(keys.status(user)).key(keys.void(coupon));
+        }
+        let replies: Vec<String> = self
             .client
             .run_on(|mut conn, server| {
-                let server = server.to_owned();
-                async move {
-                    scripts::GATE
-                        .key(keys.meta())
-                        .key(keys.users())
-                        .key(keys.taken())
-                        .key(keys.status(user))
-                        .key(keys.slots())
-                        .key(keys.void(coupon))
-                        .key(&room.all()[..])
-                        .arg(user.as_str())
-                        .arg(coupon.to_string())
-                        .arg(server)
-                        .invoke_async(&mut conn)
-                        .await
+                invocation.arg(server);
+                for (user, coupon) in takes {
+                    invocation.arg(user.as_str()).arg(coupon.to_string());
                 }
+                async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
-        GateReply::from_script(&reply)
+        if replies.len() != takes.len() {
+            return Err(RedisCallError::Protocol(format!(
+                "the gate answered {} takes of {}",
+                replies.len(),
+                takes.len()
+            )));
+        }
+        replies.iter().map(|r| GateReply::from_script(r)).collect()
     }
 
     /// A re-drive's slot: the user must hold the slot naming `coupon`, or

@@ -10,7 +10,7 @@
 //! | file | group |
 //! |---|---|
 //! | this one | [`Settings`], loading, the checks at start-up |
-//! | [`strategy`] | `strategy`, `queue.*`, `lock.*`, the take-to-message bounds |
+//! | [`strategy`] | `strategy`, `gate.*`, `queue.*`, `lock.*`, the take-to-message bounds |
 //! | [`admin`] | `admin.*` (the admin commands of `issuer-worker`) |
 //! | [`http`] | `http.*` |
 //! | [`redis`] | `redis.*` |
@@ -76,6 +76,7 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub auth: AuthSettings,
     pub rate_limit: RateLimitSettings,
+    pub gate: GateSettings,
     pub queue: QueueSettings,
     pub lock: LockSettings,
     pub idempotency: IdempotencySettings,

@@ -1,6 +1,6 @@
-//! The request path's strategy and its bounds: `strategy`, the async
-//! queue (`queue.*`), the locks (`lock.*`), and the bounds between a take
-//! and its message.
+//! The request path's strategy and its bounds: `strategy`, the gate's
+//! calls (`gate.*`), the async queue (`queue.*`), the locks (`lock.*`), and
+//! the bounds between a take and its message.
 
 use std::time::Duration;
 
@@ -72,6 +72,25 @@ pub const PRODUCE_WITHIN: Duration = Duration::from_secs(2);
 /// How long a request keeps trying to withdraw a take whose reply from
 /// Redis never came, before it leaves the slot to reconciliation.
 pub const WITHDRAW_WITHIN: Duration = Duration::from_secs(3);
+
+/// The gate's calls (`gate.*`), in every strategy that takes a slot with
+/// `lua/gate.lua` (`sync`, async-queue's consumers).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct GateSettings {
+    /// The most takes of one campaign one gate call carries: while a call
+    /// of an instance's campaign is out, the takes that arrive wait for it
+    /// and go together in the next (`api::strategy::gate_batch`). A take
+    /// alone goes at once. 1: every take in a call of its own; at most
+    /// 512 (`api::strategy::gate_batch::MOST_PER_CALL`).
+    pub batch_size: usize,
+}
+
+impl Default for GateSettings {
+    fn default() -> Self {
+        Self { batch_size: 64 }
+    }
+}
 
 /// The `async-queue` strategy's queue.
 #[derive(Debug, Clone, Deserialize, Serialize)]
