@@ -15,9 +15,9 @@
 //! take to find none (or none out) sends its own call. The takes that find
 //! a call out wait in the line; when a call returns, the next batch of the
 //! line (up to `gate.batch_size`, in arrival order) goes in its place, from
-//! a task of its own ([`send`]); a line that fills a whole batch sends it
-//! at once, beside the call out. The line closes when no call is out and
-//! nothing waits. A line is as long as this instance's requests in flight
+//! a task of its own on the main runtime ([`send`]); a line that fills a
+//! whole batch sends it at once, beside the call out. The line closes when
+//! no call is out and nothing waits. A line is as long as this instance's requests in flight
 //! (`http.max_in_flight`, async-queue's consumers' batches).
 //!
 //! What if, at each await:
@@ -32,11 +32,12 @@
 //!   ([`RedisCallError::NotSent`]); one already in a batch waits for that
 //!   call, bounded as every call;
 //! - the task that sends a batch dies (a panic), or is dropped before it
-//!   ran (its runtime shutting down): its takes find their reply gone,
-//!   which counts as a call that may have run, so each is withdrawn; its
-//!   guard ([`CallOut`]) hands its place to the next batch all the same,
-//!   or closes the line (with no runtime to send on, the whole line: every
-//!   take waiting finds its reply gone and is withdrawn);
+//!   ran (the main runtime shutting down): its takes find their reply
+//!   gone, which counts as a call that may have run, so each is withdrawn;
+//!   its guard ([`CallOut`]) hands its place to the next batch all the
+//!   same (which, dropped unrun too, hands it on, until the line is empty);
+//! - the worker thread whose call returned is busy or stopping: batches go
+//!   from the process's main runtime, not from that thread;
 //! - the request that sent its own call is dropped mid-call (its task
 //!   ended: a shutdown): its guard hands its place over all the same;
 //! - the process dies: a slot taken and not produced is left to
@@ -67,6 +68,11 @@ pub const MOST_PER_CALL: usize = 512;
 #[derive(Debug)]
 pub struct GateBatches {
     gate: Gate,
+    /// Where batches are sent from: the process's main runtime, which
+    /// outlives the server's worker threads and which any of its threads
+    /// runs, so that a batch of takes from several workers does not depend
+    /// on the one whose call happened to return (busy, or stopping).
+    runtime: tokio::runtime::Handle,
     /// Takes per call (`gate_batch_takes`).
     takes: Histogram,
     most: usize,
@@ -91,9 +97,12 @@ struct Waiting {
 impl GateBatches {
     /// `most`: `gate.batch_size`; `longest_call`: the longest one Redis call
     /// takes before it is given up (`redis.command_timeout_ms`, extended).
+    /// Must be called on the runtime batches are to be sent from (the
+    /// process's main one).
     pub fn new(gate: Gate, takes: Histogram, most: usize, longest_call: Duration) -> Arc<Self> {
         Arc::new(Self {
             gate,
+            runtime: tokio::runtime::Handle::current(),
             takes,
             most: most.clamp(1, MOST_PER_CALL),
             wait: Self::wait(longest_call),
@@ -221,24 +230,17 @@ impl GateBatches {
         self.spawn_batch(*campaign, batch);
     }
 
-    /// Sends `batch` from a task of its own; its place among the calls out
-    /// is already counted.
+    /// Sends `batch` from a task of its own on the main runtime; its place
+    /// among the calls out is already counted, and is held by the task's
+    /// guard, made before the spawn: a task dropped unrun (the runtime
+    /// shutting down) hands its place over all the same, its takes finding
+    /// their reply gone.
     fn spawn_batch(self: &Arc<Self>, campaign: CampaignId, batch: Vec<Waiting>) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let out = CallOut {
-                    batches: self.clone(),
-                    campaign,
-                };
-                runtime.spawn(send(batch, out));
-            }
-            Err(_) => {
-                // No runtime to send on (the process is ending): the line
-                // closes; every take in it finds its reply gone.
-                drop(batch);
-                self.lines().remove(&campaign);
-            }
-        }
+        let out = CallOut {
+            batches: self.clone(),
+            campaign,
+        };
+        self.runtime.spawn(send(batch, out));
     }
 }
 
@@ -260,14 +262,23 @@ impl Drop for CallOut {
 }
 
 /// Sends one batch and answers each of its takes.
-async fn send(batch: Vec<Waiting>, out: CallOut) {
+async fn send(mut batch: Vec<Waiting>, out: CallOut) {
+    // A take whose request is gone (its wait ran out and it left, or its
+    // task ended) is not sent.
+    batch.retain(|w| !w.reply.is_closed());
+    if batch.is_empty() {
+        return;
+    }
     let takes: Vec<(&UserId, &CouponId)> = batch.iter().map(|w| (&w.user, &w.coupon)).collect();
     out.batches.takes.observe(takes.len() as f64);
     let replies = out.batches.gate.take_batch(&out.campaign, &takes).await;
     match replies {
         Ok(replies) => {
             for (w, reply) in batch.into_iter().zip(replies) {
-                // A request gone since withdraws its take itself.
+                // A request gone since (its task ended with its worker
+                // thread, at shutdown) leaves a slot it took to
+                // `reconcile`, as a crash between the gate and the produce
+                // does.
                 let _ = w.reply.send(Ok(reply));
             }
         }
