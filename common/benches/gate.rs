@@ -37,21 +37,12 @@ fn gate(c: &mut Criterion) {
     let runtime = support::runtime();
     let settings = support::redis_settings();
     let campaign = CampaignId::new();
-    let (client, gate) = runtime.block_on(async {
+    let client = runtime.block_on(async {
         let client = RedisClient::new(&settings, None).unwrap();
-        let meta = CampaignMeta {
-            stock: i64::MAX / 2,
-            starts_at: Utc::now() - chrono::Duration::minutes(1),
-            ends_at: None,
-            closed: false,
-            room: None,
-        };
-        CampaignMetas::new(client.clone())
-            .load(&campaign, &meta)
-            .await
-            .unwrap();
-        (client.clone(), Gate::new(client))
+        open_for_ever(&client, &campaign).await;
+        client
     });
+    let gate = Gate::new(client.clone());
     let next = AtomicU64::new(0);
     let user = || UserId::parse(&format!("u{}", next.fetch_add(1, Ordering::Relaxed))).unwrap();
     c.bench_function("gate_take", |b| {
@@ -74,19 +65,7 @@ fn gate(c: &mut Criterion) {
             .await
         })
     });
-    runtime.block_on(async {
-        let keys = common::keys::CampaignKeys::new(&campaign);
-        let mut conn = client
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let _: () = redis::cmd("DEL")
-            .arg(&[keys.meta(), keys.users(), keys.taken(), keys.slots()])
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    });
+    runtime.block_on(release(&client, &campaign));
 }
 
 /// 64 takes at once, in calls of `size` takes (64 / `size` calls, at once
@@ -137,6 +116,8 @@ fn gate_batch(c: &mut Criterion) {
     group.finish();
 }
 
+/// Loads `campaign`'s gate meta: open since a minute ago, no end, stock
+/// without bound.
 async fn open_for_ever(client: &RedisClient, campaign: &CampaignId) {
     let meta = CampaignMeta {
         stock: i64::MAX / 2,
@@ -170,6 +151,7 @@ async fn redis_cpu_seconds(client: &RedisClient) -> f64 {
         .sum()
 }
 
+/// Removes `campaign`'s gate state.
 async fn release(client: &RedisClient, campaign: &CampaignId) {
     let keys = common::keys::CampaignKeys::new(campaign);
     let mut conn = client

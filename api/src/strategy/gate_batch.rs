@@ -117,7 +117,7 @@ impl GateBatches {
 
     /// The longest a take waits in line before it leaves it unsent: the
     /// call out and one more, each at its longest.
-    pub fn wait(longest_call: Duration) -> Duration {
+    fn wait(longest_call: Duration) -> Duration {
         longest_call * 2
     }
 

@@ -205,6 +205,19 @@ async fn postgres_unreachable_means_503_on_admin_routes_and_unknown_ids() {
     api.stop().await;
 }
 
+/// Stalls the Redis `admin` is connected to for `stall` (`CLIENT PAUSE
+/// ALL`): it reads nothing and runs nothing until then, and then runs what
+/// it was sent meanwhile.
+async fn pause_redis(admin: &mut redis::aio::MultiplexedConnection, stall: Duration) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(stall.as_millis() as u64)
+        .arg("ALL")
+        .query_async(admin)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gate_call_that_times_out_is_withdrawn_and_the_retry_is_accepted() {
     let redis = OwnRedis::start();
@@ -220,13 +233,7 @@ async fn a_gate_call_that_times_out_is_withdrawn_and_the_retry_is_accepted() {
     // no message fills, and read `duplicate` until reconciliation.
     let stall = settings.redis.command_timeout() * 3;
     let mut admin = redis_at(&redis.url()).await;
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(stall.as_millis() as u64)
-        .arg("ALL")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    pause_redis(&mut admin, stall).await;
     let started = Instant::now();
     let (status, body) = api.issue(&campaign, "alice").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
@@ -380,13 +387,7 @@ async fn takes_waiting_behind_a_gate_call_that_hangs_are_withdrawn() {
 
     let stall = settings.redis.command_timeout() * 3;
     let mut admin = redis_at(&redis.url()).await;
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(stall.as_millis() as u64)
-        .arg("ALL")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    pause_redis(&mut admin, stall).await;
     let users: Vec<String> = (0..20).map(|i| format!("user-{i}")).collect();
     let replies =
         futures::future::join_all(users.iter().map(|user| api.issue(&campaign, user))).await;
@@ -465,11 +466,10 @@ async fn a_take_that_waits_in_the_gate_line_too_long_leaves_it_unsent() {
         client.server().await.unwrap();
     }
     let mut admin = redis_at(&redis.url()).await;
-    let pause = |ms: u64| redis::cmd("CLIENT").arg("PAUSE").arg(ms).arg("ALL").clone();
 
     // A wait of 200 ms: the second take leaves while the first is out.
     let line = GateBatches::new(gate.clone(), takes.clone(), 64, Duration::from_millis(100));
-    let _: () = pause(1_000).query_async(&mut admin).await.unwrap();
+    pause_redis(&mut admin, Duration::from_secs(1)).await;
     let (first, second) = tokio::join!(
         line.take(&campaign, &users[0], &coupons[0]),
         line.take(&campaign, &users[1], &coupons[1]),
@@ -488,7 +488,7 @@ async fn a_take_that_waits_in_the_gate_line_too_long_leaves_it_unsent() {
 
     // Batches of 2: behind the call out, each pair goes at once.
     let line = GateBatches::new(gate, takes.clone(), 2, Duration::from_secs(20));
-    let _: () = pause(500).query_async(&mut admin).await.unwrap();
+    pause_redis(&mut admin, Duration::from_millis(500)).await;
     let replies =
         futures::future::join_all((1..6).map(|i| line.take(&campaign, &users[i], &coupons[i])))
             .await;
