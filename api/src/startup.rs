@@ -93,6 +93,7 @@ impl Application {
             gate,
             metrics.gate_batch_takes.clone(),
             settings.gate.batch_size,
+            settings.gate.calls_out,
             settings.redis.longest_call(),
         );
         let issuance = Arc::new(Issuance::new(

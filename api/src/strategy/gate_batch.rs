@@ -1,6 +1,6 @@
 //! The gate's batch (`gate.batch_size`): the takes of one campaign that
-//! arrive at this instance while a gate call of that campaign is out wait
-//! for it, then go together in one call (`lua/gate.lua` runs them in
+//! arrive at this instance while a gate call of that campaign is out
+//! (`gate.calls_out` of them) wait for it, then go together in one call (`lua/gate.lua` runs them in
 //! order, as if each were a call of its own) — group commit, as a
 //! database's log does. A take alone goes at once, in a call of its own,
 //! from the request's own task; so does every take with a
@@ -11,9 +11,12 @@
 //! --bench gate -- gate_take_batch`; docs/PERFORMANCE.md, "The gate's
 //! batch").
 //!
-//! A campaign has a *line* here while one of its calls is out. The first
-//! take to find none (or none out) sends its own call. The takes that find
-//! a call out wait in the line; when a call returns, the next batch of the
+//! A campaign has a *line* here while one of its calls is out. A take that
+//! finds fewer than `gate.calls_out` (1) of its campaign's calls out sends
+//! its own call; nothing waits in the line then, so it passes no one there
+//! (with more than one, it may reach Redis before a batch just handed to
+//! its task: the gate promises no order across calls). The takes that
+//! find that many out wait in the line; when a call returns, the next batch of the
 //! line (up to `gate.batch_size`, in arrival order) goes in its place, from
 //! a task of its own on the main runtime ([`send`]); a line that fills a
 //! whole batch sends it at once, beside the call out. The line closes when
@@ -76,6 +79,8 @@ pub struct GateBatches {
     /// Takes per call (`gate_batch_takes`).
     takes: Histogram,
     most: usize,
+    /// `gate.calls_out`: a campaign's calls out before its takes line up.
+    calls_out: usize,
     wait: Duration,
     lines: Mutex<HashMap<CampaignId, Line>>,
 }
@@ -95,16 +100,23 @@ struct Waiting {
 }
 
 impl GateBatches {
-    /// `most`: `gate.batch_size`; `longest_call`: the longest one Redis call
-    /// takes before it is given up (`redis.command_timeout_ms`, extended).
-    /// Must be called on the runtime batches are to be sent from (the
-    /// process's main one).
-    pub fn new(gate: Gate, takes: Histogram, most: usize, longest_call: Duration) -> Arc<Self> {
+    /// `most`: `gate.batch_size`; `calls_out`: `gate.calls_out`;
+    /// `longest_call`: the longest one Redis call takes before it is given
+    /// up (`redis.command_timeout_ms`, extended). Must be called on the
+    /// runtime batches are to be sent from (the process's main one).
+    pub fn new(
+        gate: Gate,
+        takes: Histogram,
+        most: usize,
+        calls_out: usize,
+        longest_call: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             gate,
             runtime: tokio::runtime::Handle::current(),
             takes,
             most: most.clamp(1, MOST_PER_CALL),
+            calls_out: calls_out.max(1),
             wait: Self::wait(longest_call),
             lines: Mutex::new(HashMap::new()),
         })
@@ -121,8 +133,8 @@ impl GateBatches {
         longest_call * 2
     }
 
-    /// The gate's take, in a batch if a call of the campaign is out
-    /// ([`Gate::take`] otherwise).
+    /// The gate's take, in a batch if `calls_out` calls of the campaign
+    /// are out ([`Gate::take`] otherwise).
     pub async fn take(
         self: &Arc<Self>,
         campaign: &CampaignId,
@@ -136,8 +148,11 @@ impl GateBatches {
         let (answer, full) = {
             let mut lines = self.lines();
             let line = lines.entry(*campaign).or_default();
-            if line.out == 0 {
-                line.out = 1;
+            // Below `calls_out` nothing waits in the line (its takes wait
+            // only while that many calls are out): going at once passes no
+            // one there.
+            if line.out < self.calls_out {
+                line.out += 1;
                 (None, None)
             } else {
                 let (reply, answer) = oneshot::channel();

@@ -61,7 +61,8 @@ impl TakenSlot {
 #[derive(Debug)]
 pub struct Issuance {
     pub gate: Gate,
-    /// The gate's takes, in batches while a call is out (`gate.batch_size`).
+    /// The gate's takes, in batches while calls are out (`gate.batch_size`,
+    /// `gate.calls_out`).
     pub gate_batches: std::sync::Arc<GateBatches>,
     pub status: StatusRecords,
     pub producer: std::sync::Arc<IssueProducer>,

@@ -428,7 +428,8 @@ async fn takes_waiting_behind_a_gate_call_that_hangs_are_withdrawn() {
 /// The gate's line, step by step, on a Redis stalled by `CLIENT PAUSE`: a
 /// take waiting behind the call out for longer than its wait leaves the line
 /// unsent (`NotSent`: nothing to withdraw, and it never runs); a line that
-/// fills a whole batch sends it at once, beside the call out. (The line's
+/// fills a whole batch sends it at once, beside the call out; with
+/// `gate.calls_out` 2, two takes go out alone before a line forms. (The line's
 /// wait is given a short `longest_call` here, the client its production
 /// timeout.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,7 +459,7 @@ async fn a_take_that_waits_in_the_gate_line_too_long_leaves_it_unsent() {
     let takes = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
     let gate = Gate::new(client.clone());
     let user = |i: usize| UserId::parse(&format!("user-{i}")).unwrap();
-    let users: Vec<UserId> = (0..6).map(user).collect();
+    let users: Vec<UserId> = (0..11).map(user).collect();
     let coupons: Vec<CouponId> = users.iter().map(|_| CouponId::new()).collect();
     // Every connection of the pool opened before the stall (a connection
     // opened during it would time out: another test's path).
@@ -468,7 +469,13 @@ async fn a_take_that_waits_in_the_gate_line_too_long_leaves_it_unsent() {
     let mut admin = redis_at(&redis.url()).await;
 
     // A wait of 200 ms: the second take leaves while the first is out.
-    let line = GateBatches::new(gate.clone(), takes.clone(), 64, Duration::from_millis(100));
+    let line = GateBatches::new(
+        gate.clone(),
+        takes.clone(),
+        64,
+        1,
+        Duration::from_millis(100),
+    );
     pause_redis(&mut admin, Duration::from_secs(1)).await;
     let (first, second) = tokio::join!(
         line.take(&campaign, &users[0], &coupons[0]),
@@ -487,7 +494,7 @@ async fn a_take_that_waits_in_the_gate_line_too_long_leaves_it_unsent() {
     assert_eq!(takes.get_sample_count(), 1);
 
     // Batches of 2: behind the call out, each pair goes at once.
-    let line = GateBatches::new(gate, takes.clone(), 2, Duration::from_secs(20));
+    let line = GateBatches::new(gate.clone(), takes.clone(), 2, 1, Duration::from_secs(20));
     pause_redis(&mut admin, Duration::from_millis(500)).await;
     let replies =
         futures::future::join_all((1..6).map(|i| line.take(&campaign, &users[i], &coupons[i])))
@@ -500,6 +507,20 @@ async fn a_take_that_waits_in_the_gate_line_too_long_leaves_it_unsent() {
     assert_eq!(takes.get_sample_count(), 4);
     assert_eq!(takes.get_sample_sum(), 6.0);
     assert_eq!(gate_state_at(&redis.url(), &campaign).await.1, Some(6));
+
+    // `gate.calls_out` 2: the first two takes go at once, each alone, and
+    // the other three wait together behind them.
+    let line = GateBatches::new(gate, takes.clone(), 64, 2, Duration::from_secs(20));
+    pause_redis(&mut admin, Duration::from_millis(500)).await;
+    let replies =
+        futures::future::join_all((6..11).map(|i| line.take(&campaign, &users[i], &coupons[i])))
+            .await;
+    for reply in replies {
+        assert_eq!(reply.unwrap(), GateReply::Taken { waited: None });
+    }
+    assert_eq!(takes.get_sample_count(), 4 + 3);
+    assert_eq!(takes.get_sample_sum(), 6.0 + 5.0);
+    assert_eq!(gate_state_at(&redis.url(), &campaign).await.1, Some(11));
 }
 
 /// A busy instance is not a dead Redis: when the thread that would read a

@@ -78,17 +78,26 @@ pub const WITHDRAW_WITHIN: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct GateSettings {
-    /// The most takes of one campaign one gate call carries: while a call
-    /// of an instance's campaign is out, the takes that arrive wait for it
-    /// and go together in the next (`api::strategy::gate_batch`). A take
-    /// alone goes at once. 1: every take in a call of its own; at most
+    /// The most takes of one campaign one gate call carries: while
+    /// `calls_out` calls of an instance's campaign are out, the takes that
+    /// arrive wait for one and go together in the next
+    /// (`api::strategy::gate_batch`). A take alone goes at once. 1: every take in a call of its own; at most
     /// 512 (`api::strategy::gate_batch::MOST_PER_CALL`).
     pub batch_size: usize,
+    /// How many gate calls of one campaign an instance has out before the
+    /// takes that arrive wait in its line for one to return (at least 1).
+    /// Below that a take goes at once, in a call of its own. More serve
+    /// more at light load and less under a burst (docs/PERFORMANCE.md,
+    /// "The gate's batch"); a large value turns the batch off.
+    pub calls_out: usize,
 }
 
 impl Default for GateSettings {
     fn default() -> Self {
-        Self { batch_size: 64 }
+        Self {
+            batch_size: 64,
+            calls_out: 1,
+        }
     }
 }
 
