@@ -467,7 +467,6 @@ async fn a_take_that_waits_in_the_gate_line_too_long_leaves_it_unsent() {
         client.server().await.unwrap();
     }
     let mut admin = redis_at(&redis.url()).await;
-
     // A wait of 200 ms: the second take leaves while the first is out.
     let line = GateBatches::new(
         gate.clone(),
@@ -496,12 +495,7 @@ async fn a_take_that_waits_in_the_gate_line_too_long_leaves_it_unsent() {
     // Batches of 2: behind the call out, each pair goes at once.
     let line = GateBatches::new(gate.clone(), takes.clone(), 2, 1, Duration::from_secs(20));
     pause_redis(&mut admin, Duration::from_millis(500)).await;
-    let replies =
-        futures::future::join_all((1..6).map(|i| line.take(&campaign, &users[i], &coupons[i])))
-            .await;
-    for reply in replies {
-        assert_eq!(reply.unwrap(), GateReply::Taken { waited: None });
-    }
+    take_all(&line, &campaign, &users[1..6], &coupons[1..6]).await;
     // One alone, then two pairs: with the first part's call, four calls
     // and six takes.
     assert_eq!(takes.get_sample_count(), 4);
@@ -512,15 +506,30 @@ async fn a_take_that_waits_in_the_gate_line_too_long_leaves_it_unsent() {
     // the other three wait together behind them.
     let line = GateBatches::new(gate, takes.clone(), 64, 2, Duration::from_secs(20));
     pause_redis(&mut admin, Duration::from_millis(500)).await;
-    let replies =
-        futures::future::join_all((6..11).map(|i| line.take(&campaign, &users[i], &coupons[i])))
-            .await;
-    for reply in replies {
-        assert_eq!(reply.unwrap(), GateReply::Taken { waited: None });
-    }
+    take_all(&line, &campaign, &users[6..11], &coupons[6..11]).await;
     assert_eq!(takes.get_sample_count(), 4 + 3);
     assert_eq!(takes.get_sample_sum(), 6.0 + 5.0);
     assert_eq!(gate_state_at(&redis.url(), &campaign).await.1, Some(11));
+}
+
+/// Takes `users`' slots (with `coupons`) at once through `line`: every one
+/// taken.
+async fn take_all(
+    line: &std::sync::Arc<api::strategy::gate_batch::GateBatches>,
+    campaign: &CampaignId,
+    users: &[common::ids::UserId],
+    coupons: &[common::ids::CouponId],
+) {
+    let takes = users
+        .iter()
+        .zip(coupons)
+        .map(|(user, coupon)| line.take(campaign, user, coupon));
+    for reply in futures::future::join_all(takes).await {
+        assert_eq!(
+            reply.unwrap(),
+            common::redis_state::GateReply::Taken { waited: None }
+        );
+    }
 }
 
 /// A busy instance is not a dead Redis: when the thread that would read a

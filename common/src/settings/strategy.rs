@@ -81,8 +81,9 @@ pub struct GateSettings {
     /// The most takes of one campaign one gate call carries: while
     /// `calls_out` calls of an instance's campaign are out, the takes that
     /// arrive wait for one and go together in the next
-    /// (`api::strategy::gate_batch`). A take alone goes at once. 1: every take in a call of its own; at most
-    /// 512 (`api::strategy::gate_batch::MOST_PER_CALL`).
+    /// (`api::strategy::gate_batch`). A take alone goes at once. 1: every
+    /// take in a call of its own; at most 512
+    /// (`api::strategy::gate_batch::MOST_PER_CALL`).
     pub batch_size: usize,
     /// How many gate calls of one campaign an instance has out before the
     /// takes that arrive wait in its line for one to return (at least 1).
