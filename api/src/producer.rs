@@ -302,9 +302,13 @@ pub enum ReportWait {
 /// connections) no linger cost a third of the throughput (9.0k/s against
 /// 13k/s), the broker then answering a produce request per message. So a
 /// request takes the *quick* lane (no linger) while fewer than
-/// `kafka.quick_lane_depth` messages are in flight on both, and the *batching*
-/// lane (`kafka.linger_ms`) otherwise: alone or lightly loaded, nothing
-/// waits for a batch to fill; under load, batches fill as before. A message
+/// `kafka.quick_lane_depth` messages are in flight on both (1 by default:
+/// only while none is), and the *batching* lane (`kafka.linger_ms`)
+/// otherwise: alone, nothing waits for a batch to fill; under load, batches
+/// fill. (With a depth of 8, three instances at 100 connections sent most
+/// of their produce requests from the quick lane, a few messages each, and
+/// served 12–27% less than with 1: docs/PERFORMANCE.md, "The quick lane,
+/// only while nothing is in flight".) A message
 /// no reply waits for always takes the batching lane ([`ReportWait`]). Nothing
 /// needs one order across the lanes (docs/CONTRACT.md, the message). With
 /// `kafka.linger_ms = 0` or `kafka.quick_lane_depth = 0` there is one lane,
@@ -429,7 +433,9 @@ impl IssueProducer {
     /// quick lane's while fewer than `kafka.quick_lane_depth` messages are
     /// in flight in all; else the batching lane's (under load every message
     /// batches: a quick lane kept full cost a fifth of the throughput at
-    /// 100 connections).
+    /// 100 connections). In flight: librdkafka's out queue, the messages
+    /// enqueued and not yet reported (in the buffer or sent), and the
+    /// reports and events its poll thread has not served yet.
     fn pick(&self, wait: ReportWait) -> Arc<Inner> {
         let Some(batching) = self.lanes.get(1) else {
             return self.producer(&self.lanes[0]);
@@ -586,6 +592,44 @@ mod tests {
                 "producer"
             );
         }
+    }
+
+    /// At the defaults, the quick lane takes a message whose reply waits
+    /// only while nothing is in flight: once one is (here it waits in the
+    /// buffer for a broker that is not there), the next batches.
+    #[tokio::test]
+    async fn at_the_defaults_the_quick_lane_is_for_a_producer_with_nothing_in_flight() {
+        let settings = KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            ..KafkaSettings::default()
+        };
+        let lanes = producer(&settings, ReportWait::Reply);
+        assert_eq!(lanes.lanes.len(), 2);
+        // The refused connections' events count until the poll thread has
+        // served them: nothing is in flight once it has.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let quick = loop {
+            let idle = lanes.in_flight() == 0;
+            let client = lanes.pick(ReportWait::Reply).context().client;
+            if (idle && client == "producer_quick") || Instant::now() > deadline {
+                break client;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        assert_eq!(quick, "producer_quick");
+        let message = CouponIssued::new(
+            common::ids::CouponId::new(),
+            common::ids::CampaignId::new(),
+            common::ids::UserId::parse("alice").expect("a user id"),
+            chrono::Utc::now(),
+            "sync",
+        );
+        let _receipt = lanes
+            .send(&message, ReportWait::Reply)
+            .await
+            .expect("enqueued");
+        assert!(lanes.in_flight() >= 1);
+        assert_eq!(lanes.pick(ReportWait::Reply).context().client, "producer");
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub struct KafkaSettings {
     /// and every message no reply waits for (`api/src/producer.rs`). Only
     /// `sync`'s replies wait: the other strategies build no quick lane, and
     /// this setting does nothing for them. 0: one lane, the batching one.
+    /// 1 (the default): the quick lane only while nothing is in flight, so
+    /// a request alone waits for no linger and a loaded producer batches
+    /// (docs/PERFORMANCE.md, "The quick lane, only while nothing is in
+    /// flight").
     pub quick_lane_depth: u32,
     /// How the api spreads messages over the topic's partitions.
     pub partitioning: Partitioning,
@@ -144,7 +148,7 @@ impl Default for KafkaSettings {
             replication_factor: 1,
             delivery_timeout_ms: 5_000,
             linger_ms: 1,
-            quick_lane_depth: 8,
+            quick_lane_depth: 1,
             partitioning: Partitioning::Sticky,
             sticky_partition_ms: 10,
             compression: "none".into(),
