@@ -1,9 +1,9 @@
 //! The gate's batch (`gate.batch_size`): the takes of one campaign that
 //! arrive at this instance while a gate call of that campaign is out
 //! (`gate.calls_out` of them) wait for one, then go together in one call
-//! (`lua/gate.lua` runs them in order, as if each were a call of its own)
-//! — group commit, as a database's log does. A take alone goes at once, in a call of its own,
-//! from the request's own task; so does every take with a
+//! (`lua/gate.lua` runs them in order, as if each were a call of its own) —
+//! group commit, as a database's log does. A take alone goes at once, in a
+//! call of its own, from the request's own task; so does every take with a
 //! `gate.batch_size` of 1. Redis then pays its per-call cost (the script's
 //! start, the meta, the fence, the clock, the reply) once per batch: with
 //! 64 takes at once, a take cost Redis 29 µs of CPU in calls of one, 18 µs
@@ -15,13 +15,14 @@
 //! finds fewer than `gate.calls_out` (1) of its campaign's calls out sends
 //! its own call; nothing waits in the line then, so it passes no one there
 //! (with more than one, it may reach Redis before a batch just handed to
-//! its task: the gate promises no order across calls). The takes that
-//! find that many out wait in the line; when a call returns, the next
-//! batch of the line (up to `gate.batch_size`, in arrival order) goes in its place, from
-//! a task of its own on the main runtime ([`send`]); a line that fills a
-//! whole batch sends it at once, beside the call out. The line closes when
-//! no call is out and nothing waits. A line is as long as this instance's requests in flight
-//! (`http.max_in_flight`, async-queue's consumers' batches).
+//! its task: the gate promises no order across calls). The takes that find
+//! that many out wait in the line; when a call returns, the next batch of
+//! the line (up to `gate.batch_size`, in arrival order) goes in its place,
+//! from a task of its own on the main runtime ([`send`]); a line that fills
+//! a whole batch sends it at once, beside the call out. The line closes
+//! when no call is out and nothing waits. A line is as long as this
+//! instance's requests in flight (`http.max_in_flight`, async-queue's
+//! consumers' batches).
 //!
 //! What if, at each await:
 //! - the call of a batch fails: every take of the batch gets the error a
