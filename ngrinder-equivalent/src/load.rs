@@ -558,11 +558,12 @@ const LATE_AFTER: Duration = Duration::from_millis(1);
 /// server answering in 0.1 ms measured 1.2–1.5 ms at 200/s.
 ///
 /// Sends whose time came but which no connection took in time and none had
-/// sent when the run stopped are *unsent*: each is recorded as [`Outcome::Unsent`] with the time it had
-/// waited by then, so the backlog the client could not send shows in the
-/// every-request percentiles instead of vanishing. (A send a connection took
-/// in time and was woken for a timer tick after the stop was not held up,
-/// and is not counted.) Returns (late, unsent).
+/// sent when the run stopped are *unsent*: each is recorded as
+/// [`Outcome::Unsent`] with the time it had waited by then, so the backlog
+/// the client could not send shows in the every-request percentiles instead
+/// of vanishing. (A send a connection took in time and was woken for a
+/// timer tick after the stop was not held up, and is not counted.) Returns
+/// (late, unsent).
 async fn open(
     shared: Arc<Shared>,
     targets: Vec<Target>,
