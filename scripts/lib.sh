@@ -261,3 +261,20 @@ rewrote_between() { # before after (each redis_rewrites' output)
     echo "; Redis rewrote its append-only file meanwhile"
   fi
 }
+# What the stack's Redis holds as a measurement starts, for its report's
+# header: a rewrite copies all of it, so the more it holds, the longer the
+# rewrites a run's line is flagged for last. The harness releases each
+# audited run's campaign, but a Redis restart makes the gate keeper load
+# every kept campaign back (docs/RUNBOOK.md, "Releasing a closed campaign's
+# Redis memory"); past 500 MB this also says so on stderr.
+redis_held() {
+  local held
+  held="$(redis-cli -p "$REDIS_PORT" INFO memory 2>/dev/null | tr -d '\r' |
+    awk -F: '$1 == "used_memory" {print int($2 / 1048576)}')"
+  [ -n "$held" ] || { echo "Redis at the start: not answering on :$REDIS_PORT"; return 0; }
+  echo "Redis at the start: $held MB in memory, $(redis-cli -p "$REDIS_PORT" INFO persistence | tr -d '\r' |
+    awk -F: '$1 == "aof_current_size" {print int($2 / 1048576)}') MB of append-only file"
+  if [ "$held" -gt 500 ]; then
+    log "the local Redis holds $held MB: its rewrites slow the runs they fall in; release the closed campaigns' keys first (docs/RUNBOOK.md, \"Releasing a closed campaign's Redis memory\")"
+  fi
+}
