@@ -265,8 +265,8 @@ rewrote_between() { # before after (each redis_rewrites' output)
 # header: a rewrite copies all of it, so the more it holds, the longer the
 # rewrites a run's line is flagged for last. The harness releases each
 # audited run's campaign, but a Redis restart makes the gate keeper load
-# every kept campaign back (docs/RUNBOOK.md, "Releasing a closed campaign's
-# Redis memory"); past 500 MB this also says so on stderr.
+# every kept campaign back (docs/PERFORMANCE.md, "How to measure", says how
+# to release them again); past 500 MB this also says so on stderr.
 redis_held() {
   local held
   held="$(redis-cli -p "$REDIS_PORT" INFO memory 2>/dev/null | tr -d '\r' |
@@ -275,6 +275,6 @@ redis_held() {
   echo "Redis at the start: $held MB in memory, $(redis-cli -p "$REDIS_PORT" INFO persistence | tr -d '\r' |
     awk -F: '$1 == "aof_current_size" {print int($2 / 1048576)}') MB of append-only file"
   if [ "$held" -gt 500 ]; then
-    log "the local Redis holds $held MB: its rewrites slow the runs they fall in; release the closed campaigns' keys first (docs/RUNBOOK.md, \"Releasing a closed campaign's Redis memory\")"
+    log "the local Redis holds $held MB: its rewrites slow the runs they fall in; release the closed campaigns' keys first (docs/PERFORMANCE.md, \"How to measure\")"
   fi
 }
