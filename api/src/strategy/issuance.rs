@@ -113,14 +113,22 @@ impl Issuance {
     /// worker threads run; a task orphaned by its client when the server
     /// stops ends with its thread, and a slot it took without producing is
     /// left to `reconcile`. `None` if the task panicked or was dropped.
-    pub async fn run_to_end<T: Send + 'static>(
+    ///
+    /// The task is spawned when this is called, not when the returned
+    /// future is first polled: that future holds only the task's handle, so
+    /// the request handler's future (which actix boxes, and which each
+    /// layer moves) stays small instead of carrying `work`, an issue's
+    /// whole state machine: `work` is copied into its box rather than
+    /// carried through every layer. A caller that drops the returned future
+    /// unpolled has started `work` all the same, as one dropped after its
+    /// first poll always had; the one caller (the issue route) awaits it at
+    /// once, so the task starts when it always did.
+    pub fn run_to_end<T: Send + 'static>(
         &self,
         work: impl Future<Output = T> + Send + 'static,
-    ) -> Option<T> {
-        self.tasks
-            .spawn(Box::pin(work).in_current_span())
-            .await
-            .ok()
+    ) -> impl Future<Output = Option<T>> {
+        let task = self.tasks.spawn(Box::pin(work).in_current_span());
+        async move { task.await.ok() }
     }
 
     /// Shutdown: waits (until `deadline`) for background work to finish.
