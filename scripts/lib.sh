@@ -268,12 +268,12 @@ rewrote_between() { # before after (each redis_rewrites' output)
 # every kept campaign back (docs/PERFORMANCE.md, "How to measure", says how
 # to release them again); past 500 MB this also says so on stderr.
 redis_held() {
-  local held
-  held="$(redis-cli -p "$REDIS_PORT" INFO memory 2>/dev/null | tr -d '\r' |
-    awk -F: '$1 == "used_memory" {print int($2 / 1048576)}')"
+  local held aof
+  read -r held aof < <(redis-cli -p "$REDIS_PORT" INFO 2>/dev/null | tr -d '\r' |
+    awk -F: '$1 == "used_memory" {m = int($2 / 1048576)} $1 == "aof_current_size" {a = int($2 / 1048576)}
+      END {if (m != "") print m, a + 0}')
   [ -n "$held" ] || { echo "Redis at the start: not answering on :$REDIS_PORT"; return 0; }
-  echo "Redis at the start: $held MB in memory, $(redis-cli -p "$REDIS_PORT" INFO persistence | tr -d '\r' |
-    awk -F: '$1 == "aof_current_size" {print int($2 / 1048576)}') MB of append-only file"
+  echo "Redis at the start: $held MB in memory, $aof MB of append-only file"
   if [ "$held" -gt 500 ]; then
     log "the local Redis holds $held MB: its rewrites slow the runs they fall in; release the closed campaigns' keys first (docs/PERFORMANCE.md, \"How to measure\")"
   fi
