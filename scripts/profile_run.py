@@ -155,7 +155,7 @@ def level(out, harness, vusers, spread):
     scale(len(urls))
     run_dir = out / f"run-{name}"
     run = subprocess.Popen(
-        [harness, "run", "--release", "--url", ",".join(urls), "--vusers", str(vusers),
+        [harness, "run", "--archive", "--url", ",".join(urls), "--vusers", str(vusers),
          "--duration", str(MEASURE_S + PROFILE_S + 8), "--warmup", "5",
          "--label", f"profile-{vusers}", "--out", str(run_dir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

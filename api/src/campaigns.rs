@@ -203,6 +203,9 @@ pub struct CampaignView {
     /// (issue requests answer 503 until it is rebuilt).
     #[schema(value_type = String)]
     pub gate: &'static str,
+    /// When its users and slots were archived from Redis
+    /// (`POST .../archive`); `null` while they are kept.
+    pub archived_at: Option<DateTime<Utc>>,
     /// Its waiting room; absent when it has none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_room: Option<WaitingRoomView>,
@@ -236,6 +239,7 @@ impl CampaignView {
             ends_at: row.ends_at,
             created_at: row.created_at,
             gate: if taken.is_some() { "loaded" } else { "missing" },
+            archived_at: row.archived_at,
             waiting_room,
         }
     }
@@ -267,6 +271,9 @@ pub enum StoreError {
     /// request made.
     #[error("the Idempotency-Key was used for another campaign")]
     IdReused,
+    /// An archive of a campaign whose row is not closed.
+    #[error("campaign not closed")]
+    NotClosed,
     #[error("database: {0}")]
     Database(#[from] DbErr),
     #[error("redis: {0}")]
@@ -373,6 +380,7 @@ impl CampaignStore {
             room_admit_per_second: Set(new.room.map(|r| r.admit_per_second as i32)),
             room_admission_ttl_secs: Set(new.room.map(|r| r.admission_ttl_secs as i32)),
             room_shuffle_seed: Set(new.room.map(|r| r.shuffle_seed)),
+            archived_at: Set(None),
         };
         let inserted = self
             .bounded(
@@ -498,6 +506,41 @@ impl CampaignStore {
         .await?;
         self.metas.close(id).await?;
         tracing::info!(campaign.id = %id, "campaign closed");
+        self.get(id).await
+    }
+
+    /// Archives a closed campaign's users and slots from Redis, for good:
+    /// the row is marked (`archived_at`, the first archive's time kept),
+    /// then the users set and slots hash are deleted with the close marked
+    /// again in the same step (`Gate::archive`). A rebuild (the gate
+    /// keeper's after a Redis restart among them) reads the mark and loads
+    /// the campaign's meta and count without its users, so the memory stays
+    /// free. Idempotent.
+    ///
+    /// A campaign whose row is not closed is refused (`NotClosed`) and
+    /// nothing changes: an open gate without its users set would let a user
+    /// take a second slot. Where it can stop: with the mark written and the
+    /// keys not deleted (the process died, Redis did not answer: 503), a
+    /// retry deletes them, and so does the next rebuild; a lost reply is
+    /// answered the same by a retry.
+    pub async fn archive(&self, id: &CampaignId) -> Result<CampaignView, StoreError> {
+        if self.row(id).await?.state != "closed" {
+            return Err(StoreError::NotClosed);
+        }
+        self.bounded(
+            "archive campaign",
+            campaigns::Entity::update_many()
+                .col_expr(
+                    campaigns::Column::ArchivedAt,
+                    sea_orm::sea_query::Expr::cust("COALESCE(archived_at, now())"),
+                )
+                .filter(campaigns::Column::Id.eq(id.as_uuid()))
+                .filter(campaigns::Column::State.eq("closed"))
+                .exec(&self.db),
+        )
+        .await?;
+        let deleted = self.gate.archive(id).await?;
+        tracing::info!(campaign.id = %id, keys_deleted = deleted, "campaign archived");
         self.get(id).await
     }
 
@@ -670,6 +713,7 @@ mod tests {
             room_admit_per_second: None,
             room_admission_ttl_secs: None,
             room_shuffle_seed: None,
+            archived_at: None,
         }
     }
 

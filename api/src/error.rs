@@ -33,6 +33,9 @@ pub enum ApiError {
     UnknownCampaign,
     #[error("this campaign has no waiting room")]
     NoWaitingRoom,
+    /// An archive asked of a campaign that is not closed.
+    #[error("only a closed campaign's gate state can be archived; close it first")]
+    NotClosed,
     #[error("{}", refusal_message(.0))]
     Refused(Refusal),
     #[error("this Idempotency-Key was used for another request (method, path or body)")]
@@ -102,6 +105,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnknownCampaign => "unknown_campaign",
             Self::NoWaitingRoom => "no_waiting_room",
+            Self::NotClosed => "not_closed",
             Self::Refused(r) => r.as_str(),
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::RequestInProgress => "request_in_progress",
@@ -141,7 +145,7 @@ impl ResponseError for ApiError {
             Self::Refused(Refusal::SoldOut | Refusal::Closed) => StatusCode::GONE,
             Self::Refused(Refusal::NotOpen | Refusal::NotAdmitted) => StatusCode::FORBIDDEN,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::RequestInProgress => StatusCode::CONFLICT,
+            Self::RequestInProgress | Self::NotClosed => StatusCode::CONFLICT,
             Self::RateLimited { .. } | Self::TooManyKeys(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -206,6 +210,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::UnknownCampaign => Self::UnknownCampaign,
             StoreError::IdReused => Self::IdempotencyKeyReused,
+            StoreError::NotClosed => Self::NotClosed,
             StoreError::Database(e) => {
                 tracing::warn!(error = %e, "database call failed");
                 Self::unavailable("database unavailable; retry later")

@@ -1,6 +1,8 @@
 -- A rebuild's last step, in one atomic step (after fence.lua and
 -- meta.lua): the users it staged become the campaign's set, the count
--- their number, the slots' coupon ids are dropped (a rebuilt slot has no
+-- their number (for an archived campaign the staged users are deleted and
+-- the count is the number the rebuild found: its set and slots stay
+-- archived), the slots' coupon ids are dropped (a rebuilt slot has no
 -- take a withdrawal could name), the users whose slot it drops get their
 -- `none` record, and the meta is loaded with this server's epoch, which
 -- unfences the campaign. Nothing is written unless this rebuild is still
@@ -27,7 +29,9 @@
 -- ARGV[9]  the run_id of the server the rebuild started on
 -- ARGV[10] the rebuild's token
 -- ARGV[11] the status records' TTL in seconds
--- ARGV[12..]  per user whose slot the rebuild drops, as it saw it: user id,
+-- ARGV[12] "" to load the staged users; for a campaign an operator archived
+--          (`campaigns.archived_at`), the count to keep without them
+-- ARGV[13..]  per user whose slot the rebuild drops, as it saw it: user id,
 --          the coupon id its slot named ("" none), the `none` record (JSON);
 --          in the order of KEYS[8..]
 --
@@ -50,7 +54,7 @@ end
 -- is still the one the rebuild saw and not staged.
 local recorded = 0
 for i = 8, #KEYS do
-  local at = 12 + (i - 8) * 3
+  local at = 13 + (i - 8) * 3
   local user, coupon = ARGV[at], ARGV[at + 1]
   if redis.call('SISMEMBER', KEYS[2], user) == 1
       and redis.call('SISMEMBER', KEYS[6], user) == 0
@@ -64,10 +68,15 @@ end
 -- 500 ms command timeout: every campaign's gate calls waited behind it,
 -- and the install's own call timed out.
 redis.call('UNLINK', KEYS[2], KEYS[4], KEYS[5])
-if redis.call('EXISTS', KEYS[6]) == 1 then
-  redis.call('RENAME', KEYS[6], KEYS[2])
-  redis.call('PERSIST', KEYS[2])
+if ARGV[12] ~= '' then
+  redis.call('UNLINK', KEYS[6])
+  redis.call('SET', KEYS[3], ARGV[12])
+else
+  if redis.call('EXISTS', KEYS[6]) == 1 then
+    redis.call('RENAME', KEYS[6], KEYS[2])
+    redis.call('PERSIST', KEYS[2])
+  end
+  redis.call('SET', KEYS[3], redis.call('SCARD', KEYS[2]))
 end
-redis.call('SET', KEYS[3], redis.call('SCARD', KEYS[2]))
 write_meta(KEYS[1], KEYS[3], KEYS[7], ARGV, server)
 return { 'installed', recorded }

@@ -45,7 +45,7 @@ enum ServiceCommand {
     },
     /// Exit 0 if this host's worker answers `/healthz` (container healthcheck).
     Healthcheck,
-    /// Compare a campaign's gate with its rows; `--repair` releases leaked slots.
+    /// Compare a campaign's gate with its rows; `--repair` gives back leaked slots.
     Reconcile {
         #[arg(long)]
         campaign: String,
@@ -62,6 +62,10 @@ enum ServiceCommand {
         /// Replace gate state that is present (stops takes meanwhile).
         #[arg(long)]
         force: bool,
+        /// Undo the campaign's archive first, so that its users are loaded
+        /// back (to reconcile it, or re-drive a letter of it).
+        #[arg(long, requires = "force")]
+        unarchive: bool,
     },
 }
 
@@ -128,9 +132,16 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             print_json(&report)
         }
-        ServiceCommand::Rebuild { campaign, force } => {
+        ServiceCommand::Rebuild {
+            campaign,
+            force,
+            unarchive,
+        } => {
             let campaign = CampaignId::parse(&campaign)?;
             let db = common::db::connect(&settings.database, LONG_TOOL_STATEMENTS).await?;
+            if unarchive {
+                issuer_worker::rebuild::unarchive(&db, &campaign).await?;
+            }
             let report = issuer_worker::rebuild::run(&settings, &db, campaign, force).await?;
             print_json(&report)
         }

@@ -53,6 +53,15 @@
 //! rebuild unsure: it reports a failure, and the next attempt finds the
 //! campaign current (or rebuilds it again, harmlessly).
 //!
+//! A campaign an operator archived (`POST /api/v1/campaigns/{id}/archive`:
+//! `campaigns.archived_at` set, its users set and slots hash deleted) is
+//! rebuilt archived: the same reads, but its users are neither staged nor
+//! loaded, and the count is set to their number. So a Redis restart, and
+//! the gate keeper's rebuild after it, no longer undo an archive. The row is
+//! read at both steps: one archived while the rebuild ran is installed
+//! archived too (its staged users deleted by the install). `rebuild --force
+//! --unarchive` clears the mark first and loads the users back.
+//!
 //! The waiting room's keys are left as they are: reloaded from the AOF with
 //! the rest, or gone with a Redis that restarted empty, in which case its
 //! line is empty and waiting users join again.
@@ -71,7 +80,7 @@ use common::redis_state::{
     RedisClient, Repair, StatusRecord,
 };
 use common::settings::Settings;
-use sea_orm::{DatabaseConnection, EntityTrait};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde::Serialize;
 
 use crate::admin_lock;
@@ -88,9 +97,12 @@ pub struct RebuildReport {
     pub rows: u64,
     /// Users of messages not consumed yet and not already rows.
     pub in_flight: u64,
-    /// Users with a slot after the rebuild.
+    /// Users with a slot after the rebuild (for an archived campaign, the
+    /// count: its users are not loaded).
     pub users: u64,
     pub closed: bool,
+    /// Rebuilt archived: the count without the users set.
+    pub archived: bool,
 }
 
 /// `issuer-worker rebuild`: refuses a campaign whose state is current
@@ -218,6 +230,8 @@ pub struct Plan {
     rows: u64,
     in_flight: u64,
     users: Vec<String>,
+    /// The row said archived when the plan read it: nothing staged.
+    archived: bool,
 }
 
 /// The rebuild's reads, under the campaign's admin lock: takes over the
@@ -302,7 +316,10 @@ pub async fn plan(
         .filter(|u| !rows.contains(u))
         .collect();
     let users: Vec<String> = rows.iter().chain(pending.iter()).cloned().collect();
-    if let Err(e) = repair.stage(&campaign, &token, &users).await {
+    // An archive is never undone, so a row read archived now is archived at
+    // the install: its users are counted, not staged.
+    let archived = is_archived(db, &campaign).await?;
+    if !archived && let Err(e) = repair.stage(&campaign, &token, &users).await {
         repair.unstage(&campaign, &token).await;
         return Err(e.into());
     }
@@ -314,7 +331,35 @@ pub async fn plan(
         rows: rows.len() as u64,
         in_flight: pending.len() as u64,
         users,
+        archived,
     }))
+}
+
+/// Undoes the campaign's archive (`rebuild --force --unarchive`): the next
+/// rebuild loads its users back. Before the rebuild, so that one that fails
+/// leaves the campaign as it was in Redis (archived there, current), for a
+/// retry to load.
+pub async fn unarchive(db: &DatabaseConnection, campaign: &CampaignId) -> anyhow::Result<()> {
+    campaigns::Entity::update_many()
+        .col_expr(
+            campaigns::Column::ArchivedAt,
+            sea_orm::sea_query::Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
+        )
+        .filter(campaigns::Column::Id.eq(campaign.as_uuid()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Whether an operator archived the campaign (its users and slots deleted
+/// from Redis).
+async fn is_archived(db: &DatabaseConnection, campaign: &CampaignId) -> anyhow::Result<bool> {
+    Ok(campaigns::Entity::find_by_id(campaign.as_uuid())
+        .one(db)
+        .await?
+        .with_context(|| format!("no campaign {campaign} in PostgreSQL"))?
+        .archived_at
+        .is_some())
 }
 
 /// The rebuild's write: the staged users, the count, the dropped slots'
@@ -367,6 +412,7 @@ async fn install_staged(
         token: &plan.token,
         server: &plan.server,
     };
+    let archived = plan.archived || row.archived_at.is_some();
     let installed = Repair::new(redis.clone())
         .install(
             &campaign,
@@ -374,6 +420,7 @@ async fn install_staged(
             &meta,
             &dropped,
             settings.redis.status_ttl_secs,
+            archived.then_some(plan.users.len() as u64),
         )
         .await?;
     let recorded = match installed {
@@ -387,6 +434,7 @@ async fn install_staged(
         rows = plan.rows,
         in_flight = plan.in_flight,
         dropped = recorded,
+        archived,
         "gate state rebuilt"
     );
     Ok(RebuildReport {
@@ -396,5 +444,6 @@ async fn install_staged(
         in_flight: plan.in_flight,
         users: plan.users.len() as u64,
         closed: meta.closed,
+        archived,
     })
 }

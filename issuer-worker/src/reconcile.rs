@@ -29,19 +29,24 @@
 //! `/coupons/me`, gives phantoms their slot back (a row is a coupon: its user
 //! must read `duplicate`, and the count must include it), and sets the
 //! counter to the set's size.
+//!
+//! A campaign an operator archived (`campaigns.archived_at`: its users set
+//! and slots hash deleted from Redis) is refused: every row would read as a
+//! phantom, and `--repair` would load every user back.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
+use common::entities::campaigns;
 use common::ids::{CampaignId, CouponId, UserId};
 use common::redis_state::{
     AdminHold, CampaignMetas, EpochState, RecordedState, RedisClient, Repair, StatusRecord,
     StatusRecords,
 };
 use common::settings::Settings;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Statement};
 use serde::Serialize;
 
 use crate::admin_lock;
@@ -90,6 +95,15 @@ pub async fn run(
     repairing: bool,
     patience: Duration,
 ) -> anyhow::Result<ReconcileReport> {
+    let row = campaigns::Entity::find_by_id(campaign.as_uuid())
+        .one(db)
+        .await?
+        .with_context(|| format!("no campaign {campaign} in PostgreSQL"))?;
+    if let Some(at) = row.archived_at {
+        anyhow::bail!(
+            "campaign {campaign} was archived at {at}: its gate holds no users to compare with its rows"
+        );
+    }
     let redis = RedisClient::new(&settings.redis, None)?;
     admin_lock::holding(&redis, &campaign, |hold| {
         Box::pin(reconcile_locked(

@@ -153,6 +153,17 @@ impl AdminClient {
         Ok(())
     }
 
+    /// Archives a closed campaign's users and slots from Redis, for good
+    /// (`POST .../archive`); returns when the api answered.
+    pub async fn archive_campaign(&self, id: &str) -> anyhow::Result<()> {
+        self.json(
+            self.http
+                .post(format!("{}/api/v1/campaigns/{id}/archive", self.base)),
+        )
+        .await?;
+        Ok(())
+    }
+
     pub async fn campaign(&self, id: &str) -> anyhow::Result<CampaignState> {
         let body = self
             .read_json(

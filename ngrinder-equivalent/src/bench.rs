@@ -242,13 +242,8 @@ async fn measured(
     let procs = sampler.await.unwrap_or_default();
     let result = result?;
     if endpoint == Endpoint::Issue {
-        crate::experiment::release_campaign(
-            &env.ports.instance_url(0),
-            &admin_token,
-            &env.redis_url,
-            &result,
-        )
-        .await;
+        crate::experiment::archive_campaign(&env.ports.instance_url(0), &admin_token, &result)
+            .await;
     }
     eprintln!(
         "   {kind} at {vusers}: TPS {:.0}, p99 {:.1} ms, errors {}, audit {}",

@@ -251,55 +251,35 @@ pub fn stack_up(env: &Environment, instances: u32, strategy: &str) -> anyhow::Re
 }
 
 /// If a run passed its audit (every accepted user has a row, nothing is in
-/// flight): closes its campaign (the admin API), then releases its users
-/// set and slots hash (`release_gate_keys`), so that the runs after it share
+/// flight): closes its campaign, then archives its users set and slots hash
+/// (the admin API's `close` and `archive`), so that the runs after it share
 /// the machine with neither a Redis that grows by every run's users (and the
-/// append-only file's rewrites of it) nor the gate keeper rebuilding it. A
-/// campaign whose keys were all deleted is *missing* to the gate keeper,
-/// which read every row of it back during the next runs. A failed audit's
-/// campaign is kept, to look at. Best effort: a failure is said, and the
-/// campaign's state is kept (an open campaign's always: its users set is
-/// what refuses a second slot).
-pub async fn release_campaign(
-    admin_url: &str,
-    admin_token: &str,
-    redis_url: &str,
-    result: &RunResult,
-) {
+/// append-only file's rewrites of it) nor the gate keeper rebuilding it
+/// after a Redis restart: the archive is marked in the campaign's row, and
+/// a rebuild keeps it. A failed audit's campaign is kept, to look at. Best
+/// effort: a failure is said, and the campaign's state is kept (an open
+/// campaign's always: its users set is what refuses a second slot).
+pub async fn archive_campaign(admin_url: &str, admin_token: &str, result: &RunResult) {
     if !result.passed() {
         eprintln!("   the audit did not pass: the campaign and its keys are kept");
         return;
     }
     let campaign = result.campaign_id.as_str();
-    let closed = match AdminClient::new(admin_url, admin_token) {
-        Ok(admin) => admin.close_campaign(campaign).await,
-        Err(e) => Err(e),
+    let admin = match AdminClient::new(admin_url, admin_token) {
+        Ok(admin) => admin,
+        Err(e) => {
+            eprintln!("   campaign not closed; its Redis keys kept: {e}");
+            return;
+        }
     };
-    if let Err(e) = closed {
+    if let Err(e) = admin.close_campaign(campaign).await {
         eprintln!("   campaign not closed; its Redis keys kept: {e}");
         return;
     }
-    match release_gate_keys(redis_url, campaign).await {
-        Ok(n) => eprintln!("   campaign closed; {n} of its Redis keys released"),
+    match admin.archive_campaign(campaign).await {
+        Ok(()) => eprintln!("   campaign closed and archived"),
         Err(e) => eprintln!("   campaign closed; its Redis keys not released: {e}"),
     }
-}
-
-/// Deletes a closed campaign's users set and slots hash, the keys that grow
-/// with its slots (docs/RUNBOOK.md, "Releasing a closed campaign's Redis
-/// memory"); its meta, close mark and counter stay: the meta reads `closed`
-/// to the scripts, and `loaded` and current to the gate keeper. Every other
-/// key stays too (a rebuild's or a repair's token among them). Returns how
-/// many it deleted.
-async fn release_gate_keys(redis_url: &str, campaign: &str) -> anyhow::Result<u64> {
-    let mut conn = redis::Client::open(redis_url)?
-        .get_multiplexed_async_connection()
-        .await?;
-    Ok(redis::cmd("UNLINK")
-        .arg(format!("coupon:{{{campaign}}}:users"))
-        .arg(format!("coupon:{{{campaign}}}:slots"))
-        .query_async::<u64>(&mut conn)
-        .await?)
 }
 
 /// Runs the plan; writes the report into `out`. Returns whether every
@@ -423,8 +403,7 @@ pub async fn run(plan: &Plan, env: &Environment, out: &Path) -> anyhow::Result<b
                         println!("{}", result.render());
                     }
                     result.write(&out.join("runs"), &label)?;
-                    release_campaign(&instance_urls[0], &admin_token, &env.redis_url, &result)
-                        .await;
+                    archive_campaign(&instance_urls[0], &admin_token, &result).await;
                     // An interrupted grid leaves the report of what it ran,
                     // in this sitting and earlier ones, wherever in the plan.
                     write_tables(out, plan, &finished_runs(plan, out), &honesty)?;

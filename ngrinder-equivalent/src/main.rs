@@ -122,12 +122,14 @@ struct RunArgs {
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Once the audit passed, close the campaign the run created and
-    /// release its users and slots from Redis (`--redis-url`), as the
-    /// experiment does after each cell: the runs after it share the machine
-    /// with neither a Redis grown by this run's users nor its rewrites. A
-    /// campaign whose audit failed is kept, to look at.
-    #[arg(long, conflicts_with_all = ["campaign", "trivial", "no_audit"])]
-    release: bool,
+    /// archive it (the admin API's `archive`: its users and slots deleted
+    /// from Redis, for good), as the experiment does after each cell: the
+    /// runs after it share the machine with neither a Redis grown by this
+    /// run's users nor its rewrites. A campaign whose audit failed is kept,
+    /// to look at. (`--release`, its name before, still works for the
+    /// committed scripts under docs/results.)
+    #[arg(long, alias = "release", conflicts_with_all = ["campaign", "trivial", "no_audit"])]
+    archive: bool,
     /// Directory for `<label>.json`, `.csv`, `.hlog` and the charts.
     #[arg(long, default_value = "target/ngrinder")]
     out: PathBuf,
@@ -324,7 +326,7 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
                 threads,
             };
             let admin_url = a.admin_url.unwrap_or_else(|| a.urls[0].clone());
-            let release = a.release.then(|| (admin_url.clone(), admin_token.clone()));
+            let archive = a.archive.then(|| (admin_url.clone(), admin_token.clone()));
             let result = perform(&RunRequest {
                 spec,
                 admin_url,
@@ -343,8 +345,8 @@ async fn dispatch(command: Command, threads: usize) -> anyhow::Result<bool> {
             result.write(&a.out, &label)?;
             println!("{}", result.render());
             println!("results: {}", a.out.join(format!("{label}.json")).display());
-            if let Some((admin_url, admin_token)) = release {
-                experiment::release_campaign(&admin_url, &admin_token, &a.redis_url, &result).await;
+            if let Some((admin_url, admin_token)) = archive {
+                experiment::archive_campaign(&admin_url, &admin_token, &result).await;
             }
             Ok(result.passed())
         }

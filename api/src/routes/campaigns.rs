@@ -1,4 +1,4 @@
-//! Admin endpoints: create, list, read and close campaigns, and page through
+//! Admin endpoints: create, list, read, close and archive campaigns, and page through
 //! a campaign's persisted coupons. All need the admin token.
 
 use actix_web::http::header;
@@ -152,6 +152,31 @@ pub async fn close(
 ) -> Result<HttpResponse, ApiError> {
     let id = campaign_id(&req)?;
     Ok(HttpResponse::Ok().json(state.campaigns.close(&id).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/archive",
+    tag = "admin",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    responses(
+        (status = 200, description = "Archived: its users and slots deleted from Redis, for good (idempotent)", body = CampaignView),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "not_closed: close it first; nothing changed", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
+pub async fn archive(
+    _: Admin,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = campaign_id(&req)?;
+    Ok(HttpResponse::Ok().json(state.campaigns.archive(&id).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

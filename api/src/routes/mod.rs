@@ -79,6 +79,11 @@ pub fn configure(
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(
+                    web::resource("/{id}/archive")
+                        .route(web::post().to(campaigns::archive))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
                     web::resource("/{id}/coupons")
                         .route(web::get().to(campaigns::coupons))
                         .default_service(web::to(method_not_allowed)),

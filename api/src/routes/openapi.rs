@@ -25,6 +25,7 @@ use crate::error::ErrorBody;
         campaigns::list,
         campaigns::get,
         campaigns::close,
+        campaigns::archive,
         campaigns::coupons,
         issue::issue,
         issue::my_coupon,

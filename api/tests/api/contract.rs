@@ -96,6 +96,7 @@ async fn admin_routes_answer_401_without_the_token_and_403_to_users() {
         ("GET", base.clone()),
         ("GET", format!("{base}/{campaign}")),
         ("POST", format!("{base}/{campaign}/close")),
+        ("POST", format!("{base}/{campaign}/archive")),
         ("GET", format!("{base}/{campaign}/coupons")),
     ];
     for (method, url) in &routes {
@@ -130,6 +131,101 @@ async fn admin_routes_answer_401_without_the_token_and_403_to_users() {
         view["state"], "open",
         "a refused close changed the campaign"
     );
+    api.stop().await;
+}
+
+/// An archive frees a closed campaign's users and slots from Redis for good.
+/// An unknown campaign is 404 and an open one 409 `not_closed`, each
+/// changing nothing (an open gate without its users set would let a holder
+/// take a second slot). A closed one answers its view with `archived_at`,
+/// keeps its count, still refuses issue requests `closed`, answers a second
+/// archive the same; and a rebuild (the gate keeper's after a Redis
+/// restart) loads its meta and count without its users. Before the mark
+/// in the row, a rebuild loaded every user back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_archive_frees_a_closed_campaigns_users_for_good_and_refuses_an_open_one() {
+    let settings = test_settings().await;
+    let api = spawn_api(&settings).await;
+    let archive = |id: CampaignId| {
+        let request = api
+            .client
+            .post(format!("{}/api/v1/campaigns/{id}/archive", api.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send();
+        async move { reply(request.await.unwrap()).await }
+    };
+    assert_reply(
+        &archive(CampaignId::new()).await,
+        StatusCode::NOT_FOUND,
+        "unknown_campaign",
+    );
+
+    let campaign = api.open_campaign(5).await;
+    for user in ["alice", "bob"] {
+        let (status, body) = api.issue(&campaign, user).await;
+        assert!(status.is_success(), "{status} {body}");
+    }
+    let before = footprint(&settings, &campaign).await;
+    assert_eq!(before.gate, (vec!["alice".into(), "bob".into()], Some(2)));
+    assert_reply(&archive(campaign).await, StatusCode::CONFLICT, "not_closed");
+    assert_eq!(footprint(&settings, &campaign).await, before);
+    assert_eq!(api.campaign(&campaign).await.1["archived_at"], Value::Null);
+
+    api.close_campaign(&campaign).await;
+    let (status, view) = archive(campaign).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert!(view["archived_at"].is_string(), "{view}");
+    assert_eq!(
+        (view["taken"].clone(), view["gate"].clone()),
+        (json!(2), json!("loaded"))
+    );
+    assert_eq!(gate_state(&campaign).await, (vec![], Some(2)));
+    for user in ["alice", "carol"] {
+        assert_reply(
+            &api.issue(&campaign, user).await,
+            StatusCode::GONE,
+            "closed",
+        );
+    }
+    let (status, again) = archive(campaign).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        again["archived_at"], view["archived_at"],
+        "a second archive moved the mark"
+    );
+
+    // No worker: both users' messages are in flight, read from the topic.
+    let mut tool = settings.clone();
+    tool.kafka.delivery_timeout_ms = 0;
+    let report = issuer_worker::rebuild::run(&tool, &db().await, campaign, true)
+        .await
+        .unwrap();
+    assert!(report.archived && report.closed, "{report:?}");
+    assert_eq!((report.in_flight, report.users), (2, 2), "{report:?}");
+    assert_eq!(
+        gate_state(&campaign).await,
+        (vec![], Some(2)),
+        "the rebuild loaded an archived campaign's users back"
+    );
+    assert_reply(
+        &api.issue(&campaign, "alice").await,
+        StatusCode::GONE,
+        "closed",
+    );
+
+    // `rebuild --force --unarchive`: the users back, the mark gone.
+    issuer_worker::rebuild::unarchive(&db().await, &campaign)
+        .await
+        .unwrap();
+    let report = issuer_worker::rebuild::run(&tool, &db().await, campaign, true)
+        .await
+        .unwrap();
+    assert!(!report.archived, "{report:?}");
+    assert_eq!(
+        gate_state(&campaign).await,
+        (vec!["alice".into(), "bob".into()], Some(2))
+    );
+    assert_eq!(api.campaign(&campaign).await.1["archived_at"], Value::Null);
     api.stop().await;
 }
 

@@ -1535,7 +1535,7 @@ async fn a_close_answered_while_the_meta_is_missing_survives_the_rebuild() {
         server: &server,
     };
     let installed = repair
-        .install(&campaign, &rebuild, &read_before_the_close, &[], 60)
+        .install(&campaign, &rebuild, &read_before_the_close, &[], 60, None)
         .await
         .unwrap();
     assert_eq!(installed, Installed::Done { recorded: 0 });

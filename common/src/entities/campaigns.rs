@@ -20,6 +20,9 @@ pub struct Model {
     pub room_admit_per_second: Option<i32>,
     pub room_admission_ttl_secs: Option<i32>,
     pub room_shuffle_seed: Option<i64>,
+    /// When an operator archived the campaign's users and slots from Redis
+    /// (closed campaigns only); a rebuild loads it without them.
+    pub archived_at: Option<DateTimeUtc>,
 }
 
 impl Model {

@@ -321,6 +321,25 @@ impl Gate {
         Ok(given == 1)
     }
 
+    /// Archives a closed campaign's users set and slots hash
+    /// (`lua/archive.lua`), its close marked in the same step; its meta,
+    /// count and mark stay. Returns how many of the two keys it deleted.
+    /// Only for a campaign whose row is closed and marked archived
+    /// (`campaigns.archived_at`), so that a rebuild keeps it archived.
+    pub async fn archive(&self, campaign: &CampaignId) -> Result<u64, RedisCallError> {
+        let keys = CampaignKeys::new(campaign);
+        self.client
+            .run(|mut conn| async move {
+                scripts::ARCHIVE
+                    .key(keys.closed())
+                    .key(keys.users())
+                    .key(keys.slots())
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await
+    }
+
     /// The count of slots taken, or `None` when the campaign's meta is
     /// missing.
     pub async fn taken(&self, campaign: &CampaignId) -> Result<Option<i64>, RedisCallError> {

@@ -281,6 +281,10 @@ impl Repair {
     /// server is still `server` (the one the rebuild started on), the
     /// campaign's rebuild token is still `token`, and its meta is still
     /// fenced or missing.
+    ///
+    /// `archived`: for a campaign an operator archived
+    /// (`campaigns.archived_at`), the count to keep; its staged users are
+    /// deleted instead of loaded, so its set and slots stay archived.
     pub async fn install(
         &self,
         campaign: &CampaignId,
@@ -288,6 +292,7 @@ impl Repair {
         meta: &CampaignMeta,
         dropped: &[DroppedSlot],
         status_ttl_secs: u64,
+        archived: Option<u64>,
     ) -> Result<Installed, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         let args = meta_args(meta);
@@ -309,7 +314,8 @@ impl Repair {
                     .arg(known)
                     .arg(rebuild.server)
                     .arg(rebuild.token)
-                    .arg(status_ttl_secs);
+                    .arg(status_ttl_secs)
+                    .arg(archived.map(|n| n.to_string()).unwrap_or_default());
                 for slot in dropped {
                     call.arg(slot.user.as_str())
                         .arg(slot.coupon.as_deref().unwrap_or(""))

@@ -145,6 +145,7 @@ pub async fn insert_campaign(db: &DatabaseConnection, name: &str, stock: i64) ->
         room_admit_per_second: Set(None),
         room_admission_ttl_secs: Set(None),
         room_shuffle_seed: Set(None),
+        archived_at: Set(None),
     }
     .insert(db)
     .await

@@ -51,6 +51,11 @@ pub enum CampaignsCommand {
     /// (idempotent).
     #[command(after_help = EXIT_CODES)]
     Close { id: CampaignId },
+    /// Archive a closed campaign's users and slots from Redis, for good
+    /// (a rebuild keeps them archived; idempotent). Run it once reconcile
+    /// reports nothing leaked and no letter of it is left (docs/RUNBOOK.md).
+    #[command(after_help = EXIT_CODES)]
+    Archive { id: CampaignId },
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +133,15 @@ pub async fn run(settings: &Settings, args: CampaignsArgs) -> Result<i32, AdminE
                 .http
                 .post(api.url(&format!("/api/v1/campaigns/{id}/close")));
             let view = api.send(request, &format!("closing campaign {id}")).await?;
+            show(&view, output)?;
+        }
+        CampaignsCommand::Archive { id } => {
+            let request = api
+                .http
+                .post(api.url(&format!("/api/v1/campaigns/{id}/archive")));
+            let view = api
+                .send(request, &format!("archiving campaign {id}"))
+                .await?;
             show(&view, output)?;
         }
     }
@@ -258,6 +272,8 @@ struct Campaign {
     ends_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     gate: String,
+    #[serde(default)]
+    archived_at: Option<DateTime<Utc>>,
     waiting_room: Option<Room>,
 }
 
@@ -312,8 +328,14 @@ fn card(c: &Campaign) -> String {
     let ends = c
         .ends_at
         .map_or_else(|| "no end".to_owned(), |e| e.to_rfc3339());
+    let archived = c.archived_at.map_or_else(String::new, |at| {
+        format!(
+            "\narchived   {} (its users and slots are not kept in Redis)",
+            at.to_rfc3339()
+        )
+    });
     format!(
-        "campaign   {}\nname       {}\nstate      {}\nstock      {}\ntaken      {taken}\npersisted  {}\nwaiting    {waiting}\nwindow     {} to {ends}\ncreated    {}",
+        "campaign   {}\nname       {}\nstate      {}\nstock      {}\ntaken      {taken}\npersisted  {}\nwaiting    {waiting}\nwindow     {} to {ends}\ncreated    {}{archived}",
         c.id,
         c.name,
         c.state,

@@ -9,6 +9,7 @@ mod m20261204_000001_parked_letters;
 mod m20261204_000002_campaign_cutoffs;
 mod m20261205_000001_cutoff_serials;
 mod m20261206_000001_coupons_campaign_check;
+mod m20261207_000001_campaign_archive;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000002_campaign_cutoffs::Migration),
             Box::new(m20261205_000001_cutoff_serials::Migration),
             Box::new(m20261206_000001_coupons_campaign_check::Migration),
+            Box::new(m20261207_000001_campaign_archive::Migration),
         ]
     }
 }

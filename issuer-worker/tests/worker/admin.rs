@@ -326,6 +326,24 @@ async fn campaigns_are_created_listed_shown_and_closed_through_the_api() {
     );
     assert_eq!(api.issue(&plain.to_string(), "late").await.0, 410);
 
+    // An archive: refused for a campaign still open, done for a closed one.
+    let open = cli.run(&["campaigns", "archive", &room.to_string()]).await;
+    assert_eq!(open.code, 4, "{open:?}");
+    assert!(open.stderr.contains("not_closed"), "{open:?}");
+    let archived = cli
+        .run(&[
+            "campaigns",
+            "archive",
+            &plain.to_string(),
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_eq!(archived.code, 0, "{archived:?}");
+    assert!(archived.json()["archived_at"].is_string(), "{archived:?}");
+    let card = cli.run(&["campaigns", "show", &plain.to_string()]).await;
+    assert!(card.stdout.contains("\narchived   "), "{card:?}");
+
     // The exit codes.
     let unknown = cli
         .run(&["campaigns", "show", &CampaignId::new().to_string()])

@@ -1043,3 +1043,55 @@ async fn a_rebuild_leaves_out_a_message_an_earlier_cutoff_makes_late() {
         "the late message's user kept a slot: {second:?}"
     );
 }
+
+/// A campaign archived while a rebuild ran (its row marked between the
+/// rebuild's reads and its install) is installed archived: the users the
+/// rebuild staged are deleted, the count kept. And `reconcile` refuses a
+/// archived campaign: every row would read as a phantom, and `--repair`
+/// would load every user back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_campaign_archived_during_a_rebuild_stays_archived() {
+    let mut settings = settings().await;
+    settings.kafka.delivery_timeout_ms = 0;
+    let db = db().await;
+    let c = insert_campaign(&db, "archived during a rebuild", 5).await;
+    let gate = open_gate(&settings, &c, 5).await;
+    for user in ["alice", "bob"] {
+        let taken = stranded_take(&gate, c, user).await;
+        IssueTopic::new(&settings.kafka)
+            .send_to_first(&taken.key(), &taken.encode())
+            .await;
+    }
+    let redis = common::redis_state::RedisClient::new(&settings.redis, None).unwrap();
+    let plan = issuer_worker::rebuild::plan(&settings, &db, &redis, c, true)
+        .await
+        .unwrap()
+        .unwrap();
+    db.execute_unprepared(&format!(
+        "UPDATE campaigns SET state = 'closed', archived_at = now() WHERE id = '{c}'"
+    ))
+    .await
+    .unwrap();
+    let report = issuer_worker::rebuild::install(&settings, &db, &redis, plan)
+        .await
+        .unwrap();
+    assert!(report.archived, "{report:?}");
+    assert_eq!(
+        gate_state(&c).await,
+        (vec![], Some(2)),
+        "the install loaded an archived campaign's users"
+    );
+    let keys = common::keys::CampaignKeys::new(&c);
+    let staged: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", keys.rebuild_users("")))
+        .query_async(&mut redis_at(&redis_url()).await)
+        .await
+        .unwrap();
+    assert!(staged.is_empty(), "staged users left behind: {staged:?}");
+
+    let refused = issuer_worker::reconcile::run(&settings, &db, c, true, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("archived"), "{refused}");
+    assert_eq!(gate_state(&c).await, (vec![], Some(2)));
+}
