@@ -11,7 +11,8 @@ use chrono::{DateTime, Datelike, Utc};
 use common::entities::{campaigns, coupons};
 use common::ids::{CampaignId, UserId};
 use common::redis_state::{
-    CampaignMeta, CampaignMetas, Gate, RedisCallError, RoomLine, RoomRules, Rooms,
+    AdminHold, CampaignMeta, CampaignMetas, Gate, RedisCallError, RedisClient, RoomLine, RoomRules,
+    Rooms,
 };
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
@@ -274,6 +275,10 @@ pub enum StoreError {
     /// An archive of a campaign whose row is not closed.
     #[error("campaign not closed")]
     NotClosed,
+    /// An archive found the campaign's admin lock held (a reconcile,
+    /// rebuild or re-drive) for [`ARCHIVE_WAITS`].
+    #[error("admin lock held")]
+    AdminLockHeld,
     #[error("database: {0}")]
     Database(#[from] DbErr),
     #[error("redis: {0}")]
@@ -282,9 +287,14 @@ pub enum StoreError {
     Timeout(&'static str),
 }
 
+/// How long an archive waits for the campaign's admin lock.
+pub const ARCHIVE_WAITS: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 pub struct CampaignStore {
     db: DatabaseConnection,
+    /// For the admin lock an archive holds (`common::lock`).
+    redis: RedisClient,
     metas: CampaignMetas,
     gate: Gate,
     rooms: Rooms,
@@ -307,6 +317,7 @@ pub struct RoomFacts {
 impl CampaignStore {
     pub fn new(
         db: DatabaseConnection,
+        redis: RedisClient,
         metas: CampaignMetas,
         gate: Gate,
         rooms: Rooms,
@@ -314,6 +325,7 @@ impl CampaignStore {
     ) -> Self {
         Self {
             db,
+            redis,
             metas,
             gate,
             rooms,
@@ -519,14 +531,45 @@ impl CampaignStore {
     ///
     /// A campaign whose row is not closed is refused (`NotClosed`) and
     /// nothing changes: an open gate without its users set would let a user
-    /// take a second slot. Where it can stop: with the mark written and the
-    /// keys not deleted (the process died, Redis did not answer: 503), a
-    /// retry deletes them, and so does the next rebuild; a lost reply is
-    /// answered the same by a retry.
+    /// take a second slot.
+    ///
+    /// Both steps hold the campaign's admin lock, as reconcile, rebuild and
+    /// a re-drive do: none of them reads the users set while it goes (a
+    /// reconcile would count every row a phantom and load it back, a
+    /// re-drive take a second slot for a user who holds one), and each reads
+    /// the mark once it holds the lock. One held elsewhere for
+    /// [`ARCHIVE_WAITS`] answers 503, nothing changed.
+    ///
+    /// Where it can stop: with the mark written and the keys not deleted
+    /// (the process died, Redis did not answer, the lock lost to a pause
+    /// past its lease: the delete is fenced on it), a 503, and a retry
+    /// deletes them, as does the next rebuild; a lost reply is answered the
+    /// same by a retry. A request dropped while it holds the lock leaves it
+    /// to its lease.
     pub async fn archive(&self, id: &CampaignId) -> Result<CampaignView, StoreError> {
         if self.row(id).await?.state != "closed" {
             return Err(StoreError::NotClosed);
         }
+        let lock = common::lock::acquire_admin(&self.redis, id, ARCHIVE_WAITS)
+            .await
+            .map_err(|e| match e {
+                common::lock::LockError::Redis(e) => StoreError::Redis(e),
+                _ => StoreError::AdminLockHeld,
+            })?;
+        let hold = AdminHold {
+            key: lock.key().to_owned(),
+            token: lock.token().to_owned(),
+        };
+        let archived = self.archive_held(id, &hold).await;
+        if let Err(e) = lock.release().await {
+            tracing::warn!(campaign.id = %id, error = %e, "admin lock not released; its lease ends it");
+        }
+        archived?;
+        self.get(id).await
+    }
+
+    /// [`CampaignStore::archive`]'s two steps, under the admin lock `hold`.
+    async fn archive_held(&self, id: &CampaignId, hold: &AdminHold) -> Result<(), StoreError> {
         self.bounded(
             "archive campaign",
             campaigns::Entity::update_many()
@@ -539,9 +582,9 @@ impl CampaignStore {
                 .exec(&self.db),
         )
         .await?;
-        let deleted = self.gate.archive(id).await?;
+        let deleted = self.gate.archive(id, hold).await?;
         tracing::info!(campaign.id = %id, keys_deleted = deleted, "campaign archived");
-        self.get(id).await
+        Ok(())
     }
 
     /// Persisted coupons ordered by user id, after `after`.

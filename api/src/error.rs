@@ -211,6 +211,10 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownCampaign => Self::UnknownCampaign,
             StoreError::IdReused => Self::IdempotencyKeyReused,
             StoreError::NotClosed => Self::NotClosed,
+            StoreError::AdminLockHeld => Self::Unavailable {
+                message: "a reconcile, rebuild or re-drive of this campaign holds its admin lock; nothing changed, retry shortly".into(),
+                retry_after_secs: 5,
+            },
             StoreError::Database(e) => {
                 tracing::warn!(error = %e, "database call failed");
                 Self::unavailable("database unavailable; retry later")

@@ -78,6 +78,7 @@ impl Application {
         let gate = Gate::new(redis.clone());
         let campaigns = Arc::new(CampaignStore::new(
             db,
+            redis.clone(),
             CampaignMetas::new(redis.clone()),
             gate.clone(),
             Rooms::new(redis.clone()),

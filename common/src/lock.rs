@@ -31,6 +31,32 @@ use crate::lock_waker::{LockWaker, Registration};
 use crate::redis_state::{RedisCallError, RedisClient};
 use crate::scripts;
 
+/// The lease of a campaign's admin lock (`coupon:{c}:admin`), which
+/// reconcile, rebuild (the gate keeper's too), a re-drive and an archive
+/// hold so that no two of them interleave on one campaign. Its holder's
+/// watchdog renews it every third; a holder killed or frozen keeps the next
+/// one out for at most this long, and its fenced writes
+/// (`lua/admin_fence.lua`) fail once it is lost.
+pub const ADMIN_LEASE: Duration = Duration::from_secs(10);
+
+/// Takes `campaign`'s admin lock, waiting at most `wait`.
+pub async fn acquire_admin(
+    redis: &RedisClient,
+    campaign: &crate::ids::CampaignId,
+    wait: Duration,
+) -> Result<LockGuard, LockError> {
+    LeaseLock::new(
+        redis.clone(),
+        LockTiming {
+            lease: ADMIN_LEASE,
+            wait,
+        },
+        None,
+    )
+    .acquire(&crate::keys::CampaignKeys::new(campaign).admin_lock())
+    .await
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("lock not acquired within {0:?}")]

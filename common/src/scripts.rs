@@ -114,9 +114,10 @@ pub static FENCED_HINTS_CLEAR: LazyLock<Script> =
 pub static CLOSE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/close.lua")));
 
-/// Archive a closed campaign's users and slots, its close marked first.
+/// Archive a closed campaign's users and slots, its close marked first,
+/// fenced on the admin lock.
 pub static ARCHIVE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/archive.lua")));
+    LazyLock::new(|| with(&[ADMIN_FENCE], include_str!("../lua/archive.lua")));
 
 /// Lease lock: compare-and-delete release.
 pub static LOCK_RELEASE: LazyLock<Script> =

@@ -1,11 +1,11 @@
-//! The per-campaign lock that reconcile, rebuild and a re-drive hold, so
-//! that two of them never interleave on one campaign.
+//! The per-campaign lock that reconcile, rebuild, a re-drive and an
+//! archive (the api's) hold, so that two of them never interleave on one
+//! campaign.
 
 use std::time::Duration;
 
 use common::ids::CampaignId;
-use common::keys::CampaignKeys;
-use common::lock::{LeaseLock, LockGuard, LockTiming};
+use common::lock::LockGuard;
 use common::redis_state::{AdminHold, RedisClient};
 
 /// The admin lock's lease. Its holder's watchdog renews it every third, so
@@ -15,21 +15,15 @@ use common::redis_state::{AdminHold, RedisClient};
 /// installs only with its own rebuild token (`rebuild::install`), and the
 /// writes of a reconcile's repair and a re-drive's take are fenced on the
 /// lock itself (`AdminHold`, `lua/admin_fence.lua`).
-pub const LEASE: Duration = Duration::from_secs(10);
+pub const LEASE: Duration = common::lock::ADMIN_LEASE;
 
 pub async fn acquire(redis: &RedisClient, campaign: &CampaignId) -> anyhow::Result<LockGuard> {
-    let lock = LeaseLock::new(
-        redis.clone(),
-        LockTiming {
-            lease: LEASE,
-            wait: Duration::from_secs(30),
-        },
-        None,
-    );
-    lock.acquire(&CampaignKeys::new(campaign).admin_lock())
+    common::lock::acquire_admin(redis, campaign, Duration::from_secs(30))
         .await
         .map_err(|e| {
-            anyhow::anyhow!("another reconcile, rebuild or re-drive holds campaign {campaign}: {e}")
+            anyhow::anyhow!(
+                "another reconcile, rebuild, re-drive or archive holds campaign {campaign}: {e}"
+            )
         })
 }
 

@@ -62,8 +62,8 @@ enum ServiceCommand {
         /// Replace gate state that is present (stops takes meanwhile).
         #[arg(long)]
         force: bool,
-        /// Undo the campaign's archive first, so that its users are loaded
-        /// back (to reconcile it, or re-drive a letter of it).
+        /// Load an archived campaign's users back and undo its archive (to
+        /// reconcile it, or re-drive a letter of it).
         #[arg(long, requires = "force")]
         unarchive: bool,
     },
@@ -139,10 +139,11 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let campaign = CampaignId::parse(&campaign)?;
             let db = common::db::connect(&settings.database, LONG_TOOL_STATEMENTS).await?;
-            if unarchive {
-                issuer_worker::rebuild::unarchive(&db, &campaign).await?;
-            }
-            let report = issuer_worker::rebuild::run(&settings, &db, campaign, force).await?;
+            let report = if unarchive {
+                issuer_worker::rebuild::run_unarchiving(&settings, &db, campaign).await?
+            } else {
+                issuer_worker::rebuild::run(&settings, &db, campaign, force).await?
+            };
             print_json(&report)
         }
         ServiceCommand::Run => {

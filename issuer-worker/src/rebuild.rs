@@ -59,8 +59,12 @@
 //! loaded, and the count is set to their number. So a Redis restart, and
 //! the gate keeper's rebuild after it, no longer undo an archive. The row is
 //! read at both steps: one archived while the rebuild ran is installed
-//! archived too (its staged users deleted by the install). `rebuild --force
-//! --unarchive` clears the mark first and loads the users back.
+//! archived too (its staged users deleted by the install). An archive holds
+//! the admin lock too, so none lands between the two reads but one made by
+//! an archive whose lock ran out, whose delete is fenced on it.
+//! `rebuild --force --unarchive` ([`run_unarchiving`]) loads the users back
+//! whatever the mark, and clears it once they are installed, under the same
+//! lock: one that fails leaves the campaign archived, as it was.
 //!
 //! The waiting room's keys are left as they are: reloaded from the AOF with
 //! the rest, or gone with a Redis that restarted empty, in which case its
@@ -122,6 +126,19 @@ pub async fn run(
     }
 }
 
+/// `issuer-worker rebuild --force --unarchive`: a forced rebuild that
+/// loads an archived campaign's users back and then clears its mark.
+pub async fn run_unarchiving(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    campaign: CampaignId,
+) -> anyhow::Result<RebuildReport> {
+    let redis = RedisClient::new(&settings.redis, None)?;
+    rebuild_with(settings, db, &redis, campaign, true, true)
+        .await?
+        .with_context(|| format!("campaign {campaign}'s forced rebuild did not run"))
+}
+
 /// Rebuilds `campaign` if its state is missing or fenced (or `force`);
 /// `Ok(None)` when it is current and not forced (another keeper got there
 /// first, or nothing was wrong).
@@ -132,6 +149,17 @@ pub async fn rebuild(
     campaign: CampaignId,
     force: bool,
 ) -> anyhow::Result<Option<RebuildReport>> {
+    rebuild_with(settings, db, redis, campaign, force, false).await
+}
+
+async fn rebuild_with(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    redis: &RedisClient,
+    campaign: CampaignId,
+    force: bool,
+    unarchive: bool,
+) -> anyhow::Result<Option<RebuildReport>> {
     // An unknown campaign fails before the lock (the row is read again
     // before the load).
     campaigns::Entity::find_by_id(campaign.as_uuid())
@@ -139,7 +167,7 @@ pub async fn rebuild(
         .await?
         .with_context(|| format!("no campaign {campaign} in PostgreSQL"))?;
     let work = Box::pin(async {
-        match plan(settings, db, redis, campaign, force).await? {
+        match plan_with(settings, db, redis, campaign, force, unarchive).await? {
             Some(plan) => install(settings, db, redis, plan).await.map(Some),
             None => Ok(None),
         }
@@ -232,6 +260,8 @@ pub struct Plan {
     users: Vec<String>,
     /// The row said archived when the plan read it: nothing staged.
     archived: bool,
+    /// Load the users whatever the mark, and clear it once installed.
+    unarchive: bool,
 }
 
 /// The rebuild's reads, under the campaign's admin lock: takes over the
@@ -244,6 +274,17 @@ pub async fn plan(
     redis: &RedisClient,
     campaign: CampaignId,
     force: bool,
+) -> anyhow::Result<Option<Plan>> {
+    plan_with(settings, db, redis, campaign, force, false).await
+}
+
+async fn plan_with(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    redis: &RedisClient,
+    campaign: CampaignId,
+    force: bool,
+    unarchive: bool,
 ) -> anyhow::Result<Option<Plan>> {
     let (metas, repair) = (
         CampaignMetas::new(redis.clone()),
@@ -316,9 +357,10 @@ pub async fn plan(
         .filter(|u| !rows.contains(u))
         .collect();
     let users: Vec<String> = rows.iter().chain(pending.iter()).cloned().collect();
-    // An archive is never undone, so a row read archived now is archived at
-    // the install: its users are counted, not staged.
-    let archived = is_archived(db, &campaign).await?;
+    // Only this rebuild's own `unarchive` clears the mark, so a row read
+    // archived now is archived at the install: its users are counted, not
+    // staged.
+    let archived = !unarchive && is_archived(db, &campaign).await?;
     if !archived && let Err(e) = repair.stage(&campaign, &token, &users).await {
         repair.unstage(&campaign, &token).await;
         return Err(e.into());
@@ -332,14 +374,12 @@ pub async fn plan(
         in_flight: pending.len() as u64,
         users,
         archived,
+        unarchive,
     }))
 }
 
-/// Undoes the campaign's archive (`rebuild --force --unarchive`): the next
-/// rebuild loads its users back. Before the rebuild, so that one that fails
-/// leaves the campaign as it was in Redis (archived there, current), for a
-/// retry to load.
-pub async fn unarchive(db: &DatabaseConnection, campaign: &CampaignId) -> anyhow::Result<()> {
+/// Clears the campaign's archive mark, once its users are loaded back.
+async fn clear_archive(db: &DatabaseConnection, campaign: &CampaignId) -> anyhow::Result<()> {
     campaigns::Entity::update_many()
         .col_expr(
             campaigns::Column::ArchivedAt,
@@ -412,7 +452,7 @@ async fn install_staged(
         token: &plan.token,
         server: &plan.server,
     };
-    let archived = plan.archived || row.archived_at.is_some();
+    let archived = !plan.unarchive && (plan.archived || row.archived_at.is_some());
     let installed = Repair::new(redis.clone())
         .install(
             &campaign,
@@ -429,6 +469,11 @@ async fn install_staged(
             anyhow::bail!("campaign {campaign}'s rebuild installed nothing: {why}")
         }
     };
+    if plan.unarchive {
+        clear_archive(db, &campaign).await.with_context(|| {
+            format!("campaign {campaign}'s users are loaded back, but its archive's mark was not cleared: run it again")
+        })?;
+    }
     tracing::info!(
         campaign.id = %campaign,
         rows = plan.rows,

@@ -95,15 +95,6 @@ pub async fn run(
     repairing: bool,
     patience: Duration,
 ) -> anyhow::Result<ReconcileReport> {
-    let row = campaigns::Entity::find_by_id(campaign.as_uuid())
-        .one(db)
-        .await?
-        .with_context(|| format!("no campaign {campaign} in PostgreSQL"))?;
-    if let Some(at) = row.archived_at {
-        anyhow::bail!(
-            "campaign {campaign} was archived at {at}: its gate holds no users to compare with its rows"
-        );
-    }
     let redis = RedisClient::new(&settings.redis, None)?;
     admin_lock::holding(&redis, &campaign, |hold| {
         Box::pin(reconcile_locked(
@@ -125,6 +116,19 @@ async fn reconcile_locked(
     patience: Duration,
     hold: AdminHold,
 ) -> anyhow::Result<ReconcileReport> {
+    // Read once the lock is held, which an archive holds too: no archive
+    // deletes the users set while this reads it, and one done before is
+    // seen here. (A repair of this reconcile's that lost the lock to a
+    // pause is fenced: nothing written.)
+    let row = campaigns::Entity::find_by_id(campaign.as_uuid())
+        .one(db)
+        .await?
+        .with_context(|| format!("no campaign {campaign} in PostgreSQL"))?;
+    if let Some(at) = row.archived_at {
+        anyhow::bail!(
+            "campaign {campaign} was archived at {at}: its gate holds no users to compare with its rows (issuer-worker rebuild --campaign {campaign} --force --unarchive loads them back)"
+        );
+    }
     let repair = Repair::new(redis.clone());
     let status = StatusRecords::new(redis.clone(), settings.redis.status_ttl_secs);
     // Before anything is read: a rebuild or reconcile that starts after

@@ -172,6 +172,22 @@ async fn an_archive_frees_a_closed_campaigns_users_for_good_and_refuses_an_open_
     assert_eq!(api.campaign(&campaign).await.1["archived_at"], Value::Null);
 
     api.close_campaign(&campaign).await;
+    // A reconcile, rebuild or re-drive holding the campaign's admin lock:
+    // 503, nothing changed.
+    let redis = common::redis_state::RedisClient::new(&settings.redis, None).unwrap();
+    let held = common::lock::acquire_admin(&redis, &campaign, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let closed = footprint(&settings, &campaign).await;
+    assert_reply(
+        &archive(campaign).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert_eq!(footprint(&settings, &campaign).await, closed);
+    assert_eq!(api.campaign(&campaign).await.1["archived_at"], Value::Null);
+    held.release().await.unwrap();
+
     let (status, view) = archive(campaign).await;
     assert_eq!(status, StatusCode::OK, "{view}");
     assert!(view["archived_at"].is_string(), "{view}");
@@ -214,10 +230,7 @@ async fn an_archive_frees_a_closed_campaigns_users_for_good_and_refuses_an_open_
     );
 
     // `rebuild --force --unarchive`: the users back, the mark gone.
-    issuer_worker::rebuild::unarchive(&db().await, &campaign)
-        .await
-        .unwrap();
-    let report = issuer_worker::rebuild::run(&tool, &db().await, campaign, true)
+    let report = issuer_worker::rebuild::run_unarchiving(&tool, &db().await, campaign)
         .await
         .unwrap();
     assert!(!report.archived, "{report:?}");

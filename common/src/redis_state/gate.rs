@@ -325,15 +325,24 @@ impl Gate {
     /// (`lua/archive.lua`), its close marked in the same step; its meta,
     /// count and mark stay. Returns how many of the two keys it deleted.
     /// Only for a campaign whose row is closed and marked archived
-    /// (`campaigns.archived_at`), so that a rebuild keeps it archived.
-    pub async fn archive(&self, campaign: &CampaignId) -> Result<u64, RedisCallError> {
+    /// (`campaigns.archived_at`), so that a rebuild keeps it archived; and
+    /// only while `hold` still holds the campaign's admin lock
+    /// (`RedisCallError::AdminLockLost` otherwise, nothing deleted).
+    pub async fn archive(
+        &self,
+        campaign: &CampaignId,
+        hold: &AdminHold,
+    ) -> Result<u64, RedisCallError> {
         let keys = CampaignKeys::new(campaign);
         self.client
             .run(|mut conn| async move {
                 scripts::ARCHIVE
+                    .key(keys.meta())
                     .key(keys.closed())
                     .key(keys.users())
                     .key(keys.slots())
+                    .key(&hold.key)
+                    .arg(&hold.token)
                     .invoke_async(&mut conn)
                     .await
             })

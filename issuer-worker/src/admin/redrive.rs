@@ -115,6 +115,9 @@ pub enum Outcome {
     OverTaken,
     /// The campaign's gate state is missing or fenced.
     GateNotLoaded,
+    /// The campaign is archived: its users set is not in Redis, so the
+    /// gate cannot tell whether the letter's slot is counted.
+    Archived,
     /// A dependency failed; see the message.
     Failed,
 }
@@ -437,7 +440,7 @@ impl<'a> Redriver<'a> {
         hold: Option<&AdminHold>,
         line: &mut AuditLine,
     ) -> anyhow::Result<(Outcome, String)> {
-        let Some((stock, persisted)) = self.campaign(&m.campaign_id).await? else {
+        let Some((stock, persisted, archived)) = self.campaign(&m.campaign_id).await? else {
             return Ok((
                 Outcome::UnknownCampaign,
                 "no such campaign in PostgreSQL".into(),
@@ -464,6 +467,16 @@ impl<'a> Redriver<'a> {
             return Ok((
                 Outcome::CouponIdTaken,
                 format!("its coupon id is the row of user {user} of campaign {campaign}"),
+            ));
+        }
+        // Read under the admin lock, which an archive holds too: the users
+        // set the take below reads is there for every campaign not archived.
+        // An archived one's is not: a user whose slot is counted would be
+        // refused sold out, or counted twice.
+        if archived {
+            return Ok((
+                Outcome::Archived,
+                "the campaign is archived: load its users back first (issuer-worker rebuild --campaign <id> --force --unarchive)".into(),
             ));
         }
         if persisted >= stock {
@@ -570,18 +583,25 @@ impl<'a> Redriver<'a> {
     }
 
     /// The campaign's stock and rows persisted, if it exists.
-    async fn campaign(&self, campaign: &CampaignId) -> anyhow::Result<Option<(i64, i64)>> {
+    /// The campaign's stock, rows, and whether it is archived.
+    async fn campaign(&self, campaign: &CampaignId) -> anyhow::Result<Option<(i64, i64, bool)>> {
         let row = self
             .db
             .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT stock, persisted FROM campaigns WHERE id = $1",
+                "SELECT stock, persisted, archived_at IS NOT NULL AS archived FROM campaigns WHERE id = $1",
                 [campaign.as_uuid().into()],
             ))
             .await
             .context("reading the campaign")?;
-        row.map(|r| Ok((r.try_get("", "stock")?, r.try_get("", "persisted")?)))
-            .transpose()
+        row.map(|r| {
+            Ok((
+                r.try_get("", "stock")?,
+                r.try_get("", "persisted")?,
+                r.try_get("", "archived")?,
+            ))
+        })
+        .transpose()
     }
 
     /// The rows of the message's (campaign, user), and the row of its

@@ -797,3 +797,61 @@ async fn a_redrive_takes_a_slot_only_within_the_stock() {
     worker.stop().await;
     api.stop().await;
 }
+
+/// A letter of an archived campaign is not re-driven: its users set is not
+/// in Redis, so the gate cannot tell whether the letter's slot is counted
+/// (a holder would be refused sold out, or counted twice). Once `rebuild
+/// --force --unarchive` has loaded the users back, it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_letter_of_an_archived_campaign_waits_for_its_unarchive() {
+    let mut settings = admin_settings().await;
+    // Nothing is in flight: the rebuild's wait for the takes can be short.
+    settings.kafka.delivery_timeout_ms = 0;
+    let db = db().await;
+    let api = spawn_api(&settings).await;
+    let cli = Cli::new(&settings, &api.url);
+    let c = campaign_id(
+        &cli.run(&[
+            "campaigns",
+            "create",
+            "--name",
+            "archived",
+            "--stock",
+            "5",
+            "--output",
+            "json",
+        ])
+        .await
+        .json(),
+    );
+    assert_eq!(api.issue(&c.to_string(), "alice").await.0, 202);
+    for step in ["close", "archive"] {
+        let ran = cli.run(&["campaigns", step, &c.to_string()]).await;
+        assert_eq!(ran.code, 0, "{step}: {ran:?}");
+    }
+    dead_letter(&settings, &message(c, "ed"), DlqReason::RejectedByDatabase).await;
+    let letter = letter_of(&settings, "ed").await;
+    let before = gate_state(&c).await;
+    assert_eq!(before, (vec![], Some(1)));
+    let ran = cli
+        .run(&["dlq", "redrive", "--letter", &letter, "--output", "json"])
+        .await;
+    assert_eq!(ran.lines()[0]["outcome"], "archived", "{ran:?}");
+    assert_eq!(gate_state(&c).await, before, "a slot was taken");
+
+    let report = issuer_worker::rebuild::run_unarchiving(&settings, &db, c)
+        .await
+        .unwrap();
+    assert!(!report.archived, "{report:?}");
+    assert_eq!(gate_state(&c).await, (vec!["alice".to_owned()], Some(1)));
+    let ran = cli
+        .run(&["dlq", "redrive", "--letter", &letter, "--output", "json"])
+        .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.lines()[0]["slot"], "taken", "{ran:?}");
+    assert_eq!(
+        gate_state(&c).await,
+        (vec!["alice".to_owned(), "ed".to_owned()], Some(2))
+    );
+    api.stop().await;
+}
