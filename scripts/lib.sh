@@ -275,6 +275,6 @@ redis_held() {
   [ -n "$held" ] || { echo "Redis at the start: not answering on :$REDIS_PORT"; return 0; }
   echo "Redis at the start: $held MB in memory, $aof MB of append-only file"
   if [ "$held" -gt 500 ]; then
-    log "the local Redis holds $held MB: its rewrites slow the runs they fall in; release the closed campaigns' keys first (docs/PERFORMANCE.md, \"How to measure\")"
+    log "the local Redis holds $held MB: its rewrites slow the runs they fall in; archive the closed campaigns first (docs/PERFORMANCE.md, \"How to measure\")"
   fi
 }

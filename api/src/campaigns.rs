@@ -561,27 +561,39 @@ impl CampaignStore {
             token: lock.token().to_owned(),
         };
         let archived = self.archive_held(id, &hold).await;
-        if let Err(e) = lock.release().await {
-            tracing::warn!(campaign.id = %id, error = %e, "admin lock not released; its lease ends it");
-        }
+        // Released off the reply's path, tried again until its lease would
+        // end it (a Redis restarting), as the worker's tools release it: the
+        // gate keeper's rebuild after a restart need not wait out the lease.
+        let id_released = *id;
+        tokio::spawn(async move {
+            if let Err(e) = lock.release_within(common::lock::ADMIN_LEASE).await {
+                tracing::warn!(campaign.id = %id_released, error = %e, "admin lock not released; its lease ends it");
+            }
+        });
         archived?;
         self.get(id).await
     }
 
     /// [`CampaignStore::archive`]'s two steps, under the admin lock `hold`.
     async fn archive_held(&self, id: &CampaignId, hold: &AdminHold) -> Result<(), StoreError> {
-        self.bounded(
-            "archive campaign",
-            campaigns::Entity::update_many()
-                .col_expr(
-                    campaigns::Column::ArchivedAt,
-                    sea_orm::sea_query::Expr::cust("COALESCE(archived_at, now())"),
-                )
-                .filter(campaigns::Column::Id.eq(id.as_uuid()))
-                .filter(campaigns::Column::State.eq("closed"))
-                .exec(&self.db),
-        )
-        .await?;
+        let marked = self
+            .bounded(
+                "archive campaign",
+                campaigns::Entity::update_many()
+                    .col_expr(
+                        campaigns::Column::ArchivedAt,
+                        sea_orm::sea_query::Expr::cust("COALESCE(archived_at, now())"),
+                    )
+                    .filter(campaigns::Column::Id.eq(id.as_uuid()))
+                    .filter(campaigns::Column::State.eq("closed"))
+                    .exec(&self.db),
+            )
+            .await?;
+        // Campaigns are never reopened, so the row read closed is closed
+        // still; should that change, the users set is kept.
+        if marked.rows_affected == 0 {
+            return Err(StoreError::NotClosed);
+        }
         let deleted = self.gate.archive(id, hold).await?;
         tracing::info!(campaign.id = %id, keys_deleted = deleted, "campaign archived");
         Ok(())

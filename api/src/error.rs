@@ -200,6 +200,11 @@ impl From<IssueError> for ApiError {
 /// logged, with the request's id.
 impl From<common::redis_state::RedisCallError> for ApiError {
     fn from(e: common::redis_state::RedisCallError) -> Self {
+        if matches!(e, common::redis_state::RedisCallError::AdminLockLost) {
+            return Self::unavailable(
+                "the campaign's admin lock ran out before the change was written; nothing of it was, retry",
+            );
+        }
         tracing::warn!(error = %e, "redis call failed");
         Self::unavailable("redis unavailable; retry later")
     }
@@ -212,7 +217,7 @@ impl From<StoreError> for ApiError {
             StoreError::IdReused => Self::IdempotencyKeyReused,
             StoreError::NotClosed => Self::NotClosed,
             StoreError::AdminLockHeld => Self::Unavailable {
-                message: "a reconcile, rebuild or re-drive of this campaign holds its admin lock; nothing changed, retry shortly".into(),
+                message: "a reconcile, rebuild, re-drive or archive of this campaign holds its admin lock; nothing changed, retry shortly".into(),
                 retry_after_secs: 5,
             },
             StoreError::Database(e) => {

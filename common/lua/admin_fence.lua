@@ -1,6 +1,6 @@
 -- The admin lock's fence: a repair (reconcile --repair, a re-drive) writes
--- a campaign's slots only while the campaign's admin lock
--- (coupon:{c}:admin) still holds its token. A repair paused past the
+-- a campaign's slots, and an archive deletes them, only while the
+-- campaign's admin lock (coupon:{c}:admin) still holds its token. A repair paused past the
 -- lock's lease, or one whose lock a Redis that lost its last second
 -- forgot, may meanwhile have been overtaken by another repair, which read
 -- the slots after it: its writes would act on a stale view (a slot given

@@ -21,7 +21,9 @@
 -- one would be), "other_slot" (the user holds a slot another request took),
 -- "sold_out" (no slot left to take), "over_taken" (the user holds this slot
 -- but the gate has taken more slots than the stock: re-driving it could
--- take a row from another held slot), "missing" (no meta), "stale" (fenced);
+-- take a row from another held slot), "missing" (no meta), "stale" (fenced),
+-- "archived" (slots counted but no users set: an archive deleted it, and
+-- whether this user's slot is counted cannot be told);
 -- the error ADMINLOST when the lock is not the re-drive's.
 --
 -- Unlike gate.lua it takes no notice of the window, a close or a waiting
@@ -40,6 +42,11 @@ if not fence_holds(meta[2], ARGV[3]) then
 end
 local stock = tonumber(meta[1])
 local taken = tonumber(redis.call('GET', KEYS[3]) or '0')
+-- Whatever the campaign's row says: an archive whose mark an unarchive
+-- cleared after it (one paused past its lock) leaves this state too.
+if taken > 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  return 'archived'
+end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
   if (redis.call('HGET', KEYS[5], ARGV[1]) or '') ~= ARGV[2] then
     return 'other_slot'

@@ -153,10 +153,12 @@ impl AdminClient {
         Ok(())
     }
 
-    /// Archives a closed campaign's users and slots from Redis, for good
-    /// (`POST .../archive`); returns when the api answered.
+    /// Archives a closed campaign (`POST .../archive`: its users and slots
+    /// deleted from Redis, for good); idempotent, so retried as a read is
+    /// while the api answers 503 (a rebuild or reconcile holding the
+    /// campaign's admin lock).
     pub async fn archive_campaign(&self, id: &str) -> anyhow::Result<()> {
-        self.json(
+        self.read_json(
             self.http
                 .post(format!("{}/api/v1/campaigns/{id}/archive", self.base)),
         )

@@ -278,7 +278,7 @@ pub async fn archive_campaign(admin_url: &str, admin_token: &str, result: &RunRe
     }
     match admin.archive_campaign(campaign).await {
         Ok(()) => eprintln!("   campaign closed and archived"),
-        Err(e) => eprintln!("   campaign closed; its Redis keys not released: {e}"),
+        Err(e) => eprintln!("   campaign closed, not archived (its Redis keys kept): {e}"),
     }
 }
 

@@ -127,6 +127,9 @@ pub enum RedriveSlot {
     Missing,
     /// The gate state is fenced until rebuilt.
     Stale,
+    /// Slots are counted but the users set is gone (an archive): the gate
+    /// cannot tell whether the user's slot is counted.
+    Archived,
 }
 
 impl RedriveSlot {
@@ -140,6 +143,7 @@ impl RedriveSlot {
             "over_taken" => Self::OverTaken,
             "missing" => Self::Missing,
             "stale" => Self::Stale,
+            "archived" => Self::Archived,
             other => return Err(RedisCallError::Protocol(other.to_owned())),
         })
     }
@@ -347,6 +351,7 @@ impl Gate {
                     .await
             })
             .await
+            .map_err(RedisCallError::or_admin_lock_lost)
     }
 
     /// The count of slots taken, or `None` when the campaign's meta is

@@ -521,6 +521,12 @@ impl<'a> Redriver<'a> {
                     "the gate took more slots than the stock: run reconcile first".into(),
                 ));
             }
+            RedriveSlot::Archived => {
+                return Ok((
+                    Outcome::Archived,
+                    "the gate counts slots but has no users set (the campaign was archived): load its users back first (issuer-worker rebuild --campaign <id> --force --unarchive)".into(),
+                ));
+            }
             RedriveSlot::Missing | RedriveSlot::Stale => {
                 return Ok((
                     Outcome::GateNotLoaded,

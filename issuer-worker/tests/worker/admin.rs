@@ -805,7 +805,8 @@ async fn a_redrive_takes_a_slot_only_within_the_stock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_letter_of_an_archived_campaign_waits_for_its_unarchive() {
     let mut settings = admin_settings().await;
-    // Nothing is in flight: the rebuild's wait for the takes can be short.
+    // alice's message is acknowledged before the rebuild starts: its wait
+    // for the takes to settle can be short.
     settings.kafka.delivery_timeout_ms = 0;
     let db = db().await;
     let api = spawn_api(&settings).await;
@@ -853,5 +854,32 @@ async fn a_letter_of_an_archived_campaign_waits_for_its_unarchive() {
         gate_state(&c).await,
         (vec!["alice".to_owned(), "ed".to_owned()], Some(2))
     );
+
+    // The same state with a row that does not say archived (an unarchive
+    // that cleared its mark after an archive overtook it): the gate itself
+    // refuses, counting slots without a users set.
+    let d = campaign_id(
+        &cli.run(&[
+            "campaigns",
+            "create",
+            "--name",
+            "unmarked",
+            "--stock",
+            "5",
+            "--output",
+            "json",
+        ])
+        .await
+        .json(),
+    );
+    assert_eq!(api.issue(&d.to_string(), "alice").await.0, 202);
+    redis_del(&[common::keys::CampaignKeys::new(&d).users()]).await;
+    dead_letter(&settings, &message(d, "fay"), DlqReason::RejectedByDatabase).await;
+    let letter = letter_of(&settings, "fay").await;
+    let ran = cli
+        .run(&["dlq", "redrive", "--letter", &letter, "--output", "json"])
+        .await;
+    assert_eq!(ran.lines()[0]["outcome"], "archived", "{ran:?}");
+    assert_eq!(gate_state(&d).await, (vec![], Some(1)), "a slot was taken");
     api.stop().await;
 }
