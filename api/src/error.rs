@@ -200,12 +200,12 @@ impl From<IssueError> for ApiError {
 /// logged, with the request's id.
 impl From<common::redis_state::RedisCallError> for ApiError {
     fn from(e: common::redis_state::RedisCallError) -> Self {
+        tracing::warn!(error = %e, "redis call failed");
         if matches!(e, common::redis_state::RedisCallError::AdminLockLost) {
             return Self::unavailable(
-                "the campaign's admin lock ran out before the change was written; nothing of it was, retry",
+                "the campaign's admin lock ran out before its Redis keys were changed; they are kept, retry to finish",
             );
         }
-        tracing::warn!(error = %e, "redis call failed");
         Self::unavailable("redis unavailable; retry later")
     }
 }
