@@ -65,7 +65,7 @@ fn gate(c: &mut Criterion) {
             .await
         })
     });
-    runtime.block_on(release(&client, &campaign));
+    runtime.block_on(remove_gate_state(&client, &campaign));
 }
 
 /// 64 takes at once, in calls of `size` takes (64 / `size` calls, at once
@@ -111,7 +111,7 @@ fn gate_batch(c: &mut Criterion) {
             cpu * 1e6 / made.load(Ordering::Relaxed) as f64,
             made.load(Ordering::Relaxed)
         );
-        runtime.block_on(release(&client, &campaign));
+        runtime.block_on(remove_gate_state(&client, &campaign));
     }
     group.finish();
 }
@@ -152,7 +152,7 @@ async fn redis_cpu_seconds(client: &RedisClient) -> f64 {
 }
 
 /// Removes `campaign`'s gate state.
-async fn release(client: &RedisClient, campaign: &CampaignId) {
+async fn remove_gate_state(client: &RedisClient, campaign: &CampaignId) {
     let keys = common::keys::CampaignKeys::new(campaign);
     let mut conn = client
         .client()
