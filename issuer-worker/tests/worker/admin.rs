@@ -208,6 +208,24 @@ async fn dead_letter(settings: &Settings, m: &CouponIssued, reason: DlqReason) {
         .unwrap();
 }
 
+/// A campaign made with `campaigns create`.
+async fn create_with(cli: &Cli, name: &str, stock: &str) -> CampaignId {
+    campaign_id(
+        &cli.run(&[
+            "campaigns",
+            "create",
+            "--name",
+            name,
+            "--stock",
+            stock,
+            "--output",
+            "json",
+        ])
+        .await
+        .json(),
+    )
+}
+
 fn campaign_id(view: &Value) -> CampaignId {
     CampaignId::parse(view["id"].as_str().unwrap()).unwrap()
 }
@@ -712,25 +730,7 @@ async fn a_redrive_takes_a_slot_only_within_the_stock() {
     let db = db().await;
     let api = spawn_api(&settings).await;
     let cli = Cli::new(&settings, &api.url);
-    let create = |name: &'static str, stock: &'static str| {
-        let cli = &cli;
-        async move {
-            campaign_id(
-                &cli.run(&[
-                    "campaigns",
-                    "create",
-                    "--name",
-                    name,
-                    "--stock",
-                    stock,
-                    "--output",
-                    "json",
-                ])
-                .await
-                .json(),
-            )
-        }
-    };
+    let create = |name: &'static str, stock: &'static str| create_with(&cli, name, stock);
     let issue_topic = || topic_messages(&settings.kafka.brokers, &settings.kafka.topic);
 
     // Stock left: a slot is taken for it, and the worker writes the row.
@@ -811,20 +811,7 @@ async fn a_letter_of_an_archived_campaign_waits_for_its_unarchive() {
     let db = db().await;
     let api = spawn_api(&settings).await;
     let cli = Cli::new(&settings, &api.url);
-    let c = campaign_id(
-        &cli.run(&[
-            "campaigns",
-            "create",
-            "--name",
-            "archived",
-            "--stock",
-            "5",
-            "--output",
-            "json",
-        ])
-        .await
-        .json(),
-    );
+    let c = create_with(&cli, "archived", "5").await;
     assert_eq!(api.issue(&c.to_string(), "alice").await.0, 202);
     for step in ["close", "archive"] {
         let ran = cli.run(&["campaigns", step, &c.to_string()]).await;
@@ -858,20 +845,7 @@ async fn a_letter_of_an_archived_campaign_waits_for_its_unarchive() {
     // The same state with a row that does not say archived (an unarchive
     // that cleared its mark after an archive overtook it): the gate itself
     // refuses, counting slots without a users set.
-    let d = campaign_id(
-        &cli.run(&[
-            "campaigns",
-            "create",
-            "--name",
-            "unmarked",
-            "--stock",
-            "5",
-            "--output",
-            "json",
-        ])
-        .await
-        .json(),
-    );
+    let d = create_with(&cli, "unmarked", "5").await;
     assert_eq!(api.issue(&d.to_string(), "alice").await.0, 202);
     redis_del(&[common::keys::CampaignKeys::new(&d).users()]).await;
     dead_letter(&settings, &message(d, "fay"), DlqReason::RejectedByDatabase).await;
