@@ -556,10 +556,7 @@ impl CampaignStore {
                 common::lock::LockError::Redis(e) => StoreError::Redis(e),
                 _ => StoreError::AdminLockHeld,
             })?;
-        let hold = AdminHold {
-            key: lock.key().to_owned(),
-            token: lock.token().to_owned(),
-        };
+        let hold = AdminHold::from(&lock);
         let archived = self.archive_held(id, &hold).await;
         // Released off the reply's path, tried again until its lease would
         // end it (a Redis restarting), as the worker's tools release it: the

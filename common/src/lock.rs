@@ -39,6 +39,16 @@ use crate::scripts;
 /// (`lua/admin_fence.lua`) fail once it is lost.
 pub const ADMIN_LEASE: Duration = Duration::from_secs(10);
 
+/// The hold an admin lock's fenced writes name (`lua/admin_fence.lua`).
+impl From<&LockGuard> for crate::redis_state::AdminHold {
+    fn from(lock: &LockGuard) -> Self {
+        Self {
+            key: lock.key().to_owned(),
+            token: lock.token().to_owned(),
+        }
+    }
+}
+
 /// Takes `campaign`'s admin lock, waiting at most `wait`.
 pub async fn acquire_admin(
     redis: &RedisClient,

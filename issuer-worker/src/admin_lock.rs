@@ -27,14 +27,6 @@ pub async fn acquire(redis: &RedisClient, campaign: &CampaignId) -> anyhow::Resu
         })
 }
 
-/// The hold a repair's fenced writes name.
-pub fn hold_of(lock: &LockGuard) -> AdminHold {
-    AdminHold {
-        key: lock.key().to_owned(),
-        token: lock.token().to_owned(),
-    }
-}
-
 /// Runs `work` holding the campaign's admin lock, which is released on
 /// every path: a rebuild or reconcile that failed (a connection a Redis
 /// restart broke, a worker group behind) must not keep the next one (the
@@ -52,7 +44,7 @@ where
     Fut: Future<Output = anyhow::Result<T>>,
 {
     let lock = acquire(redis, campaign).await?;
-    let result = work(hold_of(&lock)).await;
+    let result = work(AdminHold::from(&lock)).await;
     if let Err(e) = lock.release_within(LEASE).await {
         tracing::warn!(campaign.id = %campaign, error = %e, "admin lock not released; its lease ends it");
     }

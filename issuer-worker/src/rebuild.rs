@@ -167,7 +167,7 @@ async fn rebuild_with(
         .await?
         .with_context(|| format!("no campaign {campaign} in PostgreSQL"))?;
     let work = Box::pin(async {
-        match plan_with(settings, db, redis, campaign, force, unarchive).await? {
+        match plan(settings, db, redis, campaign, force, unarchive).await? {
             Some(plan) => install(settings, db, redis, plan).await.map(Some),
             None => Ok(None),
         }
@@ -267,18 +267,10 @@ pub struct Plan {
 /// The rebuild's reads, under the campaign's admin lock: takes over the
 /// campaign (its token), fences it, waits for the takes made before to
 /// settle, records the cutoff, reads the rows and the topic, and stages the
-/// users found. `Ok(None)` when the state is current and not `force`.
+/// users found (none for an archived campaign, unless `unarchive`: its
+/// users are loaded whatever the mark, which the install then clears).
+/// `Ok(None)` when the state is current and not `force`.
 pub async fn plan(
-    settings: &Settings,
-    db: &DatabaseConnection,
-    redis: &RedisClient,
-    campaign: CampaignId,
-    force: bool,
-) -> anyhow::Result<Option<Plan>> {
-    plan_with(settings, db, redis, campaign, force, false).await
-}
-
-async fn plan_with(
     settings: &Settings,
     db: &DatabaseConnection,
     redis: &RedisClient,

@@ -1375,7 +1375,7 @@ async fn a_rebuild_overtaken_by_a_later_one_installs_nothing() {
 
     // The first rebuild reads and stages, then stalls before its install
     // (its admin lock gone); the second runs to the end and unfences.
-    let overtaken = rebuild::plan(&settings, &db, &redis, campaign, true)
+    let overtaken = rebuild::plan(&settings, &db, &redis, campaign, true, false)
         .await
         .unwrap()
         .expect("forced");
@@ -1427,7 +1427,7 @@ async fn a_rebuild_install_over_a_large_set_does_not_hold_redis() {
     let (status, body) = api.issue(&campaign, "before").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let (db, redis) = (db().await, RedisClient::new(&settings.redis, None).unwrap());
-    let plan = rebuild::plan(&settings, &db, &redis, campaign, true)
+    let plan = rebuild::plan(&settings, &db, &redis, campaign, true, false)
         .await
         .unwrap()
         .expect("forced");

@@ -394,7 +394,7 @@ impl<'a> Redriver<'a> {
                     line.message = format!("the same message as letter {earlier}, above");
                 } else {
                     first.insert(key, letter.id);
-                    let hold = lock.as_ref().map(admin_lock::hold_of);
+                    let hold = lock.as_ref().map(AdminHold::from);
                     self.decide(letter, message, hold.as_ref(), &mut line).await;
                 }
                 emit(line)?;

@@ -1063,7 +1063,7 @@ async fn a_campaign_archived_during_a_rebuild_stays_archived() {
             .await;
     }
     let redis = common::redis_state::RedisClient::new(&settings.redis, None).unwrap();
-    let plan = issuer_worker::rebuild::plan(&settings, &db, &redis, c, true)
+    let plan = issuer_worker::rebuild::plan(&settings, &db, &redis, c, true, false)
         .await
         .unwrap()
         .unwrap();
