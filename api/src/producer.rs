@@ -14,6 +14,21 @@
 //! persistence status, as any other failure. (After a merely timed-out
 //! message Apache Kafka lets librdkafka bump the epoch and go on; the
 //! replacement is for the states it cannot recover from.)
+//!
+//! Who serves the delivery reports (runs the callback that answers the
+//! waiting request): an actix worker thread, woken by librdkafka itself.
+//! librdkafka writes a byte to a socket when a report lands on a
+//! producer's empty queue; one worker of the instance
+//! ([`IssueProducer::serve_reports_here`]) waits on that socket in its event
+//! loop and serves the queue there, so a report crosses one thread (the
+//! broker thread's to the worker's) instead of two (to a polling thread of
+//! the producer's, then to the worker). Each producer keeps a thread of its
+//! own as a net: while no worker serves, it waits on the queue and serves
+//! it, as rdkafka's `ThreadedProducer` does; while one does, it looks every
+//! [`REPORT_NET_INTERVAL`] and serves only what waits while the worker has
+//! not taken a turn at the reports for a whole interval (a worker that
+//! stalls, or a wake-up lost). Either may serve a report; each report is
+//! served once (librdkafka pops it once).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -25,7 +40,7 @@ use common::settings::{KafkaSettings, Partitioning};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Partitioner, Producer, ProducerContext, ThreadedProducer,
+    BaseProducer, BaseRecord, DeliveryResult, Partitioner, Producer, ProducerContext,
 };
 use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::oneshot;
@@ -265,7 +280,209 @@ fn persistence_status(message: &BorrowedMessage<'_>) -> rdkafka::bindings::rd_ka
     unsafe { rdkafka::bindings::rd_kafka_message_status(message.ptr()) }
 }
 
-type Inner = ThreadedProducer<DeliveryContext, StickyPartitioner>;
+/// How often a producer's report thread looks at its queue while a worker
+/// serves the reports. A report waits for a stalled worker for one to two
+/// intervals, then the thread serves it.
+pub const REPORT_NET_INTERVAL: Duration = Duration::from_millis(5);
+
+/// The events (each a batch of reports) served in one turn before the
+/// worker's other tasks get a go.
+const EVENTS_PER_TURN: usize = 256;
+
+/// The socket librdkafka writes to when a report lands on a producer's
+/// empty queue, every lane's and every replacement's.
+#[derive(Debug)]
+struct ReportWake {
+    read: std::os::unix::net::UnixStream,
+    /// Non-blocking: a full socket never holds up librdkafka's thread (the
+    /// byte is dropped; the one already there wakes the worker).
+    write: std::os::unix::net::UnixStream,
+    /// Whether a worker serves the reports now (at most one does).
+    served: AtomicBool,
+}
+
+impl ReportWake {
+    fn new() -> anyhow::Result<Self> {
+        let (read, write) = std::os::unix::net::UnixStream::pair()
+            .context("creating the delivery reports' wake-up socket")?;
+        read.set_nonblocking(true)?;
+        write.set_nonblocking(true)?;
+        Ok(Self {
+            read,
+            write,
+            served: AtomicBool::new(false),
+        })
+    }
+}
+
+/// A handle on a producer's main queue, where its reports land.
+struct MainQueue(std::ptr::NonNull<rdkafka::bindings::rd_kafka_queue_t>);
+
+// SAFETY: librdkafka's queue handles may be used from any thread.
+unsafe impl Send for MainQueue {}
+unsafe impl Sync for MainQueue {}
+
+impl MainQueue {
+    fn of(producer: &BaseProducer<DeliveryContext, StickyPartitioner>) -> anyhow::Result<Self> {
+        // SAFETY: the client is live; the handle is given back in `drop`,
+        // before the client is destroyed (`ProducerClient`'s field order).
+        let queue =
+            unsafe { rdkafka::bindings::rd_kafka_queue_get_main(producer.client().native_ptr()) };
+        std::ptr::NonNull::new(queue)
+            .map(Self)
+            .context("the producer has no main queue")
+    }
+
+    /// librdkafka writes `1` to `wake` when an event lands on the queue
+    /// while it is empty and not being served.
+    fn wake_through(&self, wake: &ReportWake) {
+        use std::os::fd::AsRawFd;
+        let payload = [1u8];
+        // SAFETY: the handle is live; librdkafka copies the payload, and
+        // `wake` outlives the client (`ProducerClient`'s field order).
+        unsafe {
+            rdkafka::bindings::rd_kafka_queue_io_event_enable(
+                self.0.as_ptr(),
+                wake.write.as_raw_fd(),
+                payload.as_ptr().cast(),
+                payload.len(),
+            );
+        }
+    }
+
+    fn len(&self) -> usize {
+        // SAFETY: the handle is live.
+        unsafe { rdkafka::bindings::rd_kafka_queue_length(self.0.as_ptr()) }
+    }
+}
+
+impl Drop for MainQueue {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from `rd_kafka_queue_get_main` and is
+        // given back once.
+        unsafe { rdkafka::bindings::rd_kafka_queue_destroy(self.0.as_ptr()) }
+    }
+}
+
+/// One producer and its main queue. Fields drop in order: the queue handle
+/// first, then the producer (which purges, serves its last reports and
+/// joins librdkafka's threads), then the wake-up socket they write to.
+struct ProducerClient {
+    queue: MainQueue,
+    producer: BaseProducer<DeliveryContext, StickyPartitioner>,
+    wake: Arc<ReportWake>,
+    /// The serving worker's turns at this producer's reports: its report
+    /// thread serves only while they stand still (also once the producer
+    /// is replaced, when the worker serves its successor instead).
+    turns: AtomicU64,
+}
+
+impl ProducerClient {
+    /// Serves the reports waiting now, up to [`EVENTS_PER_TURN`]; `true`
+    /// if more are left.
+    fn serve(&self) -> bool {
+        // One poll even when the queue looks empty: polling marks it served,
+        // so the next report writes to the socket again.
+        self.producer.poll(Duration::ZERO);
+        for _ in 0..EVENTS_PER_TURN {
+            if self.queue.len() == 0 {
+                return false;
+            }
+            self.producer.poll(Duration::ZERO);
+        }
+        self.queue.len() > 0
+    }
+}
+
+/// A lane's producer, with its report thread (stopped and joined on drop).
+struct Inner {
+    client: Arc<ProducerClient>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Inner {
+    fn new(
+        producer: BaseProducer<DeliveryContext, StickyPartitioner>,
+        wake: Arc<ReportWake>,
+    ) -> anyhow::Result<Self> {
+        let queue = MainQueue::of(&producer)?;
+        queue.wake_through(&wake);
+        let client = Arc::new(ProducerClient {
+            queue,
+            producer,
+            wake,
+            turns: AtomicU64::new(0),
+        });
+        // What landed before the wake-up was switched on wrote no byte, and
+        // nothing will while it waits: served now, the next event writes.
+        while client.serve() {}
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("kafka reports".into())
+            .spawn({
+                let (client, stop) = (client.clone(), stop.clone());
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if !client.wake.served.load(Ordering::Acquire) {
+                            client.producer.poll(Duration::from_millis(100));
+                            continue;
+                        }
+                        let turns = client.turns.load(Ordering::Acquire);
+                        std::thread::sleep(REPORT_NET_INTERVAL);
+                        // Reports wait and the worker took no turn at them
+                        // for a whole interval: it stalls, its wake-up was
+                        // lost, or this producer was replaced. Served until
+                        // the worker takes a turn again.
+                        while client.queue.len() > 0
+                            && client.turns.load(Ordering::Acquire) == turns
+                            && !stop.load(Ordering::Relaxed)
+                        {
+                            if !client.serve() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .context("starting the producer's report thread")?;
+        Ok(Self {
+            client,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl std::ops::Deref for Inner {
+    type Target = BaseProducer<DeliveryContext, StickyPartitioner>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.client.producer
+    }
+}
+
+impl Drop for Inner {
+    /// Stops the report thread (its round ends within 100 ms), then the
+    /// producer is destroyed: it purges its buffer and serves the last
+    /// reports for up to half a second. So it is done at the process's end,
+    /// before it exits; a producer replaced while requests run is let go
+    /// on a thread of its own ([`let_go`]).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Destroys a producer on a thread of its own if this was its last
+/// handle: not on the caller's thread, which may be an actix worker.
+fn let_go(producer: Arc<Inner>) {
+    if let Some(last) = Arc::into_inner(producer) {
+        std::thread::spawn(move || drop(last));
+    }
+}
 
 /// One producer, replaced when its idempotence state breaks.
 struct Lane {
@@ -318,6 +535,7 @@ pub enum ReportWait {
 /// client, its threads and connections, carrying nothing.
 pub struct IssueProducer {
     lanes: Vec<Lane>,
+    wake: Arc<ReportWake>,
     quick_lane_depth: i32,
     metrics: common::metrics::KafkaClientMetrics,
     sticky: Option<Duration>,
@@ -355,6 +573,7 @@ impl IssueProducer {
         let sticky = (settings.partitioning == Partitioning::Sticky)
             .then(|| Duration::from_millis(settings.sticky_partition_ms));
         let quick = configs.len() > 1;
+        let wake = Arc::new(ReportWake::new()?);
         let lanes = configs
             .into_iter()
             .enumerate()
@@ -364,7 +583,7 @@ impl IssueProducer {
                 } else {
                     "producer"
                 };
-                let producer = Self::create(&config, sticky, metrics.clone(), client)?;
+                let producer = Self::create(&config, sticky, metrics.clone(), client, &wake)?;
                 Ok(Lane {
                     current: RwLock::new(Arc::new(producer)),
                     config,
@@ -374,6 +593,7 @@ impl IssueProducer {
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             lanes,
+            wake,
             quick_lane_depth: i32::try_from(settings.quick_lane_depth).unwrap_or(i32::MAX),
             metrics,
             sticky,
@@ -387,6 +607,7 @@ impl IssueProducer {
         sticky: Option<Duration>,
         metrics: common::metrics::KafkaClientMetrics,
         client: &'static str,
+        wake: &Arc<ReportWake>,
     ) -> anyhow::Result<Inner> {
         let context = DeliveryContext {
             broken: AtomicBool::new(false),
@@ -395,9 +616,10 @@ impl IssueProducer {
             metrics,
             client,
         };
-        config
+        let producer = config
             .create_with_context(context)
-            .context("creating the Kafka producer")
+            .context("creating the Kafka producer")?;
+        Inner::new(producer, wake.clone())
     }
 
     /// The lane's producer, replaced first if it broke.
@@ -416,13 +638,16 @@ impl IssueProducer {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if slot.context().broken.load(Ordering::Acquire) {
-            match Self::create(&lane.config, self.sticky, self.metrics.clone(), lane.client) {
+            match Self::create(
+                &lane.config,
+                self.sticky,
+                self.metrics.clone(),
+                lane.client,
+                &self.wake,
+            ) {
                 Ok(fresh) => {
-                    let old = std::mem::replace(&mut *slot, Arc::new(fresh));
+                    let_go(std::mem::replace(&mut *slot, Arc::new(fresh)));
                     tracing::warn!("producer replaced");
-                    // Dropping purges and flushes for up to half a second:
-                    // not on a request's thread.
-                    std::thread::spawn(move || drop(old));
                 }
                 Err(e) => tracing::error!(error = %e, "could not replace the producer"),
             }
@@ -436,7 +661,7 @@ impl IssueProducer {
     /// batches: a quick lane kept full cost a fifth of the throughput at
     /// 100 connections). In flight: librdkafka's out queue, the messages
     /// enqueued and not yet reported (in the buffer or sent), and the
-    /// reports and events its poll thread has not served yet.
+    /// reports and events not served yet.
     fn pick(&self, wait: ReportWait) -> Arc<Inner> {
         let Some(batching) = self.lanes.get(1) else {
             return self.producer(&self.lanes[0]);
@@ -491,6 +716,92 @@ impl IssueProducer {
         }
     }
 
+    /// Serves the delivery reports on this thread from now on: on an actix
+    /// worker (called from the server's app factory, which runs on each),
+    /// a task of this thread's event loop waits on the wake-up socket and
+    /// serves every lane's reports, so the callback that answers a request
+    /// waiting on this thread runs on it. The first worker to call this
+    /// serves; the others' calls do nothing. When that worker stops, its
+    /// task ends and the producers' own threads serve again.
+    ///
+    /// If its thread stalls (a long task on it), reports wait for one to two
+    /// [`REPORT_NET_INTERVAL`]s, then the producers' threads serve them. If
+    /// the task fails to start, the producers' threads go on serving.
+    /// A report is served by whichever polls first, once: librdkafka pops
+    /// each from its queue once.
+    pub fn serve_reports_here(self: &Arc<Self>) {
+        /// Hands the reports back to the producers' threads when the task
+        /// ends (its worker stopped, or the socket failed), also when it is
+        /// dropped before its first poll, or never starts: made as the flag
+        /// is set, moved into the task.
+        struct Served(Arc<ReportWake>);
+        impl Drop for Served {
+            fn drop(&mut self) {
+                self.0.served.store(false, Ordering::Release);
+                tracing::info!("delivery reports are served by the producers' threads");
+            }
+        }
+        if self.wake.served.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let served = Served(self.wake.clone());
+        let read = self
+            .wake
+            .read
+            .try_clone()
+            .and_then(tokio::net::UnixStream::from_std);
+        let read = match read {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "no worker thread serves the delivery reports");
+                return;
+            }
+        };
+        let producer = Arc::clone(self);
+        tokio::task::spawn_local(async move {
+            let _served = served;
+            let mut bytes = [0u8; 64];
+            loop {
+                if read.readable().await.is_err() {
+                    return;
+                }
+                loop {
+                    match read.try_read(&mut bytes) {
+                        Ok(0) => return,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => return,
+                    }
+                }
+                while producer.serve_reports() {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+    }
+
+    /// Serves every lane's waiting reports, up to a turn's worth each;
+    /// `true` if more are left. A producer that broke is replaced by the
+    /// next send, not here, and a lane whose replacement is being set up
+    /// right now (its lock held) is skipped: the set-up stays off the
+    /// thread that serves, and the lane's report thread serves what waits
+    /// meanwhile. A replaced producer's report thread serves its last
+    /// reports until it is destroyed.
+    fn serve_reports(&self) -> bool {
+        let mut more = false;
+        for lane in &self.lanes {
+            let producer = match lane.current.try_read() {
+                Ok(current) => current.clone(),
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner().clone(),
+                Err(std::sync::TryLockError::WouldBlock) => continue,
+            };
+            more |= producer.client.serve();
+            producer.client.turns.fetch_add(1, Ordering::AcqRel);
+            let_go(producer);
+        }
+        more
+    }
+
     /// Messages waiting in the buffers or in flight, every lane.
     pub fn in_flight(&self) -> i32 {
         self.lanes
@@ -527,11 +838,19 @@ impl IssueProducer {
 
     /// Waits for every buffered message's delivery report, every lane,
     /// within `timeout` in all (blocking).
+    ///
+    /// Each lane's current producer, also a broken one: it holds the
+    /// messages to wait for (a replacement would hold none), and fails them
+    /// quickly.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         let deadline = Instant::now() + timeout;
         for lane in &self.lanes {
-            self.producer(lane)
-                .flush(deadline.saturating_duration_since(Instant::now()))?;
+            let producer = lane
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            producer.flush(deadline.saturating_duration_since(Instant::now()))?;
         }
         Ok(())
     }
@@ -606,7 +925,7 @@ mod tests {
         };
         let lanes = producer(&settings, ReportWait::Reply);
         assert_eq!(lanes.lanes.len(), 2);
-        // The refused connections' events count until the poll thread has
+        // The refused connections' events count until the report thread has
         // served them: nothing is in flight once it has.
         let deadline = Instant::now() + Duration::from_secs(5);
         let quick = loop {
@@ -618,19 +937,135 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
         assert_eq!(quick, "producer_quick");
-        let message = CouponIssued::new(
+        let _receipt = lanes
+            .send(&a_message(), ReportWait::Reply)
+            .await
+            .expect("enqueued");
+        assert!(lanes.in_flight() >= 1);
+        assert_eq!(lanes.pick(ReportWait::Reply).context().client, "producer");
+    }
+
+    fn a_message() -> CouponIssued {
+        CouponIssued::new(
             common::ids::CouponId::new(),
             common::ids::CampaignId::new(),
             common::ids::UserId::parse("alice").expect("a user id"),
             chrono::Utc::now(),
             "sync",
+        )
+    }
+
+    /// A broker that is not there: every message's report is `NotPersisted`
+    /// once its delivery timeout passes.
+    fn unreachable() -> KafkaSettings {
+        KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            delivery_timeout_ms: 200,
+            ..KafkaSettings::default()
+        }
+    }
+
+    /// A worker's event loop: a thread with a single-threaded runtime and
+    /// its local tasks, as an actix worker has.
+    fn on_a_worker<T: Send + 'static>(
+        work: impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = T>>> + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            tokio::task::LocalSet::new().block_on(&runtime, work())
+        })
+    }
+
+    /// One worker serves the reports: a request waiting on it gets its
+    /// report; a second worker's call does nothing; when the worker stops,
+    /// the producers' threads serve again.
+    #[test]
+    fn a_worker_serves_the_reports_until_it_stops() {
+        let lanes = Arc::new(producer(&unreachable(), ReportWait::Reply));
+        let worker = on_a_worker({
+            let lanes = lanes.clone();
+            move || {
+                Box::pin(async move {
+                    lanes.serve_reports_here();
+                    assert!(lanes.wake.served.load(Ordering::Acquire));
+                    // A second call, as the next worker's factory makes.
+                    lanes.serve_reports_here();
+                    let receipt = lanes
+                        .send(&a_message(), ReportWait::Reply)
+                        .await
+                        .expect("enqueued");
+                    receipt.wait().await
+                })
+            }
+        });
+        let delivery = worker.join().expect("the worker");
+        assert!(
+            matches!(delivery, Delivery::NotPersisted(_)),
+            "{delivery:?}"
         );
-        let _receipt = lanes
-            .send(&message, ReportWait::Reply)
-            .await
-            .expect("enqueued");
-        assert!(lanes.in_flight() >= 1);
-        assert_eq!(lanes.pick(ReportWait::Reply).context().client, "producer");
+        // The worker's runtime is gone, its task with it.
+        assert!(!lanes.wake.served.load(Ordering::Acquire));
+        let delivery = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(async {
+                let receipt = lanes
+                    .send(&a_message(), ReportWait::Reply)
+                    .await
+                    .expect("enqueued");
+                receipt.wait().await
+            });
+        assert!(
+            matches!(delivery, Delivery::NotPersisted(_)),
+            "{delivery:?}"
+        );
+    }
+
+    /// The serving worker's thread stalls (a long task on it): a request
+    /// waiting elsewhere still gets its report, from the producer's own
+    /// thread, before the stall ends.
+    #[test]
+    fn a_report_does_not_wait_for_a_stalled_worker() {
+        const STALL: Duration = Duration::from_secs(5);
+        let lanes = Arc::new(producer(&unreachable(), ReportWait::Reply));
+        let (sent, receipt) = std::sync::mpsc::channel();
+        let worker = on_a_worker({
+            let lanes = lanes.clone();
+            move || {
+                Box::pin(async move {
+                    lanes.serve_reports_here();
+                    let receipt = lanes
+                        .send(&a_message(), ReportWait::Reply)
+                        .await
+                        .expect("enqueued");
+                    sent.send(receipt).expect("the test waits");
+                    std::thread::sleep(STALL);
+                    lanes.wake.served.load(Ordering::Acquire)
+                })
+            }
+        });
+        let receipt = receipt.recv().expect("a receipt");
+        let started = Instant::now();
+        let delivery = futures::executor::block_on(receipt.wait());
+        assert!(
+            matches!(delivery, Delivery::NotPersisted(_)),
+            "{delivery:?}"
+        );
+        assert!(
+            started.elapsed() < STALL - Duration::from_secs(1),
+            "the report waited {:?} for the stalled worker",
+            started.elapsed()
+        );
+        assert!(
+            worker.join().expect("the worker"),
+            "the worker served throughout"
+        );
+        // Its task was never polled again: the producers' threads serve.
+        assert!(!lanes.wake.served.load(Ordering::Acquire));
     }
 
     #[test]

@@ -170,6 +170,8 @@ impl Application {
         let room_page = crate::routes::page::RoomPage::new(&settings.http)?;
         let server_state = state.clone();
         let mut server = HttpServer::new(move || {
+            // Runs on each worker thread; the first serves the reports.
+            server_state.producer.serve_reports_here();
             App::new()
                 .wrap(actix_web::middleware::from_fn(crate::middleware::observe))
                 .wrap(actix_web::middleware::from_fn(
