@@ -26,8 +26,8 @@
 //! own as a net: while no worker serves, it waits on the queue and serves
 //! it, as rdkafka's `ThreadedProducer` does; while one does, it looks every
 //! [`REPORT_NET_INTERVAL`] and serves only what waits while the worker has
-//! not taken a turn at the reports for a whole interval (a worker that
-//! stalls, or a wake-up lost). Either may serve a report; each report is
+//! not taken a turn at that producer's reports for a whole interval (a
+//! worker that stalls, a wake-up lost, or a producer replaced). Either may serve a report; each report is
 //! served once (librdkafka pops it once).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -492,6 +492,16 @@ struct Lane {
     client: &'static str,
 }
 
+impl Lane {
+    /// Its producer now, broken or not.
+    fn current(&self) -> Arc<Inner> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// Whether a reply waits for a message's delivery report. Only then is the
 /// quick lane worth its small produce requests: a lock form's burst of
 /// replies (each message enqueued as its take returns) sent through it went
@@ -624,11 +634,7 @@ impl IssueProducer {
 
     /// The lane's producer, replaced first if it broke.
     fn producer(&self, lane: &Lane) -> Arc<Inner> {
-        let current = lane
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let current = lane.current();
         if !current.context().broken.load(Ordering::Acquire) {
             return current;
         }
@@ -845,12 +851,8 @@ impl IssueProducer {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         let deadline = Instant::now() + timeout;
         for lane in &self.lanes {
-            let producer = lane
-                .current
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
-            producer.flush(deadline.saturating_duration_since(Instant::now()))?;
+            lane.current()
+                .flush(deadline.saturating_duration_since(Instant::now()))?;
         }
         Ok(())
     }
